@@ -1,0 +1,107 @@
+"""``buildbot-farm``: the farm's command line (subcommands grow with each capability)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from buildbot_farm import __version__
+
+
+def _db_command(args: argparse.Namespace) -> int:
+    from twisted.internet import defer, task
+
+    from buildbot_farm import db
+
+    outcome = {"exit": 0}
+
+    async def run(reactor: Any) -> None:
+        try:
+            url = db.parse_db_url(args.db_url)
+            database = db.open_database(url.relative_to(args.basedir), reactor)
+            await database.start()
+        except db.DatabaseError as e:
+            print(f"buildbot-farm: {e}", file=sys.stderr)
+            outcome["exit"] = 2
+            return
+        try:
+            if args.action == "migrate":
+                version = await db.migrate(database, now=reactor.seconds)
+                print(f"{url.redacted()}: schema version {version}")
+            else:
+                await _print_schema(database)
+        except db.DatabaseError as e:
+            print(f"buildbot-farm: {e}", file=sys.stderr)
+            outcome["exit"] = 2
+        finally:
+            await database.stop()
+
+    try:
+        task.react(lambda reactor: defer.ensureDeferred(run(reactor)))
+    except SystemExit as e:
+        if e.code:
+            return int(e.code)
+    return outcome["exit"]
+
+
+async def _print_schema(database: Any) -> None:
+    from buildbot_farm import db
+
+    known = db.load_migrations(database.dialect.name)
+    try:
+        rows = await database.fetchall(
+            "SELECT version, name FROM farm_schema_version ORDER BY version"
+        )
+    except db.DatabaseUnavailable:
+        raise
+    except Exception:  # no version table: the backends word "no such table" differently
+        rows = []
+    for row in rows:
+        print(f"{row['version']:04d} {row['name']}")
+    newest = known[-1].version if known else 0
+    current = rows[-1]["version"] if rows else 0
+    print(f"{database.url.redacted()}: at schema version {current}; this code knows {newest}")
+
+
+def _demo_command(args: argparse.Namespace) -> int:
+    from buildbot_farm.demo import Demo
+
+    return Demo(config=args.config, basedir=args.basedir).run(once=args.once)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``buildbot-farm`` with all its subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="buildbot-farm", description="Tools for buildbot_farm, the Buildbot build farm."
+    )
+    parser.add_argument("--version", action="version", version=f"buildbot-farm {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    database = commands.add_parser("db", help="inspect or upgrade a farm database")
+    database.add_argument("action", choices=["status", "migrate"])
+    database.add_argument("db_url", help="sqlite:///farm.sqlite or postgresql://user@host/db")
+    database.add_argument(
+        "--basedir", default=".", help="the master's basedir (relative SQLite paths start here)"
+    )
+    database.set_defaults(handler=_db_command)
+
+    demo = commands.add_parser(
+        "demo", help="create and start a master + worker, run the example build"
+    )
+    demo.add_argument("--config", default="master.cfg.example", help="the master.cfg to use")
+    demo.add_argument("--basedir", default=".demo", help="where the master and worker live")
+    demo.add_argument("--once", action="store_true", help="stop after the build; exit 0 on success")
+    demo.set_defaults(handler=_demo_command)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``buildbot-farm`` console script."""
+    args = build_parser().parse_args(argv)
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

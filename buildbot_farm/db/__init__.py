@@ -1,0 +1,78 @@
+"""The farm database: one asynchronous API over SQLite (the default) or PostgreSQL.
+
+``connect(db_url, reactor)`` gives a started :class:`Database` at the newest schema.
+SQL uses ``?`` placeholders on both backends; ``database.dialect.skip_locked`` is the
+clause that makes concurrent claims safe.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from buildbot_farm.db._api import Database, Dialect, Row, Subscription, Transaction
+from buildbot_farm.db._errors import (
+    DatabaseError,
+    DatabaseUnavailable,
+    IntegrityError,
+    InvalidDatabaseURL,
+    SchemaTooNew,
+)
+from buildbot_farm.db._migrations import Migration, load_migrations, migrate
+from buildbot_farm.db._url import DatabaseURL, parse_db_url
+
+__all__ = [
+    "Database",
+    "DatabaseError",
+    "DatabaseURL",
+    "DatabaseUnavailable",
+    "Dialect",
+    "IntegrityError",
+    "InvalidDatabaseURL",
+    "Migration",
+    "Row",
+    "SchemaTooNew",
+    "Subscription",
+    "Transaction",
+    "connect",
+    "load_migrations",
+    "migrate",
+    "open_database",
+    "parse_db_url",
+]
+
+
+def open_database(
+    url: DatabaseURL, reactor: Any, pool_size: int = 4, timeout: float = 30.0
+) -> Database:
+    """Make the backend object for ``url`` (not yet started)."""
+    if url.backend == "sqlite":
+        from buildbot_farm.db._sqlite import SqliteDatabase
+
+        return SqliteDatabase(url, reactor)
+    from buildbot_farm.db._postgres import PostgresDatabase
+
+    return PostgresDatabase(url, reactor, pool_size=pool_size, timeout=timeout)
+
+
+async def connect(
+    url: DatabaseURL | str,
+    reactor: Any,
+    basedir: str = ".",
+    pool_size: int = 4,
+    timeout: float = 30.0,
+) -> Database:
+    """Open the farm database at ``url`` and migrate it to the newest schema.
+
+    A relative SQLite path is taken relative to ``basedir``. Raises
+    ``DatabaseUnavailable`` when the database cannot be reached and ``SchemaTooNew`` when
+    it is newer than this code; in both cases nothing is left open.
+    """
+    parsed = parse_db_url(url) if isinstance(url, str) else url
+    database = open_database(parsed.relative_to(basedir), reactor, pool_size, timeout)
+    await database.start()
+    try:
+        await migrate(database, now=reactor.seconds)
+    except BaseException:
+        await database.stop()
+        raise
+    return database

@@ -1,0 +1,154 @@
+"""The one asynchronous database interface every backend implements.
+
+SQL is written once, with ``?`` placeholders, and runs on both backends. What differs
+between dialects (row locking for claims) is spelled by :class:`Dialect`.
+"""
+
+from __future__ import annotations
+
+import abc
+import functools
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, TypeVar
+
+from buildbot_farm.db._url import DatabaseURL
+
+T = TypeVar("T")
+Row = dict[str, Any]
+Params = Sequence[Any]
+NotifyCallback = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """What differs between the SQL of the two backends.
+
+    ``skip_locked`` is appended to a ``SELECT`` that claims rows: on PostgreSQL it is
+    ``FOR UPDATE SKIP LOCKED``, so concurrent claimers never get the same row; on SQLite it
+    is empty, because a SQLite write transaction already excludes every other writer.
+    """
+
+    name: str
+    skip_locked: str
+
+
+SQLITE_DIALECT = Dialect(name="sqlite", skip_locked="")
+POSTGRESQL_DIALECT = Dialect(name="postgresql", skip_locked=" FOR UPDATE SKIP LOCKED")
+
+
+class Transaction(abc.ABC):
+    """One open transaction; handed to the function given to :meth:`Database.transaction`."""
+
+    dialect: Dialect
+
+    @abc.abstractmethod
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        """Run one statement; return the number of rows it changed."""
+
+    @abc.abstractmethod
+    async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
+        """Run one query; return its rows as dicts keyed by column name."""
+
+    async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
+        """Run one query; return its first row, or None when it has none."""
+        rows = await self.fetchall(sql, params)
+        return rows[0] if rows else None
+
+    @abc.abstractmethod
+    async def executescript(self, script: str) -> None:
+        """Run several ``;``-separated statements with no parameters (migrations)."""
+
+    @abc.abstractmethod
+    async def notify(self, channel: str, payload: str = "") -> None:
+        """Wake the listeners of ``channel`` with ``payload`` once this transaction commits."""
+
+
+class Subscription(abc.ABC):
+    """A listener registered with :meth:`Database.listen`."""
+
+    @abc.abstractmethod
+    async def cancel(self) -> None:
+        """Stop delivering notifications to this listener."""
+
+
+class Database(abc.ABC):
+    """The farm database: one asynchronous API over SQLite or PostgreSQL.
+
+    Call :meth:`start` before use and :meth:`stop` at the end. Everything else is a
+    coroutine; errors are the ones in :mod:`buildbot_farm.db` (``DatabaseUnavailable`` when
+    the server cannot be reached, ``IntegrityError`` when a constraint refuses a change).
+    """
+
+    url: DatabaseURL
+    dialect: Dialect
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Connect; raise ``DatabaseUnavailable`` with the reason when that is impossible."""
+
+    @abc.abstractmethod
+    async def stop(self) -> None:
+        """Close every connection; safe to call twice."""
+
+    @abc.abstractmethod
+    async def transaction(self, fn: Callable[[Transaction], Awaitable[T]]) -> T:
+        """Run ``fn`` in one transaction: committed if it returns, rolled back if it raises.
+
+        Keep ``fn`` to database work: on SQLite, transactions run one at a time.
+        """
+
+    @abc.abstractmethod
+    async def listen(self, channel: str, callback: NotifyCallback) -> Subscription:
+        """Call ``callback(payload)`` for each notification on ``channel`` from now on.
+
+        On PostgreSQL this is LISTEN/NOTIFY and reaches every master sharing the database;
+        on SQLite notifications reach the listeners of this process only.
+        """
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        """Run one statement in its own transaction; return the number of rows it changed."""
+
+        async def run(txn: Transaction) -> int:
+            return await txn.execute(sql, params)
+
+        return await self.transaction(run)
+
+    async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
+        """Run one query in its own transaction; return its rows."""
+
+        async def run(txn: Transaction) -> list[Row]:
+            return await txn.fetchall(sql, params)
+
+        return await self.transaction(run)
+
+    async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
+        """Run one query in its own transaction; return its first row or None."""
+        rows = await self.fetchall(sql, params)
+        return rows[0] if rows else None
+
+
+@functools.lru_cache(maxsize=1024)
+def qmark_to_pyformat(sql: str) -> str:
+    """Turn ``?`` placeholders into psycopg2's ``%s`` (and ``%`` into ``%%``).
+
+    Question marks and percent signs inside quoted strings and identifiers are left as
+    they are, except that ``%`` is always doubled because psycopg2 formats the whole text.
+    """
+    out: list[str] = []
+    quote = ""
+    for char in sql:
+        if char == "%":
+            out.append("%%")
+        elif quote:
+            out.append(char)
+            if char == quote:
+                quote = ""
+        elif char in ("'", '"'):
+            quote = char
+            out.append(char)
+        elif char == "?":
+            out.append("%s")
+        else:
+            out.append(char)
+    return "".join(out)

@@ -1,0 +1,23 @@
+"""The errors the farm database raises, the same for every backend."""
+
+from __future__ import annotations
+
+
+class DatabaseError(Exception):
+    """Base class of every error the farm database raises on purpose."""
+
+
+class InvalidDatabaseURL(DatabaseError, ValueError):
+    """A ``db_url`` that names no backend this plugin has, or is malformed."""
+
+
+class DatabaseUnavailable(DatabaseError):
+    """The database cannot be reached now; the call did nothing and may be retried later."""
+
+
+class SchemaTooNew(DatabaseError):
+    """The database was migrated by a newer buildbot_farm than the one running."""
+
+
+class IntegrityError(DatabaseError):
+    """A statement broke a constraint: a unique key, a foreign key, a check or a trigger."""

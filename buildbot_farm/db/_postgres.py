@@ -1,0 +1,331 @@
+"""The PostgreSQL backend, through txpostgres: real asynchronous I/O, no threads.
+
+A small pool of connections serves transactions; each connection has a
+``DeadConnectionDetector`` that reconnects it in the background after the server goes
+away. While it is away, calls fail at once with ``DatabaseUnavailable``; a call the server
+does not answer fails when its deadline passes, and its connection is replaced, so no call
+hangs forever. One more connection, opened on first :meth:`listen`, carries LISTEN/NOTIFY.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Iterator
+from typing import Any, Callable, TypeVar
+
+import psycopg2
+from twisted.internet import defer
+from twisted.python import failure, log
+from txpostgres import reconnection, txpostgres
+
+from buildbot_farm.db._api import (
+    POSTGRESQL_DIALECT,
+    Database,
+    NotifyCallback,
+    Params,
+    Row,
+    Subscription,
+    Transaction,
+    qmark_to_pyformat,
+)
+from buildbot_farm.db._errors import DatabaseError, DatabaseUnavailable, IntegrityError
+from buildbot_farm.db._url import DatabaseURL
+
+T = TypeVar("T")
+
+_CHANNEL = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+MAX_RECONNECT_DELAY = 5.0
+_CONNECTION_ERRORS = (
+    psycopg2.OperationalError,
+    psycopg2.InterfaceError,
+    reconnection.ConnectionDead,
+    txpostgres.RollbackFailed,
+)
+
+
+class _PostgresTransaction(Transaction):
+    dialect = POSTGRESQL_DIALECT
+
+    def __init__(self, cursor: txpostgres.Cursor) -> None:
+        self._cursor = cursor
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        await self._cursor.execute(qmark_to_pyformat(sql), tuple(params))
+        return int(self._cursor.rowcount)
+
+    async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
+        await self._cursor.execute(qmark_to_pyformat(sql), tuple(params))
+        names = [column[0] for column in self._cursor.description or ()]
+        return [dict(zip(names, row)) for row in self._cursor.fetchall()]
+
+    async def executescript(self, script: str) -> None:
+        await self._cursor.execute(script)
+
+    async def notify(self, channel: str, payload: str = "") -> None:
+        _check_channel(channel)
+        await self._cursor.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+
+
+class _ListenSubscription(Subscription):
+    def __init__(self, database: PostgresDatabase, channel: str, callback: NotifyCallback) -> None:
+        self._database = database
+        self._channel = channel
+        self._callback = callback
+
+    async def cancel(self) -> None:
+        await self._database.unlisten(self._channel, self._callback)
+
+
+class PostgresDatabase(Database):
+    """The farm database on a PostgreSQL server, shared by any number of masters.
+
+    ``pool_size`` connections serve transactions; ``timeout`` bounds how long a call may
+    wait for a connection and for the server's answer.
+    """
+
+    dialect = POSTGRESQL_DIALECT
+
+    def __init__(
+        self, url: DatabaseURL, reactor: Any, pool_size: int = 4, timeout: float = 30.0
+    ) -> None:
+        self.url = url
+        self._reactor = reactor
+        self._pool_size = pool_size
+        self._timeout = timeout
+        self._idle: defer.DeferredQueue[txpostgres.Connection] = defer.DeferredQueue()
+        self._connections: set[txpostgres.Connection] = set()
+        self._listener: txpostgres.Connection | None = None
+        self._listeners: dict[str, list[NotifyCallback]] = {}
+        self._stopped = False
+        self._retired: set[reconnection.DeadConnectionDetector] = set()
+
+    def _new_connection(self) -> txpostgres.Connection:
+        detector = reconnection.DeadConnectionDetector(reactor=self._reactor)
+        detector.reconnectionIterator = lambda: self._reconnect_delays(detector)
+        detector.addRecoveryHandler(lambda: self._log_recovery(detector))
+        return txpostgres.Connection(reactor=self._reactor, detector=detector)
+
+    @staticmethod
+    def _reconnect_delays(detector: reconnection.DeadConnectionDetector) -> Iterator[float]:
+        """Back off from 0.2 s to 5 s between reconnection attempts."""
+        delay = 0.0
+        while True:
+            yield delay
+            delay = min(max(delay * 2, 0.2), MAX_RECONNECT_DELAY)
+
+    def _log_recovery(self, detector: reconnection.DeadConnectionDetector) -> None:
+        if detector not in self._retired:
+            log.msg(f"farm database: reconnected to {self.url.redacted()}")
+
+    def _retire(self, connection: txpostgres.Connection) -> None:
+        """Close a connection for good: a reconnection under way ends at its next attempt."""
+        self._retired.add(connection.detector)
+        connection.detector.reconnectable = _Retired()
+        self._connections.discard(connection)
+        try:
+            connection.close()
+        except Exception as e:
+            log.msg(f"farm database: closing a connection failed: {e}")
+
+    def _retire_all(self, connections: list[txpostgres.Connection]) -> None:
+        for connection in connections:
+            self._retire(connection)
+
+    def _unavailable(self, reason: object) -> DatabaseUnavailable:
+        return DatabaseUnavailable(
+            f"the farm database {self.url.redacted()} is unreachable ({reason}); "
+            f"the farm service reconnects by itself: retry once PostgreSQL is back"
+        )
+
+    async def start(self) -> None:
+        """Open the pool; fail with the server's reason when any connection cannot open."""
+        self._stopped = False
+        connections = [self._new_connection() for _ in range(self._pool_size)]
+        try:
+            await self._deadline(
+                defer.gatherResults(
+                    [c.connect(self.url.dsn) for c in connections], consumeErrors=True
+                ),
+                "connecting",
+                on_expiry=lambda: self._retire_all(connections),
+            )
+        except (defer.FirstError, DatabaseError) as e:
+            self._retire_all(connections)
+            reason = e.subFailure.value if isinstance(e, defer.FirstError) else e
+            raise DatabaseUnavailable(
+                f"cannot connect to the farm database {self.url.redacted()}: "
+                f"{_one_line(reason)}; check that PostgreSQL is running and that db_url "
+                f"names the right host, port, user and database"
+            ) from None
+        for connection in connections:
+            self._connections.add(connection)
+            self._idle.put(connection)
+
+    async def stop(self) -> None:
+        """Close every connection (the listener's too)."""
+        self._stopped = True
+        for connection in list(self._connections):
+            self._retire(connection)
+        self._idle = defer.DeferredQueue()
+        if self._listener is not None:
+            self._retire(self._listener)
+            self._listener = None
+        self._listeners.clear()
+
+    async def transaction(self, fn: Callable[[Transaction], Awaitable[T]]) -> T:
+        """Run ``fn`` in a transaction on a pooled connection, within the deadline."""
+        if self._stopped:
+            raise DatabaseUnavailable(
+                f"the farm database {self.url.redacted()} is closed (the farm service is stopped)"
+            )
+        waiting = self._idle.get()
+        connection = await self._deadline(
+            waiting, "waiting for a free connection", on_expiry=waiting.cancel
+        )
+
+        def interaction(cursor: txpostgres.Cursor) -> defer.Deferred[T]:
+            return defer.Deferred.fromCoroutine(fn(_PostgresTransaction(cursor)))  # type: ignore[arg-type]
+
+        try:
+            return await self._deadline(
+                connection.runInteraction(interaction),
+                "running a transaction",
+                on_expiry=lambda: self._replace(connection),
+            )
+        except psycopg2.IntegrityError as e:
+            raise IntegrityError(_one_line(e)) from e
+        except _CONNECTION_ERRORS as e:
+            raise self._unavailable(_one_line(e) or type(e).__name__) from e
+        finally:
+            if connection in self._connections:
+                self._idle.put(connection)
+
+    def _deadline(
+        self, d: defer.Deferred[T], doing: str, on_expiry: Callable[[], object]
+    ) -> defer.Deferred[T]:
+        """Fire with ``d``'s result, or fail with DatabaseUnavailable after the timeout.
+
+        txpostgres cannot cancel a query whose server is gone, so on expiry ``d`` is
+        abandoned and ``on_expiry`` frees what it held (a queue wait, a busy connection).
+        """
+        result: defer.Deferred[T] = defer.Deferred()
+
+        def expire() -> None:
+            d.addErrback(lambda _: None)
+            on_expiry()
+            result.errback(
+                failure.Failure(self._unavailable(f"no answer within {self._timeout:g} s {doing}"))
+            )
+
+        timer = self._reactor.callLater(self._timeout, expire)
+
+        def finish(outcome: Any) -> None:
+            if timer.active():
+                timer.cancel()
+                if isinstance(outcome, failure.Failure):
+                    result.errback(outcome)
+                else:
+                    result.callback(outcome)
+
+        d.addBoth(finish)
+        return result
+
+    def _replace(self, connection: txpostgres.Connection) -> None:
+        """Drop a connection stuck on an unanswered call and put a fresh one in the pool."""
+        self._retire(connection)
+        if self._stopped:
+            return
+        fresh = self._new_connection()
+        self._connections.add(fresh)
+
+        def reconnect_in_background(f: failure.Failure) -> None:
+            fresh.detector.checkForDeadConnection(f)
+
+        fresh.connect(self.url.dsn).addErrback(reconnect_in_background)
+        self._idle.put(fresh)
+
+    async def listen(self, channel: str, callback: NotifyCallback) -> Subscription:
+        """LISTEN on ``channel``; ``callback(payload)`` runs for each NOTIFY from any master."""
+        _check_channel(channel)
+        listener = await self._listening_connection()
+        if channel not in self._listeners:
+            try:
+                await self._deadline(
+                    listener.runOperation(f"LISTEN {channel}"),
+                    "LISTEN",
+                    on_expiry=lambda: None,
+                )
+            except _CONNECTION_ERRORS as e:
+                raise self._unavailable(_one_line(e)) from e
+            self._listeners[channel] = []
+        self._listeners[channel].append(callback)
+        return _ListenSubscription(self, channel, callback)
+
+    async def unlisten(self, channel: str, callback: NotifyCallback) -> None:
+        """Remove one listener; UNLISTEN when it was the channel's last."""
+        callbacks = self._listeners.get(channel, [])
+        if callback in callbacks:
+            callbacks.remove(callback)
+        if not callbacks and channel in self._listeners:
+            del self._listeners[channel]
+            if self._listener is not None and not self._listener.detector.connectionIsDead:
+                await self._deadline(
+                    self._listener.runOperation(f"UNLISTEN {channel}"),
+                    "UNLISTEN",
+                    on_expiry=lambda: None,
+                )
+
+    async def _listening_connection(self) -> txpostgres.Connection:
+        if self._listener is None:
+            listener = self._new_connection()
+            try:
+                await self._deadline(
+                    listener.connect(self.url.dsn),
+                    "connecting the listener",
+                    on_expiry=lambda: self._retire(listener),
+                )
+            except _CONNECTION_ERRORS as e:
+                self._retire(listener)
+                raise self._unavailable(_one_line(e)) from e
+            listener.addNotifyObserver(self._on_notify)
+            listener.detector.addRecoveryHandler(self._relisten)
+            self._listener = listener
+        return self._listener
+
+    def _relisten(self) -> defer.Deferred[Any]:
+        """After a reconnect, LISTEN again on every channel (the server forgot them)."""
+        if self._listener is None:
+            return defer.succeed(None)
+        return defer.gatherResults(
+            [self._listener.runOperation(f"LISTEN {channel}") for channel in self._listeners]
+        )
+
+    def _on_notify(self, notify: Any) -> None:
+        for callback in list(self._listeners.get(notify.channel, ())):
+            try:
+                callback(notify.payload)
+            except Exception:
+                log.err(None, f"farm database: listener of {notify.channel!r} failed")
+
+
+class _Retired:
+    """Stands in for a retired connection, so that its detector's next attempt ends the loop."""
+
+    def close(self) -> None:
+        """Nothing is open."""
+
+    def connect(self, *args: object, **kwargs: object) -> defer.Deferred[None]:
+        """Succeed at once: there is nothing to reconnect."""
+        return defer.succeed(None)
+
+
+def _one_line(error: object) -> str:
+    """libpq's messages span lines; a log line or a JSON error wants one."""
+    return " ".join(str(error).split())
+
+
+def _check_channel(channel: str) -> None:
+    if not _CHANNEL.match(channel):
+        raise ValueError(
+            f"notification channel {channel!r} must be lower-case letters, digits and '_'"
+        )

@@ -1,0 +1,210 @@
+"""The SQLite backend: the embedded default, one file, one writer at a time.
+
+sqlite3 blocks, so every call runs on the reactor's thread pool (``thd_*`` functions);
+a DeferredLock keeps one transaction at a time on the one connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from collections import defaultdict
+from collections.abc import Awaitable, Iterator
+from typing import Any, Callable, TypeVar
+
+from twisted.internet import defer, threads
+from twisted.python import log
+
+from buildbot_farm.db._api import (
+    SQLITE_DIALECT,
+    Database,
+    NotifyCallback,
+    Params,
+    Row,
+    Subscription,
+    Transaction,
+)
+from buildbot_farm.db._errors import DatabaseUnavailable, IntegrityError
+from buildbot_farm.db._url import MEMORY, DatabaseURL
+
+T = TypeVar("T")
+
+BUSY_TIMEOUT_SECONDS = 30.0
+
+
+def split_script(script: str) -> list[str]:
+    """Split a SQL script into complete statements (trigger bodies stay whole)."""
+    statements: list[str] = []
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \t\n;"):
+                statements.append(pending.strip())
+            pending = ""
+    if pending.strip(" \t\n;"):
+        statements.append(pending.strip())
+    return statements
+
+
+class _SqliteTransaction(Transaction):
+    dialect = SQLITE_DIALECT
+
+    def __init__(self, database: SqliteDatabase) -> None:
+        self._database = database
+        self.notifications: list[tuple[str, str]] = []
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        return await self._database.run_in_thread(self._database.thd_execute, sql, params)
+
+    async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
+        return await self._database.run_in_thread(self._database.thd_fetchall, sql, params)
+
+    async def executescript(self, script: str) -> None:
+        for statement in split_script(script):
+            await self.execute(statement)
+
+    async def notify(self, channel: str, payload: str = "") -> None:
+        self.notifications.append((channel, payload))
+
+
+class _LocalSubscription(Subscription):
+    def __init__(self, listeners: list[NotifyCallback], callback: NotifyCallback) -> None:
+        self._listeners = listeners
+        self._callback = callback
+
+    async def cancel(self) -> None:
+        if self._callback in self._listeners:
+            self._listeners.remove(self._callback)
+
+
+class SqliteDatabase(Database):
+    """The farm database in one SQLite file (or in memory, for tests).
+
+    ``reactor`` supplies the thread pool the blocking calls run on; under Buildbot's test
+    reactor that pool runs them synchronously, so tests need no real threads.
+    """
+
+    dialect = SQLITE_DIALECT
+
+    def __init__(self, url: DatabaseURL, reactor: Any) -> None:
+        self.url = url
+        self._reactor = reactor
+        self._lock = defer.DeferredLock()
+        self._connection: sqlite3.Connection | None = None
+        self._listeners: defaultdict[str, list[NotifyCallback]] = defaultdict(list)
+
+    def run_in_thread(self, fn: Callable[..., T], *args: Any) -> defer.Deferred[T]:
+        """Run a blocking ``thd_*`` function on the reactor's thread pool."""
+        return threads.deferToThreadPool(self._reactor, self._reactor.getThreadPool(), fn, *args)
+
+    async def start(self) -> None:
+        """Open the database file, creating it if it does not exist."""
+        if self._connection is None:
+            self._connection = await self.run_in_thread(self.thd_connect)
+
+    async def stop(self) -> None:
+        """Close the file once the running transaction has finished."""
+        await self._lock.acquire()
+        try:
+            if self._connection is not None:
+                connection, self._connection = self._connection, None
+                await self.run_in_thread(connection.close)
+        finally:
+            self._lock.release()
+
+    def thd_connect(self) -> sqlite3.Connection:
+        """Open the connection (blocking): WAL journal, foreign keys on, a busy timeout."""
+        path = self.url.path
+        if path != MEMORY:
+            directory = os.path.dirname(path) or "."
+            if not os.path.isdir(directory):
+                raise DatabaseUnavailable(
+                    f"cannot open the farm database {path}: the directory {directory} "
+                    f"does not exist; create it or change db_url"
+                )
+        try:
+            connection = sqlite3.connect(
+                path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
+            )
+            connection.row_factory = sqlite3.Row
+            if path != MEMORY:
+                connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA foreign_keys=ON")
+        except sqlite3.Error as e:
+            raise DatabaseUnavailable(
+                f"cannot open the farm database {path}: {e}; check that the master may "
+                f"read and write that file and its directory"
+            ) from e
+        return connection
+
+    def _require_connection(self) -> sqlite3.Connection:
+        if self._connection is None:
+            raise DatabaseUnavailable(
+                f"the farm database {self.url.text} is not open (the farm service is stopped)"
+            )
+        return self._connection
+
+    def thd_execute(self, sql: str, params: Params) -> int:
+        """Run one statement (blocking); return its row count."""
+        with _translated_errors(self.url):
+            return self._require_connection().execute(sql, tuple(params)).rowcount
+
+    def thd_fetchall(self, sql: str, params: Params) -> list[Row]:
+        """Run one query (blocking); return its rows as dicts."""
+        with _translated_errors(self.url):
+            cursor = self._require_connection().execute(sql, tuple(params))
+            return [dict(row) for row in cursor.fetchall()]
+
+    async def transaction(self, fn: Callable[[Transaction], Awaitable[T]]) -> T:
+        """Run ``fn`` in a ``BEGIN IMMEDIATE`` transaction, one transaction at a time."""
+        await self._lock.acquire()
+        try:
+            txn = _SqliteTransaction(self)
+            await self.run_in_thread(self.thd_execute, "BEGIN IMMEDIATE", ())
+            try:
+                result = await fn(txn)
+                await self.run_in_thread(self.thd_execute, "COMMIT", ())
+            except BaseException:
+                await self.run_in_thread(self._thd_rollback)
+                raise
+        finally:
+            self._lock.release()
+        for channel, payload in txn.notifications:
+            self._deliver(channel, payload)
+        return result
+
+    def _thd_rollback(self) -> None:
+        connection = self._connection
+        if connection is not None and connection.in_transaction:
+            connection.execute("ROLLBACK")
+
+    def _deliver(self, channel: str, payload: str) -> None:
+        for callback in list(self._listeners.get(channel, ())):
+            try:
+                callback(payload)
+            except Exception:
+                log.err(None, f"farm database: listener of {channel!r} failed")
+
+    async def listen(self, channel: str, callback: NotifyCallback) -> Subscription:
+        """Register ``callback``; it hears notifications committed by this process."""
+        listeners = self._listeners[channel]
+        listeners.append(callback)
+        return _LocalSubscription(listeners, callback)
+
+
+@contextlib.contextmanager
+def _translated_errors(url: DatabaseURL) -> Iterator[None]:
+    """Turn sqlite3's errors into the farm database's own where a caller can act on them."""
+    try:
+        yield
+    except sqlite3.IntegrityError as e:
+        raise IntegrityError(str(e)) from e
+    except sqlite3.OperationalError as e:
+        if "locked" not in str(e):
+            raise
+        raise DatabaseUnavailable(
+            f"the farm database {url.path} stayed locked by another process for "
+            f"{BUSY_TIMEOUT_SECONDS:.0f} s: {e}"
+        ) from e

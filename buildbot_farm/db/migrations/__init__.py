@@ -1,0 +1,1 @@
+"""The farm database's numbered SQL migrations (data files, read by ``_migrations``)."""

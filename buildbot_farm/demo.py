@@ -1,0 +1,193 @@
+"""``buildbot-farm demo``: a real master and worker on this machine, running the example build.
+
+Creates ``BASEDIR/master`` from a master.cfg (the repository's master.cfg.example by default)
+and ``BASEDIR/worker``, starts both, forces the example build through Buildbot's REST API,
+waits for it and prints its result, the farm's status and the web UI address.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+WORKER_NAME = "local-worker"
+BUILDER_NAME = "hello-farm"
+FORCE_SCHEDULER = "force"
+RESULT_NAMES = ["SUCCESS", "WARNINGS", "FAILURE", "SKIPPED", "EXCEPTION", "RETRY", "CANCELLED"]
+
+
+class DemoError(Exception):
+    """The demo could not run; the message says what failed and where its log is."""
+
+
+class Demo:
+    """One demo installation: a master and a worker under ``basedir``.
+
+    Ports come from ``FARM_WEB_PORT`` and ``FARM_PB_PORT`` (8010 and 9989 by default), which
+    master.cfg.example reads too.
+    """
+
+    def __init__(self, config: str, basedir: str, build_timeout: float = 600.0) -> None:
+        self.config = Path(config).resolve()
+        self.basedir = Path(basedir).resolve()
+        self.master_dir = self.basedir / "master"
+        self.worker_dir = self.basedir / "worker"
+        self.web_port = int(os.environ.get("FARM_WEB_PORT", "8010"))
+        self.pb_port = int(os.environ.get("FARM_PB_PORT", "9989"))
+        self.password = os.environ.get("FARM_WORKER_PASSWORD", "demo-worker-password")
+        self.build_timeout = build_timeout
+        self.web_url = f"http://127.0.0.1:{self.web_port}/"
+        self._bin = Path(sys.executable).parent
+
+    def run(self, once: bool) -> int:
+        """Set up, start, build; with ``once``, stop and return 0 only for a green build."""
+        try:
+            self.create()
+            self.start()
+            result = self.force_build()
+            self.show_farm_status()
+        except DemoError as e:
+            print(f"demo: {e}", file=sys.stderr)
+            self.stop()
+            return 1
+        if once:
+            self.stop()
+            return 0 if result == 0 else 1
+        print(f"\nThe farm is running. Web UI: {self.web_url}  (Ctrl-C stops it)")
+        try:
+            signal.pause() if hasattr(signal, "pause") else time.sleep(10**9)
+        except KeyboardInterrupt:
+            print()
+        finally:
+            self.stop()
+        return 0
+
+    def create(self) -> None:
+        """Create (or refresh) the master from the config and a fresh local worker."""
+        if not self.config.is_file():
+            raise DemoError(f"no master configuration at {self.config}")
+        self.basedir.mkdir(parents=True, exist_ok=True)
+        self._run([self._bin / "buildbot", "create-master", "-r", str(self.master_dir)])
+        shutil.copyfile(self.config, self.master_dir / "master.cfg")
+        shutil.rmtree(self.worker_dir, ignore_errors=True)
+        self._run(
+            [
+                self._bin / "buildbot-worker",
+                "create-worker",
+                str(self.worker_dir),
+                f"127.0.0.1:{self.pb_port}",
+                WORKER_NAME,
+                self.password,
+            ]
+        )
+        print(f"demo: master in {self.master_dir}, worker in {self.worker_dir}")
+
+    def start(self) -> None:
+        """Start the master (waits until it runs) and the worker."""
+        self._run([self._bin / "buildbot", "start", str(self.master_dir)], log=self.master_log)
+        self._run([self._bin / "buildbot-worker", "start", str(self.worker_dir)])
+        print(f"demo: master and worker started; web UI at {self.web_url}")
+
+    def stop(self) -> None:
+        """Stop the worker and the master; quiet when they are not running."""
+        daemons = (("buildbot-worker", self.worker_dir), ("buildbot", self.master_dir))
+        for tool, directory in daemons:
+            if (directory / "twistd.pid").exists():
+                subprocess.run(
+                    [self._bin / tool, "stop", str(directory)],
+                    env=self._env(),
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    check=False,
+                )
+
+    @property
+    def master_log(self) -> Path:
+        """The master's twistd.log."""
+        return self.master_dir / "twistd.log"
+
+    def force_build(self) -> int:
+        """Force the example build through the REST API; wait; print and return its result."""
+        answer = self._api(
+            f"forceschedulers/{FORCE_SCHEDULER}",
+            {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "force",
+                "params": {"builderNames": [BUILDER_NAME], "reason": "buildbot-farm demo"},
+            },
+        )
+        _buildset, requests = answer["result"]
+        request_id = next(iter(requests.values()))
+        print(f"demo: forced {BUILDER_NAME} (build request {request_id}); waiting for it")
+        deadline = time.monotonic() + self.build_timeout
+        while time.monotonic() < deadline:
+            builds = self._api(f"buildrequests/{request_id}/builds")["builds"]
+            if builds and builds[0]["complete"]:
+                build = builds[0]
+                result = int(build["results"])
+                url = f"{self.web_url}#/builders/{build['builderid']}/builds/{build['number']}"
+                outcome = f"{RESULT_NAMES[result]}: {build['state_string']}"
+                print(f"demo: build {build['number']} {outcome}")
+                print(f"demo: {url}")
+                return result
+            time.sleep(0.5)
+        raise DemoError(
+            f"the build did not finish within {self.build_timeout:g} s; see {self.master_log}"
+        )
+
+    def show_farm_status(self) -> None:
+        """Print what the farm service reports at /plugins/farm/status."""
+        status = self._get(f"{self.web_url}plugins/farm/status")
+        masters = ", ".join(m["name"] for m in status["masters"])
+        print(
+            f"demo: farm service up on {status['backend']} "
+            f"(schema {status['schema_version']}); masters: {masters}"
+        )
+
+    def _api(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        return self._get(f"{self.web_url}api/v2/{path}", body)
+
+    def _get(self, url: str, body: dict[str, Any] | None = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(
+            url, data=data, headers={"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return json.load(response)
+        except urllib.error.HTTPError as e:
+            detail = e.read().decode(errors="replace")[:500]
+            raise DemoError(f"{url} answered {e.code}: {detail}") from e
+        except OSError as e:
+            raise DemoError(f"cannot reach {url}: {e}; see {self.master_log}") from e
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PATH"] = f"{self._bin}{os.pathsep}{env.get('PATH', '')}"
+        env.setdefault("FARM_WORKER_PASSWORD", self.password)
+        return env
+
+    def _run(self, command: list[Any], log: Path | None = None) -> None:
+        done = subprocess.run(
+            [str(part) for part in command],
+            env=self._env(),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            where = f"; see {log}" if log else ""
+            raise DemoError(
+                f"{' '.join(str(p) for p in command[:2])} failed ({done.returncode}):\n"
+                f"{done.stdout[-2000:]}{done.stderr[-2000:]}{where}"
+            )

@@ -1,0 +1,180 @@
+"""``util.FarmService``: the one master-side service of the farm.
+
+It owns the farm database (migrated at start), the HTTP root mounted at
+``/plugins/farm/``, and the periodic work. Capabilities find it through the master::
+
+    farm = master.service_manager.namedServices["farm"]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from dataclasses import dataclass, fields
+from typing import Any, Callable
+
+from buildbot import config
+from buildbot.util import service
+from twisted.internet import defer
+from twisted.python import log
+
+from buildbot_farm import __version__, db
+from buildbot_farm.periodic import PeriodicTask
+from buildbot_farm.web import FarmRoot
+from buildbot_farm.web.status import OPENAPI, OpenAPIResource, StatusResource
+
+DEFAULT_DB_URL = "sqlite:///farm.sqlite"
+
+
+@dataclass(frozen=True)
+class FarmSettings:
+    """FarmService's arguments, checked in one place for checkConfig and reconfigService."""
+
+    db_url: str = DEFAULT_DB_URL
+    db_pool_size: int = 4
+    db_timeout: float = 30.0
+    heartbeat_interval: float = 30.0
+
+    def problems(self) -> list[str]:
+        """What is wrong with these settings, each naming its argument; empty when fine."""
+        found = []
+        try:
+            db.parse_db_url(self.db_url)
+        except db.InvalidDatabaseURL as e:
+            found.append(str(e))
+        for name in ("db_pool_size",):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                found.append(f"{name} must be a whole number >= 1, not {value!r}")
+        for name in ("db_timeout", "heartbeat_interval"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+                found.append(f"{name} must be a number of seconds > 0, not {value!r}")
+        return found
+
+    def database_settings(self) -> tuple[Any, ...]:
+        """The part that needs a new database connection when it changes."""
+        return (self.db_url, self.db_pool_size, self.db_timeout)
+
+
+_SETTING_NAMES = tuple(f.name for f in fields(FarmSettings))
+
+
+class FarmService(service.BuildbotService):
+    """The build farm's service on this master; put one in ``c['services']``.
+
+    ``db_url`` is ``sqlite:///farm.sqlite`` (relative to the master's basedir, the default)
+    or ``postgresql://user:password@host:port/dbname`` for several masters sharing one
+    farm. ``db_pool_size`` PostgreSQL connections serve it; a database call that gets no
+    answer within ``db_timeout`` seconds fails. The service records itself in the farm
+    database every ``heartbeat_interval`` seconds, so other masters know it is alive.
+    """
+
+    name = "farm"
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.database: db.Database | None = None
+        self.settings: FarmSettings | None = None
+        self.web_root = FarmRoot()
+        self._periodic: dict[str, PeriodicTask] = {}
+        super().__init__(**kwargs)
+        self.web_root.mount("status", StatusResource(lambda: self.database, __version__))
+        self.web_root.mount("openapi.json", OpenAPIResource(OPENAPI))
+
+    def checkConfig(self, **kwargs: Any) -> None:
+        """Refuse bad arguments with config errors that name the argument."""
+        unknown = sorted(set(kwargs) - set(_SETTING_NAMES))
+        if unknown:
+            config.error(
+                f"FarmService: unknown argument(s) {', '.join(unknown)}; "
+                f"it takes {', '.join(_SETTING_NAMES)}"
+            )
+            return
+        for problem in FarmSettings(**kwargs).problems():
+            config.error(f"FarmService: {problem}")
+
+    async def reconfigService(self, **kwargs: Any) -> None:
+        """Apply the settings: (re)open the database when its settings changed."""
+        settings = FarmSettings(**kwargs)
+        previous, self.settings = self.settings, settings
+        if previous is None or previous.database_settings() != settings.database_settings():
+            await self._open_database(settings)
+        self.add_periodic("heartbeat", settings.heartbeat_interval, self._heartbeat)
+
+    async def _open_database(self, settings: FarmSettings) -> None:
+        try:
+            database = await db.connect(
+                settings.db_url,
+                self.master.reactor,
+                basedir=self.master.basedir,
+                pool_size=settings.db_pool_size,
+                timeout=settings.db_timeout,
+            )
+        except db.DatabaseError as e:
+            raise config.ConfigErrors([f"FarmService: db_url: {e}"]) from e
+        old, self.database = self.database, database
+        log.msg(f"farm: database {database.url.redacted()} ready")
+        if old is not None:
+            await old.stop()
+
+    def add_periodic(
+        self, name: str, interval: float, work: Callable[[], Awaitable[Any]], now: bool = True
+    ) -> PeriodicTask:
+        """Run ``work`` every ``interval`` seconds while the service runs.
+
+        Adding a task under an existing name replaces it. Runs are on the master's clock,
+        never overlap, and a failing run is logged without stopping the next.
+        """
+        old = self._periodic.pop(name, None)
+        if old is not None:
+            old.stop()
+        periodic = PeriodicTask(name, interval, work, self.master.reactor)
+        self._periodic[name] = periodic
+        if self.running:
+            periodic.start(now=now)
+        return periodic
+
+    async def _heartbeat(self) -> None:
+        if self.database is None:
+            return
+        now = self.master.reactor.seconds()
+
+        async def record(txn: db.Transaction) -> None:
+            changed = await txn.execute(
+                "UPDATE farm_masters SET heartbeat_at = ?, version = ? WHERE name = ?",
+                (now, __version__, self.master.name),
+            )
+            if not changed:
+                await txn.execute(
+                    "INSERT INTO farm_masters (name, started_at, heartbeat_at, version)"
+                    " VALUES (?, ?, ?, ?)",
+                    (self.master.name, now, now, __version__),
+                )
+
+        await self.database.transaction(record)
+
+    def startService(self) -> defer.Deferred[None]:
+        """Open the database (via the first reconfig), then start the periodic work."""
+        return defer.ensureDeferred(self._start())
+
+    async def _start(self) -> None:
+        await super().startService()
+        for periodic in self._periodic.values():
+            periodic.start()
+
+    def stopService(self) -> defer.Deferred[None]:
+        """Stop the periodic work, forget this master's heartbeat, close the database."""
+        return defer.ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        for periodic in self._periodic.values():
+            await periodic.stop()
+        if self.database is not None:
+            database, self.database = self.database, None
+            try:
+                await database.execute(
+                    "DELETE FROM farm_masters WHERE name = ?", (self.master.name,)
+                )
+            except db.DatabaseError as e:
+                log.msg(f"farm: could not remove this master's heartbeat: {e}")
+            await database.stop()
+        await super().stopService()

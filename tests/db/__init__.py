@@ -1,0 +1,1 @@
+"""Tests of the farm database on both backends."""

@@ -1,0 +1,105 @@
+"""PostgreSQL going away under a running farm database: clear errors, no hangs, reconnection."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor, task
+
+from buildbot_farm import db
+from tests.harness.postgres import PostgresCluster
+
+pytestmark = pytest.mark.postgres
+
+
+async def sleep(seconds: float) -> None:
+    await task.deferLater(reactor, seconds, lambda: None)
+
+
+async def first_success(database: db.Database, within: float) -> float:
+    """Retry a trivial query until it succeeds; return how long that took."""
+    start = time.monotonic()
+    while True:
+        try:
+            await database.fetchone("SELECT 1 AS one")
+            return time.monotonic() - start
+        except db.DatabaseUnavailable:
+            if time.monotonic() - start > within:
+                raise
+            await sleep(0.2)
+
+
+@pytest_twisted.ensureDeferred
+async def test_killed_server_fails_calls_fast_then_reconnects(pg_cluster_factory) -> None:  # type: ignore[no-untyped-def]
+    """Kill -9 PostgreSQL: calls fail at once with a clear error; after restart all works again."""
+    cluster: PostgresCluster = pg_cluster_factory()
+    database = await db.connect(cluster.dsn, reactor, pool_size=2, timeout=5.0)
+    heard: list[str] = []
+    await database.listen("farm_outage", heard.append)
+    await database.execute("CREATE TABLE kept (n INTEGER)")
+    await database.execute("INSERT INTO kept VALUES (1)")
+
+    cluster.kill()
+    for _ in range(4):
+        started = time.monotonic()
+        with pytest.raises(db.DatabaseUnavailable) as raised:
+            await database.fetchall("SELECT n FROM kept")
+        assert time.monotonic() - started < 5.5, "a call during the outage hung"
+        assert "reconnects by itself" in str(raised.value)
+        assert "127.0.0.1" in str(raised.value)
+
+    cluster.restart()
+    waited = await first_success(database, within=20.0)
+    assert await database.fetchall("SELECT n FROM kept") == [{"n": 1}]
+
+    async def announce(txn: db.Transaction) -> None:
+        await txn.notify("farm_outage", "after restart")
+
+    for _ in range(50):
+        await database.transaction(announce)
+        await sleep(0.2)
+        if heard:
+            break
+    assert "after restart" in heard, "LISTEN was not re-established after the reconnect"
+    await database.stop()
+    print(f"reconnected {waited:.2f} s after the restart")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_server_that_stops_answering_does_not_hang_calls(pg_cluster_factory) -> None:  # type: ignore[no-untyped-def]
+    """A backend frozen mid-query makes the call fail at its deadline; the pool then recovers."""
+    cluster: PostgresCluster = pg_cluster_factory()
+    database = await db.connect(cluster.dsn, reactor, pool_size=1, timeout=1.0)
+    row = await database.fetchone("SELECT pg_backend_pid() AS pid")
+    assert row is not None
+    backend = int(row["pid"])
+    os.kill(backend, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(db.DatabaseUnavailable, match="no answer within 1 s"):
+            await database.fetchone("SELECT 1")
+        assert time.monotonic() - started < 3
+    finally:
+        os.kill(backend, signal.SIGCONT)
+    await first_success(database, within=10.0)
+    row = await database.fetchone("SELECT pg_backend_pid() AS pid")
+    assert row is not None
+    assert int(row["pid"]) != backend, "the stuck connection was reused"
+    await database.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_unreachable_server_at_start_names_the_url(pg_cluster_factory) -> None:  # type: ignore[no-untyped-def]
+    """Connecting to a stopped server fails at once, naming the URL and what to check."""
+    cluster: PostgresCluster = pg_cluster_factory()
+    cluster.kill()
+    with pytest.raises(db.DatabaseUnavailable) as raised:
+        await db.connect(cluster.dsn, reactor, timeout=5.0)
+    message = str(raised.value)
+    assert cluster.dsn.split("@")[1].split("/")[0] in message
+    assert "check that PostgreSQL is running" in message
+    await defer.succeed(None)

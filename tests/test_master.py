@@ -1,0 +1,99 @@
+"""A real Buildbot master and worker with the farm: the demo, checkconfig, and PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.db.conftest import schema_dsn
+from tests.harness.ports import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.master
+
+
+def run_demo(basedir: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    environment = {
+        **os.environ,
+        "FARM_WEB_PORT": str(free_port()),
+        "FARM_PB_PORT": str(free_port()),
+        **env,
+    }
+    return subprocess.run(
+        [BIN / "buildbot-farm", "demo", "--once", "--basedir", str(basedir),
+         "--config", str(ROOT / "master.cfg.example")],
+        env=environment, capture_output=True, text=True, timeout=600, check=False,
+    )
+
+
+def test_demo_runs_a_green_build_on_sqlite(tmp_path: Path) -> None:
+    """The demo starts a real master and worker, and the example build succeeds on SQLite."""
+    done = run_demo(tmp_path / "demo")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS" in done.stdout
+    assert "farm service up on sqlite (schema 1)" in done.stdout
+    assert (tmp_path / "demo/master/farm.sqlite").exists()
+    assert not (tmp_path / "demo/master/twistd.pid").exists(), "the master was left running"
+    assert not (tmp_path / "demo/worker/twistd.pid").exists(), "the worker was left running"
+
+
+def test_master_runs_the_farm_on_postgresql(tmp_path: Path, pg_dsn: str) -> None:
+    """With db_url on PostgreSQL the master's farm service migrates it and reports it."""
+    done = run_demo(tmp_path / "demo", FARM_DB_URL=schema_dsn(pg_dsn, "demo_master"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "farm service up on postgresql (schema 1)" in done.stdout
+
+
+def test_master_refuses_to_start_when_the_database_is_unreachable(tmp_path: Path) -> None:
+    """An unreachable PostgreSQL stops the master's start with a message naming db_url."""
+    unreachable = f"postgresql://postgres@127.0.0.1:{free_port()}/farm"
+    done = run_demo(tmp_path / "demo", FARM_DB_URL=unreachable)
+    assert done.returncode == 1
+    log = (tmp_path / "demo/master/twistd.log").read_text()
+    assert "FarmService: db_url: cannot connect to the farm database" in log
+    assert "check that PostgreSQL is running" in log
+
+
+def test_checkconfig_passes_on_the_example() -> None:
+    """`buildbot checkconfig` accepts master.cfg.example as shipped."""
+    done = subprocess.run(
+        [BIN / "buildbot", "checkconfig", str(ROOT / "master.cfg.example")],
+        capture_output=True, text=True, check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Config file is good!" in done.stdout
+
+
+def test_checkconfig_names_each_bad_farm_argument(tmp_path: Path) -> None:
+    """`buildbot checkconfig` reports every bad FarmService argument by name."""
+    text = (ROOT / "master.cfg.example").read_text()
+    bad = text.replace(
+        'db_url=os.environ.get("FARM_DB_URL", "sqlite:///farm.sqlite"),',
+        'db_url="mysql://h/db", db_timeout=0,',
+    )
+    assert bad != text
+    config = tmp_path / "master.cfg"
+    config.write_text(bad)
+    done = subprocess.run(
+        [BIN / "buildbot", "checkconfig", str(config)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode != 0
+    output = done.stdout + done.stderr
+    assert "FarmService: db_url 'mysql://h/db' has the unknown scheme 'mysql'" in output
+    assert "FarmService: db_timeout must be a number of seconds > 0" in output
+
+
+def test_entry_points_load_through_buildbot_plugins() -> None:
+    """`from buildbot.plugins import util` finds FarmService, and the www plugin is registered."""
+    from buildbot.plugins import util
+    from buildbot.plugins.db import get_plugins
+
+    from buildbot_farm.service import FarmService
+
+    assert util.FarmService is FarmService
+    assert "farm" in get_plugins("www", None, load_now=True)
