@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
+import shutil
+import tempfile
 from typing import Any
 
 import pytest
@@ -49,8 +50,8 @@ class FarmServiceConfigTests(ConfigErrorsMixin, unittest.TestCase):
 class FarmServiceTests(TestReactorMixin, unittest.TestCase):
     async def start(self, **kwargs: Any) -> tuple[Any, FarmService]:
         self.setup_test_reactor()
-        basedir = self.mktemp()
-        os.makedirs(basedir)
+        basedir = tempfile.mkdtemp(prefix="farm-master-")
+        self.addCleanup(shutil.rmtree, basedir, True)
         master = await fakemaster.make_master(self, basedir=basedir)
         master.service_manager = master
         service = FarmService(**kwargs)
@@ -91,7 +92,9 @@ class FarmServiceTests(TestReactorMixin, unittest.TestCase):
     async def test_unopenable_database_is_a_config_error_at_start(self) -> None:
         """A SQLite path in a missing directory stops the start with a message naming db_url."""
         self.setup_test_reactor()
-        master = await fakemaster.make_master(self, basedir=self.mktemp())
+        basedir = tempfile.mkdtemp(prefix="farm-master-")
+        self.addCleanup(shutil.rmtree, basedir, True)
+        master = await fakemaster.make_master(self, basedir=basedir)
         service = FarmService(db_url="sqlite:///no/such/dir/farm.sqlite")
         await service.setServiceParent(master)
         with pytest.raises(config.ConfigErrors) as raised:
