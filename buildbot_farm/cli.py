@@ -66,9 +66,9 @@ async def _print_schema(database: Any) -> None:
 
 
 def _demo_command(args: argparse.Namespace) -> int:
-    from buildbot_farm.demo import Demo
+    from buildbot_farm.demo import LocalFarm
 
-    return Demo(config=args.config, basedir=args.basedir).run(once=args.once)
+    return LocalFarm(config=args.config, basedir=args.basedir).run(once=args.once)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,4 @@
-"""``buildbot-farm demo``: a real master and worker on this machine, running the example build.
+"""A real master and worker on this machine (``LocalFarm``), and ``buildbot-farm demo`` on it.
 
 Creates ``BASEDIR/master`` from a master.cfg (the repository's master.cfg.example by default)
 and ``BASEDIR/worker``, starts both, forces the example build through Buildbot's REST API,
@@ -25,25 +25,37 @@ FORCE_SCHEDULER = "force"
 RESULT_NAMES = ["SUCCESS", "WARNINGS", "FAILURE", "SKIPPED", "EXCEPTION", "RETRY", "CANCELLED"]
 
 
-class DemoError(Exception):
-    """The demo could not run; the message says what failed and where its log is."""
+class LocalFarmError(Exception):
+    """The local master or worker could not run; the message says what failed and where to look."""
 
 
-class Demo:
-    """One demo installation: a master and a worker under ``basedir``.
+class LocalFarm:
+    """A real master and one local worker under ``basedir``, run as daemons.
 
-    Ports come from ``FARM_WEB_PORT`` and ``FARM_PB_PORT`` (8010 and 9989 by default), which
-    master.cfg.example reads too.
+    The master's configuration is the file ``config``; it must read its ports and worker
+    password from ``FARM_WEB_PORT``, ``FARM_PB_PORT`` and ``FARM_WORKER_PASSWORD`` as
+    master.cfg.example does, and name its worker ``local-worker``. ``env`` adds to (or
+    overrides) the environment the master and worker run with; ports not given there come
+    from this process's environment (8010 and 9989 by default). Tests use this class to run
+    real builds.
     """
 
-    def __init__(self, config: str, basedir: str, build_timeout: float = 600.0) -> None:
+    def __init__(
+        self,
+        config: str | Path,
+        basedir: str | Path,
+        env: dict[str, str] | None = None,
+        build_timeout: float = 600.0,
+    ) -> None:
         self.config = Path(config).resolve()
         self.basedir = Path(basedir).resolve()
         self.master_dir = self.basedir / "master"
         self.worker_dir = self.basedir / "worker"
-        self.web_port = int(os.environ.get("FARM_WEB_PORT", "8010"))
-        self.pb_port = int(os.environ.get("FARM_PB_PORT", "9989"))
-        self.password = os.environ.get("FARM_WORKER_PASSWORD", "demo-worker-password")
+        self.extra_env = dict(env or {})
+        merged = {**os.environ, **self.extra_env}
+        self.web_port = int(merged.get("FARM_WEB_PORT", "8010"))
+        self.pb_port = int(merged.get("FARM_PB_PORT", "9989"))
+        self.password = merged.get("FARM_WORKER_PASSWORD", "demo-worker-password")
         self.build_timeout = build_timeout
         self.web_url = f"http://127.0.0.1:{self.web_port}/"
         self._bin = Path(sys.executable).parent
@@ -53,9 +65,9 @@ class Demo:
         try:
             self.create()
             self.start()
-            result = self.force_build()
+            result = self.report(self.force_build(BUILDER_NAME, reason="buildbot-farm demo"))
             self.show_farm_status()
-        except DemoError as e:
+        except LocalFarmError as e:
             print(f"demo: {e}", file=sys.stderr)
             self.stop()
             return 1
@@ -74,7 +86,7 @@ class Demo:
     def create(self) -> None:
         """Create (or refresh) the master from the config and a fresh local worker."""
         if not self.config.is_file():
-            raise DemoError(f"no master configuration at {self.config}")
+            raise LocalFarmError(f"no master configuration at {self.config}")
         self.basedir.mkdir(parents=True, exist_ok=True)
         self._run([self._bin / "buildbot", "create-master", "-r", str(self.master_dir)])
         shutil.copyfile(self.config, self.master_dir / "master.cfg")
@@ -115,49 +127,59 @@ class Demo:
         """The master's twistd.log."""
         return self.master_dir / "twistd.log"
 
-    def force_build(self) -> int:
-        """Force the example build through the REST API; wait; print and return its result."""
-        answer = self._api(
+    def force_build(
+        self, builder: str, properties: dict[str, Any] | None = None, reason: str = "forced"
+    ) -> dict[str, Any]:
+        """Force ``builder`` through the REST API and wait; return the finished build.
+
+        ``properties`` are force-scheduler parameters; the build dict is Buildbot's
+        (``results``, ``state_string``, ``number``, ``builderid``, ``buildid`` ...).
+        """
+        answer = self.api(
             f"forceschedulers/{FORCE_SCHEDULER}",
             {
                 "jsonrpc": "2.0",
                 "id": 1,
                 "method": "force",
-                "params": {"builderNames": [BUILDER_NAME], "reason": "buildbot-farm demo"},
+                "params": {"builderNames": [builder], "reason": reason, **(properties or {})},
             },
         )
         _buildset, requests = answer["result"]
         request_id = next(iter(requests.values()))
-        print(f"demo: forced {BUILDER_NAME} (build request {request_id}); waiting for it")
+        print(f"demo: forced {builder} (build request {request_id}); waiting for it")
         deadline = time.monotonic() + self.build_timeout
         while time.monotonic() < deadline:
-            builds = self._api(f"buildrequests/{request_id}/builds")["builds"]
+            builds = self.api(f"buildrequests/{request_id}/builds")["builds"]
             if builds and builds[0]["complete"]:
-                build = builds[0]
-                result = int(build["results"])
-                url = f"{self.web_url}#/builders/{build['builderid']}/builds/{build['number']}"
-                outcome = f"{RESULT_NAMES[result]}: {build['state_string']}"
-                print(f"demo: build {build['number']} {outcome}")
-                print(f"demo: {url}")
-                return result
+                return dict(builds[0])
             time.sleep(0.5)
-        raise DemoError(
+        raise LocalFarmError(
             f"the build did not finish within {self.build_timeout:g} s; see {self.master_log}"
         )
 
+    def report(self, build: dict[str, Any]) -> int:
+        """Print a finished build's result and web address; return its result code."""
+        result = int(build["results"])
+        url = f"{self.web_url}#/builders/{build['builderid']}/builds/{build['number']}"
+        print(f"demo: build {build['number']} {RESULT_NAMES[result]}: {build['state_string']}")
+        print(f"demo: {url}")
+        return result
+
     def show_farm_status(self) -> None:
         """Print what the farm service reports at /plugins/farm/status."""
-        status = self._get(f"{self.web_url}plugins/farm/status")
+        status = self.get_json(f"{self.web_url}plugins/farm/status")
         masters = ", ".join(m["name"] for m in status["masters"])
         print(
             f"demo: farm service up on {status['backend']} "
             f"(schema {status['schema_version']}); masters: {masters}"
         )
 
-    def _api(self, path: str, body: dict[str, Any] | None = None) -> Any:
-        return self._get(f"{self.web_url}api/v2/{path}", body)
+    def api(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        """GET (or, with ``body``, POST) Buildbot's REST API at ``/api/v2/<path>``."""
+        return self.get_json(f"{self.web_url}api/v2/{path}", body)
 
-    def _get(self, url: str, body: dict[str, Any] | None = None) -> Any:
+    def get_json(self, url: str, body: dict[str, Any] | None = None) -> Any:
+        """GET (or POST ``body`` to) ``url`` and decode the JSON answer."""
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(
             url, data=data, headers={"Content-Type": "application/json"}
@@ -167,12 +189,14 @@ class Demo:
                 return json.load(response)
         except urllib.error.HTTPError as e:
             detail = e.read().decode(errors="replace")[:500]
-            raise DemoError(f"{url} answered {e.code}: {detail}") from e
+            raise LocalFarmError(f"{url} answered {e.code}: {detail}") from e
         except OSError as e:
-            raise DemoError(f"cannot reach {url}: {e}; see {self.master_log}") from e
+            raise LocalFarmError(f"cannot reach {url}: {e}; see {self.master_log}") from e
 
     def _env(self) -> dict[str, str]:
-        env = dict(os.environ)
+        env = {**os.environ, **self.extra_env}
+        env["FARM_WEB_PORT"] = str(self.web_port)
+        env["FARM_PB_PORT"] = str(self.pb_port)
         env["PATH"] = f"{self._bin}{os.pathsep}{env.get('PATH', '')}"
         env.setdefault("FARM_WORKER_PASSWORD", self.password)
         return env
@@ -187,7 +211,7 @@ class Demo:
         )
         if done.returncode != 0:
             where = f"; see {log}" if log else ""
-            raise DemoError(
+            raise LocalFarmError(
                 f"{' '.join(str(p) for p in command[:2])} failed ({done.returncode}):\n"
                 f"{done.stdout[-2000:]}{done.stderr[-2000:]}{where}"
             )
