@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= .demo
 
-.PHONY: venv demo test lint system-packages clean
+.PHONY: venv demo test lint bench system-packages clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,12 +23,16 @@ system-packages:
 	bash tests/harness/install-system-packages.sh
 
 lint: $(STAMP)
-	$(BIN)/ruff check buildbot_farm tests
+	$(BIN)/ruff check buildbot_farm tests benchmarks
 	$(BIN)/mypy buildbot_farm
 
 # The whole suite against real PostgreSQL, a real Docker engine and a real master + worker.
 test: $(STAMP) system-packages lint
 	$(BIN)/python -m pytest
+
+# Benchmarks against the tools the farm replaces (BENCH=bench_name runs one); not part of CI.
+bench: $(STAMP) system-packages
+	$(BIN)/python -m benchmarks $(BENCH)
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Benchmarks of buildbot_farm against the tools it replaces; `make bench` runs them."""
