@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Install the Debian packages the real-service tests need, and only those that are missing:
+# docker.io (dockerd), a PostgreSQL server, debootstrap (builds the base image),
+# busybox-static (the tiny image) and zstd. Safe to run again: it does nothing when all is there.
+set -euo pipefail
+
+missing=()
+if ! command -v dockerd >/dev/null 2>&1 && [ ! -x /usr/sbin/dockerd ]; then
+    missing+=(docker.io)
+fi
+if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+    missing+=(postgresql-15)
+fi
+if ! command -v debootstrap >/dev/null 2>&1 && [ ! -x /usr/sbin/debootstrap ]; then
+    missing+=(debootstrap)
+fi
+# The plain `busybox` package also ships /bin/busybox, but linked dynamically: the image built
+# from it could not run, so ask for busybox-static by name.
+if [ "$(dpkg-query -W -f='${db:Status-Status}' busybox-static 2>/dev/null)" != installed ]; then
+    missing+=(busybox-static)
+fi
+if ! command -v zstd >/dev/null 2>&1; then
+    missing+=(zstd)
+fi
+
+if [ "${#missing[@]}" -eq 0 ]; then
+    echo "install-system-packages: docker.io, postgresql, debootstrap, busybox-static, zstd all present"
+    exit 0
+fi
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "install-system-packages: missing ${missing[*]}; installing them needs root:" \
+        "run \`sudo $0\` (or install those Debian packages yourself)" >&2
+    exit 1
+fi
+
+echo "install-system-packages: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get -q update
+apt-get -q install -y --no-install-recommends "${missing[@]}"
