@@ -1,0 +1,1110 @@
+#!/usr/bin/env python3
+"""Buildlet agent: the small HTTP service a coordinator drives on a remote build host.
+
+This is one file, standard library only, for Python >= 3.9 on POSIX, so that it can be copied
+into a container or onto a host and started as::
+
+    python3 buildlet_agent.py --listen HOST:PORT --workdir DIR --secret-file FILE
+
+Once listening it prints ``BUILDLET-READY http://HOST:PORT`` (and writes the URL to
+``--ready-file`` if given). The protocol follows Go's buildlet (gomote). Every request needs the
+header ``X-Buildlet-Secret``; every path a client names is resolved inside the work directory;
+every error is JSON ``{"error": "..."}``.
+
+* ``GET /status``: agent and host facts.
+* ``POST /exec`` (form: ``cmd``, ``cmdArg``..., ``dir``, ``env``..., ``mode``): run a command and
+  stream its output; the result comes in the ``Process-State`` trailer, or, with
+  ``X-Buildlet-Framing: 1``, as frames (type byte, 4-byte big-endian length, payload; ``o`` is
+  output, ``x`` the final JSON ``{"exit_code", "signal", "state"}``).
+* ``PUT /writetgz?dir=``: unpack a tar.gz body, all or nothing. ``GET /tgz?dir=``: stream one.
+* ``GET /ls?dir=&recursive=1&digest=1``, ``POST /removeall`` (form: ``path``...),
+  ``PUT /write?path=&mode=``, ``GET /read?path=``: files.
+* ``POST /halt``: answer, kill running commands and exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import gzip
+import hashlib
+import hmac
+import http.server
+import io
+import json
+import os
+import platform
+import posixpath
+import selectors
+import shutil
+import signal
+import socket
+import socketserver
+import stat
+import struct
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+import traceback
+import urllib.parse
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import partial
+from http import HTTPStatus
+from typing import Callable, ClassVar
+
+VERSION = "1.0"
+SECRET_HEADER = "X-Buildlet-Secret"
+FRAMING_HEADER = "X-Buildlet-Framing"
+FRAMES_TYPE = "application/x-buildlet-frames"
+CHUNK = 64 * 1024
+MAX_FORM_BYTES = 1024 * 1024
+IDLE_TIMEOUT = 600.0  # seconds a connection may idle, or a client not read, before it is dropped
+POLL_INTERVAL = 0.2
+ORPHAN_GRACE = 5.0  # seconds to read on after a command exits, if something else holds its pipe
+GZIP_WBITS = 16 + zlib.MAX_WBITS  # tells zlib to expect, and check, a gzip header and trailer
+SPECIAL_KINDS = {tarfile.CHRTYPE: "character device", tarfile.BLKTYPE: "block device",
+                 tarfile.FIFOTYPE: "FIFO"}
+OS_ERROR_STATUS = {errno.ENOENT: 404, errno.EACCES: 403, errno.EPERM: 403, errno.EEXIST: 409,
+                   errno.ENOTDIR: 409, errno.EISDIR: 409, errno.ENOTEMPTY: 409,
+                   errno.ENOSPC: 507, errno.EDQUOT: 507}
+
+
+# --- Errors and parameters -------------------------------------------------------------------
+
+
+class AgentError(Exception):
+    """A failed request: the HTTP status and the message the client gets as JSON."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+class ArchiveError(AgentError):
+    """A tar.gz body that is corrupt or would write outside its target; nothing was written."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(400, message)
+
+
+class SetupError(Exception):
+    """A command-line problem that stops the agent from starting."""
+
+
+def single(params: dict[str, list[str]], name: str, default: str | None = None) -> str:
+    """Return the one value of a query or form field; 400 if repeated or missing with no default."""
+    values = params.get(name)
+    if not values:
+        if default is None:
+            raise AgentError(400, f"missing parameter {name!r}")
+        return default
+    if len(values) > 1:
+        raise AgentError(400, f"parameter {name!r} was given {len(values)} times; give it once")
+    return values[0]
+
+
+def flag(params: dict[str, list[str]], name: str) -> bool:
+    """Return a boolean query field given as 1/true or 0/false (absent is false)."""
+    value = single(params, name, "0").lower()
+    if value not in ("1", "true", "0", "false", ""):
+        raise AgentError(400, f"parameter {name!r} must be 1 or 0, not {value!r}")
+    return value in ("1", "true")
+
+
+def parse_mode(text: str) -> int:
+    """Parse an octal permission string such as 0644."""
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        mode = -1
+    if not 0 <= mode <= 0o7777:
+        raise AgentError(400, f"mode {text!r} is not an octal permission such as 0644")
+    return mode
+
+
+# --- Paths inside the work directory ---------------------------------------------------------
+
+
+def within(root: str, path: str) -> bool:
+    """Tell whether the absolute path is root or lies under it."""
+    return os.path.commonpath([root, path]) == root
+
+
+class Workdir:
+    """The directory the agent serves; every path a client names is resolved inside it."""
+
+    def __init__(self, root: str) -> None:
+        self.root = os.path.realpath(root)
+
+    def resolve(self, rel: str, follow_last: bool = True) -> str:
+        """Return the absolute path for rel; 400 if it is absolute or leads outside the workdir.
+
+        With follow_last false a symlink at the last component is returned as itself, which is
+        what removing or replacing an entry needs.
+        """
+        if "\0" in rel:
+            raise AgentError(400, f"path {rel!r} contains a NUL byte")
+        if rel.startswith("/"):
+            raise AgentError(400, f"path {rel!r} is absolute; give a path relative to the workdir")
+        parts = [part for part in rel.split("/") if part not in ("", ".")]
+        if ".." in parts:
+            raise AgentError(400, f"path {rel!r} contains '..'; give a path inside the workdir")
+        if not parts:
+            return self.root
+        if follow_last:
+            path = os.path.realpath(os.path.join(self.root, *parts))
+        else:
+            path = os.path.join(os.path.realpath(os.path.join(self.root, *parts[:-1])), parts[-1])
+        if not within(self.root, path):
+            raise AgentError(400, f"path {rel!r} leads outside the workdir through a symlink")
+        return path
+
+
+def existing(path: str, rel: str) -> os.stat_result:
+    """Stat path (following links); 404 naming rel if there is nothing there."""
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        raise AgentError(404, f"{rel!r} does not exist in the workdir") from None
+
+
+# --- Request and response bodies -------------------------------------------------------------
+
+
+class RequestBody(io.BufferedIOBase):
+    """The request body, read incrementally from Content-Length or chunked framing."""
+
+    def __init__(self, rfile: io.BufferedIOBase, encoding: str, length: str | None) -> None:
+        super().__init__()
+        self._rfile = rfile
+        self._chunked = encoding.strip().lower() == "chunked"
+        if encoding and not self._chunked:
+            raise AgentError(501, f"Transfer-Encoding {encoding!r} is not supported; use chunked")
+        if self._chunked or length is None:
+            self._left = 0
+        elif length.strip().isdigit():
+            self._left = int(length)
+        else:
+            raise AgentError(400, f"Content-Length {length!r} is not a number")
+        self.finished = not self._chunked and self._left == 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        """Return up to size bytes (all that is left if size is negative); b"" at the end."""
+        if size is None or size < 0:
+            return b"".join(iter(partial(self.read, CHUNK), b""))
+        if self.finished or size == 0:
+            return b""
+        if self._left == 0:
+            self._left = self._next_chunk_size()
+            if self._left == 0:
+                while self._rfile.readline(CHUNK) not in (b"\r\n", b"\n", b""):
+                    pass  # skip request trailers
+                self.finished = True
+                return b""
+        data = self._rfile.read(min(size, self._left))
+        if not data:
+            raise AgentError(400, "the request body ended early: the client stopped sending it")
+        self._left -= len(data)
+        if self._left == 0:
+            if not self._chunked:
+                self.finished = True
+            elif self._rfile.readline(CHUNK).strip():
+                raise AgentError(400, "malformed chunked request body: a chunk is too long")
+        return data
+
+    def read_limited(self, limit: int) -> bytes:
+        """Read the whole body; 413 if it is longer than limit."""
+        data = self.read(limit + 1)
+        while len(data) <= limit and not self.finished:
+            data += self.read(limit + 1 - len(data))
+        if len(data) > limit:
+            raise AgentError(413, f"the request body is longer than {limit} bytes")
+        return data
+
+    def _next_chunk_size(self) -> int:
+        line = self._rfile.readline(CHUNK)
+        text = line.split(b";", 1)[0].strip()
+        try:
+            size = int(text, 16)
+        except ValueError:
+            size = -1
+        if size < 0:
+            raise AgentError(400, f"malformed chunked request body: bad chunk size {line[:40]!r}")
+        return size
+
+
+class GunzipReader(io.BufferedIOBase):
+    """Decompresses a gzip stream from source, failing on corrupt data or a missing trailer."""
+
+    def __init__(self, source: io.BufferedIOBase) -> None:
+        super().__init__()
+        self._source = source
+        self._inflater = zlib.decompressobj(GZIP_WBITS)
+        self._in_member = False
+        self._input = b""
+        self._output = b""
+
+    def read(self, size: int | None = -1) -> bytes:
+        """Return up to size decompressed bytes; b"" only after an intact end of stream."""
+        if size is None or size < 0:
+            return b"".join(iter(partial(self.read, CHUNK), b""))
+        if not self._output:
+            self._output = self._inflate_some()
+        data, self._output = self._output[:size], self._output[size:]
+        return data
+
+    def _inflate_some(self) -> bytes:
+        while True:
+            if not self._input:
+                self._input = self._source.read(CHUNK)
+                if not self._input:
+                    if self._in_member:
+                        raise ArchiveError("the gzip stream is truncated; send the whole file")
+                    return b""
+            if not self._in_member:  # the first member, or another one concatenated after it
+                self._inflater = zlib.decompressobj(GZIP_WBITS)
+                self._in_member = True
+            try:
+                data = self._inflater.decompress(self._input, CHUNK)
+            except zlib.error as exc:
+                raise ArchiveError(f"the body is not valid gzip data ({exc})") from None
+            if self._inflater.eof:
+                self._input = self._inflater.unused_data
+                self._in_member = False
+            else:
+                self._input = self._inflater.unconsumed_tail
+            if data:
+                return data
+
+
+class ChunkedStream:
+    """A response body sent in HTTP/1.1 chunks, each written to the socket at once."""
+
+    def __init__(self, wfile: io.BufferedIOBase) -> None:
+        self._wfile = wfile
+
+    def write(self, data: bytes) -> int:
+        """Send data as one chunk."""
+        if data:
+            self._wfile.write(b"%x\r\n" % len(data) + data + b"\r\n")
+        return len(data)
+
+    def flush(self) -> None:
+        """Flush the socket writer (chunks are not buffered, so this is cheap)."""
+        self._wfile.flush()
+
+    def finish(self, trailers: dict[str, str] | None = None) -> None:
+        """End the body, with the given HTTP trailer fields."""
+        fields = "".join(f"{name}: {value}\r\n" for name, value in (trailers or {}).items())
+        self._wfile.write(b"0\r\n" + fields.encode("latin-1", "replace") + b"\r\n")
+
+
+def frame(kind: bytes, payload: bytes) -> bytes:
+    """Encode one frame of an application/x-buildlet-frames body."""
+    return kind + struct.pack(">I", len(payload)) + payload
+
+
+# --- Running commands ------------------------------------------------------------------------
+
+
+@dataclass
+class ExecRequest:
+    """A validated /exec request: the argv, where to run it and its environment."""
+
+    argv: list[str]
+    cwd: str
+    env: dict[str, str]
+
+    @classmethod
+    def from_form(cls, form: dict[str, list[str]], workdir: Workdir) -> ExecRequest:
+        """Check the gomote form fields; 400 for anything wrong."""
+        cmd = single(form, "cmd")
+        if not cmd:
+            raise AgentError(400, "cmd is empty; give the command to run")
+        # gomote sends mode=sys to look cmd up on PATH; the one lookup rule (a name with a slash
+        # is relative to dir, a bare name is found on PATH) serves both modes.
+        mode = single(form, "mode", "")
+        if mode not in ("", "sys"):
+            raise AgentError(400, f"mode {mode!r} is not supported; send 'sys' or leave it out")
+        rel_dir = single(form, "dir", ".")
+        cwd = workdir.resolve(rel_dir)
+        if not os.path.isdir(cwd):
+            raise AgentError(400, f"dir {rel_dir!r} is not a directory in the workdir")
+        env = dict(os.environ, WORKDIR=workdir.root)
+        for item in form.get("env", []):
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise AgentError(400, f"env entry {item!r} is not KEY=VALUE")
+            env[key] = value
+        return cls([cmd, *form.get("cmdArg", [])], cwd, env)
+
+
+@dataclass
+class ExecResult:
+    """How a command ended, as the Process-State text and as the final frame's JSON."""
+
+    exit_code: int | None
+    signal_name: str | None
+    state: str
+
+    @classmethod
+    def from_returncode(cls, code: int) -> ExecResult:
+        """Describe a Popen return code (negative means killed by that signal)."""
+        if code >= 0:
+            return cls(code, None, "ok" if code == 0 else f"exit status {code}")
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"SIG{-code}"
+        return cls(None, name, f"signal: {name}")
+
+    def to_json(self) -> bytes:
+        """Encode the final frame's payload."""
+        payload = {"exit_code": self.exit_code, "signal": self.signal_name, "state": self.state}
+        return json.dumps(payload).encode()
+
+
+def kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the process group a command leads, if anything in it is still alive."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+class ProcessTable:
+    """The commands now running, so that shutting down can kill their process groups."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._procs: set[subprocess.Popen[bytes]] = set()
+        self._closed = False
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._procs)
+
+    @contextlib.contextmanager
+    def tracking(self, proc: subprocess.Popen[bytes]) -> Iterator[None]:
+        """Track proc for the block; once the table is closed, new commands are killed at once."""
+        with self._lock:
+            self._procs.add(proc)
+            if self._closed:
+                kill_group(proc)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._procs.discard(proc)
+
+    def kill_all(self) -> None:
+        """Kill every running command's process group and refuse new ones."""
+        with self._lock:
+            self._closed = True
+            for proc in self._procs:
+                kill_group(proc)
+
+
+def peer_closed(sock: socket.socket) -> bool:
+    """Tell whether a socket that polled readable was closed by the client."""
+    try:
+        return not sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return True
+
+
+class OutputPump:
+    """Copies a command's combined output to the client while watching for a hang-up."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], emit: Callable[[bytes], object],
+                 client: socket.socket) -> None:
+        assert proc.stdout is not None  # the command is always started with stdout=PIPE
+        self._proc = proc
+        self._emit = emit
+        self._client = client
+        self._pipe = proc.stdout.fileno()
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._pipe, selectors.EVENT_READ)
+        self._selector.register(client, selectors.EVENT_READ)
+        self._pipe_open = True
+
+    def run(self) -> bool:
+        """Copy output until the command has exited; False as soon as the client hangs up."""
+        try:
+            exited_at: float | None = None
+            while self._pipe_open:
+                if not self._watch(POLL_INTERVAL):
+                    return False
+                if exited_at is None and self._proc.poll() is not None:
+                    exited_at = time.monotonic()
+                    kill_group(self._proc)  # what it left behind would keep the pipe open
+                elif exited_at is not None and time.monotonic() - exited_at > ORPHAN_GRACE:
+                    break  # a process that left the group holds the pipe; stop waiting for it
+            while True:  # output ended; wait for the command itself to exit
+                try:
+                    self._proc.wait(POLL_INTERVAL)
+                    return True
+                except subprocess.TimeoutExpired:
+                    if not self._watch(0):
+                        return False
+        finally:
+            self._selector.close()
+
+    def _watch(self, timeout: float) -> bool:
+        for key, _ in self._selector.select(timeout):
+            if key.fileobj is self._client:
+                if peer_closed(self._client):
+                    return False
+                self._selector.unregister(self._client)  # a pipelined request: stop polling it
+            else:
+                data = os.read(self._pipe, CHUNK)
+                if data:
+                    self._emit(data)
+                else:
+                    self._selector.unregister(self._pipe)
+                    self._pipe_open = False
+        return True
+
+
+def run_command(request: ExecRequest, emit: Callable[[bytes], object], client: socket.socket,
+                table: ProcessTable) -> ExecResult | None:
+    """Run the command in its own process group, streaming its output to emit.
+
+    Returns None if the client went away, in which case the process group has been killed.
+    """
+    try:
+        proc = subprocess.Popen(
+            request.argv, cwd=request.cwd, env=request.env, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return ExecResult(None, None, f"error: cannot start {request.argv[0]!r}: {reason}")
+    finished = False
+    with table.tracking(proc):
+        try:
+            finished = OutputPump(proc, emit, client).run()
+        except OSError:
+            finished = False  # the client stopped reading
+        finally:
+            kill_group(proc)  # nothing the command started outlives it
+            proc.wait()
+            assert proc.stdout is not None
+            proc.stdout.close()
+    return ExecResult.from_returncode(proc.returncode) if finished else None
+
+
+# --- Archives and directory listings ---------------------------------------------------------
+
+
+def archive_parts(path: str, member: str) -> list[str]:
+    """Split a path from a tar member into components; 400 if absolute or containing '..'."""
+    if path.startswith("/"):
+        raise ArchiveError(f"member {member!r}: {path!r} is absolute; archives must be relative")
+    parts = [part for part in path.split("/") if part not in ("", ".")]
+    if ".." in parts:
+        raise ArchiveError(f"member {member!r}: {path!r} contains '..' and could escape the target")
+    return parts
+
+
+class TarExtraction:
+    """Unpacks tar members into an empty staging directory, refusing anything that could escape."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.count = 0
+        self._symlinks: list[tuple[str, str]] = []
+
+    def add(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+        """Unpack one member; 400 naming it if it is unsafe."""
+        name = member.name
+        parts = archive_parts(name, name)
+        if not parts:
+            if member.isdir():
+                return  # "./": the target directory itself
+            raise ArchiveError(f"member {name!r} has no file name")
+        dest = os.path.join(self._make_parents(parts, name), parts[-1])
+        if member.isdir():
+            self._add_dir(dest, member)
+        elif member.isreg():
+            self._add_file(tar, dest, member)
+        elif member.issym():
+            self._add_symlink(parts, dest, member)
+        elif member.islnk():
+            self._add_hardlink(dest, member)
+        else:
+            kind = SPECIAL_KINDS.get(member.type, f"tar entry of type {member.type!r}")
+            raise ArchiveError(f"member {name!r} is a {kind}; only files, dirs and links unpack")
+        self.count += 1
+
+    def check_symlinks(self) -> None:
+        """Check every link again once all is unpacked, as later members change where links lead."""
+        for path, name in self._symlinks:
+            if not within(self.root, os.path.realpath(path)):
+                raise ArchiveError(f"symlink {name!r} leads outside the target via other links")
+
+    def _make_parents(self, parts: list[str], name: str) -> str:
+        path = self.root
+        for depth, part in enumerate(parts[:-1], start=1):
+            path = os.path.join(path, part)
+            try:
+                mode = os.lstat(path).st_mode
+            except FileNotFoundError:
+                os.mkdir(path)
+                continue
+            if stat.S_ISLNK(mode):
+                link = "/".join(parts[:depth])
+                raise ArchiveError(f"member {name!r} goes through the symlink {link!r}")
+            if not stat.S_ISDIR(mode):
+                raise ArchiveError(f"member {name!r} needs {'/'.join(parts[:depth])!r} to be a dir")
+        return path
+
+    def _clear(self, dest: str, name: str) -> None:
+        try:
+            mode = os.lstat(dest).st_mode
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(mode):
+            raise ArchiveError(f"member {name!r} is not a directory, but an earlier member is")
+        os.unlink(dest)  # a later member replaces an earlier one, as with tar
+
+    def _add_dir(self, dest: str, member: tarfile.TarInfo) -> None:
+        try:
+            mode = os.lstat(dest).st_mode
+        except FileNotFoundError:
+            os.mkdir(dest)
+        else:
+            if not stat.S_ISDIR(mode):
+                raise ArchiveError(f"member {member.name!r} is a dir, but an earlier one is not")
+        os.chmod(dest, (member.mode & 0o777) | stat.S_IRWXU)  # we must be able to fill it
+
+    def _add_file(self, tar: tarfile.TarFile, dest: str, member: tarfile.TarInfo) -> None:
+        source = tar.extractfile(member)
+        assert source is not None  # regular members always have data
+        self._clear(dest, member.name)
+        with source, open(dest, "xb") as out:  # "x" never follows a link left at dest
+            shutil.copyfileobj(source, out, CHUNK)
+        os.chmod(dest, member.mode & 0o777)
+        os.utime(dest, (member.mtime, member.mtime))
+
+    def _add_symlink(self, parts: list[str], dest: str, member: tarfile.TarInfo) -> None:
+        target = member.linkname
+        if not target or target.startswith("/"):
+            raise ArchiveError(f"symlink {member.name!r} -> {target!r}: links must be relative")
+        resolved = posixpath.normpath(posixpath.join(*parts[:-1], target))
+        if resolved == ".." or resolved.startswith("../"):
+            raise ArchiveError(f"symlink {member.name!r} -> {target!r} points outside the target")
+        self._clear(dest, member.name)
+        os.symlink(target, dest)
+        self._symlinks.append((dest, member.name))
+
+    def _add_hardlink(self, dest: str, member: tarfile.TarInfo) -> None:
+        source = os.path.join(self.root, *archive_parts(member.linkname, member.name))
+        if source == dest or os.path.realpath(source) != source or not os.path.isfile(source):
+            raise ArchiveError(f"hard link {member.name!r} -> {member.linkname!r} must point to a "
+                               "regular file unpacked earlier from the same archive")
+        self._clear(dest, member.name)
+        os.link(source, dest)
+
+
+def extract_tgz(body: io.BufferedIOBase, root: str) -> int:
+    """Unpack a tar.gz stream into the empty directory root and return the member count."""
+    gunzip = GunzipReader(body)
+    extraction = TarExtraction(root)
+    try:
+        with tarfile.open(fileobj=gunzip, mode="r|") as tar:
+            for member in tar:
+                extraction.add(tar, member)
+    except tarfile.TarError as exc:
+        raise ArchiveError(f"the body is not a valid tar.gz archive ({exc})") from None
+    gunzip.read()  # the rest of the stream, so that its gzip trailer is checked too
+    extraction.check_symlinks()
+    return extraction.count
+
+
+def replace_path(src: str, dst: str) -> None:
+    """Rename src to dst, replacing a file or link (never following it), even across devices."""
+    try:
+        os.replace(src, dst)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        if os.path.lexists(dst):
+            os.unlink(dst)
+        shutil.move(src, dst)
+
+
+def plan_moves(src_dir: str, dst_dir: str, prefix: str = "") -> list[tuple[str, str]]:
+    """List the renames that merge src_dir into dst_dir; 409 where a dir meets a non-dir."""
+    moves = []
+    for name in sorted(os.listdir(src_dir)):
+        src, dst = os.path.join(src_dir, name), os.path.join(dst_dir, name)
+        src_is_dir = stat.S_ISDIR(os.lstat(src).st_mode)
+        try:
+            dst_is_dir = stat.S_ISDIR(os.lstat(dst).st_mode)
+        except FileNotFoundError:
+            moves.append((src, dst))
+            continue
+        if src_is_dir and dst_is_dir:
+            moves.extend(plan_moves(src, dst, f"{prefix}{name}/"))
+        elif src_is_dir or dst_is_dir:
+            kinds = ("a directory", "not one") if src_is_dir else ("not a directory", "one")
+            raise AgentError(409, f"{prefix + name!r} is {kinds[0]} in the archive but {kinds[1]} "
+                                  "in the target; remove it first with /removeall")
+        else:
+            moves.append((src, dst))
+    return moves
+
+
+def unpack_into(body: io.BufferedIOBase, target: str, scratch: str) -> int:
+    """Unpack a tar.gz body into target, all or nothing, staging it in the scratch directory."""
+    staging = tempfile.mkdtemp(prefix=".buildlet-unpack-", dir=scratch)
+    try:
+        os.chmod(staging, 0o755)
+        count = extract_tgz(body, staging)
+        if os.path.lexists(target):
+            for src, dst in plan_moves(staging, target):
+                replace_path(src, dst)
+        else:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            replace_path(staging, target)
+        return count
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def walk_tree(top: str, recursive: bool, prefix: str = "") -> Iterator[tuple[str, str]]:
+    """Yield (path, name relative to top) under top, parents first, never following symlinks."""
+    try:
+        with os.scandir(top) as scan:
+            entries = sorted(scan, key=lambda entry: entry.name)
+    except FileNotFoundError:
+        return  # removed while we walked
+    for entry in entries:
+        yield entry.path, prefix + entry.name
+        if recursive and entry.is_dir(follow_symlinks=False):
+            yield from walk_tree(entry.path, True, f"{prefix}{entry.name}/")
+
+
+def write_tgz(top: str, out: ChunkedStream) -> None:
+    """Write a tar.gz of everything under top to out as it is produced."""
+    with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=6, mtime=0) as packed, \
+            tarfile.open(fileobj=packed, mode="w|") as tar:
+        for path, name in walk_tree(top, recursive=True):
+            with contextlib.suppress(FileNotFoundError):  # removed while we walked
+                tar.add(path, arcname=name, recursive=False)
+
+
+def describe_entry(path: str, name: str, digest: bool) -> dict[str, object]:
+    """Describe one directory entry for /ls (links are not followed)."""
+    info = os.lstat(path)
+    entry: dict[str, object] = {
+        "name": name,
+        "size": info.st_size,
+        "mode": f"{stat.S_IMODE(info.st_mode):04o}",
+        "mtime": info.st_mtime,
+        "is_dir": stat.S_ISDIR(info.st_mode),
+    }
+    if stat.S_ISLNK(info.st_mode):
+        entry["link"] = os.readlink(path)
+    elif digest and stat.S_ISREG(info.st_mode):
+        sha = hashlib.sha256()
+        with open(path, "rb") as source:
+            for block in iter(partial(source.read, CHUNK), b""):
+                sha.update(block)
+        entry["sha256"] = sha.hexdigest()
+    return entry
+
+
+def remove_path(path: str) -> bool:
+    """Remove a file, link or tree; return whether there was anything to remove."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISDIR(mode):
+        os.unlink(path)
+        return True
+    for dirpath, _, _ in os.walk(path):  # read-only dirs, like Go's module cache, block rmtree
+        with contextlib.suppress(OSError):
+            os.chmod(dirpath, stat.S_IMODE(os.lstat(dirpath).st_mode) | stat.S_IRWXU)
+    shutil.rmtree(path)
+    return True
+
+
+def write_atomically(source: io.BufferedIOBase, dest: str, mode: int) -> int:
+    """Stream source into dest through a temporary file and a rename; return the size."""
+    fd, temp = tempfile.mkstemp(prefix=".buildlet-write-", dir=os.path.dirname(dest))
+    try:
+        with os.fdopen(fd, "wb") as out:
+            shutil.copyfileobj(source, out, CHUNK)
+            size = out.tell()
+        os.chmod(temp, mode)
+        os.replace(temp, dest)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+        raise
+    return size
+
+
+# --- HTTP ------------------------------------------------------------------------------------
+
+
+class BuildletHandler(http.server.BaseHTTPRequestHandler):
+    """Serves one client connection: checks the secret, then routes each request."""
+
+    server: BuildletServer
+    protocol_version = "HTTP/1.1"
+    server_version = f"buildlet-agent/{VERSION}"
+    timeout = IDLE_TIMEOUT
+    disable_nagle_algorithm = True  # output chunks must leave at once
+    _body: RequestBody | None = None
+    _started = False
+
+    @property
+    def body(self) -> RequestBody:
+        """The request body; set before any endpoint runs."""
+        assert self._body is not None
+        return self._body
+
+    def _dispatch(self) -> None:
+        self._body, self._started = None, False
+        url = urllib.parse.urlsplit(self.path)
+        try:
+            self._check_secret()
+            self._body = RequestBody(self.rfile, self.headers.get("Transfer-Encoding", ""),
+                                     self.headers.get("Content-Length"))
+            self._query = urllib.parse.parse_qs(url.query, keep_blank_values=True,
+                                                errors="surrogateescape")
+            self._route(url.path)(self)
+        except Exception as exc:
+            self._fail(exc)
+        if self._body is None or not self._body.finished:
+            self.close_connection = True  # unread body bytes would be taken as the next request
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = do_OPTIONS = _dispatch  # noqa: N815
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Answer a request that http.server itself rejected, in JSON, and close the connection."""
+        self._body = None
+        self._send_json(code, {"error": message or HTTPStatus(code).phrase})
+
+    def _check_secret(self) -> None:
+        given = self.headers.get(SECRET_HEADER)
+        if given is None:
+            raise AgentError(401, f"missing {SECRET_HEADER} header; send the agent's secret",
+                             {"WWW-Authenticate": "Buildlet-Secret"})
+        if not hmac.compare_digest(given.encode("latin-1", "replace"), self.server.secret):
+            raise AgentError(401, f"wrong {SECRET_HEADER}; send the secret the agent started with",
+                             {"WWW-Authenticate": "Buildlet-Secret"})
+
+    def _route(self, path: str) -> Callable[[BuildletHandler], None]:
+        methods = self.routes.get(path)
+        if methods is None:
+            raise AgentError(404, f"no endpoint {path!r}; try one of {', '.join(self.routes)}")
+        handler = methods.get(self.command)
+        if handler is None:
+            allowed = ", ".join(methods)
+            raise AgentError(405, f"{path} takes {allowed}, not {self.command}", {"Allow": allowed})
+        return handler
+
+    def _fail(self, exc: Exception) -> None:
+        if self._started or isinstance(exc, ConnectionError):
+            self.close_connection = True  # cut the body short so the client sees the failure
+            if not isinstance(exc, ConnectionError):
+                self.log_error("%s", f"{self.command} {self.path} failed mid-response: {exc!r}")
+            return
+        if isinstance(exc, AgentError):
+            error = exc
+        elif isinstance(exc, OSError):
+            where = f": {exc.filename}" if exc.filename else ""
+            status = OS_ERROR_STATUS.get(exc.errno or 0, 500)
+            error = AgentError(status, f"{exc.strerror or exc}{where}")
+        else:
+            self.log_error("%s", traceback.format_exc())
+            error = AgentError(500, f"internal error in the buildlet agent: {exc!r}; see its log")
+        self._send_json(error.status, {"error": error.message}, error.headers)
+
+    def _end_headers(self) -> None:
+        if self._body is None or not self._body.finished:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        self._started = True
+
+    def _send_json(self, status: int, payload: object,
+                   headers: dict[str, str] | None = None) -> None:
+        body = json.dumps(payload).encode() + b"\n"
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self._end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _start_stream(self, content_type: str, trailer: str | None = None) -> ChunkedStream:
+        if self.request_version != "HTTP/1.1":
+            raise AgentError(505, "this endpoint streams with chunked encoding; use HTTP/1.1")
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Transfer-Encoding", "chunked")
+        if trailer:
+            self.send_header("Trailer", trailer)
+        self._end_headers()
+        return ChunkedStream(self.wfile)
+
+    def _read_form(self) -> dict[str, list[str]]:
+        kind = self.headers.get("Content-Type", "application/x-www-form-urlencoded")
+        if kind.split(";")[0].strip().lower() != "application/x-www-form-urlencoded":
+            raise AgentError(415, f"send the form as application/x-www-form-urlencoded, not {kind}")
+        text = self.body.read_limited(MAX_FORM_BYTES).decode("utf-8", "surrogateescape")
+        return urllib.parse.parse_qs(text, keep_blank_values=True, errors="surrogateescape")
+
+    def _existing_dir(self) -> str:
+        rel = single(self._query, "dir", ".")
+        top = self.server.workdir.resolve(rel)
+        if not stat.S_ISDIR(existing(top, rel).st_mode):
+            raise AgentError(400, f"{rel!r} is not a directory; use /read for a file")
+        return top
+
+    def handle_status(self) -> None:
+        """GET /status: agent and host facts."""
+        self._send_json(200, {
+            "version": VERSION,
+            "workdir": self.server.workdir.root,
+            "os": platform.system().lower(),
+            "arch": platform.machine(),
+            "python": platform.python_version(),
+            "hostname": socket.gethostname(),
+            "uptime": round(time.monotonic() - self.server.started, 3),
+            "running": len(self.server.processes),
+        })
+
+    def handle_exec(self) -> None:
+        """POST /exec: run a command, streaming its output, then its exit status."""
+        request = ExecRequest.from_form(self._read_form(), self.server.workdir)
+        framed = self.headers.get(FRAMING_HEADER, "").strip() == "1"
+        if framed:
+            stream = self._start_stream(FRAMES_TYPE)
+        else:
+            stream = self._start_stream("text/plain", trailer="Process-State")
+
+        def emit(data: bytes) -> object:
+            return stream.write(frame(b"o", data) if framed else data)
+
+        result = run_command(request, emit, self.connection, self.server.processes)
+        if result is None:
+            self.close_connection = True
+        elif framed:
+            stream.write(frame(b"x", result.to_json()))
+            stream.finish()
+        else:
+            stream.finish({"Process-State": result.state})
+
+    def handle_writetgz(self) -> None:
+        """PUT /writetgz?dir=: unpack the tar.gz body into dir, all or nothing."""
+        rel = single(self._query, "dir", ".")
+        target = self.server.workdir.resolve(rel)
+        if os.path.lexists(target) and not os.path.isdir(target):
+            raise AgentError(409, f"dir {rel!r} exists and is not a directory")
+        count = unpack_into(self.body, target, self.server.workdir.root)
+        self._send_json(200, {"dir": rel, "entries": count})
+
+    def handle_tgz(self) -> None:
+        """GET /tgz?dir=: stream a tar.gz of dir."""
+        top = self._existing_dir()
+        stream = self._start_stream("application/gzip")
+        write_tgz(top, stream)
+        stream.finish()
+
+    def handle_ls(self) -> None:
+        """GET /ls?dir=&recursive=&digest=: list a directory as JSON."""
+        top = self._existing_dir()
+        digest = flag(self._query, "digest")
+        entries = []
+        for path, name in walk_tree(top, flag(self._query, "recursive")):
+            with contextlib.suppress(FileNotFoundError):  # removed while we walked
+                entries.append(describe_entry(path, name, digest))
+        self._send_json(200, entries)
+
+    def handle_removeall(self) -> None:
+        """POST /removeall: remove each form field path (files or trees)."""
+        rels = self._read_form().get("path", [])
+        if not rels:
+            raise AgentError(400, "give at least one 'path' form field to remove")
+        paths = [self.server.workdir.resolve(rel, follow_last=False) for rel in rels]
+        for rel, path in zip(rels, paths):
+            if path == self.server.workdir.root:
+                raise AgentError(400, f"path {rel!r} is the workdir itself; remove its entries")
+        removed = [rel for rel, path in zip(rels, paths) if remove_path(path)]
+        self._send_json(200, {"removed": removed})
+
+    def handle_write(self) -> None:
+        """PUT /write?path=&mode=: store the body as a file."""
+        rel = single(self._query, "path")
+        mode = parse_mode(single(self._query, "mode", "0644"))
+        dest = self.server.workdir.resolve(rel, follow_last=False)
+        if os.path.isdir(dest) and not os.path.islink(dest):
+            raise AgentError(409, f"path {rel!r} is a directory")
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        size = write_atomically(self.body, dest, mode)
+        self._send_json(200, {"path": rel, "size": size})
+
+    def handle_read(self) -> None:
+        """GET /read?path=: stream a file."""
+        rel = single(self._query, "path")
+        path = self.server.workdir.resolve(rel)
+        if not stat.S_ISREG(existing(path, rel).st_mode):
+            raise AgentError(400, f"{rel!r} is not a regular file; use /tgz or /ls for a directory")
+        with open(path, "rb") as source:
+            left = os.fstat(source.fileno()).st_size
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(left))
+            self._end_headers()
+            while left:
+                block = source.read(min(left, CHUNK))
+                if not block:
+                    raise OSError(f"{rel!r} shrank while it was being sent")
+                self.wfile.write(block)
+                left -= len(block)
+
+    def handle_halt(self) -> None:
+        """POST /halt: answer, then kill running commands and exit."""
+        self._send_json(200, {"halted": True})
+        self.close_connection = True
+        self.server.stop_soon()
+
+    routes: ClassVar[dict[str, dict[str, Callable[[BuildletHandler], None]]]] = {
+        "/status": {"GET": handle_status},
+        "/exec": {"POST": handle_exec},
+        "/writetgz": {"PUT": handle_writetgz},
+        "/tgz": {"GET": handle_tgz},
+        "/ls": {"GET": handle_ls},
+        "/removeall": {"POST": handle_removeall},
+        "/write": {"PUT": handle_write},
+        "/read": {"GET": handle_read},
+        "/halt": {"POST": handle_halt},
+    }
+
+
+class BuildletServer(http.server.ThreadingHTTPServer):
+    """The agent's HTTP server, holding what its requests share."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], workdir: Workdir, secret: bytes) -> None:
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.workdir = workdir
+        self.secret = secret
+        self.processes = ProcessTable()
+        self.started = time.monotonic()
+        super().__init__(address, BuildletHandler)
+
+    def server_bind(self) -> None:
+        """Bind without the reverse DNS lookup http.server does, which can stall startup."""
+        socketserver.TCPServer.server_bind(self)
+        self.server_name = str(self.server_address[0])
+        self.server_port = int(self.server_address[1])
+
+    @property
+    def url(self) -> str:
+        """The base URL clients use, from the address actually bound."""
+        host = self.server_name
+        return f"http://[{host}]:{self.server_port}" if ":" in host else f"http://{host}:{self.server_port}"
+
+    def stop_soon(self) -> None:
+        """Make serve_forever return, from any thread or a signal handler."""
+        threading.Thread(target=self.shutdown, daemon=True).start()
+
+
+# --- Command line ----------------------------------------------------------------------------
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """Parse HOST:PORT (IPv6 hosts in brackets); port 0 picks a free port."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise SetupError(f"--listen {value!r} is not HOST:PORT, e.g. 127.0.0.1:0")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def load_secret(path: str | None, env_name: str | None) -> bytes:
+    """Read the shared secret from a file or an environment variable, stripped."""
+    if path is not None:
+        try:
+            with open(path, "rb") as source:
+                secret = source.read().strip()
+        except OSError as exc:
+            raise SetupError(f"cannot read the secret file {path}: {exc.strerror}") from None
+        where = f"file {path}"
+    else:
+        secret = os.environ.get(env_name or "", "").strip().encode("utf-8", "surrogateescape")
+        where = f"environment variable {env_name}"
+    if not secret:
+        raise SetupError(f"the secret in {where} is empty or missing; the agent needs one")
+    return secret
+
+
+def announce(url: str, ready_file: str | None) -> None:
+    """Tell the provider the agent is listening: a stdout line and, if asked, a file."""
+    if ready_file:
+        temp = f"{ready_file}.{os.getpid()}.tmp"
+        with open(temp, "w", encoding="utf-8") as out:
+            out.write(url)
+        os.replace(temp, ready_file)
+    print(f"BUILDLET-READY {url}", flush=True)
+
+
+def start(argv: list[str] | None) -> tuple[BuildletServer, str | None]:
+    """Parse the command line and bind the server; return it and the --ready-file."""
+    parser = argparse.ArgumentParser(description="Serve the buildlet protocol for a workdir.")
+    parser.add_argument("--listen", required=True, metavar="HOST:PORT", help="port 0 picks one")
+    parser.add_argument("--workdir", required=True, help="created if missing")
+    secret = parser.add_mutually_exclusive_group(required=True)
+    secret.add_argument("--secret-file", help="file holding the shared secret")
+    secret.add_argument("--secret-env", metavar="NAME", help="environment variable holding it")
+    parser.add_argument("--ready-file", help="also write the URL here once listening")
+    args = parser.parse_args(argv)
+    address = parse_listen(args.listen)
+    key = load_secret(args.secret_file, args.secret_env)
+    os.makedirs(args.workdir, exist_ok=True)
+    return BuildletServer(address, Workdir(args.workdir), key), args.ready_file
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the agent until /halt, SIGTERM or SIGINT; return the exit code."""
+    try:
+        server, ready_file = start(argv)
+    except (SetupError, OSError) as exc:
+        print(f"buildlet_agent: {exc}", file=sys.stderr)
+        return 2
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: server.stop_soon())
+    try:
+        announce(server.url, ready_file)
+    except OSError as exc:
+        print(f"buildlet_agent: cannot write the --ready-file: {exc}", file=sys.stderr)
+        server.server_close()
+        return 2
+    try:
+        server.serve_forever(poll_interval=POLL_INTERVAL)
+    finally:
+        server.processes.kill_all()
+        server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

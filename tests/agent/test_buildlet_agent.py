@@ -1,0 +1,644 @@
+"""The buildlet agent, run as a real subprocess and spoken to over real HTTP.
+
+Set ``BUILDLET_AGENT_PYTHON`` to run the agent under another interpreter (e.g. Python 3.9).
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import http.client
+import io
+import json
+import os
+import signal
+import socket
+import stat
+import struct
+import subprocess
+import sys
+import tarfile
+import time
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from buildbot_farm.agent import AGENT_PATH
+
+SECRET = "s3cret for tests"
+AGENT_PYTHON = os.environ.get("BUILDLET_AGENT_PYTHON", sys.executable)
+FORM = "application/x-www-form-urlencoded"
+
+
+class RunningAgent:
+    """A buildlet agent subprocess, its work directory and a small HTTP client for it."""
+
+    def __init__(self, proc: subprocess.Popen[str], url: str, workdir: Path) -> None:
+        self.proc = proc
+        self.url = url
+        self.workdir = workdir
+        parsed = urllib.parse.urlsplit(url)
+        self.host, self.port = parsed.hostname or "", parsed.port or 0
+
+    def connect(self) -> http.client.HTTPConnection:
+        """Open a connection to the agent."""
+        return http.client.HTTPConnection(self.host, self.port, timeout=30)
+
+    def request(self, method: str, path: str, body: bytes | None = None,
+                headers: dict[str, str] | None = None,
+                secret: str | None = SECRET) -> tuple[int, dict[str, str], bytes]:
+        """Send one request and return status, headers and the whole body."""
+        all_headers = dict(headers or {})
+        if secret is not None:
+            all_headers["X-Buildlet-Secret"] = secret
+        conn = self.connect()
+        try:
+            conn.request(method, path, body=body, headers=all_headers)
+            response = conn.getresponse()
+            return response.status, dict(response.getheaders()), response.read()
+        finally:
+            conn.close()
+
+    def json(self, method: str, path: str, body: bytes | None = None,
+             headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        """Send one request and decode its JSON answer."""
+        status, _, data = self.request(method, path, body, headers)
+        return status, json.loads(data)
+
+    def post_form(self, path: str, fields: list[tuple[str, str]],
+                  headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+        """POST a url-encoded form."""
+        body = urllib.parse.urlencode(fields).encode()
+        return self.request("POST", path, body, {"Content-Type": FORM, **(headers or {})})
+
+    def start_exec(self, fields: list[tuple[str, str]]) -> tuple[http.client.HTTPConnection,
+                                                                  FrameReader]:
+        """Start a framed /exec and return the open connection and a reader for its frames."""
+        conn = self.connect()
+        conn.request("POST", "/exec", body=urllib.parse.urlencode(fields).encode(), headers={
+            "X-Buildlet-Secret": SECRET, "Content-Type": FORM, "X-Buildlet-Framing": "1"})
+        response = conn.getresponse()
+        assert response.status == 200, response.read()
+        assert response.getheader("Content-Type") == "application/x-buildlet-frames"
+        return conn, FrameReader(response)
+
+    def run(self, *argv: str, **fields: str) -> tuple[bytes, dict[str, object]]:
+        """Run a command through framed /exec; return its output and final status."""
+        conn, frames = self.start_exec([("cmd", argv[0]), *(("cmdArg", a) for a in argv[1:]),
+                                        *fields.items()])
+        try:
+            return frames.rest()
+        finally:
+            conn.close()
+
+    def stop(self) -> int:
+        """Stop the agent with SIGTERM if it still runs; return its exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(10)
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+        return code
+
+
+class FrameReader:
+    """Reads application/x-buildlet-frames frames as they arrive."""
+
+    def __init__(self, response: http.client.HTTPResponse) -> None:
+        self._response = response
+        self._buffer = b""
+
+    def next(self) -> tuple[bytes, bytes]:
+        """Return the next frame's type and payload."""
+        header = self._take(5)
+        return header[:1], self._take(struct.unpack(">I", header[1:])[0])
+
+    def rest(self) -> tuple[bytes, dict[str, object]]:
+        """Read up to the final frame; return all output and the decoded status."""
+        output = b""
+        while True:
+            kind, payload = self.next()
+            if kind == b"x":
+                assert self._response.read() == b""
+                return output, json.loads(payload)
+            assert kind == b"o"
+            output += payload
+
+    def _take(self, size: int) -> bytes:
+        while len(self._buffer) < size:
+            data = self._response.read1(65536)
+            if not data:
+                raise EOFError("the frame stream ended early")
+            self._buffer += data
+        taken, self._buffer = self._buffer[:size], self._buffer[size:]
+        return taken
+
+
+def start_agent(tmp_path: Path, *extra: str, secret_args: list[str] | None = None,
+                env: dict[str, str] | None = None) -> RunningAgent:
+    """Start the agent on a free port and wait for its BUILDLET-READY line."""
+    workdir = tmp_path / "work"
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(f"  {SECRET}\n")
+    with open(tmp_path / "agent.log", "ab") as log:
+        proc = subprocess.Popen(
+            [AGENT_PYTHON, str(AGENT_PATH), "--listen", "127.0.0.1:0", "--workdir", str(workdir),
+             *(secret_args or ["--secret-file", str(secret_file)]), *extra],
+            stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith("BUILDLET-READY http://127.0.0.1:"), (line, proc.wait(5))
+    return RunningAgent(proc, line.split()[1], workdir)
+
+
+@pytest.fixture
+def agent(tmp_path: Path) -> Iterator[RunningAgent]:
+    """An agent serving tmp_path/work, stopped (and checked to exit cleanly) afterwards."""
+    running = start_agent(tmp_path)
+    yield running
+    assert running.stop() == 0
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    """A directory beside the workdir that nothing may ever write into."""
+    path = tmp_path / "outside"
+    path.mkdir()
+    (path / "secret.txt").write_text("do not touch\n")
+    return path
+
+
+def snapshot(root: Path) -> dict[str, object]:
+    """Everything under root: names, kinds, link targets and file contents."""
+    seen: dict[str, object] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath, name)
+            rel = str(path.relative_to(root))
+            if path.is_symlink():
+                seen[rel] = ("link", os.readlink(path))
+            elif path.is_dir():
+                seen[rel] = "dir"
+            else:
+                seen[rel] = path.read_bytes()
+    return seen
+
+
+def process_alive(pid: int) -> bool:
+    """Tell whether pid is a live process (a zombie counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat_file = Path(f"/proc/{pid}/stat")
+    return not (stat_file.exists() and stat_file.read_text().rsplit(")", 1)[1].split()[0] == "Z")
+
+
+def wait_until_gone(pid: int, timeout: float = 5.0) -> bool:
+    """Wait for pid to die; return whether it did in time."""
+    deadline = time.monotonic() + timeout
+    while process_alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def member(name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"",
+           linkname: str = "", mode: int = 0o644) -> tuple[tarfile.TarInfo, bytes]:
+    """Describe one tar member for make_tgz."""
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname, info.mode, info.size = kind, linkname, mode, len(data)
+    info.mtime = 1_700_000_000
+    if kind == tarfile.CHRTYPE:
+        info.devmajor, info.devminor = 1, 3
+    return info, data
+
+
+def make_tgz(*members: tuple[tarfile.TarInfo, bytes]) -> bytes:
+    """Build a tar.gz holding exactly the given members, however unsafe."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data) if info.isreg() else None)
+    return buffer.getvalue()
+
+
+def raw_exec(agent: RunningAgent, fields: list[tuple[str, str]]) -> tuple[bytes, bytes, bytes]:
+    """POST /exec on a bare socket; return the response head, the de-chunked body and trailers."""
+    body = urllib.parse.urlencode(fields).encode()
+    request = (f"POST /exec HTTP/1.1\r\nHost: agent\r\nX-Buildlet-Secret: {SECRET}\r\n"
+               f"Content-Type: {FORM}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+    with socket.create_connection((agent.host, agent.port), timeout=30) as sock:
+        sock.sendall(request.encode() + body)
+        received = b"".join(iter(lambda: sock.recv(65536), b""))
+    head, _, rest = received.partition(b"\r\n\r\n")
+    output = b""
+    while True:
+        size_line, _, rest = rest.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            return head, output, rest
+        output += rest[:size]
+        assert rest[size:size + 2] == b"\r\n"
+        rest = rest[size + 2:]
+
+
+def test_status_reports_host_facts(agent: RunningAgent) -> None:
+    """GET /status answers with the agent's version, workdir, platform and load."""
+    status, facts = agent.json("GET", "/status")
+    assert status == 200
+    assert isinstance(facts, dict)
+    assert facts["workdir"] == os.path.realpath(agent.workdir)
+    assert facts["os"] == sys.platform.rstrip("0123456789")
+    assert facts["running"] == 0
+    assert {"version", "arch", "python", "hostname", "uptime"} <= facts.keys()
+
+
+@pytest.mark.parametrize("secret", [None, "wrong", ""])
+def test_requests_without_the_secret_are_refused(agent: RunningAgent, secret: str | None) -> None:
+    """A missing, wrong or empty X-Buildlet-Secret gets 401 with a JSON error."""
+    status, headers, body = agent.request("GET", "/status", secret=secret)
+    assert status == 401
+    assert headers["Content-Type"] == "application/json"
+    assert "X-Buildlet-Secret" in json.loads(body)["error"]
+
+
+def test_unknown_paths_and_wrong_methods_are_json_errors(agent: RunningAgent) -> None:
+    """An unknown path is 404 and a known path with the wrong method 405, both as JSON."""
+    status, error = agent.json("GET", "/nope")
+    assert status == 404
+    assert "/nope" in error["error"]
+    status, headers, body = agent.request("GET", "/exec")
+    assert (status, headers["Allow"]) == (405, "POST")
+    assert "POST" in json.loads(body)["error"]
+
+
+def test_exec_streams_output_while_the_command_runs(agent: RunningAgent) -> None:
+    """Output reaches the client as it is produced, not when the command ends."""
+    started = time.monotonic()
+    conn, frames = agent.start_exec([("cmd", "sh"), ("cmdArg", "-c"),
+                                     ("cmdArg", "echo first; sleep 1; echo second")])
+    try:
+        assert frames.next() == (b"o", b"first\n")
+        first_at = time.monotonic() - started
+        output, result = frames.rest()
+    finally:
+        conn.close()
+    assert first_at < 0.8
+    assert time.monotonic() - started >= 1.0
+    assert output == b"second\n"
+    assert result == {"exit_code": 0, "signal": None, "state": "ok"}
+
+
+@pytest.mark.parametrize(("script", "result"), [
+    ("exit 0", {"exit_code": 0, "signal": None, "state": "ok"}),
+    ("exit 3", {"exit_code": 3, "signal": None, "state": "exit status 3"}),
+    ("kill -TERM $$", {"exit_code": None, "signal": "SIGTERM", "state": "signal: SIGTERM"}),
+])
+def test_exec_final_frame_reports_how_the_command_ended(
+        agent: RunningAgent, script: str, result: dict[str, object]) -> None:
+    """The final frame says whether the command succeeded, failed with a code, or was killed."""
+    assert agent.run("sh", "-c", script) == (b"", result)
+
+
+def test_exec_without_framing_puts_the_state_in_a_trailer(agent: RunningAgent) -> None:
+    """Without X-Buildlet-Framing the body is raw output and the state a Process-State trailer."""
+    head, output, trailers = raw_exec(agent, [("cmd", "sh"), ("cmdArg", "-c"),
+                                              ("cmdArg", "echo out; echo err >&2; exit 7")])
+    assert head.startswith(b"HTTP/1.1 200")
+    assert b"\r\nTrailer: Process-State" in head
+    assert b"\r\nTransfer-Encoding: chunked" in head
+    assert output == b"out\nerr\n"
+    assert trailers == b"Process-State: exit status 7\r\n\r\n"
+
+
+def test_exec_of_a_missing_command_reports_an_error_state(agent: RunningAgent) -> None:
+    """A command that cannot start is reported in the final status, not as an HTTP error."""
+    output, result = agent.run("no-such-command-anywhere")
+    assert output == b""
+    assert result["exit_code"] is None
+    assert str(result["state"]).startswith("error: cannot start 'no-such-command-anywhere'")
+
+
+def test_exec_uses_env_and_dir(agent: RunningAgent) -> None:
+    """env entries reach the command, dir is its working directory and WORKDIR is set."""
+    (agent.workdir / "sub").mkdir()
+    output, result = agent.run("sh", "-c", 'echo "$GREETING $WORKDIR"; pwd',
+                               env="GREETING=hello", dir="sub")
+    workdir = os.path.realpath(agent.workdir)
+    assert output.decode() == f"hello {workdir}\n{workdir}/sub\n"
+    assert result["state"] == "ok"
+
+
+def test_exec_runs_a_cmd_with_a_slash_relative_to_dir(agent: RunningAgent) -> None:
+    """A cmd containing a slash is a path relative to dir rather than a PATH lookup."""
+    script = agent.workdir / "tools" / "bin" / "hello"
+    script.parent.mkdir(parents=True)
+    script.write_text("#!/bin/sh\necho hello from $0\n")
+    script.chmod(0o755)
+    output, result = agent.run("bin/hello", dir="tools")
+    assert (output, result["state"]) == (b"hello from bin/hello\n", "ok")
+
+
+@pytest.mark.parametrize("bad_dir", ["..", "../outside", "/tmp", "escape", "missing"])
+def test_exec_dir_must_be_a_directory_inside_the_workdir(
+        agent: RunningAgent, outside: Path, bad_dir: str) -> None:
+    """An exec dir escaping the workdir (by '..', absolute path or symlink) or missing is 400."""
+    (agent.workdir / "escape").symlink_to(outside)
+    status, _, body = agent.post_form("/exec", [("cmd", "true"), ("dir", bad_dir)])
+    assert status == 400
+    assert bad_dir in json.loads(body)["error"]
+
+
+def test_exec_without_cmd_is_a_bad_request(agent: RunningAgent) -> None:
+    """An exec form without cmd, or with a malformed env entry, is 400 and runs nothing."""
+    assert agent.post_form("/exec", [("cmdArg", "x")])[0] == 400
+    assert agent.post_form("/exec", [("cmd", "true"), ("env", "NOEQUALS")])[0] == 400
+
+
+def test_client_disconnect_kills_the_command_process_group(agent: RunningAgent) -> None:
+    """When the client hangs up mid-exec, the command and what it started are killed."""
+    conn, frames = agent.start_exec([("cmd", "sh"), ("cmdArg", "-c"),
+                                     ("cmdArg", "sleep 60 & echo $!; wait")])
+    kind, payload = frames.next()
+    pid = int(payload)
+    assert kind == b"o"
+    assert process_alive(pid)
+    conn.close()
+    assert wait_until_gone(pid)
+    deadline = time.monotonic() + 5
+    while agent.json("GET", "/status")[1]["running"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def test_writetgz_then_tgz_round_trips_a_tree(agent: RunningAgent) -> None:
+    """A tree unpacked by /writetgz comes back whole from /tgz, modes and links included."""
+    archive = make_tgz(
+        member("./", tarfile.DIRTYPE, mode=0o755),
+        member("bin/", tarfile.DIRTYPE, mode=0o755),
+        member("bin/run.sh", data=b"#!/bin/sh\necho hi\n", mode=0o755),
+        member("src/main.c", data=b"int main(void) { return 0; }\n"),
+        member("src/link.c", tarfile.SYMTYPE, linkname="main.c"),
+        member("src/hard.c", tarfile.LNKTYPE, linkname="src/main.c"),
+    )
+    status, answer = agent.json("PUT", "/writetgz?dir=dest/tree", archive)
+    assert (status, answer) == (200, {"dir": "dest/tree", "entries": 5})
+    tree = agent.workdir / "dest" / "tree"
+    assert stat.S_IMODE((tree / "bin" / "run.sh").stat().st_mode) == 0o755
+    assert os.readlink(tree / "src" / "link.c") == "main.c"
+    assert (tree / "src" / "hard.c").stat().st_ino == (tree / "src" / "main.c").stat().st_ino
+    assert not [p for p in agent.workdir.iterdir() if p.name.startswith(".buildlet")]
+
+    status, headers, body = agent.request("GET", "/tgz?dir=dest/tree")
+    assert (status, headers["Transfer-Encoding"]) == (200, "chunked")
+    with tarfile.open(fileobj=io.BytesIO(body), mode="r:gz") as tar:
+        members = {m.name: m for m in tar.getmembers()}
+        assert sorted(members) == ["bin", "bin/run.sh", "src", "src/hard.c", "src/link.c",
+                                   "src/main.c"]
+        assert members["bin/run.sh"].mode == 0o755
+        assert members["src/link.c"].linkname == "main.c"
+        extracted = tar.extractfile("src/main.c")
+        assert extracted is not None
+        assert extracted.read() == b"int main(void) { return 0; }\n"
+
+
+def test_writetgz_merges_into_an_existing_directory(agent: RunningAgent) -> None:
+    """Unpacking over an existing tree replaces the archive's files and keeps the others."""
+    (agent.workdir / "keep.txt").write_text("kept\n")
+    (agent.workdir / "over.txt").write_text("old\n")
+    archive = make_tgz(member("over.txt", data=b"new\n"), member("sub/new.txt", data=b"n\n"))
+    assert agent.json("PUT", "/writetgz", archive)[0] == 200
+    assert snapshot(agent.workdir) == {"keep.txt": b"kept\n", "over.txt": b"new\n",
+                                       "sub": "dir", "sub/new.txt": b"n\n"}
+
+
+@pytest.mark.parametrize(("members", "named"), [
+    ([member("../escape.txt", data=b"x")], "../escape.txt"),
+    ([member("/tmp/buildlet-absolute.txt", data=b"x")], "/tmp/buildlet-absolute.txt"),
+    ([member("evil", tarfile.SYMTYPE, linkname="../outside"),
+      member("evil/pwned.txt", data=b"x")], "evil"),
+    ([member("evil", tarfile.SYMTYPE, linkname="/tmp"),
+      member("evil/pwned.txt", data=b"x")], "evil"),
+    ([member("here", tarfile.SYMTYPE, linkname="."),
+      member("up", tarfile.SYMTYPE, linkname="here/..")], "up"),
+    ([member("fine", tarfile.SYMTYPE, linkname="sub"), member("sub/", tarfile.DIRTYPE),
+      member("fine/through.txt", data=b"x")], "fine/through.txt"),
+    ([member("hard", tarfile.LNKTYPE, linkname="../outside/secret.txt")], "hard"),
+    ([member("hard", tarfile.LNKTYPE, linkname="/etc/passwd")], "hard"),
+    ([member("null", tarfile.CHRTYPE)], "null"),
+    ([member("disk", tarfile.BLKTYPE)], "disk"),
+    ([member("pipe", tarfile.FIFOTYPE)], "pipe"),
+], ids=["dotdot", "absolute", "symlink-up", "symlink-absolute", "symlink-chain",
+        "through-symlink", "hardlink-up", "hardlink-absolute", "chardev", "blockdev", "fifo"])
+def test_writetgz_refuses_unsafe_archives_and_writes_nothing(
+        agent: RunningAgent, outside: Path, members: list[tuple[tarfile.TarInfo, bytes]],
+        named: str) -> None:
+    """Each tar attack is a 400 naming the bad member, and neither workdir nor outside change."""
+    (agent.workdir / "existing.txt").write_text("before\n")
+    before = snapshot(agent.workdir), snapshot(outside)
+    archive = make_tgz(member("good.txt", data=b"fine\n"), *members)
+    status, error = agent.json("PUT", "/writetgz?dir=target", archive)
+    assert status == 400
+    assert repr(named) in error["error"]
+    assert (snapshot(agent.workdir), snapshot(outside)) == before
+    assert not Path("/tmp/buildlet-absolute.txt").exists()
+
+
+@pytest.mark.parametrize("cut", ["half", "trailer"])
+def test_writetgz_refuses_a_truncated_gzip_and_writes_nothing(agent: RunningAgent,
+                                                              cut: str) -> None:
+    """A gzip cut short, even just its trailer, is a 400 and nothing is unpacked."""
+    archive = make_tgz(member("a.txt", data=os.urandom(50_000)), member("b.txt", data=b"b"))
+    truncated = archive[:len(archive) // 2] if cut == "half" else archive[:-4]
+    status, error = agent.json("PUT", "/writetgz", truncated)
+    assert status == 400
+    assert "gzip" in error["error"] or "tar" in error["error"]
+    assert snapshot(agent.workdir) == {}
+
+
+def test_writetgz_refuses_a_dir_file_clash_and_writes_nothing(agent: RunningAgent) -> None:
+    """An archive file where the target has a directory is a 409 and nothing is unpacked."""
+    (agent.workdir / "clash").mkdir()
+    before = snapshot(agent.workdir)
+    archive = make_tgz(member("first.txt", data=b"1"), member("clash", data=b"file"))
+    assert agent.json("PUT", "/writetgz", archive)[0] == 409
+    assert snapshot(agent.workdir) == before
+
+
+def test_tgz_of_a_missing_directory_is_404(agent: RunningAgent) -> None:
+    """Asking for a tar.gz of a directory that does not exist is 404."""
+    assert agent.json("GET", "/tgz?dir=nowhere")[0] == 404
+
+
+def test_ls_lists_entries_with_digests(agent: RunningAgent) -> None:
+    """GET /ls lists names, sizes, modes and kinds, recursively and with sha256 on request."""
+    (agent.workdir / "sub").mkdir()
+    (agent.workdir / "a.txt").write_bytes(b"alpha")
+    (agent.workdir / "sub" / "b.txt").write_bytes(b"beta")
+    (agent.workdir / "a.txt").chmod(0o640)
+    status, flat = agent.json("GET", "/ls")
+    assert status == 200
+    assert [(e["name"], e["is_dir"]) for e in flat] == [("a.txt", False), ("sub", True)]
+    status, deep = agent.json("GET", "/ls?dir=.&recursive=1&digest=1")
+    entries = {e["name"]: e for e in deep}
+    assert sorted(entries) == ["a.txt", "sub", "sub/b.txt"]
+    assert entries["a.txt"]["mode"] == "0640"
+    assert entries["a.txt"]["size"] == 5
+    assert entries["a.txt"]["sha256"] == hashlib.sha256(b"alpha").hexdigest()
+    assert entries["sub/b.txt"]["sha256"] == hashlib.sha256(b"beta").hexdigest()
+    assert "sha256" not in entries["sub"]
+
+
+def test_removeall_removes_files_and_trees_but_not_through_links(
+        agent: RunningAgent, outside: Path) -> None:
+    """POST /removeall deletes files, trees and links (not their targets); missing is fine."""
+    (agent.workdir / "tree" / "deep").mkdir(parents=True)
+    (agent.workdir / "tree" / "deep" / "f").write_text("x")
+    (agent.workdir / "tree" / "deep").chmod(0o555)
+    (agent.workdir / "file.txt").write_text("x")
+    (agent.workdir / "link").symlink_to(outside)
+    (agent.workdir / "kept.txt").write_text("x")
+    status, _, body = agent.post_form("/removeall", [
+        ("path", "tree"), ("path", "file.txt"), ("path", "link"), ("path", "missing")])
+    assert (status, json.loads(body)) == (200, {"removed": ["tree", "file.txt", "link"]})
+    assert snapshot(agent.workdir) == {"kept.txt": b"x"}
+    assert (outside / "secret.txt").exists()
+
+
+@pytest.mark.parametrize("bad_path", ["../outside", "/etc", "link/secret.txt", "."])
+def test_removeall_refuses_paths_outside_the_workdir(
+        agent: RunningAgent, outside: Path, bad_path: str) -> None:
+    """A removeall path outside the workdir, or the workdir itself, is 400; nothing goes."""
+    (agent.workdir / "link").symlink_to(outside)
+    (agent.workdir / "kept.txt").write_text("x")
+    before = snapshot(agent.workdir), snapshot(outside)
+    status, _, _ = agent.post_form("/removeall", [("path", "kept.txt"), ("path", bad_path)])
+    assert status == 400
+    assert (snapshot(agent.workdir), snapshot(outside)) == before
+
+
+def test_write_then_read_a_file(agent: RunningAgent) -> None:
+    """PUT /write stores the body with its mode (creating parents) and GET /read returns it."""
+    data = os.urandom(300_000)
+    status, answer = agent.json("PUT", "/write?path=new/dir/blob.bin&mode=0755", data)
+    assert (status, answer) == (200, {"path": "new/dir/blob.bin", "size": len(data)})
+    path = agent.workdir / "new" / "dir" / "blob.bin"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o755
+    status, headers, body = agent.request("GET", "/read?path=new/dir/blob.bin")
+    assert (status, headers["Content-Length"], body) == (200, str(len(data)), data)
+    assert os.listdir(path.parent) == ["blob.bin"]
+
+
+def test_write_accepts_a_chunked_upload(agent: RunningAgent) -> None:
+    """A request body sent with chunked transfer encoding is stored whole."""
+    pieces = [b"one ", b"two ", b"three"]
+    conn = agent.connect()
+    try:
+        conn.request("PUT", "/write?path=chunked.txt", body=iter(pieces), encode_chunked=True,
+                     headers={"X-Buildlet-Secret": SECRET, "Transfer-Encoding": "chunked"})
+        response = conn.getresponse()
+        assert (response.status, json.loads(response.read())["size"]) == (200, 13)
+        conn.request("GET", "/read?path=chunked.txt", headers={"X-Buildlet-Secret": SECRET})
+        assert conn.getresponse().read() == b"one two three"  # the same kept-alive connection
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(("method", "path"), [
+    ("GET", "/read?path=link/secret.txt"), ("GET", "/read?path=../outside/secret.txt"),
+    ("PUT", "/write?path=link/new.txt"), ("PUT", "/write?path=/tmp/buildlet-absolute.txt"),
+    ("GET", "/ls?dir=link"), ("GET", "/tgz?dir=link"), ("PUT", "/writetgz?dir=link"),
+])
+def test_file_endpoints_refuse_paths_outside_the_workdir(
+        agent: RunningAgent, outside: Path, method: str, path: str) -> None:
+    """Every path parameter that escapes the workdir, directly or through a symlink, is 400."""
+    (agent.workdir / "link").symlink_to(outside)
+    before = snapshot(outside)
+    status, error = agent.json(method, path, b"" if method == "PUT" else None)
+    assert status == 400
+    assert repr(path.split("=", 1)[1]) in error["error"]
+    assert snapshot(outside) == before
+
+
+def test_read_of_a_missing_file_is_404(agent: RunningAgent) -> None:
+    """Reading a file that does not exist is a 404 naming it."""
+    status, error = agent.json("GET", "/read?path=nope.txt")
+    assert status == 404
+    assert "nope.txt" in error["error"]
+
+
+def test_halt_answers_then_exits_zero_killing_commands(agent: RunningAgent) -> None:
+    """POST /halt answers {"halted": true}, kills running commands and exits with code 0."""
+    conn, frames = agent.start_exec([("cmd", "sh"), ("cmdArg", "-c"),
+                                     ("cmdArg", "sleep 60 & echo $!; wait")])
+    try:
+        pid = int(frames.next()[1])
+        assert agent.json("POST", "/halt") == (200, {"halted": True})
+        assert agent.proc.wait(5) == 0
+        assert wait_until_gone(pid)
+    finally:
+        conn.close()
+
+
+def test_sigterm_exits_zero_killing_commands(agent: RunningAgent) -> None:
+    """SIGTERM shuts the agent down cleanly, killing running commands."""
+    conn, frames = agent.start_exec([("cmd", "sh"), ("cmdArg", "-c"),
+                                     ("cmdArg", "echo $$; exec sleep 60")])
+    try:
+        pid = int(frames.next()[1])
+        assert agent.json("GET", "/status")[1]["running"] == 1
+        agent.proc.send_signal(signal.SIGTERM)
+        assert agent.proc.wait(5) == 0
+        assert wait_until_gone(pid)
+    finally:
+        conn.close()
+
+
+def test_ready_file_and_secret_from_the_environment(tmp_path: Path) -> None:
+    """--ready-file receives the announced URL and --secret-env replaces --secret-file."""
+    ready = tmp_path / "ready"
+    running = start_agent(tmp_path, "--ready-file", str(ready),
+                          secret_args=["--secret-env", "AGENT_SECRET"],
+                          env={**os.environ, "AGENT_SECRET": SECRET})
+    try:
+        assert ready.read_text() == running.url
+        assert running.json("GET", "/status")[0] == 200
+    finally:
+        assert running.stop() == 0
+
+
+def test_agent_refuses_to_start_without_a_secret(tmp_path: Path) -> None:
+    """An empty secret stops the agent at startup with exit code 2 and a message."""
+    (tmp_path / "empty").write_text("\n")
+    done = subprocess.run(
+        [AGENT_PYTHON, str(AGENT_PATH), "--listen", "127.0.0.1:0", "--workdir",
+         str(tmp_path / "work"), "--secret-file", str(tmp_path / "empty")],
+        capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert "secret" in done.stderr
+    assert done.stdout == ""
+
+
+def test_agent_starts_within_a_second(tmp_path: Path) -> None:
+    """A plain start reaches BUILDLET-READY in under a second."""
+    started = time.monotonic()
+    running = start_agent(tmp_path)
+    elapsed = time.monotonic() - started
+    assert running.stop() == 0
+    assert elapsed < 1.0
+
+
+def test_agent_imports_only_the_standard_library() -> None:
+    """The agent file imports nothing outside the standard library, so it runs anywhere as is."""
+    tree = ast.parse(AGENT_PATH.read_text())
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {node.module for node in ast.walk(tree)
+                 if isinstance(node, ast.ImportFrom) and node.module and not node.level}
+    assert imported
+    assert {name.split(".")[0] for name in imported} <= sys.stdlib_module_names
