@@ -25,16 +25,20 @@ class Dialect:
     """What differs between the SQL of the two backends.
 
     ``skip_locked`` is appended to a ``SELECT`` that claims rows: on PostgreSQL it is
-    ``FOR UPDATE SKIP LOCKED``, so concurrent claimers never get the same row; on SQLite it
-    is empty, because a SQLite write transaction already excludes every other writer.
+    ``FOR UPDATE SKIP LOCKED``, so concurrent claimers never get the same row. ``for_update``
+    is appended to a ``SELECT`` whose rows the transaction will update (``FOR UPDATE``). On
+    SQLite both are empty: a SQLite write transaction already excludes every other writer.
     """
 
     name: str
     skip_locked: str
+    for_update: str
 
 
-SQLITE_DIALECT = Dialect(name="sqlite", skip_locked="")
-POSTGRESQL_DIALECT = Dialect(name="postgresql", skip_locked=" FOR UPDATE SKIP LOCKED")
+SQLITE_DIALECT = Dialect(name="sqlite", skip_locked="", for_update="")
+POSTGRESQL_DIALECT = Dialect(
+    name="postgresql", skip_locked=" FOR UPDATE SKIP LOCKED", for_update=" FOR UPDATE"
+)
 
 
 class Transaction(abc.ABC):

@@ -1,0 +1,38 @@
+"""``AgentClient``: the coordinator's direct line to buildlet agents (status, halt)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import treq
+
+SECRET_HEADER = "X-Buildlet-Secret"
+
+
+class AgentError(Exception):
+    """An agent did not answer, or answered with an error."""
+
+
+class AgentClient:
+    """Talks to agents with treq (``http`` is injectable: ``treq.testing.StubTreq`` in tests)."""
+
+    def __init__(self, reactor: Any, http: Any = treq, timeout: float = 5.0) -> None:
+        self._reactor = reactor
+        self._http = http
+        self._timeout = timeout
+
+    async def status(self, url: str, secret: str) -> dict[str, Any]:
+        """The agent's ``GET /status``; AgentError when it does not answer within the timeout."""
+        try:
+            response = await self._http.get(
+                url.rstrip("/") + "/status",
+                headers={SECRET_HEADER: secret},
+                timeout=self._timeout,
+            )
+            body = await response.content()
+        except Exception as e:
+            raise AgentError(f"agent at {url} did not answer: {e}") from e
+        if response.code != 200:
+            raise AgentError(f"agent at {url} answered {response.code}: {body[:200]!r}")
+        return dict(json.loads(body))

@@ -1,0 +1,172 @@
+"""``CoordinatorClient``: lease buildlets and drive them through the coordinator's proxy.
+
+Used by ``buildbot-farm lease ...`` and by ``FarmLatentWorker``. Every call is a coroutine;
+``http`` is treq or an object like it (``treq.testing.StubTreq`` in tests).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import IO, Any, Callable
+
+import treq
+from twisted.internet import defer, protocol
+from twisted.python import failure
+from twisted.web import client, http
+
+from buildbot_farm.leases.frames import ExitStatus, FrameDecoder
+
+PROXY_HEADER = "X-Buildlet-Proxy"
+FRAMING_HEADER = "X-Buildlet-Framing"
+
+
+class CoordinatorRequestError(Exception):
+    """The coordinator or the buildlet refused a request; the message is theirs."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{message} (HTTP {status})")
+        self.status = status
+
+
+class _Stream(protocol.Protocol):
+    def __init__(self, on_data: Callable[[bytes], object]) -> None:
+        self._on_data = on_data
+        self.done: defer.Deferred[None] = defer.Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self._on_data(data)
+
+    def connectionLost(self, reason: failure.Failure = protocol.connectionDone) -> None:
+        if reason.check(client.ResponseDone, http.PotentialDataLoss):
+            self.done.callback(None)
+        else:
+            self.done.errback(reason)
+
+
+class CoordinatorClient:
+    """One user's view of a coordinator at ``url`` (HTTP Basic as ``user`` with ``key``)."""
+
+    def __init__(self, url: str, user: str, key: str, http_client: Any = treq) -> None:
+        self.url = url.rstrip("/")
+        self.user = user
+        self._auth = (user, key)
+        self._http = http_client
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        buildlet: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        all_headers = dict(headers or {})
+        if buildlet:
+            all_headers[PROXY_HEADER] = buildlet
+        try:
+            response = await self._http.request(
+                method, self.url + path, auth=self._auth, headers=all_headers,
+                unbuffered=True, **kwargs,
+            )
+        except Exception as e:
+            raise CoordinatorRequestError(
+                0, f"cannot reach the coordinator at {self.url}: {e}"
+            ) from e
+        if response.code >= 400:
+            body = await response.content()
+            try:
+                message = json.loads(body)["error"]
+            except (ValueError, KeyError, TypeError):
+                message = body.decode(errors="replace")[:500]
+            raise CoordinatorRequestError(response.code, message)
+        return response
+
+    async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = await self._request(method, path, **kwargs)
+        return json.loads(await response.content())
+
+    async def create(self, buildlet_type: str) -> dict[str, Any]:
+        """Lease a new buildlet of ``buildlet_type``; return its Name/Type/Created/Expires."""
+        return dict(await self._json("POST", "/buildlet/create", data={"type": buildlet_type}))
+
+    async def buildlets(self) -> list[dict[str, Any]]:
+        """This user's buildlets."""
+        return list(await self._json("GET", "/buildlet/list"))
+
+    async def status(self, name: str) -> dict[str, Any]:
+        """The buildlet's agent status (this also renews the lease)."""
+        return dict(await self._json("GET", "/status", buildlet=name))
+
+    async def destroy(self, name: str) -> None:
+        """Release the buildlet: ``POST /halt`` through the proxy."""
+        await self._json("POST", "/halt", buildlet=name)
+
+    async def exec(
+        self,
+        name: str,
+        command: str,
+        args: Iterable[str] = (),
+        directory: str | None = None,
+        env: Mapping[str, str] | None = None,
+        system: bool = True,
+        on_output: Callable[[bytes], object] = lambda data: None,
+    ) -> ExitStatus:
+        """Run ``command args...`` on the buildlet; stream its output to ``on_output``.
+
+        With ``system`` the command is looked up on the buildlet's PATH (gomote's mode=sys).
+        """
+        form: list[tuple[str, str]] = [("cmd", command)]
+        form += [("cmdArg", arg) for arg in args]
+        if directory:
+            form.append(("dir", directory))
+        form += [("env", f"{k}={v}") for k, v in (env or {}).items()]
+        if system:
+            form.append(("mode", "sys"))
+        response = await self._request(
+            "POST", "/exec", buildlet=name, headers={FRAMING_HEADER: "1"}, data=form
+        )
+        decoder = FrameDecoder()
+
+        def received(data: bytes) -> None:
+            for chunk in decoder.feed(data):
+                on_output(chunk)
+
+        stream = _Stream(received)
+        response.deliverBody(stream)
+        await stream.done
+        return decoder.finish()
+
+    async def put_tgz(self, name: str, archive: IO[bytes], directory: str = "") -> None:
+        """Unpack a tar.gz (a file object, streamed) into ``directory`` of the work dir."""
+        await self._json(
+            "PUT", "/writetgz", buildlet=name, params={"dir": directory}, data=archive
+        )
+
+    async def put_file(self, name: str, source: IO[bytes], path: str, mode: str = "0644") -> None:
+        """Write a file object's contents to ``path`` in the work dir."""
+        await self._json(
+            "PUT", "/write", buildlet=name, params={"path": path, "mode": mode}, data=source
+        )
+
+    async def get_stream(
+        self, name: str, path: str, params: Mapping[str, str], sink: Callable[[bytes], object]
+    ) -> None:
+        """GET ``path`` (``/tgz`` or ``/read``) through the proxy, streaming it to ``sink``."""
+        response = await self._request("GET", path, buildlet=name, params=dict(params))
+        stream = _Stream(sink)
+        response.deliverBody(stream)
+        await stream.done
+
+    async def ls(self, name: str, directory: str = "", digest: bool = False) -> list[Any]:
+        """The work dir's entries under ``directory`` (recursive), optionally with sha256."""
+        params = {"dir": directory, "recursive": "1"}
+        if digest:
+            params["digest"] = "1"
+        return list(await self._json("GET", "/ls", buildlet=name, params=params))
+
+    async def remove(self, name: str, paths: Iterable[str]) -> None:
+        """Remove files or trees in the work dir."""
+        await self._json(
+            "POST", "/removeall", buildlet=name, data=[("path", p) for p in paths]
+        )

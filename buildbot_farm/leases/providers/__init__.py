@@ -1,0 +1,8 @@
+"""Where buildlets come from: a provider starts, finds and destroys them for one type."""
+
+from __future__ import annotations
+
+from buildbot_farm.leases.providers.base import BuildletProvider, ProviderError, StartedBuildlet
+from buildbot_farm.leases.providers.process import ProcessProvider
+
+__all__ = ["BuildletProvider", "ProcessProvider", "ProviderError", "StartedBuildlet"]

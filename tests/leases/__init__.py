@@ -1,0 +1,1 @@
+"""Tests of the coordinator, its providers, clients and the latent worker."""
