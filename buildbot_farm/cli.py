@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from buildbot_farm import __version__
+from buildbot_farm.leases.standalone import add_coordinator_command
 
 
 def _db_command(args: argparse.Namespace) -> int:
@@ -94,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--basedir", default=".demo", help="where the master and worker live")
     demo.add_argument("--once", action="store_true", help="stop after the build; exit 0 on success")
     demo.set_defaults(handler=_demo_command)
+
+    add_coordinator_command(commands)
     return parser
 
 

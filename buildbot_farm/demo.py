@@ -19,8 +19,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from buildbot_farm.leases.providers import ProcessProvider
+
 WORKER_NAME = "local-worker"
-BUILDER_NAME = "hello-farm"
+DEMO_BUILDERS = ("hello-farm", "hello-buildlet")
 FORCE_SCHEDULER = "force"
 RESULT_NAMES = ["SUCCESS", "WARNINGS", "FAILURE", "SKIPPED", "EXCEPTION", "RETRY", "CANCELLED"]
 
@@ -65,7 +67,10 @@ class LocalFarm:
         try:
             self.create()
             self.start()
-            result = self.report(self.force_build(BUILDER_NAME, reason="buildbot-farm demo"))
+            results = [
+                self.report(self.force_build(builder, reason="buildbot-farm demo"))
+                for builder in DEMO_BUILDERS
+            ]
             self.show_farm_status()
         except LocalFarmError as e:
             print(f"demo: {e}", file=sys.stderr)
@@ -73,7 +78,7 @@ class LocalFarm:
             return 1
         if once:
             self.stop()
-            return 0 if result == 0 else 1
+            return 0 if all(result == 0 for result in results) else 1
         print(f"\nThe farm is running. Web UI: {self.web_url}  (Ctrl-C stops it)")
         try:
             signal.pause() if hasattr(signal, "pause") else time.sleep(10**9)
@@ -110,7 +115,11 @@ class LocalFarm:
         print(f"demo: master and worker started; web UI at {self.web_url}")
 
     def stop(self) -> None:
-        """Stop the worker and the master; quiet when they are not running."""
+        """Stop the worker and the master, then the buildlets they leave for a restart.
+
+        A master's coordinator leaves its buildlets running so that a restart re-adopts
+        them; a finished demo (or test) leaves nothing running, so they are reaped too.
+        """
         daemons = (("buildbot-worker", self.worker_dir), ("buildbot", self.master_dir))
         for tool, directory in daemons:
             if (directory / "twistd.pid").exists():
@@ -121,6 +130,8 @@ class LocalFarm:
                     stderr=subprocess.DEVNULL,
                     check=False,
                 )
+        for pool in sorted((self.master_dir / "buildlets").glob("*")):
+            ProcessProvider(pool, reactor=None).thd_reap(set())
 
     @property
     def master_log(self) -> Path:

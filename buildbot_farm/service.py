@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any, Callable
 
 from buildbot import config
@@ -18,8 +19,13 @@ from twisted.internet import defer
 from twisted.python import log
 
 from buildbot_farm import __version__, db
+from buildbot_farm.leases.agent_client import AgentClient
+from buildbot_farm.leases.api import CoordinatorResource
+from buildbot_farm.leases.config import FarmCoordinator
+from buildbot_farm.leases.coordinator import Coordinator
 from buildbot_farm.periodic import PeriodicTask
 from buildbot_farm.web import FarmRoot
+from buildbot_farm.web.client import http_client
 from buildbot_farm.web.status import OPENAPI, OpenAPIResource, StatusResource
 
 DEFAULT_DB_URL = "sqlite:///farm.sqlite"
@@ -33,6 +39,7 @@ class FarmSettings:
     db_pool_size: int = 4
     db_timeout: float = 30.0
     heartbeat_interval: float = 30.0
+    coordinator: FarmCoordinator | None = None
 
     def problems(self) -> list[str]:
         """What is wrong with these settings, each naming its argument; empty when fine."""
@@ -49,6 +56,11 @@ class FarmSettings:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
                 found.append(f"{name} must be a number of seconds > 0, not {value!r}")
+        if self.coordinator is not None:
+            if isinstance(self.coordinator, FarmCoordinator):
+                found += self.coordinator.problems()
+            else:
+                found.append("coordinator must be a util.FarmCoordinator(...)")
         return found
 
     def database_settings(self) -> tuple[Any, ...]:
@@ -67,6 +79,8 @@ class FarmService(service.BuildbotService):
     farm. ``db_pool_size`` PostgreSQL connections serve it; a database call that gets no
     answer within ``db_timeout`` seconds fails. The service records itself in the farm
     database every ``heartbeat_interval`` seconds, so other masters know it is alive.
+    With ``coordinator=util.FarmCoordinator(...)`` it also runs a buildlet coordinator,
+    served at ``/plugins/farm/coordinator``.
     """
 
     name = "farm"
@@ -74,6 +88,7 @@ class FarmService(service.BuildbotService):
     def __init__(self, **kwargs: Any) -> None:
         self.database: db.Database | None = None
         self.settings: FarmSettings | None = None
+        self.coordinator: Coordinator | None = None
         self.web_root = FarmRoot()
         self._periodic: dict[str, PeriodicTask] = {}
         super().__init__(**kwargs)
@@ -96,9 +111,40 @@ class FarmService(service.BuildbotService):
         """Apply the settings: (re)open the database when its settings changed."""
         settings = FarmSettings(**kwargs)
         previous, self.settings = self.settings, settings
-        if previous is None or previous.database_settings() != settings.database_settings():
+        database_changed = (
+            previous is None or previous.database_settings() != settings.database_settings()
+        )
+        if database_changed:
             await self._open_database(settings)
+        if database_changed or previous is None or previous.coordinator != settings.coordinator:
+            await self._start_coordinator(settings.coordinator)
         self.add_periodic("heartbeat", settings.heartbeat_interval, self._heartbeat)
+
+    async def _start_coordinator(self, wanted: FarmCoordinator | None) -> None:
+        """Replace the running coordinator (buildlets survive: the new one re-adopts them)."""
+        if self.coordinator is not None:
+            old, self.coordinator = self.coordinator, None
+            self.web_root.unmount("coordinator")
+            self._periodic.pop("lease-sweeper").stop()
+            await old.stop()
+        if wanted is None or self.database is None:
+            return
+        reactor = self.master.reactor
+        coordinator = Coordinator(
+            self.database,
+            reactor,
+            wanted.buildlet_types(Path(self.master.basedir), reactor),
+            AgentClient(reactor, http_client(reactor)),
+            wanted.policy,
+            name=self.master.name,
+        )
+        await coordinator.start()
+        self.coordinator = coordinator
+        self.web_root.mount(
+            "coordinator",
+            CoordinatorResource(coordinator, wanted.secret.encode(), http_client(reactor)),
+        )
+        self.add_periodic("lease-sweeper", wanted.sweep_interval, coordinator.sweep)
 
     async def _open_database(self, settings: FarmSettings) -> None:
         try:
@@ -168,6 +214,8 @@ class FarmService(service.BuildbotService):
     async def _stop(self) -> None:
         for periodic in self._periodic.values():
             await periodic.stop()
+        if self.coordinator is not None:
+            await self.coordinator.stop()
         if self.database is not None:
             database, self.database = self.database, None
             try:

@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from buildbot_farm import db
 from tests.db.conftest import schema_dsn
 from tests.harness.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+NEWEST = db.load_migrations("sqlite")[-1].version
 pytestmark = pytest.mark.master
 
 
@@ -36,7 +38,7 @@ def test_demo_runs_a_green_build_on_sqlite(tmp_path: Path) -> None:
     done = run_demo(tmp_path / "demo")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "SUCCESS" in done.stdout
-    assert "farm service up on sqlite (schema 1)" in done.stdout
+    assert f"farm service up on sqlite (schema {NEWEST})" in done.stdout
     assert (tmp_path / "demo/master/farm.sqlite").exists()
     assert not (tmp_path / "demo/master/twistd.pid").exists(), "the master was left running"
     assert not (tmp_path / "demo/worker/twistd.pid").exists(), "the worker was left running"
@@ -46,7 +48,7 @@ def test_master_runs_the_farm_on_postgresql(tmp_path: Path, pg_dsn: str) -> None
     """With db_url on PostgreSQL the master's farm service migrates it and reports it."""
     done = run_demo(tmp_path / "demo", FARM_DB_URL=schema_dsn(pg_dsn, "demo_master"))
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "farm service up on postgresql (schema 1)" in done.stdout
+    assert f"farm service up on postgresql (schema {NEWEST})" in done.stdout
 
 
 def test_master_refuses_to_start_when_the_database_is_unreachable(tmp_path: Path) -> None:

@@ -68,7 +68,6 @@ async def forward(
         headers=headers,
         data=body,
         unbuffered=True,
-        persistent=False,
     )
     request.setResponseCode(response.code, response.phrase)
     for name, values in response.headers.getAllRawHeaders():

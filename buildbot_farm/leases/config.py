@@ -1,0 +1,122 @@
+"""The coordinator as master.cfg describes it: ``util.FarmCoordinator`` and ``util.BuildletPool``.
+
+Both are plain, frozen descriptions checked by ``problems()``; FarmService turns them into
+a running :class:`~buildbot_farm.leases.coordinator.Coordinator`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from buildbot_farm.leases.coordinator import BuildletType
+from buildbot_farm.leases.lease import TYPE_PATTERN, ExpiryPolicy
+from buildbot_farm.leases.providers import BuildletProvider, ProcessProvider
+
+PROVIDERS = ("process", "docker")
+
+
+@dataclass(frozen=True)
+class BuildletPool:
+    """A buildlet type users can lease: ``util.BuildletPool("local", max_count=4, warm=1)``.
+
+    ``provider`` is ``"process"`` (the agent as a local process, the default) or
+    ``"docker"`` (one container per buildlet from ``image``, with optional ``cpus``,
+    ``memory`` such as ``"2g"`` and ``pids`` limits).
+    """
+
+    name: str
+    provider: str = "process"
+    max_count: int = 4
+    warm: int = 0
+    image: str | None = None
+    cpus: float | None = None
+    memory: str | None = None
+    pids: int | None = None
+
+    def problems(self) -> list[str]:
+        """What is wrong with this pool, each naming its argument."""
+        found = []
+        if not isinstance(self.name, str) or not TYPE_PATTERN.match(self.name):
+            found.append(
+                f"BuildletPool name {self.name!r} must be lower-case letters, digits, '.', '_', '-'"
+            )
+        if self.provider not in PROVIDERS:
+            found.append(
+                f"BuildletPool {self.name}: provider {self.provider!r} is not one of "
+                f"{', '.join(PROVIDERS)}"
+            )
+        if not _whole(self.max_count) or self.max_count < 1:
+            found.append(f"BuildletPool {self.name}: max_count must be >= 1")
+        elif not _whole(self.warm) or not 0 <= self.warm <= self.max_count:
+            found.append(f"BuildletPool {self.name}: warm must be between 0 and max_count")
+        if self.provider == "docker" and not self.image:
+            found.append(f"BuildletPool {self.name}: the docker provider needs image=")
+        return found
+
+
+@dataclass(frozen=True)
+class FarmCoordinator:
+    """The coordinator FarmService runs: ``util.FarmCoordinator(secret=..., pools=[...])``.
+
+    ``secret`` is what users' keys derive from (``buildbot-farm key user-NAME``); leases end
+    ``idle_timeout`` seconds after their last use or ``max_lifetime`` after they began;
+    expired ones are swept every ``sweep_interval`` seconds.
+    """
+
+    secret: str
+    pools: Sequence[BuildletPool] = field(default_factory=lambda: (BuildletPool("local"),))
+    idle_timeout: float = 30 * 60
+    max_lifetime: float = 12 * 60 * 60
+    sweep_interval: float = 30.0
+
+    def problems(self) -> list[str]:
+        """What is wrong with this coordinator, each naming its argument."""
+        found = []
+        if not isinstance(self.secret, str) or len(self.secret) < 16:
+            found.append("FarmCoordinator: secret must be a string of at least 16 characters")
+        names = [pool.name for pool in self.pools]
+        if not names:
+            found.append("FarmCoordinator: pools must name at least one BuildletPool")
+        if len(set(names)) != len(names):
+            found.append(f"FarmCoordinator: pool names repeat: {names}")
+        for pool in self.pools:
+            found += pool.problems() if isinstance(pool, BuildletPool) else [
+                f"FarmCoordinator: pools must be BuildletPool objects, not {pool!r}"
+            ]
+        for name in ("idle_timeout", "max_lifetime", "sweep_interval"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+                found.append(f"FarmCoordinator: {name} must be a number of seconds > 0")
+        return found
+
+    @property
+    def policy(self) -> ExpiryPolicy:
+        """The lease expiry policy."""
+        return ExpiryPolicy(idle_timeout=self.idle_timeout, max_lifetime=self.max_lifetime)
+
+    def buildlet_types(self, state_dir: Path, reactor: Any) -> dict[str, BuildletType]:
+        """The running form of the pools; process buildlets live under ``state_dir``."""
+        types = {}
+        for pool in self.pools:
+            types[pool.name] = BuildletType(
+                pool.name, _provider(pool, state_dir, reactor), pool.max_count, pool.warm
+            )
+        return types
+
+
+def _provider(pool: BuildletPool, state_dir: Path, reactor: Any) -> BuildletProvider:
+    if pool.provider == "docker":
+        from buildbot_farm.leases.providers.docker import DockerProvider
+
+        assert pool.image is not None, "problems() requires an image for docker pools"
+        return DockerProvider(
+            pool.image, reactor, cpus=pool.cpus, memory=pool.memory, pids=pool.pids
+        )
+    return ProcessProvider(state_dir / "buildlets" / pool.name, reactor)
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

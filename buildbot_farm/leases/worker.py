@@ -1,0 +1,186 @@
+"""``worker.FarmLatentWorker``: a Buildbot latent worker on a leased buildlet.
+
+``start_instance`` leases a buildlet and runs ``buildbot-worker`` on it through the
+coordinator's proxy, as one exec that lasts as long as the worker: when the buildlet is
+halted, the worker goes with it. While substantiated, a keepalive renews the lease.
+``stop_instance`` halts the buildlet, once per start.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from buildbot import config
+from buildbot.worker.latent import AbstractLatentWorker
+from twisted.internet import defer, task
+from twisted.python import log
+
+from buildbot_farm.leases import keys
+from buildbot_farm.leases.client import CoordinatorClient, CoordinatorRequestError
+from buildbot_farm.web.client import http_client
+
+# Runs on the buildlet with its python3: creates the worker directory (first time) and
+# then becomes the worker, in the foreground, so that the exec lasts as long as it does.
+WORKER_BOOTSTRAP = """\
+import os, sys
+from buildbot_worker.scripts import runner
+base = os.path.join(os.environ["WORKDIR"], "worker")
+if not os.path.exists(os.path.join(base, "buildbot.tac")):
+    sys.argv = ["buildbot-worker", "create-worker", "--umask=0o22", base,
+                os.environ["FARM_MASTER"], os.environ["FARM_WORKER_NAME"],
+                os.environ["FARM_WORKER_PASSWORD"]]
+    try:
+        runner.run()
+    except SystemExit as e:
+        if e.code:
+            raise
+sys.argv = ["buildbot-worker", "start", "--nodaemon", base]
+runner.run()
+"""
+
+
+@dataclass(frozen=True)
+class LeaseSettings:
+    """FarmLatentWorker's own arguments, checked in one place for checkConfig and reconfig.
+
+    ``coordinator_url`` None means the coordinator of this master's farm service (named
+    ``farm``); then ``key`` may be None too, and is derived from that coordinator's secret.
+    """
+
+    buildlet_type: Any = "local"
+    coordinator_url: str | None = None
+    user: str = "user-buildbot"
+    key: Any = None
+    master_host: str = "127.0.0.1"
+    python: str = "python3"
+    keepalive_interval: float = 60.0
+    farm: str = "farm"
+
+    def problems(self) -> list[str]:
+        """What is wrong, each naming its argument."""
+        found = []
+        try:
+            keys.check_user(self.user)
+        except ValueError as e:
+            found.append(f"user: {e}")
+        if self.coordinator_url is not None and not str(self.coordinator_url).startswith(
+            ("http://", "https://")
+        ):
+            found.append(f"coordinator_url must be an http(s) URL, not {self.coordinator_url!r}")
+        if self.coordinator_url is not None and self.key is None:
+            found.append("key is required with coordinator_url (buildbot-farm key USER)")
+        if not isinstance(self.keepalive_interval, (int, float)) or self.keepalive_interval <= 0:
+            found.append("keepalive_interval must be a number of seconds > 0")
+        return found
+
+
+_LEASE_ARGS = tuple(f.name for f in fields(LeaseSettings))
+
+
+class FarmLatentWorker(AbstractLatentWorker):
+    """A worker that exists only while a build needs it, on a buildlet leased from the farm.
+
+    ``FarmLatentWorker("lw1", buildlet_type="local")`` uses this master's coordinator; give
+    ``coordinator_url``, ``user`` and ``key`` to lease from another. ``buildlet_type`` may
+    be a renderable. The buildlet must have ``buildbot-worker`` importable by ``python``.
+    """
+
+    def checkConfig(self, name: str, password: str | None = None, **kwargs: Any) -> None:
+        """Refuse bad arguments with config errors naming them."""
+        own = {k: kwargs.pop(k) for k in list(kwargs) if k in _LEASE_ARGS}
+        kwargs.setdefault("build_wait_timeout", 0)
+        for problem in LeaseSettings(**own).problems():
+            config.error(f"FarmLatentWorker {name}: {problem}")
+        super().checkConfig(name, password, **kwargs)
+
+    def reconfigService(self, name: str, password: str | None = None, **kwargs: Any) -> Any:
+        """Apply the arguments; a missing password is generated (the master starts the worker)."""
+        own = {k: kwargs.pop(k) for k in list(kwargs) if k in _LEASE_ARGS}
+        kwargs.setdefault("build_wait_timeout", 0)
+        self.lease_settings = LeaseSettings(**own)
+        if password is None:
+            password = self.getRandomPass()
+        self._buildlet: str | None = None
+        self._worker_exec: defer.Deferred[Any] | None = None
+        self._keepalive: task.LoopingCall | None = None
+        return super().reconfigService(name, password, **kwargs)
+
+    def _client(self) -> CoordinatorClient:
+        settings = self.lease_settings
+        url, key = settings.coordinator_url, settings.key
+        if url is None:
+            farm = self.master.service_manager.namedServices.get(settings.farm)
+            coordinator = getattr(farm, "settings", None) and farm.settings.coordinator
+            if coordinator is None:
+                raise RuntimeError(
+                    f"FarmLatentWorker {self.name}: no coordinator_url, and the farm service "
+                    f"{settings.farm!r} runs no coordinator: give util.FarmService "
+                    f"coordinator=util.FarmCoordinator(...)"
+                )
+            url = self.master.config.buildbotURL.rstrip("/") + "/plugins/farm/coordinator"
+            key = keys.user_key(coordinator.secret.encode(), settings.user)
+        return CoordinatorClient(url, settings.user, key, http_client(self.master.reactor))
+
+    def start_instance(self, build: Any) -> defer.Deferred[bool]:
+        """Lease a buildlet and start the worker on it."""
+        return defer.ensureDeferred(self._start(build))
+
+    async def _start(self, build: Any) -> bool:
+        client = self._client()
+        buildlet_type = await build.render(self.lease_settings.buildlet_type)
+        try:
+            lease = await client.create(str(buildlet_type))
+        except CoordinatorRequestError as e:
+            raise RuntimeError(
+                f"FarmLatentWorker {self.name}: could not lease a {buildlet_type} buildlet: {e}"
+            ) from e
+        name = lease["Name"]
+        self._buildlet = name
+        log.msg(f"FarmLatentWorker {self.name}: leased {name}")
+        environment = {
+            "FARM_MASTER": f"{self.lease_settings.master_host}:{self.registration.getPBPort()}",
+            "FARM_WORKER_NAME": self.name,
+            "FARM_WORKER_PASSWORD": self.password,
+        }
+        self._worker_exec = defer.ensureDeferred(
+            client.exec(
+                name, self.lease_settings.python, ["-c", WORKER_BOOTSTRAP], env=environment
+            )
+        )
+        self._worker_exec.addBoth(self._worker_ended, name)
+        self._keepalive = task.LoopingCall(self._renew, client, name)
+        self._keepalive.clock = self.master.reactor
+        self._keepalive.start(self.lease_settings.keepalive_interval, now=False).addErrback(
+            log.err, f"FarmLatentWorker {self.name}: keepalive failed"
+        )
+        return True
+
+    def _worker_ended(self, result: Any, name: str) -> None:
+        log.msg(f"FarmLatentWorker {self.name}: the worker on {name} ended: {result}")
+
+    async def _renew(self, client: CoordinatorClient, name: str) -> None:
+        try:
+            await client.status(name)
+        except CoordinatorRequestError as e:
+            log.msg(f"FarmLatentWorker {self.name}: lease on {name} lost: {e}")
+
+    def stop_instance(self, fast: bool = False) -> defer.Deferred[bool]:
+        """Halt the buildlet (and so the worker on it); safe when it is already gone."""
+        return defer.ensureDeferred(self._stop())
+
+    async def _stop(self) -> bool:
+        if self._keepalive is not None and self._keepalive.running:
+            self._keepalive.stop()
+        self._keepalive = None
+        name, self._buildlet = self._buildlet, None
+        if name is None:
+            return True
+        try:
+            await self._client().destroy(name)
+        except CoordinatorRequestError as e:
+            if e.status != 502:
+                raise
+            log.msg(f"FarmLatentWorker {self.name}: {name} was already gone")
+        log.msg(f"FarmLatentWorker {self.name}: released {name}")
+        return True
