@@ -130,11 +130,12 @@ class FarmService(service.BuildbotService):
         if wanted is None or self.database is None:
             return
         reactor = self.master.reactor
+        agents = AgentClient(reactor, http_client(reactor))
         coordinator = Coordinator(
             self.database,
             reactor,
-            wanted.buildlet_types(Path(self.master.basedir), reactor),
-            AgentClient(reactor, http_client(reactor)),
+            wanted.buildlet_types(Path(self.master.basedir), reactor, agents),
+            agents,
             wanted.policy,
             name=self.master.name,
         )

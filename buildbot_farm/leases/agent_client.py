@@ -36,3 +36,15 @@ class AgentClient:
         if response.code != 200:
             raise AgentError(f"agent at {url} answered {response.code}: {body[:200]!r}")
         return dict(json.loads(body))
+
+    async def halt(self, url: str, secret: str) -> None:
+        """The agent's ``POST /halt``: it answers, then exits."""
+        try:
+            response = await self._http.post(
+                url.rstrip("/") + "/halt", headers={SECRET_HEADER: secret}, timeout=self._timeout
+            )
+            await response.content()
+        except Exception as e:
+            raise AgentError(f"agent at {url} did not answer /halt: {e}") from e
+        if response.code != 200:
+            raise AgentError(f"agent at {url} refused /halt with {response.code}")

@@ -64,6 +64,8 @@ class CoordinatorResource(resource.Resource):
             await self._create(request, user)
         elif path == "/buildlet/list":
             await self._list(request, user)
+        elif path == "/buildlet/register":
+            await self._register(request)
         else:
             request.write(
                 json_error(
@@ -84,6 +86,22 @@ class CoordinatorResource(resource.Resource):
             )
             return
         lease = await self._coordinator.create(user, types[0].decode(errors="replace"))
+        request.write(json_response(request, lease.public()))
+
+    async def _register(self, request: Request) -> None:
+        if request.method != b"POST":
+            request.write(json_error(request, 405, "use POST /buildlet/register"))
+            return
+        form: dict[bytes, list[bytes]] = request.args or {}
+        values = {k: form.get(k.encode(), []) for k in ("type", "url", "secret")}
+        missing = [k for k, v in values.items() if len(v) != 1 or not v[0]]
+        if missing:
+            request.write(
+                json_error(request, 400, f"give exactly one of each form field: {missing}")
+            )
+            return
+        type_name, url, secret = (values[k][0].decode(errors="replace") for k in values)
+        lease = await self._coordinator.register(type_name, url, secret)
         request.write(json_response(request, lease.public()))
 
     async def _list(self, request: Request, user: str) -> None:

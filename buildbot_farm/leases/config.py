@@ -11,20 +11,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from buildbot_farm.leases.agent_client import AgentClient
 from buildbot_farm.leases.coordinator import BuildletType
 from buildbot_farm.leases.lease import TYPE_PATTERN, ExpiryPolicy
 from buildbot_farm.leases.providers import BuildletProvider, ProcessProvider
+from buildbot_farm.leases.providers.reverse import ReverseProvider
 
-PROVIDERS = ("process", "docker")
+PROVIDERS = ("process", "docker", "reverse")
 
 
 @dataclass(frozen=True)
 class BuildletPool:
     """A buildlet type users can lease: ``util.BuildletPool("local", max_count=4, warm=1)``.
 
-    ``provider`` is ``"process"`` (the agent as a local process, the default) or
+    ``provider`` is ``"process"`` (the agent as a local process, the default),
     ``"docker"`` (one container per buildlet from ``image``, with optional ``cpus``,
-    ``memory`` such as ``"2g"`` and ``pids`` limits).
+    ``memory`` such as ``"2g"`` and ``pids`` limits) or ``"reverse"`` (hosts that join
+    with ``buildbot-farm agent --register``; ``warm`` does not apply).
     """
 
     name: str
@@ -52,6 +55,8 @@ class BuildletPool:
             found.append(f"BuildletPool {self.name}: max_count must be >= 1")
         elif not _whole(self.warm) or not 0 <= self.warm <= self.max_count:
             found.append(f"BuildletPool {self.name}: warm must be between 0 and max_count")
+        if self.provider == "reverse" and self.warm:
+            found.append(f"BuildletPool {self.name}: a reverse pool cannot keep warm buildlets")
         if self.provider == "docker" and not self.image:
             found.append(f"BuildletPool {self.name}: the docker provider needs image=")
         return found
@@ -97,17 +102,22 @@ class FarmCoordinator:
         """The lease expiry policy."""
         return ExpiryPolicy(idle_timeout=self.idle_timeout, max_lifetime=self.max_lifetime)
 
-    def buildlet_types(self, state_dir: Path, reactor: Any) -> dict[str, BuildletType]:
+    def buildlet_types(
+        self, state_dir: Path, reactor: Any, agents: AgentClient
+    ) -> dict[str, BuildletType]:
         """The running form of the pools; process buildlets live under ``state_dir``."""
         types = {}
         for pool in self.pools:
-            types[pool.name] = BuildletType(
-                pool.name, _provider(pool, state_dir, reactor), pool.max_count, pool.warm
-            )
+            provider = _provider(pool, state_dir, reactor, agents)
+            types[pool.name] = BuildletType(pool.name, provider, pool.max_count, pool.warm)
         return types
 
 
-def _provider(pool: BuildletPool, state_dir: Path, reactor: Any) -> BuildletProvider:
+def _provider(
+    pool: BuildletPool, state_dir: Path, reactor: Any, agents: AgentClient
+) -> BuildletProvider:
+    if pool.provider == "reverse":
+        return ReverseProvider(agents)
     if pool.provider == "docker":
         from buildbot_farm.leases.providers.docker import DockerProvider
 

@@ -8,6 +8,7 @@ provider destroy buildlets that no row owns.
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from buildbot_farm.leases.providers.base import BuildletProvider, ProviderError
 from buildbot_farm.leases.table import LeaseTable
 
 WARM_OWNER_PREFIX = "warm"
+REVERSE = "reverse"
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,10 @@ class PoolFull(CoordinatorError):
 
     status = 503
     retry_after = 30
+
+
+class NoHostFree(PoolFull):
+    """A ``reverse`` type has no registered host free right now."""
 
 
 class NoSuchBuildlet(CoordinatorError):
@@ -165,6 +171,12 @@ class Coordinator:
         if warm is not None:
             self.fill_warm_pools()
             return warm
+        if buildlet_type.provider.kind == REVERSE:
+            raise NoHostFree(
+                f"no registered host of type {type_name} is free; retry in "
+                f"{NoHostFree.retry_after} s, or register one with "
+                f"`buildbot-farm agent --register URL --type {type_name}`"
+            )
         name = await self._reserve(buildlet_type, owner)
         return await self._start(buildlet_type, name)
 
@@ -198,6 +210,29 @@ class Coordinator:
         return await self.table.mark_ready(
             name, started.url, secret, started.handle, self._clock.seconds()
         )
+
+    async def register(self, type_name: str, url: str, secret: str) -> Lease:
+        """Add a host's agent at ``url`` to a ``reverse`` type's pool as an idle buildlet.
+
+        Registering the same ``url`` again is a heartbeat: it returns the existing lease.
+        The agent must answer ``/status`` with ``secret`` before it is accepted.
+        """
+        buildlet_type = self._type(type_name)
+        if buildlet_type.provider.kind != REVERSE:
+            raise CoordinatorError(
+                f"buildlet type {type_name} is not a reverse pool; hosts can join only "
+                f"types configured with provider='reverse'"
+            )
+        for lease in await self.table.all():
+            if lease.url == url and lease.secret == secret:
+                return lease
+        try:
+            await self._agents.status(url, secret)
+        except AgentError as e:
+            raise CoordinatorError(f"the coordinator cannot reach your agent: {e}") from e
+        name = await self._reserve(buildlet_type, None)
+        handle = json.dumps({"url": url, "secret": secret})
+        return await self.table.mark_ready(name, url, secret, handle, self._clock.seconds())
 
     def fill_warm_pools(self) -> None:
         """Start idle buildlets in the background until each type has its ``warm`` count."""
@@ -253,11 +288,16 @@ class Coordinator:
         return True
 
     async def sweep(self) -> list[str]:
-        """Destroy leases that expired; return their names."""
+        """Destroy leases that expired, and forget idle buildlets that stopped answering."""
         gone = []
         for lease in await self.table.expired(self._clock.seconds()):
             if await self.destroy(lease.name):
                 log.msg(f"coordinator: lease on {lease.name} expired; destroyed it")
+                gone.append(lease.name)
+        for lease in await self.table.all():
+            if lease.state is LeaseState.IDLE and not await self._answers(lease):
+                log.msg(f"coordinator: idle buildlet {lease.name} stopped answering; forgot it")
+                await self._forget(lease)
                 gone.append(lease.name)
         return gone
 

@@ -99,9 +99,10 @@ def run_coordinator(args: argparse.Namespace) -> int:
             outcome["exit"] = 2
             return
         log.startLogging(sys.stderr, setStdout=False)
+        agents = AgentClient(reactor, http_client(reactor))
         coordinator = Coordinator(
-            database, reactor, settings.buildlet_types(args.state_dir, reactor),
-            AgentClient(reactor, http_client(reactor)), settings.policy,
+            database, reactor, settings.buildlet_types(args.state_dir, reactor, agents),
+            agents, settings.policy,
         )
         await coordinator.start()
         resource = CoordinatorResource(coordinator, secret.encode(), http_client(reactor))

@@ -19,6 +19,7 @@ from buildbot_farm.leases.client import CoordinatorClient
 from buildbot_farm.leases.coordinator import BuildletType, Coordinator
 from buildbot_farm.leases.lease import ExpiryPolicy
 from buildbot_farm.leases.providers import ProcessProvider
+from buildbot_farm.leases.providers.reverse import ReverseProvider
 
 SECRET = b"test-coordinator-secret"
 
@@ -57,17 +58,16 @@ async def start_coordinator(tmp_path: Path) -> AsyncIterator[StartCoordinator]:
         warm: int = 0,
         policy: ExpiryPolicy | None = None,
         clock: Any = reactor,
+        reverse_pool: int = 0,
     ) -> RunningCoordinator:
         database = await db.connect(f"sqlite:///{tmp_path / 'farm.sqlite'}", reactor)
         databases.append(database)
         provider = ProcessProvider(tmp_path / "buildlets", reactor)
-        coordinator = Coordinator(
-            database,
-            clock,
-            {"local": BuildletType("local", provider, max_count=max_count, warm=warm)},
-            AgentClient(reactor),
-            policy,
-        )
+        agents = AgentClient(reactor)
+        types = {"local": BuildletType("local", provider, max_count=max_count, warm=warm)}
+        if reverse_pool:
+            types["hosts"] = BuildletType("hosts", ReverseProvider(agents), reverse_pool)
+        coordinator = Coordinator(database, clock, types, agents, policy)
         await coordinator.start()
         port = reactor.listenTCP(
             0, server.Site(CoordinatorResource(coordinator, SECRET)), interface="127.0.0.1"
