@@ -59,9 +59,11 @@ async def forward(
         if name.lower() not in _NOT_FORWARDED
     }
     headers[SECRET_HEADER.encode()] = [secret.encode()]
-    body = request.content if _has_body(request) else None
-    if body is not None:
-        body.seek(0)
+    body = None
+    if request.content is not None and _has_body(request):
+        request.content.seek(0)
+        # twisted.web spools large bodies to a temporary file, which treq cannot adapt itself
+        body = client.FileBodyProducer(request.content)
     response = await http_client.request(
         request.method.decode(),
         base_url.rstrip("/") + path.decode(),

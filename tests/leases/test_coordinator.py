@@ -226,3 +226,18 @@ async def test_tar_escapes_are_refused_through_the_proxy(
     assert refused.value.status == 400
     assert not (running.provider.root / name / "escaped").exists()
     assert SECRET
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_large_upload_and_download_cross_the_proxy_intact(
+    start_coordinator: StartCoordinator,
+) -> None:
+    """A 3 MiB file (spooled to disk by the web server) goes up and comes back byte for byte."""
+    running = await start_coordinator()
+    alice = running.client()
+    name = (await alice.create("local"))["Name"]
+    payload = bytes(range(256)) * (3 * 4096)
+    await alice.put_file(name, io.BytesIO(payload), "big/blob.bin")
+    received: list[bytes] = []
+    await alice.get_stream(name, "/read", {"path": "big/blob.bin"}, received.append)
+    assert b"".join(received) == payload

@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 from buildbot_farm.leases.providers.base import BuildletProvider, ProviderError, StartedBuildlet
+from buildbot_farm.leases.providers.docker import DockerProvider
 from buildbot_farm.leases.providers.process import ProcessProvider
 
-__all__ = ["BuildletProvider", "ProcessProvider", "ProviderError", "StartedBuildlet"]
+__all__ = [
+    "BuildletProvider",
+    "DockerProvider",
+    "ProcessProvider",
+    "ProviderError",
+    "StartedBuildlet",
+]

@@ -1,0 +1,277 @@
+"""Leased buildlets: lease latency (cold vs warm, process vs docker) and proxy throughput.
+
+Issue 3's targets: a warm lease's p50 under 50 ms; a 256 MiB ``/tgz`` through the
+coordinator's proxy at no less than 0.8x the speed of the same download straight from the
+agent. Everything runs on loopback: a real coordinator (SQLite) serving HTTP, real agents
+(local processes, and containers of the locally built test base image), curl as the client.
+When the proxy misses its target, one more proxied download runs under cProfile and the
+functions that dominate the coordinator's reactor thread are printed.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import io
+import math
+import os
+import pstats
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from twisted.internet import defer, reactor, utils
+from twisted.python import failure
+from twisted.web import server
+
+from buildbot_farm import db
+from buildbot_farm.leases import keys
+from buildbot_farm.leases.agent_client import SECRET_HEADER, AgentClient
+from buildbot_farm.leases.api import CoordinatorResource
+from buildbot_farm.leases.client import PROXY_HEADER, CoordinatorClient
+from buildbot_farm.leases.coordinator import BuildletType, Coordinator
+from buildbot_farm.leases.providers import BuildletProvider, DockerProvider, ProcessProvider
+from tests.harness.docker_engine import DockerEngine
+from tests.harness.images import ensure_base_image
+
+LEASES = 20
+DOWNLOAD_MIB = 256
+ROUNDS = 2
+WARM_P50_TARGET_MS = 50.0
+PROXY_RATIO_TARGET = 0.8
+SECRET = b"bench-coordinator-secret"
+USER = "user-bench"
+MAKE_DATA = (
+    "import os\n"
+    "os.makedirs('big', exist_ok=True)\n"
+    "with open('big/data.bin', 'wb') as out:\n"
+    f"    for _ in range({DOWNLOAD_MIB}): out.write(os.urandom(1 << 20))\n"
+)
+
+_T = TypeVar("_T")
+
+
+@dataclass
+class Bench:
+    """A coordinator with a ``cold`` (warm=0) and a ``warm`` (warm=1) type from one provider."""
+
+    coordinator: Coordinator
+    provider: BuildletProvider
+    client: CoordinatorClient
+    url: str
+    port: Any
+
+    async def close(self) -> None:
+        """Stop serving and remove every buildlet the provider made."""
+        await self.port.stopListening()
+        await self.coordinator.stop()
+        await self.provider.reap(set())
+
+
+async def start_bench(database: db.Database, provider: BuildletProvider) -> Bench:
+    types = {
+        "cold": BuildletType("cold", provider, max_count=2, warm=0),
+        "warm": BuildletType("warm", provider, max_count=2, warm=1),
+    }
+    coordinator = Coordinator(
+        database, reactor, types, AgentClient(reactor), name=f"bench-{provider.kind}"
+    )
+    await coordinator.start()
+    port = reactor.listenTCP(
+        0, server.Site(CoordinatorResource(coordinator, SECRET)), interface="127.0.0.1"
+    )
+    url = f"http://127.0.0.1:{port.getHost().port}"
+    return Bench(
+        coordinator, provider, CoordinatorClient(url, USER, keys.user_key(SECRET, USER)), url, port
+    )
+
+
+async def lease_latencies(bench: Bench, type_name: str) -> list[float]:
+    """Seconds for each of LEASES creates of ``type_name`` (the pool refilled before each)."""
+    took = []
+    for _ in range(LEASES):
+        await bench.coordinator.wait_until_warm()
+        started = time.perf_counter()
+        name = (await bench.client.create(type_name))["Name"]
+        took.append(time.perf_counter() - started)
+        await bench.client.destroy(name)
+    return took
+
+
+def percentile(samples: list[float], p: float) -> float:
+    """The nearest-rank ``p``-th percentile."""
+    ordered = sorted(samples)
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+async def curl(url: str, headers: Mapping[str, str], auth: tuple[str, str] | None = None) -> float:
+    """Download ``url`` to /dev/null with curl; return MiB/s."""
+    args = ["-sS", "-o", "/dev/null", "-w", "%{http_code} %{size_download} %{time_total}"]
+    for name, value in headers.items():
+        args += ["-H", f"{name}: {value}"]
+    if auth:
+        args += ["-u", f"{auth[0]}:{auth[1]}"]
+    out, err, code = await utils.getProcessOutputAndValue("curl", [*args, url], env=os.environ)
+    status, size, seconds = out.decode().split()
+    if code or status != "200":
+        raise RuntimeError(f"curl {url} failed: HTTP {status}, exit {code}: {err.decode()}")
+    if int(size) < DOWNLOAD_MIB << 20:
+        raise RuntimeError(f"curl {url} got only {int(size)} bytes")
+    return int(size) / float(seconds) / (1 << 20)
+
+
+async def throughput(bench: Bench) -> tuple[dict[str, tuple[float, float]], str]:
+    """Best MiB/s direct and proxied per download; a profile if the /tgz ratio misses."""
+    name = (await bench.client.create("cold"))["Name"]
+    status = await bench.client.exec(name, "python3", ["-c", MAKE_DATA])
+    if not status.ok:
+        raise RuntimeError(f"making the {DOWNLOAD_MIB} MiB file failed: {status}")
+    lease = await bench.coordinator.table.get(name)
+    assert lease is not None
+    auth = (USER, keys.user_key(SECRET, USER))
+    downloads = [
+        ("/tgz (gzip -6)", "/tgz?dir=big"),
+        ("/read (raw file)", "/read?path=big/data.bin"),
+    ]
+    results: dict[str, tuple[float, float]] = {}
+    profile = ""
+    for label, query in downloads:
+        fetchers = [
+            lambda q=query: curl(lease.url + q, {SECRET_HEADER: lease.secret}),
+            lambda q=query: curl(bench.url + q, {PROXY_HEADER: name}, auth),
+        ]
+        best = [0.0, 0.0]
+        for _ in range(ROUNDS):
+            for i, fetch in enumerate(fetchers):
+                best[i] = max(best[i], await fetch())
+        results[label] = (best[0], best[1])
+        if query.startswith("/tgz") and best[1] < PROXY_RATIO_TARGET * best[0]:
+            profile = await profiled(fetchers[1])
+    await bench.client.destroy(name)
+    return results, profile
+
+
+async def profiled(fetch: Callable[[], Awaitable[float]]) -> str:
+    """Run ``fetch`` with cProfile on the reactor thread; the top functions by own time."""
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        await fetch()
+    finally:
+        profiler.disable()
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(15)
+    return text.getvalue()
+
+
+def table(rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+async def measure(workdir: Path, image: str) -> str:
+    database = await db.connect(f"sqlite:///{workdir / 'farm.sqlite'}", reactor)
+    providers: list[BuildletProvider] = [
+        ProcessProvider(workdir / "buildlets", reactor),
+        DockerProvider(image, reactor, instance=f"bench-{uuid.uuid4().hex[:8]}"),
+    ]
+    latencies: dict[str, dict[str, list[float]]] = {}
+    downloads: dict[str, tuple[float, float]] = {}
+    profile = ""
+    try:
+        for provider in providers:
+            bench = await start_bench(database, provider)
+            try:
+                latencies[provider.kind] = {
+                    kind: await lease_latencies(bench, kind) for kind in ("cold", "warm")
+                }
+                if isinstance(provider, ProcessProvider):
+                    downloads, profile = await throughput(bench)
+            finally:
+                await bench.close()
+    finally:
+        await database.stop()
+    return report(latencies, downloads, profile)
+
+
+def report(
+    latencies: dict[str, dict[str, list[float]]],
+    downloads: dict[str, tuple[float, float]],
+    profile: str,
+) -> str:
+    kinds = list(latencies)
+    rows = [[f"lease latency, ms (n={LEASES}; p99 = slowest)", *kinds, "target"]]
+    for kind in ("cold", "warm"):
+        for p in (50, 99):
+            target = f"< {WARM_P50_TARGET_MS:g}" if (kind, p) == ("warm", 50) else ""
+            rows.append(
+                [f"{kind} p{p}", *(f"{percentile(latencies[k][kind], p) * 1000:.1f}"
+                                   for k in kinds), target]
+            )
+    rows.append(
+        ["warm p50 / cold p50", *(
+            f"{percentile(latencies[k]['warm'], 50) / percentile(latencies[k]['cold'], 50):.2f}x"
+            for k in kinds
+        ), ""]
+    )
+    met = {k: percentile(latencies[k]["warm"], 50) * 1000 < WARM_P50_TARGET_MS for k in kinds}
+    verdicts = [f"{k}: {'met' if ok else 'MISSED'}" for k, ok in met.items()]
+    out = [table(rows), f"warm lease p50 target: {', '.join(verdicts)}", ""]
+    rows = [[
+        f"{DOWNLOAD_MIB} MiB via curl (best of {ROUNDS})", "direct MiB/s", "proxy MiB/s",
+        "proxy/direct", "target",
+    ]]
+    for label, (direct, proxied) in downloads.items():
+        target = f">= {PROXY_RATIO_TARGET:g}x" if label.startswith("/tgz") else "(information)"
+        rows.append([label, f"{direct:.1f}", f"{proxied:.1f}", f"{proxied / direct:.2f}x", target])
+    out.append(table(rows))
+    tgz_direct, tgz_proxied = next(v for k, v in downloads.items() if k.startswith("/tgz"))
+    proxy_met = tgz_proxied >= PROXY_RATIO_TARGET * tgz_direct
+    out.append(f"proxy /tgz target: {'met' if proxy_met else 'MISSED'}")
+    if profile:
+        out += ["", "profile of one proxied /tgz (coordinator's reactor thread):", profile]
+    return "\n".join(out)
+
+
+def run_on_reactor(work: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
+    """Run ``work`` on the global reactor until it is done; return or raise its outcome.
+
+    The global reactor runs once per process: ``python -m benchmarks`` can run this module
+    after others only if they do not run it too.
+    """
+    outcome: list[Any] = []
+
+    def finish(result: object) -> None:
+        outcome.append(result)
+        reactor.stop()
+
+    def begin() -> None:
+        defer.Deferred.fromCoroutine(work()).addBoth(finish)
+
+    reactor.callWhenRunning(begin)
+    reactor.run()
+    if isinstance(outcome[0], failure.Failure):
+        outcome[0].raiseException()
+    result: _T = outcome[0]
+    return result
+
+
+def main() -> None:
+    """Measure, print the tables, and leave no buildlet, container or file behind."""
+    engine = DockerEngine()
+    engine.ensure()
+    try:
+        client = engine.client()
+        try:
+            image = ensure_base_image(client)
+        finally:
+            client.close()
+        with tempfile.TemporaryDirectory(prefix="bench-leases-") as workdir:
+            print(run_on_reactor(lambda: measure(Path(workdir), image)), flush=True)
+    finally:
+        engine.stop()

@@ -1,0 +1,259 @@
+"""The ``docker`` provider: each buildlet is a container of a configured image running the agent.
+
+The container is created, the agent and the buildlet's secret are copied into it with the
+archive API, and its command (the image's ``python3`` running the agent) is started. It
+shares the host's network namespace, so the agent's loopback URL, which it prints in its log
+as ``BUILDLET-READY URL``, is reachable from the coordinator. Every container carries two
+labels, the buildlet's name and the provider's instance: a restarted coordinator reaps the
+containers of its instance that no lease owns, and leaves everything else on the engine alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import io
+import json
+import tarfile
+import threading
+from collections.abc import Iterator, Mapping
+from typing import Any, Callable
+
+import docker
+import requests
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from twisted.internet import task, threads
+from twisted.python import log
+
+from buildbot_farm.agent import AGENT_PATH
+from buildbot_farm.leases.providers.base import BuildletProvider, ProviderError, StartedBuildlet
+
+BUILDLET_LABEL = "buildbot_farm.buildlet"
+INSTANCE_LABEL = "buildbot_farm.provider"
+HOME = "/buildlet"
+READY_PREFIX = "BUILDLET-READY "
+POLL_INTERVAL = 0.02
+
+
+class DockerProvider(BuildletProvider):
+    """Runs each buildlet as a container of ``image`` on the Docker engine at ``docker_host``.
+
+    ``docker_host`` is a Docker URL (``unix:///var/run/docker.sock``, ``tcp://HOST:2376``);
+    None means the environment's (``DOCKER_HOST``, else the local socket). The image is never
+    pulled: it must exist on the engine and have ``python`` (>= 3.9, found on its PATH). The agent
+    runs as root in the container with its work directory at ``/buildlet/work``.
+    ``instance`` names this provider in the containers' labels; give every coordinator on an
+    engine its own, since :meth:`reap` removes each container with it that no lease owns.
+    ``labels`` are added to every container. ``cpus`` (may be fractional), ``memory`` (bytes,
+    or a string like ``"512m"``) and ``pids`` limit each container.
+    """
+
+    kind = "docker"
+
+    def __init__(
+        self,
+        image: str,
+        reactor: Any,
+        docker_host: str | None = None,
+        instance: str = "default",
+        labels: Mapping[str, str] | None = None,
+        cpus: float | None = None,
+        memory: int | str | None = None,
+        pids: int | None = None,
+        python: str = "python3",
+        start_timeout: float = 30.0,
+    ) -> None:
+        if cpus is not None and cpus <= 0:
+            raise ValueError(f"docker provider: cpus must be positive, not {cpus}")
+        if pids is not None and pids < 1:
+            raise ValueError(f"docker provider: pids must be at least 1, not {pids}")
+        self.image = image
+        self.instance = instance
+        self._reactor = reactor
+        self._docker_host = docker_host
+        self._labels = {**(labels or {}), INSTANCE_LABEL: instance}
+        self._limits: dict[str, Any] = {
+            "nano_cpus": round(cpus * 1e9) if cpus is not None else None,
+            "mem_limit": memory,
+            "pids_limit": pids,
+        }
+        self._python = python
+        self._start_timeout = start_timeout
+        self._client: docker.APIClient | None = None
+        self._client_lock = threading.Lock()
+
+    @property
+    def _engine(self) -> str:
+        return self._docker_host or "DOCKER_HOST, else the local socket"
+
+    async def start(
+        self, name: str, secret: str, on_handle: Callable[[str], object]
+    ) -> StartedBuildlet:
+        """Create the container, copy the agent in, start it and wait for its URL."""
+        container = await self._in_thread(self.thd_create, name)
+        handle = json.dumps({"container": container})
+        try:
+            recorded = on_handle(handle)
+            if inspect.isawaitable(recorded):
+                await recorded
+            await self._in_thread(self.thd_start, container, secret)
+            url = await self._wait_ready(name, container)
+        except BaseException:
+            try:
+                await self.destroy(handle)
+            except ProviderError as e:
+                log.msg(f"docker provider: {e}; the next reap will remove the container")
+            raise
+        return StartedBuildlet(url=url, handle=handle)
+
+    def thd_create(self, name: str) -> str:
+        """Create (but do not start) the buildlet's container (blocking); return its id."""
+        api = self._api()
+        with self._engine_errors(f"cannot create the container for {name}"):
+            host_config = api.create_host_config(
+                network_mode="host",
+                # docker-init as PID 1 reaps the orphans builds leave; the agent would not.
+                init=True,
+                **self._limits,
+            )
+            try:
+                created = api.create_container(
+                    self.image,
+                    # The entrypoint, not the command, so that an image's own one cannot wrap it.
+                    entrypoint=[
+                        self._python, f"{HOME}/{AGENT_PATH.name}",
+                        "--listen", "127.0.0.1:0",
+                        "--workdir", f"{HOME}/work",
+                        "--secret-file", f"{HOME}/secret",
+                    ],
+                    user="0:0",
+                    working_dir=HOME,
+                    labels={**self._labels, BUILDLET_LABEL: name},
+                    host_config=host_config,
+                )
+            except ImageNotFound:
+                raise ProviderError(
+                    f"image {self.image!r} does not exist on the Docker engine ({self._engine}); "
+                    f"the docker "
+                    f"provider never pulls from a registry: build, load or import it there first"
+                ) from None
+        return str(created["Id"])
+
+    def thd_start(self, container: str, secret: str) -> None:
+        """Copy the agent and ``secret`` into the container and start it (blocking)."""
+        api = self._api()
+        with self._engine_errors(f"cannot start container {container[:12]}"):
+            api.put_archive(container, "/", _home_archive(secret, self._reactor.seconds()))
+            api.start(container)
+
+    async def _wait_ready(self, name: str, container: str) -> str:
+        deadline = self._reactor.seconds() + self._start_timeout
+        while True:
+            running, output = await self._in_thread(self.thd_poll, container)
+            for line in output.splitlines():
+                if line.startswith(READY_PREFIX):
+                    return line[len(READY_PREFIX):].strip()
+            if not running:
+                raise ProviderError(
+                    f"the buildlet agent for {name} exited at start; its log: {_tail(output)}"
+                )
+            if self._reactor.seconds() > deadline:
+                raise ProviderError(
+                    f"the buildlet agent for {name} did not start within "
+                    f"{self._start_timeout:g} s; its log: {_tail(output)}"
+                )
+            await task.deferLater(self._reactor, POLL_INTERVAL, lambda: None)
+
+    def thd_poll(self, container: str) -> tuple[bool, str]:
+        """Whether the container runs, and its log so far (complete if it stopped) (blocking)."""
+        api = self._api()
+        with self._engine_errors(f"cannot read the state of container {container[:12]}"):
+            running = bool(api.inspect_container(container)["State"]["Running"])
+            output = api.logs(container, stdout=True, stderr=True)
+        return running, output.decode(errors="replace")
+
+    async def destroy(self, handle: str) -> None:
+        """Remove the buildlet's container (killing it); quiet when it is already gone."""
+        await self._in_thread(self.thd_remove, json.loads(handle)["container"])
+
+    def thd_remove(self, container: str) -> None:
+        """Force-remove ``container`` and its anonymous volumes, unless gone (blocking)."""
+        api = self._api()
+        with self._engine_errors(f"cannot remove container {container[:12]}"):
+            try:
+                api.remove_container(container, v=True, force=True)
+            except NotFound:
+                return
+            except APIError as e:
+                if e.status_code == 409 and "already in progress" in str(e.explanation):
+                    return
+                raise
+
+    async def reap(self, known_handles: set[str]) -> list[str]:
+        """Remove this instance's containers whose handles are not in ``known_handles``."""
+        known = {json.loads(h)["container"] for h in known_handles if h}
+        return await self._in_thread(self.thd_reap, known)
+
+    def thd_reap(self, known: set[str]) -> list[str]:
+        """The blocking part of :meth:`reap`."""
+        api = self._api()
+        with self._engine_errors("cannot list the buildlet containers"):
+            containers = api.containers(
+                all=True, filters={"label": f"{INSTANCE_LABEL}={self.instance}"}
+            )
+        reaped = []
+        for container in containers:
+            if container["Id"] in known:
+                continue
+            self.thd_remove(container["Id"])
+            name = (container.get("Labels") or {}).get(BUILDLET_LABEL, "unknown")
+            reaped.append(f"docker buildlet {name} (container {container['Id'][:12]})")
+        return reaped
+
+    def _api(self) -> docker.APIClient:
+        """The engine's client, made on first use: making it asks the engine its version."""
+        with self._client_lock:
+            if self._client is None:
+                kwargs = (
+                    {"base_url": self._docker_host}
+                    if self._docker_host
+                    else docker.utils.kwargs_from_env()
+                )
+                with self._engine_errors("cannot connect to the Docker engine"):
+                    self._client = docker.APIClient(version="auto", **kwargs)
+            return self._client
+
+    @contextlib.contextmanager
+    def _engine_errors(self, doing: str) -> Iterator[None]:
+        """Turn the SDK's errors into ProviderErrors that say what failed, why, and where."""
+        try:
+            yield
+        except (DockerException, requests.RequestException) as e:
+            explanation = getattr(e, "explanation", None) or e
+            raise ProviderError(f"{doing}: {explanation} (Docker engine: {self._engine})") from e
+
+    def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return threads.deferToThreadPool(self._reactor, self._reactor.getThreadPool(), fn, *args)
+
+
+def _home_archive(secret: str, mtime: float) -> bytes:
+    """A tar of ``HOME`` for ``/``: the agent, the secret (root may read it) and ``work/``."""
+    home = HOME.lstrip("/")
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        for directory in (home, f"{home}/work"):
+            entry = tarfile.TarInfo(directory)
+            entry.type, entry.mode, entry.mtime = tarfile.DIRTYPE, 0o755, int(mtime)
+            tar.addfile(entry)
+        for path, data, mode in (
+            (f"{home}/{AGENT_PATH.name}", AGENT_PATH.read_bytes(), 0o644),
+            (f"{home}/secret", secret.encode(), 0o400),
+        ):
+            entry = tarfile.TarInfo(path)
+            entry.size, entry.mode, entry.mtime = len(data), mode, int(mtime)
+            tar.addfile(entry, io.BytesIO(data))
+    return archive.getvalue()
+
+
+def _tail(output: str, lines: int = 10) -> str:
+    return " | ".join(output.splitlines()[-lines:]) or "(empty)"
