@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from buildbot_farm import __version__
+from buildbot_farm.leases.host_agent import add_agent_command
+from buildbot_farm.leases.lease_cli import add_lease_commands
 from buildbot_farm.leases.standalone import add_coordinator_command
 
 
@@ -97,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=_demo_command)
 
     add_coordinator_command(commands)
+    add_agent_command(commands)
+    add_lease_commands(commands)
     return parser
 
 

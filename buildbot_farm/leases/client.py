@@ -22,10 +22,13 @@ FRAMING_HEADER = "X-Buildlet-Framing"
 
 
 class CoordinatorRequestError(Exception):
-    """The coordinator or the buildlet refused a request; the message is theirs."""
+    """The coordinator or the buildlet refused a request; the message is theirs.
+
+    ``status`` is the HTTP status, or 0 when the coordinator could not be reached.
+    """
 
     def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"{message} (HTTP {status})")
+        super().__init__(f"{message} (HTTP {status})" if status else message)
         self.status = status
 
 
@@ -153,7 +156,19 @@ class CoordinatorClient:
         self, name: str, path: str, params: Mapping[str, str], sink: Callable[[bytes], object]
     ) -> None:
         """GET ``path`` (``/tgz`` or ``/read``) through the proxy, streaming it to ``sink``."""
+        await self.get_stream_sized(name, path, params, sink, lambda length: None)
+
+    async def get_stream_sized(
+        self,
+        name: str,
+        path: str,
+        params: Mapping[str, str],
+        sink: Callable[[bytes], object],
+        on_length: Callable[[int | None], object],
+    ) -> None:
+        """Like ``get_stream``, first telling ``on_length`` the body's size (None if unknown)."""
         response = await self._request("GET", path, buildlet=name, params=dict(params))
+        on_length(response.length if isinstance(response.length, int) else None)
         stream = _Stream(sink)
         response.deliverBody(stream)
         await stream.done

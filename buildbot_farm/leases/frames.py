@@ -7,6 +7,7 @@ command output, ``x`` the final JSON status ``{"exit_code", "signal", "state"}``
 from __future__ import annotations
 
 import json
+import signal
 import struct
 from dataclasses import dataclass
 
@@ -35,6 +36,8 @@ class ExitStatus:
         """A shell-style exit code: the code, 128+N for signal N, 255 if it never ran."""
         if self.exit_code is not None:
             return self.exit_code
+        if self.signal and self.signal in signal.Signals.__members__:
+            return 128 + signal.Signals[self.signal].value
         return 255
 
 

@@ -241,3 +241,12 @@ async def test_a_large_upload_and_download_cross_the_proxy_intact(
     received: list[bytes] = []
     await alice.get_stream(name, "/read", {"path": "big/blob.bin"}, received.append)
     assert b"".join(received) == payload
+
+
+def test_exit_codes_follow_the_shell_convention() -> None:
+    """A signalled command maps to 128+N, an unstartable one to 255, as a shell reports them."""
+    from buildbot_farm.leases.frames import ExitStatus
+
+    assert ExitStatus(3, None, "exit status 3").as_exit_code() == 3
+    assert ExitStatus(None, "SIGKILL", "signal: SIGKILL").as_exit_code() == 137
+    assert ExitStatus(None, None, "error: cannot start").as_exit_code() == 255

@@ -1,0 +1,345 @@
+"""``buildbot-farm lease ...`` and ``buildbot-farm key``: a gomote-like client of the coordinator.
+
+Settings: see ``lease_settings``. A failure prints one line ``buildbot-farm: ...`` on stderr and
+exits 2; ``run`` exits with the remote command's status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import posixpath
+import stat
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Awaitable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from buildbot_farm.leases import keys, transfers
+from buildbot_farm.leases.lease_settings import SETTINGS_HELP, LeaseSettingsError, load_settings
+
+if TYPE_CHECKING:
+    from buildbot_farm.leases.client import CoordinatorClient
+
+ERRORS_HELP = """
+
+errors: one line on stderr, exit status 2; run exits with the remote command's status."""
+INTERRUPTED = 130  # the shell's code for a command ended by Ctrl-C (SIGINT)
+LeaseAction = Callable[["CoordinatorClient", argparse.Namespace], Awaitable[int]]
+
+
+class LeaseCommandError(Exception):
+    """A problem the user can fix, reported as one ``buildbot-farm: ...`` line."""
+
+
+# --- The commands: each runs in the reactor and returns the exit code ------------------------
+
+
+async def _create(client: CoordinatorClient, args: argparse.Namespace) -> int:
+    print((await client.create(args.type))["Name"])
+    return 0
+
+
+async def _list(client: CoordinatorClient, args: argparse.Namespace) -> int:
+    buildlets = await client.buildlets()
+    name_width = max((len(b["Name"]) for b in buildlets), default=0)
+    type_width = max((len(b["Type"]) for b in buildlets), default=0)
+    for b in buildlets:
+        print(f"{b['Name']:<{name_width}}  {b['Type']:<{type_width}}  "
+              f"created {b['Created']}  expires {b['Expires']}")
+    return 0
+
+
+async def _run(client: CoordinatorClient, args: argparse.Namespace) -> int:
+    env = {}
+    for item in args.env:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise LeaseCommandError(f"--env {item!r} is not KEY=VALUE")
+        env[key] = value
+    out = sys.stdout.buffer
+
+    def write(data: bytes) -> None:
+        out.write(data)
+        out.flush()
+
+    status = await client.exec(
+        args.name, args.cmd, args.args, directory=args.dir, env=env, on_output=write
+    )
+    if status.exit_code is None:
+        print(f"buildbot-farm: the remote command did not exit normally: {status.state}",
+              file=sys.stderr)
+    return status.as_exit_code()
+
+
+async def _put(client: CoordinatorClient, args: argparse.Namespace) -> int:
+    source = Path(args.file)
+    info = source.stat()
+    if not stat.S_ISREG(info.st_mode):
+        raise LeaseCommandError(f"{source} is not a regular file; send a directory with puttar")
+    dest = args.dest or source.name
+    if dest.endswith("/"):
+        dest += source.name
+    mode = args.mode or f"{info.st_mode & 0o777:04o}"
+    with transfers.Progress(f"put {dest}", sys.stderr, info.st_size) as progress, \
+            transfers.ProgressFile(source, progress.advance) as body:
+        await client.put_file(args.name, body, dest, mode)
+    return 0
+
+
+async def _get(client: CoordinatorClient, args: argparse.Namespace) -> int:
+    name = posixpath.basename(posixpath.normpath(args.path))
+    if name in (".", "..", "/"):
+        raise LeaseCommandError(f"{args.path!r} names no file; give a file's path in the workdir")
+    local = Path(args.dest) if args.dest else Path(name)
+    if local.is_dir():
+        local = local / name
+    with transfers.Progress(f"get {args.path}", sys.stderr) as progress, \
+            transfers.new_file(local) as out:
+
+        def sink(data: bytes) -> None:
+            out.write(data)
+            progress.advance(len(data))
+
+        await client.get_stream_sized(
+            args.name, "/read", {"path": args.path}, sink, progress.set_total
+        )
+    return 0
+
+
+async def _puttar(client: CoordinatorClient, args: argparse.Namespace) -> int:
+    source = Path(args.dir)
+    if not source.is_dir():
+        raise LeaseCommandError(f"{source} is not a directory; send a file with put")
+    dest = args.dest if args.dest is not None else source.resolve().name
+    with tempfile.TemporaryDirectory(prefix="buildbot-farm-") as scratch:
+        archive = Path(scratch) / "upload.tgz"
+        with open(archive, "wb") as out:
+            transfers.pack_tgz(source, out)
+        size = archive.stat().st_size
+        with transfers.Progress(f"puttar {dest or '.'}", sys.stderr, size) as progress, \
+                transfers.ProgressFile(archive, progress.advance) as body:
+            await client.put_tgz(args.name, body, dest)
+    return 0
+
+
+async def _gettar(client: CoordinatorClient, args: argparse.Namespace) -> int:
+    base = posixpath.basename(posixpath.normpath(args.dir))
+    local = Path(args.dest or (base if base not in (".", "..", "/") else args.name))
+    transfers.check_free(local)
+    with transfers.staging_beside(local) as scratch, \
+            transfers.Progress(f"gettar {args.dir}", sys.stderr) as progress:
+        archive = scratch / "download.tgz"
+        with open(archive, "xb") as out:
+
+            def sink(data: bytes) -> None:
+                out.write(data)
+                progress.advance(len(data))
+
+            await client.get_stream_sized(
+                args.name, "/tgz", {"dir": args.dir}, sink, progress.set_total
+            )
+        transfers.unpack_tgz(archive, local)
+    return 0
+
+
+async def _ls(client: CoordinatorClient, args: argparse.Namespace) -> int:
+    for entry in await client.ls(args.name, args.dir, digest=args.digest):
+        print(_ls_line(entry))
+    return 0
+
+
+def _ls_line(entry: Mapping[str, Any]) -> str:
+    kind = stat.S_IFDIR if entry["is_dir"] else stat.S_IFLNK if "link" in entry else stat.S_IFREG
+    mode = stat.filemode(kind | int(entry["mode"], 8))
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(entry["mtime"]))
+    digest = f" {entry['sha256']}" if "sha256" in entry else ""
+    name = entry["name"] + ("/" if entry["is_dir"] else "")
+    link = f" -> {entry['link']}" if "link" in entry else ""
+    return f"{mode} {entry['size']:>10} {when}{digest} {name}{link}"
+
+
+async def _rm(client: CoordinatorClient, args: argparse.Namespace) -> int:
+    await client.remove(args.name, args.paths)
+    return 0
+
+
+async def _ping(client: CoordinatorClient, args: argparse.Namespace) -> int:
+    status = await client.status(args.name)
+    print(f"{args.name}: alive, agent {status.get('version')} on {status.get('hostname')} "
+          f"({status.get('os')}/{status.get('arch')}), {status.get('running')} command(s) running")
+    return 0
+
+
+async def _destroy(client: CoordinatorClient, args: argparse.Namespace) -> int:
+    await client.destroy(args.name)
+    return 0
+
+
+# --- Running a command: settings, reactor, errors --------------------------------------------
+
+
+def _fail(message: str) -> int:
+    print(f"buildbot-farm: {message}", file=sys.stderr)
+    return 2
+
+
+def _describe(error: Exception) -> str | None:
+    """One line for an error a user can hit, or None for what can only be a bug."""
+    from twisted.web.client import ResponseFailed
+
+    from buildbot_farm.agent.buildlet_agent import ArchiveError
+    from buildbot_farm.leases.client import CoordinatorRequestError
+    from buildbot_farm.leases.frames import FrameError
+
+    if isinstance(error, ResponseFailed):
+        reasons = "; ".join(reason.getErrorMessage() for reason in error.reasons)
+        return f"the connection to the coordinator broke: {reasons}"
+    if isinstance(error, OSError) and error.filename:
+        return f"{error.filename}: {error.strerror}"
+    if isinstance(error, ArchiveError):
+        return f"refused the archive, nothing was written: {error.message}"
+    if isinstance(error, (LeaseCommandError, CoordinatorRequestError, FrameError, OSError)):
+        return str(error)
+    return None
+
+
+def _react(action: LeaseAction, client: CoordinatorClient, args: argparse.Namespace) -> int:
+    """Run ``action`` under ``task.react``; its exit code, or 2 after reporting its error."""
+    from twisted.internet import defer, task
+
+    exit_code = 2
+
+    async def main() -> None:
+        nonlocal exit_code
+        try:
+            exit_code = await action(client, args)
+        except defer.CancelledError:
+            _fail("interrupted")
+            exit_code = INTERRUPTED
+        except Exception as e:
+            message = _describe(e)
+            if message is None:
+                traceback.print_exc()
+                message = f"unexpected {type(e).__name__}: {e} (a bug: please report it)"
+            exit_code = _fail(message)
+
+    def start(reactor: Any) -> defer.Deferred[None]:
+        finished = defer.ensureDeferred(main())
+        # On Ctrl-C the reactor stops: cancel the command so that its cleanups still run.
+        reactor.addSystemEventTrigger("before", "shutdown", finished.cancel)
+        return finished
+
+    with contextlib.suppress(SystemExit):  # react always exits; the code that counts is ours
+        task.react(start)
+    return exit_code
+
+
+def _lease_command(args: argparse.Namespace) -> int:
+    from buildbot_farm.leases.client import CoordinatorClient
+
+    try:
+        settings = load_settings(args.config, os.environ)
+    except LeaseSettingsError as e:
+        return _fail(str(e))
+    client = CoordinatorClient(settings.url, settings.user, settings.key)
+    return _react(args.lease_action, client, args)
+
+
+def _key_command(args: argparse.Namespace) -> int:
+    try:
+        secret = Path(args.secret_file).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        return _fail(f"cannot read the secret file {args.secret_file}: {e}")
+    if not secret:
+        return _fail(f"the secret file {args.secret_file} is empty")
+    try:
+        print(keys.user_key(secret.encode(), args.user))
+    except ValueError as e:
+        return _fail(str(e))
+    return 0
+
+
+# --- The parser ------------------------------------------------------------------------------
+
+
+def add_lease_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``lease`` (and its gomote-like commands) and ``key`` to ``buildbot-farm``'s parser."""
+    config_help = "settings file (default: $XDG_CONFIG_HOME/buildbot-farm/lease.ini)"
+    anywhere = argparse.ArgumentParser(add_help=False)
+    anywhere.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help=config_help)
+    lease = subparsers.add_parser(
+        "lease", help="lease buildlets from a coordinator and drive them (like gomote)",
+        description="Lease buildlets from a farm coordinator and drive them.",
+        epilog=SETTINGS_HELP + ERRORS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    lease.add_argument("--config", metavar="FILE", help=config_help)
+    actions = lease.add_subparsers(dest="lease_command", required=True, metavar="COMMAND")
+
+    def action(name: str, function: LeaseAction, text: str) -> argparse.ArgumentParser:
+        parser = actions.add_parser(name, parents=[anywhere], help=text, description=text)
+        parser.set_defaults(handler=_lease_command, lease_action=function)
+        return parser
+
+    action("create", _create, "lease a buildlet of TYPE; print its name").add_argument(
+        "type", metavar="TYPE")
+    action("list", _list, "list your buildlets")
+
+    run = action("run", _run, "run CMD on the buildlet, streaming its output; exit with its status")
+    run.add_argument("--dir", help="directory in the workdir to run in (default: the workdir)")
+    run.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                     help="set an environment variable (repeatable)")
+    run.add_argument("name", metavar="NAME")
+    run.add_argument("cmd", metavar="CMD", help="a name on PATH, or a path in the workdir")
+    run.add_argument("args", metavar="ARG", nargs=argparse.REMAINDER)
+
+    put = action("put", _put, "copy the local FILE to DEST in the workdir (default: its name)")
+    put.add_argument("--mode", help="octal permissions (default: the local file's)")
+    put.add_argument("name", metavar="NAME")
+    put.add_argument("file", metavar="FILE")
+    put.add_argument("dest", metavar="DEST", nargs="?")
+
+    puttar = action("puttar", _puttar, "copy the local directory DIR's contents to DEST in the "
+                    "workdir (default: DIR's name; '.' for the workdir itself)")
+    puttar.add_argument("name", metavar="NAME")
+    puttar.add_argument("dir", metavar="DIR")
+    puttar.add_argument("dest", metavar="DEST", nargs="?")
+
+    get = action("get", _get, "copy the file PATH of the workdir to the local DEST "
+                 "(default: its name here)")
+    get.add_argument("name", metavar="NAME")
+    get.add_argument("path", metavar="PATH")
+    get.add_argument("dest", metavar="DEST", nargs="?")
+
+    gettar = action("gettar", _gettar, "copy the directory DIR of the workdir to the local DEST, "
+                    "which must not exist or be empty (default: DIR's name here)")
+    gettar.add_argument("name", metavar="NAME")
+    gettar.add_argument("dir", metavar="DIR")
+    gettar.add_argument("dest", metavar="DEST", nargs="?")
+
+    ls = action("ls", _ls, "list DIR of the workdir, recursively (default: all of it)")
+    ls.add_argument("--digest", action="store_true", help="show each file's sha256")
+    ls.add_argument("name", metavar="NAME")
+    ls.add_argument("dir", metavar="DIR", nargs="?", default="")
+
+    rm = action("rm", _rm, "remove files or trees from the workdir")
+    rm.add_argument("name", metavar="NAME")
+    rm.add_argument("paths", metavar="PATH", nargs="+")
+
+    action("ping", _ping, "check that the buildlet answers (this renews its lease)").add_argument(
+        "name", metavar="NAME")
+    action("destroy", _destroy, "end the lease and destroy the buildlet").add_argument(
+        "name", metavar="NAME")
+
+    key = subparsers.add_parser(
+        "key", help="print a user's key (for the farm's admin)",
+        description="Print the key of user-NAME under the coordinator's secret.",
+    )
+    key.add_argument("user", metavar="user-NAME")
+    key.add_argument("--secret-file", required=True, metavar="FILE",
+                     help="file holding the coordinator's secret (surrounding whitespace ignored)")
+    key.set_defaults(handler=_key_command)
