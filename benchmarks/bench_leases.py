@@ -34,6 +34,7 @@ from buildbot_farm.leases.api import CoordinatorResource
 from buildbot_farm.leases.client import PROXY_HEADER, CoordinatorClient
 from buildbot_farm.leases.coordinator import BuildletType, Coordinator
 from buildbot_farm.leases.providers import BuildletProvider, DockerProvider, ProcessProvider
+from buildbot_farm.web.client import http_client
 from tests.harness.docker_engine import DockerEngine
 from tests.harness.images import ensure_base_image
 
@@ -77,15 +78,25 @@ async def start_bench(database: db.Database, provider: BuildletProvider) -> Benc
         "warm": BuildletType("warm", provider, max_count=2, warm=1),
     }
     coordinator = Coordinator(
-        database, reactor, types, AgentClient(reactor), name=f"bench-{provider.kind}"
+        database,
+        reactor,
+        types,
+        AgentClient(reactor, http_client(reactor)),
+        name=f"bench-{provider.kind}",
     )
     await coordinator.start()
     port = reactor.listenTCP(
-        0, server.Site(CoordinatorResource(coordinator, SECRET)), interface="127.0.0.1"
+        0,
+        server.Site(CoordinatorResource(coordinator, SECRET, http_client(reactor))),
+        interface="127.0.0.1",
     )
     url = f"http://127.0.0.1:{port.getHost().port}"
     return Bench(
-        coordinator, provider, CoordinatorClient(url, USER, keys.user_key(SECRET, USER)), url, port
+        coordinator,
+        provider,
+        CoordinatorClient(url, USER, keys.user_key(SECRET, USER), http_client(reactor)),
+        url,
+        port,
     )
 
 
@@ -210,22 +221,34 @@ def report(
         for p in (50, 99):
             target = f"< {WARM_P50_TARGET_MS:g}" if (kind, p) == ("warm", 50) else ""
             rows.append(
-                [f"{kind} p{p}", *(f"{percentile(latencies[k][kind], p) * 1000:.1f}"
-                                   for k in kinds), target]
+                [
+                    f"{kind} p{p}",
+                    *(f"{percentile(latencies[k][kind], p) * 1000:.1f}" for k in kinds),
+                    target,
+                ]
             )
+    def warm_over_cold(by_kind: dict[str, list[float]]) -> float:
+        return percentile(by_kind["warm"], 50) / percentile(by_kind["cold"], 50)
+
     rows.append(
-        ["warm p50 / cold p50", *(
-            f"{percentile(latencies[k]['warm'], 50) / percentile(latencies[k]['cold'], 50):.2f}x"
-            for k in kinds
-        ), ""]
+        [
+            "warm p50 / cold p50",
+            *(f"{warm_over_cold(latencies[k]):.2f}x" for k in kinds),
+            "",
+        ]
     )
     met = {k: percentile(latencies[k]["warm"], 50) * 1000 < WARM_P50_TARGET_MS for k in kinds}
     verdicts = [f"{k}: {'met' if ok else 'MISSED'}" for k, ok in met.items()]
     out = [table(rows), f"warm lease p50 target: {', '.join(verdicts)}", ""]
-    rows = [[
-        f"{DOWNLOAD_MIB} MiB via curl (best of {ROUNDS})", "direct MiB/s", "proxy MiB/s",
-        "proxy/direct", "target",
-    ]]
+    rows = [
+        [
+            f"{DOWNLOAD_MIB} MiB via curl (best of {ROUNDS})",
+            "direct MiB/s",
+            "proxy MiB/s",
+            "proxy/direct",
+            "target",
+        ]
+    ]
     for label, (direct, proxied) in downloads.items():
         target = f">= {PROXY_RATIO_TARGET:g}x" if label.startswith("/tgz") else "(information)"
         rows.append([label, f"{direct:.1f}", f"{proxied:.1f}", f"{proxied / direct:.2f}x", target])

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from buildbot_farm import __version__
+from buildbot_farm.images import add_image_command
 from buildbot_farm.leases.host_agent import add_agent_command
 from buildbot_farm.leases.lease_cli import add_lease_commands
 from buildbot_farm.leases.standalone import add_coordinator_command
@@ -70,8 +71,12 @@ async def _print_schema(database: Any) -> None:
 
 def _demo_command(args: argparse.Namespace) -> int:
     from buildbot_farm.demo import LocalFarm
+    from buildbot_farm.images import demo_image_env
 
-    return LocalFarm(config=args.config, basedir=args.basedir).run(once=args.once)
+    env = demo_image_env()
+    if env is None:
+        return 1
+    return LocalFarm(config=args.config, basedir=args.basedir, env=env).run(once=args.once)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=_demo_command)
 
     add_coordinator_command(commands)
+    add_image_command(commands)
     add_agent_command(commands)
     add_lease_commands(commands)
     return parser

@@ -19,6 +19,7 @@ from twisted.internet import defer
 from twisted.python import log
 
 from buildbot_farm import __version__, db
+from buildbot_farm.containers import reap_leftovers
 from buildbot_farm.leases.agent_client import AgentClient
 from buildbot_farm.leases.api import CoordinatorResource
 from buildbot_farm.leases.config import FarmCoordinator
@@ -40,6 +41,9 @@ class FarmSettings:
     db_timeout: float = 30.0
     heartbeat_interval: float = 30.0
     coordinator: FarmCoordinator | None = None
+    # Docker engines whose container-task leftovers of this master are removed at start;
+    # None is the master's default engine (DOCKER_HOST or the local socket).
+    container_engines: Any = (None,)
 
     def problems(self) -> list[str]:
         """What is wrong with these settings, each naming its argument; empty when fine."""
@@ -61,6 +65,14 @@ class FarmSettings:
                 found += self.coordinator.problems()
             else:
                 found.append("coordinator must be a util.FarmCoordinator(...)")
+        engines = self.container_engines
+        if not isinstance(engines, (list, tuple)) or not all(
+            e is None or (isinstance(e, str) and "://" in e) for e in engines
+        ):
+            found.append(
+                "container_engines must be a list of Docker engine URLs (None: the default"
+                f" engine), not {engines!r}"
+            )
         return found
 
     def database_settings(self) -> tuple[Any, ...]:
@@ -205,6 +217,10 @@ class FarmService(service.BuildbotService):
 
     async def _start(self) -> None:
         await super().startService()
+        if self.settings is not None:
+            await reap_leftovers(
+                self.master.reactor, self.master.name, self.settings.container_engines
+            )
         for periodic in self._periodic.values():
             periodic.start()
 

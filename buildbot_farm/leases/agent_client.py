@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import treq
-
 SECRET_HEADER = "X-Buildlet-Secret"
 
 
@@ -15,9 +13,9 @@ class AgentError(Exception):
 
 
 class AgentClient:
-    """Talks to agents with treq (``http`` is injectable: ``treq.testing.StubTreq`` in tests)."""
+    """Talks to agents through ``http``, a treq ``HTTPClient`` on ``reactor`` (or a StubTreq)."""
 
-    def __init__(self, reactor: Any, http: Any = treq, timeout: float = 5.0) -> None:
+    def __init__(self, reactor: Any, http: Any, timeout: float = 5.0) -> None:
         self._reactor = reactor
         self._http = http
         self._timeout = timeout

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import treq
 from twisted.internet import defer
 from twisted.python import failure, log
 from twisted.web import resource, server
@@ -29,13 +28,13 @@ PROXY_HEADER = b"x-buildlet-proxy"
 class CoordinatorResource(resource.Resource):
     """Serves the coordinator's API; mount it anywhere (it routes on the path below it).
 
-    ``secret`` is the coordinator secret the users' keys derive from; ``http`` is the treq
-    module or an object like it (the proxy's client to the agents).
+    ``secret`` is the coordinator secret the users' keys derive from; ``http`` is the
+    proxy's client to the agents (a treq ``HTTPClient`` on the coordinator's reactor).
     """
 
     isLeaf = True
 
-    def __init__(self, coordinator: Coordinator, secret: bytes, http: Any = treq) -> None:
+    def __init__(self, coordinator: Coordinator, secret: bytes, http: Any) -> None:
         super().__init__()
         self._coordinator = coordinator
         self._secret = secret

@@ -1,7 +1,8 @@
 """``CoordinatorClient``: lease buildlets and drive them through the coordinator's proxy.
 
 Used by ``buildbot-farm lease ...`` and by ``FarmLatentWorker``. Every call is a coroutine;
-``http`` is treq or an object like it (``treq.testing.StubTreq`` in tests).
+``http_client`` is a treq ``HTTPClient`` on the caller's reactor
+(``buildbot_farm.web.client.http_client``), or ``treq.testing.StubTreq`` in tests.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import IO, Any, Callable
 
-import treq
 from twisted.internet import defer, protocol
 from twisted.python import failure
 from twisted.web import client, http
@@ -50,7 +50,7 @@ class _Stream(protocol.Protocol):
 class CoordinatorClient:
     """One user's view of a coordinator at ``url`` (HTTP Basic as ``user`` with ``key``)."""
 
-    def __init__(self, url: str, user: str, key: str, http_client: Any = treq) -> None:
+    def __init__(self, url: str, user: str, key: str, http_client: Any) -> None:
         self.url = url.rstrip("/")
         self.user = user
         self._auth = (user, key)

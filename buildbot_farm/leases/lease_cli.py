@@ -23,6 +23,7 @@ from buildbot_farm.leases import keys, transfers
 from buildbot_farm.leases.lease_settings import SETTINGS_HELP, LeaseSettingsError, load_settings
 
 if TYPE_CHECKING:
+
     from buildbot_farm.leases.client import CoordinatorClient
 
 ERRORS_HELP = """
@@ -240,13 +241,16 @@ def _react(action: LeaseAction, client: CoordinatorClient, args: argparse.Namesp
 
 
 def _lease_command(args: argparse.Namespace) -> int:
+    from twisted.internet import reactor
+
     from buildbot_farm.leases.client import CoordinatorClient
+    from buildbot_farm.web.client import http_client
 
     try:
         settings = load_settings(args.config, os.environ)
     except LeaseSettingsError as e:
         return _fail(str(e))
-    client = CoordinatorClient(settings.url, settings.user, settings.key)
+    client = CoordinatorClient(settings.url, settings.user, settings.key, http_client(reactor))
     return _react(args.lease_action, client, args)
 
 

@@ -20,8 +20,14 @@ from buildbot_farm.leases.coordinator import BuildletType, Coordinator
 from buildbot_farm.leases.lease import ExpiryPolicy
 from buildbot_farm.leases.providers import ProcessProvider
 from buildbot_farm.leases.providers.reverse import ReverseProvider
+from buildbot_farm.web.client import http_client
 
 SECRET = b"test-coordinator-secret"
+
+
+def plain_http() -> Any:
+    """An HTTP client on the test reactor that keeps no connections (no timers left behind)."""
+    return http_client(reactor, persistent=False)
 
 
 @dataclass
@@ -37,7 +43,7 @@ class RunningCoordinator:
     clients: list[CoordinatorClient] = field(default_factory=list)
 
     def client(self, user: str = "user-alice") -> CoordinatorClient:
-        return CoordinatorClient(self.url, user, keys.user_key(SECRET, user))
+        return CoordinatorClient(self.url, user, keys.user_key(SECRET, user), plain_http())
 
     async def shutdown(self) -> None:
         await self.port.stopListening()
@@ -63,14 +69,16 @@ async def start_coordinator(tmp_path: Path) -> AsyncIterator[StartCoordinator]:
         database = await db.connect(f"sqlite:///{tmp_path / 'farm.sqlite'}", reactor)
         databases.append(database)
         provider = ProcessProvider(tmp_path / "buildlets", reactor)
-        agents = AgentClient(reactor)
+        agents = AgentClient(reactor, plain_http())
         types = {"local": BuildletType("local", provider, max_count=max_count, warm=warm)}
         if reverse_pool:
             types["hosts"] = BuildletType("hosts", ReverseProvider(agents), reverse_pool)
         coordinator = Coordinator(database, clock, types, agents, policy)
         await coordinator.start()
         port = reactor.listenTCP(
-            0, server.Site(CoordinatorResource(coordinator, SECRET)), interface="127.0.0.1"
+            0,
+            server.Site(CoordinatorResource(coordinator, SECRET, plain_http())),
+            interface="127.0.0.1",
         )
         running = RunningCoordinator(
             coordinator, provider, database, f"http://127.0.0.1:{port.getHost().port}", port, clock

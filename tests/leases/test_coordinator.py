@@ -11,13 +11,12 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-import treq
 from twisted.internet import reactor, task
 
 from buildbot_farm.leases.client import CoordinatorClient, CoordinatorRequestError
 from buildbot_farm.leases.coordinator import NoSuchBuildlet
 from buildbot_farm.leases.lease import ExpiryPolicy
-from tests.leases.conftest import SECRET, StartCoordinator
+from tests.leases.conftest import SECRET, StartCoordinator, plain_http
 
 
 async def run(client: CoordinatorClient, name: str, *command: str) -> tuple[int | None, bytes]:
@@ -76,13 +75,13 @@ async def test_wrong_missing_or_malformed_credentials_are_401(
 ) -> None:
     """Bad auth of each kind is refused with 401 and a reason, and creates nothing."""
     running = await start_coordinator()
-    bad = CoordinatorClient(running.url, "user-alice", "0" * 64)
+    bad = CoordinatorClient(running.url, "user-alice", "0" * 64, plain_http())
     with pytest.raises(CoordinatorRequestError, match="wrong key for user-alice") as wrong:
         await bad.create("local")
     assert wrong.value.status == 401
     for header in (None, b"Bearer x", b"Basic !!!", b"Basic " + base64.b64encode(b"nocolon")):
         headers = {b"Authorization": [header]} if header else {}
-        response = await treq.post(running.url + "/buildlet/create", headers=headers)
+        response = await plain_http().post(running.url + "/buildlet/create", headers=headers)
         assert response.code == 401
         assert "error" in json.loads(await response.content())
     assert await running.coordinator.table.all() == []
@@ -114,11 +113,11 @@ async def test_bad_create_requests_say_what_is_wrong(start_coordinator: StartCoo
         await alice.create("gpu")
     assert e.value.status == 400
     auth = ("user-alice", alice._auth[1])
-    missing = await treq.post(running.url + "/buildlet/create", auth=auth, data={})
+    missing = await plain_http().post(running.url + "/buildlet/create", auth=auth, data={})
     assert missing.code == 400
-    wrong_method = await treq.get(running.url + "/buildlet/create", auth=auth)
+    wrong_method = await plain_http().get(running.url + "/buildlet/create", auth=auth)
     assert wrong_method.code == 405
-    nowhere = await treq.get(running.url + "/nowhere", auth=auth)
+    nowhere = await plain_http().get(running.url + "/nowhere", auth=auth)
     assert nowhere.code == 404
 
 
@@ -131,7 +130,9 @@ async def test_a_full_pool_answers_503_with_retry_after(
     alice = running.client()
     await alice.create("local")
     auth = ("user-alice", alice._auth[1])
-    response = await treq.post(running.url + "/buildlet/create", auth=auth, data={"type": "local"})
+    response = await plain_http().post(
+        running.url + "/buildlet/create", auth=auth, data={"type": "local"}
+    )
     assert response.code == 503
     assert response.headers.getRawHeaders(b"retry-after") == [b"30"]
     assert "in use" in json.loads(await response.content())["error"]

@@ -24,6 +24,7 @@ from buildbot_farm.leases.client import CoordinatorClient, CoordinatorRequestErr
 from buildbot_farm.leases.coordinator import BuildletType, Coordinator
 from buildbot_farm.leases.providers import DockerProvider, ProviderError
 from buildbot_farm.leases.providers.docker import BUILDLET_LABEL, INSTANCE_LABEL
+from tests.leases.conftest import plain_http
 
 pytestmark = pytest.mark.docker
 
@@ -40,7 +41,7 @@ class DockerCoordinator:
     port: Any
 
     def client(self, user: str = "user-alice") -> CoordinatorClient:
-        return CoordinatorClient(self.url, user, keys.user_key(SECRET, user))
+        return CoordinatorClient(self.url, user, keys.user_key(SECRET, user), plain_http())
 
     async def handle(self, name: str) -> str:
         """The container id behind buildlet ``name``."""
@@ -81,11 +82,13 @@ async def start_docker_coordinator(
             database,
             reactor,
             {"docker": BuildletType("docker", provider, max_count=2)},
-            AgentClient(reactor),
+            AgentClient(reactor, plain_http()),
         )
         await coordinator.start()
         port = reactor.listenTCP(
-            0, server.Site(CoordinatorResource(coordinator, SECRET)), interface="127.0.0.1"
+            0,
+            server.Site(CoordinatorResource(coordinator, SECRET, plain_http())),
+            interface="127.0.0.1",
         )
         running = DockerCoordinator(
             coordinator, provider, f"http://127.0.0.1:{port.getHost().port}", port

@@ -17,6 +17,7 @@ from buildbot_farm.leases import keys
 from buildbot_farm.leases.client import CoordinatorClient
 from buildbot_farm.leases.providers import ProcessProvider
 from tests.harness.ports import free_port
+from tests.leases.conftest import plain_http
 
 BIN = Path(sys.executable).parent
 SECRET = "standalone-coordinator-secret"
@@ -74,7 +75,9 @@ async def test_kill_nine_and_restart_keep_every_live_lease(
 ) -> None:
     """A lease survives kill -9 of the coordinator; a buildlet nobody owns is destroyed."""
     url = coordinator_process.start()
-    alice = CoordinatorClient(url, "user-alice", keys.user_key(SECRET.encode(), "user-alice"))
+    alice = CoordinatorClient(
+        url, "user-alice", keys.user_key(SECRET.encode(), "user-alice"), plain_http()
+    )
     name = (await alice.create("local"))["Name"]
     output: list[bytes] = []
     await alice.exec(name, "sh", ["-c", "echo survived > marker; echo $$"], on_output=output.append)
@@ -87,7 +90,9 @@ async def test_kill_nine_and_restart_keep_every_live_lease(
     orphan.thd_spawn(root / "user-nobody-local-0", "orphan-secret")
 
     url = coordinator_process.start()
-    alice = CoordinatorClient(url, "user-alice", keys.user_key(SECRET.encode(), "user-alice"))
+    alice = CoordinatorClient(
+        url, "user-alice", keys.user_key(SECRET.encode(), "user-alice"), plain_http()
+    )
     assert [b["Name"] for b in await alice.buildlets()] == [name]
     marker: list[bytes] = []
     status = await alice.exec(name, "cat", ["marker"], on_output=marker.append)

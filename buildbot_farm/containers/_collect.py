@@ -1,0 +1,288 @@
+"""What a task changed, and the zstd archive that carries it back (pure: no Docker calls).
+
+The engine's change list is relative to the image, so files copied in show as added too.
+:class:`InputRecord` remembers what was copied in (with digests) so that unchanged inputs
+stay behind and inputs the task deleted are deleted on the worker as well.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import zstandard
+
+from buildbot_farm.containers import _tar
+from buildbot_farm.containers._paths import CONTROL_DIR, InputMap, OutputFilter, is_under
+from buildbot_farm.containers.unpack import UnsafePath, link_stays_inside, safe_member_path
+
+ADDED_OR_CHANGED = (0, 1)
+DELETED = 2
+MAX_ROOTS = 64
+SPOOL = 8 << 20
+ZSTD_LEVEL = 3
+
+
+class UnsafeOutputs(Exception):
+    """Members of the task's changes were refused; nothing was brought back."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__(
+            "refused to bring back the task's changes, nothing was written on the worker:\n  "
+            + "\n  ".join(problems)
+        )
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One copied-in path: its kind, and for files their size, mode and sha256."""
+
+    kind: str
+    size: int = 0
+    mode: int = 0
+    linkname: str = ""
+    sha256: str = ""
+
+
+class InputRecord:
+    """Container path -> Entry for everything copied into the container."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, Entry] = {}
+
+    def add(self, path: str, entry: Entry) -> None:
+        """Record ``path`` as copied in."""
+        self.entries[path] = entry
+
+    def tap(self, chunks: Iterable[bytes], dest: str) -> Iterator[bytes]:
+        """Pass a tar stream bound for ``dest`` through unchanged, recording its members."""
+        reader = _tar.TarReader()
+        digest = hashlib.sha256()
+        for chunk in chunks:
+            for event in reader.feed(chunk):
+                if isinstance(event, _tar.Header):
+                    digest = hashlib.sha256()
+                elif isinstance(event, _tar.Data):
+                    digest.update(event.chunk)
+                else:
+                    member = event.member
+                    path = posixpath.normpath(posixpath.join(dest, member.name))
+                    self.entries[path] = Entry(
+                        member.kind,
+                        member.size,
+                        member.mode & 0o7777,
+                        member.linkname,
+                        digest.hexdigest() if member.is_file else "",
+                    )
+            yield chunk
+        reader.close()
+
+
+@dataclass
+class Plan:
+    """What to fetch from the container (``roots``), which paths to keep, what to delete."""
+
+    roots: list[str]
+    wanted: set[str]
+    deleted: list[str]
+
+
+def plan_collection(
+    changes: Iterable[tuple[str, int]], record: InputRecord, inputs: InputMap, accept: OutputFilter
+) -> Plan:
+    """Decide from the change list which container paths come back and which are deleted."""
+    scopes = inputs.container_roots
+
+    def in_scope(path: str) -> bool:
+        return any(is_under(path, s) for s in scopes) and not is_under(path, CONTROL_DIR)
+
+    present = set()
+    wanted = set()
+    gone = []
+    for path, kind in changes:
+        if kind == DELETED:
+            gone.append(path)
+            continue
+        present.add(path)
+        if kind in ADDED_OR_CHANGED and in_scope(path) and path not in scopes and accept(path):
+            wanted.add(path)
+    gone += [p for p in record.entries if p not in present and p not in scopes]
+    deleted: list[str] = []
+    for path in sorted(set(gone)):
+        if not in_scope(path) or not accept(path):
+            continue
+        if deleted and is_under(path, deleted[-1]):
+            continue
+        deleted.append(path)
+    roots = sorted(p for p in wanted if posixpath.dirname(p) not in wanted)
+    if len(roots) > MAX_ROOTS:
+        roots = [s for s in scopes if any(is_under(p, s) for p in wanted)]
+    worker_deleted = [inputs.to_worker(p) or "" for p in deleted]
+    return Plan(roots, wanted, worker_deleted)
+
+
+@dataclass
+class Packed:
+    """The archive written, and its manifest (path, type, size, sha256 / link target)."""
+
+    files: list[dict[str, Any]] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    data_bytes: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    def manifest(self) -> dict[str, Any]:
+        """The manifest as JSON-ready data (read by unpack.py on the worker)."""
+        return {"version": 1, "files": self.files, "deleted": self.deleted}
+
+
+class Packer:
+    """Writes the chosen members of container tar streams into one zstd-compressed tar."""
+
+    def __init__(
+        self, out: IO[bytes], plan: Plan, record: InputRecord, inputs: InputMap, threads: int = -1
+    ) -> None:
+        self._writer = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=threads).stream_writer(
+            out, closefd=False
+        )
+        self._plan = plan
+        self._record = record
+        self._inputs = inputs
+        self._emitted: dict[str, str] = {}  # container path -> kind
+        self._base = "/"
+        self.packed = Packed(deleted=list(plan.deleted))
+
+    def add_stream(self, root: str, chunks: Iterable[bytes]) -> None:
+        """Take what the plan wants from the tar stream of container path ``root``."""
+        base = self._base = posixpath.dirname(root)
+        reader = _tar.TarReader()
+        selected: _Selected | None = None
+        for chunk in chunks:
+            for event in reader.feed(chunk):
+                if isinstance(event, _tar.Header):
+                    path = posixpath.normpath(posixpath.join(base, event.member.name))
+                    selected = self._select(path, event.member)
+                elif selected is None:
+                    continue
+                elif isinstance(event, _tar.Data):
+                    selected.data(event.chunk)
+                else:
+                    self._finish(selected)
+                    selected = None
+        reader.close()
+
+    def close(self) -> Packed:
+        """End the archive; raise UnsafeOutputs if any member was refused."""
+        self._writer.write(_tar.end_of_archive())
+        self._writer.flush(zstandard.FLUSH_FRAME)
+        self._writer.close()
+        if self.packed.problems:
+            raise UnsafeOutputs(self.packed.problems)
+        return self.packed
+
+    def _select(self, path: str, member: _tar.Member) -> _Selected | None:
+        if path not in self._plan.wanted or path in self._emitted:
+            return None
+        worker = self._inputs.to_worker(path)
+        try:
+            worker = safe_member_path(worker or "")
+        except UnsafePath as error:
+            self.packed.problems.append(f"{path}: {error}")
+            return None
+        for parent, kind in self._emitted.items():
+            if kind == "symlink" and is_under(path, parent):
+                self.packed.problems.append(f"{path}: would be written through symlink {parent}")
+                return None
+        known = self._record.entries.get(path)
+        kind = member.kind
+        if kind == "other":
+            self.packed.problems.append(f"{path}: a device, pipe or socket cannot come back")
+            return None
+        if kind == "dir" and known is not None and known.kind == "dir":
+            return None
+        if kind == "symlink" and not link_stays_inside(worker, member.linkname):
+            self.packed.problems.append(
+                f"{path}: a symbolic link to {member.linkname!r}, which is outside the build dir"
+            )
+            return None
+        if kind == "hardlink":
+            target = posixpath.normpath(posixpath.join(self._base, member.linkname))
+            if self._emitted.get(target) != "file":
+                self.packed.problems.append(
+                    f"{path}: a hard link to {member.linkname!r}, which does not come back"
+                )
+                return None
+            member.linkname = self._inputs.to_worker(target) or ""
+        unchanged_candidate = (
+            known is not None
+            and kind == "file"
+            and known.kind == "file"
+            and known.size == member.size
+            and known.mode == member.mode & 0o7777
+        )
+        old_digest = known.sha256 if known is not None and unchanged_candidate else None
+        selected = _Selected(path, worker, member, old_digest)
+        if not unchanged_candidate:
+            self._write_header(selected)
+        return selected
+
+    def _write_header(self, selected: _Selected) -> None:
+        member = selected.member
+        renamed = _tar.Member(
+            selected.worker, member.type, member.size, member.mode, member.mtime, member.linkname
+        )
+        self._writer.write(_tar.header(renamed))
+        selected.streaming = self._writer
+
+    def _finish(self, selected: _Selected) -> None:
+        member = selected.member
+        if selected.spool is not None:
+            selected.spool.seek(0)
+            if selected.digest.hexdigest() == selected.old_digest:
+                selected.spool.close()
+                return
+            self._write_header(selected)
+            while block := selected.spool.read(1 << 20):
+                self._writer.write(block)
+            selected.spool.close()
+        if member.is_file:
+            self._writer.write(_tar.padding(member.size))
+        self._emitted[selected.path] = member.kind
+        entry: dict[str, Any] = {"path": selected.worker, "type": member.kind}
+        if member.is_file:
+            entry.update(size=member.size, sha256=selected.digest.hexdigest())
+            self.packed.data_bytes += member.size
+        elif member.kind in ("symlink", "hardlink"):
+            entry["target"] = member.linkname
+        self.packed.files.append(entry)
+
+
+class _Selected:
+    """A member being taken: its data is streamed out, or spooled until its digest is known."""
+
+    def __init__(self, path: str, worker: str, member: _tar.Member, old_digest: str | None):
+        self.path = path
+        self.worker = worker
+        self.member = member
+        self.old_digest = old_digest
+        self.digest = hashlib.sha256()
+        self.streaming: Any = None
+        self.spool: Any = None
+        if old_digest is not None:
+            self.spool = tempfile.SpooledTemporaryFile(max_size=SPOOL)  # noqa: SIM115
+
+    def data(self, chunk: bytes) -> None:
+        self.digest.update(chunk)
+        if self.spool is not None:
+            self.spool.write(chunk)
+        else:
+            self.streaming.write(chunk)
+
+
+def consume_into(packer: Packer, root: str) -> Callable[[Iterable[bytes]], None]:
+    """A ``consume`` function for Engine get_archive calls that feeds ``packer``."""
+    return lambda chunks: packer.add_stream(root, chunks)

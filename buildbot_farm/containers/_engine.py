@@ -1,0 +1,260 @@
+"""The Docker engine as the step sees it: async methods over blocking docker SDK calls.
+
+Every SDK call is in a ``thd_*`` function, run on the master reactor's thread pool. Failures
+come back as :class:`EngineError` with a message a person can act on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import docker
+import requests
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from docker.utils.socket import frames_iter
+from twisted.internet import threads
+
+LABEL_PREFIX = "buildbot-farm."
+LABEL_MASTER = f"{LABEL_PREFIX}master"
+STDOUT, STDERR = 1, 2
+ARCHIVE_CHUNK = 1 << 20
+
+_T = TypeVar("_T")
+
+
+class EngineError(Exception):
+    """The Docker engine failed or could not be reached; the message says what to do."""
+
+
+class ImageMissing(EngineError):
+    """The image is not on the engine (and pulling was not allowed or failed)."""
+
+
+@dataclass(frozen=True)
+class ContainerConfig:
+    """What a task's container is created with."""
+
+    name: str
+    image: str
+    command: list[str]
+    env: dict[str, str]
+    workdir: str
+    labels: dict[str, str]
+    network: str | None
+    limits: dict[str, Any]
+    binds: dict[str, str]
+
+
+@contextlib.contextmanager
+def _explained(doing: str, host: str) -> Iterator[None]:
+    """Turn SDK and connection errors into EngineError naming what was being done."""
+    try:
+        yield
+    except EngineError:
+        raise
+    except ImageNotFound as error:
+        raise ImageMissing(f"{doing}: {error.explanation or error}") from error
+    except APIError as error:
+        raise EngineError(f"{doing}: the Docker engine at {host} said: "
+                          f"{error.explanation or error}") from error
+    except (DockerException, requests.RequestException, OSError) as error:
+        raise EngineError(
+            f"{doing}: cannot reach the Docker engine at {host} ({error}); check that it runs"
+            " and that the master may use its socket"
+        ) from error
+
+
+def thd_connect(docker_host: str | None) -> docker.DockerClient:
+    """A client of ``docker_host`` (None: DOCKER_HOST or the local socket), checked to answer."""
+    host = docker_host or "DOCKER_HOST or the local socket"
+    with _explained("connecting", host):
+        if docker_host is None:
+            return docker.from_env(version="auto")
+        return docker.DockerClient(base_url=docker_host, version="auto")
+
+
+def thd_create(client: docker.DockerClient, config: ContainerConfig, pull: bool) -> str:
+    """Create the container (pulling the image first only if ``pull``); return its id."""
+    api = client.api
+    mounts = [
+        docker.types.Mount(target, source, type="bind", read_only=True)
+        for source, target in config.binds.items()
+    ]
+    host_config = api.create_host_config(
+        network_mode=config.network or "none",
+        cap_drop=["ALL"],
+        security_opt=["no-new-privileges"],
+        mounts=mounts or None,
+        **config.limits,
+    )
+
+    def create() -> str:
+        created = api.create_container(
+            config.image,
+            config.command,
+            name=config.name,
+            environment=config.env,
+            working_dir=config.workdir,
+            labels=config.labels,
+            host_config=host_config,
+            stop_timeout=1,
+        )
+        return str(created["Id"])
+
+    with _explained(f"creating the container from {config.image}", api.base_url):
+        try:
+            return create()
+        except ImageNotFound as error:
+            if not pull:
+                raise ImageMissing(
+                    f"the image {config.image!r} is not on the Docker engine at {api.base_url}."
+                    " ContainerTask never pulls from a registry unless pull=True: build or load"
+                    " the image on that engine, or set pull=True"
+                ) from error
+        api.pull(config.image)
+        return create()
+
+
+def thd_put_archive(
+    client: docker.DockerClient, cid: str, path: str, data: Iterable[bytes]
+) -> None:
+    """Stream the tar ``data`` into the container at ``path``, owned by the container's user."""
+    api = client.api
+    with _explained(f"copying into the container at {path}", api.base_url):
+        # put_archive without docker-py's wrapper: it has no copyUIDGID parameter.
+        response = api._put(
+            api._url("/containers/{0}/archive", cid),
+            params={"path": path, "copyUIDGID": "1"},
+            data=iter(data),
+        )
+        api._raise_for_status(response)
+
+
+def thd_run(
+    client: docker.DockerClient, cid: str, output: Callable[[int, bytes], None]
+) -> int:
+    """Start the container, pass each piece of its output to ``output``; return its exit status.
+
+    ``output(stream, data)`` is called in this thread with STDOUT or STDERR.
+    """
+    api = client.api
+    with _explained("running the task", api.base_url):
+        # attach's own wrapper keeps the client's read timeout, which would cut a quiet task.
+        response = api._post(
+            api._url("/containers/{0}/attach", cid),
+            headers={"Connection": "Upgrade", "Upgrade": "tcp"},
+            params={"logs": 1, "stdout": 1, "stderr": 1, "stream": 1},
+            stream=True,
+        )
+        sock = api._get_raw_response_socket(response)
+        api._disable_socket_timeout(sock)
+        try:
+            api.start(cid)
+            for stream, data in frames_iter(sock, False):
+                if data:
+                    output(stream, data)
+        finally:
+            response.close()
+        status = api.wait(cid, timeout=None)
+        return int(status["StatusCode"])
+
+
+def thd_kill(client: docker.DockerClient, cid: str) -> None:
+    """Kill the container; quiet if it already stopped or is gone."""
+    api = client.api
+    with _explained("stopping the task", api.base_url):
+        try:
+            api.kill(cid)
+        except (NotFound, APIError) as error:
+            if not isinstance(error, NotFound) and "is not running" not in str(error):
+                raise
+
+
+def thd_changes(client: docker.DockerClient, cid: str) -> list[tuple[str, int]]:
+    """The container's change list: (path, kind) with kind 0 changed, 1 added, 2 deleted."""
+    api = client.api
+    with _explained("listing the files the task changed", api.base_url):
+        return [(c["Path"], int(c["Kind"])) for c in api.diff(cid) or []]
+
+
+def thd_get_archive(
+    client: docker.DockerClient, cid: str, path: str, consume: Callable[[Iterator[bytes]], _T]
+) -> _T:
+    """Stream the tar of ``path`` in the container through ``consume`` (in this thread)."""
+    api = client.api
+    with _explained(f"copying {path} out of the container", api.base_url):
+        chunks, _stat = api.get_archive(cid, path, chunk_size=ARCHIVE_CHUNK)
+        return consume(chunks)
+
+
+def thd_create_network(client: docker.DockerClient, name: str, labels: dict[str, str]) -> str:
+    """Create an internal (no outside route) bridge network; return its id."""
+    api = client.api
+    with _explained(f"creating the task's network {name}", api.base_url):
+        created = api.create_network(name, driver="bridge", internal=True, labels=labels)
+        return str(created["Id"])
+
+
+def thd_remove(client: docker.DockerClient, cid: str | None, network: str | None) -> None:
+    """Remove the container (forced) and then the network; quiet about ones already gone."""
+    api = client.api
+    with _explained("removing the task's container", api.base_url):
+        if cid is not None:
+            with contextlib.suppress(NotFound):
+                api.remove_container(cid, force=True, v=True)
+        if network is not None:
+            with contextlib.suppress(NotFound):
+                api.remove_network(network)
+
+
+def thd_reap(client: docker.DockerClient, master: str) -> tuple[int, int]:
+    """Remove every container and network labelled as this master's; return the counts."""
+    api = client.api
+    selector = {"label": f"{LABEL_MASTER}={master}"}
+    with _explained("removing leftover containers", api.base_url):
+        containers = api.containers(all=True, filters=selector)
+        for found in containers:
+            with contextlib.suppress(NotFound):
+                api.remove_container(found["Id"], force=True, v=True)
+        networks = api.networks(filters=selector)
+        for network in networks:
+            with contextlib.suppress(NotFound):
+                api.remove_network(network["Id"])
+    return len(containers), len(networks)
+
+
+def thd_close(client: docker.DockerClient) -> None:
+    """Close the client's connections."""
+    client.close()
+
+
+class Engine:
+    """One Docker engine, used from the master's reactor; each call runs in its thread pool."""
+
+    def __init__(self, reactor: Any, client: docker.DockerClient) -> None:
+        self.reactor = reactor
+        self.client = client
+
+    @classmethod
+    async def connect(cls, reactor: Any, docker_host: str | None) -> Engine:
+        """Connect to ``docker_host`` (None: the master's default engine)."""
+        client = await in_thread(reactor, thd_connect, docker_host)
+        return cls(reactor, client)
+
+    @property
+    def url(self) -> str:
+        """The engine's address, for messages."""
+        return str(self.client.api.base_url)
+
+    async def call(self, function: Callable[..., _T], *args: Any) -> _T:
+        """Run ``function(client, *args)`` in the reactor's thread pool."""
+        return await in_thread(self.reactor, function, self.client, *args)
+
+
+async def in_thread(reactor: Any, function: Callable[..., _T], *args: Any) -> _T:
+    """Run a blocking function on ``reactor``'s thread pool and await its result."""
+    result: _T = await threads.deferToThreadPool(reactor, reactor.getThreadPool(), function, *args)
+    return result

@@ -1,0 +1,201 @@
+"""One container task on one engine, from creation to removal (no Buildbot here).
+
+The step drives it; the benchmarks drive it directly. Outputs and logs go to callbacks.
+"""
+
+from __future__ import annotations
+
+import enum
+import secrets
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import IO, Any
+
+from twisted.internet import defer
+from twisted.python import log
+
+from buildbot_farm.containers import _engine as engine_calls
+from buildbot_farm.containers._collect import (
+    InputRecord,
+    Packed,
+    Packer,
+    consume_into,
+    plan_collection,
+)
+from buildbot_farm.containers._engine import ContainerConfig, Engine, in_thread
+from buildbot_farm.containers._outputs import parse_outputs
+from buildbot_farm.containers._paths import OUTPUTS_FILE, InputMap, OutputFilter
+from buildbot_farm.containers._tar import Data, TarReader
+from buildbot_farm.containers._transfer import control_tar
+
+OUTPUTS_LIMIT = 1 << 20
+
+
+class State(enum.Enum):
+    """Where a TaskRun is.
+
+    NEW -> CREATED (``create``) -> RUNNING (``run``) -> EXITED (the task ended or was killed)
+    -> REMOVED (``remove``). ``remove`` is allowed from every state and always ends in REMOVED.
+    """
+
+    NEW = "new"
+    CREATED = "created"
+    RUNNING = "running"
+    EXITED = "exited"
+    REMOVED = "removed"
+
+
+@dataclass
+class Outcome:
+    """How the task ended: its exit status and whether the farm killed it."""
+
+    status: int
+    timed_out: bool = False
+    killed: bool = False
+
+
+class TaskRun:
+    """A container made for one task: copy in, run with live output, collect, remove."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        config: ContainerConfig,
+        inputs: InputMap,
+        accept: OutputFilter,
+        network: str | None = None,
+    ) -> None:
+        self.engine = engine
+        self.config = config
+        self.inputs = inputs
+        self.accept = accept
+        self.network_name = network
+        self.record = InputRecord()
+        self.state = State.NEW
+        self.container_id: str | None = None
+        self.network_id: str | None = None
+        self.changes: list[tuple[str, int]] = []
+        self._killing: defer.Deferred[None] | None = None
+        self._timed_out = False
+
+    @staticmethod
+    def unique_name(*parts: object) -> str:
+        """A container name from ``parts`` and a random suffix."""
+        return "-".join(["farm", *map(str, parts), secrets.token_hex(3)])
+
+    async def create(self, directories: Iterable[str], pull: bool = False) -> None:
+        """Create the network (if any) and the container, with ``directories`` made in it.
+
+        With ``pull`` a missing image is pulled from its registry; without, it is an error.
+        """
+        if self.network_name is not None:
+            self.network_id = await self.engine.call(
+                engine_calls.thd_create_network, self.network_name, self.config.labels
+            )
+        self.container_id = await self.engine.call(engine_calls.thd_create, self.config, pull)
+        self.state = State.CREATED
+        await self.copy_in("/", [control_tar(directories)], record=False)
+
+    async def copy_in(self, dest: str, chunks: Iterable[bytes], record: bool = True) -> None:
+        """Stream the tar ``chunks`` into the container at ``dest`` (read in a pool thread)."""
+        assert self.container_id is not None
+        stream = self.record.tap(chunks, dest) if record else chunks
+        await self.engine.call(engine_calls.thd_put_archive, self.container_id, dest, stream)
+
+    async def run(self, output: Callable[[int, bytes], None], timeout: float | None) -> Outcome:
+        """Start the task, pass its output to ``output`` as it comes, wait for it to end.
+
+        ``output(stream, data)`` runs in the reactor thread. After ``timeout`` seconds the
+        task is killed.
+        """
+        assert self.container_id is not None
+        reactor = self.engine.reactor
+        self.state = State.RUNNING
+
+        def from_thread(stream: int, data: bytes) -> None:
+            reactor.callFromThread(output, stream, data)
+
+        timer = reactor.callLater(timeout, self._time_out) if timeout else None
+        try:
+            status = await self.engine.call(engine_calls.thd_run, self.container_id, from_thread)
+        finally:
+            if timer is not None and timer.active():
+                timer.cancel()
+            self.state = State.EXITED
+        if self._killing is not None:
+            await self._killing
+        return Outcome(status, self._timed_out, self._killing is not None)
+
+    def kill(self) -> defer.Deferred[None]:
+        """Kill the task if it runs; the Deferred fires once the engine has done it."""
+        if self.state is not State.RUNNING or self.container_id is None:
+            return defer.succeed(None)
+        if self._killing is None:
+            self._killing = defer.ensureDeferred(
+                self.engine.call(engine_calls.thd_kill, self.container_id)
+            )
+            self._killing.addErrback(log.err, "farm: could not kill a container task")
+        return self._killing
+
+    def _time_out(self) -> None:
+        self._timed_out = True
+        self.kill()
+
+    async def list_changes(self) -> list[tuple[str, int]]:
+        """Fetch (and keep) the engine's change list of the container."""
+        assert self.container_id is not None
+        self.changes = await self.engine.call(engine_calls.thd_changes, self.container_id)
+        return self.changes
+
+    async def collect(self, archive: IO[bytes]) -> Packed | None:
+        """Write the task's changes (as filtered) into ``archive``; None when there are none.
+
+        Raises UnsafeOutputs if a member is refused.
+        """
+        assert self.container_id is not None
+        plan = plan_collection(self.changes, self.record, self.inputs, self.accept)
+        if not plan.roots and not plan.deleted:
+            return None
+        packer = Packer(archive, plan, self.record, self.inputs)
+        for root in plan.roots:
+            await self.engine.call(
+                engine_calls.thd_get_archive, self.container_id, root, consume_into(packer, root)
+            )
+        packed: Packed = await in_thread(self.engine.reactor, packer.close)
+        return packed
+
+    async def read_outputs(self) -> dict[str, str]:
+        """The properties the task wrote to ``$FARM_OUTPUTS`` (empty if it wrote none)."""
+        assert self.container_id is not None
+        if not any(path == OUTPUTS_FILE for path, kind in self.changes if kind != 2):
+            return {}
+        data: bytes = await self.engine.call(
+            engine_calls.thd_get_archive, self.container_id, OUTPUTS_FILE, _first_member
+        )
+        return parse_outputs(data)
+
+    async def remove(self) -> None:
+        """Remove the container and the network; raises EngineError if the engine fails."""
+        if self.state is State.REMOVED:
+            return
+        if self.container_id is not None or self.network_id is not None:
+            await self.engine.call(engine_calls.thd_remove, self.container_id, self.network_id)
+        self.state = State.REMOVED
+
+
+def _first_member(chunks: Iterable[bytes]) -> bytes:
+    """The data of a tar stream's first member, at most OUTPUTS_LIMIT + 1 bytes of it."""
+    reader = TarReader()
+    data = bytearray()
+    for chunk in chunks:
+        for event in reader.feed(chunk):
+            if isinstance(event, Data) and len(data) <= OUTPUTS_LIMIT:
+                data += event.chunk[: OUTPUTS_LIMIT + 1 - len(data)]
+    return bytes(data)
+
+
+def labels_for(master: str, **more: Any) -> dict[str, str]:
+    """The labels of a task's container and network: the master, plus ``more``."""
+    labels = {engine_calls.LABEL_MASTER: master}
+    labels.update({engine_calls.LABEL_PREFIX + k: str(v) for k, v in more.items()})
+    return labels

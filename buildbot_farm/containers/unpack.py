@@ -1,0 +1,233 @@
+"""Apply a container task's changes to a worker's build directory; runs on the worker.
+
+This file is copied to the worker as it is and run with the worker's Python (>= 3.9), so it
+imports nothing outside the standard library::
+
+    python3 unpack.py ARCHIVE.tar.zst MANIFEST.json DEST
+
+The manifest (written by the master) lists every member of the archive and every path to
+delete. Everything is checked before anything is written: a path that is absolute, climbs
+with ``..``, or would be reached through a symbolic link (already in DEST or made by the
+archive) is refused, and then nothing is written at all. Exit status: 0 done, 2 refused,
+3 the archive could not be read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import shutil
+import stat
+import subprocess
+import sys
+import tarfile
+from typing import IO, Any
+
+REFUSED = 2
+UNREADABLE = 3
+
+
+class UnsafePath(ValueError):
+    """A path would leave the destination directory; the message names it and says why."""
+
+
+def safe_member_path(name: str) -> str:
+    """Return ``name`` as a clean relative POSIX path, or raise UnsafePath saying why.
+
+    Refuses the empty name, absolute names, NUL bytes, backslashes (they mean something
+    else on Windows workers) and any ``..`` component.
+    """
+    if not name or name in (".", "./"):
+        raise UnsafePath(f"{name!r} names the destination itself")
+    if "\x00" in name or "\\" in name:
+        raise UnsafePath(f"{name!r} contains a NUL byte or a backslash")
+    if name.startswith("/"):
+        raise UnsafePath(f"{name!r} is an absolute path")
+    parts = [part for part in name.split("/") if part not in ("", ".")]
+    if ".." in parts:
+        raise UnsafePath(f"{name!r} climbs out with '..'")
+    if not parts:
+        raise UnsafePath(f"{name!r} names the destination itself")
+    return "/".join(parts)
+
+
+def link_stays_inside(member: str, target: str) -> bool:
+    """Tell whether symbolic link ``member`` (relative to the destination) points inside it."""
+    if not target or target.startswith("/") or "\x00" in target:
+        return False
+    depth = len(posixpath.dirname(member).split("/")) if posixpath.dirname(member) else 0
+    for part in target.split("/"):
+        if part == "..":
+            depth -= 1
+            if depth < 0:
+                return False
+        elif part not in ("", "."):
+            depth += 1
+    return True
+
+
+def check_plan(dest: str, manifest: dict[str, Any]) -> None:
+    """Raise UnsafePath unless every path in ``manifest`` stays inside ``dest``.
+
+    Checks names, link targets, and that no parent directory of a path is (or is made by
+    the archive into) a symbolic link or a file.
+    """
+    links = {entry["path"] for entry in manifest["files"] if entry.get("type") == "symlink"}
+    files = {entry["path"] for entry in manifest["files"] if entry.get("type") != "dir"}
+    for entry in manifest["files"]:
+        path = safe_member_path(entry["path"])
+        if entry.get("type") == "symlink" and not link_stays_inside(path, entry["target"]):
+            raise UnsafePath(f"{path!r} is a symbolic link to {entry['target']!r}, outside")
+        if entry.get("type") == "hardlink":
+            safe_member_path(entry["target"])
+        _check_parents(dest, path, links | files)
+    for deleted in manifest["deleted"]:
+        _check_parents(dest, safe_member_path(deleted), links | files)
+
+
+def _check_parents(dest: str, path: str, made_by_archive: set[str]) -> None:
+    parent = ""
+    for part in path.split("/")[:-1]:
+        parent = f"{parent}/{part}" if parent else part
+        if parent in made_by_archive:
+            raise UnsafePath(f"{path!r} would be written through {parent!r}, not a directory")
+        try:
+            info = os.lstat(os.path.join(dest, parent))
+        except FileNotFoundError:
+            return
+        if stat.S_ISLNK(info.st_mode):
+            raise UnsafePath(f"{path!r} would be written through the symbolic link {parent!r}")
+        if not stat.S_ISDIR(info.st_mode):
+            raise UnsafePath(f"{path!r} would be written under {parent!r}, which is a file")
+
+
+def delete(dest: str, path: str) -> None:
+    """Remove ``path`` under ``dest`` (a link itself, never what it points to); absent is fine."""
+    full = os.path.join(dest, path)
+    try:
+        info = os.lstat(full)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(info.st_mode):
+        shutil.rmtree(full)
+    else:
+        os.unlink(full)
+
+
+def extract(dest: str, archive: IO[bytes], allowed: set[str]) -> tuple[int, int]:
+    """Write the members of the uncompressed tar stream ``archive`` under ``dest``.
+
+    Only names in ``allowed`` are written; any other member stops the extraction with
+    UnsafePath. Returns (files written, bytes written).
+    """
+    count = size = 0
+    with tarfile.open(fileobj=archive, mode="r|") as tar:
+        for member in tar:
+            path = safe_member_path(member.name)
+            if path not in allowed:
+                raise UnsafePath(f"{path!r} is in the archive but not in the manifest")
+            _check_parents(dest, path, set())
+            full = os.path.join(dest, path)
+            if member.isdir():
+                if os.path.islink(full) or os.path.isfile(full):
+                    os.unlink(full)
+                os.makedirs(full, exist_ok=True)
+                os.chmod(full, member.mode & 0o7777)
+                continue
+            os.makedirs(os.path.dirname(full) or dest, exist_ok=True)
+            if member.issym():
+                delete(dest, path)
+                os.symlink(member.linkname, full)
+            elif member.islnk():
+                delete(dest, path)
+                os.link(os.path.join(dest, safe_member_path(member.linkname)), full)
+            elif member.isreg():
+                source = tar.extractfile(member)
+                assert source is not None
+                partial = f"{full}.farm-partial"
+                with open(partial, "wb") as out:
+                    shutil.copyfileobj(source, out, 1 << 20)
+                os.chmod(partial, member.mode & 0o7777)
+                os.utime(partial, (member.mtime, member.mtime))
+                if os.path.isdir(full) and not os.path.islink(full):
+                    shutil.rmtree(full)
+                os.replace(partial, full)
+                size += member.size
+            else:
+                raise UnsafePath(f"{path!r} is neither a file, a directory nor a link")
+            count += 1
+    return count, size
+
+
+def open_zstd(path: str) -> tuple[IO[bytes], Any]:
+    """Open a zstd-compressed file for streaming reads; return (stream, process or None).
+
+    Uses the ``zstandard`` package, Python 3.14's ``compression.zstd``, or the ``zstd``
+    command, whichever is there first.
+    """
+    try:
+        import zstandard
+
+        return zstandard.ZstdDecompressor().stream_reader(open(path, "rb")), None
+    except ImportError:
+        pass
+    try:
+        from compression import zstd
+
+        return zstd.open(path, "rb"), None
+    except ImportError:
+        pass
+    try:
+        process = subprocess.Popen(["zstd", "-dc", path], stdout=subprocess.PIPE)
+    except OSError as error:
+        raise OSError(
+            "this worker cannot decompress zstd: install the `zstd` command or the Python"
+            f" package `zstandard` for {sys.executable} ({error})"
+        ) from error
+    assert process.stdout is not None
+    return process.stdout, process
+
+
+def main(argv: list[str]) -> int:
+    """Check, then delete and extract as the manifest says; print what was done."""
+    if len(argv) != 3:
+        print("usage: unpack.py ARCHIVE MANIFEST DEST", file=sys.stderr)
+        return REFUSED
+    archive_path, manifest_path, dest = argv
+    with open(manifest_path, encoding="utf-8") as f:
+        manifest = json.load(f)
+    try:
+        check_plan(dest, manifest)
+    except UnsafePath as error:
+        print(f"refused: {error}; nothing was written", file=sys.stderr)
+        return REFUSED
+    for path in manifest["deleted"]:
+        delete(dest, path)
+    try:
+        stream, process = open_zstd(archive_path)
+    except OSError as error:
+        print(str(error), file=sys.stderr)
+        return UNREADABLE
+    allowed = {entry["path"] for entry in manifest["files"]}
+    try:
+        with stream:
+            count, size = extract(dest, stream, allowed)
+    except UnsafePath as error:
+        print(f"refused: {error}", file=sys.stderr)
+        return REFUSED
+    except (tarfile.TarError, OSError) as error:
+        print(f"cannot read {archive_path}: {error}", file=sys.stderr)
+        return UNREADABLE
+    if process is not None and process.wait() != 0:
+        print(f"zstd could not decompress {archive_path}", file=sys.stderr)
+        return UNREADABLE
+    print(
+        f"unpacked {count} entries ({size} bytes of file data), deleted"
+        f" {len(manifest['deleted'])}, into {dest}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,126 @@
+"""A real master and worker whose builders run container tasks, shared by one test module."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+
+from buildbot_farm.containers._run import labels_for
+from buildbot_farm.demo import LocalFarm
+from tests.harness.ports import free_port
+
+HERE = Path(__file__).parent
+
+
+class BuildFarm:
+    """A started LocalFarm plus helpers to force builds without waiting and read step logs."""
+
+    def __init__(self, farm: LocalFarm, leftover: str) -> None:
+        self.farm = farm
+        self.leftover = leftover
+
+    def build(self, builder: str) -> dict[str, Any]:
+        """Force ``builder`` and wait for the finished build."""
+        return self.farm.force_build(builder)
+
+    def start(self, builder: str) -> int:
+        """Force ``builder``; return its build request id at once."""
+        answer = self.farm.api(
+            "forceschedulers/force",
+            {"jsonrpc": "2.0", "id": 1, "method": "force",
+             "params": {"builderNames": [builder], "reason": "test"}},
+        )
+        return int(next(iter(answer["result"][1].values())))
+
+    def running_build(self, request: int, within: float = 60) -> dict[str, Any]:
+        """The build of build request ``request``, once it exists."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            builds = self.farm.api(f"buildrequests/{request}/builds")["builds"]
+            if builds:
+                return dict(builds[0])
+            time.sleep(0.05)
+        raise AssertionError(f"build request {request} got no build within {within} s")
+
+    def wait(self, build_id: int, within: float = 120) -> dict[str, Any]:
+        """The build once it is complete."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            build = self.farm.api(f"builds/{build_id}")["builds"][0]
+            if build["complete"]:
+                return dict(build)
+            time.sleep(0.1)
+        raise AssertionError(f"build {build_id} did not finish within {within} s")
+
+    def step(self, build: dict[str, Any], name: str) -> dict[str, Any]:
+        """The step called ``name`` of ``build``."""
+        steps = self.farm.api(f"builds/{build['buildid']}/steps")["steps"]
+        return dict(next(s for s in steps if s["name"] == name))
+
+    def log(self, step: dict[str, Any], name: str = "stdio") -> str:
+        """A step log's text, one line per log line, without Buildbot's stream prefixes."""
+        logs = self.farm.api(f"steps/{step['stepid']}/logs")["logs"]
+        found = [entry for entry in logs if entry["slug"] == name.replace(".", "_")]
+        if not found:
+            return ""
+        chunks = self.farm.api(f"logs/{found[0]['logid']}/contents")["logchunks"]
+        text = "".join(chunk["content"] for chunk in chunks)
+        if found[0]["type"] != "s":
+            return text
+        return "".join(line[1:] + "\n" for line in text.splitlines())
+
+    def properties(self, build: dict[str, Any]) -> dict[str, Any]:
+        """The build's properties as name -> value."""
+        answer = self.farm.api(f"builds/{build['buildid']}/properties")["properties"][0]
+        return {key: value[0] for key, value in answer.items()}
+
+    @property
+    def builddir(self) -> Path:
+        """The directory holding the worker's builder directories."""
+        return self.farm.worker_dir
+
+
+@pytest.fixture(scope="module")
+def build_farm(
+    tmp_path_factory: pytest.TempPathFactory,
+    base_image: str,
+    busybox_image: str,
+    docker_client: docker.DockerClient,
+) -> Iterator[BuildFarm]:
+    """A master (config: tests/containers/master.cfg) and a worker, started for the module.
+
+    Before the master starts, a container labelled as this master's is left on the engine,
+    as a crash would leave it: the farm service must remove it when it starts.
+    """
+    basedir = tmp_path_factory.mktemp("container-farm")
+    farm = LocalFarm(
+        HERE / "master.cfg",
+        basedir,
+        env={
+            "FARM_WEB_PORT": str(free_port()),
+            "FARM_PB_PORT": str(free_port()),
+            "FARM_TEST_BASE_IMAGE": base_image,
+            "FARM_TEST_BUSYBOX_IMAGE": busybox_image,
+            "FARM_TEST_OUTSIDE": str(basedir / "outside"),
+        },
+    )
+    (basedir / "outside").mkdir()
+    farm.create()
+    master_name = f"{os.uname()[1]}:{farm.master_dir}"
+    leftover = docker_client.containers.create(
+        busybox_image, ["true"], labels=labels_for(master_name, build=1, step=1)
+    )
+    farm.start()
+    try:
+        yield BuildFarm(farm, leftover.id)
+    finally:
+        farm.stop()
+        with contextlib.suppress(docker.errors.NotFound):
+            leftover.remove(force=True)

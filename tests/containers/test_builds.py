@@ -1,0 +1,177 @@
+"""ContainerTask in real builds: a real master and worker, the real Docker engine."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import docker
+import pytest
+
+from tests.containers.conftest import BuildFarm
+
+pytestmark = [pytest.mark.docker, pytest.mark.master]
+
+SUCCESS, FAILURE, CANCELLED = 0, 2, 6
+
+
+def leftovers(client: docker.DockerClient, build: dict) -> list:
+    """Containers and networks still labelled with ``build``'s id."""
+    selector = {"label": f"buildbot-farm.build={build['buildid']}"}
+    return client.containers.list(all=True, filters=selector) + client.networks.list(
+        filters=selector
+    )
+
+
+def test_leftovers_of_a_crashed_master_are_reaped_at_start(
+    build_farm: BuildFarm, docker_client
+) -> None:
+    """A container a crash left, labelled with this master's name, is gone once it started."""
+    ids = {c.id for c in docker_client.containers.list(all=True)}
+    assert build_farm.leftover not in ids
+
+
+def test_happy_path_copies_runs_and_brings_back(build_farm: BuildFarm, docker_client) -> None:
+    """Inputs go in, the task's new, changed and deleted files come back, outputs set properties."""
+    build = build_farm.build("happy")
+    task = build_farm.step(build, "task")
+    log = build_farm.log(task)
+    assert build["results"] == SUCCESS, log
+    assert "to-stdout" in log
+    assert "to-stderr" in log
+    assert "copied 'src' from the worker to /work/src" in log
+    work = build_farm.builddir / "happy" / "build"
+    assert (work / "src/out/hello.pyz").is_file()
+    assert not (work / "src/stale.txt").exists(), "a file the task deleted is deleted on the worker"
+    assert (work / "src/mod.txt").read_text() == "wxyz"
+    manifest = json.loads(build_farm.log(task, "manifest.json"))
+    assert {e["path"] for e in manifest["files"]} == {"src/out", "src/out/hello.pyz", "src/mod.txt"}
+    assert manifest["deleted"] == ["src/stale.txt"]
+    properties = build_farm.properties(build)
+    assert properties["version"] == "7.1"
+    assert properties["notes"] == "line one\nline two"
+    assert "hello from the zipapp" in build_farm.log(build_farm.step(build, "use"))
+    assert leftovers(docker_client, build) == []
+
+
+def test_outputs_patterns_choose_what_comes_back(build_farm: BuildFarm) -> None:
+    """Only changes matching ``outputs`` come back: other new files and deletions stay behind."""
+    build = build_farm.build("filtered")
+    assert build["results"] == SUCCESS
+    work = build_farm.builddir / "filtered" / "build"
+    assert (work / "src/out/a").read_text() == "a\n"
+    assert not (work / "src/b.txt").exists()
+    assert (work / "src/keep.txt").exists()
+
+
+def test_output_streams_into_the_log_while_the_task_runs(build_farm: BuildFarm) -> None:
+    """A line the task prints is in the step log seconds before the task ends."""
+    request = build_farm.start("live")
+    build = build_farm.running_build(request)
+    started = time.monotonic()
+    deadline = started + 60
+    seen_first = None
+    while time.monotonic() < deadline:
+        steps = build_farm.farm.api(f"builds/{build['buildid']}/steps")["steps"]
+        task = [s for s in steps if s["name"] == "task"]
+        if task:
+            lines = build_farm.log(task[0]).splitlines()
+            if "first" in lines:
+                seen_first = time.monotonic()
+                assert "second" not in lines
+                break
+        time.sleep(0.05)
+    assert seen_first is not None, "the first line never showed up"
+    finished = build_farm.wait(build["buildid"])
+    ended = time.monotonic()
+    assert finished["results"] == SUCCESS
+    assert ended - seen_first > 2.0, "the first line arrived only when the task ended"
+
+
+def test_timeout_kills_the_task_and_fails_the_step(build_farm: BuildFarm, docker_client) -> None:
+    """A task running past ``timeout`` is killed, the step fails as timed out, nothing is left."""
+    started = time.monotonic()
+    build = build_farm.build("timeout")
+    assert time.monotonic() - started < 30
+    assert build["results"] == FAILURE
+    task = build_farm.step(build, "task")
+    assert "timed out after 2 s" in build_farm.log(task)
+    assert "timed out" in task["state_string"]
+    assert leftovers(docker_client, build) == []
+
+
+def test_interrupt_from_the_web_ui_stops_and_removes(build_farm: BuildFarm, docker_client) -> None:
+    """Stopping the build through the REST API kills and removes the container at once."""
+    request = build_farm.start("interrupt")
+    build = build_farm.running_build(request)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        steps = build_farm.farm.api(f"builds/{build['buildid']}/steps")["steps"]
+        if steps and any("started" in build_farm.log(s) for s in steps if s["name"] == "task"):
+            break
+        time.sleep(0.1)
+    stopped_at = time.monotonic()
+    build_farm.farm.api(
+        f"builds/{build['buildid']}",
+        {"jsonrpc": "2.0", "id": 1, "method": "stop", "params": {"reason": "test stops it"}},
+    )
+    finished = build_farm.wait(build["buildid"])
+    assert time.monotonic() - stopped_at < 20
+    assert finished["results"] == CANCELLED
+    assert leftovers(docker_client, finished) == []
+
+
+def test_failing_command_fails_the_step(build_farm: BuildFarm) -> None:
+    """A non-zero exit status fails the step and is said in the log."""
+    build = build_farm.build("failing")
+    assert build["results"] == FAILURE
+    log = build_farm.log(build_farm.step(build, "task"))
+    assert "boom" in log
+    assert "exited with status 3" in log
+
+
+def test_unknown_image_says_no_registry_is_pulled(build_farm: BuildFarm) -> None:
+    """A missing image fails the step, saying nothing is pulled unless pull=True."""
+    build = build_farm.build("bad-image")
+    assert build["results"] == FAILURE
+    log = build_farm.log(build_farm.step(build, "task"))
+    assert "'farm-test-missing:none' is not on the Docker engine" in log
+    assert "pull=True" in log
+
+
+def test_input_escaping_the_build_dir_fails(build_farm: BuildFarm) -> None:
+    """An input path that renders to somewhere outside the build directory fails the step."""
+    build = build_farm.build("escape-input")
+    assert build["results"] == FAILURE
+    log = build_farm.log(build_farm.step(build, "task"))
+    assert "'../escape-input' escapes the build directory" in log
+
+
+def test_changes_through_a_worker_symlink_are_refused(build_farm: BuildFarm) -> None:
+    """A change that would be written through a symlink on the worker is refused; nothing leaks."""
+    build = build_farm.build("escape-through-link")
+    assert build["results"] == FAILURE
+    log = build_farm.log(build_farm.step(build, "task"))
+    assert "would be written through the symbolic link 'out'" in log
+    outside = build_farm.farm.basedir / "outside"
+    assert list(outside.iterdir()) == []
+
+
+def test_a_link_pointing_outside_is_refused(build_farm: BuildFarm) -> None:
+    """A symbolic link to a path outside the build dir is refused and nothing is written."""
+    build = build_farm.build("escape-by-link")
+    assert build["results"] == FAILURE
+    log = build_farm.log(build_farm.step(build, "task"))
+    assert "a symbolic link to '/etc/passwd'" in log
+    work = build_farm.builddir / "escape-by-link" / "build"
+    assert not (work / "fine.txt").exists()
+    assert not (work / "pw").is_symlink()
+
+
+def test_network_is_none_unless_asked(build_farm: BuildFarm, docker_client) -> None:
+    """By default a task sees only loopback; network= gives it its own internal network."""
+    build = build_farm.build("network")
+    assert build["results"] == SUCCESS
+    assert "'eth0'" not in build_farm.log(build_farm.step(build, "none"))
+    assert "'eth0'" in build_farm.log(build_farm.step(build, "inner"))
+    assert leftovers(docker_client, build) == []

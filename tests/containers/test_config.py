@@ -1,0 +1,51 @@
+"""ContainerTask's arguments are checked at config time, each error naming its argument."""
+
+from __future__ import annotations
+
+from buildbot.process.properties import Property
+from buildbot.test.util.config import ConfigErrorsMixin
+from twisted.trial import unittest
+
+from buildbot_farm.containers import ContainerTask
+
+
+class ContainerTaskConfigTests(ConfigErrorsMixin, unittest.TestCase):
+    def test_a_complete_task_is_valid(self) -> None:
+        """The issue's example configuration is accepted as written."""
+        ContainerTask(
+            name="compile", image="builder:bookworm", command=["make", "-C", "/work/src", "all"],
+            inputs={"src/": "/work/src"}, outputs=["/work/src/out/**"], env={"CC": "gcc"},
+            workdir="/work/src", timeout=3600, network=None,
+            resources={"cpus": 2, "memory": "2g", "pids": 512}, docker_host=None,
+        )
+
+    def test_image_and_command_are_required(self) -> None:
+        """A missing image or an empty command is a config error naming it."""
+        with self.assertRaisesConfigError("ContainerTask: image: is required"):
+            ContainerTask(command=["true"])
+        with self.assertRaisesConfigError("ContainerTask: command: must be a non-empty list"):
+            ContainerTask(image="i", command=[])
+
+    def test_input_escaping_the_build_dir_is_refused(self) -> None:
+        """An input path climbing out of the build directory is refused at checkconfig."""
+        with self.assertRaisesConfigError("inputs: the worker path '../x' escapes the build"):
+            ContainerTask(image="i", command=["true"], inputs={"../x": "/work"})
+
+    def test_bad_values_are_named(self) -> None:
+        """Timeouts, resources, networks, hosts and outputs outside the mappings are named."""
+        cases = [
+            ({"timeout": 0}, "timeout: must be a number of seconds > 0"),
+            ({"resources": {"memory": "lots"}}, "resources: memory must be bytes or a size"),
+            ({"resources": {"gpus": 1}}, "resources: unknown key(s) gpus"),
+            ({"network": "bad name!"}, "network: must be None (no network)"),
+            ({"docker_host": "localhost"}, "docker_host: must be None"),
+            ({"outputs": ["/usr/**"]}, "outputs: the outputs pattern '/usr/**' matches nothing"),
+            ({"inputs": {"a": "rel"}}, "inputs: the container path 'rel' must be absolute"),
+        ]
+        for kwargs, message in cases:
+            with self.assertRaisesConfigError(message):
+                ContainerTask(image="i", command=["true"], **kwargs)
+
+    def test_renderables_are_checked_when_rendered(self) -> None:
+        """Renderable arguments pass checkconfig; they are checked when the build renders them."""
+        ContainerTask(image=Property("image"), command=["true"], inputs=Property("inputs"))

@@ -1,0 +1,209 @@
+"""The pure parts of container tasks: tar streams, paths, outputs files, the worker's unpacker."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from buildbot_farm.containers import _tar, unpack
+from buildbot_farm.containers._collect import InputRecord, Packer, UnsafeOutputs, plan_collection
+from buildbot_farm.containers._outputs import OutputsError, parse_outputs
+from buildbot_farm.containers._paths import InputMap, OutputFilter, PathProblem, worker_path
+
+
+def make_tar(*members: tuple[str, bytes | str | None], fmt: int = tarfile.PAX_FORMAT) -> bytes:
+    """A tar: (name, bytes) is a file, (name, None) a dir, (name, "->target") a symlink."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=fmt) as tar:
+        for name, content in members:
+            info = tarfile.TarInfo(name)
+            if content is None:
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            elif isinstance(content, str):
+                info.type, info.linkname = tarfile.SYMTYPE, content[2:]
+                tar.addfile(info)
+            else:
+                info.size = len(content)
+                tar.addfile(info, io.BytesIO(content))
+    return buffer.getvalue()
+
+
+def events_of(data: bytes, size: int) -> list[tuple[str, str, bytes]]:
+    reader = _tar.TarReader()
+    seen: list[tuple[str, str, bytes]] = []
+    body = b""
+    for start in range(0, len(data), size):
+        for event in reader.feed(data[start : start + size]):
+            if isinstance(event, _tar.Header):
+                body = b""
+            elif isinstance(event, _tar.Data):
+                body += event.chunk
+            else:
+                seen.append((event.member.name, event.member.kind, body))
+    reader.close()
+    return seen
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 512, 100_000])
+@pytest.mark.parametrize("fmt", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT, tarfile.USTAR_FORMAT])
+def test_reader_gives_the_same_members_whatever_the_chunking(chunk: int, fmt: int) -> None:
+    """Chunk sizes and tar dialects (long names included) do not change what is read."""
+    long = "d/" + "n" * 90 + "/" + "f" * 60
+    data = make_tar(("d", None), (long, b"x" * 1000), ("d/e", b""), ("d/l", "->e"), fmt=fmt)
+    assert events_of(data, chunk) == [
+        ("d", "dir", b""),
+        (long, "file", b"x" * 1000),
+        ("d/e", "file", b""),
+        ("d/l", "symlink", b""),
+    ]
+
+
+def test_reader_refuses_a_truncated_stream() -> None:
+    """A stream that stops inside a member is an error, not a short file."""
+    data = make_tar(("a", b"y" * 2000))[:1200]
+    reader = _tar.TarReader()
+    reader.feed(data)
+    with pytest.raises(_tar.TarError):
+        reader.close()
+
+
+@pytest.mark.parametrize(
+    "path", ["/etc", "../x", "a/../../x", "~/x", "C:/x", ""]
+)
+def test_worker_paths_that_escape_are_refused(path: str) -> None:
+    """Absolute worker paths and ones climbing out of the build directory are refused."""
+    with pytest.raises(PathProblem):
+        worker_path(path)
+
+
+def test_mapping_round_trip_and_overlaps() -> None:
+    """Container paths map back under their worker path; overlapping mappings are refused."""
+    inputs = InputMap.parse({"src/": "/work/src", "VERSION": "/work/VERSION"}, "/work")
+    assert inputs.to_worker("/work/src/out/a") == "src/out/a"
+    assert inputs.to_worker("/work/VERSION") == "VERSION"
+    assert inputs.to_worker("/etc/passwd") is None
+    assert InputMap.parse(None, "/w").to_worker("/w/x") == "x"
+    with pytest.raises(PathProblem, match="overlap"):
+        InputMap.parse({"a": "/work", "b": "/work/b"}, "/work")
+    with pytest.raises(PathProblem, match="reserved"):
+        InputMap.parse({"a": "/.farm/x"}, "/work")
+
+
+def test_output_patterns() -> None:
+    """`**` spans directories, `*` stays in one; patterns outside every mapping are refused."""
+    inputs = InputMap.parse({"src": "/work/src"}, "/work")
+    accept = OutputFilter(["/work/src/out/**", "/work/src/*.log"], inputs)
+    assert accept("/work/src/out")
+    assert accept("/work/src/out/a/b.o")
+    assert accept("/work/src/x.log")
+    assert not accept("/work/src/sub/x.log")
+    assert not accept("/work/src/outer")
+    with pytest.raises(PathProblem, match="matches nothing under"):
+        OutputFilter(["/usr/lib/**"], inputs)
+
+
+def test_outputs_file_lines_and_delimited_values() -> None:
+    """KEY=VALUE lines and KEY<<DELIM blocks become properties; bad lines name their number."""
+    assert parse_outputs(b"a=1\n\nb=x=y\nnotes<<EOF\none\ntwo\nEOF\na=2\n") == {
+        "a": "2", "b": "x=y", "notes": "one\ntwo"
+    }
+    with pytest.raises(OutputsError, match="line 2"):
+        parse_outputs(b"a=1\nno equals sign\n")
+    with pytest.raises(OutputsError, match="not a property name"):
+        parse_outputs(b"1a=1\n")
+    with pytest.raises(OutputsError, match="no line 'END'"):
+        parse_outputs(b"k<<END\nnever ended\n")
+
+
+def pack(changes: list[tuple[str, int]], stream: bytes, record: InputRecord | None = None) -> dict:
+    inputs = InputMap.parse({"src": "/work/src"}, "/work")
+    record = record or InputRecord()
+    plan = plan_collection(changes, record, inputs, OutputFilter(None, inputs))
+    out = io.BytesIO()
+    packer = Packer(out, plan, record, inputs, threads=0)
+    for root in plan.roots:
+        packer.add_stream(root, [stream])
+    manifest = packer.close().manifest()
+    manifest["archive"] = out.getvalue()
+    return manifest
+
+
+def test_unchanged_inputs_stay_and_deleted_inputs_are_deleted() -> None:
+    """Inputs with the same content are not brought back; inputs gone from the list are deleted."""
+    record = InputRecord()
+    list(record.tap([make_tar(("", None), ("same", b"1"), ("gone", b"2"), ("edit", b"3"))],
+                    "/work/src"))
+    changes = [("/work/src", 1), ("/work/src/same", 1), ("/work/src/edit", 1), ("/work/src/new", 1)]
+    stream = make_tar(("same", b"1"), ("edit", b"4"), ("new", b"5"))
+    manifest = pack(changes, stream, record)
+    assert [e["path"] for e in manifest["files"]] == ["src/edit", "src/new"]
+    assert manifest["deleted"] == ["src/gone"]
+
+
+@pytest.mark.parametrize(
+    ("member", "reason"),
+    [(("ln", "->/etc/passwd"), "outside the build dir"),
+     (("ln", "->../../x"), "outside the build dir")],
+)
+def test_links_out_of_the_build_dir_are_refused(member: tuple[str, str], reason: str) -> None:
+    """A symbolic link that points out of the build directory refuses the whole archive."""
+    with pytest.raises(UnsafeOutputs, match=reason):
+        pack([("/work/src/ln", 1)], make_tar(member))
+
+
+def run_unpack(tmp_path: Path, archive: bytes, manifest: dict) -> int:
+    (tmp_path / "a.tar.zst").write_bytes(zstandard.ZstdCompressor().compress(archive))
+    (tmp_path / "m.json").write_text(json.dumps(manifest))
+    dest = tmp_path / "dest"
+    dest.mkdir(exist_ok=True)
+    return unpack.main([str(tmp_path / "a.tar.zst"), str(tmp_path / "m.json"), str(dest)])
+
+
+@pytest.mark.parametrize("name", ["../evil", "/tmp/evil", "a/../../evil"])
+def test_unpack_refuses_escaping_names_and_writes_nothing(tmp_path: Path, name: str) -> None:
+    """A member named outside the destination is refused before anything is written."""
+    archive = make_tar(("ok", b"fine"), (name, b"evil"), fmt=tarfile.GNU_FORMAT)
+    manifest = {"files": [{"path": "ok", "type": "file"}, {"path": name, "type": "file"}],
+                "deleted": []}
+    assert run_unpack(tmp_path, archive, manifest) == unpack.REFUSED
+    assert list((tmp_path / "dest").iterdir()) == []
+    assert not (tmp_path / "evil").exists()
+
+
+def test_unpack_refuses_writing_through_symlinks(tmp_path: Path) -> None:
+    """Neither a symlink in the destination nor one made by the archive is written through."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "dest").mkdir()
+    os.symlink(outside, tmp_path / "dest" / "out")
+    manifest = {"files": [{"path": "out/x", "type": "file"}], "deleted": []}
+    assert run_unpack(tmp_path, make_tar(("out/x", b"x")), manifest) == unpack.REFUSED
+    manifest = {"files": [], "deleted": ["out/secret"]}
+    (outside / "secret").write_text("keep")
+    assert run_unpack(tmp_path, make_tar(), manifest) == unpack.REFUSED
+    assert (outside / "secret").exists()
+    made = {"files": [{"path": "l", "type": "symlink", "target": "d"},
+                      {"path": "l/x", "type": "file"}], "deleted": []}
+    assert run_unpack(tmp_path, make_tar(("l", "->d"), ("l/x", b"x")), made) == unpack.REFUSED
+    assert list(outside.iterdir()) == [outside / "secret"]
+
+
+def test_unpack_applies_files_links_and_deletions(tmp_path: Path) -> None:
+    """A good archive is written in place, links kept as links, deletions done."""
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "old").write_text("old")
+    manifest = {"files": [{"path": "d", "type": "dir"}, {"path": "d/f", "type": "file"},
+                          {"path": "d/l", "type": "symlink", "target": "f"}], "deleted": ["old"]}
+    archive = make_tar(("d", None), ("d/f", b"data"), ("d/l", "->f"))
+    assert run_unpack(tmp_path, archive, manifest) == 0
+    assert (dest / "d/f").read_bytes() == b"data"
+    assert os.readlink(dest / "d/l") == "f"
+    assert not (dest / "old").exists()
