@@ -102,10 +102,13 @@ class FarmService(service.BuildbotService):
         self.settings: FarmSettings | None = None
         self.coordinator: Coordinator | None = None
         self.web_root = FarmRoot()
+        # /plugins/farm/api/: the JSON APIs of the capabilities (records, on-demand builds)
+        self.api_root = FarmRoot()
         self._periodic: dict[str, PeriodicTask] = {}
         super().__init__(**kwargs)
         self.web_root.mount("status", StatusResource(lambda: self.database, __version__))
         self.web_root.mount("openapi.json", OpenAPIResource(OPENAPI))
+        self.web_root.mount("api", self.api_root)
 
     def checkConfig(self, **kwargs: Any) -> None:
         """Refuse bad arguments with config errors that name the argument."""
