@@ -62,7 +62,7 @@ def ensure_base_image(client: docker.DockerClient) -> str:
         "excludes": BASE_EXCLUDES,
     }
     tag = f"farm-test-base:{_digest(recipe)}"
-    return _ensure(client, tag, lambda: _build_base(client, tag))
+    return ensure_image(client, tag, lambda: _build_base(client, tag))
 
 
 def ensure_busybox_image(client: docker.DockerClient) -> str:
@@ -83,7 +83,7 @@ def ensure_busybox_image(client: docker.DockerClient) -> str:
     }
     tag = f"farm-test-busybox:{_digest(recipe)}"
     archive = _busybox_tar(binary)
-    return _ensure(client, tag, lambda: _import(client, tag, iter([archive]), BUSYBOX_CHANGES))
+    return ensure_image(client, tag, lambda: _import(client, tag, iter([archive]), BUSYBOX_CHANGES))
 
 
 def debian_mirror(suite: str = SUITE, apt_dir: Path = Path("/etc/apt")) -> str:
@@ -112,7 +112,7 @@ def debian_mirror(suite: str = SUITE, apt_dir: Path = Path("/etc/apt")) -> str:
     )
 
 
-def _ensure(client: docker.DockerClient, tag: str, build: Callable[[], None]) -> str:
+def ensure_image(client: docker.DockerClient, tag: str, build: Callable[[], None]) -> str:
     """Return ``tag``, running ``build`` first unless the image exists; one builder at a time."""
     if _exists(client, tag):
         return tag

@@ -149,7 +149,7 @@ class FarmService(service.BuildbotService):
         coordinator = Coordinator(
             self.database,
             reactor,
-            wanted.buildlet_types(Path(self.master.basedir), reactor, agents),
+            wanted.buildlet_types(Path(self.master.basedir), reactor, agents, self.master.name),
             agents,
             wanted.policy,
             name=self.master.name,

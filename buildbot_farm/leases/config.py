@@ -103,18 +103,22 @@ class FarmCoordinator:
         return ExpiryPolicy(idle_timeout=self.idle_timeout, max_lifetime=self.max_lifetime)
 
     def buildlet_types(
-        self, state_dir: Path, reactor: Any, agents: AgentClient
+        self, state_dir: Path, reactor: Any, agents: AgentClient, owner: str
     ) -> dict[str, BuildletType]:
-        """The running form of the pools; process buildlets live under ``state_dir``."""
+        """The running form of the pools; process buildlets live under ``state_dir``.
+
+        ``owner`` names this coordinator (the master's name): docker buildlets carry it in
+        their labels, so coordinators sharing an engine never reap each other's.
+        """
         types = {}
         for pool in self.pools:
-            provider = _provider(pool, state_dir, reactor, agents)
+            provider = _provider(pool, state_dir, reactor, agents, f"{owner}/{pool.name}")
             types[pool.name] = BuildletType(pool.name, provider, pool.max_count, pool.warm)
         return types
 
 
 def _provider(
-    pool: BuildletPool, state_dir: Path, reactor: Any, agents: AgentClient
+    pool: BuildletPool, state_dir: Path, reactor: Any, agents: AgentClient, instance: str
 ) -> BuildletProvider:
     if pool.provider == "reverse":
         return ReverseProvider(agents)
@@ -123,7 +127,8 @@ def _provider(
 
         assert pool.image is not None, "problems() requires an image for docker pools"
         return DockerProvider(
-            pool.image, reactor, cpus=pool.cpus, memory=pool.memory, pids=pool.pids
+            pool.image, reactor, instance=instance, cpus=pool.cpus, memory=pool.memory,
+            pids=pool.pids,
         )
     return ProcessProvider(state_dir / "buildlets" / pool.name, reactor)
 

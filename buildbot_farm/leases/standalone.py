@@ -100,10 +100,9 @@ def run_coordinator(args: argparse.Namespace) -> int:
             return
         log.startLogging(sys.stderr, setStdout=False)
         agents = AgentClient(reactor, http_client(reactor))
-        coordinator = Coordinator(
-            database, reactor, settings.buildlet_types(args.state_dir, reactor, agents),
-            agents, settings.policy,
-        )
+        owner = f"standalone:{args.state_dir}"
+        types = settings.buildlet_types(args.state_dir, reactor, agents, owner)
+        coordinator = Coordinator(database, reactor, types, agents, settings.policy)
         await coordinator.start()
         resource = CoordinatorResource(coordinator, secret.encode(), http_client(reactor))
         listening = reactor.listenTCP(int(port), server.Site(resource), interface=host)

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from buildbot_farm.images import (
     ImageBuildError,
-    _ensure,
     debian_mirror,
     ensure_base_image,
     ensure_busybox_image,
+    ensure_image,
 )
 
 __all__ = [
     "ImageBuildError",
-    "_ensure",
     "debian_mirror",
     "ensure_base_image",
     "ensure_busybox_image",
+    "ensure_image",
 ]
