@@ -20,6 +20,7 @@ import buildbot_worker
 import docker
 from docker.errors import DockerException
 
+from buildbot_farm.leases.worker import WORKER_BOOTSTRAP
 from tests.harness.images import ImageBuildError, ensure_base_image, ensure_image
 
 RECIPE_VERSION = "1"
@@ -61,29 +62,16 @@ sys.exit(run())
 """
 
 # The image's command, for DockerLatentWorker (which sets BUILDMASTER, BUILDMASTER_PORT,
-# WORKERNAME and WORKERPASS): create the worker directory, then be the worker, in the
-# foreground, so that the container lasts as long as the worker does. These are the steps
-# FarmLatentWorker's bootstrap takes on a buildlet, so bench_attach compares like with like.
+# WORKERNAME and WORKERPASS): FarmLatentWorker's own bootstrap, with those variables mapped
+# onto the ones it reads, so that bench_attach compares like with like.
 START_WORKER_SCRIPT = f"""\
 #!/usr/bin/python3
 import os
-import sys
-
-from buildbot_worker.scripts import runner
-
-base = "{WORKER_DIR}"
-if not os.path.exists(os.path.join(base, "buildbot.tac")):
-    master = f"{{os.environ['BUILDMASTER']}}:{{os.environ['BUILDMASTER_PORT']}}"
-    sys.argv = ["buildbot-worker", "create-worker", "--umask=0o22", base, master,
-                os.environ["WORKERNAME"], os.environ["WORKERPASS"]]
-    try:
-        runner.run()
-    except SystemExit as e:
-        if e.code:
-            raise
-sys.argv = ["buildbot-worker", "start", "--nodaemon", base]
-runner.run()
-"""
+os.environ["WORKDIR"] = "{WORKER_DIR}"
+os.environ["FARM_MASTER"] = os.environ["BUILDMASTER"] + ":" + os.environ["BUILDMASTER_PORT"]
+os.environ["FARM_WORKER_NAME"] = os.environ["WORKERNAME"]
+os.environ["FARM_WORKER_PASSWORD"] = os.environ["WORKERPASS"]
+{WORKER_BOOTSTRAP}"""
 START_WORKER_PATH = "/usr/local/bin/start-buildbot-worker"
 SCRIPTS = {
     "usr/local/bin/buildbot-worker": BUILDBOT_WORKER_SCRIPT,
