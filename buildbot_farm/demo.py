@@ -72,6 +72,8 @@ class LocalFarm:
                 for builder in DEMO_BUILDERS
             ]
             self.show_farm_status()
+            self.show_record()
+            self.show_on_demand()
         except LocalFarmError as e:
             print(f"demo: {e}", file=sys.stderr)
             self.stop()
@@ -79,7 +81,8 @@ class LocalFarm:
         if once:
             self.stop()
             return 0 if all(result == 0 for result in results) else 1
-        print(f"\nThe farm is running. Web UI: {self.web_url}  (Ctrl-C stops it)")
+        print(f"\nThe farm is running. Web UI: {self.web_url}  Farm dashboard:"
+              f" {self.web_url}#/farm  (Ctrl-C stops it)")
         try:
             signal.pause() if hasattr(signal, "pause") else time.sleep(10**9)
         except KeyboardInterrupt:
@@ -184,6 +187,37 @@ class LocalFarm:
             f"demo: farm service up on {status['backend']} "
             f"(schema {status['schema_version']}); masters: {masters}"
         )
+
+    def show_record(self, name: str = "hello") -> None:
+        """Print the newest build record of ``name`` (written just after its build finished)."""
+        url = f"{self.web_url}plugins/farm/api/builds?name={name}&limit=1"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            builds = self.get_json(url)["builds"]
+            if builds:
+                print(f"demo: build record {name}/{builds[0]['version']}:")
+                print(json.dumps(builds[0], indent=1, sort_keys=True))
+                return
+            time.sleep(0.3)
+        print(f"demo: no build record of {name} yet; see {self.master_log}")
+
+    def show_on_demand(self, scheduler: str = "hello_on_demand") -> None:
+        """Request an on-demand build twice: the first one builds, the second is a cache hit."""
+        url = f"{self.web_url}plugins/farm/api/"
+        try:
+            first = self.get_json(url + "build", {"scheduler": scheduler})
+            print(f"demo: on-demand request -> {first['status']} (key {first['key'][:12]}...)")
+            with urllib.request.urlopen(
+                f"{url}compat?scheduler={scheduler}", timeout=self.build_timeout
+            ) as response:
+                size = len(response.read())
+            print(f"demo: /api/compat held the request until the build was done: {size} bytes")
+            again = self.get_json(url + "build", {"scheduler": scheduler})
+        except (LocalFarmError, OSError) as e:
+            print(f"demo: no on-demand build ({e}); see docs/on-demand.md")
+            return
+        print(f"demo: the same request again -> {again['status']}, no new build:"
+              f" {again.get('download')}")
 
     def api(self, path: str, body: dict[str, Any] | None = None) -> Any:
         """GET (or, with ``body``, POST) Buildbot's REST API at ``/api/v2/<path>``."""

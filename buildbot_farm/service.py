@@ -19,12 +19,20 @@ from twisted.internet import defer
 from twisted.python import log
 
 from buildbot_farm import __version__, db
+from buildbot_farm.artifacts.config import ArtifactRepository
+from buildbot_farm.artifacts.hosting import RepositoryHost
 from buildbot_farm.containers import reap_leftovers
+from buildbot_farm.dashboard import DashboardResource
 from buildbot_farm.leases.agent_client import AgentClient
 from buildbot_farm.leases.api import CoordinatorResource
 from buildbot_farm.leases.config import FarmCoordinator
 from buildbot_farm.leases.coordinator import Coordinator
+from buildbot_farm.ondemand.api import BuildResource, CompatResource, DownloadResource
+from buildbot_farm.ondemand.config import OnDemandBuilds
+from buildbot_farm.ondemand.host import OnDemandHost
 from buildbot_farm.periodic import PeriodicTask
+from buildbot_farm.records.config import BuildRecords
+from buildbot_farm.records.serving import RecordsEndpoint
 from buildbot_farm.web import FarmRoot
 from buildbot_farm.web.client import http_client
 from buildbot_farm.web.status import OPENAPI, OpenAPIResource, StatusResource
@@ -44,6 +52,9 @@ class FarmSettings:
     # Docker engines whose container-task leftovers of this master are removed at start;
     # None is the master's default engine (DOCKER_HOST or the local socket).
     container_engines: Any = (None,)
+    records: BuildRecords | None = None
+    artifacts: ArtifactRepository | None = None
+    on_demand: OnDemandBuilds | None = None
 
     def problems(self) -> list[str]:
         """What is wrong with these settings, each naming its argument; empty when fine."""
@@ -65,6 +76,21 @@ class FarmSettings:
                 found += self.coordinator.problems()
             else:
                 found.append("coordinator must be a util.FarmCoordinator(...)")
+        if self.records is not None:
+            if isinstance(self.records, BuildRecords):
+                found += self.records.problems()
+            else:
+                found.append("records must be a util.BuildRecords(...)")
+        if self.artifacts is not None:
+            if isinstance(self.artifacts, ArtifactRepository):
+                found += self.artifacts.problems()
+            else:
+                found.append("artifacts must be a util.ArtifactRepository(...)")
+        if self.on_demand is not None:
+            if isinstance(self.on_demand, OnDemandBuilds):
+                found += self.on_demand.problems()
+            else:
+                found.append("on_demand must be a util.OnDemandBuilds(...)")
         engines = self.container_engines
         if not isinstance(engines, (list, tuple)) or not all(
             e is None or (isinstance(e, str) and "://" in e) for e in engines
@@ -92,7 +118,8 @@ class FarmService(service.BuildbotService):
     answer within ``db_timeout`` seconds fails. The service records itself in the farm
     database every ``heartbeat_interval`` seconds, so other masters know it is alive.
     With ``coordinator=util.FarmCoordinator(...)`` it also runs a buildlet coordinator,
-    served at ``/plugins/farm/coordinator``.
+    served at ``/plugins/farm/coordinator``. ``records=util.BuildRecords(...)`` sets the keys
+    and signing key of the build records API at ``/plugins/farm/api/builds``.
     """
 
     name = "farm"
@@ -101,14 +128,23 @@ class FarmService(service.BuildbotService):
         self.database: db.Database | None = None
         self.settings: FarmSettings | None = None
         self.coordinator: Coordinator | None = None
+        self.artifacts = RepositoryHost(self)
         self.web_root = FarmRoot()
         # /plugins/farm/api/: the JSON APIs of the capabilities (records, on-demand builds)
         self.api_root = FarmRoot()
         self._periodic: dict[str, PeriodicTask] = {}
+        self.records = RecordsEndpoint(lambda: self.database)
         super().__init__(**kwargs)
+        self.api_root.mount("builds", self.records.resource)
+        self.api_root.mount("openapi.json", self.records.openapi)
+        self.on_demand = OnDemandHost(self)
+        self.api_root.mount("build", BuildResource(self.on_demand))
+        self.api_root.mount("download", DownloadResource(self.on_demand))
+        self.api_root.mount("compat", CompatResource(self.on_demand))
         self.web_root.mount("status", StatusResource(lambda: self.database, __version__))
         self.web_root.mount("openapi.json", OpenAPIResource(OPENAPI))
         self.web_root.mount("api", self.api_root)
+        self.web_root.mount("ui", DashboardResource(self))
 
     def checkConfig(self, **kwargs: Any) -> None:
         """Refuse bad arguments with config errors that name the argument."""
@@ -133,6 +169,14 @@ class FarmService(service.BuildbotService):
             await self._open_database(settings)
         if database_changed or previous is None or previous.coordinator != settings.coordinator:
             await self._start_coordinator(settings.coordinator)
+        await self.records.configure(
+            settings.records or BuildRecords(),
+            self.master.reactor,
+            self.master.basedir,
+            self.master.config.buildbotURL,
+        )
+        await self.artifacts.configure(settings.artifacts)
+        await self.on_demand.configure(settings.on_demand)
         self.add_periodic("heartbeat", settings.heartbeat_interval, self._heartbeat)
 
     async def _start_coordinator(self, wanted: FarmCoordinator | None) -> None:
@@ -195,6 +239,11 @@ class FarmService(service.BuildbotService):
             periodic.start(now=now)
         return periodic
 
+    def remove_periodic(self, name: str) -> defer.Deferred[Any] | None:
+        """Stop and forget the task ``name``; the result fires once a run in progress ended."""
+        periodic = self._periodic.pop(name, None)
+        return None if periodic is None else periodic.stop()
+
     async def _heartbeat(self) -> None:
         if self.database is None:
             return
@@ -236,6 +285,9 @@ class FarmService(service.BuildbotService):
             await periodic.stop()
         if self.coordinator is not None:
             await self.coordinator.stop()
+        await self.artifacts.stop()
+        await self.on_demand.stop()
+        await self.records.stop()
         if self.database is not None:
             database, self.database = self.database, None
             try:

@@ -129,4 +129,4 @@ class FarmServiceTests(TestReactorMixin, unittest.TestCase):
         response = await StubTreq(service.web_root).get("http://farm/nope")
         assert response.code == 404
         body = json.loads(await response.content())
-        assert body["available"] == ["api", "openapi.json", "status"]
+        assert body["available"] == ["api", "openapi.json", "status", "ui"]

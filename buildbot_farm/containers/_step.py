@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import codecs
+import contextlib
 import json
 import os
 import posixpath
+import re
 import stat
 import tempfile
 from pathlib import Path
@@ -17,6 +19,7 @@ from buildbot.process.results import CANCELLED, FAILURE, SUCCESS
 from twisted.internet import defer
 from twisted.python import log
 
+from buildbot_farm.artifacts.steps import NoRepository, find_repository, publish_files
 from buildbot_farm.containers._collect import Packed, UnsafeOutputs
 from buildbot_farm.containers._engine import STDERR, ContainerConfig, Engine, EngineError, in_thread
 from buildbot_farm.containers._outputs import OutputsError
@@ -257,10 +260,35 @@ class ContainerTask(buildstep.BuildStep):
                 f"bringing back {len(packed.files)} entries ({packed.data_bytes} bytes) and"
                 f" {len(packed.deleted)} deletions ({os.path.getsize(archive_path)} bytes zstd)"
             )
-            await self.addCompleteLog("manifest.json", json.dumps(packed.manifest(), indent=1))
+            manifest = json.dumps(packed.manifest(), indent=1)
+            await self.addCompleteLog("manifest.json", manifest)
             await self._unpack_on_worker(packed, archive_path, spec.worker_python)
+            await self._keep_as_artifacts(archive_path, manifest)
         finally:
-            os.unlink(archive_path)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(archive_path)
+
+    async def _keep_as_artifacts(self, archive_path: str, manifest: str) -> None:
+        """With an artifact repository, keep the archive and its manifest there too."""
+        try:
+            repository = find_repository(self.master)
+        except NoRepository:
+            return
+        prefix = repository.build_prefix("container", self.build.builder.name, self.build.number)
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "-", self.name).strip("-.") or "task"
+        fd, manifest_path = tempfile.mkstemp(prefix="farm-task-", suffix=".json")
+        with os.fdopen(fd, "w") as staged:
+            staged.write(manifest)
+        try:
+            placed = [
+                (Path(archive_path), (*prefix, f"{stem}.tar.zst")),
+                (Path(manifest_path), (*prefix, f"{stem}.manifest.json")),
+            ]
+            if await publish_files(self, self._stdio, repository, prefix, placed) != SUCCESS:
+                raise TaskFailed("keeping the task's archive in the artifact repository failed")
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(manifest_path)
 
     async def _unpack_on_worker(self, packed: Packed, archive_path: str, python: str) -> None:
         tmpdir = f".farm-task-{self.stepid}"

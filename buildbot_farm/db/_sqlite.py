@@ -162,11 +162,13 @@ class SqliteDatabase(Database):
         await self._lock.acquire()
         try:
             txn = _SqliteTransaction(self)
-            await self.run_in_thread(self.thd_execute, "BEGIN IMMEDIATE", ())
+            await self.run_in_thread(self._thd_begin)
             try:
                 result = await fn(txn)
                 await self.run_in_thread(self.thd_execute, "COMMIT", ())
-            except BaseException:
+            except Exception:
+                # Not BaseException: a coroutine being closed (GeneratorExit) may not await;
+                # the transaction it leaves open is rolled back by the next _thd_begin.
                 await self.run_in_thread(self._thd_rollback)
                 raise
         finally:
@@ -174,6 +176,10 @@ class SqliteDatabase(Database):
         for channel, payload in txn.notifications:
             self._deliver(channel, payload)
         return result
+
+    def _thd_begin(self) -> None:
+        self._thd_rollback()
+        self.thd_execute("BEGIN IMMEDIATE", ())
 
     def _thd_rollback(self) -> None:
         connection = self._connection

@@ -17,6 +17,29 @@ from buildbot_farm.web._json import json_error
 FARM_SERVICE_NAME = "farm"
 
 
+class _EmptyAsset(resource.Resource):
+    """An empty file of one media type."""
+
+    isLeaf = True
+
+    def __init__(self, content_type: bytes) -> None:
+        super().__init__()
+        self._content_type = content_type
+
+    def render_GET(self, request: Request) -> bytes:
+        """The empty body, announced with the media type."""
+        request.setHeader(b"content-type", self._content_type)
+        return b""
+
+
+# Buildbot's web UI loads plugins/NAME/scripts.js and styles.css for every www plugin; the
+# farm's pages are server-rendered (buildbot_farm.dashboard), so both are empty.
+UI_ASSETS: dict[bytes, resource.Resource] = {
+    b"scripts.js": _EmptyAsset(b"text/javascript"),
+    b"styles.css": _EmptyAsset(b"text/css"),
+}
+
+
 class _ServiceRedirect(resource.Resource):
     """Delegates every request to the running farm service's :class:`FarmRoot`."""
 
@@ -31,6 +54,8 @@ class _ServiceRedirect(resource.Resource):
 
     def getChildWithDefault(self, path: bytes, request: Request) -> resource.Resource:
         """Hand the request to the service's root, or explain that there is no service."""
+        if path in UI_ASSETS:
+            return UI_ASSETS[path]
         root = self._root()
         if root is None:
             return _NoService(self._service_name)

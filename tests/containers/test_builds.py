@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
+import urllib.request
+from pathlib import Path
 
 import docker
 import pytest
@@ -52,6 +55,15 @@ def test_happy_path_copies_runs_and_brings_back(build_farm: BuildFarm, docker_cl
     assert properties["notes"] == "line one\nline two"
     assert "hello from the zipapp" in build_farm.log(build_farm.step(build, "use"))
     assert leftovers(docker_client, build) == []
+    kept = {Path(a["path"]).name: a for a in properties["farm_artifacts"]}
+    assert set(kept) == {"task.tar.zst", "task.manifest.json"}, "archive and manifest not kept"
+    downloaded = {}
+    for name, artifact in kept.items():
+        with urllib.request.urlopen(artifact["url"], timeout=30) as response:
+            downloaded[name] = response.read()
+        assert hashlib.sha256(downloaded[name]).hexdigest() == artifact["sha256"]
+        assert len(downloaded[name]) == artifact["size"]
+    assert json.loads(downloaded["task.manifest.json"]) == manifest
 
 
 def test_outputs_patterns_choose_what_comes_back(build_farm: BuildFarm) -> None:

@@ -141,3 +141,22 @@ async def test_stopped_database_refuses_calls_clearly(database: db.Database) -> 
     await database.stop()
     with pytest.raises(db.DatabaseUnavailable, match="stopped"):
         await database.fetchall("SELECT 1")
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_abandoned_transaction_does_not_block_the_next(database: db.Database) -> None:
+    """A transaction whose coroutine is closed mid-way is rolled back; later ones still work."""
+    await make_table(database)
+    parked: defer.Deferred[None] = defer.Deferred()
+
+    async def never_finishes(txn: db.Transaction) -> None:
+        await txn.execute("INSERT INTO things (id, name) VALUES (1, 'abandoned')")
+        await parked
+
+    coroutine = database.transaction(never_finishes)
+    stuck = defer.Deferred.fromCoroutine(coroutine)
+    await task.deferLater(reactor, 0.2, lambda: None)
+    coroutine.close()
+    stuck.addErrback(lambda _: None)
+    await database.execute("INSERT INTO things (id, name) VALUES (2, 'next')")
+    assert await database.fetchall("SELECT name FROM things") == [{"name": "next"}]

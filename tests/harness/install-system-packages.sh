@@ -22,9 +22,25 @@ fi
 if ! command -v zstd >/dev/null 2>&1; then
     missing+=(zstd)
 fi
+# The artifact repository's tests: real nginx with WebDAV, and real WebDAV/HTTP clients.
+for tool in nginx:nginx-light litmus:litmus rclone:rclone curl:curl; do
+    if ! command -v "${tool%%:*}" >/dev/null 2>&1 && [ ! -x "/usr/sbin/${tool%%:*}" ]; then
+        missing+=("${tool#*:}")
+    fi
+done
+if [ ! -e /usr/lib/nginx/modules/ngx_http_dav_ext_module.so ]; then
+    missing+=(libnginx-mod-http-dav-ext)
+fi
+# The web UI tests: Debian's headless chromium and its chromedriver (never a downloaded one).
+for tool in chromium:chromium chromedriver:chromium-driver; do
+    if ! command -v "${tool%%:*}" >/dev/null 2>&1; then
+        missing+=("${tool#*:}")
+    fi
+done
 
 if [ "${#missing[@]}" -eq 0 ]; then
-    echo "install-system-packages: docker.io, postgresql, debootstrap, busybox-static, zstd all present"
+    echo "install-system-packages: docker.io, postgresql, debootstrap, busybox-static, zstd," \
+        "nginx (dav-ext), litmus, rclone, curl, chromium, chromedriver all present"
     exit 0
 fi
 

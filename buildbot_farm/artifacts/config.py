@@ -1,0 +1,86 @@
+"""The artifact repository as master.cfg describes it: ``util.ArtifactRepository(...)``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from buildbot_farm.artifacts.paths import DEFAULT_LAYOUT, UnsafePath, layout_problems, split
+
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class ArtifactRepository:
+    """Where artifacts live and the rules for writing them; give it to FarmService(artifacts=).
+
+    ``directory`` (relative to the master's basedir) holds the files, laid out by
+    ``layout`` (placeholders ``{kind}``, ``{project}``, ``{build}``). ``public_url`` is the
+    address downloads are announced under (default: the master's buildbotURL +
+    ``plugins/farm/artifacts/``; set it to nginx's address when nginx serves them).
+    Uploads larger than ``max_upload_size`` bytes are refused; an existing file is replaced
+    only with ``allow_overwrite``. Tokens die at the end of their build or ``token_ttl``
+    seconds after minting. ``retention`` maps a path prefix (``"bin/nightly"``) to the
+    seconds a build's files under it are kept (the longest matching prefix wins; ``""`` is
+    the default; unmatched builds are kept forever); the janitor runs every
+    ``janitor_interval`` seconds.
+    """
+
+    directory: str = "artifacts"
+    public_url: str | None = None
+    layout: str = DEFAULT_LAYOUT
+    max_upload_size: int = 2 * GIB
+    allow_overwrite: bool = False
+    token_ttl: float = 6 * 3600.0
+    retention: Mapping[str, float] = field(default_factory=dict)
+    janitor_interval: float = 600.0
+
+    def problems(self) -> list[str]:
+        """What is wrong with this repository, each naming its argument."""
+        found = []
+        if not isinstance(self.directory, str) or not self.directory:
+            found.append("ArtifactRepository: directory must be a non-empty path")
+        if self.public_url is not None and (
+            not isinstance(self.public_url, str)
+            or not self.public_url.startswith(("http://", "https://"))
+        ):
+            found.append("ArtifactRepository: public_url must be an http:// or https:// URL")
+        found += [f"ArtifactRepository: {p}" for p in layout_problems(self.layout)]
+        if not _whole(self.max_upload_size) or self.max_upload_size < 1:
+            found.append("ArtifactRepository: max_upload_size must be a number of bytes >= 1")
+        if not isinstance(self.allow_overwrite, bool):
+            found.append("ArtifactRepository: allow_overwrite must be True or False")
+        for name in ("token_ttl", "janitor_interval"):
+            if not _seconds(getattr(self, name)):
+                found.append(f"ArtifactRepository: {name} must be a number of seconds > 0")
+        if not isinstance(self.retention, Mapping):
+            found.append("ArtifactRepository: retention must map path prefixes to seconds")
+            return found
+        for prefix, ttl in self.retention.items():
+            try:
+                if not isinstance(prefix, str):
+                    raise UnsafePath(f"{prefix!r} is not a string")
+                split(prefix)
+            except UnsafePath:
+                found.append(f"ArtifactRepository: retention prefix {prefix!r} is not a safe path")
+            if not _seconds(ttl):
+                found.append(f"ArtifactRepository: retention for {prefix!r} must be seconds > 0")
+        return found
+
+    def retention_for(self, path: str) -> float | None:
+        """Seconds the files of the build directory ``path`` are kept; None: forever."""
+        best: tuple[int, float] | None = None
+        segments = split(path)
+        for prefix, ttl in self.retention.items():
+            wanted = split(prefix)
+            if segments[: len(wanted)] == wanted and (best is None or len(wanted) > best[0]):
+                best = (len(wanted), float(ttl))
+        return None if best is None else best[1]
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _seconds(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0

@@ -1,0 +1,314 @@
+"""``/plugins/farm/ui/``: the dashboard's pages, served by the farm service.
+
+* ``buildlets`` — every lease; ``POST buildlets/destroy`` (form ``name=``) destroys one,
+  allowed by Buildbot's authz rules for the action ``destroy`` on ``("farm", "buildlets",
+  NAME)`` (``util.AnyControlEndpointMatcher(role="admins")`` covers it)
+* ``artifacts/PATH/`` — the repository's collections, sizes, sha256 and download links
+* ``records`` (``?name=&version=&commit=``) and ``records/NAME/VERSION`` — build records
+* ``jobs`` — on-demand jobs
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import quote
+
+from buildbot.www.authz.authz import Forbidden
+from twisted.internet import defer
+from twisted.python import failure, log
+from twisted.web import resource, server
+from twisted.web.server import Request
+
+from buildbot_farm.artifacts import paths
+from buildbot_farm.dashboard import _pages as pages
+from buildbot_farm.dashboard._authz import FARM_ENDPOINT
+from buildbot_farm.leases.coordinator import CoordinatorError
+from buildbot_farm.leases.lease import LeaseState
+from buildbot_farm.records.store import Query
+
+RECORDS_PAGE_SIZE = 100
+DESTROY_ACTION = "destroy"
+
+_COORDINATOR_CFG = """util.FarmService(
+    coordinator=util.FarmCoordinator(
+        secret="a-long-random-secret",
+        pools=[util.BuildletPool("local", provider="process", max_count=4, warm=1)],
+    ),
+)"""
+_ARTIFACTS_CFG = "util.FarmService(artifacts=util.ArtifactRepository())"
+_RECORDS_CFG = """c["services"].append(reporters.BuildRecorder(
+    builders=["my-builder"], name="my-project",
+    version=util.Interpolate("1.0.%(prop:buildnumber)s")))"""
+
+
+class PageError(Exception):
+    """A request the dashboard answers with a readable error page and ``status``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class DashboardResource(resource.Resource):
+    """Serves the dashboard pages of ``farm`` (the running FarmService)."""
+
+    isLeaf = True
+
+    def __init__(self, farm: Any) -> None:
+        super().__init__()
+        self._farm = farm
+
+    def render(self, request: Request) -> int:
+        """Answer asynchronously; any failure becomes a readable error page."""
+        d = defer.ensureDeferred(self._answer(request))
+        d.addErrback(self._failed, request)
+        d.addCallback(self._send, request)
+        return server.NOT_DONE_YET
+
+    async def _answer(self, request: Request) -> bytes:
+        segments = [s.decode(errors="replace") for s in request.postpath or []]
+        while segments and segments[-1] == "":
+            segments.pop()
+        if not segments:
+            request.redirect(self._base(request).encode() + b"buildlets")
+            return b""
+        head, rest = segments[0], segments[1:]
+        method = request.method
+        if method == b"GET":
+            await self._allowed(request, (FARM_ENDPOINT, *segments), "get", "see this page")
+        if head == "buildlets" and not rest and method == b"GET":
+            return await self._buildlets(request)
+        if head == "buildlets" and rest == ["destroy"] and method == b"POST":
+            return await self._destroy(request)
+        if head == "artifacts" and method == b"GET":
+            return await self._artifacts(request, rest)
+        if head == "records" and len(rest) in (0, 2) and method == b"GET":
+            return await self._records(request, rest)
+        if head == "jobs" and not rest and method == b"GET":
+            return self._jobs(request)
+        raise PageError(404, f"the farm dashboard has no page {'/'.join(segments)!r}"
+                             f" for {method.decode()}; use the tabs above")
+
+    def _base(self, request: Request) -> str:
+        return "/" + "/".join(p.decode() for p in request.prepath or []) + "/"
+
+    def _frame(self, request: Request, tab: str) -> pages.Frame:
+        return pages.Frame(self._base(request), tab)
+
+    async def _allowed(
+        self, request: Request, endpoint: tuple[str, ...], action: str, what: str
+    ) -> None:
+        """Raise a 403 PageError unless Buildbot's authz lets this user do ``action``."""
+        try:
+            await self._farm.master.www.assertUserAllowed(request, endpoint, action, {})
+        except Forbidden as e:
+            raise PageError(403, f"you may not {what}: {_text(e.message)};"
+                                 " log in as a user with that role") from e
+
+    async def _buildlets(self, request: Request, message: str = "") -> bytes:
+        frame = self._frame(request, "buildlets")
+        coordinator = self._farm.coordinator
+        if coordinator is None:
+            return pages.page(frame, "Buildlets", pages.empty_state(
+                "This farm runs no buildlet coordinator.", _COORDINATOR_CFG))
+        leases = sorted(await coordinator.table.all(), key=lambda lease: lease.name)
+        now = self._farm.master.reactor.seconds()
+        rows = [
+            (
+                f"<code>{pages.esc(lease.name)}</code>",
+                pages.esc(lease.type),
+                pages.esc(lease.owner or "(warm pool)"),
+                pages.esc(pages.when(lease.leased_at or lease.created_at)),
+                pages.esc(pages.countdown(lease.expires_at, now)),
+                pages.esc(pages.when(lease.renewed_at)),
+                pages.esc(lease.state.value),
+                self._destroy_form(request, lease.name),
+            )
+            for lease in leases
+        ]
+        pools = [
+            (pages.esc(t.name), pages.esc(t.provider.kind), str(t.max_count), str(t.warm),
+             str(sum(1 for lease in leases if lease.type == t.name)),
+             str(sum(1 for lease in leases
+                     if lease.type == t.name and lease.state is LeaseState.IDLE)))
+            for t in sorted(coordinator.types.values(), key=lambda t: t.name)
+        ]
+        body = message + pages.table(
+            ("type", "provider", "max", "warm wanted", "buildlets", "idle now"), pools, "pools")
+        if leases:
+            body += pages.table(
+                ("name", "type", "owner", "created", "expires", "last keepalive", "state", ""),
+                rows, "leases")
+        else:
+            body += ('<p class="empty">No buildlets right now. A build on a'
+                     ' <code>worker.FarmLatentWorker("w", buildlet_type="local")</code> or'
+                     " <code>buildbot-farm lease create local</code> starts one.</p>")
+        busy = any(lease.state in (LeaseState.STARTING, LeaseState.HALTING) for lease in leases)
+        return pages.page(frame, "Buildlets", body, refresh=busy)
+
+    def _destroy_form(self, request: Request, name: str) -> str:
+        action = pages.esc(self._base(request) + "buildlets/destroy")
+        return (
+            f'<form method="post" action="{action}">'
+            f'<input type="hidden" name="name" value="{pages.esc(name)}">'
+            f'<button type="submit" class="destroy">Destroy</button></form>'
+        )
+
+    async def _destroy(self, request: Request) -> bytes:
+        form: dict[bytes, list[bytes]] = request.args or {}
+        names = form.get(b"name", [])
+        if len(names) != 1 or not names[0]:
+            raise PageError(400, "say which buildlet to destroy: one form field name=NAME")
+        name = names[0].decode(errors="replace")
+        coordinator = self._farm.coordinator
+        if coordinator is None:
+            raise PageError(404, "this farm runs no buildlet coordinator")
+        await self._allowed(request, (FARM_ENDPOINT, "buildlets", name), DESTROY_ACTION,
+                            "destroy buildlets")
+        if await coordinator.table.get(name) is None:
+            raise PageError(404, f"no buildlet named {name}: it expired or was destroyed")
+        try:
+            await coordinator.destroy(name)
+        except CoordinatorError as e:
+            raise PageError(e.status, f"destroying {name} failed: {e}") from e
+        log.msg(f"farm dashboard: buildlet {name} destroyed from the web UI")
+        return await self._buildlets(request, pages.notice_box(f"Destroyed {name}."))
+
+    async def _artifacts(self, request: Request, rest: list[str]) -> bytes:
+        frame = self._frame(request, "artifacts")
+        repository = self._farm.artifacts.repository
+        if repository is None:
+            return pages.page(frame, "Artifacts", pages.empty_state(
+                "This farm has no artifact repository.", _ARTIFACTS_CFG))
+        try:
+            segments = tuple(paths.check_segment(s) for s in rest)
+        except ValueError as e:
+            raise PageError(400, f"not an artifact path: {e}") from e
+        entry = await repository.stat(segments) if segments else None
+        if segments and (entry is None or not entry.is_dir):
+            raise PageError(404, f"no artifact collection /{paths.join(segments)}/")
+        entries = await repository.list(segments)
+        digests = {d.entry.name: d.sha256 for d in await repository.describe(segments, entries)}
+        here = frame.base + "artifacts/" + "".join(quote(s, safe="") + "/" for s in segments)
+        rows = []
+        if segments:
+            rows.append((pages.link(here + "../", "../"), "", "", ""))
+        for item in sorted(entries, key=lambda e: (not e.is_dir, e.name)):
+            if item.is_dir:
+                rows.append((pages.link(here + quote(item.name, safe="") + "/", item.name + "/"),
+                             "", "", ""))
+            else:
+                url = repository.url_for((*segments, item.name))
+                rows.append((pages.esc(item.name), pages.esc(pages.size(item.size)),
+                             f"<code>{pages.esc(digests.get(item.name, ''))}</code>",
+                             pages.link(url, "download")))
+        title = f"Artifacts /{paths.join(segments)}"
+        if not entries and not segments:
+            body = ('<p class="empty">No artifacts yet. A build uploads them with'
+                    " <code>steps.ArtifactUpload(workersrc=\"dist/app.tar.gz\")</code>.</p>")
+        else:
+            body = pages.table(("name", "size", "sha256", ""), rows, "artifacts")
+        return pages.page(frame, title, body)
+
+    async def _records(self, request: Request, rest: list[str]) -> bytes:
+        frame = self._frame(request, "records")
+        store = self._farm.records.store()
+        if store is None:
+            raise PageError(503, "the farm database is closed; see the master's log")
+        if rest:
+            return await self._record(request, frame, store, rest[0], rest[1])
+        query: dict[bytes, list[bytes]] = request.args or {}
+        args = {k.decode(): v[0].decode(errors="replace").strip() for k, v in query.items() if v}
+        name, version, commit = (args.get(k) or None for k in ("name", "version", "commit"))
+        found, _ = await store.list(Query(name=name, commit=commit), RECORDS_PAGE_SIZE)
+        documents = [json.loads(r.document) for r in found]
+        if version:
+            documents = [d for d in documents if d.get("version") == version]
+        form = (
+            '<form method="get" id="search">'
+            + "".join(
+                f'<label>{k} <input name="{k}" value="{pages.esc(args.get(k, ""))}"></label> '
+                for k in ("name", "version", "commit"))
+            + '<button type="submit">Search</button></form>'
+        )
+        rows = [
+            (pages.link(f"{frame.base}records/{quote(d['name'], safe='')}/"
+                        f"{quote(d['version'], safe='')}", d["name"]),
+             pages.esc(d["version"]), pages.esc(d.get("result", "")),
+             f"<code>{pages.esc((d.get('source') or {}).get('commit', ''))}</code>",
+             pages.esc(pages.when(d.get("timestamp"))))
+            for d in documents
+        ]
+        if rows:
+            body = form + pages.table(("name", "version", "result", "commit", "built"),
+                                      rows, "records")
+        elif args:
+            body = form + '<p class="empty">No record matches this search.</p>'
+        else:
+            body = form + pages.empty_state("No build records yet.", _RECORDS_CFG)
+        return pages.page(frame, "Records", body)
+
+    async def _record(
+        self, request: Request, frame: pages.Frame, store: Any, name: str, version: str
+    ) -> bytes:
+        stored = await store.get(name, version)
+        if stored is None:
+            raise PageError(404, f"no record {name} {version}")
+        record = json.loads(stored.document)
+        api = (frame.base.rsplit("ui/", 1)[0] + "api/builds/"
+               + quote(name, safe="") + "/" + quote(version, safe=""))
+        facts = [
+            ("result", pages.esc(record.get("result", ""))),
+            ("built", pages.esc(pages.when(record.get("timestamp")))),
+            ("built on", pages.esc(record.get("builtOn", ""))),
+            ("source", pages.link(record["sourceUrl"], record["sourceUrl"])
+             if record.get("sourceUrl") else ""),
+            ("commit", f"<code>{pages.esc((record.get('source') or {}).get('commit', ''))}</code>"),
+            ("build", pages.link(record["buildUrl"], record["buildUrl"])
+             if record.get("buildUrl") else ""),
+            ("record", pages.link(api, "JSON") + " · " + pages.link(api + "/provenance",
+                                                                    "provenance (signed)")),
+        ]
+        if stored.tombstone is not None:
+            facts.append(("deleted", pages.esc(
+                f"by {stored.tombstone.deleted_by}: {stored.tombstone.reason}")))
+        binaries = [
+            (pages.esc(b.get("path", "")), pages.esc(pages.size(int(b.get("size", 0)))),
+             f"<code>{pages.esc(b.get('sha256', ''))}</code>", pages.link(b["url"], "download"))
+            for b in record.get("binaries", [])
+        ]
+        body = pages.table(("", ""), facts, "record")
+        body += "<h2>Binaries</h2>" + (
+            pages.table(("path", "size", "sha256", ""), binaries, "binaries") if binaries
+            else "<p>This record lists no binaries.</p>")
+        return pages.page(frame, f"Record {name} {version}", body)
+
+    def _jobs(self, request: Request) -> bytes:
+        body = ('<p class="empty">No on-demand jobs: this farm does not run on-demand builds'
+                " yet. They will be listed here (key, parameters, status, attempts, build and"
+                " artifact links) once the capability lands.</p>")
+        return pages.page(self._frame(request, "jobs"), "On-demand jobs", body)
+
+    def _failed(self, reason: failure.Failure, request: Request) -> bytes:
+        error = reason.value
+        if isinstance(error, PageError):
+            status, message = error.status, str(error)
+        else:
+            log.err(reason, "farm dashboard page failed")
+            status, message = 500, f"the farm service failed: {error}; its log has the details"
+        request.setResponseCode(status)
+        tab = (request.postpath or [b""])[0].decode(errors="replace")
+        return pages.page(self._frame(request, tab), "Farm: error", pages.error_box(message))
+
+    def _send(self, body: bytes, request: Request) -> None:
+        if request.finished or getattr(request, "_disconnected", False):
+            return
+        if body:
+            request.setHeader(b"content-type", b"text/html; charset=utf-8")
+            request.write(body)
+        request.finish()
+
+
+def _text(message: bytes | str) -> str:
+    return message.decode(errors="replace") if isinstance(message, bytes) else message

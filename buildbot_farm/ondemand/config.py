@@ -1,0 +1,49 @@
+"""``util.OnDemandBuilds``: the settings of on-demand builds in ``util.FarmService``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+OFF = (
+    "on-demand builds are off: give util.FarmService(on_demand=util.OnDemandBuilds())"
+    " in c['services']"
+)
+
+
+def _seconds(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
+@dataclass(frozen=True)
+class OnDemandBuilds:
+    """How on-demand jobs are retried and how long the compat endpoint holds a request.
+
+    The janitor runs every ``janitor_interval`` seconds. It requeues a job whose build
+    ended EXCEPTION, or whose buildset Buildbot no longer has pending while the job heard
+    nothing for ``stale_after`` seconds, until the job has had ``max_attempts`` attempts.
+    ``/api/compat`` answers 504 after ``compat_timeout`` seconds. ``signing_key`` is the
+    PEM Ed25519 key (relative to the master's basedir, created on first start) that signs
+    each artifact's sha256 for ``/api/download/{key}.sig``; None signs nothing.
+    """
+
+    max_attempts: int = 3
+    stale_after: float = 3600.0
+    janitor_interval: float = 60.0
+    compat_timeout: float = 600.0
+    signing_key: str | None = "ondemand-signing-key.pem"
+
+    def problems(self) -> list[str]:
+        """What is wrong with these settings, each naming its argument."""
+        found = []
+        if not isinstance(self.max_attempts, int) or isinstance(self.max_attempts, bool) or (
+            self.max_attempts < 1
+        ):
+            found.append("OnDemandBuilds: max_attempts must be a whole number >= 1")
+        for name in ("stale_after", "janitor_interval", "compat_timeout"):
+            if not _seconds(getattr(self, name)):
+                found.append(f"OnDemandBuilds: {name} must be a number of seconds > 0")
+        if self.signing_key is not None and (
+            not isinstance(self.signing_key, str) or not self.signing_key
+        ):
+            found.append("OnDemandBuilds: signing_key must be the path of a PEM Ed25519 key")
+        return found

@@ -1,0 +1,346 @@
+"""The build records JSON API: ``/builds``, ``/builds/{name}``, ``/builds/{name}/{version}``.
+
+Records are immutable, so a record (and its provenance) is served with a strong ETag and a
+one-year cache lifetime; listings change and are never cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Callable
+
+from twisted.internet import defer
+from twisted.python import failure, log
+from twisted.web import resource, server
+from twisted.web.server import Request
+
+from buildbot_farm import db
+from buildbot_farm.records.cache import RecentRecords
+from buildbot_farm.records.config import BuildRecords, Caller, bearer_key, identify
+from buildbot_farm.records.model import RESULTS, InvalidRecord, parse_record
+from buildbot_farm.records.provenance import Signer, statement
+from buildbot_farm.records.store import (
+    AlreadyDeleted,
+    BadCursor,
+    NoSuchRecord,
+    Query,
+    RecordExists,
+    RecordStore,
+    StoredRecord,
+)
+from buildbot_farm.web import json_error, json_response
+
+MAX_BODY = 1024 * 1024
+MAX_PAGE = 500
+DEFAULT_PAGE = 100
+IMMUTABLE = b"public, max-age=31536000, immutable"
+
+
+class _Refused(Exception):
+    """An answer other than success, with its status and message."""
+
+    def __init__(self, code: int, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.code = code
+        self.details = details
+
+
+class RecordsResource(resource.Resource):
+    """Serves the records API; mount it as ``builds`` (it routes on the path below it).
+
+    ``store`` and ``signer`` are called per request, so a reconfigured service is followed;
+    ``settings`` holds the keys; ``now`` is the clock (the master reactor's ``seconds``)
+    that stamps records and tombstones; ``builder_id`` names this master in provenance.
+    """
+
+    isLeaf = True
+
+    def __init__(
+        self,
+        store: Callable[[], RecordStore | None],
+        settings: Callable[[], BuildRecords],
+        signer: Callable[[], Signer | None],
+        now: Callable[[], float],
+        builder_id: Callable[[], str],
+    ) -> None:
+        super().__init__()
+        self._store = store
+        self._settings = settings
+        self._signer = signer
+        self._now = now
+        self._builder_id = builder_id
+        self._recent: RecentRecords[tuple[str, str], StoredRecord] = RecentRecords()
+
+    def render(self, request: Request) -> int:
+        """Route the request; the answer is written when the database has answered."""
+        gone: list[bool] = []
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
+        d = defer.ensureDeferred(self._answer(request))
+        d.addErrback(self._failed, request)
+
+        def deliver(body: bytes) -> None:
+            if not gone:  # the client may have hung up while the database answered
+                request.write(body)
+                request.finish()
+
+        d.addCallback(deliver)
+        d.addErrback(log.err, "farm records API: could not send an answer")
+        return server.NOT_DONE_YET
+
+    async def _answer(self, request: Request) -> bytes:
+        segments = [s.decode("utf-8", errors="replace") for s in request.postpath or []]
+        if segments and segments[-1] == "":
+            segments.pop()
+        method = request.method.decode(errors="replace")
+        routes: dict[tuple[int, str], Any] = {
+            (0, "GET"): self._list,
+            (0, "POST"): self._create,
+            (1, "GET"): self._versions,
+            (2, "GET"): self._get,
+            (2, "DELETE"): self._delete,
+        }
+        if len(segments) == 3 and segments[2] == "provenance":
+            routes[(3, "GET")] = self._provenance
+        allowed = sorted(m for (n, m) in routes if n == len(segments))
+        if not allowed:
+            raise _Refused(404, "no such records API path: use /builds, /builds/NAME or"
+                           " /builds/NAME/VERSION[/provenance]")
+        if (len(segments), method) not in routes:
+            request.setHeader(b"allow", ", ".join(allowed).encode())
+            raise _Refused(405, f"{method} is not allowed here; use {', '.join(allowed)}")
+        store = self._store()
+        if store is None:
+            raise _Refused(503, "the farm database is not open; see the master's log")
+        answer: bytes = await routes[(len(segments), method)](request, store, *segments[:2])
+        return answer
+
+    async def _list(self, request: Request, store: RecordStore) -> bytes:
+        args = _query_args(request)
+        query, limit = _parse_query(args)
+        return await self._page(request, store, query, limit, args.get("cursor"))
+
+    async def _versions(self, request: Request, store: RecordStore, name: str) -> bytes:
+        args = _query_args(request)
+        args["name"] = name
+        query, limit = _parse_query(args)
+        return await self._page(request, store, query, limit, args.get("cursor"), name)
+
+    async def _page(
+        self,
+        request: Request,
+        store: RecordStore,
+        query: Query,
+        limit: int,
+        cursor: str | None,
+        name: str | None = None,
+    ) -> bytes:
+        try:
+            records, more = await store.list(query, limit, cursor)
+        except BadCursor as e:
+            raise _Refused(400, str(e), fields={"cursor": str(e)}) from e
+        if name is not None and not records and cursor is None:
+            raise _Refused(404, f"no records named {name!r}")
+        documents = [_with_tombstone(r) for r in records]
+        request.setResponseCode(200)
+        request.setHeader(b"content-type", b"application/json; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        return b'{"builds":[%s],"next":%s}' % (b",".join(documents), json.dumps(more).encode())
+
+    async def _get(self, request: Request, store: RecordStore, name: str, version: str) -> bytes:
+        stored = await self._existing(store, name, version)
+        return _immutable(request, stored.document)
+
+    async def _provenance(
+        self, request: Request, store: RecordStore, name: str, version: str
+    ) -> bytes:
+        signer = self._signer()
+        if signer is None:
+            raise _Refused(503, "no provenance signing key is loaded; see the master's log")
+        stored = await self._existing(store, name, version)
+        record = parse_record(_rich_fields(json.loads(stored.document)))
+        envelope = signer.envelope(statement(record, self._builder_id()))
+        body = json.dumps(envelope, sort_keys=True, separators=(",", ":")).encode()
+        return _immutable(request, body)
+
+    async def _existing(self, store: RecordStore, name: str, version: str) -> StoredRecord:
+        cached = self._recent.get((name, version), self._now())
+        if cached is not None:
+            return cached
+        stored = await store.get(name, version)
+        if stored is None:
+            raise _Refused(404, f"no record {name} {version}")
+        if stored.tombstone is not None:
+            t = stored.tombstone
+            raise _Refused(
+                410, f"{name} {version} was deleted by {t.deleted_by}: {t.reason}",
+                deleted=t.as_json(),
+            )
+        self._recent.put((name, version), stored, self._now())
+        return stored
+
+    async def _create(self, request: Request, store: RecordStore) -> bytes:
+        self._caller(request, admin=False)
+        body = _json_body(request)
+        try:
+            record = parse_record(body)
+        except InvalidRecord as e:
+            raise _Refused(
+                400, f"the record has {len(e.problems)} bad field(s); fix them and post again",
+                fields=e.problems,
+            ) from e
+        try:
+            document = await store.insert(record, self._now())
+        except RecordExists as e:
+            raise _Refused(409, f"{e}: records are immutable; post a new version") from e
+        request.setHeader(
+            b"location", f"/builds/{record.name}/{record.version}".encode()
+        )
+        request.setHeader(b"etag", _etag(document))
+        request.setResponseCode(201)
+        request.setHeader(b"content-type", b"application/json; charset=utf-8")
+        return document
+
+    async def _delete(self, request: Request, store: RecordStore, name: str, version: str) -> bytes:
+        caller = self._caller(request, admin=True)
+        reason = _query_args(request).get("reason")
+        if reason is None and _has_body(request):
+            body = _json_body(request)
+            reason = body.get("reason") if isinstance(body, dict) else None
+        if not isinstance(reason, str) or not reason.strip() or len(reason) > 2000:
+            raise _Refused(
+                400, "a deletion needs a reason: ?reason=... or a JSON body {\"reason\": ...}",
+                fields={"reason": "required: 1-2000 characters"},
+            )
+        try:
+            tombstone = await store.delete(
+                name, version, caller.name, reason.strip(), self._now()
+            )
+        except NoSuchRecord as e:
+            raise _Refused(404, str(e)) from e
+        except AlreadyDeleted as e:
+            raise _Refused(410, str(e)) from e
+        self._recent.forget((name, version))
+        return json_response(request, {"name": name, "version": version, **tombstone.as_json()})
+
+    def _caller(self, request: Request, admin: bool) -> Caller:
+        settings = self._settings()
+        key = bearer_key(request.getHeader(b"authorization"))
+        if key is None:
+            request.setHeader(b"www-authenticate", b'Bearer realm="buildbot_farm records"')
+            raise _Refused(401, "send an API key as 'Authorization: Bearer KEY'")
+        caller = identify(settings, key)
+        if caller is None:
+            request.setHeader(b"www-authenticate", b'Bearer realm="buildbot_farm records"')
+            raise _Refused(401, "this API key is not configured in BuildRecords(...)")
+        if admin and not caller.admin:
+            raise _Refused(
+                403, f"key {caller.name!r} may post records; deleting needs an admin key"
+            )
+        return caller
+
+    def _failed(self, reason: failure.Failure, request: Request) -> bytes:
+        if reason.check(_Refused):
+            refused = reason.value
+            return json_error(request, refused.code, str(refused), **refused.details)
+        if reason.check(db.DatabaseError):
+            return json_error(request, 503, f"the farm database failed: {reason.value}")
+        log.err(reason, "farm records API failed")
+        return json_error(request, 500, "the records API failed; the master's log has the cause")
+
+
+def _immutable(request: Request, body: bytes) -> bytes:
+    etag = _etag(body)
+    request.setHeader(b"etag", etag)
+    request.setHeader(b"cache-control", IMMUTABLE)
+    request.setHeader(b"content-type", b"application/json; charset=utf-8")
+    wanted = request.getHeader(b"if-none-match")
+    if wanted and etag in [t.strip() for t in wanted.split(b",")] + [b"*"]:
+        request.setResponseCode(304)
+        return b""
+    return body
+
+
+def _etag(body: bytes) -> bytes:
+    return b'"%s"' % hashlib.sha256(body).hexdigest()[:32].encode()
+
+
+def _with_tombstone(stored: StoredRecord) -> bytes:
+    if stored.tombstone is None:
+        return stored.document
+    document = json.loads(stored.document)
+    document["deleted"] = stored.tombstone.as_json()
+    return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _rich_fields(document: dict[str, Any]) -> dict[str, Any]:
+    """The stored document without the reference's duplicate names (for re-parsing)."""
+    return {k: v for k, v in document.items() if k[:1].islower()}
+
+
+def _query_args(request: Request) -> dict[str, str]:
+    args: dict[bytes, list[bytes]] = request.args or {}
+    return {
+        key.decode(errors="replace"): values[-1].decode(errors="replace")
+        for key, values in args.items()
+        if values
+    }
+
+
+def _parse_query(args: dict[str, str]) -> tuple[Query, int]:
+    problems: dict[str, str] = {}
+
+    def number(key: str) -> float | None:
+        if key not in args:
+            return None
+        try:
+            return float(args[key])
+        except ValueError:
+            problems[key] = "must be UTC seconds since 1970"
+            return None
+
+    since, until = number("since"), number("until")
+    limit = DEFAULT_PAGE
+    if "limit" in args:
+        if args["limit"].isdigit() and 1 <= int(args["limit"]) <= MAX_PAGE:
+            limit = int(args["limit"])
+        else:
+            problems["limit"] = f"must be a whole number from 1 to {MAX_PAGE}"
+    result = args.get("result")
+    if result is not None and result not in RESULTS:
+        problems["result"] = f"must be one of {', '.join(RESULTS)}"
+    deleted = args.get("deleted", "false")
+    if deleted not in ("true", "false"):
+        problems["deleted"] = "must be true or false"
+    if problems:
+        raise _Refused(400, "bad query parameter(s)", fields=problems)
+    query = Query(
+        name=args.get("name"), since=since, until=until, commit=args.get("commit"),
+        result=result, include_deleted=deleted == "true",
+    )
+    return query, limit
+
+
+def _has_body(request: Request) -> bool:
+    content = request.content
+    if content is None:
+        return False
+    content.seek(0, 2)
+    size = content.tell()
+    content.seek(0)
+    return bool(size)
+
+
+def _json_body(request: Request) -> Any:
+    content = request.content
+    if content is None:
+        raise _Refused(400, "send the record as a JSON body")
+    content.seek(0, 2)
+    size = content.tell()
+    content.seek(0)
+    if size > MAX_BODY:
+        raise _Refused(413, f"the body is {size} bytes; records are at most {MAX_BODY} bytes")
+    try:
+        return json.loads(content.read())
+    except ValueError as e:
+        raise _Refused(400, f"the body is not JSON: {e}") from e

@@ -1,0 +1,88 @@
+"""``util.BuildRecords``: the records settings FarmService takes as ``records=``.
+
+A plain, frozen description checked by ``problems()``; FarmService serves the records API
+with it (API keys, the provenance signing key, optionally a port of its own).
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+MIN_KEY_LENGTH = 16
+
+
+@dataclass(frozen=True)
+class BuildRecords:
+    """How the build records API is served: ``util.BuildRecords(api_keys={...}, ...)``.
+
+    ``api_keys`` (name -> key) may POST records; ``admin_keys`` may also DELETE them; the
+    name is what a tombstone records as who deleted. ``signing_key`` is the PEM Ed25519 key
+    that signs provenance (relative to the master's basedir; created when missing).
+    ``port`` (a Twisted endpoint such as ``tcp:8011:interface=127.0.0.1``) also serves the
+    API on a port of its own. ``builder_id`` names this builder in provenance (default:
+    the master's ``buildbotURL``).
+    """
+
+    api_keys: Mapping[str, str] = field(default_factory=dict)
+    admin_keys: Mapping[str, str] = field(default_factory=dict)
+    signing_key: str = "records-signing-key.pem"
+    port: str | None = None
+    builder_id: str | None = None
+
+    def problems(self) -> list[str]:
+        """What is wrong with these settings, each naming its argument."""
+        found = []
+        for argument in ("api_keys", "admin_keys"):
+            keys = getattr(self, argument)
+            if not isinstance(keys, Mapping) or not all(
+                isinstance(k, str) and k and isinstance(v, str) and len(v) >= MIN_KEY_LENGTH
+                for k, v in keys.items()
+            ):
+                found.append(
+                    f"BuildRecords: {argument} must map names to keys of at least"
+                    f" {MIN_KEY_LENGTH} characters"
+                )
+        if not isinstance(self.signing_key, str) or not self.signing_key:
+            found.append("BuildRecords: signing_key must be the path of a PEM Ed25519 key")
+        if self.port is not None and (not isinstance(self.port, str) or ":" not in self.port):
+            found.append(
+                "BuildRecords: port must be a Twisted endpoint such as"
+                " 'tcp:8011:interface=127.0.0.1'"
+            )
+        if self.builder_id is not None and not isinstance(self.builder_id, str):
+            found.append("BuildRecords: builder_id must be a URI string")
+        return found
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who presented a valid key, and whether it is an admin key."""
+
+    name: str
+    admin: bool
+
+
+def identify(settings: BuildRecords, key: str) -> Caller | None:
+    """The caller whose key is ``key`` (compared in constant time), or None."""
+    found: Caller | None = None
+    for admin, keys in ((True, settings.admin_keys), (False, settings.api_keys)):
+        for name, expected in keys.items():
+            if hmac.compare_digest(expected.encode(), key.encode()) and found is None:
+                found = Caller(name, admin)
+    return found
+
+
+def bearer_key(header: bytes | None) -> str | None:
+    """The key of an ``Authorization: Bearer KEY`` header, or None."""
+    if not header:
+        return None
+    scheme, _, value = header.decode(errors="replace").partition(" ")
+    return value.strip() or None if scheme.lower() == "bearer" else None
+
+
+def records_settings(value: Any) -> BuildRecords:
+    """``value`` if it is a BuildRecords, else the defaults (no keys: read-only API)."""
+    return value if isinstance(value, BuildRecords) else BuildRecords()

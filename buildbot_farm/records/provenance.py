@@ -1,0 +1,167 @@
+"""SLSA provenance for a record: an in-toto Statement v1 in a DSSE envelope, Ed25519-signed.
+
+Pure: no buildbot, no twisted. :func:`statement` describes a record; :class:`Signer`
+wraps it in a signed envelope; :func:`verify_envelope` checks one against a public key.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from buildbot_farm.records.model import BuildRecord, rfc3339
+
+STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
+PREDICATE_TYPE = "https://slsa.dev/provenance/v1"
+PAYLOAD_TYPE = "application/vnd.in-toto+json"
+BUILD_TYPE = "urn:buildbot-farm:build-record:v1"
+
+
+class VerificationFailed(Exception):
+    """An envelope that is malformed, or not signed by the given key."""
+
+
+def statement(record: BuildRecord, builder_id: str) -> dict[str, Any]:
+    """The in-toto Statement v1 with a SLSA provenance v1 predicate describing ``record``.
+
+    Subjects are the binaries with their sha256; the resolved dependency is the source
+    with its commit (``gitCommit`` digest). ``builder_id`` names the Buildbot master.
+    """
+    subjects = [
+        {"name": b.path or b.url.rsplit("/", 1)[-1], "uri": b.url, "digest": {"sha256": b.sha256}}
+        for b in record.binaries
+    ]
+    dependencies = []
+    if record.source and record.commit:
+        repository = str(record.source.get("repository", ""))
+        uri = repository if repository.startswith("git+") else f"git+{repository}"
+        dependency: dict[str, Any] = {"uri": uri, "digest": {"gitCommit": record.commit}}
+        if record.source.get("branch"):
+            dependency["annotations"] = {"branch": record.source["branch"]}
+        dependencies.append(dependency)
+    return {
+        "_type": STATEMENT_TYPE,
+        "subject": subjects,
+        "predicateType": PREDICATE_TYPE,
+        "predicate": {
+            "buildDefinition": {
+                "buildType": BUILD_TYPE,
+                "externalParameters": {
+                    "name": record.name,
+                    "version": record.version,
+                    "sourceUrl": record.source_url,
+                },
+                "internalParameters": {"environment": record.environment},
+                "resolvedDependencies": dependencies,
+            },
+            "runDetails": {
+                "builder": {"id": builder_id},
+                "metadata": {
+                    "invocationId": record.build_url or f"{record.name}/{record.version}",
+                    "finishedOn": rfc3339(record.timestamp),
+                },
+            },
+        },
+    }
+
+
+def pae(payload_type: str, payload: bytes) -> bytes:
+    """DSSE's pre-authentication encoding of a payload: the bytes that are signed."""
+    kind = payload_type.encode()
+    return b"DSSEv1 %d %s %d %s" % (len(kind), kind, len(payload), payload)
+
+
+def key_id(public_key: Ed25519PublicKey) -> str:
+    """The key id put in signatures: sha256 of the raw public key, in hex."""
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()
+
+
+class Signer:
+    """Signs statements with one Ed25519 private key."""
+
+    def __init__(self, private_key: Ed25519PrivateKey) -> None:
+        self._key = private_key
+        self.public_key = private_key.public_key()
+        self.key_id = key_id(self.public_key)
+
+    @classmethod
+    def from_file(cls, path: Path, create: bool = False) -> Signer:
+        """Load a PEM (PKCS#8) Ed25519 key; with ``create``, make one (mode 0600) if missing."""
+        if create and not path.exists():
+            key = Ed25519PrivateKey.generate()
+            pem = key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch(mode=0o600)
+            path.write_bytes(pem)
+            return cls(key)
+        loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        if not isinstance(loaded, Ed25519PrivateKey):
+            raise ValueError(f"{path} holds a {type(loaded).__name__}, not an Ed25519 key")
+        return cls(loaded)
+
+    def public_pem(self) -> bytes:
+        """The public key as PEM (SubjectPublicKeyInfo), for ``buildbot-farm verify``."""
+        return self.public_key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+    def envelope(self, document: dict[str, Any]) -> dict[str, Any]:
+        """``document`` as a DSSE envelope signed with this key."""
+        payload = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+        signature = self._key.sign(pae(PAYLOAD_TYPE, payload))
+        return {
+            "payloadType": PAYLOAD_TYPE,
+            "payload": base64.b64encode(payload).decode(),
+            "signatures": [
+                {"keyid": self.key_id, "sig": base64.b64encode(signature).decode()}
+            ],
+        }
+
+
+def load_public_key(pem: bytes) -> Ed25519PublicKey:
+    """Read a PEM public key; raise ``ValueError`` unless it is Ed25519."""
+    key = serialization.load_pem_public_key(pem)
+    if not isinstance(key, Ed25519PublicKey):
+        raise ValueError(f"the public key is a {type(key).__name__}, not Ed25519")
+    return key
+
+
+def verify_envelope(envelope: Any, public_key: Ed25519PublicKey) -> dict[str, Any]:
+    """Check that ``envelope`` is signed by ``public_key``; return the statement it carries.
+
+    Raises :class:`VerificationFailed` saying what is wrong.
+    """
+    if not isinstance(envelope, dict):
+        raise VerificationFailed("not a DSSE envelope: expected a JSON object")
+    if envelope.get("payloadType") != PAYLOAD_TYPE:
+        raise VerificationFailed(f"payloadType is not {PAYLOAD_TYPE}")
+    try:
+        payload = base64.b64decode(envelope["payload"], validate=True)
+        signatures = [base64.b64decode(s["sig"], validate=True) for s in envelope["signatures"]]
+    except (KeyError, TypeError, ValueError) as e:
+        raise VerificationFailed(f"malformed envelope: {e}") from e
+    for signature in signatures:
+        try:
+            public_key.verify(signature, pae(PAYLOAD_TYPE, payload))
+        except InvalidSignature:
+            continue
+        try:
+            document = json.loads(payload)
+        except ValueError as e:
+            raise VerificationFailed(f"the signed payload is not JSON: {e}") from e
+        if not isinstance(document, dict) or document.get("_type") != STATEMENT_TYPE:
+            raise VerificationFailed("the signed payload is not an in-toto Statement v1")
+        return document
+    raise VerificationFailed("no signature in the envelope was made by this public key")

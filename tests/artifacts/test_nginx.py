@@ -1,0 +1,107 @@
+"""Real nginx (Debian's, with dav-ext) in front of the repository, configured as the docs say."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor, task
+
+from tests.artifacts.conftest import StartRepository, curl, run
+from tests.harness.ports import free_port
+
+DOCS_CONFIG = Path(__file__).resolve().parents[2] / "docs" / "nginx" / "artifacts.conf"
+DAV_EXT = Path("/usr/lib/nginx/modules/ngx_http_dav_ext_module.so")
+
+
+class Nginx:
+    """An nginx process serving ``root`` at ``/artifacts/`` on ``port``, asking ``auth_url``."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, root: Path, auth_url: str) -> str:
+        """Write the configuration from the docs and start nginx; return its /artifacts/ URL."""
+        binary = shutil.which("nginx") or "/usr/sbin/nginx"
+        if not Path(binary).exists() or not DAV_EXT.exists():
+            pytest.fail("these tests need nginx with the dav-ext module: install nginx-light and"
+                        " libnginx-mod-http-dav-ext (tests/harness/install-system-packages.sh)",
+                        pytrace=False)
+        server = (
+            DOCS_CONFIG.read_text()
+            .replace("listen 80;", f"listen 127.0.0.1:{self.port};")
+            .replace("/var/lib/buildbot/master/artifacts/", f"{root}/")
+            .replace("http://127.0.0.1:8010/plugins/farm/artifacts/.farm-auth", auth_url)
+        )
+        temp = self.workdir / "temp"
+        temp.mkdir()
+        config = self.workdir / "nginx.conf"
+        config.write_text(
+            f"load_module {DAV_EXT};\nuser root;\ndaemon off;\nworker_processes 1;\n"
+            f"pid {self.workdir}/nginx.pid;\nerror_log {self.workdir}/error.log;\n"
+            "events {}\nhttp {\n access_log off;\n"
+            f" client_body_temp_path {temp}/body;\n proxy_temp_path {temp}/proxy;\n"
+            f" fastcgi_temp_path {temp}/f;\n uwsgi_temp_path {temp}/u;\n scgi_temp_path {temp}/s;\n"
+            f"{server}\n}}\n"
+        )
+        self.process = subprocess.Popen([binary, "-c", str(config), "-e",
+                                         str(self.workdir / "error.log")])
+        return f"http://127.0.0.1:{self.port}/artifacts/"
+
+    def stop(self) -> None:
+        """Stop nginx."""
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+
+
+@pytest.fixture
+def nginx(tmp_path: Path) -> Iterator[Nginx]:
+    """An nginx to start; stopped after the test."""
+    workdir = tmp_path / "nginx"
+    workdir.mkdir()
+    server = Nginx(workdir)
+    yield server
+    server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_nginx_serves_and_authorises_through_the_auth_endpoint(
+    start_repository: StartRepository, nginx: Nginx, tmp_path: Path
+) -> None:
+    """Through nginx: token uploads land, bad tokens are 401, other scopes 403, reads are open."""
+    public = f"http://127.0.0.1:{nginx.port}/artifacts/"
+    repo = await start_repository(public_url=public)
+    front = nginx.start(repo.root, repo.url + ".farm-auth")
+    for _ in range(200):
+        if (await run("curl", "-s", "-o", "/dev/null", front))[0] == 0:
+            break
+        await task.deferLater(reactor, 0.05, lambda: None)
+    token = await repo.token()
+    data = tmp_path / "pkg.deb"
+    data.write_bytes(b"deb" * 50_000)
+    status, body = await curl("-u", f"build-7:{token}", "-T", str(data),
+                              front + "dpkg/hello/3/pool/pkg.deb")
+    assert status == 201, body
+    assert (repo.root / "dpkg/hello/3/pool/pkg.deb").read_bytes() == data.read_bytes()
+    status, body = await curl("-o", str(tmp_path / "down"), front + "dpkg/hello/3/pool/pkg.deb")
+    assert status == 200
+    assert (tmp_path / "down").read_bytes() == data.read_bytes()
+    status, _ = await curl("-u", "build-7:wrong", "-T", str(data), front + "dpkg/hello/3/x")
+    assert status == 401
+    status, _ = await curl("-H", f"Authorization: Bearer {token}", "-T", str(data),
+                           front + "dpkg/other/3/x")
+    assert status == 403
+    status, _ = await curl("-T", str(data), front + "dpkg/hello/3/y")
+    assert status == 401
+    assert sorted(p.name for p in (repo.root / "dpkg/hello/3").iterdir()) == ["pool"]
+    assert (await curl(front + ".farm-tmp/"))[0] == 404
+    listing = (await repo.request("GET", "dpkg/hello/3/pool/?format=json")).json()
+    assert listing["entries"][0]["url"] == public + "dpkg/hello/3/pool/pkg.deb"
+    assert listing["entries"][0]["sha256"]

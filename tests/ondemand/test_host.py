@@ -1,0 +1,151 @@
+"""OnDemandHost with a fake farm: waiters wake on NOTIFY alone, and time out on the clock."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, task
+from twisted.internet import reactor as real_reactor
+
+from buildbot_farm import db
+from buildbot_farm.ondemand.config import OnDemandBuilds
+from buildbot_farm.ondemand.host import OnDemandHost, pick_artifact
+from buildbot_farm.ondemand.jobs import Job
+
+KEY = "b" * 64
+
+
+class FakeConsumer:
+    """What ``mq.startConsuming`` returns."""
+
+    def stopConsuming(self) -> None:  # noqa: N802
+        """Nothing to stop."""
+
+
+class FakeMq:
+    """An mq that remembers its consumers and never delivers."""
+
+    def __init__(self) -> None:
+        self.topics: list[tuple[str | None, ...]] = []
+
+    async def startConsuming(  # noqa: N802
+        self, callback: Any, topic: tuple[str | None, ...]
+    ) -> FakeConsumer:
+        """Record the topic."""
+        self.topics.append(topic)
+        return FakeConsumer()
+
+
+class FakeMaster:
+    """The parts of a master the host uses: reactor, name, mq."""
+
+    def __init__(self, clock: task.Clock) -> None:
+        self.reactor = clock
+        self.name = "m1"
+        self.mq = FakeMq()
+
+
+class FakeFarm:
+    """The parts of FarmService the host uses."""
+
+    def __init__(self, database: db.Database, clock: task.Clock) -> None:
+        self.database = database
+        self.master = FakeMaster(clock)
+        self.periodic: dict[str, float] = {}
+
+    def add_periodic(self, name: str, interval: float, work: Any) -> None:
+        """Remember the task's interval."""
+        self.periodic[name] = interval
+
+    def remove_periodic(self, name: str) -> None:
+        """Forget the task."""
+        self.periodic.pop(name, None)
+
+
+@pytest.fixture
+def farm(database: db.Database) -> FakeFarm:
+    """A fake farm on the test database and a fake clock."""
+    return FakeFarm(database, task.Clock())
+
+
+@pytest_twisted.async_yield_fixture
+async def host(farm: FakeFarm) -> AsyncIterator[OnDemandHost]:
+    """A configured host in the fake farm."""
+    configured = OnDemandHost(farm)
+    await configured.configure(
+        OnDemandBuilds(compat_timeout=30, janitor_interval=5, signing_key=None)
+    )
+    yield configured
+    await configured.stop()
+
+
+def done(job: Job) -> bool:
+    """A job is done once it succeeded or failed."""
+    return job.status in ("succeeded", "failed")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_waiter_wakes_on_completion_without_the_clock(host: OnDemandHost) -> None:
+    """The fake clock never advances, so only the completion's notification can wake it."""
+    assert host.jobs is not None
+    await host.jobs.submit(KEY, "s", "{}")
+    waiting = defer.ensureDeferred(host.wait_for(KEY, 30, done))
+    await task.deferLater(real_reactor, 0.1, lambda: None)
+    assert not waiting.called
+    await host.jobs.finish(KEY, 1, "failure", None, "broken")
+    job = await waiting
+    assert job is not None
+    assert job.status == "failed"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_waiter_gives_up_at_its_bound(farm: FakeFarm, host: OnDemandHost) -> None:
+    """With no completion, advancing the clock past the bound answers None."""
+    assert host.jobs is not None
+    await host.jobs.submit(KEY, "s", "{}")
+    waiting = defer.ensureDeferred(host.wait_for(KEY, 30, done))
+    clock = farm.master.reactor
+    for _ in range(20):
+        if clock.getDelayedCalls():
+            break
+        await task.deferLater(real_reactor, 0.02, lambda: None)
+    clock.advance(31)
+    assert await waiting is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_host_listens_to_build_events_and_runs_a_janitor(
+    farm: FakeFarm, host: OnDemandHost
+) -> None:
+    """Configuring subscribes to new and finished builds and adds the janitor task."""
+    assert host.jobs is not None
+    assert farm.master.mq.topics == [("builds", None, "new"), ("builds", None, "finished")]
+    assert farm.periodic == {"ondemand-janitor": 5}
+
+
+def test_the_artifact_is_the_first_matching_file() -> None:
+    """The scheduler's glob picks which published file is the job's artifact."""
+    published = [
+        {"path": "bin/t/1/notes.txt", "url": "u1", "size": 1, "sha256": "a"},
+        {"path": "bin/t/1/tool", "url": "u2", "size": 2, "sha256": "b"},
+    ]
+    artifact = pick_artifact(published, "*/tool")
+    assert artifact is not None
+    assert artifact.url == "u2"
+    assert pick_artifact(published, "*.exe") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_hangs_up_stops_the_wait(host: OnDemandHost) -> None:
+    """When the request's finish Deferred fires, the waiter answers None and is forgotten."""
+    assert host.jobs is not None
+    await host.jobs.submit(KEY, "s", "{}")
+    gone: defer.Deferred[None] = defer.Deferred()
+    waiting = defer.ensureDeferred(host.wait_for(KEY, 30, done, gone))
+    await task.deferLater(real_reactor, 0.1, lambda: None)
+    gone.errback(ConnectionError("client went away"))
+    assert await waiting is None
+    await host.jobs.finish(KEY, 1, "failure", None, "late")

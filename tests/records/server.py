@@ -1,0 +1,48 @@
+"""A records API alone on a loopback port: ``python -m tests.records.server DB_URL PORT_FILE``.
+
+It serves ``/plugins/farm/api/builds`` and ``/plugins/farm/api/openapi.json`` as a master
+does, with the API key ``KEY`` (admin ``ADMIN_KEY``), and writes its port to PORT_FILE.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer, task
+from twisted.web import resource, server
+
+from buildbot_farm import db
+from buildbot_farm.records.config import BuildRecords
+from buildbot_farm.records.serving import RecordsEndpoint
+from buildbot_farm.web import FarmRoot
+
+KEY = "schema-test-key-0123"
+ADMIN_KEY = "schema-test-admin-0123"
+
+
+async def serve(reactor: Any, db_url: str, port_file: str) -> None:
+    """Open the database, listen, write the port, and serve until killed."""
+    database = await db.connect(db_url, reactor)
+    endpoint = RecordsEndpoint(lambda: database)
+    settings = BuildRecords(api_keys={"ci": KEY}, admin_keys={"ops": ADMIN_KEY})
+    await endpoint.configure(settings, reactor, tempfile.mkdtemp(), "http://bench/")
+    api = FarmRoot()
+    api.mount("builds", endpoint.resource)
+    api.mount("openapi.json", endpoint.openapi)
+    root = resource.Resource()
+    plugins, farm = resource.Resource(), resource.Resource()
+    root.putChild(b"plugins", plugins)
+    plugins.putChild(b"farm", farm)
+    farm.putChild(b"api", api)
+    site = server.Site(root)
+    site.noisy = False
+    port = reactor.listenTCP(0, site, interface="127.0.0.1", backlog=1024)
+    Path(port_file).write_text(str(port.getHost().port))
+    await defer.Deferred()
+
+
+if __name__ == "__main__":
+    task.react(lambda reactor: defer.ensureDeferred(serve(reactor, sys.argv[1], sys.argv[2])))

@@ -1,0 +1,141 @@
+"""The Farm pages in Buildbot's web UI, in a real headless chromium against a real master."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+import urllib.request
+
+import pytest
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webelement import WebElement
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.ui import WebDriverWait
+
+from tests.ui.conftest import ADMIN_PASSWORD, Browser, RunningFarm
+
+pytestmark = pytest.mark.master
+UI = "plugins/farm/ui/"
+
+
+def wait_for(browser: Browser, css: str, timeout: float = 30) -> WebElement:
+    """The first element matching ``css`` once it shows up."""
+    wait = WebDriverWait(browser.driver, timeout)
+    element: WebElement = wait.until(
+        expected_conditions.presence_of_element_located((By.CSS_SELECTOR, css)))
+    return element
+
+
+def lease_rows(browser: Browser) -> dict[str, list[str]]:
+    """The buildlets page's lease table: name -> its cells' text."""
+    rows = browser.driver.find_elements(By.CSS_SELECTOR, "#leases tr")[1:]
+    cells = [[td.text for td in row.find_elements(By.TAG_NAME, "td")] for row in rows]
+    return {row[0]: row for row in cells}
+
+
+def test_the_farm_menu_entry_shows_the_buildlets_page(
+    farm: RunningFarm, browser: Browser
+) -> None:
+    """The web UI has a "Farm" menu entry whose page embeds the farm's buildlets page."""
+    browser.driver.get(farm.local.web_url + "#/farm")
+    frame = wait_for(browser, "iframe#farm-dashboard")
+    menu = browser.driver.find_element(By.TAG_NAME, "body").text
+    assert "Farm" in menu
+    browser.driver.switch_to.frame(frame)
+    wait_for(browser, "#leases")
+    assert any(row[6] == "leased" for row in lease_rows(browser).values())
+    browser.driver.switch_to.default_content()
+    time.sleep(1)
+    browser.screenshot("menu")
+    assert browser.console_errors() == []
+
+
+def test_every_page_shows_what_real_builds_made(farm: RunningFarm, browser: Browser) -> None:
+    """Buildlets, artifacts (sha256, download), a record and the jobs page load cleanly."""
+    web = farm.local.web_url
+    browser.driver.get(web + UI + "buildlets")
+    rows = lease_rows(browser)
+    assert {row[1] for row in rows.values()} == {"local"}
+    assert {row[6] for row in rows.values()} >= {"leased", "idle"}, rows
+    assert any(row[2] == "(warm pool)" for row in rows.values())
+    assert any(row[4].startswith("in ") for row in rows.values())
+    pools = browser.driver.find_element(By.ID, "pools").text
+    assert "local process 3 1" in pools
+    browser.screenshot("buildlets")
+
+    number = farm.artifact_build["number"]
+    browser.driver.get(f"{web}{UI}artifacts/")
+    browser.driver.find_element(By.LINK_TEXT, "bin/").click()
+    browser.driver.find_element(By.LINK_TEXT, "ui-build/").click()
+    browser.driver.find_element(By.LINK_TEXT, f"{number}/").click()
+    table = wait_for(browser, "#artifacts").text
+    body = b"print('hello from the farm')\n"
+    sha256 = hashlib.sha256(body).hexdigest()
+    assert "hello.py" in table
+    assert sha256 in table
+    assert f"{len(body)} B" in table
+    download = browser.driver.find_element(By.LINK_TEXT, "download").get_attribute("href")
+    assert download is not None
+    with urllib.request.urlopen(download, timeout=30) as answer:
+        assert answer.read() == body
+    browser.screenshot("artifacts")
+
+    browser.driver.get(web + UI + "records")
+    search = wait_for(browser, "#search")
+    search.find_element(By.NAME, "name").send_keys("uiapp")
+    search.find_element(By.TAG_NAME, "button").click()
+    wait_for(browser, "#records")
+    browser.driver.find_element(By.LINK_TEXT, "uiapp").click()
+    record = wait_for(browser, "#binaries").text
+    assert sha256 in record
+    assert "hello.py" in record
+    assert f"Record uiapp 2.0.{number}" in browser.driver.find_element(By.TAG_NAME, "h1").text
+    browser.screenshot("record")
+    browser.driver.get(web + UI + "records?version=no-such-version")
+    assert "No record matches" in wait_for(browser, ".empty").text
+    browser.screenshot("records-search")
+
+    browser.driver.get(web + UI + "jobs")
+    assert "No on-demand jobs" in wait_for(browser, ".empty").text
+    browser.screenshot("jobs")
+    assert browser.console_errors() == []
+
+
+def test_an_anonymous_user_may_not_destroy_a_buildlet(
+    farm: RunningFarm, browser: Browser
+) -> None:
+    """Destroy without the admin role answers 403 with a readable reason; nothing is destroyed."""
+    browser.driver.get(farm.local.web_url + UI + "buildlets")
+    before = lease_rows(browser)
+    name = next(iter(before))
+    browser.driver.find_element(
+        By.CSS_SELECTOR, f'form:has(input[value="{name}"]) button').click()
+    error = wait_for(browser, ".error").text
+    assert "you need to have role 'admins'" in error
+    browser.screenshot("destroy-refused")
+    browser.driver.get(farm.local.web_url + UI + "buildlets")
+    assert name in lease_rows(browser)
+    errors = browser.console_errors()
+    assert all(re.search(r"status of 403", e) for e in errors), errors
+
+
+def test_an_admin_destroys_a_buildlet(farm: RunningFarm, browser: Browser) -> None:
+    """Logged in as an admin, Destroy removes the buildlet and says so."""
+    browser.log_in(farm.local.web_url, "admin", ADMIN_PASSWORD)
+    browser.driver.get(farm.local.web_url + UI + "buildlets")
+    idle = [name for name, row in lease_rows(browser).items() if row[6] == "idle"]
+    assert idle, lease_rows(browser)
+    browser.driver.find_element(
+        By.CSS_SELECTOR, f'form:has(input[value="{idle[0]}"]) button').click()
+    assert f"Destroyed {idle[0]}." in wait_for(browser, ".notice").text
+    assert idle[0] not in lease_rows(browser)
+    browser.screenshot("destroyed")
+    assert browser.console_errors() == []
+
+
+def test_a_missing_page_is_a_readable_error(farm: RunningFarm, browser: Browser) -> None:
+    """An unknown dashboard page answers 404 with a message, inside the dashboard's frame."""
+    browser.driver.get(farm.local.web_url + UI + "nowhere")
+    assert "has no page 'nowhere'" in wait_for(browser, ".error").text
+    assert browser.driver.find_element(By.LINK_TEXT, "Buildlets")
