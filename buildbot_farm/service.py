@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from buildbot import config
 from buildbot.util import service
@@ -38,6 +38,10 @@ from buildbot_farm.web.client import http_client
 from buildbot_farm.web.status import OPENAPI, OpenAPIResource, StatusResource
 
 DEFAULT_DB_URL = "sqlite:///farm.sqlite"
+
+
+class _CheckedSettings(Protocol):
+    def problems(self) -> list[str]: ...
 
 
 @dataclass(frozen=True)
@@ -71,26 +75,20 @@ class FarmSettings:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
                 found.append(f"{name} must be a number of seconds > 0, not {value!r}")
-        if self.coordinator is not None:
-            if isinstance(self.coordinator, FarmCoordinator):
-                found += self.coordinator.problems()
+        capabilities: tuple[tuple[str, type[_CheckedSettings]], ...] = (
+            ("coordinator", FarmCoordinator),
+            ("records", BuildRecords),
+            ("artifacts", ArtifactRepository),
+            ("on_demand", OnDemandBuilds),
+        )
+        for name, kind in capabilities:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, kind):
+                found += value.problems()
             else:
-                found.append("coordinator must be a util.FarmCoordinator(...)")
-        if self.records is not None:
-            if isinstance(self.records, BuildRecords):
-                found += self.records.problems()
-            else:
-                found.append("records must be a util.BuildRecords(...)")
-        if self.artifacts is not None:
-            if isinstance(self.artifacts, ArtifactRepository):
-                found += self.artifacts.problems()
-            else:
-                found.append("artifacts must be a util.ArtifactRepository(...)")
-        if self.on_demand is not None:
-            if isinstance(self.on_demand, OnDemandBuilds):
-                found += self.on_demand.problems()
-            else:
-                found.append("on_demand must be a util.OnDemandBuilds(...)")
+                found.append(f"{name} must be a util.{kind.__name__}(...)")
         engines = self.container_engines
         if not isinstance(engines, (list, tuple)) or not all(
             e is None or (isinstance(e, str) and "://" in e) for e in engines

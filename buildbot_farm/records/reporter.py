@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import buildbot
@@ -22,6 +23,44 @@ from buildbot_farm.records.store import RecordExists, RecordStore
 ARTIFACTS_PROPERTY = "farm_artifacts"
 # create-worker writes this into info/host; it describes no host.
 _HOST_PLACEHOLDER = "Please put a description"
+
+
+@dataclass(frozen=True)
+class RecorderSettings:
+    """BuildRecorder's arguments, checked in one place for checkConfig and reconfigService."""
+
+    record_name: Any = None
+    builders: Sequence[str] | None = None
+    version: Any = None
+    language: Any = ""
+    results: Any = ("success", "warnings")
+    properties: Sequence[str] = ()
+    forges: Mapping[str, str] | None = None
+    farm: str = "farm"
+
+    def problems(self) -> list[str]:
+        """What is wrong, each naming its argument; empty when fine."""
+        found = []
+        builders, results, properties, forges = (
+            self.builders, self.results, self.properties, self.forges
+        )
+        if builders is not None and (
+            not isinstance(builders, (list, tuple)) or not all(isinstance(b, str) for b in builders)
+        ):
+            found.append("builders must be a list of builder names")
+        if results != "all" and (
+            not isinstance(results, (list, tuple)) or not set(results) <= set(RESULTS)
+        ):
+            found.append(f"results must be 'all' or a list of {', '.join(RESULTS)}")
+        if not isinstance(properties, (list, tuple)) or not all(
+            isinstance(p, str) for p in properties
+        ):
+            found.append("properties must be a list of property names")
+        if forges is not None and (
+            not isinstance(forges, Mapping) or not set(forges.values()) <= set(STYLES)
+        ):
+            found.append(f"forges must map host names to one of {STYLES}")
+        return found
 
 
 class BuildRecorder(service.BuildbotService):
@@ -43,55 +82,22 @@ class BuildRecorder(service.BuildbotService):
         )
         super().__init__(name=service_name or default, record_name=name, **kwargs)
 
-    def checkConfig(
-        self,
-        record_name: Any = None,
-        builders: Sequence[str] | None = None,
-        version: Any = None,
-        language: Any = "",
-        results: Any = ("success", "warnings"),
-        properties: Sequence[str] = (),
-        forges: Mapping[str, str] | None = None,
-        farm: str = "farm",
-    ) -> None:
+    def checkConfig(self, **kwargs: Any) -> None:
         """Refuse bad arguments with config errors naming the argument."""
-        if builders is not None and (
-            not isinstance(builders, (list, tuple)) or not all(isinstance(b, str) for b in builders)
-        ):
-            config.error("BuildRecorder: builders must be a list of builder names")
-        if results != "all" and (
-            not isinstance(results, (list, tuple)) or not set(results) <= set(RESULTS)
-        ):
-            config.error(f"BuildRecorder: results must be 'all' or a list of {', '.join(RESULTS)}")
-        if not isinstance(properties, (list, tuple)) or not all(
-            isinstance(p, str) for p in properties
-        ):
-            config.error("BuildRecorder: properties must be a list of property names")
-        if forges is not None and (
-            not isinstance(forges, Mapping) or not set(forges.values()) <= set(STYLES)
-        ):
-            config.error(f"BuildRecorder: forges must map host names to one of {STYLES}")
+        for problem in RecorderSettings(**kwargs).problems():
+            config.error(f"BuildRecorder: {problem}")
 
-    async def reconfigService(
-        self,
-        record_name: Any = None,
-        builders: Sequence[str] | None = None,
-        version: Any = None,
-        language: Any = "",
-        results: Any = ("success", "warnings"),
-        properties: Sequence[str] = (),
-        forges: Mapping[str, str] | None = None,
-        farm: str = "farm",
-    ) -> None:
+    async def reconfigService(self, **kwargs: Any) -> None:
         """Take the new arguments; the next finished build uses them."""
-        self.record_name = record_name
-        self.builders = set(builders) if builders is not None else None
-        self.version = version
-        self.language = language
-        self.results = set(RESULTS) if results == "all" else set(results)
-        self.properties = list(properties)
-        self.forges = dict(forges or {})
-        self.farm = farm
+        settings = RecorderSettings(**kwargs)
+        self.record_name = settings.record_name
+        self.builders = set(settings.builders) if settings.builders is not None else None
+        self.version = settings.version
+        self.language = settings.language
+        self.results = set(RESULTS) if settings.results == "all" else set(settings.results)
+        self.properties = list(settings.properties)
+        self.forges = dict(settings.forges or {})
+        self.farm = settings.farm
 
     async def startService(self) -> None:
         """Start listening for finished builds."""
