@@ -6,8 +6,10 @@ import hashlib
 import re
 import time
 import urllib.request
+from typing import Any, Callable, TypeVar
 
 import pytest
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support import expected_conditions
@@ -17,6 +19,7 @@ from tests.ui.conftest import ADMIN_PASSWORD, Browser, RunningFarm
 
 pytestmark = pytest.mark.master
 UI = "plugins/farm/ui/"
+T = TypeVar("T")
 
 
 def wait_for(browser: Browser, css: str, timeout: float = 30) -> WebElement:
@@ -27,11 +30,35 @@ def wait_for(browser: Browser, css: str, timeout: float = 30) -> WebElement:
     return element
 
 
+def retrying(browser: Browser, action: Callable[[Any], T], timeout: float = 30) -> T:
+    """``action(driver)``, again while a page reload leaves its elements stale or missing."""
+    outcome: list[T] = []
+
+    def attempt(driver: Any) -> bool:
+        try:
+            outcome.append(action(driver))
+        except (StaleElementReferenceException, NoSuchElementException):
+            return False
+        return True
+
+    WebDriverWait(browser.driver, timeout).until(attempt)
+    return outcome[0]
+
+
+def click(browser: Browser, by: str, value: str) -> None:
+    """Click the element once it is there, even across the page's own reloads."""
+    retrying(browser, lambda driver: driver.find_element(by, value).click())
+
+
 def lease_rows(browser: Browser) -> dict[str, list[str]]:
-    """The buildlets page's lease table: name -> its cells' text."""
-    rows = browser.driver.find_elements(By.CSS_SELECTOR, "#leases tr")[1:]
-    cells = [[td.text for td in row.find_elements(By.TAG_NAME, "td")] for row in rows]
-    return {row[0]: row for row in cells}
+    """The buildlets page's lease table: name -> its cells' text (read whole, across reloads)."""
+
+    def read(driver: Any) -> dict[str, list[str]]:
+        rows = driver.find_elements(By.CSS_SELECTOR, "#leases tr")[1:]
+        cells = [[td.text for td in row.find_elements(By.TAG_NAME, "td")] for row in rows]
+        return {row[0]: row for row in cells}
+
+    return retrying(browser, read)
 
 
 def test_the_farm_menu_entry_shows_the_buildlets_page(
@@ -66,9 +93,9 @@ def test_every_page_shows_what_real_builds_made(farm: RunningFarm, browser: Brow
 
     number = farm.artifact_build["number"]
     browser.driver.get(f"{web}{UI}artifacts/")
-    browser.driver.find_element(By.LINK_TEXT, "bin/").click()
-    browser.driver.find_element(By.LINK_TEXT, "ui-build/").click()
-    browser.driver.find_element(By.LINK_TEXT, f"{number}/").click()
+    click(browser, By.LINK_TEXT, "bin/")
+    click(browser, By.LINK_TEXT, "ui-build/")
+    click(browser, By.LINK_TEXT, f"{number}/")
     table = wait_for(browser, "#artifacts").text
     body = b"print('hello from the farm')\n"
     sha256 = hashlib.sha256(body).hexdigest()
@@ -85,8 +112,8 @@ def test_every_page_shows_what_real_builds_made(farm: RunningFarm, browser: Brow
     search = wait_for(browser, "#search")
     search.find_element(By.NAME, "name").send_keys("uiapp")
     search.find_element(By.TAG_NAME, "button").click()
-    wait_for(browser, "#records")
-    browser.driver.find_element(By.LINK_TEXT, "uiapp").click()
+    WebDriverWait(browser.driver, 30).until(expected_conditions.url_contains("name=uiapp"))
+    click(browser, By.LINK_TEXT, "uiapp")
     record = wait_for(browser, "#binaries").text
     assert sha256 in record
     assert "hello.py" in record
@@ -109,8 +136,7 @@ def test_an_anonymous_user_may_not_destroy_a_buildlet(
     browser.driver.get(farm.local.web_url + UI + "buildlets")
     before = lease_rows(browser)
     name = next(iter(before))
-    browser.driver.find_element(
-        By.CSS_SELECTOR, f'form:has(input[value="{name}"]) button').click()
+    click(browser, By.CSS_SELECTOR, f'form:has(input[value="{name}"]) button')
     error = wait_for(browser, ".error").text
     assert "you need to have role 'admins'" in error
     browser.screenshot("destroy-refused")
@@ -126,8 +152,7 @@ def test_an_admin_destroys_a_buildlet(farm: RunningFarm, browser: Browser) -> No
     browser.driver.get(farm.local.web_url + UI + "buildlets")
     idle = [name for name, row in lease_rows(browser).items() if row[6] == "idle"]
     assert idle, lease_rows(browser)
-    browser.driver.find_element(
-        By.CSS_SELECTOR, f'form:has(input[value="{idle[0]}"]) button').click()
+    click(browser, By.CSS_SELECTOR, f'form:has(input[value="{idle[0]}"]) button')
     assert f"Destroyed {idle[0]}." in wait_for(browser, ".notice").text
     assert idle[0] not in lease_rows(browser)
     browser.screenshot("destroyed")
