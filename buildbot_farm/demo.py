@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import shutil
 import signal
 import subprocess
@@ -109,6 +110,9 @@ class LocalFarm:
                 self.password,
             ]
         )
+        info = self.worker_dir / "info"
+        (info / "arch").write_text(platform.machine() + "\n")
+        (info / "python").write_text(platform.python_version() + "\n")
         print(f"demo: master in {self.master_dir}, worker in {self.worker_dir}")
 
     def start(self) -> None:

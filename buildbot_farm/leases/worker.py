@@ -20,10 +20,12 @@ from buildbot_farm.leases import keys
 from buildbot_farm.leases.client import CoordinatorClient, CoordinatorRequestError
 from buildbot_farm.web.client import http_client
 
-# Runs on the buildlet with its python3: creates the worker directory (first time) and
-# then becomes the worker, in the foreground, so that the exec lasts as long as it does.
+# Runs on the buildlet with its python3: creates the worker directory (first time), adds
+# the machine's architecture and Python version to the worker info (Buildbot reports
+# neither; build records want both), then becomes the worker, in the foreground, so that
+# the exec lasts as long as it does.
 WORKER_BOOTSTRAP = """\
-import os, sys
+import os, platform, sys
 from buildbot_worker.scripts import runner
 base = os.path.join(os.environ["WORKDIR"], "worker")
 if not os.path.exists(os.path.join(base, "buildbot.tac")):
@@ -35,6 +37,10 @@ if not os.path.exists(os.path.join(base, "buildbot.tac")):
     except SystemExit as e:
         if e.code:
             raise
+os.makedirs(os.path.join(base, "info"), exist_ok=True)
+for key, value in (("arch", platform.machine()), ("python", platform.python_version())):
+    with open(os.path.join(base, "info", key), "w") as info:
+        info.write(value + "\\n")
 sys.argv = ["buildbot-worker", "start", "--nodaemon", base]
 runner.run()
 """

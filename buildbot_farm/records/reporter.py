@@ -180,7 +180,15 @@ class BuildRecorder(service.BuildbotService):
             "binaries": _binaries(props.getProperty(ARTIFACTS_PROPERTY)),
         }
 
-    def _environment(self, info: dict[str, Any], worker: str, props: Properties) -> dict[str, Any]:
+    def _live_info(self, worker: str) -> dict[str, Any]:
+        return _live_info_of(self.master, worker)
+
+    def _environment(
+        self, stored: dict[str, Any], worker: str, props: Properties
+    ) -> dict[str, Any]:
+        # The master's database keeps little of a worker's info; the live Worker object keeps
+        # all of it (os-release fields, every info/* file) until its next connection.
+        info = {**stored, **self._live_info(worker)}
         os_name = info.get("os_pretty_name") or " ".join(
             str(info[k]) for k in ("os_id", "os_version_id") if info.get(k)
         ) or info.get("system", "")
@@ -190,8 +198,8 @@ class BuildRecorder(service.BuildbotService):
             "worker_version": info.get("version", ""),
             "buildbot_version": buildbot.version,
         }
-        # Buildbot's worker info carries no architecture or Python version; a worker admin
-        # can add them as files info/arch and info/python, which the worker then reports.
+        # Buildbot's worker info carries no architecture or Python version: FarmLatentWorker
+        # adds them as info/arch and info/python, and other workers' admins can do the same.
         for key in ("arch", "python"):
             if isinstance(info.get(key), str):
                 environment[key] = info[key].strip()
@@ -200,6 +208,13 @@ class BuildRecorder(service.BuildbotService):
             scalar = value is None or isinstance(value, (str, int, float, bool))
             environment[name] = value if scalar else json.dumps(value, sort_keys=True)
         return environment
+
+
+def _live_info_of(master: Any, worker: str) -> dict[str, Any]:
+    live = getattr(getattr(master, "workers", None), "workers", {}).get(worker)
+    if live is None:
+        return {}
+    return {key: value for key, (value, _source) in live.info.asDict().items()}
 
 
 def _host(info: dict[str, Any], worker: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import platform
 import time
 import urllib.request
 from pathlib import Path
@@ -22,7 +23,7 @@ RETRY = 5
 
 MASTER_CFG = """
 import os
-from buildbot.plugins import schedulers, steps, util, worker
+from buildbot.plugins import reporters, schedulers, steps, util, worker
 
 WEB = int(os.environ["FARM_WEB_PORT"])
 c = BuildmasterConfig = {{}}
@@ -31,8 +32,13 @@ c["buildbotNetUsageData"] = None
 c["db"] = {{"db_url": "sqlite:///state.sqlite"}}
 c["protocols"] = {{"pb": {{"port": f"tcp:{{os.environ['FARM_PB_PORT']}}:interface=127.0.0.1"}}}}
 c["www"] = {{"port": f"tcp:{{WEB}}:interface=127.0.0.1", "plugins": {{"farm": {{}}}}}}
-c["services"] = [util.FarmService(coordinator=util.FarmCoordinator(
-    secret="{secret}", pools=[util.BuildletPool("local", max_count=2)]))]
+c["services"] = [
+    util.FarmService(
+        coordinator=util.FarmCoordinator(
+            secret="{secret}", pools=[util.BuildletPool("local", max_count=2)]),
+        records=util.BuildRecords()),
+    reporters.BuildRecorder(builders=["slow"]),
+]
 c["workers"] = [
     worker.Worker("local-worker", os.environ["FARM_WORKER_PASSWORD"]),
     worker.FarmLatentWorker("leased", buildlet_type="local", keepalive_interval=1),
@@ -119,6 +125,13 @@ def test_a_lost_lease_ends_the_build_retry_and_it_runs_again(farm: LocalFarm) ->
     builds = wait_for(two_builds, 90, "the retried build to finish")
     assert builds[0]["results"] == RETRY
     assert builds[1]["results"] == 0
+    records = wait_for(
+        lambda: farm.get_json(f"{farm.web_url}plugins/farm/api/builds?name=slow")["builds"],
+        30, "the build record",
+    )
+    environment = records[0]["environment"]
+    assert environment["arch"] == platform.machine(), "the buildlet's arch is not recorded"
+    assert environment["python"] == platform.python_version()
     assert not list((farm.master_dir / "buildlets" / "local").glob(first)), "lost lease left over"
 
 

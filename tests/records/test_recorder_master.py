@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import platform
 import time
 import urllib.error
 import urllib.request
@@ -136,6 +137,8 @@ def test_a_finished_build_is_recorded_with_its_commit_and_binaries(
     assert record["builtOn"]
     assert record["environment"]["worker"] == "local-worker"
     assert record["environment"]["buildername"] == "recorded"
+    assert record["environment"]["arch"] == platform.machine()
+    assert record["environment"]["python"] == platform.python_version()
     assert record["buildUrl"].endswith(f"/builds/{build['number']}")
 
     status, headers, envelope = call(farm, "GET", f"builds/hello/1.0.{build['number']}/provenance")
