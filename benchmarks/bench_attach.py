@@ -36,6 +36,7 @@ from docker.errors import NotFound
 from buildbot_farm.demo import LocalFarm
 from buildbot_farm.leases.providers.docker import BUILDLET_LABEL, READY_PREFIX
 from tests.harness.docker_engine import DockerEngine
+from tests.harness.master_cfg import LOOPBACK_MASTER
 from tests.harness.ports import free_port
 from tests.harness.worker_image import ensure_worker_image
 
@@ -72,13 +73,7 @@ def timed(cls):
     return Timed
 
 
-WEB = int(os.environ["FARM_WEB_PORT"])
-c = BuildmasterConfig = {{}}
-c["buildbotURL"] = f"http://127.0.0.1:{{WEB}}/"
-c["buildbotNetUsageData"] = None
-c["db"] = {{"db_url": "sqlite:///state.sqlite"}}
-c["protocols"] = {{"pb": {{"port": f"tcp:{{os.environ['FARM_PB_PORT']}}:interface=127.0.0.1"}}}}
-c["www"] = {{"port": f"tcp:{{WEB}}:interface=127.0.0.1", "plugins": {{"farm": {{}}}}}}
+{preamble}
 c["services"] = [util.FarmService(coordinator=util.FarmCoordinator(
     secret={secret!r},
     pools=[util.BuildletPool({pool!r}, provider="docker", image={image!r}, max_count=2, warm=1)],
@@ -127,6 +122,7 @@ class AttachBench:
         config = workdir / "master.cfg"
         config.write_text(
             MASTER_CFG.format(
+                preamble=LOOPBACK_MASTER,
                 mark=LOG_MARK,
                 secret=f"bench-attach-secret-{run}",
                 pool=self.pool,

@@ -15,6 +15,7 @@ import pytest
 
 from buildbot_farm.demo import LocalFarm
 from buildbot_farm.leases import keys
+from tests.harness.master_cfg import LOOPBACK_MASTER
 from tests.harness.ports import free_port
 
 pytestmark = pytest.mark.master
@@ -25,13 +26,7 @@ MASTER_CFG = """
 import os
 from buildbot.plugins import reporters, schedulers, steps, util, worker
 
-WEB = int(os.environ["FARM_WEB_PORT"])
-c = BuildmasterConfig = {{}}
-c["buildbotURL"] = f"http://127.0.0.1:{{WEB}}/"
-c["buildbotNetUsageData"] = None
-c["db"] = {{"db_url": "sqlite:///state.sqlite"}}
-c["protocols"] = {{"pb": {{"port": f"tcp:{{os.environ['FARM_PB_PORT']}}:interface=127.0.0.1"}}}}
-c["www"] = {{"port": f"tcp:{{WEB}}:interface=127.0.0.1", "plugins": {{"farm": {{}}}}}}
+{preamble}
 c["services"] = [
     util.FarmService(
         coordinator=util.FarmCoordinator(
@@ -58,7 +53,9 @@ c["schedulers"] = [schedulers.ForceScheduler(name="force", builderNames=["slow",
 @pytest.fixture
 def farm(tmp_path: Path) -> Any:
     config = tmp_path / "master.cfg"
-    config.write_text(MASTER_CFG.format(secret=SECRET, dead_port=free_port()))
+    config.write_text(MASTER_CFG.format(
+        preamble=LOOPBACK_MASTER, secret=SECRET, dead_port=free_port()
+    ))
     local = LocalFarm(
         config, tmp_path / "farm",
         env={"FARM_WEB_PORT": str(free_port()), "FARM_PB_PORT": str(free_port())},

@@ -15,6 +15,7 @@ import pytest
 
 from buildbot_farm.demo import LocalFarm
 from buildbot_farm.records.verify_cli import verify_file
+from tests.harness.master_cfg import LOOPBACK_MASTER
 from tests.harness.ports import free_port
 
 pytestmark = pytest.mark.master
@@ -28,13 +29,7 @@ MASTER_CFG = f"""
 import os
 from buildbot.plugins import reporters, schedulers, steps, util, worker
 
-WEB = int(os.environ["FARM_WEB_PORT"])
-c = BuildmasterConfig = {{}}
-c["buildbotURL"] = f"http://127.0.0.1:{{WEB}}/"
-c["buildbotNetUsageData"] = None
-c["db"] = {{"db_url": "sqlite:///state.sqlite"}}
-c["protocols"] = {{"pb": {{"port": f"tcp:{{os.environ['FARM_PB_PORT']}}:interface=127.0.0.1"}}}}
-c["www"] = {{"port": f"tcp:{{WEB}}:interface=127.0.0.1", "plugins": {{"farm": {{}}}}}}
+{LOOPBACK_MASTER}
 c["services"] = [
     util.FarmService(
         artifacts=util.ArtifactRepository(directory="artifacts"),
