@@ -1,8 +1,9 @@
 """Artifact repository vs nginx on this machine: 256 MiB download and upload, and the
 repository's peak memory during a 1 GiB upload.
 
-The repository runs in a process of its own (as in a master) and nginx serves the same
-directory with its WebDAV module; curl is the client for both. Targets: download >= 0.9x
+The repository runs in a process of its own (as in a master) on its own port
+(``ArtifactRepository(port=...)``: uploads stream into the storage), and nginx serves the
+same directory with its WebDAV module; curl is the client for both. Targets: download >= 0.9x
 nginx, upload >= 0.8x nginx, peak memory < 64 MiB above idle.
 """
 
@@ -23,22 +24,18 @@ DAV_EXT = "/usr/lib/nginx/modules/ngx_http_dav_ext_module.so"
 
 
 def serve(root: str, port: int) -> None:
-    """Child process: the repository at http://127.0.0.1:PORT/farm/artifacts/; prints a token."""
+    """Child process: the repository at http://127.0.0.1:PORT/ (its own port); prints a token."""
     from twisted.internet import defer, reactor
-    from twisted.web import resource, server
 
     from buildbot_farm import db
-    from buildbot_farm.artifacts import ArtifactRepository, ArtifactResource, open_repository
+    from buildbot_farm.artifacts import ArtifactRepository, open_repository, site
 
     async def start() -> None:
         database = await db.connect(f"sqlite:///{root}/farm.sqlite", reactor)
-        url = f"http://127.0.0.1:{port}/farm/artifacts/"
+        url = f"http://127.0.0.1:{port}/"
         config = ArtifactRepository(directory=f"{root}/repo", max_upload_size=4 * 1024 * MIB)
         repository = await open_repository(config, database, reactor, "bench", url)
-        site_root, farm = resource.Resource(), resource.Resource()
-        site_root.putChild(b"farm", farm)
-        farm.putChild(b"artifacts", ArtifactResource(repository))
-        reactor.listenTCP(port, server.Site(site_root), interface="127.0.0.1")
+        site.listen(repository, reactor, port, "127.0.0.1")
         print(await repository.mint(1, "bench", 1), flush=True)
 
     reactor.callWhenRunning(lambda: defer.ensureDeferred(start()))
@@ -96,7 +93,7 @@ def main() -> None:
     try:
         assert child.stdout is not None
         token = child.stdout.readline().strip()
-        repo = f"http://127.0.0.1:{port}/farm/artifacts/bin/bench/1/"
+        repo = f"http://127.0.0.1:{port}/bin/bench/1/"
         dav = f"http://127.0.0.1:{nginx_port}/dav/"
         blob = work / "blob"
         with open(blob, "wb") as out:

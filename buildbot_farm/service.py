@@ -144,6 +144,11 @@ class FarmService(service.BuildbotService):
         self.web_root.mount("api", self.api_root)
         self.web_root.mount("ui", DashboardResource(self))
 
+    def requested_artifacts(self) -> ArtifactRepository | None:
+        """The repository this instance's master.cfg arguments ask for (before it runs)."""
+        wanted = self._config_kwargs.get("artifacts")
+        return wanted if isinstance(wanted, ArtifactRepository) else None
+
     def checkConfig(self, **kwargs: Any) -> None:
         """Refuse bad arguments with config errors that name the argument."""
         unknown = sorted(set(kwargs) - set(_SETTING_NAMES))

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from buildbot_farm.artifacts.paths import DEFAULT_LAYOUT, UnsafePath, layout_problems, split
+from buildbot_farm.artifacts.s3_config import S3Bucket
 
 GIB = 1024**3
 
@@ -23,7 +24,13 @@ class ArtifactRepository:
     seconds after minting. ``retention`` maps a path prefix (``"bin/nightly"``) to the
     seconds a build's files under it are kept (the longest matching prefix wins; ``""`` is
     the default; unmatched builds are kept forever); the janitor runs every
-    ``janitor_interval`` seconds.
+    ``janitor_interval`` seconds. ``storage=util.S3Bucket(...)`` keeps the files in an
+    S3-compatible bucket instead (``directory`` then only spools uploads).
+    ``token_builders`` (builder names or ``fnmatch`` patterns) opts builders in to a token
+    minted by the master before their first step (see ``build_tokens``).
+    ``port`` also serves the repository on a port of its own (on ``interface``), where
+    uploads stream into the storage and are refused before their body is sent; it then
+    is the default ``public_url`` (``http://HOST:PORT/``, HOST from buildbotURL).
     """
 
     directory: str = "artifacts"
@@ -34,6 +41,10 @@ class ArtifactRepository:
     token_ttl: float = 6 * 3600.0
     retention: Mapping[str, float] = field(default_factory=dict)
     janitor_interval: float = 600.0
+    storage: S3Bucket | None = None
+    token_builders: Sequence[str] = ()
+    port: int | None = None
+    interface: str = "127.0.0.1"
 
     def problems(self) -> list[str]:
         """What is wrong with this repository, each naming its argument."""
@@ -48,11 +59,26 @@ class ArtifactRepository:
         found += [f"ArtifactRepository: {p}" for p in layout_problems(self.layout)]
         if not _whole(self.max_upload_size) or self.max_upload_size < 1:
             found.append("ArtifactRepository: max_upload_size must be a number of bytes >= 1")
+        if self.port is not None and (not _whole(self.port) or not 0 <= self.port <= 65535):
+            found.append("ArtifactRepository: port must be a TCP port number (0-65535) or None")
+        if not isinstance(self.interface, str) or not self.interface:
+            found.append("ArtifactRepository: interface must be an address to listen on,"
+                         " such as '127.0.0.1' or '0.0.0.0'")
         if not isinstance(self.allow_overwrite, bool):
             found.append("ArtifactRepository: allow_overwrite must be True or False")
         for name in ("token_ttl", "janitor_interval"):
             if not _seconds(getattr(self, name)):
                 found.append(f"ArtifactRepository: {name} must be a number of seconds > 0")
+        if self.storage is not None and not isinstance(self.storage, S3Bucket):
+            found.append("ArtifactRepository: storage must be util.S3Bucket(...) or None"
+                         " (the local directory)")
+        elif self.storage is not None:
+            found += [f"ArtifactRepository: storage: {p}" for p in self.storage.problems()]
+        if isinstance(self.token_builders, str) or not isinstance(
+            self.token_builders, Sequence
+        ) or not all(isinstance(p, str) and p.strip() for p in self.token_builders):
+            found.append("ArtifactRepository: token_builders must be a list of builder names"
+                         f" or fnmatch patterns, not {self.token_builders!r}")
         if not isinstance(self.retention, Mapping):
             found.append("ArtifactRepository: retention must map path prefixes to seconds")
             return found

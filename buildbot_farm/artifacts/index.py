@@ -25,6 +25,17 @@ class Grant:
 
 
 @dataclass(frozen=True)
+class LiveToken:
+    """A token that still allows uploads, without the token or its hash: who holds it."""
+
+    build_id: int
+    scope: str
+    master: str
+    created_at: float
+    expires_at: float
+
+
+@dataclass(frozen=True)
 class IndexedFile:
     """One row of the artifact index."""
 
@@ -90,6 +101,16 @@ class ArtifactIndex:
             (now,),
         )
 
+    async def live_tokens(self) -> list[LiveToken]:
+        """The tokens neither revoked nor expired, soonest to expire first (read-only)."""
+        rows = await self._db.fetchall(
+            "SELECT build_id, scope, master, created_at, expires_at FROM farm_artifact_tokens"
+            " WHERE revoked_at IS NULL AND expires_at > ? ORDER BY expires_at, build_id",
+            (self._clock.seconds(),),
+        )
+        return [LiveToken(int(r["build_id"]), r["scope"], r["master"], float(r["created_at"]),
+                          float(r["expires_at"])) for r in rows]
+
     async def record(
         self, path: str, prefix: str, size: int, sha256: str, build_id: int | None,
         keep_for: float | None,
@@ -97,17 +118,17 @@ class ArtifactIndex:
         """Index (or re-index) the file at ``path`` of the build directory ``prefix``."""
         now = self._clock.seconds()
         expires = None if keep_for is None else now + keep_for
-
-        async def upsert(txn: db.Transaction) -> None:
-            await txn.execute("DELETE FROM farm_artifacts WHERE path = ?", (path,))
-            await txn.execute(
-                "INSERT INTO farm_artifacts"
-                " (path, prefix, size, sha256, build_id, created_at, expires_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (path, prefix, size, sha256, build_id, now, expires),
-            )
-
-        await self._db.transaction(upsert)
+        # One statement, not DELETE then INSERT: on PostgreSQL two transactions indexing the
+        # same path at once would both find nothing to delete, and one INSERT would fail.
+        await self._db.execute(
+            "INSERT INTO farm_artifacts"
+            " (path, prefix, size, sha256, build_id, created_at, expires_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (path) DO UPDATE SET prefix = excluded.prefix, size = excluded.size,"
+            " sha256 = excluded.sha256, build_id = excluded.build_id,"
+            " created_at = excluded.created_at, expires_at = excluded.expires_at",
+            (path, prefix, size, sha256, build_id, now, expires),
+        )
 
     async def lookup(self, paths_wanted: Sequence[str]) -> dict[str, IndexedFile]:
         """The indexed files among ``paths_wanted``, by path."""

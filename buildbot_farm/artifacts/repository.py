@@ -6,7 +6,7 @@ the storage's blocking calls on the reactor's thread pool.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
@@ -19,7 +19,9 @@ from buildbot_farm.artifacts import paths, tokens
 from buildbot_farm.artifacts.config import ArtifactRepository
 from buildbot_farm.artifacts.index import ArtifactIndex, Grant, IndexedFile, TokenRefused
 from buildbot_farm.artifacts.paths import ANY_SEGMENT, Segments
-from buildbot_farm.artifacts.storage import Entry, LocalStorage, Stored
+from buildbot_farm.artifacts.s3 import S3Storage
+from buildbot_farm.artifacts.s3_config import S3Bucket
+from buildbot_farm.artifacts.storage import ArtifactStorage, Entry, LocalStorage, Stored
 
 T = TypeVar("T")
 
@@ -44,7 +46,7 @@ class Repository:
     """
 
     def __init__(
-        self, config: ArtifactRepository, storage: LocalStorage, index: ArtifactIndex,
+        self, config: ArtifactRepository, storage: ArtifactStorage, index: ArtifactIndex,
         reactor: Any, public_url: str,
     ) -> None:
         self.config = config
@@ -52,6 +54,11 @@ class Repository:
         self.index = index
         self._reactor = reactor
         self.public_url = public_url if public_url.endswith("/") else public_url + "/"
+
+    @property
+    def reactor(self) -> Any:
+        """The reactor the repository runs on (for asynchronous clients of the storage)."""
+        return self._reactor
 
     def run_in_thread(self, fn: Callable[..., T], *args: Any) -> Any:
         """Run the blocking ``fn(*args)`` on the reactor's thread pool; a Deferred."""
@@ -103,6 +110,19 @@ class Repository:
         stored: Stored = await self.run_in_thread(
             self.storage.thd_store, segments, source, self.config.max_upload_size,
             expected_sha256, self.config.allow_overwrite,
+        )
+        await self._record(segments, segments[: len(grant.scope)], stored, grant.build_id)
+        return stored
+
+    async def adopt(
+        self, segments: Segments, upload: Path, size: int, sha256: str,
+        expected_sha256: str | None, grant: Grant,
+    ) -> Stored:
+        """Place an upload already streamed into the storage's temporary directory (with its
+        size and sha256) at ``segments`` and index it under the grant's build directory."""
+        stored: Stored = await self.run_in_thread(
+            self.storage.thd_adopt, upload, segments, size, sha256, expected_sha256,
+            self.config.allow_overwrite,
         )
         await self._record(segments, segments[: len(grant.scope)], stored, grant.build_id)
         return stored
@@ -177,13 +197,26 @@ class Repository:
 
 async def open_repository(
     config: ArtifactRepository, database: Any, reactor: Any, master_name: str,
-    public_url: str, basedir: str = ".",
+    public_url: str, basedir: str = ".", render: Callable[[Any], Awaitable[Any]] | None = None,
 ) -> Repository:
-    """A started repository for ``config``; a relative directory is under ``basedir``."""
+    """A started repository for ``config``; a relative directory is under ``basedir``.
+
+    With ``config.storage`` an :class:`S3Bucket`, artifacts go to the bucket and the
+    directory only spools uploads on their way there; its keys are rendered with
+    ``render`` (the farm service's ``renderSecrets``; without it they must be strings).
+    """
     root = Path(basedir, config.directory).resolve()
+    storage: ArtifactStorage = LocalStorage(root)
+    if isinstance(config.storage, S3Bucket):
+        bucket = await config.storage.with_secrets(render or _as_given)
+        storage = S3Storage(bucket, root)
     repository = Repository(
-        config, LocalStorage(root), ArtifactIndex(database, reactor, master_name), reactor,
+        config, storage, ArtifactIndex(database, reactor, master_name), reactor,
         config.public_url or public_url,
     )
     await repository.start()
     return repository
+
+
+async def _as_given(value: Any) -> Any:
+    return value

@@ -1,9 +1,10 @@
 """The repository over HTTP: anonymous GET/HEAD/PROPFIND, token-guarded PUT/MKCOL/DELETE.
 
-Mounted by FarmService at ``/plugins/farm/artifacts/``. Request bodies are received by
-twisted.web before the resource runs: small ones in memory, bodies above 100 KiB spooled
-to an anonymous temporary file, so memory stays flat; the upload is then copied into the
-repository's own temporary file (hashing it) on the thread pool and renamed into place.
+Mounted by FarmService at ``/plugins/farm/artifacts/``. There, request bodies are received
+by twisted.web before the resource runs (bodies above 100 KiB spooled to an anonymous
+temporary file), then copied into the repository's own temporary file (hashing it) on the
+thread pool and renamed into place. On the repository's own port (:mod:`.site`) a PUT
+body arrives already streamed into the storage (:mod:`.upload`) and is only placed.
 ``/.farm-auth`` answers nginx's ``auth_request`` subrequests.
 """
 
@@ -14,14 +15,15 @@ from urllib.parse import quote, unquote, urlsplit
 
 from twisted.internet import defer
 from twisted.python import log
-from twisted.web import http, resource, static
+from twisted.web import http, resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from buildbot_farm.artifacts import paths, tokens, views
+from buildbot_farm.artifacts import download, local_files, paths, spool, tokens, views
 from buildbot_farm.artifacts.index import Grant, TokenRefused
 from buildbot_farm.artifacts.paths import RESERVED_PREFIX, Segments, UnsafePath
 from buildbot_farm.artifacts.repository import OutOfScope, Repository
-from buildbot_farm.artifacts.storage import Entry, StorageError
+from buildbot_farm.artifacts.s3 import S3Storage
+from buildbot_farm.artifacts.storage import Entry, LocalStorage, StorageError
 from buildbot_farm.web._json import json_error, json_response
 
 AUTH_ENDPOINT = RESERVED_PREFIX + "-auth"
@@ -110,7 +112,15 @@ class ArtifactResource(resource.Resource):
         described = await self.repository.describe(segments[:-1], [entry])
         if request.setETag(f'"{described[0].sha256}"'.encode()) is http.CACHED:
             return b""
-        body = static.File(str(self.repository.storage.path_of(segments))).render_GET(request)
+        storage = self.repository.storage
+        if isinstance(storage, S3Storage):
+            sent = await download.send_object(request, storage, self.repository.reactor,
+                                              segments, entry, described[0].sha256)
+            if sent is None:
+                raise _Answered()
+            return sent
+        assert isinstance(storage, LocalStorage), "a storage backend without downloads"
+        body = local_files.LocalFile(str(storage.path_of(segments))).render_GET(request)
         if body is NOT_DONE_YET:
             raise _Answered()
         return bytes(body)
@@ -137,7 +147,7 @@ class ArtifactResource(resource.Resource):
         items = []
         for entry in entries:
             full = (*segments, entry.name) if entry.name else segments
-            href = base.decode() + "/" + "/".join(quote(s, safe="") for s in full)
+            href = base.decode().rstrip("/") + "/" + "/".join(quote(s, safe="") for s in full)
             if entry.is_dir and not href.endswith("/"):
                 href += "/"
             items.append(views.Item(
@@ -185,8 +195,15 @@ class ArtifactResource(resource.Resource):
             expected = tokens.client_sha256(headers)
         except tokens.BadDigest as e:
             return json_error(request, 400, str(e))
-        assert request.content is not None
-        stored = await self.repository.store(segments, request.content, expected, grant)
+        spooled = spool.spooled_body(request)
+        if spooled is not None:
+            body = spooled.finish()
+            stored = await self.repository.adopt(
+                segments, spooled.claim(), body.size, body.sha256, expected, grant
+            )
+        else:
+            assert request.content is not None
+            stored = await self.repository.store(segments, request.content, expected, grant)
         url = self.repository.url_for(segments)
         if not stored.replaced:
             request.setHeader(b"location", url.encode())

@@ -2,41 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from buildbot.process import buildstep, remotecommand, remotetransfer
 from buildbot.process.results import FAILURE, SUCCESS
-from buildbot.steps.transfer import FileDownload
+from buildbot.steps.transfer import FileDownload, makeStatusRemoteCommand
 
-from buildbot_farm.artifacts import paths, tokens
-from buildbot_farm.artifacts.paths import UnsafePath
+from buildbot_farm.artifacts import paths
+from buildbot_farm.artifacts.build_tokens import NoRepository, find_repository, grant_token
+from buildbot_farm.artifacts.paths import Segments, UnsafePath
 from buildbot_farm.artifacts.repository import Repository
-from buildbot_farm.artifacts.storage import StorageError
+from buildbot_farm.artifacts.storage import LocalStorage, NotFound, StorageError
 
-FARM_SERVICE = "farm"
 ARTIFACTS_PROPERTY = "farm_artifacts"
 MAX_LINKS = 20
-
-
-class NoRepository(Exception):
-    """The farm service runs without an artifact repository."""
-
-
-def find_repository(master: Any) -> Repository:
-    """The running repository of the master's farm service, or :class:`NoRepository`."""
-    farm = master.service_manager.namedServices.get(FARM_SERVICE)
-    host = getattr(farm, "artifacts", None)
-    repository = getattr(host, "repository", None)
-    if repository is None:
-        raise NoRepository(
-            "no artifact repository: give util.FarmService(artifacts=util.ArtifactRepository())"
-            " in master.cfg"
-        )
-    return repository
 
 
 def _project(step: buildstep.BuildStep, project: str | None) -> str:
@@ -65,21 +49,11 @@ class ArtifactToken(buildstep.BuildStep):
         """Mint the token and publish it to the build."""
         try:
             repository = find_repository(self.master)
-            project = _project(self, self.project)
-            number = self.build.number
-            token = await repository.mint(self.build.buildid, project, number)
-            prefix = repository.build_prefix(self.kind, project, number)
+            prefix = await grant_token(self.build, repository, self.kind,
+                                       _project(self, self.project), "ArtifactToken")
         except (NoRepository, UnsafePath) as e:
             await self.addCompleteLog("error", f"{e}\n")
             return FAILURE
-        self.build.properties.useSecret(token, "FARM_ARTIFACT_TOKEN")
-        url = repository.url_for(prefix, collection=True).rstrip("/")
-        user = tokens.user_for(self.build.buildid)
-        self.build.env.update(
-            {"FARM_ARTIFACT_TOKEN": token, "FARM_ARTIFACT_USER": user, "FARM_ARTIFACT_URL": url}
-        )
-        self.setProperty("FARM_ARTIFACT_URL", url, "ArtifactToken")
-        self.setProperty("FARM_ARTIFACT_USER", user, "ArtifactToken")
         self.descriptionDone = [f"token for /{paths.join(prefix)}/"]
         return SUCCESS
 
@@ -207,32 +181,117 @@ async def publish_files(
     return SUCCESS
 
 
-class ArtifactDownload(FileDownload):
-    """Download one artifact file from the repository to the worker.
+class HashingReader(remotetransfer.FileReader):
+    """A FileReader that computes the sha256 of exactly the bytes it hands the worker."""
 
-    ``src`` is its repository path (``bin/hello-farm/12/hello.pyz``), read on the master
-    from the repository's storage; ``workerdest`` as for ``steps.FileDownload``.
+    def __init__(self, fp: BinaryIO) -> None:
+        super().__init__(fp)
+        self.digest = hashlib.sha256()
+
+    def remote_read(self, maxlength: int) -> bytes:
+        """Read like FileReader and add the bytes to the digest."""
+        data: bytes = super().remote_read(maxlength)
+        if data:
+            self.digest.update(data)
+        return data
+
+
+class ArtifactDownload(FileDownload):
+    """Download an artifact file, or every file of an artifact directory, to the worker.
+
+    ``src`` is a repository path (``bin/hello-farm/12/hello.pyz`` or ``bin/hello-farm/12``),
+    read on the master from the repository's storage. A file lands at ``workerdest`` as with
+    ``steps.FileDownload``; a directory's files land under ``workerdest`` at their paths
+    relative to ``src``. The sha256 of the bytes sent is checked against the index; a file
+    that does not match fails the step, naming it, and is removed from the worker.
     """
 
     name = "download artifact"
     renderables = ["src"]
 
     def __init__(self, src: str, workerdest: str, **kwargs: Any) -> None:
+        kwargs.setdefault("haltOnFailure", True)
         super().__init__(mastersrc="", workerdest=workerdest, **kwargs)
         self.src = src
 
     async def run(self) -> int:
-        """Find the file in the repository, then download it like FileDownload."""
+        """Find the files in the repository, send each one, check each digest."""
+        self.checkWorkerHasCommand("downloadFile")
+        self.stdio_log = await self.addLog("stdio")
         try:
             repository = find_repository(self.master)
             segments = paths.split(self.src)
-            entry = await repository.stat(segments)
+            wanted = await self._files(repository, segments)
         except (NoRepository, UnsafePath, StorageError) as e:
-            await self.addCompleteLog("stderr", f"{e}\n")
+            await self.stdio_log.addStderr(f"{e}\n")
             return FAILURE
-        if entry is None or entry.is_dir:
-            await self.addCompleteLog("stderr", f"no artifact file at /{self.src}\n")
+        if not isinstance(repository.storage, LocalStorage):
+            await self.stdio_log.addStderr(
+                "ArtifactDownload reads artifacts from the repository's local directory;"
+                " this repository keeps them elsewhere\n"
+            )
             return FAILURE
-        self.mastersrc = str(repository.storage.path_of(segments))
-        result: int = await super().run()
-        return result
+        for relative, sha256 in wanted.items():
+            source = repository.storage.path_of((*segments, *relative))
+            dest = self.build.path_module.join(self.workerdest, *relative) if relative else (
+                self.workerdest
+            )
+            result = await self._send(source, dest, sha256)
+            if result != SUCCESS:
+                return result
+        self.descriptionDone = [f"downloaded {len(wanted)} artifact file(s)"]
+        return SUCCESS
+
+    async def _files(
+        self, repository: Repository, segments: Segments
+    ) -> dict[tuple[str, ...], str]:
+        """``{path relative to src: sha256}`` of the file or directory at ``src``."""
+        entry = await repository.stat(segments)
+        if entry is None:
+            raise NotFound(f"no artifact at /{paths.join(segments)}: nothing was uploaded"
+                               " there (or its retention ran out)")
+        if not entry.is_dir:
+            (only,) = await repository.describe(segments[:-1], [entry])
+            return {(): only.sha256}
+        found: dict[tuple[str, ...], str] = {}
+        pending: list[tuple[str, ...]] = [()]
+        while pending:
+            relative = pending.pop()
+            entries = await repository.list((*segments, *relative))
+            for item in entries:
+                if item.is_dir:
+                    pending.append((*relative, item.name))
+            for item_digest in await repository.describe((*segments, *relative), entries):
+                found[(*relative, item_digest.entry.name)] = item_digest.sha256
+        if not found:
+            raise NotFound(f"the artifact directory /{paths.join(segments)}/ has no files")
+        return dict(sorted(found.items()))
+
+    async def _send(self, source: Path, dest: str, sha256: str) -> int:
+        """Send one file to the worker's ``dest`` and check the digest of what was sent."""
+        try:
+            fp = source.open("rb")
+        except OSError as e:
+            await self.stdio_log.addStderr(f"cannot read {source} on the master: {e}\n")
+            return FAILURE
+        reader = HashingReader(fp)
+        args = {"maxsize": self.maxsize, "reader": reader, "blocksize": self.blocksize,
+                "workdir": self.workdir, "mode": self.mode, "workerdest": dest}
+        cmd = makeStatusRemoteCommand(self, "downloadFile", args)
+        result: int = await self.runTransferCommand(cmd)
+        reader.remote_close()
+        if result != SUCCESS:
+            return result
+        sent = reader.digest.hexdigest()
+        if sent != sha256:
+            await self.stdio_log.addStderr(
+                f"{dest}: the repository's copy has sha256 {sent}, but the index recorded"
+                f" {sha256}; removed it from the worker\n"
+            )
+            builddir = self.getProperty("builddir")
+            await self.runCommand(remotecommand.RemoteCommand(
+                "rmfile", {"path": self.build.path_module.join(builddir, self.workdir, dest)}
+            ))
+            return FAILURE
+        await self.stdio_log.addStdout(f"{sha256}  {dest}\n")
+        return SUCCESS

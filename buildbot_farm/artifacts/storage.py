@@ -16,7 +16,7 @@ import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from buildbot_farm.artifacts.paths import RESERVED_PREFIX, Segments
 
@@ -93,12 +93,62 @@ class Stored:
     replaced: bool
 
 
+class ArtifactStorage(Protocol):
+    """What the repository needs of a storage backend (:class:`LocalStorage`, ``S3Storage``).
+
+    Every ``thd_*`` method blocks and runs on the reactor's thread pool; each raises a
+    :class:`StorageError` for what a client did wrong or what the backend cannot do.
+    ``tmp_dir`` is a local directory for files on their way in; ``location`` says where
+    the artifacts are, for logs.
+    """
+
+    tmp_dir: Path
+    location: str
+
+    def thd_prepare(self) -> None:
+        """Get ready to serve: create what is missing, drop a crash's leftovers."""
+
+    def thd_stat(self, segments: Segments) -> Entry | None:
+        """What is at ``segments``; None when nothing is."""
+
+    def thd_list(self, segments: Segments) -> list[Entry]:
+        """The entries directly in the collection ``segments``, by name."""
+
+    def thd_digest(self, segments: Segments) -> tuple[int, str]:
+        """Size and sha256 of the stored file ``segments``."""
+
+    def thd_store(
+        self, segments: Segments, source: BinaryIO, max_size: int, expected_sha256: str | None,
+        overwrite: bool,
+    ) -> Stored:
+        """Store ``source`` at ``segments`` completely or not at all."""
+
+    def thd_adopt(
+        self, tmp: Path, segments: Segments, size: int, sha256: str,
+        expected_sha256: str | None, overwrite: bool,
+    ) -> Stored:
+        """Store the hashed upload ``tmp`` (in ``tmp_dir``) at ``segments``; ``tmp`` goes."""
+
+    def thd_import(self, staged: Path, segments: Segments, overwrite: bool) -> Stored:
+        """Store the file ``staged`` (in ``tmp_dir``) at ``segments``; ``staged`` goes."""
+
+    def thd_mkcol(self, segments: Segments, implicit_parents: int) -> None:
+        """Create one collection (WebDAV MKCOL)."""
+
+    def thd_delete(self, segments: Segments) -> bool:
+        """Delete a file or a collection with its contents; False when nothing was there."""
+
+    def thd_staging_dir(self) -> Path:
+        """A new private directory inside ``tmp_dir``."""
+
+
 class LocalStorage:
     """Artifacts as files under ``root``."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.tmp_dir = root / TMP_DIR
+        self.location = str(root)
 
     def thd_prepare(self) -> None:
         """Create the directories and remove temporary files a crash left."""
@@ -209,6 +259,30 @@ class LocalStorage:
         finally:
             if os.path.lexists(staged):
                 os.unlink(staged)
+
+    def thd_adopt(
+        self, tmp: Path, segments: Segments, size: int, sha256: str,
+        expected_sha256: str | None, overwrite: bool,
+    ) -> Stored:
+        """Place ``tmp`` (a complete upload inside :attr:`tmp_dir`, hashed as it was
+        streamed in) at ``segments``; ``tmp`` is gone afterwards, whatever happens.
+
+        Raises what :meth:`thd_store` raises except :class:`TooLarge`.
+        """
+        try:
+            if expected_sha256 is not None and expected_sha256 != sha256:
+                raise DigestMismatch(
+                    f"the upload's sha256 is {sha256}, not {expected_sha256} as announced"
+                )
+            os.chmod(tmp, 0o644)
+            return self._place(tmp, segments, overwrite, size, sha256)
+        except OSError as e:
+            if e.errno in _NO_SPACE:
+                raise InsufficientStorage("the artifact storage is full; nothing was kept") from e
+            raise
+        finally:
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
 
     def _place(self, tmp: Path, segments: Segments, overwrite: bool, size: int, sha: str) -> Stored:
         self.thd_makedirs(segments[:-1])

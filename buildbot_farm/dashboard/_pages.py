@@ -15,6 +15,8 @@ from dataclasses import dataclass
 TABS = (("buildlets", "Buildlets"), ("artifacts", "Artifacts"), ("records", "Records"),
         ("jobs", "On-demand jobs"))
 REFRESH_SECONDS = 5
+# Records appear only when a build ends; a slower reload leaves time to type a search.
+RECORDS_REFRESH_SECONDS = 30
 
 _STYLE = """
 body{font-family:sans-serif;margin:1em;color:#222}
@@ -26,7 +28,16 @@ code{font-size:90%}
 .error{background:#fdecea;border:1px solid #e0a0a0;padding:.8em}
 .empty{background:#f4f7fb;border:1px solid #c8d6e8;padding:.8em}
 .notice{background:#eaf6ea;border:1px solid #9c9;padding:.8em}
+.error-text{color:#a33}
 """
+
+
+class PageError(Exception):
+    """A request the dashboard answers with a readable error page and ``status``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -42,15 +53,15 @@ def esc(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
-def page(frame: Frame, title: str, body: str, refresh: bool = False) -> bytes:
-    """A whole dashboard page; ``refresh`` reloads it every few seconds."""
+def page(frame: Frame, title: str, body: str, refresh: int = 0) -> bytes:
+    """A whole dashboard page; with ``refresh`` > 0 it reloads itself every that many seconds."""
     current = ' class="current" aria-current="page"'
     tabs = "".join(
         f'<a href="{esc(frame.base + name)}"{current if name == frame.tab else ""}>'
         f"{esc(caption)}</a>"
         for name, caption in TABS
     )
-    meta = f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">' if refresh else ""
+    meta = f'<meta http-equiv="refresh" content="{int(refresh)}">' if refresh > 0 else ""
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"{meta}<title>Farm: {esc(title)}</title><style>{_STYLE}</style>"
@@ -99,13 +110,16 @@ def when(seconds: float | None) -> str:
 
 
 def countdown(moment: float | None, now: float) -> str:
-    """How long until ``moment`` ("in 4 min 2 s"), or "expired"; empty for None."""
+    """How long until ``moment`` ("in 4 min 2 s", "in 5 h 59 min"), or "expired"; empty for None."""
     if moment is None:
         return ""
     left = int(moment - now)
     if left <= 0:
         return "expired"
     minutes, seconds = divmod(left, 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"in {hours} h {minutes} min"
     return f"in {minutes} min {seconds} s" if minutes else f"in {seconds} s"
 
 

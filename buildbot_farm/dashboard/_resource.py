@@ -1,11 +1,15 @@
 """``/plugins/farm/ui/``: the dashboard's pages, served by the farm service.
 
-* ``buildlets`` — every lease; ``POST buildlets/destroy`` (form ``name=``) destroys one,
-  allowed by Buildbot's authz rules for the action ``destroy`` on ``("farm", "buildlets",
-  NAME)`` (``util.AnyControlEndpointMatcher(role="admins")`` covers it)
-* ``artifacts/PATH/`` — the repository's collections, sizes, sha256 and download links
+* ``buildlets`` — every lease; ``POST buildlets/destroy`` (form ``name=`` and the page's
+  ``form_token``) destroys one, allowed by Buildbot's authz rules for the action
+  ``destroy`` on ``("farm", "buildlets", NAME)``
+  (``util.AnyControlEndpointMatcher(role="admins")`` covers it)
+* ``artifacts/PATH/`` — the repository's collections, sizes, sha256 and download links,
+  and the builds holding a live upload token
 * ``records`` (``?name=&version=&commit=``) and ``records/NAME/VERSION`` — build records
-* ``jobs`` — on-demand jobs
+* ``jobs`` — on-demand jobs and their attempts
+
+A page reloads itself while something it shows is in progress.
 """
 
 from __future__ import annotations
@@ -20,15 +24,21 @@ from twisted.python import failure, log
 from twisted.web import resource, server
 from twisted.web.server import Request
 
-from buildbot_farm.artifacts import paths
+from buildbot_farm import db
 from buildbot_farm.dashboard import _pages as pages
+from buildbot_farm.dashboard._artifacts import artifacts_page
 from buildbot_farm.dashboard._authz import FARM_ENDPOINT
+from buildbot_farm.dashboard._builds import BuildLinks
+from buildbot_farm.dashboard._forms import FIELD, FormRefused, FormTokens, user_of
+from buildbot_farm.dashboard._jobs import jobs_body
+from buildbot_farm.dashboard._pages import PageError
 from buildbot_farm.leases.coordinator import CoordinatorError
 from buildbot_farm.leases.lease import LeaseState
 from buildbot_farm.records.store import Query
 
 RECORDS_PAGE_SIZE = 100
 DESTROY_ACTION = "destroy"
+DESTROY_FORM = "buildlets/destroy"
 
 _COORDINATOR_CFG = """util.FarmService(
     coordinator=util.FarmCoordinator(
@@ -36,28 +46,23 @@ _COORDINATOR_CFG = """util.FarmService(
         pools=[util.BuildletPool("local", provider="process", max_count=4, warm=1)],
     ),
 )"""
-_ARTIFACTS_CFG = "util.FarmService(artifacts=util.ArtifactRepository())"
 _RECORDS_CFG = """c["services"].append(reporters.BuildRecorder(
     builders=["my-builder"], name="my-project",
     version=util.Interpolate("1.0.%(prop:buildnumber)s")))"""
 
 
-class PageError(Exception):
-    """A request the dashboard answers with a readable error page and ``status``."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
 class DashboardResource(resource.Resource):
-    """Serves the dashboard pages of ``farm`` (the running FarmService)."""
+    """Serves the dashboard pages of ``farm`` (the running FarmService).
+
+    ``form_tokens`` signs the admin forms' CSRF tokens (a new random secret when None).
+    """
 
     isLeaf = True
 
-    def __init__(self, farm: Any) -> None:
+    def __init__(self, farm: Any, form_tokens: FormTokens | None = None) -> None:
         super().__init__()
         self._farm = farm
+        self._form_tokens = form_tokens or FormTokens()
 
     def render(self, request: Request) -> int:
         """Answer asynchronously; any failure becomes a readable error page."""
@@ -82,11 +87,13 @@ class DashboardResource(resource.Resource):
         if head == "buildlets" and rest == ["destroy"] and method == b"POST":
             return await self._destroy(request)
         if head == "artifacts" and method == b"GET":
-            return await self._artifacts(request, rest)
+            return await artifacts_page(self._farm.artifacts.repository, rest,
+                                        self._frame(request, "artifacts"),
+                                        self._links(request), self._now())
         if head == "records" and len(rest) in (0, 2) and method == b"GET":
             return await self._records(request, rest)
         if head == "jobs" and not rest and method == b"GET":
-            return self._jobs(request)
+            return await self._jobs(request)
         raise PageError(404, f"the farm dashboard has no page {'/'.join(segments)!r}"
                              f" for {method.decode()}; use the tabs above")
 
@@ -95,6 +102,13 @@ class DashboardResource(resource.Resource):
 
     def _frame(self, request: Request, tab: str) -> pages.Frame:
         return pages.Frame(self._base(request), tab)
+
+    def _links(self, request: Request) -> BuildLinks:
+        """Links into Buildbot's web UI, whose root is two levels above the dashboard."""
+        return BuildLinks(self._farm.master, self._base(request).rsplit("plugins/farm/ui/", 1)[0])
+
+    def _now(self) -> float:
+        return float(self._farm.master.reactor.seconds())
 
     async def _allowed(
         self, request: Request, endpoint: tuple[str, ...], action: str, what: str
@@ -113,7 +127,8 @@ class DashboardResource(resource.Resource):
             return pages.page(frame, "Buildlets", pages.empty_state(
                 "This farm runs no buildlet coordinator.", _COORDINATOR_CFG))
         leases = sorted(await coordinator.table.all(), key=lambda lease: lease.name)
-        now = self._farm.master.reactor.seconds()
+        now = self._now()
+        token = self._form_tokens.issue(user_of(request), DESTROY_FORM, now)
         rows = [
             (
                 f"<code>{pages.esc(lease.name)}</code>",
@@ -123,7 +138,7 @@ class DashboardResource(resource.Resource):
                 pages.esc(pages.countdown(lease.expires_at, now)),
                 pages.esc(pages.when(lease.renewed_at)),
                 pages.esc(lease.state.value),
-                self._destroy_form(request, lease.name),
+                self._destroy_form(request, lease.name, token),
             )
             for lease in leases
         ]
@@ -145,13 +160,15 @@ class DashboardResource(resource.Resource):
                      ' <code>worker.FarmLatentWorker("w", buildlet_type="local")</code> or'
                      " <code>buildbot-farm lease create local</code> starts one.</p>")
         busy = any(lease.state in (LeaseState.STARTING, LeaseState.HALTING) for lease in leases)
-        return pages.page(frame, "Buildlets", body, refresh=busy)
+        return pages.page(frame, "Buildlets", body,
+                          refresh=pages.REFRESH_SECONDS if busy else 0)
 
-    def _destroy_form(self, request: Request, name: str) -> str:
-        action = pages.esc(self._base(request) + "buildlets/destroy")
+    def _destroy_form(self, request: Request, name: str, token: str) -> str:
+        action = pages.esc(self._base(request) + DESTROY_FORM)
         return (
             f'<form method="post" action="{action}">'
             f'<input type="hidden" name="name" value="{pages.esc(name)}">'
+            f'<input type="hidden" name="{FIELD}" value="{pages.esc(token)}">'
             f'<button type="submit" class="destroy">Destroy</button></form>'
         )
 
@@ -161,6 +178,11 @@ class DashboardResource(resource.Resource):
         if len(names) != 1 or not names[0]:
             raise PageError(400, "say which buildlet to destroy: one form field name=NAME")
         name = names[0].decode(errors="replace")
+        presented = form.get(FIELD.encode(), [b""])[0].decode(errors="replace")
+        try:
+            self._form_tokens.check(user_of(request), DESTROY_FORM, presented, self._now())
+        except FormRefused as e:
+            raise PageError(403, f"refused to destroy {name}: {e}") from e
         coordinator = self._farm.coordinator
         if coordinator is None:
             raise PageError(404, "this farm runs no buildlet coordinator")
@@ -174,42 +196,6 @@ class DashboardResource(resource.Resource):
             raise PageError(e.status, f"destroying {name} failed: {e}") from e
         log.msg(f"farm dashboard: buildlet {name} destroyed from the web UI")
         return await self._buildlets(request, pages.notice_box(f"Destroyed {name}."))
-
-    async def _artifacts(self, request: Request, rest: list[str]) -> bytes:
-        frame = self._frame(request, "artifacts")
-        repository = self._farm.artifacts.repository
-        if repository is None:
-            return pages.page(frame, "Artifacts", pages.empty_state(
-                "This farm has no artifact repository.", _ARTIFACTS_CFG))
-        try:
-            segments = tuple(paths.check_segment(s) for s in rest)
-        except ValueError as e:
-            raise PageError(400, f"not an artifact path: {e}") from e
-        entry = await repository.stat(segments) if segments else None
-        if segments and (entry is None or not entry.is_dir):
-            raise PageError(404, f"no artifact collection /{paths.join(segments)}/")
-        entries = await repository.list(segments)
-        digests = {d.entry.name: d.sha256 for d in await repository.describe(segments, entries)}
-        here = frame.base + "artifacts/" + "".join(quote(s, safe="") + "/" for s in segments)
-        rows = []
-        if segments:
-            rows.append((pages.link(here + "../", "../"), "", "", ""))
-        for item in sorted(entries, key=lambda e: (not e.is_dir, e.name)):
-            if item.is_dir:
-                rows.append((pages.link(here + quote(item.name, safe="") + "/", item.name + "/"),
-                             "", "", ""))
-            else:
-                url = repository.url_for((*segments, item.name))
-                rows.append((pages.esc(item.name), pages.esc(pages.size(item.size)),
-                             f"<code>{pages.esc(digests.get(item.name, ''))}</code>",
-                             pages.link(url, "download")))
-        title = f"Artifacts /{paths.join(segments)}"
-        if not entries and not segments:
-            body = ('<p class="empty">No artifacts yet. A build uploads them with'
-                    " <code>steps.ArtifactUpload(workersrc=\"dist/app.tar.gz\")</code>.</p>")
-        else:
-            body = pages.table(("name", "size", "sha256", ""), rows, "artifacts")
-        return pages.page(frame, title, body)
 
     async def _records(self, request: Request, rest: list[str]) -> bytes:
         frame = self._frame(request, "records")
@@ -247,7 +233,9 @@ class DashboardResource(resource.Resource):
             body = form + '<p class="empty">No record matches this search.</p>'
         else:
             body = form + pages.empty_state("No build records yet.", _RECORDS_CFG)
-        return pages.page(frame, "Records", body)
+        running = await self._links(request).any_running()
+        return pages.page(frame, "Records", body,
+                          refresh=pages.RECORDS_REFRESH_SECONDS if running else 0)
 
     async def _record(
         self, request: Request, frame: pages.Frame, store: Any, name: str, version: str
@@ -284,22 +272,30 @@ class DashboardResource(resource.Resource):
             else "<p>This record lists no binaries.</p>")
         return pages.page(frame, f"Record {name} {version}", body)
 
-    def _jobs(self, request: Request) -> bytes:
-        body = ('<p class="empty">No on-demand jobs: this farm does not run on-demand builds'
-                " yet. They will be listed here (key, parameters, status, attempts, build and"
-                " artifact links) once the capability lands.</p>")
-        return pages.page(self._frame(request, "jobs"), "On-demand jobs", body)
+    async def _jobs(self, request: Request) -> bytes:
+        base = self._base(request)
+        api = base.rsplit("ui/", 1)[0] + "api/"
+        body, busy = await jobs_body(self._farm.on_demand, self._links(request), api)
+        return pages.page(self._frame(request, "jobs"), "On-demand jobs", body,
+                          refresh=pages.REFRESH_SECONDS if busy else 0)
 
     def _failed(self, reason: failure.Failure, request: Request) -> bytes:
         error = reason.value
+        refresh = 0
         if isinstance(error, PageError):
             status, message = error.status, str(error)
+        elif isinstance(error, db.DatabaseError):
+            log.err(reason, "farm dashboard: the farm database failed")
+            status, message = 503, (f"the farm database failed: {error}; this page reloads"
+                                    " until it answers (the master's log has the details)")
+            refresh = pages.REFRESH_SECONDS
         else:
             log.err(reason, "farm dashboard page failed")
             status, message = 500, f"the farm service failed: {error}; its log has the details"
         request.setResponseCode(status)
         tab = (request.postpath or [b""])[0].decode(errors="replace")
-        return pages.page(self._frame(request, tab), "Farm: error", pages.error_box(message))
+        return pages.page(self._frame(request, tab), "Farm: error", pages.error_box(message),
+                          refresh=refresh)
 
     def _send(self, body: bytes, request: Request) -> None:
         if request.finished or getattr(request, "_disconnected", False):

@@ -1,6 +1,7 @@
 """The PostgreSQL backend, through txpostgres: real asynchronous I/O, no threads.
 
-A small pool of connections serves transactions; each connection has a
+A small pool of connections serves transactions and single statements (those run in
+autocommit, without the BEGIN and COMMIT round trips); each connection has a
 ``DeadConnectionDetector`` that reconnects it in the background after the server goes
 away. While it is away, calls fail at once with ``DatabaseUnavailable``; a call the server
 does not answer fails when its deadline passes, and its connection is replaced, so no call
@@ -55,8 +56,7 @@ class _PostgresTransaction(Transaction):
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
         await self._cursor.execute(qmark_to_pyformat(sql), tuple(params))
-        names = [column[0] for column in self._cursor.description or ()]
-        return [dict(zip(names, row)) for row in self._cursor.fetchall()]
+        return _rows(self._cursor)
 
     async def executescript(self, script: str) -> None:
         await self._cursor.execute(script)
@@ -174,23 +174,45 @@ class PostgresDatabase(Database):
 
     async def transaction(self, fn: Callable[[Transaction], Awaitable[T]]) -> T:
         """Run ``fn`` in a transaction on a pooled connection, within the deadline."""
+
+        def interaction(cursor: txpostgres.Cursor) -> defer.Deferred[T]:
+            return defer.Deferred.fromCoroutine(fn(_PostgresTransaction(cursor)))  # type: ignore[arg-type]
+
+        return await self._on_connection(
+            lambda connection: connection.runInteraction(interaction), "running a transaction"
+        )
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        """Run one statement on its own: autocommit, one round trip instead of three."""
+        return await self._on_connection(
+            lambda connection: _autocommit(connection, sql, params, _rowcount),
+            "running a statement",
+        )
+
+    async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
+        """Run one query on its own: autocommit, one round trip instead of three."""
+        return await self._on_connection(
+            lambda connection: _autocommit(connection, sql, params, _rows), "running a statement"
+        )
+
+    async def _on_connection(
+        self, work: Callable[[txpostgres.Connection], defer.Deferred[T]], doing: str
+    ) -> T:
+        """Run ``work`` on a pooled connection within the deadline; map its errors."""
         if self._stopped:
             raise DatabaseUnavailable(
                 f"the farm database {self.url.redacted()} is closed (the farm service is stopped)"
             )
         waiting = self._idle.get()
-        connection = await self._deadline(
-            waiting, "waiting for a free connection", on_expiry=waiting.cancel
-        )
-
-        def interaction(cursor: txpostgres.Cursor) -> defer.Deferred[T]:
-            return defer.Deferred.fromCoroutine(fn(_PostgresTransaction(cursor)))  # type: ignore[arg-type]
-
+        if waiting.called:
+            connection = await waiting
+        else:
+            connection = await self._deadline(
+                waiting, "waiting for a free connection", on_expiry=waiting.cancel
+            )
         try:
             return await self._deadline(
-                connection.runInteraction(interaction),
-                "running a transaction",
-                on_expiry=lambda: self._replace(connection),
+                work(connection), doing, on_expiry=lambda: self._replace(connection)
             )
         except psycopg2.IntegrityError as e:
             raise IntegrityError(_one_line(e)) from e
@@ -306,6 +328,39 @@ class PostgresDatabase(Database):
                 callback(notify.payload)
             except Exception:
                 log.err(None, f"farm database: listener of {notify.channel!r} failed")
+
+
+def _autocommit(
+    connection: txpostgres.Connection, sql: str, params: Params,
+    read: Callable[[txpostgres.Cursor], T],
+) -> defer.Deferred[T]:
+    """Run one statement with no BEGIN/COMMIT (the server commits it); ``read`` its cursor.
+
+    txpostgres connections are in autocommit mode; ``runInteraction`` adds the BEGIN and
+    COMMIT round trips that a single statement does not need to be atomic.
+    """
+
+    def run() -> defer.Deferred[T]:
+        cursor = connection.cursor()
+
+        def close_cursor(outcome: Any) -> Any:
+            cursor.close()
+            return outcome
+
+        done = cursor.execute(qmark_to_pyformat(sql), tuple(params)).addCallback(read)
+        return done.addBoth(close_cursor)
+
+    return connection.detector.callChecking(run)
+
+
+def _rowcount(cursor: txpostgres.Cursor) -> int:
+    return int(cursor.rowcount)
+
+
+def _rows(cursor: txpostgres.Cursor) -> list[Row]:
+    """The rows of ``cursor``'s last query as dicts keyed by column name."""
+    names = [column[0] for column in cursor.description or ()]
+    return [dict(zip(names, row)) for row in cursor.fetchall()]
 
 
 class _Retired:

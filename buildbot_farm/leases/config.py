@@ -14,6 +14,7 @@ from typing import Any
 from buildbot_farm.leases.agent_client import AgentClient
 from buildbot_farm.leases.coordinator import BuildletType
 from buildbot_farm.leases.lease import TYPE_PATTERN, ExpiryPolicy
+from buildbot_farm.leases.preemption import preemption_problems
 from buildbot_farm.leases.providers import BuildletProvider, ProcessProvider
 from buildbot_farm.leases.providers.reverse import ReverseProvider
 
@@ -27,7 +28,9 @@ class BuildletPool:
     ``provider`` is ``"process"`` (the agent as a local process, the default),
     ``"docker"`` (one container per buildlet from ``image``, with optional ``cpus``,
     ``memory`` such as ``"2g"`` and ``pids`` limits) or ``"reverse"`` (hosts that join
-    with ``buildbot-farm agent --register``; ``warm`` does not apply).
+    with ``buildbot-farm agent --register``; ``warm`` does not apply). ``preemption``
+    (``util.GCEPreemption(url=...)`` and the like, see docs/leases.md) makes each agent
+    watch for its host's preemption (process and docker providers).
     """
 
     name: str
@@ -38,6 +41,7 @@ class BuildletPool:
     cpus: float | None = None
     memory: str | None = None
     pids: int | None = None
+    preemption: Any = None
 
     def problems(self) -> list[str]:
         """What is wrong with this pool, each naming its argument."""
@@ -59,6 +63,12 @@ class BuildletPool:
             found.append(f"BuildletPool {self.name}: a reverse pool cannot keep warm buildlets")
         if self.provider == "docker" and not self.image:
             found.append(f"BuildletPool {self.name}: the docker provider needs image=")
+        found += preemption_problems(self.preemption, f"BuildletPool {self.name}")
+        if self.provider == "reverse" and self.preemption is not None:
+            found.append(
+                f"BuildletPool {self.name}: preemption works with the process and docker "
+                f"providers only; a reverse pool's hosts start their own agents"
+            )
         return found
 
 
@@ -120,6 +130,7 @@ class FarmCoordinator:
 def _provider(
     pool: BuildletPool, state_dir: Path, reactor: Any, agents: AgentClient, instance: str
 ) -> BuildletProvider:
+    agent_arguments = pool.preemption.agent_arguments() if pool.preemption else []
     if pool.provider == "reverse":
         return ReverseProvider(agents)
     if pool.provider == "docker":
@@ -128,9 +139,11 @@ def _provider(
         assert pool.image is not None, "problems() requires an image for docker pools"
         return DockerProvider(
             pool.image, reactor, instance=instance, cpus=pool.cpus, memory=pool.memory,
-            pids=pool.pids,
+            pids=pool.pids, agent_arguments=agent_arguments,
         )
-    return ProcessProvider(state_dir / "buildlets" / pool.name, reactor)
+    return ProcessProvider(
+        state_dir / "buildlets" / pool.name, reactor, agent_arguments=agent_arguments
+    )
 
 
 def _whole(value: object) -> bool:

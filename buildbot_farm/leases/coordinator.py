@@ -145,9 +145,13 @@ class Coordinator:
         return report
 
     async def _answers(self, lease: Lease) -> bool:
+        """Whether the buildlet's agent answers and its host is not being preempted."""
         try:
-            await self._agents.status(lease.url, lease.secret)
+            status = await self._agents.status(lease.url, lease.secret)
         except AgentError:
+            return False
+        if status.get("preempted"):
+            log.msg(f"coordinator: {lease.name} is being preempted: {status['preempted']}")
             return False
         return True
 
@@ -296,7 +300,8 @@ class Coordinator:
                 gone.append(lease.name)
         for lease in await self.table.all():
             if lease.state is LeaseState.IDLE and not await self._answers(lease):
-                log.msg(f"coordinator: idle buildlet {lease.name} stopped answering; forgot it")
+                log.msg(f"coordinator: idle buildlet {lease.name} stopped answering or is being "
+                        "preempted; forgot it")
                 await self._forget(lease)
                 gone.append(lease.name)
         return gone

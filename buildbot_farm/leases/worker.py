@@ -4,6 +4,11 @@
 coordinator's proxy, as one exec that lasts as long as the worker: when the buildlet is
 halted, the worker goes with it. While substantiated, a keepalive renews the lease.
 ``stop_instance`` halts the buildlet, once per start.
+
+When the keepalive finds the buildlet's host being preempted (its pool has a
+``preemption=`` detector), the worker goes into Buildbot's quarantine (no new builds for
+``PREEMPTION_QUARANTINE`` seconds or more), gives its running build the reason in the
+property ``farm_preempted``, and releases the buildlet, which ends that build RETRY.
 """
 
 from __future__ import annotations
@@ -18,7 +23,12 @@ from twisted.python import log
 
 from buildbot_farm.leases import keys
 from buildbot_farm.leases.client import CoordinatorClient, CoordinatorRequestError
+from buildbot_farm.leases.preemption import PREEMPTED_PROPERTY, preemption_notice
 from buildbot_farm.web.client import http_client
+
+# Seconds a worker whose buildlet was preempted takes no builds, at least: AWS gives two
+# minutes' notice, GCE and Azure about 30 s, so by then the host is gone or replaced.
+PREEMPTION_QUARANTINE = 120.0
 
 # Runs on the buildlet with its python3: creates the worker directory (first time), adds
 # the machine's architecture and Python version to the worker info (Buildbot reports
@@ -167,9 +177,42 @@ class FarmLatentWorker(AbstractLatentWorker):
 
     async def _renew(self, client: CoordinatorClient, name: str) -> None:
         try:
-            await client.status(name)
+            status = await client.status(name)
         except CoordinatorRequestError as e:
             log.msg(f"FarmLatentWorker {self.name}: lease on {name} lost: {e}")
+            return
+        reason = preemption_notice(status)
+        if reason is not None and self._buildlet == name:
+            await self._preempted(client, name, reason)
+
+    async def _preempted(self, client: CoordinatorClient, name: str, reason: str) -> None:
+        """Take no builds for a while, mark the running ones preempted, and release ``name``."""
+        log.msg(f"FarmLatentWorker {self.name}: {name} is {reason}; releasing it, which ends"
+                " its build RETRY")
+        # Buildbot declares quarantine_timeout as a chained class assignment mypy cannot type.
+        current: float = self.quarantine_timeout  # type: ignore[has-type]
+        self.quarantine_timeout = max(current, PREEMPTION_QUARANTINE)
+        self.putInQuarantine()
+        if self._keepalive is not None and self._keepalive.running:
+            self._keepalive.stop()
+        for build in self._running_builds():
+            build.setProperty(PREEMPTED_PROPERTY, f"{name} {reason}", "FarmLatentWorker")
+        # The lost-lease path: halting the buildlet ends the worker, so Buildbot ends the
+        # build RETRY (stopping it first would end it CANCELLED, the interrupted step's result).
+        self._buildlet = None
+        try:
+            await client.destroy(name)
+        except CoordinatorRequestError as e:
+            log.msg(f"FarmLatentWorker {self.name}: releasing preempted {name}: {e}")
+        log.msg(f"FarmLatentWorker {self.name}: released preempted {name}")
+
+    def _running_builds(self) -> list[Any]:
+        return [
+            build
+            for builder in self.master.botmaster.builders.values()
+            for build in builder.building
+            if build.workerforbuilder is not None and build.workerforbuilder.worker is self
+        ]
 
     def stop_instance(self, fast: bool = False) -> defer.Deferred[bool]:
         """Halt the buildlet (and so the worker on it); safe when it is already gone."""

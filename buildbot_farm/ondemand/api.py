@@ -14,6 +14,7 @@ from twisted.web.server import Request
 
 from buildbot_farm.artifacts import paths
 from buildbot_farm.artifacts.steps import NoRepository, find_repository
+from buildbot_farm.artifacts.storage import LocalStorage
 from buildbot_farm.ondemand import params
 from buildbot_farm.ondemand.config import OFF
 from buildbot_farm.ondemand.host import OnDemandHost, UnknownScheduler
@@ -137,6 +138,10 @@ def _stream(request: Request, master: Any, job: Job) -> bytes | None:
         repository = find_repository(master)
     except NoRepository as e:
         return json_error(request, 503, str(e))
+    segments = paths.split(job.artifact.path)
+    if not isinstance(repository.storage, LocalStorage):
+        return json_error(request, 501, "on-demand downloads are served from a local-directory"
+                          f" repository; fetch {repository.url_for(segments)}", key=job.key)
     path = repository.storage.path_of(paths.split(job.artifact.path))
     if not path.is_file():
         return json_error(request, 410, f"the artifact of {job.key} was removed (retention);"

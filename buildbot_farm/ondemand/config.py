@@ -19,8 +19,9 @@ class OnDemandBuilds:
     """How on-demand jobs are retried and how long the compat endpoint holds a request.
 
     The janitor runs every ``janitor_interval`` seconds. It requeues a job whose build
-    ended EXCEPTION, or whose buildset Buildbot no longer has pending while the job heard
-    nothing for ``stale_after`` seconds, until the job has had ``max_attempts`` attempts.
+    ended EXCEPTION or RETRY (a lost worker, a preempted host), or whose buildset Buildbot
+    no longer has pending while the job heard nothing for ``stale_after`` seconds, until
+    the job has had ``max_attempts`` attempts.
     ``/api/compat`` answers 504 after ``compat_timeout`` seconds. ``signing_key`` is the
     PEM Ed25519 key (relative to the master's basedir, created on first start) that signs
     each artifact's sha256 for ``/api/download/{key}.sig``; None signs nothing.

@@ -10,11 +10,12 @@ from typing import Any
 
 from buildbot import config
 from buildbot.data import resultspec
-from buildbot.process.results import Results
+from buildbot.process.results import RETRY, Results
 from twisted.internet import defer, threads
 from twisted.python import log
 
 from buildbot_farm import db
+from buildbot_farm.leases.preemption import PREEMPTED_PROPERTY
 from buildbot_farm.ondemand.config import OnDemandBuilds
 from buildbot_farm.ondemand.jobs import (
     ATTEMPT_PROPERTY,
@@ -192,6 +193,14 @@ class OnDemandHost:
         props = await self._properties(build)
         if KEY_PROPERTY not in props:
             return
+        if await self._resubmitted(build):
+            log.msg(f"farm on-demand: stopping build {build['buildid']}: Buildbot reran a request"
+                    " whose build ended RETRY; the janitor retries the job as a new attempt")
+            await self.master.data.control(
+                "stop", {"reason": "the janitor retries this job as a new attempt"},
+                ("builds", build["buildid"]),
+            )
+            return
         await jobs.started(props[KEY_PROPERTY], int(props[ATTEMPT_PROPERTY]),
                            int(build["buildid"]), props.get("workername"))
 
@@ -200,7 +209,7 @@ class OnDemandHost:
         if jobs is None:
             return
         props = await self._properties(build)
-        if KEY_PROPERTY not in props:
+        if KEY_PROPERTY not in props or await self._resubmitted(build):
             return
         key, attempt = props[KEY_PROPERTY], int(props[ATTEMPT_PROPERTY])
         result = Results[build["results"]] if build.get("results") is not None else "exception"
@@ -216,10 +225,30 @@ class OnDemandHost:
         if artifact is not None and self.signer is not None:
             signature = self.signer.sign_digest(artifact.sha256)
             artifact = dataclasses.replace(artifact, signature=base64.b64encode(signature).decode())
-        error = None if result == "success" else f"build {build['buildid']} ended {result}"
+        error = None
+        if result != "success":
+            error = f"build {build['buildid']} ended {result}"
+            why = props.get(PREEMPTED_PROPERTY) or build.get("state_string")
+            if why:
+                error += f": {why}"
         if not await jobs.finish(key, attempt, result, artifact, error):
             log.msg(f"farm on-demand: build {build['buildid']} of {key[:12]} attempt {attempt}"
                     " was fenced off by a newer attempt; its result is ignored")
+
+    async def _resubmitted(self, build: dict[str, Any]) -> bool:
+        """Whether ``build`` is Buildbot's rerun of a request whose earlier build ended RETRY.
+
+        An on-demand job gets a new attempt from the janitor instead, so that its history
+        shows each try and ``max_attempts`` bounds them. (A rerun after a master died
+        mid-build, whose earlier build has no result, stays the same attempt.)
+        """
+        earlier = await self.master.data.get(
+            ("buildrequests", build["buildrequestid"], "builds")
+        )
+        return any(
+            other["buildid"] < build["buildid"] and other["results"] == RETRY
+            for other in earlier or []
+        )
 
     async def sweep(self) -> None:
         """Janitor: requeue jobs to retry or gone stale, and start their builds.

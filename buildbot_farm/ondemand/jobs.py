@@ -6,7 +6,7 @@ All SQL of on-demand builds is here. A job is in one of these states::
     queued/running  --FAILURE-->  failed
     succeeded  --artifact removed (retention), noticed on submit-->  failed
     failed  --submitted again-->  queued (attempt + 1)
-    queued/running  --EXCEPTION-->  retry  --janitor-->  queued (attempt + 1) | failed
+    queued/running  --EXCEPTION or RETRY-->  retry  --janitor-->  queued (attempt + 1) | failed
     queued/running  --buildset done or gone for stale_after-->  (janitor) queued | failed
 
 ``attempt`` is the fencing token: a result is recorded only by the attempt whose number
@@ -149,6 +149,14 @@ class JobTable:
         )
         return None if row is None else Job.from_row(row)
 
+    async def recent(self, limit: int) -> list[Job]:
+        """The ``limit`` most recently changed jobs, newest first (read-only)."""
+        rows = await self._db.fetchall(
+            "SELECT * FROM farm_ondemand_jobs ORDER BY updated_at DESC, build_key LIMIT ?",
+            (limit,),
+        )
+        return [Job.from_row(row) for row in rows]
+
     async def attempts(self, key: str) -> list[db.Row]:
         """The attempts of ``key``, oldest first."""
         return await self._db.fetchall(
@@ -174,11 +182,12 @@ class JobTable:
                 " WHERE build_key = ? AND attempt = ? AND status IN ('queued', 'running')",
                 (now, key, attempt),
             )
-            await txn.execute(
-                "UPDATE farm_ondemand_attempts SET build_id = ?, worker = ?"
-                " WHERE build_key = ? AND attempt = ?",
-                (build_id, worker, key, attempt),
-            )
+            if changed:
+                await txn.execute(
+                    "UPDATE farm_ondemand_attempts SET build_id = ?, worker = ?"
+                    " WHERE build_key = ? AND attempt = ?",
+                    (build_id, worker, key, attempt),
+                )
             return bool(changed)
 
         return await self._db.transaction(run)
@@ -189,13 +198,13 @@ class JobTable:
         """Record how ``attempt`` ended and wake waiters; False when it was fenced off.
 
         ``result`` is Buildbot's result name. ``success`` with an artifact completes the
-        job; ``exception`` leaves it for the janitor to retry; ``retry`` keeps it queued
-        (Buildbot resubmits that build request itself); anything else fails it.
+        job; ``exception`` and ``retry`` (a lost worker, a preempted host) leave it for the
+        janitor to retry as a new attempt; anything else fails it.
         """
         now = self._clock()
         if result == "success" and artifact is None:
             result, error = "failure", error or "the build stored no artifact"
-        status = {"success": "succeeded", "exception": "retry", "retry": "queued"}.get(
+        status = {"success": "succeeded", "exception": "retry", "retry": "retry"}.get(
             result, "failed"
         )
 
@@ -254,7 +263,7 @@ class JobTable:
             )
             requeued = []
             for job in map(Job.from_row, rows):
-                reason = "the build ended EXCEPTION" if job.status == "retry" else (
+                reason = "the build ended EXCEPTION or RETRY" if job.status == "retry" else (
                     "no news of its build within stale_after")
                 if job.attempt >= max_attempts:
                     await txn.execute(

@@ -23,6 +23,11 @@ from buildbot_farm.ondemand.jobs import ATTEMPT_PROPERTY, KEY_PROPERTY, Job, Sub
 
 FARM_SERVICE = "farm"
 _SOURCE = "On-demand build"
+# Buildbot collapses a queued build request into a newer one of the same builder unless
+# their sourcestamps or their properties *from the source "Scheduler"* differ: on-demand
+# requests have no sourcestamps, so the key and attempt carry that source to keep every
+# job's request its own.
+_UNCOLLAPSIBLE_SOURCE = "Scheduler"
 
 
 def form_field(parameter: params.Parameter) -> forcesched.BaseParameter:
@@ -115,8 +120,8 @@ class OnDemandScheduler(forcesched.ForceScheduler):
         properties = Properties()
         for name, value in json.loads(job.parameters).items():
             properties.setProperty(name, value, _SOURCE)
-        properties.setProperty(KEY_PROPERTY, job.key, _SOURCE)
-        properties.setProperty(ATTEMPT_PROPERTY, job.attempt, _SOURCE)
+        properties.setProperty(KEY_PROPERTY, job.key, _UNCOLLAPSIBLE_SOURCE)
+        properties.setProperty(ATTEMPT_PROPERTY, job.attempt, _UNCOLLAPSIBLE_SOURCE)
         bsid, _ = await self.addBuildsetForSourceStampsWithDefaults(
             reason=f"on-demand build {job.key[:12]} (attempt {job.attempt})",
             sourcestamps=[], properties=properties, builderNames=self.builderNames,

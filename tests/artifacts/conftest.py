@@ -21,6 +21,9 @@ from buildbot_farm import db
 from buildbot_farm.artifacts import ArtifactRepository, ArtifactResource, open_repository
 from buildbot_farm.artifacts.repository import Repository
 from buildbot_farm.web.client import http_client
+from tests.db.conftest import backend, database, db_url_for
+
+__all__ = ["backend", "database", "db_url_for"]
 
 
 def plain_http() -> Any:
@@ -104,11 +107,17 @@ StartRepository = Callable[..., Awaitable[RunningRepository]]
 
 @pytest_twisted.async_yield_fixture
 async def start_repository(tmp_path: Path) -> AsyncIterator[StartRepository]:
-    """Start repositories (``ArtifactRepository`` arguments as keywords) on fresh ports."""
+    """Start repositories (``ArtifactRepository`` arguments as keywords) on fresh ports.
+
+    ``database_url`` picks the farm database (default: a SQLite file of the test).
+    """
     running: list[RunningRepository] = []
 
-    async def start(root: Path | None = None, **settings: Any) -> RunningRepository:
-        database = await db.connect(f"sqlite:///{tmp_path / 'farm.sqlite'}", reactor)
+    async def start(
+        root: Path | None = None, database_url: str | None = None, **settings: Any
+    ) -> RunningRepository:
+        database = await db.connect(database_url or f"sqlite:///{tmp_path / 'farm.sqlite'}",
+                                    reactor)
         site_root = resource.Resource()
         farm = resource.Resource()
         site_root.putChild(b"farm", farm)

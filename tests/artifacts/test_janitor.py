@@ -1,4 +1,4 @@
-"""The janitor: expired build directories and dead tokens go, the rest stays."""
+"""The janitor: expired build directories and dead tokens go, the rest stays (both backends)."""
 
 from __future__ import annotations
 
@@ -6,14 +6,16 @@ import pytest_twisted
 from twisted.internet import reactor, task
 
 from tests.artifacts.conftest import StartRepository, basic
+from tests.db.conftest import DbUrlFactory
 
 
 @pytest_twisted.ensureDeferred
 async def test_expired_builds_and_their_index_rows_are_removed(
-    start_repository: StartRepository,
+    start_repository: StartRepository, backend: str, db_url_for: DbUrlFactory,
 ) -> None:
     """A build under a short-lived prefix is deleted with its index rows; others are kept."""
-    repo = await start_repository(retention={"bin/nightly": 0.2})
+    repo = await start_repository(database_url=db_url_for(backend),
+                                  retention={"bin/nightly": 0.2})
     short = basic(1, await repo.token(build_id=1, project="nightly", build=5))
     kept = basic(2, await repo.token(build_id=2, project="release", build=5))
     assert (await repo.request("PUT", "bin/nightly/5/a", data=b"a", headers=short)).code == 201

@@ -65,10 +65,13 @@ async def start_coordinator(tmp_path: Path) -> AsyncIterator[StartCoordinator]:
         policy: ExpiryPolicy | None = None,
         clock: Any = reactor,
         reverse_pool: int = 0,
+        agent_arguments: tuple[str, ...] = (),
     ) -> RunningCoordinator:
         database = await db.connect(f"sqlite:///{tmp_path / 'farm.sqlite'}", reactor)
         databases.append(database)
-        provider = ProcessProvider(tmp_path / "buildlets", reactor)
+        provider = ProcessProvider(
+            tmp_path / "buildlets", reactor, agent_arguments=agent_arguments
+        )
         agents = AgentClient(reactor, plain_http())
         types = {"local": BuildletType("local", provider, max_count=max_count, warm=warm)}
         if reverse_pool:

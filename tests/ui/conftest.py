@@ -14,7 +14,10 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 
 from buildbot_farm.demo import LocalFarm
+from tests.db.conftest import backend, database, db_url_for
 from tests.harness.ports import free_port
+
+__all__ = ["backend", "database", "db_url_for"]
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -37,16 +40,19 @@ class RunningFarm:
     local: LocalFarm
     artifact_build: dict[str, Any]
     buildlet_build: dict[str, Any]
+    # Creating this file lets the held on-demand build (builder "ui-tool") finish.
+    release: Path
 
 
 @pytest.fixture(scope="module")
 def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFarm]:
     """A master and worker that ran one artifact build and one build on a buildlet."""
     base = tmp_path_factory.mktemp("ui")
+    release = base / "release-the-held-build"
     local = LocalFarm(
         Path(__file__).with_name("master.cfg"), base,
         env={"FARM_WEB_PORT": str(free_port()), "FARM_PB_PORT": str(free_port()),
-             "FARM_UI_ADMIN_PASSWORD": ADMIN_PASSWORD},
+             "FARM_UI_ADMIN_PASSWORD": ADMIN_PASSWORD, "FARM_UI_RELEASE": str(release)},
         build_timeout=180,
     )
     local.create()
@@ -56,8 +62,9 @@ def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFarm]:
         buildlet_build = local.force_build("on-buildlet")
         assert artifact_build["results"] == 0, local.master_log
         assert buildlet_build["results"] == 0, local.master_log
-        yield RunningFarm(local, artifact_build, buildlet_build)
+        yield RunningFarm(local, artifact_build, buildlet_build, release)
     finally:
+        release.touch()
         local.stop()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import time
 import urllib.request
@@ -48,6 +49,39 @@ def retrying(browser: Browser, action: Callable[[Any], T], timeout: float = 30) 
 def click(browser: Browser, by: str, value: str) -> None:
     """Click the element once it is there, even across the page's own reloads."""
     retrying(browser, lambda driver: driver.find_element(by, value).click())
+
+
+def until(browser: Browser, read: Callable[[Any], T | None], timeout: float = 60) -> T:
+    """The first true ``read(driver)``, while the page reloads itself (no reload here)."""
+    found: list[T] = []
+
+    def attempt(driver: Any) -> bool:
+        try:
+            value = read(driver)
+        except (StaleElementReferenceException, NoSuchElementException):
+            return False
+        if value:
+            found.append(value)
+        return bool(value)
+
+    WebDriverWait(browser.driver, timeout, poll_frequency=0.5).until(attempt)
+    return found[0]
+
+
+def reloads_itself(browser: Browser) -> bool:
+    """Whether the page in the browser has a meta refresh."""
+    return bool(browser.driver.find_elements(By.CSS_SELECTOR, 'meta[http-equiv="refresh"]'))
+
+
+def job_row(driver: Any, key: str) -> dict[str, Any] | None:
+    """The jobs table's row of ``key``: cells' text and the build and download links."""
+    for row in driver.find_elements(By.CSS_SELECTOR, "#jobs tr"):
+        keys = row.find_elements(By.CSS_SELECTOR, "a.key")
+        if keys and keys[0].get_attribute("title") == key:
+            links = {a.text: a.get_attribute("href") for a in row.find_elements(By.TAG_NAME, "a")}
+            return {"cells": [td.text for td in row.find_elements(By.TAG_NAME, "td")],
+                    "links": links}
+    return None
 
 
 def lease_rows(browser: Browser) -> dict[str, list[str]]:
@@ -124,8 +158,7 @@ def test_every_page_shows_what_real_builds_made(farm: RunningFarm, browser: Brow
     browser.screenshot("records-search")
 
     browser.driver.get(web + UI + "jobs")
-    assert "No on-demand jobs" in wait_for(browser, ".empty").text
-    browser.screenshot("jobs")
+    assert wait_for(browser, "h1").text == "On-demand jobs"
     assert browser.console_errors() == []
 
 
@@ -164,3 +197,89 @@ def test_a_missing_page_is_a_readable_error(farm: RunningFarm, browser: Browser)
     browser.driver.get(farm.local.web_url + UI + "nowhere")
     assert "has no page 'nowhere'" in wait_for(browser, ".error").text
     assert browser.driver.find_element(By.LINK_TEXT, "Buildlets")
+
+
+def test_a_forged_destroy_form_is_refused(farm: RunningFarm, browser: Browser) -> None:
+    """Even for an admin, a destroy POST whose form token is not the page's is refused."""
+    browser.log_in(farm.local.web_url, "admin", ADMIN_PASSWORD)
+    browser.driver.get(farm.local.web_url + UI + "buildlets")
+    name = next(iter(lease_rows(browser)))
+    retrying(browser, lambda driver: driver.execute_script(
+        "const form = document.querySelector(arguments[0]);"
+        "form.querySelector('input[name=form_token]').value = '4102444800.forged';"
+        "form.submit();", f'form:has(input[value="{name}"])'))
+    error = wait_for(browser, ".error").text
+    assert f"refused to destroy {name}: this form's form_token is not valid for admin" in error
+    browser.screenshot("destroy-forged")
+    browser.driver.get(farm.local.web_url + UI + "buildlets")
+    assert name in lease_rows(browser)
+    errors = browser.console_errors()
+    assert all(re.search(r"status of 403", e) for e in errors), errors
+
+
+def test_a_running_on_demand_job_and_its_upload_token_show_until_it_ends(
+    farm: RunningFarm, browser: Browser
+) -> None:
+    """A held on-demand build shows as a running job with a live token; the pages reload
+    themselves until it ends, then the job links its build and its artifact's download."""
+    web = farm.local.web_url
+    request = urllib.request.Request(
+        web + "plugins/farm/api/build", data=json.dumps(
+            {"scheduler": "ui-tool", "flavor": "fancy"}).encode(),
+        headers={"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        assert answer.status == 202
+        key = json.load(answer)["key"]
+
+    browser.driver.get(web + UI + "jobs")
+    running = until(browser, lambda driver: (row := job_row(driver, key)) and (
+        row["cells"][3] == "running") and row)
+    assert reloads_itself(browser)
+    assert running["cells"][1:3] == ["ui-tool", "flavor=fancy"]
+    assert running["cells"][4].startswith("#1 on local-worker in progress · ui-tool #")
+    browser.screenshot("jobs-running")
+    with urllib.request.urlopen(f"{web}plugins/farm/api/build/{key}", timeout=30) as answer:
+        build_id = json.load(answer)["attempts"][0]["build_id"]
+    build = farm.local.api(f"builds/{build_id}")["builds"][0]
+    number, builderid = build["number"], build["builderid"]
+
+    def token_row(driver: Any) -> list[str] | None:
+        driver.get(web + UI + "artifacts/")
+        for row in driver.find_elements(By.CSS_SELECTOR, "#tokens tr")[1:]:
+            cells = [td.text for td in row.find_elements(By.TAG_NAME, "td")]
+            if cells[0] == f"ui-tool #{number}":
+                return cells
+        return None
+
+    token = until(browser, token_row, timeout=30)
+    assert token[1] == str(build_id)
+    assert token[2].endswith(f"/ui-tool/{number}/")
+    assert token[4].startswith("in ")
+    assert reloads_itself(browser)
+    browser.screenshot("artifacts-token")
+    browser.driver.get(web + UI + "records")
+    wait_for(browser, "#search")
+    assert browser.driver.find_elements(
+        By.CSS_SELECTOR, 'meta[http-equiv="refresh"][content="30"]'), "records stay still"
+
+    browser.driver.get(web + UI + "artifacts/")
+    wait_for(browser, "#tokens")
+    farm.release.touch()
+    until(browser, lambda driver: driver.find_elements(By.ID, "no-tokens"))
+    assert not reloads_itself(browser)
+
+    browser.driver.get(web + UI + "jobs")
+    done = until(browser, lambda driver: (row := job_row(driver, key)) and (
+        row["cells"][3] == "succeeded") and row)
+    assert not reloads_itself(browser)
+    assert done["cells"][0] == key[:12]
+    assert done["cells"][4] == f"#1 on local-worker success · ui-tool #{number}"
+    build_url = f"{web}#/builders/{builderid}/builds/{number}"
+    assert done["links"][f"ui-tool #{number}"] == build_url
+    assert done["links"]["download"] == f"{web}plugins/farm/api/download/{key}"
+    with urllib.request.urlopen(done["links"]["download"], timeout=30) as answer:
+        assert answer.read() == b"tool, fancy flavour\n"
+    browser.screenshot("jobs")
+    assert browser.console_errors() == []
+    click(browser, By.LINK_TEXT, f"ui-tool #{number}")
+    WebDriverWait(browser.driver, 30).until(expected_conditions.url_to_be(build_url))

@@ -1,10 +1,11 @@
-"""The dashboard's pages through StubTreq: empty states, readable errors, authz, the menu app."""
+"""The dashboard's pages through StubTreq: empty states, readable errors, authz, CSRF, menu."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 import treq
 from buildbot.www.authz.authz import Forbidden
 from treq.testing import StubTreq
@@ -12,10 +13,13 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.web import resource
 
+from buildbot_farm import db
 from buildbot_farm.dashboard import DashboardResource, farm_dashboard, farm_menu
 from buildbot_farm.dashboard import _pages as pages
+from buildbot_farm.dashboard._forms import FormRefused, FormTokens
 
 BASE = "http://farm.example/plugins/farm/ui/"
+SECRET = b"dashboard-test-form-secret"
 
 
 class FakeWWW:
@@ -35,12 +39,21 @@ class FakeWWW:
         return defer.succeed(None)
 
 
+class BrokenJobs:
+    """A job table whose database is down: every query fails like the real one does."""
+
+    async def recent(self, limit: int) -> list[Any]:
+        """Fail with the farm database's error."""
+        raise db.DatabaseUnavailable("could not connect to server: Connection refused")
+
+
 def bare_farm(www: FakeWWW) -> Any:
-    """A farm service with no coordinator, no repository and a closed database."""
+    """A farm service with no coordinator, no repository, no on-demand and a closed database."""
     return SimpleNamespace(
         coordinator=None,
         artifacts=SimpleNamespace(repository=None),
         records=SimpleNamespace(store=lambda: None),
+        on_demand=SimpleNamespace(jobs=None),
         master=SimpleNamespace(www=www, reactor=Clock()),
     )
 
@@ -51,7 +64,7 @@ def fetch(farm: Any, method: str, path: str, **kwargs: Any) -> tuple[int, str]:
     plugins, farm_root = resource.Resource(), resource.Resource()
     root.putChild(b"plugins", plugins)
     plugins.putChild(b"farm", farm_root)
-    farm_root.putChild(b"ui", DashboardResource(farm))
+    farm_root.putChild(b"ui", DashboardResource(farm, FormTokens(SECRET)))
     stub = StubTreq(root)
     answers: list[tuple[int, str]] = []
 
@@ -87,11 +100,23 @@ def test_a_closed_database_is_a_readable_503() -> None:
     assert "the farm database is closed; see the master&#x27;s log" in body
 
 
-def test_the_jobs_page_is_an_empty_state() -> None:
-    """On-demand jobs say that there are none yet."""
+def test_without_on_demand_the_jobs_page_says_what_to_configure() -> None:
+    """With on-demand builds off, the jobs page shows the master.cfg lines that turn them on."""
     status, body = fetch(bare_farm(FakeWWW()), "GET", "jobs")
     assert status == 200
-    assert "No on-demand jobs" in body
+    assert "on_demand=util.OnDemandBuilds()" in body
+    assert "schedulers.OnDemandScheduler(" in body
+    assert "http-equiv" not in body
+
+
+def test_a_database_failure_on_the_jobs_page_is_a_readable_503() -> None:
+    """A farm database that does not answer gives a 503 saying so, which reloads itself."""
+    farm = bare_farm(FakeWWW())
+    farm.on_demand = SimpleNamespace(jobs=BrokenJobs())
+    status, body = fetch(farm, "GET", "jobs")
+    assert status == 503
+    assert "the farm database failed: could not connect to server" in body
+    assert 'http-equiv="refresh"' in body
 
 
 def test_the_root_redirects_to_the_buildlets_page() -> None:
@@ -109,15 +134,44 @@ def test_reading_a_page_asks_buildbot_authz_and_may_be_refused() -> None:
     assert www.asked == [(("farm", "buildlets"), "get")]
 
 
+def valid_token(user: str = "anonymous") -> str:
+    """A destroy-form token the dashboard under test accepts from ``user`` now."""
+    return FormTokens(SECRET).issue(user, "buildlets/destroy", Clock().seconds())
+
+
 def test_destroy_is_refused_before_anything_else_without_the_role() -> None:
     """POST buildlets/destroy asks authz for "destroy" on ("farm", "buildlets", NAME)."""
     www = FakeWWW(refused=("destroy",))
     farm = bare_farm(www)
     farm.coordinator = SimpleNamespace()
-    status, body = fetch(farm, "POST", "buildlets/destroy", data={"name": "u-local-0"})
+    status, body = fetch(farm, "POST", "buildlets/destroy",
+                         data={"name": "u-local-0", "form_token": valid_token()})
     assert status == 403
     assert "you may not destroy buildlets" in body
     assert www.asked == [(("farm", "buildlets", "u-local-0"), "destroy")]
+
+
+def test_destroy_without_a_form_token_is_refused_before_authz() -> None:
+    """A destroy POST without the page's form token is a readable 403; authz is not asked."""
+    www = FakeWWW()
+    farm = bare_farm(www)
+    farm.coordinator = SimpleNamespace()
+    status, body = fetch(farm, "POST", "buildlets/destroy", data={"name": "u-local-0"})
+    assert status == 403
+    assert "refused to destroy u-local-0: this form came without its form_token" in body
+    assert www.asked == []
+
+
+def test_destroy_with_a_wrong_form_token_is_refused() -> None:
+    """A token of another user, or a forged one, is a 403 that says to reload the page."""
+    farm = bare_farm(FakeWWW())
+    farm.coordinator = SimpleNamespace()
+    for token in (valid_token("admin"), "4102444800." + "0" * 64, "garbage"):
+        status, body = fetch(farm, "POST", "buildlets/destroy",
+                             data={"name": "u-local-0", "form_token": token})
+        assert status == 403, token
+        assert "is not valid for anonymous" in body
+        assert "reload the page and try again" in body
 
 
 def test_destroy_without_a_name_says_which_field_is_missing() -> None:
@@ -143,13 +197,32 @@ def test_countdown_and_sizes_read_like_people_write_them() -> None:
     assert pages.countdown(100, 100) == "expired"
     assert pages.countdown(125, 3) == "in 2 min 2 s"
     assert pages.countdown(40, 3) == "in 37 s"
+    assert pages.countdown(6 * 3600 - 6, 0) == "in 5 h 59 min"
     assert pages.size(29) == "29 B"
     assert pages.size(1536) == "1.5 KiB"
     assert pages.size(3 * 1024**4) == "3072.0 GiB"
 
 
 def test_a_page_refreshes_itself_only_when_asked() -> None:
-    """``refresh=True`` adds a meta refresh of a few seconds; otherwise the page stays."""
+    """``refresh=N`` adds a meta refresh of N seconds; otherwise the page stays."""
     frame = pages.Frame("/plugins/farm/ui/", "buildlets")
-    assert b'http-equiv="refresh" content="5"' in pages.page(frame, "Buildlets", "", refresh=True)
+    assert b'http-equiv="refresh" content="5"' in pages.page(frame, "Buildlets", "", refresh=5)
     assert b"http-equiv" not in pages.page(frame, "Buildlets", "")
+
+
+def test_form_tokens_are_bound_to_user_action_and_time() -> None:
+    """A token works for its user and action until it expires; a new secret refuses it."""
+    tokens = FormTokens(SECRET)
+    token = tokens.issue("alice", "buildlets/destroy", 1000)
+    tokens.check("alice", "buildlets/destroy", token, 1000 + 3600)
+    refusals = [
+        ("bob", "buildlets/destroy", token, 1000, "not valid for bob"),
+        ("alice", "records/delete", token, 1000, "not valid for alice"),
+        ("alice", "buildlets/destroy", token, 1000 + 9 * 3600, "has expired"),
+        ("alice", "buildlets/destroy", "", 1000, "came without its form_token"),
+    ]
+    for user, action, presented, now, reason in refusals:
+        with pytest.raises(FormRefused, match=reason):
+            tokens.check(user, action, presented, now)
+    with pytest.raises(FormRefused, match="before the master restarted"):
+        FormTokens(b"another-secret").check("alice", "buildlets/destroy", token, 1000)

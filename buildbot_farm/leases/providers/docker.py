@@ -16,7 +16,7 @@ import io
 import json
 import tarfile
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Callable
 
 import docker
@@ -62,6 +62,7 @@ class DockerProvider(BuildletProvider):
         pids: int | None = None,
         python: str = "python3",
         start_timeout: float = 30.0,
+        agent_arguments: Sequence[str] = (),
     ) -> None:
         if cpus is not None and cpus <= 0:
             raise ValueError(f"docker provider: cpus must be positive, not {cpus}")
@@ -69,6 +70,7 @@ class DockerProvider(BuildletProvider):
             raise ValueError(f"docker provider: pids must be at least 1, not {pids}")
         self.image = image
         self.instance = instance
+        self._agent_arguments = list(agent_arguments)
         self._reactor = reactor
         self._docker_host = docker_host
         self._labels = {**(labels or {}), INSTANCE_LABEL: instance}
@@ -125,6 +127,7 @@ class DockerProvider(BuildletProvider):
                         "--listen", "127.0.0.1:0",
                         "--workdir", f"{HOME}/work",
                         "--secret-file", f"{HOME}/secret",
+                        *self._agent_arguments,
                     ],
                     user="0:0",
                     working_dir=HOME,

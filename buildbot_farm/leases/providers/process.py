@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,6 +30,7 @@ class ProcessProvider(BuildletProvider):
 
     ``python`` runs the agent (stdlib only: any Python >= 3.9 will do); builds on these
     buildlets see the same machine, so ``python`` is also what they find first on PATH.
+    ``agent_arguments`` are added to each agent's command line (e.g. a preemption detector).
     """
 
     kind = "process"
@@ -39,8 +41,10 @@ class ProcessProvider(BuildletProvider):
         reactor: Any,
         python: str = sys.executable,
         start_timeout: float = 30.0,
+        agent_arguments: Sequence[str] = (),
     ) -> None:
         self.root = Path(root)
+        self._agent_arguments = list(agent_arguments)
         self._reactor = reactor
         self._python = python
         self._start_timeout = start_timeout
@@ -85,6 +89,7 @@ class ProcessProvider(BuildletProvider):
                     "--workdir", str(home / "work"),
                     "--secret-file", str(secret_file),
                     "--ready-file", str(home / "url"),
+                    *self._agent_arguments,
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,

@@ -1,0 +1,86 @@
+"""An S3-compatible bucket as master.cfg describes it: ``util.S3Bucket(...)``."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from buildbot.interfaces import IRenderable
+
+_BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+@dataclass(frozen=True)
+class S3Bucket:
+    """Artifacts kept in an S3-compatible bucket; give it to ``ArtifactRepository(storage=)``.
+
+    ``endpoint`` is the service's base URL (``https://s3.eu-west-1.amazonaws.com``,
+    ``http://127.0.0.1:9000`` for a local server); objects are addressed path-style
+    (``ENDPOINT/BUCKET/KEY``), which every S3-compatible server accepts. The bucket must
+    exist. Object keys are ``prefix`` + the artifact's path. ``access_key`` and
+    ``secret_key`` are strings or renderables rendered with the master's secrets when the
+    repository starts (``util.Secret("s3-secret-key")``, ``util.Interpolate(...)``).
+    Requests time out after ``timeout`` seconds.
+    """
+
+    endpoint: str
+    bucket: str
+    access_key: Any
+    secret_key: Any
+    region: str = "us-east-1"
+    prefix: str = ""
+    timeout: float = 60.0
+
+    def problems(self) -> list[str]:
+        """What is wrong with this bucket description, each naming its argument."""
+        found = []
+        parts = urlsplit(self.endpoint) if isinstance(self.endpoint, str) else None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname \
+                or parts.query or parts.fragment:
+            found.append("S3Bucket: endpoint must be an http:// or https:// URL"
+                         " (e.g. 'https://s3.eu-west-1.amazonaws.com')")
+        if not isinstance(self.bucket, str) or not _BUCKET_NAME.match(self.bucket):
+            found.append("S3Bucket: bucket must be an S3 bucket name (3-63 characters:"
+                         " lowercase letters, digits, '.' and '-')")
+        for name in ("access_key", "secret_key", "region"):
+            value = getattr(self, name)
+            if name != "region" and IRenderable.providedBy(value):
+                continue
+            if not isinstance(value, str) or not value or value != value.strip():
+                found.append(f"S3Bucket: {name} must be a non-empty string without"
+                             " surrounding spaces" + ("" if name == "region" else
+                                                      " or a renderable like util.Secret(...)"))
+        if not isinstance(self.prefix, str) or self.prefix.startswith("/") \
+                or "//" in self.prefix or ".." in self.prefix.split("/"):
+            found.append("S3Bucket: prefix must be a relative key prefix like 'artifacts/'"
+                         " (no leading '/', no '//' or '..')")
+        if isinstance(self.timeout, bool) or not isinstance(self.timeout, (int, float)) \
+                or self.timeout <= 0:
+            found.append("S3Bucket: timeout must be a number of seconds > 0")
+        return found
+
+    async def with_secrets(self, render: Callable[[Any], Awaitable[Any]]) -> S3Bucket:
+        """This bucket with ``access_key`` and ``secret_key`` rendered by ``render`` (the
+        farm service's ``renderSecrets``); ValueError names a key that rendered empty."""
+        rendered = []
+        for name in ("access_key", "secret_key"):
+            value = await render(getattr(self, name))
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(f"S3Bucket: {name} rendered to nothing; check the secret"
+                                 " it names and c['secretsProviders']")
+            rendered.append(value.strip())
+        return dataclasses.replace(self, access_key=rendered[0], secret_key=rendered[1])
+
+    @property
+    def key_prefix(self) -> str:
+        """``prefix`` ending in ``/`` (or empty): what every object key starts with."""
+        return self.prefix if not self.prefix or self.prefix.endswith("/") else self.prefix + "/"
+
+    def __repr__(self) -> str:
+        """Everything but the secret key, so logs and config errors never show it."""
+        return (f"S3Bucket(endpoint={self.endpoint!r}, bucket={self.bucket!r},"
+                f" region={self.region!r}, prefix={self.prefix!r})")
