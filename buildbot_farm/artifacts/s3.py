@@ -11,7 +11,6 @@ and S3 shows an object only once it is complete.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import shutil
@@ -27,16 +26,14 @@ from buildbot_farm.artifacts.storage import (
     CHUNK,
     TMP_DIR,
     Conflict,
-    DigestMismatch,
     Entry,
-    InsufficientStorage,
     NotAllowed,
     NotFound,
     Stored,
-    TooLarge,
+    check_digest,
+    file_sha256,
+    thd_spool,
 )
-
-_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 class S3Storage:
@@ -136,31 +133,9 @@ class S3Storage:
         :class:`InsufficientStorage` (the local spool is full) before anything is sent;
         whatever it raises, nothing new is in the bucket.
         """
-        fd, spooled = tempfile.mkstemp(dir=self.tmp_dir, prefix="put-")
-        try:
-            digest = hashlib.sha256()
-            size = 0
-            with os.fdopen(fd, "wb") as out:
-                source.seek(0)
-                while chunk := source.read(CHUNK):
-                    size += len(chunk)
-                    if size > max_size:
-                        raise TooLarge(f"the upload is larger than {max_size} bytes")
-                    digest.update(chunk)
-                    out.write(chunk)
-            sha256 = digest.hexdigest()
-            if expected_sha256 is not None and expected_sha256 != sha256:
-                raise DigestMismatch(
-                    f"the upload's sha256 is {sha256}, not {expected_sha256} as announced"
-                )
-            return self._put(Path(spooled), segments, overwrite, size, sha256)
-        except OSError as e:
-            if e.errno in _NO_SPACE:
-                raise InsufficientStorage("the artifact spool directory is full; nothing was"
-                                          " kept") from e
-            raise
-        finally:
-            os.unlink(spooled)
+        spooled = thd_spool(source, self.tmp_dir, max_size)
+        return self.thd_adopt(spooled.path, segments, spooled.size, spooled.sha256,
+                              expected_sha256, overwrite)
 
     def thd_adopt(
         self, tmp: Path, segments: Segments, size: int, sha256: str,
@@ -169,10 +144,7 @@ class S3Storage:
         """Upload ``tmp`` (a complete upload in :attr:`tmp_dir`, hashed as it was streamed
         in) to ``segments``; ``tmp`` is gone afterwards, whatever happens."""
         try:
-            if expected_sha256 is not None and expected_sha256 != sha256:
-                raise DigestMismatch(
-                    f"the upload's sha256 is {sha256}, not {expected_sha256} as announced"
-                )
+            check_digest(sha256, expected_sha256)
             return self._put(tmp, segments, overwrite, size, sha256)
         finally:
             if os.path.lexists(tmp):
@@ -181,7 +153,7 @@ class S3Storage:
     def thd_import(self, staged: Path, segments: Segments, overwrite: bool) -> Stored:
         """Upload the file ``staged`` (inside :attr:`tmp_dir`) to ``segments``, then delete it."""
         try:
-            size, sha256 = _size_and_sha256(staged)
+            size, sha256 = file_sha256(staged)
             return self._put(staged, segments, overwrite, size, sha256)
         finally:
             if os.path.lexists(staged):
@@ -249,12 +221,3 @@ class S3Storage:
         """A new private directory inside :attr:`tmp_dir` for files on their way in."""
         return Path(tempfile.mkdtemp(dir=self.tmp_dir, prefix="stage-"))
 
-
-def _size_and_sha256(path: Path) -> tuple[int, str]:
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as source:
-        while chunk := source.read(CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return size, digest.hexdigest()

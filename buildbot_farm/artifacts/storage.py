@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from buildbot_farm.artifacts.paths import RESERVED_PREFIX, Segments
+from buildbot_farm.artifacts.spool import Spool, SpooledFile
 
 CHUNK = 1024 * 1024
 TMP_DIR = RESERVED_PREFIX + "-tmp"
@@ -218,47 +219,18 @@ class LocalStorage:
         ``overwrite`` is false, or a collection is there) or :class:`InsufficientStorage`;
         whatever it raises, nothing new is visible.
         """
-        digest = hashlib.sha256()
-        size = 0
-        fd, tmp = tempfile.mkstemp(dir=self.tmp_dir, prefix="put-")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                source.seek(0)
-                while chunk := source.read(CHUNK):
-                    size += len(chunk)
-                    if size > max_size:
-                        raise TooLarge(f"the upload is larger than {max_size} bytes")
-                    digest.update(chunk)
-                    out.write(chunk)
-            os.chmod(tmp, 0o644)
-            sha256 = digest.hexdigest()
-            if expected_sha256 is not None and expected_sha256 != sha256:
-                raise DigestMismatch(
-                    f"the upload's sha256 is {sha256}, not {expected_sha256} as announced"
-                )
-            return self._place(Path(tmp), segments, overwrite, size, sha256)
-        except OSError as e:
-            if e.errno in _NO_SPACE:
-                raise InsufficientStorage("the artifact storage is full; nothing was kept") from e
-            raise
-        finally:
-            if os.path.lexists(tmp):
-                os.unlink(tmp)
+        spooled = thd_spool(source, self.tmp_dir, max_size)
+        return self.thd_adopt(spooled.path, segments, spooled.size, spooled.sha256,
+                              expected_sha256, overwrite)
 
     def thd_import(self, staged: Path, segments: Segments, overwrite: bool) -> Stored:
         """Move the file ``staged`` (inside :attr:`tmp_dir`) to ``segments``, hashing it."""
-        os.chmod(staged, 0o644)
-        digest = hashlib.sha256()
-        size = 0
-        with open(staged, "rb") as source:
-            while chunk := source.read(CHUNK):
-                digest.update(chunk)
-                size += len(chunk)
         try:
-            return self._place(staged, segments, overwrite, size, digest.hexdigest())
-        finally:
-            if os.path.lexists(staged):
-                os.unlink(staged)
+            size, sha256 = file_sha256(staged)
+        except BaseException:
+            staged.unlink(missing_ok=True)
+            raise
+        return self.thd_adopt(staged, segments, size, sha256, None, overwrite)
 
     def thd_adopt(
         self, tmp: Path, segments: Segments, size: int, sha256: str,
@@ -270,16 +242,11 @@ class LocalStorage:
         Raises what :meth:`thd_store` raises except :class:`TooLarge`.
         """
         try:
-            if expected_sha256 is not None and expected_sha256 != sha256:
-                raise DigestMismatch(
-                    f"the upload's sha256 is {sha256}, not {expected_sha256} as announced"
-                )
+            check_digest(sha256, expected_sha256)
             os.chmod(tmp, 0o644)
             return self._place(tmp, segments, overwrite, size, sha256)
         except OSError as e:
-            if e.errno in _NO_SPACE:
-                raise InsufficientStorage("the artifact storage is full; nothing was kept") from e
-            raise
+            raise _full(e) from e
         finally:
             if os.path.lexists(tmp):
                 os.unlink(tmp)
@@ -326,9 +293,7 @@ class LocalStorage:
         try:
             self.path_of(segments).mkdir()
         except OSError as e:
-            if e.errno in _NO_SPACE:
-                raise InsufficientStorage("the artifact storage is full") from e
-            raise
+            raise _full(e) from e
 
     def thd_delete(self, segments: Segments) -> bool:
         """Delete the file or collection (with its contents) at ``segments``; False if absent."""
@@ -345,3 +310,54 @@ class LocalStorage:
     def thd_staging_dir(self) -> Path:
         """A new private directory inside :attr:`tmp_dir` for files on their way in."""
         return Path(tempfile.mkdtemp(dir=self.tmp_dir, prefix="stage-"))
+
+
+def thd_spool(source: BinaryIO, directory: Path, max_size: int) -> SpooledFile:
+    """Copy ``source`` (from its start) into a new temporary file in ``directory``, hashing it.
+
+    Raises :class:`TooLarge` past ``max_size`` bytes and :class:`InsufficientStorage` when
+    the file system is full; either way the temporary file is gone.
+    """
+    try:
+        spool = Spool(directory)
+    except OSError as e:
+        raise _full(e) from e
+    try:
+        source.seek(0)
+        while chunk := source.read(CHUNK):
+            if spool.size + len(chunk) > max_size:
+                raise TooLarge(f"the upload is larger than {max_size} bytes")
+            spool.write(chunk)
+        return spool.finish()
+    except OSError as e:
+        spool.discard()
+        raise _full(e) from e
+    except BaseException:
+        spool.discard()
+        raise
+
+
+def check_digest(sha256: str, expected_sha256: str | None) -> None:
+    """Raise :class:`DigestMismatch` unless the client announced no digest or this one."""
+    if expected_sha256 is not None and expected_sha256 != sha256:
+        raise DigestMismatch(
+            f"the upload's sha256 is {sha256}, not {expected_sha256} as announced"
+        )
+
+
+def file_sha256(path: Path) -> tuple[int, str]:
+    """Size and sha256 of the local file ``path``."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as source:
+        while chunk := source.read(CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
+def _full(error: OSError) -> Exception:
+    """``error``, or :class:`InsufficientStorage` when it says the file system is full."""
+    if error.errno in _NO_SPACE:
+        return InsufficientStorage("the artifact storage is full; nothing was kept")
+    return error

@@ -126,7 +126,12 @@ async def start_repository(tmp_path: Path) -> AsyncIterator[StartRepository]:
         storage = root or tmp_path / "artifacts"
         settings.setdefault("public_url", url)
         config = ArtifactRepository(directory=str(storage), **settings)
-        repository = await open_repository(config, database, reactor, "test-master", url)
+        try:
+            repository = await open_repository(config, database, reactor, "test-master", url)
+        except BaseException:
+            await port.stopListening()
+            await database.stop()
+            raise
         farm.putChild(b"artifacts", ArtifactResource(repository))
         started = RunningRepository(repository, database, url, storage, port)
         running.append(started)

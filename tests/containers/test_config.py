@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+# The standard library's TestCase, not trial's: trial spins the reactor that pytest-twisted
+# already runs, and could run a thread callback twice when it follows an async fixture.
+import unittest
+
 from buildbot.process.properties import Property
 from buildbot.test.util.config import ConfigErrorsMixin
-from twisted.trial import unittest
 
 from buildbot_farm.containers import ContainerTask
 
