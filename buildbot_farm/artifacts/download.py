@@ -1,4 +1,5 @@
-"""Downloads of artifacts kept in S3: the object streamed from the bucket to the client.
+"""Downloads of stored artifacts: a local file sent by :mod:`.local_files`, or an object
+streamed from the S3 bucket to the client (:func:`send_stored` picks the way).
 
 The GET to S3 is signed like any other request and sent with Twisted's own HTTP client,
 so the master never blocks on it. The body is relayed as it arrives with flow control
@@ -17,12 +18,13 @@ from twisted.web import http
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, readBody
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
-from twisted.web.server import Request
+from twisted.web.server import NOT_DONE_YET, Request
 
-from buildbot_farm.artifacts import views
+from buildbot_farm.artifacts import local_files, views
 from buildbot_farm.artifacts.paths import Segments
+from buildbot_farm.artifacts.repository import Repository
 from buildbot_farm.artifacts.s3 import S3Storage
-from buildbot_farm.artifacts.storage import Entry
+from buildbot_farm.artifacts.storage import Entry, LocalStorage
 from buildbot_farm.web._json import json_error
 
 
@@ -72,6 +74,25 @@ class _Relay(protocol.Protocol):
                         f" ({reason.getErrorMessage()}); closing the client's connection")
                 self.request.loseConnection()
         self.done.callback(None)
+
+
+async def send_stored(
+    request: Request, repository: Repository, segments: Segments, entry: Entry, sha256: str,
+) -> bytes | None:
+    """Answer a GET or HEAD of the stored file ``segments`` from whichever storage keeps it;
+    None once the body is on its way.
+
+    Both ways give Content-Length, Last-Modified, Range and a content type by the file's
+    name. The caller has set the ETag (``"SHA256"``) and answered a matching If-None-Match.
+    """
+    storage = repository.storage
+    if isinstance(storage, S3Storage):
+        return await send_object(request, storage, repository.reactor, segments, entry, sha256)
+    assert isinstance(storage, LocalStorage), "a storage backend without downloads"
+    local = local_files.LocalFile(str(storage.path_of(segments)),
+                                  defaultType=views.content_type(entry.name))
+    body = local.render_GET(request)
+    return None if body is NOT_DONE_YET else bytes(body)
 
 
 async def send_object(

@@ -18,12 +18,11 @@ from twisted.python import log
 from twisted.web import http, resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from buildbot_farm.artifacts import download, local_files, paths, spool, tokens, views
+from buildbot_farm.artifacts import download, paths, spool, tokens, views
 from buildbot_farm.artifacts.index import Grant, TokenRefused
 from buildbot_farm.artifacts.paths import RESERVED_PREFIX, Segments, UnsafePath
 from buildbot_farm.artifacts.repository import OutOfScope, Repository
-from buildbot_farm.artifacts.s3 import S3Storage
-from buildbot_farm.artifacts.storage import Entry, LocalStorage, StorageError
+from buildbot_farm.artifacts.storage import Entry, StorageError
 from buildbot_farm.web._json import json_error, json_response
 
 AUTH_ENDPOINT = RESERVED_PREFIX + "-auth"
@@ -112,18 +111,11 @@ class ArtifactResource(resource.Resource):
         described = await self.repository.describe(segments[:-1], [entry])
         if request.setETag(f'"{described[0].sha256}"'.encode()) is http.CACHED:
             return b""
-        storage = self.repository.storage
-        if isinstance(storage, S3Storage):
-            sent = await download.send_object(request, storage, self.repository.reactor,
-                                              segments, entry, described[0].sha256)
-            if sent is None:
-                raise _Answered()
-            return sent
-        assert isinstance(storage, LocalStorage), "a storage backend without downloads"
-        body = local_files.LocalFile(str(storage.path_of(segments))).render_GET(request)
-        if body is NOT_DONE_YET:
+        sent = await download.send_stored(request, self.repository, segments, entry,
+                                          described[0].sha256)
+        if sent is None:
             raise _Answered()
-        return bytes(body)
+        return sent
 
     async def _listing(self, request: Request, segments: Segments) -> bytes:
         items = await self._items(request, segments, await self.repository.list(segments))

@@ -12,16 +12,18 @@ and S3 shows an object only once it is complete.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from buildbot_farm.artifacts.paths import RESERVED_PREFIX, Segments
 from buildbot_farm.artifacts.s3_config import S3Bucket
-from buildbot_farm.artifacts.s3client import S3Client, S3Refused, http_time
+from buildbot_farm.artifacts.s3client import S3Client, S3Refused, S3Unavailable, http_time
 from buildbot_farm.artifacts.storage import (
     CHUNK,
     TMP_DIR,
@@ -109,17 +111,49 @@ class S3Storage:
 
     def thd_digest(self, segments: Segments) -> tuple[int, str]:
         """Size and sha256 of the object ``segments``, read in blocks (for unindexed files)."""
-        response = self.client.open("GET", self.key(segments))
+        digest = hashlib.sha256()
+        size = 0
+        for chunk in self._read(segments):
+            digest.update(chunk)
+            size += len(chunk)
+        return size, digest.hexdigest()
+
+    def thd_open(self, segments: Segments, staging: Path) -> BinaryIO:
+        """A copy of the object ``segments``, fetched in blocks into an unnamed file in
+        ``staging`` (it disappears when closed), open for reading from its start.
+
+        Raises :class:`NotFound` when there is no such object; when S3 fails half-way the
+        partial copy is gone.
+        """
+        # Handed to the caller, who closes it.
+        copy = tempfile.TemporaryFile(dir=staging)  # noqa: SIM115
         try:
+            for chunk in self._read(segments):
+                copy.write(chunk)
+            copy.seek(0)
+        except BaseException:
+            copy.close()
+            raise
+        return cast(BinaryIO, copy)
+
+    def _read(self, segments: Segments) -> Iterator[bytes]:
+        """The bytes of the object ``segments``, block by block, from one GET."""
+        key = self.key(segments)
+        response = self.client.open("GET", key)
+        try:
+            if response.status == 404:
+                raise NotFound(f"no artifact file at /{'/'.join(segments)}")
             if response.status != 200:
-                raise self.client.refusal("GET", self.key(segments), response.status,
-                                          response.read())
-            digest = hashlib.sha256()
-            size = 0
-            while chunk := response.read(CHUNK):
-                digest.update(chunk)
-                size += len(chunk)
-            return size, digest.hexdigest()
+                raise self.client.refusal("GET", key, response.status, response.read())
+            while True:
+                try:
+                    chunk = response.read(CHUNK)
+                except (OSError, http.client.HTTPException) as e:
+                    raise S3Unavailable(f"the S3 endpoint {self.bucket.endpoint} broke off"
+                                        f" the object {key} ({type(e).__name__}: {e})") from e
+                if not chunk:
+                    return
+                yield chunk
         finally:
             response.close()
 

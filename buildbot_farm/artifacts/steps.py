@@ -17,7 +17,7 @@ from buildbot_farm.artifacts import paths
 from buildbot_farm.artifacts.build_tokens import NoRepository, find_repository, grant_token
 from buildbot_farm.artifacts.paths import Segments, UnsafePath
 from buildbot_farm.artifacts.repository import Repository
-from buildbot_farm.artifacts.storage import LocalStorage, NotFound, StorageError
+from buildbot_farm.artifacts.storage import NotFound, StorageError
 
 ARTIFACTS_PROPERTY = "farm_artifacts"
 MAX_LINKS = 20
@@ -200,10 +200,12 @@ class ArtifactDownload(FileDownload):
     """Download an artifact file, or every file of an artifact directory, to the worker.
 
     ``src`` is a repository path (``bin/hello-farm/12/hello.pyz`` or ``bin/hello-farm/12``),
-    read on the master from the repository's storage. A file lands at ``workerdest`` as with
-    ``steps.FileDownload``; a directory's files land under ``workerdest`` at their paths
-    relative to ``src``. The sha256 of the bytes sent is checked against the index; a file
-    that does not match fails the step, naming it, and is removed from the worker.
+    read on the master from the repository's storage (from S3, each file is first fetched
+    to a staging file on the master, removed once sent or on failure). A file lands at
+    ``workerdest`` as with ``steps.FileDownload``; a directory's files land under
+    ``workerdest`` at their paths relative to ``src``. The sha256 of the bytes sent is
+    checked against the index; a file that does not match fails the step, naming it, and
+    is removed from the worker.
     """
 
     name = "download artifact"
@@ -225,20 +227,18 @@ class ArtifactDownload(FileDownload):
         except (NoRepository, UnsafePath, StorageError) as e:
             await self.stdio_log.addStderr(f"{e}\n")
             return FAILURE
-        if not isinstance(repository.storage, LocalStorage):
-            await self.stdio_log.addStderr(
-                "ArtifactDownload reads artifacts from the repository's local directory;"
-                " this repository keeps them elsewhere\n"
-            )
-            return FAILURE
-        for relative, sha256 in wanted.items():
-            source = repository.storage.path_of((*segments, *relative))
-            dest = self.build.path_module.join(self.workerdest, *relative) if relative else (
-                self.workerdest
-            )
-            result = await self._send(source, dest, sha256)
-            if result != SUCCESS:
-                return result
+        staging: Path = await repository.run_in_thread(repository.storage.thd_staging_dir)
+        try:
+            for relative, sha256 in wanted.items():
+                dest = self.build.path_module.join(self.workerdest, *relative) if relative else (
+                    self.workerdest
+                )
+                result = await self._send(repository, staging, (*segments, *relative), dest,
+                                          sha256)
+                if result != SUCCESS:
+                    return result
+        finally:
+            await repository.run_in_thread(shutil.rmtree, staging, True)
         self.descriptionDone = [f"downloaded {len(wanted)} artifact file(s)"]
         return SUCCESS
 
@@ -267,19 +267,27 @@ class ArtifactDownload(FileDownload):
             raise NotFound(f"the artifact directory /{paths.join(segments)}/ has no files")
         return dict(sorted(found.items()))
 
-    async def _send(self, source: Path, dest: str, sha256: str) -> int:
-        """Send one file to the worker's ``dest`` and check the digest of what was sent."""
+    async def _send(
+        self, repository: Repository, staging: Path, source: Segments, dest: str, sha256: str,
+    ) -> int:
+        """Send the stored file ``source`` to the worker's ``dest`` (through ``staging`` when
+        the storage keeps it away from the master) and check the digest of what was sent."""
         try:
-            fp = source.open("rb")
-        except OSError as e:
-            await self.stdio_log.addStderr(f"cannot read {source} on the master: {e}\n")
+            fp: BinaryIO = await repository.run_in_thread(
+                repository.storage.thd_open, source, staging
+            )
+        except (StorageError, OSError) as e:
+            await self.stdio_log.addStderr(f"cannot read /{paths.join(source)} on the master:"
+                                           f" {e}\n")
             return FAILURE
         reader = HashingReader(fp)
         args = {"maxsize": self.maxsize, "reader": reader, "blocksize": self.blocksize,
                 "workdir": self.workdir, "mode": self.mode, "workerdest": dest}
         cmd = makeStatusRemoteCommand(self, "downloadFile", args)
-        result: int = await self.runTransferCommand(cmd)
-        reader.remote_close()
+        try:
+            result: int = await self.runTransferCommand(cmd)
+        finally:
+            reader.remote_close()
         if result != SUCCESS:
             return result
         sent = reader.digest.hexdigest()

@@ -118,6 +118,14 @@ class ArtifactStorage(Protocol):
     def thd_digest(self, segments: Segments) -> tuple[int, str]:
         """Size and sha256 of the stored file ``segments``."""
 
+    def thd_open(self, segments: Segments, staging: Path) -> BinaryIO:
+        """The stored file ``segments``, open for reading from its start; the caller closes it.
+
+        A backend that keeps files away from the master first copies the file into
+        ``staging`` (a local directory from :meth:`thd_staging_dir`, which the caller
+        removes). Raises :class:`NotFound` when no file is stored there.
+        """
+
     def thd_store(
         self, segments: Segments, source: BinaryIO, max_size: int, expected_sha256: str | None,
         overwrite: bool,
@@ -208,6 +216,14 @@ class LocalStorage:
                 digest.update(chunk)
                 size += len(chunk)
         return size, digest.hexdigest()
+
+    def thd_open(self, segments: Segments, staging: Path) -> BinaryIO:
+        """The file ``segments`` itself, open for reading (``staging`` is not needed here)."""
+        try:
+            fd = os.open(self.path_of(segments), os.O_RDONLY | os.O_NOFOLLOW)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as e:
+            raise NotFound(f"no artifact file at /{'/'.join(segments)}") from e
+        return os.fdopen(fd, "rb")
 
     def thd_store(
         self, segments: Segments, source: BinaryIO, max_size: int, expected_sha256: str | None,

@@ -9,12 +9,12 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.python import log
-from twisted.web import resource, server, static
+from twisted.web import http, resource, server
 from twisted.web.server import Request
 
-from buildbot_farm.artifacts import paths
+from buildbot_farm.artifacts import download, paths
 from buildbot_farm.artifacts.steps import NoRepository, find_repository
-from buildbot_farm.artifacts.storage import LocalStorage
+from buildbot_farm.artifacts.storage import StorageError
 from buildbot_farm.ondemand import params
 from buildbot_farm.ondemand.config import OFF
 from buildbot_farm.ondemand.host import OnDemandHost, UnknownScheduler
@@ -131,27 +131,33 @@ class _JobStatus(resource.Resource):
         )
 
 
-def _stream(request: Request, master: Any, job: Job) -> bytes | None:
-    """Send the artifact of ``job`` as the response body; None once streaming started."""
+async def _stream(request: Request, master: Any, job: Job) -> bytes | None:
+    """Send the artifact of ``job`` as the response body, from whichever storage keeps it
+    (Content-Length, Range, and the sha256 as ETag); None once streaming started."""
     assert job.artifact is not None, "only finished jobs are streamed"
     try:
         repository = find_repository(master)
     except NoRepository as e:
         return json_error(request, 503, str(e))
     segments = paths.split(job.artifact.path)
-    if not isinstance(repository.storage, LocalStorage):
-        return json_error(request, 501, "on-demand downloads are served from a local-directory"
-                          f" repository; fetch {repository.url_for(segments)}", key=job.key)
-    path = repository.storage.path_of(paths.split(job.artifact.path))
-    if not path.is_file():
+    try:
+        entry = await repository.stat(segments)
+    except StorageError as e:
+        return json_error(request, e.status, str(e), key=job.key)
+    if entry is None or entry.is_dir:
         return json_error(request, 410, f"the artifact of {job.key} was removed (retention);"
                           " submit the request again to rebuild it", key=job.key)
-    name = path.name.replace('"', "")
+    sha256 = job.artifact.sha256
+    name = segments[-1].replace('"', "")
     request.setHeader(b"content-disposition", f'attachment; filename="{name}"'.encode())
     request.setHeader(b"x-farm-build-key", job.key.encode())
-    request.setHeader(b"x-checksum-sha256", job.artifact.sha256.encode())
-    static.File(str(path), defaultType="application/octet-stream").render_GET(request)
-    return None
+    request.setHeader(b"x-checksum-sha256", sha256.encode())
+    if request.setETag(f'"{sha256}"'.encode()) is http.CACHED:
+        return b""
+    try:
+        return await download.send_stored(request, repository, segments, entry, sha256)
+    except StorageError as e:
+        return json_error(request, e.status, str(e), key=job.key)
 
 
 class DownloadResource(resource.Resource):
@@ -211,7 +217,7 @@ class _Download(resource.Resource):
             return json_error(request, 404, f"the job is {job.status}; nothing to download yet",
                               key=job.key, status=job.status)
         if not self._signature:
-            return _stream(request, self._host.master, job)
+            return await _stream(request, self._host.master, job)
         if job.artifact.signature is None:
             return json_error(request, 404, "this artifact was stored unsigned", key=job.key)
         request.setHeader(b"content-type", b"application/octet-stream")
@@ -259,4 +265,4 @@ class CompatResource(resource.Resource):
                               key=job.key, status_url=self._api.url(request, "build", job.key))
         if finished.status == "failed":
             return json_error(request, 502, f"the build failed: {finished.error}", key=job.key)
-        return _stream(request, host.master, finished)
+        return await _stream(request, host.master, finished)

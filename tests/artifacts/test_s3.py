@@ -23,6 +23,7 @@ from buildbot_farm.artifacts.config import ArtifactRepository
 from buildbot_farm.artifacts.s3 import S3Storage
 from buildbot_farm.artifacts.s3_config import S3Bucket
 from buildbot_farm.artifacts.s3client import S3Refused
+from buildbot_farm.artifacts.storage import NotFound
 from tests.artifacts.conftest import RunningRepository, StartRepository, basic, curl
 from tests.artifacts.test_bad_input import _HalfUpload
 from tests.harness.s3_server import REGION, S3Server
@@ -218,6 +219,23 @@ def test_listing_and_delete_follow_pages(bucket: Bucket, tmp_path: Path) -> None
     ]
     assert storage.thd_delete(("bin", "p", "1")) is True
     assert bucket.keys() == ["bin/p/2/keep"]
+
+
+def test_an_object_is_fetched_to_a_staging_copy_that_goes_when_closed(
+    bucket: Bucket, tmp_path: Path
+) -> None:
+    """thd_open copies an object into the staging directory, readable from its start, and the
+    copy is gone once closed; a missing object is NotFound and leaves nothing behind."""
+    storage = S3Storage(bucket.config, tmp_path)
+    storage.thd_prepare()
+    bucket.boto.put_object(Bucket=bucket.name, Key="bin/p/1/big", Body=PAYLOAD * 100)
+    staging = storage.thd_staging_dir()
+    with storage.thd_open(("bin", "p", "1", "big"), staging) as copy:
+        assert hashlib.sha256(copy.read()).hexdigest() == hashlib.sha256(PAYLOAD * 100).hexdigest()
+    assert list(staging.iterdir()) == []
+    with pytest.raises(NotFound, match="no artifact file at /bin/p/1/gone"):
+        storage.thd_open(("bin", "p", "1", "gone"), staging)
+    assert list(staging.iterdir()) == []
 
 
 @pytest_twisted.ensureDeferred
