@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import docker
-from docker.errors import NotFound
+from docker.errors import APIError, NotFound
 
 from buildbot_farm.demo import LocalFarm
 from buildbot_farm.leases.providers.docker import BUILDLET_LABEL, READY_PREFIX
@@ -119,6 +119,8 @@ class AttachBench:
         self.image = image
         self.workers = {"docker": f"docker-latent-{run}", "farm": f"farm-latent-{run}"}
         self.pool = f"attach-{run}"
+        # The pool's buildlets that builds have leased: being destroyed, never warm again.
+        self.leased: set[str] = set()
         config = workdir / "master.cfg"
         config.write_text(
             MASTER_CFG.format(
@@ -147,6 +149,8 @@ class AttachBench:
         """Force ``builder`` once; seconds until its worker is connected (the build must pass)."""
         self.wait_idle()
         worker = self.workers[builder]
+        if builder == "farm":
+            self.leased.update(self.pool_containers())
         started = time.perf_counter()
         answer = self.farm.api(
             "forceschedulers/force",
@@ -209,13 +213,13 @@ class AttachBench:
         return [c["Id"] for c in containers if f"-{self.pool}-" in c["Labels"][BUILDLET_LABEL]]
 
     def pool_is_warm(self) -> bool:
-        """Whether the pool has one buildlet and its agent has said it is ready."""
+        """Whether the pool's one buildlet is new (no build leased it) and its agent is ready."""
         containers = self.pool_containers()
-        if len(containers) != 1:
+        if len(containers) != 1 or containers[0] in self.leased:
             return False
         try:
             return READY_PREFIX.encode() in self.client.api.logs(containers[0])
-        except NotFound:
+        except APIError:  # gone, or being removed
             return False
 
     def close(self) -> None:

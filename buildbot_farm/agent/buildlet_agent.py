@@ -25,6 +25,11 @@ With ``--preemption signal|gce|aws|azure`` the agent watches for its host's pree
 signal from a shutdown hook, or the cloud's metadata service at ``--preemption-url``). Once
 noticed, ``/status`` carries ``"preempted": {"detector", "reason", "at"}`` and every answer
 the header ``X-Buildlet-Preempted: REASON``.
+
+With ``--prestart-worker PYTHON`` the agent keeps a PYTHON process that has already imported
+buildbot-worker, waiting on a unix socket (``FARM_PRESTARTED_WORKER`` in every exec's
+environment) to be handed a worker's configuration; ``/status`` says ``prestarted_worker``.
+It dies with the agent.
 """
 
 from __future__ import annotations
@@ -902,6 +907,8 @@ class BuildletHandler(http.server.BaseHTTPRequestHandler):
             "uptime": round(time.monotonic() - self.server.started, 3),
             "running": len(self.server.processes),
             "preempted": self.server.preemption_notice(),
+            "prestarted_worker": (None if self.server.prestarted is None
+                                  else self.server.prestarted.state()),
         })
 
     def handle_exec(self) -> None:
@@ -1024,6 +1031,7 @@ class BuildletServer(http.server.ThreadingHTTPServer):
         self.processes = ProcessTable()
         self.started = time.monotonic()
         self.preemption: PreemptionWatch | None = None
+        self.prestarted: PrestartedWorker | None = None
         super().__init__(address, BuildletHandler)
 
     def server_bind(self) -> None:
@@ -1045,6 +1053,104 @@ class BuildletServer(http.server.ThreadingHTTPServer):
     def stop_soon(self) -> None:
         """Make serve_forever return, from any thread or a signal handler."""
         threading.Thread(target=self.shutdown, daemon=True).start()
+
+
+# --- Pre-started worker ----------------------------------------------------------------------
+
+PRESTART_SOCKET_ENV = "FARM_PRESTARTED_WORKER"
+# Run by --prestart-worker PYTHON in its own session, with the socket path and the agent's pid:
+# listens on the unix socket at once (a client that comes during the imports waits for them),
+# imports buildbot-worker, then serves one hand-off: a JSON line {"env", "cwd", "code"},
+# answered "OK" (or "REFUSED why"); then the connection becomes its stdout and stderr and it
+# runs code (the worker). Once the agent, or after the hand-off the client, is gone, it kills
+# its process group: nothing outlives the buildlet.
+PRESTART_SCRIPT = """\
+import json, os, shutil, signal, socket, sys, threading, time
+path, agent_pid = sys.argv[1], int(sys.argv[2])
+def end():
+    shutil.rmtree(os.path.dirname(path), ignore_errors=True)
+    os.killpg(0, signal.SIGKILL)
+def watch_agent():
+    while os.getppid() == agent_pid:
+        time.sleep(0.5)
+    end()
+threading.Thread(target=watch_agent, daemon=True).start()
+listener = socket.socket(socket.AF_UNIX)
+listener.bind(path)
+listener.listen(1)
+import buildbot_worker.bot, buildbot_worker.scripts.runner, buildbot_worker.scripts.start
+import buildbot_worker.scripts.create_worker, twisted.scripts.twistd
+open(path + ".ready", "w").close()
+conn, _ = listener.accept()
+listener.close()
+os.rename(path + ".ready", path + ".taken")
+line = b""
+while not line.endswith(b"\\n"):
+    data = conn.recv(65536)
+    if not data:
+        sys.exit("prestarted worker: the client hung up before sending its request")
+    line += data
+try:
+    request = json.loads(line)
+    os.chdir(request["cwd"])
+    code = compile(request["code"], "<worker bootstrap>", "exec")
+    env = {str(k): str(v) for k, v in request["env"].items()}
+except Exception as exc:
+    conn.sendall(f"REFUSED {exc!r}\\n".encode())
+    sys.exit(f"prestarted worker: refused the hand-off: {exc!r}")
+conn.sendall(b"OK\\n")
+os.environ.update(env)
+def watch_client():
+    while conn.recv(65536):
+        pass
+    end()
+threading.Thread(target=watch_client, daemon=True).start()
+os.dup2(conn.fileno(), 1)
+os.dup2(conn.fileno(), 2)
+exec(code, {"__name__": "__main__"})
+"""
+
+
+class PrestartedWorker:
+    """A process that has imported buildbot-worker and waits, on a unix socket, to become one.
+
+    Its state in ``/status``: ``starting`` (importing), ``waiting``, ``handed off``, or
+    ``exited CODE``. Execs find the socket's path in ``FARM_PRESTARTED_WORKER``.
+    """
+
+    def __init__(self, python: str) -> None:
+        self.python = python
+        self._dir = tempfile.mkdtemp(prefix="farm-worker-")
+        self.socket_path = os.path.join(self._dir, "hand-off.sock")
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start the process (its stderr is the agent's); SetupError if it cannot start."""
+        try:
+            self._proc = subprocess.Popen(
+                [self.python, "-c", PRESTART_SCRIPT, self.socket_path, str(os.getpid())],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True)
+        except OSError as exc:
+            self.stop()
+            raise SetupError(f"--prestart-worker {self.python!r} cannot start: "
+                             f"{exc.strerror or exc}") from None
+        os.environ[PRESTART_SOCKET_ENV] = self.socket_path
+
+    def state(self) -> str:
+        """Where the process is: starting, waiting, handed off, or exited CODE."""
+        code = None if self._proc is None else self._proc.poll()
+        if code is not None:
+            return f"exited {code}"
+        if os.path.exists(self.socket_path + ".taken"):
+            return "handed off"
+        return "waiting" if os.path.exists(self.socket_path + ".ready") else "starting"
+
+    def stop(self) -> None:
+        """Kill the process's group (the worker it became, too) and remove its socket."""
+        if self._proc is not None:
+            kill_group(self._proc)
+            self._proc.wait()
+        shutil.rmtree(self._dir, ignore_errors=True)
 
 
 # --- Preemption ------------------------------------------------------------------------------
@@ -1333,6 +1439,9 @@ def start(argv: list[str] | None) -> tuple[BuildletServer, str | None]:
                         help="the signal that announces preemption (signal; default SIGUSR1)")
     parser.add_argument("--preemption-interval", type=float, default=5.0, metavar="SECONDS",
                         help="how often to ask the metadata service (default 5)")
+    parser.add_argument("--prestart-worker", metavar="PYTHON",
+                        help="keep a PYTHON process with buildbot-worker imported, waiting to "
+                             "become a worker (FarmLatentWorker hands it its configuration)")
     args = parser.parse_args(argv)
     address = parse_listen(args.listen)
     key = load_secret(args.secret_file, args.secret_env)
@@ -1341,6 +1450,13 @@ def start(argv: list[str] | None) -> tuple[BuildletServer, str | None]:
     os.makedirs(args.workdir, exist_ok=True)
     server = BuildletServer(address, Workdir(args.workdir), key)
     server.preemption = watch
+    if args.prestart_worker:
+        server.prestarted = PrestartedWorker(args.prestart_worker)
+        try:
+            server.prestarted.start()
+        except SetupError:
+            server.server_close()
+            raise
     return server, args.ready_file
 
 
@@ -1361,6 +1477,8 @@ def main(argv: list[str] | None = None) -> int:
         announce(server.url, ready_file)
     except OSError as exc:
         print(f"buildlet_agent: cannot write the --ready-file: {exc}", file=sys.stderr)
+        if server.prestarted is not None:
+            server.prestarted.stop()
         server.server_close()
         return 2
     try:
@@ -1369,6 +1487,8 @@ def main(argv: list[str] | None = None) -> int:
         if server.preemption is not None:
             server.preemption.stop()
         server.processes.kill_all()
+        if server.prestarted is not None:
+            server.prestarted.stop()
         server.server_close()
     return 0
 

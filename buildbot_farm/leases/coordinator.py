@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.python import log
 
 from buildbot_farm import db
@@ -25,6 +25,10 @@ from buildbot_farm.leases.table import LeaseTable
 
 WARM_OWNER_PREFIX = "warm"
 REVERSE = "reverse"
+# Seconds between handing out a warm buildlet and starting its replacement: the replacement's
+# start (a container, an agent, its pre-started worker's imports) would otherwise take CPU
+# from the worker attaching to the buildlet just leased.
+REFILL_DELAY = 1.0
 
 
 @dataclass(frozen=True)
@@ -173,7 +177,9 @@ class Coordinator:
         now = self._clock.seconds()
         warm = await self.table.lease_idle(owner, type_name, now)
         if warm is not None:
-            self.fill_warm_pools()
+            refill = task.deferLater(self._clock, REFILL_DELAY, self.fill_warm_pools)
+            self._warming.add(refill)
+            refill.addBoth(self._done_warming, refill)
             return warm
         if buildlet_type.provider.kind == REVERSE:
             raise NoHostFree(

@@ -3,7 +3,9 @@
 ``start_instance`` leases a buildlet and runs ``buildbot-worker`` on it through the
 coordinator's proxy, as one exec that lasts as long as the worker: when the buildlet is
 halted, the worker goes with it. While substantiated, a keepalive renews the lease.
-``stop_instance`` halts the buildlet, once per start.
+``stop_instance`` halts the buildlet, once per start. On a buildlet whose agent keeps a
+pre-started worker (``--prestart-worker``), the exec hands it the configuration instead
+(``worker_handoff``); the master's log says which way each worker started.
 
 When the keepalive finds the buildlet's host being preempted (its pool has a
 ``preemption=`` detector), the worker goes into Buildbot's quarantine (no new builds for
@@ -24,6 +26,7 @@ from twisted.python import log
 from buildbot_farm.leases import keys
 from buildbot_farm.leases.client import CoordinatorClient, CoordinatorRequestError
 from buildbot_farm.leases.preemption import PREEMPTED_PROPERTY, preemption_notice
+from buildbot_farm.leases.worker_handoff import LOG_PREFIX, handoff_script
 from buildbot_farm.web.client import http_client
 
 # Seconds a worker whose buildlet was preempted takes no builds, at least: AWS gives two
@@ -161,7 +164,11 @@ class FarmLatentWorker(AbstractLatentWorker):
         }
         self._worker_exec = defer.ensureDeferred(
             client.exec(
-                name, self.lease_settings.python, ["-c", WORKER_BOOTSTRAP], env=environment
+                name,
+                self.lease_settings.python,
+                ["-c", handoff_script(WORKER_BOOTSTRAP)],
+                env=environment,
+                on_output=lambda data: self._log_start_lines(name, data),
             )
         )
         self._worker_exec.addBoth(self._worker_ended, name)
@@ -171,6 +178,12 @@ class FarmLatentWorker(AbstractLatentWorker):
             log.err, f"FarmLatentWorker {self.name}: keepalive failed"
         )
         return True
+
+    def _log_start_lines(self, name: str, data: bytes) -> None:
+        """Log what the exec says about how the worker started (pre-started or not)."""
+        for line in data.decode(errors="replace").splitlines():
+            if line.startswith(LOG_PREFIX):
+                log.msg(f"FarmLatentWorker {self.name}: on {name}, {line}")
 
     def _worker_ended(self, result: Any, name: str) -> None:
         log.msg(f"FarmLatentWorker {self.name}: the worker on {name} ended: {result}")

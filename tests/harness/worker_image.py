@@ -68,6 +68,7 @@ START_WORKER_SCRIPT = f"""\
 #!/usr/bin/python3
 import os
 os.environ["WORKDIR"] = "{WORKER_DIR}"
+os.makedirs("{WORKER_DIR}", exist_ok=True)  # a buildlet's WORKDIR exists; the image's did not
 os.environ["FARM_MASTER"] = os.environ["BUILDMASTER"] + ":" + os.environ["BUILDMASTER_PORT"]
 os.environ["FARM_WORKER_NAME"] = os.environ["WORKERNAME"]
 os.environ["FARM_WORKER_PASSWORD"] = os.environ["WORKERPASS"]

@@ -45,7 +45,10 @@ class DockerProvider(BuildletProvider):
     ``instance`` names this provider in the containers' labels; give every coordinator on an
     engine its own, since :meth:`reap` removes each container with it that no lease owns.
     ``labels`` are added to every container. ``cpus`` (may be fractional), ``memory`` (bytes,
-    or a string like ``"512m"``) and ``pids`` limit each container.
+    or a string like ``"512m"``) and ``pids`` limit each container. With ``prestart_worker``
+    (the default) each agent keeps a ``python`` process with buildbot-worker imported, for
+    FarmLatentWorker to hand its configuration at attach (an image without buildbot-worker
+    just logs that process's ImportError, and workers start the normal way).
     """
 
     kind = "docker"
@@ -63,6 +66,7 @@ class DockerProvider(BuildletProvider):
         python: str = "python3",
         start_timeout: float = 30.0,
         agent_arguments: Sequence[str] = (),
+        prestart_worker: bool = True,
     ) -> None:
         if cpus is not None and cpus <= 0:
             raise ValueError(f"docker provider: cpus must be positive, not {cpus}")
@@ -71,6 +75,8 @@ class DockerProvider(BuildletProvider):
         self.image = image
         self.instance = instance
         self._agent_arguments = list(agent_arguments)
+        if prestart_worker:
+            self._agent_arguments += ["--prestart-worker", python]
         self._reactor = reactor
         self._docker_host = docker_host
         self._labels = {**(labels or {}), INSTANCE_LABEL: instance}
