@@ -1,7 +1,9 @@
 """The SQLite backend: the embedded default, one file, one writer at a time.
 
 sqlite3 blocks, so every call runs on the reactor's thread pool (``thd_*`` functions);
-a DeferredLock keeps one transaction at a time on the one connection.
+a DeferredLock keeps one transaction at a time on the writing connection. A lone ``SELECT``
+on a database file skips that queue: it runs in one thread-pool call on a second, read-only
+connection, which WAL lets read while the writer writes.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import threading
 from collections import defaultdict
 from collections.abc import Awaitable, Iterator
 from typing import Any, Callable, TypeVar
@@ -93,6 +96,8 @@ class SqliteDatabase(Database):
         self._reactor = reactor
         self._lock = defer.DeferredLock()
         self._connection: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._reader_lock = threading.Lock()
         self._listeners: defaultdict[str, list[NotifyCallback]] = defaultdict(list)
 
     def run_in_thread(self, fn: Callable[..., T], *args: Any) -> defer.Deferred[T]:
@@ -103,11 +108,16 @@ class SqliteDatabase(Database):
         """Open the database file, creating it if it does not exist."""
         if self._connection is None:
             self._connection = await self.run_in_thread(self.thd_connect)
+        if self._reader is None and self.url.path != MEMORY:
+            self._reader = await self.run_in_thread(self.thd_connect_reader)
 
     async def stop(self) -> None:
         """Close the file once the running transaction has finished."""
         await self._lock.acquire()
         try:
+            if self._reader is not None:
+                reader, self._reader = self._reader, None
+                await self.run_in_thread(self._thd_close_reader, reader)
             if self._connection is not None:
                 connection, self._connection = self._connection, None
                 await self.run_in_thread(connection.close)
@@ -139,6 +149,25 @@ class SqliteDatabase(Database):
             ) from e
         return connection
 
+    def thd_connect_reader(self) -> sqlite3.Connection:
+        """Open the read-only connection of lone queries (blocking), after :meth:`thd_connect`."""
+        try:
+            reader = sqlite3.connect(
+                self.url.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None,
+                check_same_thread=False,
+            )
+            reader.row_factory = sqlite3.Row
+            reader.execute("PRAGMA query_only=ON")
+        except sqlite3.Error as e:
+            raise DatabaseUnavailable(
+                f"cannot open the farm database {self.url.path} for reading: {e}"
+            ) from e
+        return reader
+
+    def _thd_close_reader(self, reader: sqlite3.Connection) -> None:
+        with self._reader_lock:  # a read still running finishes first
+            reader.close()
+
     def _require_connection(self) -> sqlite3.Connection:
         if self._connection is None:
             raise DatabaseUnavailable(
@@ -156,6 +185,27 @@ class SqliteDatabase(Database):
         with _translated_errors(self.url):
             cursor = self._require_connection().execute(sql, tuple(params))
             return [dict(row) for row in cursor.fetchall()]
+
+    def thd_read(self, sql: str, params: Params) -> list[Row]:
+        """Run one query on the read-only connection (blocking); return its rows as dicts."""
+        with self._reader_lock, _translated_errors(self.url):
+            reader = self._reader
+            if reader is None:
+                raise DatabaseUnavailable(
+                    f"the farm database {self.url.text} is not open (the farm service is stopped)"
+                )
+            return [dict(row) for row in reader.execute(sql, tuple(params))]
+
+    async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
+        """Run one query: a lone ``SELECT`` in one call on the read-only connection.
+
+        It sees every committed transaction, like a query in a transaction of its own,
+        without waiting for the running one. Other statements, and the queries of an
+        in-memory database (which has no second connection), queue for a transaction.
+        """
+        if self._reader is not None and sql.lstrip()[:6].upper() == "SELECT":
+            return await self.run_in_thread(self.thd_read, sql, params)
+        return await super().fetchall(sql, params)
 
     async def transaction(self, fn: Callable[[Transaction], Awaitable[T]]) -> T:
         """Run ``fn`` in a ``BEGIN IMMEDIATE`` transaction, one transaction at a time."""

@@ -33,6 +33,7 @@ class RecordsEndpoint:
         self._reactor: Any = None
         self._builder_id = ""
         self._listening: Any = None
+        self._store: RecordStore | None = None
         self.resource = RecordsResource(
             store=self.store,
             settings=lambda: self.settings,
@@ -43,9 +44,17 @@ class RecordsEndpoint:
         self.openapi = OpenAPIResource(OPENAPI)
 
     def store(self) -> RecordStore | None:
-        """The record store on the service's current database, or None when it is closed."""
+        """The record store on the service's current database, or None when it is closed.
+
+        The same store serves every request on one database, so their lookups can share
+        queries.
+        """
         database = self._database()
-        return RecordStore(database) if database is not None else None
+        if database is None:
+            return None
+        if self._store is None or not self._store.uses(database):
+            self._store = RecordStore(database)
+        return self._store
 
     async def configure(
         self, settings: BuildRecords, reactor: Any, basedir: str, buildbot_url: str

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from buildbot_farm import db
+from buildbot_farm.records.lookups import LookupBatches
 from buildbot_farm.records.model import BuildRecord
 
 
@@ -62,16 +63,29 @@ class Query:
 
 
 _SELECT = (
-    "SELECT r.id, r.body, t.deleted_by, t.deleted_at, t.reason FROM farm_records r"
-    " LEFT JOIN farm_record_tombstones t ON t.record_id = r.id"
+    "SELECT r.id, r.name, r.version, r.body, t.deleted_by, t.deleted_at, t.reason"
+    " FROM farm_records r LEFT JOIN farm_record_tombstones t ON t.record_id = r.id"
 )
 
 
 class RecordStore:
-    """Build records in the farm database; insert-only (the database refuses updates)."""
+    """Build records in the farm database; insert-only (the database refuses updates).
+
+    Keep one store per database: lookups of single records made while others wait for
+    the database are answered together, by one query.
+    """
 
     def __init__(self, database: db.Database) -> None:
         self._database = database
+        # SQLite answers lone queries on one reading connection: a second batch would queue.
+        in_flight = 1 if database.dialect.name == "sqlite" else 2
+        self._lookups: LookupBatches[tuple[str, str], StoredRecord] = LookupBatches(
+            self._get_many, in_flight
+        )
+
+    def uses(self, database: db.Database) -> bool:
+        """Whether this store keeps its records in ``database``."""
+        return self._database is database
 
     async def insert(self, record: BuildRecord, now: float) -> bytes:
         """Store ``record``; return its document. Raise :class:`RecordExists` for a duplicate."""
@@ -92,10 +106,15 @@ class RecordStore:
 
     async def get(self, name: str, version: str) -> StoredRecord | None:
         """The record ``name``/``version`` (deleted or not), or None."""
-        row = await self._database.fetchone(
-            f"{_SELECT} WHERE r.name = ? AND r.version = ?", (name, version)
+        return await self._lookups.get((name, version))
+
+    async def _get_many(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], StoredRecord]:
+        """The records of ``keys`` (name, version) that exist, in one query."""
+        wanted = " OR ".join(["(r.name = ? AND r.version = ?)"] * len(keys))
+        rows = await self._database.fetchall(
+            f"{_SELECT} WHERE {wanted}", [part for key in keys for part in key]
         )
-        return _stored(row) if row else None
+        return {(row["name"], row["version"]): _stored(row) for row in rows}
 
     async def list(
         self, query: Query, limit: int, cursor: str | None = None
