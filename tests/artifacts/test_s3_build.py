@@ -48,17 +48,8 @@ class S3Farm:
 @pytest.fixture(scope="module")
 def s3_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Farm]:
     """A moto server with the bucket, and a master (tests/artifacts/s3-master.cfg) on it."""
-    tmp_path = tmp_path_factory.mktemp("s3-build")
-    server = S3Server(tmp_path / "moto.log").start()
-    try:
-        boto = boto3.client("s3", endpoint_url=server.endpoint, region_name=REGION,
-                            aws_access_key_id=server.access_key,
-                            aws_secret_access_key=server.secret_key)
-        boto.create_bucket(Bucket=BUCKET)
-        with running_farm(tmp_path, server, HERE / "s3-master.cfg") as farm:
-            yield S3Farm(farm, boto)
-    finally:
-        server.stop()
+    with running_farm(tmp_path_factory.mktemp("s3-build"), HERE / "s3-master.cfg") as farm:
+        yield farm
 
 
 def test_a_build_uploads_into_the_bucket(s3_farm: S3Farm) -> None:
@@ -141,22 +132,31 @@ def test_artifact_download_refuses_an_object_that_differs_from_the_index(
 
 
 @contextlib.contextmanager
-def running_farm(tmp_path: Path, server: S3Server, config: Path) -> Iterator[BuildFarm]:
-    """A master (``config``, which reads FARM_S3_*) and worker, the keys as secret files."""
-    secrets = tmp_path / "secrets"
-    secrets.mkdir(mode=0o700)
-    for name, value in (("s3-access-key", server.access_key),
-                        ("s3-secret-key", server.secret_key)):
-        (secrets / name).write_text(value + "\n")
-        (secrets / name).chmod(0o600)
-    farm = LocalFarm(config, tmp_path / "farm", env={
-        "FARM_WEB_PORT": str(free_port()), "FARM_PB_PORT": str(free_port()),
-        "FARM_S3_ENDPOINT": server.endpoint, "FARM_S3_BUCKET": BUCKET,
-        "FARM_S3_SECRETS": str(secrets),
-    })
-    farm.create()
-    farm.start()
+def running_farm(tmp_path: Path, config: Path) -> Iterator[S3Farm]:
+    """A moto server with the bucket, and a master (``config``, which reads FARM_S3_*) and
+    worker on it, the keys as secret files; with a boto3 client of the bucket."""
+    server = S3Server(tmp_path / "moto.log").start()
     try:
-        yield BuildFarm(farm, "")
+        boto = boto3.client("s3", endpoint_url=server.endpoint, region_name=REGION,
+                            aws_access_key_id=server.access_key,
+                            aws_secret_access_key=server.secret_key)
+        boto.create_bucket(Bucket=BUCKET)
+        secrets = tmp_path / "secrets"
+        secrets.mkdir(mode=0o700)
+        for name, value in (("s3-access-key", server.access_key),
+                            ("s3-secret-key", server.secret_key)):
+            (secrets / name).write_text(value + "\n")
+            (secrets / name).chmod(0o600)
+        farm = LocalFarm(config, tmp_path / "farm", env={
+            "FARM_WEB_PORT": str(free_port()), "FARM_PB_PORT": str(free_port()),
+            "FARM_S3_ENDPOINT": server.endpoint, "FARM_S3_BUCKET": BUCKET,
+            "FARM_S3_SECRETS": str(secrets),
+        })
+        farm.create()
+        farm.start()
+        try:
+            yield S3Farm(BuildFarm(farm, ""), boto)
+        finally:
+            farm.stop()
     finally:
-        farm.stop()
+        server.stop()

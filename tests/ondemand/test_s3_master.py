@@ -10,45 +10,25 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 
 from buildbot_farm.demo import LocalFarm
 from buildbot_farm.ondemand.signing import verify_digest
-from tests.artifacts.test_s3_build import BUCKET, running_farm
-from tests.harness.s3_server import REGION, S3Server
+from tests.artifacts.test_s3_build import BUCKET, S3Farm, running_farm
 from tests.ondemand.test_master import api, call
 
 HERE = Path(__file__).parent
 pytestmark = pytest.mark.master
 
 
-@dataclass
-class S3OnDemand:
-    """A running on-demand master on S3, and a boto3 client of the same bucket."""
-
-    farm: LocalFarm
-    boto: Any
-
-
 @pytest.fixture(scope="module")
-def s3_ondemand(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3OnDemand]:
+def s3_ondemand(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Farm]:
     """A moto server with the bucket, and a master (tests/ondemand/s3-master.cfg) on it."""
-    tmp_path = tmp_path_factory.mktemp("s3-ondemand")
-    server = S3Server(tmp_path / "moto.log").start()
-    try:
-        boto = boto3.client("s3", endpoint_url=server.endpoint, region_name=REGION,
-                            aws_access_key_id=server.access_key,
-                            aws_secret_access_key=server.secret_key)
-        boto.create_bucket(Bucket=BUCKET)
-        with running_farm(tmp_path, server, HERE / "s3-master.cfg") as build_farm:
-            yield S3OnDemand(build_farm.farm, boto)
-    finally:
-        server.stop()
+    with running_farm(tmp_path_factory.mktemp("s3-ondemand"), HERE / "s3-master.cfg") as farm:
+        yield farm
 
 
 def finished_job(farm: LocalFarm, key: str, within: float = 90) -> dict[str, Any]:
@@ -62,10 +42,10 @@ def finished_job(farm: LocalFarm, key: str, within: float = 90) -> dict[str, Any
     raise AssertionError(f"job {key} did not finish within {within} s")
 
 
-def test_a_built_artifact_downloads_from_s3(s3_ondemand: S3OnDemand, tmp_path: Path) -> None:
+def test_a_built_artifact_downloads_from_s3(s3_ondemand: S3Farm, tmp_path: Path) -> None:
     """After a requested build, /api/download/{key} sends the object's bytes from the bucket
     with Content-Length, the sha256 ETag and a file name curl -OJ/-o use; .sig verifies it."""
-    farm = s3_ondemand.farm
+    farm = s3_ondemand.build_farm.farm
     code, body, _ = call(api(farm, "build"), {"os": "linux"})
     assert code == 202, body
     key = json.loads(body)["key"]
@@ -103,18 +83,18 @@ def test_a_built_artifact_downloads_from_s3(s3_ondemand: S3OnDemand, tmp_path: P
     assert verify_digest(public_pem, digest, signature)
 
 
-def test_compat_streams_the_artifact_from_s3(s3_ondemand: S3OnDemand) -> None:
+def test_compat_streams_the_artifact_from_s3(s3_ondemand: S3Farm) -> None:
     """A compat request builds a new key, waits, then streams the file out of the bucket."""
-    code, body, headers = call(api(s3_ondemand.farm, "compat?os=darwin"))
+    code, body, headers = call(api(s3_ondemand.build_farm.farm, "compat?os=darwin"))
     assert code == 200, body
     assert body == b"tool for darwin\n"
     assert headers["content-length"] == str(len(body))
     assert "attachment" in headers["content-disposition"]
 
 
-def test_an_artifact_gone_from_the_bucket_answers_410(s3_ondemand: S3OnDemand) -> None:
+def test_an_artifact_gone_from_the_bucket_answers_410(s3_ondemand: S3Farm) -> None:
     """When the object left the bucket (retention), the download says so with 410."""
-    farm = s3_ondemand.farm
+    farm = s3_ondemand.build_farm.farm
     code, body, _ = call(api(farm, "compat?os=linux"))
     assert code == 200, body
     key = json.loads(call(api(farm, "build"), {"os": "linux"})[1])["key"]
