@@ -1067,7 +1067,11 @@ PRESTART_SOCKET_ENV = "FARM_PRESTARTED_WORKER"
 PRESTART_SCRIPT = """\
 import json, os, shutil, signal, socket, sys, threading, time
 path, agent_pid = sys.argv[1], int(sys.argv[2])
+# Held while a file is made in the socket directory, and by end() for good: so end() never
+# removes the directory while the main thread is adding to it (which would leave it behind).
+files = threading.Lock()
 def end():
+    files.acquire()
     shutil.rmtree(os.path.dirname(path), ignore_errors=True)
     os.killpg(0, signal.SIGKILL)
 def watch_agent():
@@ -1076,14 +1080,17 @@ def watch_agent():
     end()
 threading.Thread(target=watch_agent, daemon=True).start()
 listener = socket.socket(socket.AF_UNIX)
-listener.bind(path)
+with files:
+    listener.bind(path)
 listener.listen(1)
 import buildbot_worker.bot, buildbot_worker.scripts.runner, buildbot_worker.scripts.start
 import buildbot_worker.scripts.create_worker, twisted.scripts.twistd
-open(path + ".ready", "w").close()
+with files:
+    open(path + ".ready", "w").close()
 conn, _ = listener.accept()
 listener.close()
-os.rename(path + ".ready", path + ".taken")
+with files:
+    os.rename(path + ".ready", path + ".taken")
 line = b""
 while not line.endswith(b"\\n"):
     data = conn.recv(65536)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -161,16 +160,27 @@ def test_ending_the_exec_ends_the_handed_off_worker(prestarting: RunningAgent) -
     assert wait_until_gone(prestarted)
 
 
-def test_a_killed_agent_leaves_no_prestarted_orphan(tmp_path: Path) -> None:
-    """SIGKILLing the agent (its own cleanup cannot run) still ends its waiting process and
-    removes its socket directory within seconds."""
-    sockets_before = set(Path(tempfile.gettempdir()).glob("farm-worker-*"))
-    agent = start_agent(tmp_path, "--prestart-worker", AGENT_PYTHON)
+@pytest.mark.parametrize("kill_after", [0.0, 0.2, 0.5, "waiting"])
+def test_a_killed_agent_leaves_no_prestarted_orphan(
+    tmp_path: Path, kill_after: float | str
+) -> None:
+    """SIGKILLing the agent (its own cleanup cannot run), while its pre-started worker imports
+    or once it waits, still ends that process and removes its socket directory within seconds."""
+    private_tmp = tmp_path / "tmp"
+    private_tmp.mkdir()
+    agent = start_agent(tmp_path, "--prestart-worker", AGENT_PYTHON,
+                        env={**os.environ, "TMPDIR": str(private_tmp)})
     [prestarted] = children(agent.proc.pid)
+    [socket_dir] = private_tmp.glob("farm-worker-*")
+    if kill_after == "waiting":
+        wait_for_state(agent, "waiting")
+    else:
+        time.sleep(float(kill_after))
     agent.proc.kill()
     agent.proc.wait(5)
     assert wait_until_gone(prestarted)
-    assert set(Path(tempfile.gettempdir()).glob("farm-worker-*")) <= sockets_before
+    assert not socket_dir.exists()
+    assert list(private_tmp.iterdir()) == []
 
 
 def test_a_missing_prestart_python_stops_the_agent_with_a_clear_error(tmp_path: Path) -> None:
