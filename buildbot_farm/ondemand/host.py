@@ -5,8 +5,9 @@ from __future__ import annotations
 import base64
 import dataclasses
 import fnmatch
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from buildbot import config
 from buildbot.data import resultspec
@@ -28,6 +29,7 @@ from buildbot_farm.ondemand.jobs import (
 from buildbot_farm.ondemand.signing import ArtifactSigner
 
 JANITOR = "ondemand-janitor"
+T = TypeVar("T")
 ARTIFACTS_PROPERTY = "farm_artifacts"
 
 
@@ -141,7 +143,21 @@ class OnDemandHost:
         Wakes on the job's notifications only: no polling. When ``gone`` fires (the
         client hung up: ``request.notifyFinish()``), it stops waiting and answers None.
         """
-        assert self.jobs is not None, "wait_for needs a configured host"
+        jobs = self.jobs
+        assert jobs is not None, "wait_for needs a configured host"
+
+        async def check() -> Job | None:
+            job = await jobs.get(key)
+            return job if job is not None and done(job) else None
+
+        return await self.wait_until(key, timeout, check, gone)
+
+    async def wait_until(
+        self, key: str, timeout: float, check: Callable[[], Awaitable[T | None]],
+        gone: defer.Deferred[Any] | None = None,
+    ) -> T | None:
+        """The first answer of ``check()`` that is not None, asked again on each
+        notification of ``key``; None when ``timeout`` passes or ``gone`` fires first."""
         reactor = self.master.reactor
         deadline = reactor.seconds() + timeout
         hung_up: list[bool] = []
@@ -158,10 +174,10 @@ class OnDemandHost:
             waiter: defer.Deferred[None] = defer.Deferred()
             current.append(waiter)
             self._waiters.setdefault(key, []).append(waiter)
-            job = await self.jobs.get(key)
-            if job is not None and done(job):
+            found = await check()
+            if found is not None:
                 self._forget(key, waiter)
-                return job
+                return found
             left = deadline - reactor.seconds()
             if left <= 0 or hung_up:
                 self._forget(key, waiter)

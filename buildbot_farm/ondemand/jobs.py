@@ -166,10 +166,25 @@ class JobTable:
         )
 
     async def buildset_added(self, key: str, attempt: int, buildset_id: int) -> None:
-        """Record the Buildbot buildset that carries ``attempt``."""
-        await self._db.execute(
-            "UPDATE farm_ondemand_attempts SET buildset_id = ? WHERE build_key = ? AND attempt = ?",
-            (buildset_id, key, attempt),
+        """Record the Buildbot buildset that carries ``attempt``, and wake its waiters."""
+
+        async def run(txn: db.Transaction) -> None:
+            await txn.execute(
+                "UPDATE farm_ondemand_attempts SET buildset_id = ?"
+                " WHERE build_key = ? AND attempt = ?",
+                (buildset_id, key, attempt),
+            )
+            await txn.notify(CHANNEL, key)
+
+        await self._db.transaction(run)
+
+    async def attempt(self, key: str, attempt: int) -> db.Row | None:
+        """Attempt ``attempt`` of ``key``: its ``buildset_id`` and ``build_id`` (None until
+        Buildbot made them), or None when there is no such attempt."""
+        return await self._db.fetchone(
+            "SELECT buildset_id, build_id FROM farm_ondemand_attempts"
+            " WHERE build_key = ? AND attempt = ?",
+            (key, attempt),
         )
 
     async def started(self, key: str, attempt: int, build_id: int, worker: str | None) -> bool:

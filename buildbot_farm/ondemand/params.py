@@ -141,8 +141,10 @@ def normalise(parameters: Sequence[Parameter], raw: Mapping[str, Any]) -> dict[s
     problems: dict[str, str] = {}
     values: dict[str, Any] = {}
     known = {p.name for p in parameters}
+    takes = f"this build takes {', '.join(sorted(known))}" if known else (
+        "this build takes no parameters")
     for name in sorted(set(raw) - known):
-        problems[name] = f"unknown parameter; this build takes {', '.join(sorted(known))}"
+        problems[name] = f"unknown parameter; {takes}"
     for parameter in parameters:
         value = raw.get(parameter.name, None)
         if value is None or value == "" or value == [""]:

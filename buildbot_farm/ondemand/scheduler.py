@@ -13,11 +13,12 @@ from typing import Any
 from buildbot import config
 from buildbot.process.properties import Properties
 from buildbot.schedulers import forcesched
+from buildbot.www.rest import JSONRPC_CODES, BadJsonRpc2
 from twisted.internet import defer
 
 from buildbot_farm.artifacts import paths
 from buildbot_farm.artifacts.steps import NoRepository, find_repository
-from buildbot_farm.ondemand import params
+from buildbot_farm.ondemand import form, params
 from buildbot_farm.ondemand.config import OFF
 from buildbot_farm.ondemand.jobs import ATTEMPT_PROPERTY, KEY_PROPERTY, Job, Submission
 
@@ -28,6 +29,9 @@ _SOURCE = "On-demand build"
 # requests have no sourcestamps, so the key and attempt carry that source to keep every
 # job's request its own.
 _UNCOLLAPSIBLE_SOURCE = "Scheduler"
+_FORM_SOURCE = "Force Build Form"
+# How long the form waits for the build request of a job another request just created.
+BUILDSET_WAIT = 10.0
 
 
 def form_field(parameter: params.Parameter) -> forcesched.BaseParameter:
@@ -93,8 +97,13 @@ class OnDemandScheduler(forcesched.ForceScheduler):
         values = params.normalise(self.parameters, raw)
         return params.build_key(self.name, values), values
 
-    async def submit(self, raw: Mapping[str, Any]) -> Submission:
-        """Find or create the job for ``raw``; start a build when its attempt needs one."""
+    async def submit(
+        self, raw: Mapping[str, Any], requested: form.FormRequest | None = None
+    ) -> Submission:
+        """Find or create the job for ``raw``; start a build when its attempt needs one.
+
+        ``requested`` (from the force form) is recorded on that build, if one starts.
+        """
         key, values = self.normalise(raw)
         jobs = find_host(self.master).jobs
         submission: Submission = await jobs.submit(key, self.name, params.canonical_json(values))
@@ -104,7 +113,7 @@ class OnDemandScheduler(forcesched.ForceScheduler):
                               f"its artifact {artifact.path} was removed; rebuilt")
             submission = await jobs.submit(key, self.name, params.canonical_json(values))
         if submission.needs_build:
-            await self.start_attempt(submission.job)
+            await self.start_attempt(submission.job, requested)
         return submission
 
     async def _still_stored(self, path: str) -> bool:
@@ -115,32 +124,113 @@ class OnDemandScheduler(forcesched.ForceScheduler):
             return True
         return await repository.stat(paths.split(path)) is not None
 
-    async def start_attempt(self, job: Job) -> None:
+    async def start_attempt(self, job: Job, requested: form.FormRequest | None = None) -> None:
         """Submit one build request for the job's current attempt."""
         properties = Properties()
         for name, value in json.loads(job.parameters).items():
             properties.setProperty(name, value, _SOURCE)
         properties.setProperty(KEY_PROPERTY, job.key, _UNCOLLAPSIBLE_SOURCE)
         properties.setProperty(ATTEMPT_PROPERTY, job.attempt, _UNCOLLAPSIBLE_SOURCE)
+        reason, priority = f"on-demand build {job.key[:12]} (attempt {job.attempt})", None
+        if requested is not None:
+            properties.setProperty("owner", requested.owner, _FORM_SOURCE)
+            properties.setProperty("reason", requested.reason, _FORM_SOURCE)
+            reason += f", forced by {requested.owner or 'anonymous'}: {requested.reason}"
+            priority = requested.priority
         bsid, _ = await self.addBuildsetForSourceStampsWithDefaults(
-            reason=f"on-demand build {job.key[:12]} (attempt {job.attempt})",
-            sourcestamps=[], properties=properties, builderNames=self.builderNames,
+            reason=reason, sourcestamps=[], properties=properties,
+            builderNames=self.builderNames, priority=priority,
         )
         await find_host(self.master).jobs.buildset_added(job.key, job.attempt, bsid)
 
     def force(
         self, owner: str, builderNames: Any = None, builderid: Any = None, **kwargs: Any  # noqa: N803
-    ) -> defer.Deferred[dict[str, Any]]:
-        """The web UI's force button: the same submission as ``POST /api/build``."""
-        return defer.ensureDeferred(self._force(kwargs))
+    ) -> defer.Deferred[form.ForceAnswer]:
+        """The web UI's force button: the same submission as ``POST /api/build``.
 
-    async def _force(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        raw = {p.name: kwargs[p.name] for p in self.parameters if p.name in kwargs}
+        Answers like ``ForceScheduler.force()``, ``(buildset id, {builder id: build request
+        id})``, so the form closes and shows the build: a new build's request; a queued or
+        running job's request (joined); for a built key, the request of the build that made
+        the artifact (or, when Buildbot no longer knows that build, a request cancelled at
+        once whose reason says the key is already built). Unknown arguments are refused by
+        name, as ``POST /api/build`` refuses them.
+        """
+        return defer.ensureDeferred(self._force(owner, builderNames, builderid, kwargs))
+
+    async def _force(
+        self, owner: str, builder_names: Any, builderid: Any, kwargs: dict[str, Any]
+    ) -> form.ForceAnswer:
+        if not await self.computeBuilderNames(builder_names, builderid):
+            raise KeyError(f"OnDemandScheduler {self.name!r} builds only {self.builderNames}")
+        requested = await self._form_request(owner, kwargs)
+        raw = form.build_arguments((p.name for p in self.parameters), kwargs)
         try:
-            submission = await self.submit(raw)
+            submission = await self.submit(raw, requested)
         except params.BadParameters as e:
             raise forcesched.CollectedValidationError(e.problems) from e
-        return {"key": submission.job.key, "status": submission.job.status}
+        return await self._answer(submission.job)
+
+    async def _form_request(self, owner: str, kwargs: dict[str, Any]) -> form.FormRequest:
+        """The owner, reason and priority fields, checked as ForceScheduler checks them."""
+        lists = {k: v if isinstance(v, list) else [v] for k, v in kwargs.items()}
+        collector = forcesched.ValidationErrorCollector()
+        reason = await collector.collectValidationErrors(
+            self.reason.fullName, self.reason.getFromKwargs, lists)
+        if owner is None or owner == "anonymous":
+            owner = await collector.collectValidationErrors(
+                self.username.fullName, self.username.getFromKwargs, lists)
+        priority = await collector.collectValidationErrors(
+            self.forced_priority.fullName, self.forced_priority.getFromKwargs, lists)
+        collector.maybeRaiseCollectedErrors()
+        return form.FormRequest(owner, reason, priority)
+
+    async def _answer(self, job: Job) -> form.ForceAnswer:
+        """The force answer for ``job`` as it is after a submission."""
+        host = find_host(self.master)
+        if job.status == "succeeded":
+            row = await host.jobs.attempt(job.key, job.attempt)
+            found = row and await form.producing_request(
+                self.master, job.key, job.attempt, row["buildset_id"], row["build_id"])
+            return found or await self._cached_notice(job)
+
+        async def current_buildset() -> tuple[int, int] | None:
+            now = await host.jobs.get(job.key)
+            row = None if now is None else await host.jobs.attempt(now.key, now.attempt)
+            if now is None or row is None or row["buildset_id"] is None:
+                return None
+            return now.attempt, int(row["buildset_id"])
+
+        # The build request of a job submitted a moment ago may still be on its way.
+        found = await host.wait_until(job.key, BUILDSET_WAIT, current_buildset)
+        answer = None
+        if found is not None and await form.carries(self.master, found[1], job.key, found[0]):
+            answer = await form.requests_of(self.master, found[1])
+        if answer is None:
+            raise BadJsonRpc2(
+                f"on-demand job {job.key} is {job.status}, but Buildbot has no build request"
+                f" for it yet; GET /plugins/farm/api/build/{job.key} shows its attempts",
+                JSONRPC_CODES["internal_error"],
+            )
+        return answer
+
+    async def _cached_notice(self, job: Job) -> form.ForceAnswer:
+        """A build request, cancelled at once, saying the key is already built.
+
+        For a built key whose build Buildbot no longer knows (its database was replaced, or
+        is not the one the farm database was filled by): the form needs a request to show.
+        """
+        assert job.artifact is not None, "a succeeded job has its artifact"
+        why = (f"on-demand build {job.key[:12]} is already built ({job.artifact.url});"
+               " Buildbot no longer has the build that made it, and nothing was rebuilt")
+        properties = Properties()
+        properties.setProperty(KEY_PROPERTY, job.key, _UNCOLLAPSIBLE_SOURCE)
+        properties.setProperty(ATTEMPT_PROPERTY, job.attempt, _UNCOLLAPSIBLE_SOURCE)
+        bsid, brids = await self.addBuildsetForSourceStampsWithDefaults(
+            reason=why, sourcestamps=[], properties=properties, builderNames=self.builderNames,
+        )
+        for brid in brids.values():
+            await self.master.data.control("cancel", {"reason": why}, ("buildrequests", brid))
+        return int(bsid), {int(b): int(r) for b, r in brids.items()}
 
 
 def _declaration_problems(parameter: Any) -> list[str]:

@@ -149,3 +149,22 @@ async def test_a_client_that_hangs_up_stops_the_wait(host: OnDemandHost) -> None
     gone.errback(ConnectionError("client went away"))
     assert await waiting is None
     await host.jobs.finish(KEY, 1, "failure", None, "late")
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_buildset_of_a_new_attempt_wakes_its_waiter(host: OnDemandHost) -> None:
+    """A force form that joins a job created a moment ago is woken by its buildset's record."""
+    jobs = host.jobs
+    assert jobs is not None
+    await jobs.submit(KEY, "s", "{}")
+
+    async def buildset() -> int | None:
+        row = await jobs.attempt(KEY, 1)
+        return None if row is None else row["buildset_id"]
+
+    waiting = defer.ensureDeferred(host.wait_until(KEY, 30, buildset))
+    await task.deferLater(real_reactor, 0.1, lambda: None)
+    assert not waiting.called
+    await jobs.buildset_added(KEY, 1, 42)
+    assert await waiting == 42
+    assert await jobs.attempt(KEY, 2) is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 import time
 import urllib.error
 import urllib.request
@@ -104,14 +105,108 @@ def test_compat_builds_and_streams_the_binary(farm: LocalFarm) -> None:
     assert builds_of(farm) == before + 1
 
 
-def test_the_force_form_gives_the_api_key(farm: LocalFarm) -> None:
-    """The web UI's force button submits through the same job table and key."""
-    _, body, _ = call(api(farm, "build"), {"scheduler": "tool", "os": "linux", "arch": "amd64"})
-    answer = farm.api("forceschedulers/tool", {
-        "jsonrpc": "2.0", "id": 1, "method": "force",
-        "params": {"os": "linux", "arch": "amd64", "plugins": ""},
-    })
-    assert answer["result"]["key"] == json.loads(body)["key"]
+# What the web UI's force dialog sends besides the parameters (the hidden codebase's
+# source fields empty), as an anonymous user.
+FORM = {"username": "", "reason": "force build", "priority": "0",
+        "branch": "", "revision": "", "repository": "", "project": ""}
+
+
+def force(farm: LocalFarm, scheduler: str, params: dict[str, Any]) -> tuple[int, Any]:
+    """The JSON-RPC ``force`` of ``scheduler`` the web UI sends; HTTP status and answer."""
+    code, body, _ = call(f"{farm.web_url}api/v2/forceschedulers/{scheduler}",
+                         {"jsonrpc": "2.0", "id": 1, "method": "force", "params": params})
+    return code, json.loads(body)
+
+
+def request_of(farm: LocalFarm, answer: Any) -> dict[str, Any]:
+    """The one build request a force answer names, checked to be of its buildset."""
+    bsid, brids = answer["result"]
+    (brid,) = brids.values()
+    request: dict[str, Any] = farm.api(f"buildrequests/{brid}")["buildrequests"][0]
+    assert request["buildsetid"] == bsid
+    return request
+
+
+def job_of(farm: LocalFarm, bsid: int) -> dict[str, Any]:
+    """The on-demand job whose build key buildset ``bsid`` carries."""
+    properties = farm.api(f"buildsets/{bsid}/properties")["properties"][0]
+    _, body, _ = call(api(farm, f"build/{properties['farm_build_key'][0]}"))
+    job: dict[str, Any] = json.loads(body)
+    return job
+
+
+def test_the_force_form_gets_a_new_request_then_joins_it(farm: LocalFarm) -> None:
+    """A new key answers its new buildset; the same key while it builds answers the same."""
+    code, first = force(farm, "slow", FORM)
+    assert code == 200, first
+    request = request_of(farm, first)
+    assert request["builderid"] == farm.api("builders/slow")["builders"][0]["builderid"]
+    _, again = force(farm, "slow", FORM)
+    assert again["result"] == first["result"]
+    assert job_of(farm, first["result"][0])["status"] in ("queued", "running")
+
+
+def test_the_force_form_leads_to_the_build_that_made_a_built_key(farm: LocalFarm) -> None:
+    """Once built, the form's answer is the request of the build that made the artifact."""
+    params = {**FORM, "os": "darwin", "arch": "arm64", "plugins": "form@1",
+              "reason": "needed for the release"}
+    _, first = force(farm, "tool", params)
+    bsid = first["result"][0]
+    buildset = farm.api(f"buildsets/{bsid}")["buildsets"][0]
+    assert buildset["reason"].endswith("forced by anonymous: needed for the release")
+    code, _, _ = call(api(farm, "compat?scheduler=tool&os=darwin&arch=arm64&plugins=form@1"))
+    assert code == 200
+    job = job_of(farm, bsid)
+    assert job["status"] == "succeeded"
+    build = farm.api(f"builds/{job['attempts'][0]['build_id']}")["builds"][0]
+    before = builds_of(farm)
+    code, cached = force(farm, "tool", {**FORM, "os": "darwin", "arch": "arm64",
+                                        "plugins": "form@1"})
+    assert code == 200, cached
+    assert cached["result"] == first["result"]
+    assert request_of(farm, cached)["buildrequestid"] == build["buildrequestid"]
+    assert builds_of(farm) == before
+
+
+def test_a_built_key_whose_build_buildbot_lost_answers_a_cancelled_request(
+    farm: LocalFarm,
+) -> None:
+    """When Buildbot's database no longer has the build, a request cancelled at once says so."""
+    wanted = {"os": "linux", "arch": "arm64", "plugins": "lost@1"}
+    code, _, _ = call(api(farm, "compat?scheduler=tool&" + "&".join(
+        f"{k}={v}" for k, v in wanted.items())))
+    assert code == 200
+    _, body, _ = call(api(farm, "build"), {"scheduler": "tool", **wanted})
+    key = json.loads(body)["key"]
+    # As if the farm database had outlived Buildbot's: the ids name nothing of this key.
+    with sqlite3.connect(farm.master_dir / "farm.sqlite", timeout=30) as conn:
+        conn.execute("UPDATE farm_ondemand_attempts SET build_id = 999999, buildset_id = 1"
+                     " WHERE build_key = ?", (key,))
+    before = builds_of(farm)
+    code, answer = force(farm, "tool", {**FORM, **wanted})
+    assert code == 200, answer
+    request = request_of(farm, answer)
+    deadline = time.monotonic() + 30
+    while not request["complete"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+        request = request_of(farm, answer)
+    assert request["results"] == 6, "CANCELLED"
+    reason = farm.api(f"buildsets/{answer['result'][0]}")["buildsets"][0]["reason"]
+    assert "is already built" in reason
+    assert builds_of(farm) == before
+
+
+def test_the_force_form_refuses_what_it_does_not_know_by_name(farm: LocalFarm) -> None:
+    """A branch, a revision or an unknown name is refused, named, as POST /api/build does."""
+    code, answer = force(farm, "tool", {**FORM, "os": "linux", "branch": "main",
+                                        "revision": "abc123", "colour": "red"})
+    assert code == 400
+    assert answer["error"]["code"] == -32602
+    problems = answer["error"]["message"]
+    assert set(problems) == {"branch", "colour", "revision"}
+    assert problems["branch"] == "unknown parameter; this build takes arch, os, plugins"
+    code, body, _ = call(api(farm, "build"), {"scheduler": "tool", "branch": "main"})
+    assert (code, json.loads(body)["parameters"]) == (400, {"branch": problems["branch"]})
 
 
 def test_bad_parameters_are_named(farm: LocalFarm) -> None:

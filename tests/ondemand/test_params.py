@@ -64,6 +64,14 @@ def test_every_bad_parameter_is_named() -> None:
     assert "name@version" in problems["plugins"]
 
 
+def test_a_build_without_parameters_says_so() -> None:
+    """An unknown name on a build that takes none says it takes none."""
+    with pytest.raises(params.BadParameters) as caught:
+        params.normalise([], {"branch": "main"})
+    assert caught.value.problems == {
+        "branch": "unknown parameter; this build takes no parameters"}
+
+
 def test_non_string_values_are_refused() -> None:
     """A number where text belongs is a named error, not a crash."""
     with pytest.raises(params.BadParameters, match="flavor: must be a string"):
