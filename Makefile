@@ -18,7 +18,7 @@ venv: $(STAMP)
 # A master + worker on SQLite, running the example build; DEMO_ONCE=1 exits after the build.
 demo: $(STAMP) system-packages
 	bash tests/harness/ensure-docker-engine.sh
-	$(BIN)/buildbot-farm demo --config master.cfg.example --basedir $(DEMO_DIR) $(if $(DEMO_ONCE),--once)
+	$(BIN)/buildbot-farm demo --basedir $(DEMO_DIR) $(if $(DEMO_ONCE),--once)
 
 system-packages:
 	bash tests/harness/install-system-packages.sh

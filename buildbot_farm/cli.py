@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from buildbot_farm import __version__
+from buildbot_farm.example import EXAMPLE_CONFIG, write_example_config
 from buildbot_farm.images import add_image_command
 from buildbot_farm.leases.host_agent import add_agent_command
 from buildbot_farm.leases.lease_cli import add_lease_commands
 from buildbot_farm.leases.standalone import add_coordinator_command
+from buildbot_farm.master_api import add_force_command
 from buildbot_farm.records.verify_cli import add_verify_command
 
 
@@ -77,7 +80,28 @@ def _demo_command(args: argparse.Namespace) -> int:
     env = demo_image_env()
     if env is None:
         return 1
-    return LocalFarm(config=args.config, basedir=args.basedir, env=env).run(once=args.once)
+    config = args.config or EXAMPLE_CONFIG
+    return LocalFarm(config=config, basedir=args.basedir, env=env).run(once=args.once)
+
+
+def _example_config_command(args: argparse.Namespace) -> int:
+    if args.path is None:
+        sys.stdout.write(EXAMPLE_CONFIG.read_text())
+        return 0
+    try:
+        write_example_config(Path(args.path), overwrite=args.force)
+    except FileExistsError:
+        print(
+            f"buildbot-farm example-config: {args.path} exists; keep it, or give --force"
+            " to replace it",
+            file=sys.stderr,
+        )
+        return 1
+    except OSError as e:
+        print(f"buildbot-farm example-config: cannot write {args.path}: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote the example configuration to {args.path}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,11 +123,29 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", help="create and start a master + worker, run the example build"
     )
-    demo.add_argument("--config", default="master.cfg.example", help="the master.cfg to use")
+    demo.add_argument(
+        "--config",
+        help="the master.cfg to use (default: the example that ships with the plugin,"
+        " as printed by `buildbot-farm example-config`)",
+    )
     demo.add_argument("--basedir", default=".demo", help="where the master and worker live")
     demo.add_argument("--once", action="store_true", help="stop after the build; exit 0 on success")
     demo.set_defaults(handler=_demo_command)
 
+    example = commands.add_parser(
+        "example-config",
+        help="print the example master.cfg that ships with the plugin, or write it to PATH",
+        description="The example master.cfg (farm service, leased builders, container task,"
+        " artifacts, on-demand builds, build records, the Farm menu) that `buildbot-farm demo`"
+        " runs. Without PATH it is printed on standard output.",
+    )
+    example.add_argument(
+        "path", nargs="?", help="write it to this file (an existing file is kept unless --force)"
+    )
+    example.add_argument("--force", action="store_true", help="replace PATH if it exists")
+    example.set_defaults(handler=_example_config_command)
+
+    add_force_command(commands)
     add_coordinator_command(commands)
     add_image_command(commands)
     add_agent_command(commands)

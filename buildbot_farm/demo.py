@@ -1,6 +1,6 @@
 """A real master and worker on this machine (``LocalFarm``), and ``buildbot-farm demo`` on it.
 
-Creates ``BASEDIR/master`` from a master.cfg (the repository's master.cfg.example by default)
+Creates ``BASEDIR/master`` from a master.cfg (the packaged example configuration by default)
 and ``BASEDIR/worker``, starts both, forces the example build through Buildbot's REST API,
 waits for it and prints its result, the farm's status and the web UI address.
 """
@@ -15,29 +15,28 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 from buildbot_farm.leases.providers import ProcessProvider
+from buildbot_farm.master_api import MasterAPI, MasterAPIError
 
 WORKER_NAME = "local-worker"
 DEMO_BUILDERS = ("hello-farm", "hello-buildlet")
-FORCE_SCHEDULER = "force"
-RESULT_NAMES = ["SUCCESS", "WARNINGS", "FAILURE", "SKIPPED", "EXCEPTION", "RETRY", "CANCELLED"]
 
 
-class LocalFarmError(Exception):
+class LocalFarmError(MasterAPIError):
     """The local master or worker could not run; the message says what failed and where to look."""
 
 
-class LocalFarm:
+class LocalFarm(MasterAPI):
     """A real master and one local worker under ``basedir``, run as daemons.
 
     The master's configuration is the file ``config``; it must read its ports and worker
     password from ``FARM_WEB_PORT``, ``FARM_PB_PORT`` and ``FARM_WORKER_PASSWORD`` as
-    master.cfg.example does, and name its worker ``local-worker``. ``env`` adds to (or
+    the packaged example (:data:`buildbot_farm.example.EXAMPLE_CONFIG`) does, and name its
+    worker ``local-worker``. Builds are forced through :class:`MasterAPI`. ``env`` adds to (or
     overrides) the environment the master and worker run with; ports not given there come
     from this process's environment (8010 and 9989 by default). Tests use this class to run
     real builds.
@@ -59,8 +58,12 @@ class LocalFarm:
         self.web_port = int(merged.get("FARM_WEB_PORT", "8010"))
         self.pb_port = int(merged.get("FARM_PB_PORT", "9989"))
         self.password = merged.get("FARM_WORKER_PASSWORD", "demo-worker-password")
-        self.build_timeout = build_timeout
-        self.web_url = f"http://127.0.0.1:{self.web_port}/"
+        super().__init__(
+            f"http://127.0.0.1:{self.web_port}/",
+            build_timeout,
+            hint=f"; see {self.master_log}",
+            prefix="demo: ",
+        )
         self._bin = Path(sys.executable).parent
 
     def run(self, once: bool) -> int:
@@ -75,7 +78,7 @@ class LocalFarm:
             self.show_farm_status()
             self.show_record()
             self.show_on_demand()
-        except LocalFarmError as e:
+        except MasterAPIError as e:
             print(f"demo: {e}", file=sys.stderr)
             self.stop()
             return 1
@@ -145,44 +148,6 @@ class LocalFarm:
         """The master's twistd.log."""
         return self.master_dir / "twistd.log"
 
-    def force_build(
-        self, builder: str, properties: dict[str, Any] | None = None, reason: str = "forced"
-    ) -> dict[str, Any]:
-        """Force ``builder`` through the REST API and wait; return the finished build.
-
-        ``properties`` are force-scheduler parameters; the build dict is Buildbot's
-        (``results``, ``state_string``, ``number``, ``builderid``, ``buildid`` ...).
-        """
-        answer = self.api(
-            f"forceschedulers/{FORCE_SCHEDULER}",
-            {
-                "jsonrpc": "2.0",
-                "id": 1,
-                "method": "force",
-                "params": {"builderNames": [builder], "reason": reason, **(properties or {})},
-            },
-        )
-        _buildset, requests = answer["result"]
-        request_id = next(iter(requests.values()))
-        print(f"demo: forced {builder} (build request {request_id}); waiting for it")
-        deadline = time.monotonic() + self.build_timeout
-        while time.monotonic() < deadline:
-            builds = self.api(f"buildrequests/{request_id}/builds")["builds"]
-            if builds and builds[0]["complete"]:
-                return dict(builds[0])
-            time.sleep(0.5)
-        raise LocalFarmError(
-            f"the build did not finish within {self.build_timeout:g} s; see {self.master_log}"
-        )
-
-    def report(self, build: dict[str, Any]) -> int:
-        """Print a finished build's result and web address; return its result code."""
-        result = int(build["results"])
-        url = f"{self.web_url}#/builders/{build['builderid']}/builds/{build['number']}"
-        print(f"demo: build {build['number']} {RESULT_NAMES[result]}: {build['state_string']}")
-        print(f"demo: {url}")
-        return result
-
     def show_farm_status(self) -> None:
         """Print what the farm service reports at /plugins/farm/status."""
         status = self.get_json(f"{self.web_url}plugins/farm/status")
@@ -217,30 +182,11 @@ class LocalFarm:
                 size = len(response.read())
             print(f"demo: /api/compat held the request until the build was done: {size} bytes")
             again = self.get_json(url + "build", {"scheduler": scheduler})
-        except (LocalFarmError, OSError) as e:
+        except (MasterAPIError, OSError) as e:
             print(f"demo: no on-demand build ({e}); see docs/on-demand.md")
             return
         print(f"demo: the same request again -> {again['status']}, no new build:"
               f" {again.get('download')}")
-
-    def api(self, path: str, body: dict[str, Any] | None = None) -> Any:
-        """GET (or, with ``body``, POST) Buildbot's REST API at ``/api/v2/<path>``."""
-        return self.get_json(f"{self.web_url}api/v2/{path}", body)
-
-    def get_json(self, url: str, body: dict[str, Any] | None = None) -> Any:
-        """GET (or POST ``body`` to) ``url`` and decode the JSON answer."""
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(
-            url, data=data, headers={"Content-Type": "application/json"}
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                return json.load(response)
-        except urllib.error.HTTPError as e:
-            detail = e.read().decode(errors="replace")[:500]
-            raise LocalFarmError(f"{url} answered {e.code}: {detail}") from e
-        except OSError as e:
-            raise LocalFarmError(f"cannot reach {url}: {e}; see {self.master_log}") from e
 
     def _env(self) -> dict[str, str]:
         env = {**os.environ, **self.extra_env}

@@ -32,3 +32,12 @@ def test_every_relative_link_in_the_docs_resolves() -> None:
             elif anchor and anchor not in heading_anchors(resolved.read_text()):
                 broken.append(f"{page.relative_to(ROOT)}: {target} (no such heading)")
     assert broken == []
+
+
+def test_the_readme_and_the_index_list_every_docs_page() -> None:
+    """README.md's documentation list and docs/index.md link every page under docs/."""
+    pages = {p for p in (ROOT / "docs").glob("*.md") if p.name != "index.md"}
+    for listing in (ROOT / "README.md", ROOT / "docs/index.md"):
+        linked = {(listing.parent / target.partition("#")[0]).resolve()
+                  for target in LINK.findall(listing.read_text())}
+        assert sorted(p.name for p in pages - linked) == [], f"not linked from {listing.name}"

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from buildbot_farm import db
+from buildbot_farm.example import EXAMPLE_CONFIG
 from tests.db.conftest import schema_dsn
 from tests.harness.ports import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 NEWEST = db.load_migrations("sqlite")[-1].version
 pytestmark = pytest.mark.master
@@ -27,8 +27,7 @@ def run_demo(basedir: Path, **env: str) -> subprocess.CompletedProcess[str]:
         **env,
     }
     return subprocess.run(
-        [BIN / "buildbot-farm", "demo", "--once", "--basedir", str(basedir),
-         "--config", str(ROOT / "master.cfg.example")],
+        [BIN / "buildbot-farm", "demo", "--once", "--basedir", str(basedir)],
         env=environment, capture_output=True, text=True, timeout=600, check=False,
     )
 
@@ -62,9 +61,9 @@ def test_master_refuses_to_start_when_the_database_is_unreachable(tmp_path: Path
 
 
 def test_checkconfig_passes_on_the_example() -> None:
-    """`buildbot checkconfig` accepts master.cfg.example as shipped."""
+    """`buildbot checkconfig` accepts the packaged example configuration as shipped."""
     done = subprocess.run(
-        [BIN / "buildbot", "checkconfig", str(ROOT / "master.cfg.example")],
+        [BIN / "buildbot", "checkconfig", str(EXAMPLE_CONFIG)],
         capture_output=True, text=True, check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
@@ -73,7 +72,7 @@ def test_checkconfig_passes_on_the_example() -> None:
 
 def test_checkconfig_names_each_bad_farm_argument(tmp_path: Path) -> None:
     """`buildbot checkconfig` reports every bad FarmService argument by name."""
-    text = (ROOT / "master.cfg.example").read_text()
+    text = (EXAMPLE_CONFIG).read_text()
     bad = text.replace(
         'db_url=os.environ.get("FARM_DB_URL", "sqlite:///farm.sqlite"),',
         'db_url="mysql://h/db", db_timeout=0,',
