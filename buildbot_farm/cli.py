@@ -28,8 +28,15 @@ def _db_command(args: argparse.Namespace) -> int:
     async def run(reactor: Any) -> None:
         try:
             url = db.parse_db_url(args.db_url)
-            database = db.open_database(url.relative_to(args.basedir), reactor)
+            # status only looks: it never creates a SQLite file; migrate creates what is missing
+            database = db.open_database(
+                url.relative_to(args.basedir), reactor, create=args.action == "migrate"
+            )
             await database.start()
+        except db.NoDatabase as e:
+            print(f"buildbot-farm: {e}; {_migrate_hint(args, url)} creates one", file=sys.stderr)
+            outcome["exit"] = 2
+            return
         except db.DatabaseError as e:
             print(f"buildbot-farm: {e}", file=sys.stderr)
             outcome["exit"] = 2
@@ -40,6 +47,10 @@ def _db_command(args: argparse.Namespace) -> int:
                 print(f"{url.redacted()}: schema version {version}")
             else:
                 await _print_schema(database)
+        except db.NoDatabase as e:
+            print(f"buildbot-farm: {e}; {_migrate_hint(args, url)} creates its tables",
+                  file=sys.stderr)
+            outcome["exit"] = 2
         except db.DatabaseError as e:
             print(f"buildbot-farm: {e}", file=sys.stderr)
             outcome["exit"] = 2
@@ -54,6 +65,11 @@ def _db_command(args: argparse.Namespace) -> int:
     return outcome["exit"]
 
 
+def _migrate_hint(args: argparse.Namespace, url: Any) -> str:
+    basedir = f" --basedir {args.basedir}" if args.basedir != "." else ""
+    return f"`buildbot-farm db migrate {url.redacted()}{basedir}`"
+
+
 async def _print_schema(database: Any) -> None:
     from buildbot_farm import db
 
@@ -64,8 +80,11 @@ async def _print_schema(database: Any) -> None:
         )
     except db.DatabaseUnavailable:
         raise
-    except Exception:  # no version table: the backends word "no such table" differently
-        rows = []
+    except Exception as e:  # no version table: the backends word "no such table" differently
+        raise db.NoDatabase(
+            f"there is no farm database at {database.url.redacted()}: it has no"
+            " farm_schema_version table"
+        ) from e
     for row in rows:
         print(f"{row['version']:04d} {row['name']}")
     newest = known[-1].version if known else 0

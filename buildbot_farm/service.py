@@ -133,13 +133,21 @@ class FarmService(service.BuildbotService):
         self._periodic: dict[str, PeriodicTask] = {}
         self.records = RecordsEndpoint(lambda: self.database)
         super().__init__(**kwargs)
-        self.api_root.mount("builds", self.records.resource)
+        self.api_root.mount("builds", self.records.resource, openapi="openapi.json")
         self.api_root.mount("openapi.json", self.records.openapi)
         self.on_demand = OnDemandHost(self)
-        self.api_root.mount("build", BuildResource(self.on_demand))
-        self.api_root.mount("download", DownloadResource(self.on_demand))
-        self.api_root.mount("compat", CompatResource(self.on_demand))
-        self.web_root.mount("status", StatusResource(lambda: self.database, __version__))
+
+        def on_demand_configured() -> bool:
+            return self.on_demand.jobs is not None
+
+        self.api_root.mount("build", BuildResource(self.on_demand), active=on_demand_configured)
+        self.api_root.mount(
+            "download", DownloadResource(self.on_demand), active=on_demand_configured
+        )
+        self.api_root.mount("compat", CompatResource(self.on_demand), active=on_demand_configured)
+        self.web_root.mount(
+            "status", StatusResource(lambda: self.database, __version__), openapi="openapi.json"
+        )
         self.web_root.mount("openapi.json", OpenAPIResource(OPENAPI))
         self.web_root.mount("api", self.api_root)
         self.web_root.mount("ui", DashboardResource(self))
@@ -300,4 +308,8 @@ class FarmService(service.BuildbotService):
             except db.DatabaseError as e:
                 log.msg(f"farm: could not remove this master's heartbeat: {e}")
             await database.stop()
-        await super().stopService()
+        # A start that failed in its first reconfig never marked the service running; the
+        # master still stops it, and Buildbot's service checks would add a second traceback
+        # ("already stopped") after the one that says why the start failed.
+        if self.running:
+            await super().stopService()

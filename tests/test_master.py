@@ -51,13 +51,18 @@ def test_master_runs_the_farm_on_postgresql(tmp_path: Path, pg_dsn: str) -> None
 
 
 def test_master_refuses_to_start_when_the_database_is_unreachable(tmp_path: Path) -> None:
-    """An unreachable PostgreSQL stops the master's start with a message naming db_url."""
+    """An unreachable PostgreSQL stops the master's start with one error, naming db_url."""
     unreachable = f"postgresql://postgres@127.0.0.1:{free_port()}/farm"
     done = run_demo(tmp_path / "demo", FARM_DB_URL=unreachable)
     assert done.returncode == 1
     log = (tmp_path / "demo/master/twistd.log").read_text()
     assert "FarmService: db_url: cannot connect to the farm database" in log
     assert "check that PostgreSQL is running" in log
+    assert "BuildMaster startup failed" in log
+    # The cause is the one traceback: stopping the never-started service adds nothing.
+    assert log.count("Traceback") == 1, log
+    assert "Unhandled error" not in log, log
+    assert "already stopped" not in log, log
 
 
 def test_checkconfig_passes_on_the_example() -> None:

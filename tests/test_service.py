@@ -16,6 +16,8 @@ from treq.testing import StubTreq
 from twisted.trial import unittest
 
 from buildbot_farm import db
+from buildbot_farm.leases.config import BuildletPool, FarmCoordinator
+from buildbot_farm.ondemand.config import OnDemandBuilds
 from buildbot_farm.service import FarmService
 
 
@@ -49,11 +51,13 @@ class FarmServiceConfigTests(ConfigErrorsMixin, unittest.TestCase):
 
 
 class FarmServiceTests(TestReactorMixin, unittest.TestCase):
-    async def start(self, **kwargs: Any) -> tuple[Any, FarmService]:
+    async def start(self, with_data: bool = False, **kwargs: Any) -> tuple[Any, FarmService]:
         self.setup_test_reactor()
         basedir = tempfile.mkdtemp(prefix="farm-master-")
         self.addCleanup(shutil.rmtree, basedir, True)
-        master = await fakemaster.make_master(self, basedir=basedir)
+        master = await fakemaster.make_master(
+            self, basedir=basedir, wantMq=with_data, wantData=with_data, wantDb=with_data
+        )
         master.service_manager = master
         service = FarmService(**kwargs)
         await service.setServiceParent(master)
@@ -130,3 +134,26 @@ class FarmServiceTests(TestReactorMixin, unittest.TestCase):
         assert response.code == 404
         body = json.loads(await response.content())
         assert body["available"] == ["api", "openapi.json", "status", "ui"]
+
+    async def test_the_index_lists_only_what_is_configured(self) -> None:
+        """GET / and /api/ list the mounted APIs; the coordinator and the on-demand API only
+        when the service has them."""
+        _master, service = await self.start(with_data=True, db_url="sqlite://")
+        client = StubTreq(service.web_root)
+
+        async def names(url: str) -> list[str]:
+            response = await client.get(url)
+            assert response.code == 200
+            return [api["name"] for api in json.loads(await response.content())["apis"]]
+
+        assert await names("http://farm/") == ["api", "status", "ui"]
+        assert await names("http://farm/api/") == ["builds"]
+        await service.reconfigService(db_url="sqlite://", on_demand=OnDemandBuilds())
+        assert await names("http://farm/api/") == ["build", "builds", "compat", "download"]
+        coordinator = FarmCoordinator(secret="index-test-coordinator-secret",
+                                      pools=[BuildletPool("local", max_count=1)])
+        await service.reconfigService(db_url="sqlite://", coordinator=coordinator)
+        assert await names("http://farm/") == ["api", "coordinator", "status", "ui"]
+        assert await names("http://farm/api/") == ["builds"]
+        await service.reconfigService(db_url="sqlite://")
+        assert await names("http://farm/") == ["api", "status", "ui"]

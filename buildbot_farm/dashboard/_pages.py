@@ -54,7 +54,10 @@ def esc(value: object) -> str:
 
 
 def page(frame: Frame, title: str, body: str, refresh: int = 0) -> bytes:
-    """A whole dashboard page; with ``refresh`` > 0 it reloads itself every that many seconds."""
+    """A whole dashboard page; with ``refresh`` > 0 it reloads itself every that many seconds.
+
+    ``title`` is the page's heading; the browser's title adds "Farm: " before it.
+    """
     current = ' class="current" aria-current="page"'
     tabs = "".join(
         f'<a href="{esc(frame.base + name)}"{current if name == frame.tab else ""}>'

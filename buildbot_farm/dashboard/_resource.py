@@ -294,7 +294,7 @@ class DashboardResource(resource.Resource):
             status, message = 500, f"the farm service failed: {error}; its log has the details"
         request.setResponseCode(status)
         tab = (request.postpath or [b""])[0].decode(errors="replace")
-        return pages.page(self._frame(request, tab), "Farm: error", pages.error_box(message),
+        return pages.page(self._frame(request, tab), "Error", pages.error_box(message),
                           refresh=refresh)
 
     def _send(self, body: bytes, request: Request) -> None:

@@ -15,6 +15,7 @@ from buildbot_farm.db._errors import (
     DatabaseUnavailable,
     IntegrityError,
     InvalidDatabaseURL,
+    NoDatabase,
     SchemaTooNew,
 )
 from buildbot_farm.db._migrations import Migration, load_migrations, migrate
@@ -29,6 +30,7 @@ __all__ = [
     "IntegrityError",
     "InvalidDatabaseURL",
     "Migration",
+    "NoDatabase",
     "Row",
     "SchemaTooNew",
     "Subscription",
@@ -42,13 +44,21 @@ __all__ = [
 
 
 def open_database(
-    url: DatabaseURL, reactor: Any, pool_size: int = 4, timeout: float = 30.0
+    url: DatabaseURL,
+    reactor: Any,
+    pool_size: int = 4,
+    timeout: float = 30.0,
+    create: bool = True,
 ) -> Database:
-    """Make the backend object for ``url`` (not yet started)."""
+    """Make the backend object for ``url`` (not yet started).
+
+    With ``create`` False, starting it raises ``NoDatabase`` where a SQLite file is missing,
+    and leaves an existing file as it is (PostgreSQL never creates a database anyway).
+    """
     if url.backend == "sqlite":
         from buildbot_farm.db._sqlite import SqliteDatabase
 
-        return SqliteDatabase(url, reactor)
+        return SqliteDatabase(url, reactor, create=create)
     from buildbot_farm.db._postgres import PostgresDatabase
 
     return PostgresDatabase(url, reactor, pool_size=pool_size, timeout=timeout)

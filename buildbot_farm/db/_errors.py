@@ -15,6 +15,10 @@ class DatabaseUnavailable(DatabaseError):
     """The database cannot be reached now; the call did nothing and may be retried later."""
 
 
+class NoDatabase(DatabaseError):
+    """There is no database where the URL points, and the caller asked not to create one."""
+
+
 class SchemaTooNew(DatabaseError):
     """The database was migrated by a newer buildbot_farm than the one running."""
 

@@ -15,6 +15,7 @@ import threading
 from collections import defaultdict
 from collections.abc import Awaitable, Iterator
 from typing import Any, Callable, TypeVar
+from urllib.parse import quote
 
 from twisted.internet import defer, threads
 from twisted.python import log
@@ -28,7 +29,7 @@ from buildbot_farm.db._api import (
     Subscription,
     Transaction,
 )
-from buildbot_farm.db._errors import DatabaseUnavailable, IntegrityError
+from buildbot_farm.db._errors import DatabaseUnavailable, IntegrityError, NoDatabase
 from buildbot_farm.db._url import MEMORY, DatabaseURL
 
 T = TypeVar("T")
@@ -86,13 +87,16 @@ class SqliteDatabase(Database):
     """The farm database in one SQLite file (or in memory, for tests).
 
     ``reactor`` supplies the thread pool the blocking calls run on; under Buildbot's test
-    reactor that pool runs them synchronously, so tests need no real threads.
+    reactor that pool runs them synchronously, so tests need no real threads. With
+    ``create`` False a missing file is ``NoDatabase`` and an existing one keeps its journal
+    mode: for looking at a database without making or changing one.
     """
 
     dialect = SQLITE_DIALECT
 
-    def __init__(self, url: DatabaseURL, reactor: Any) -> None:
+    def __init__(self, url: DatabaseURL, reactor: Any, create: bool = True) -> None:
         self.url = url
+        self._create = create
         self._reactor = reactor
         self._lock = defer.DeferredLock()
         self._connection: sqlite3.Connection | None = None
@@ -105,7 +109,7 @@ class SqliteDatabase(Database):
         return threads.deferToThreadPool(self._reactor, self._reactor.getThreadPool(), fn, *args)
 
     async def start(self) -> None:
-        """Open the database file, creating it if it does not exist."""
+        """Open the database file, creating it if it does not exist (and ``create``)."""
         if self._connection is None:
             self._connection = await self.run_in_thread(self.thd_connect)
         if self._reader is None and self.url.path != MEMORY:
@@ -127,7 +131,12 @@ class SqliteDatabase(Database):
     def thd_connect(self) -> sqlite3.Connection:
         """Open the connection (blocking): WAL journal, foreign keys on, a busy timeout."""
         path = self.url.path
-        if path != MEMORY:
+        target, existing_only = path, not self._create and path != MEMORY
+        if existing_only:
+            if not os.path.isfile(path):
+                raise NoDatabase(f"there is no farm database at {path}: no such file")
+            target = f"file:{quote(path)}?mode=rw"  # never creates the file
+        elif path != MEMORY:
             directory = os.path.dirname(path) or "."
             if not os.path.isdir(directory):
                 raise DatabaseUnavailable(
@@ -136,10 +145,11 @@ class SqliteDatabase(Database):
                 )
         try:
             connection = sqlite3.connect(
-                path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
+                target, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None,
+                check_same_thread=False, uri=existing_only,
             )
             connection.row_factory = sqlite3.Row
-            if path != MEMORY:
+            if path != MEMORY and not existing_only:
                 connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA foreign_keys=ON")
         except sqlite3.Error as e:

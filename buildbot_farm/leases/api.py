@@ -5,7 +5,8 @@
 * any request with ``X-Buildlet-Proxy: NAME`` -> forwarded to that buildlet's agent
   (``POST /halt`` destroys the buildlet instead)
 
-Every request authenticates with HTTP Basic as ``user-NAME`` and that user's key.
+Every request authenticates with HTTP Basic as ``user-NAME`` and that user's key. Every answer
+carries ``X-Buildlet-Coordinator: 1``, so that a client told a wrong URL can say so.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from buildbot_farm.leases.proxy import forward, proxy_failed
 from buildbot_farm.web import json_error, json_response
 
 PROXY_HEADER = b"x-buildlet-proxy"
+COORDINATOR_HEADER = b"x-buildlet-coordinator"
 
 
 class CoordinatorResource(resource.Resource):
@@ -42,6 +44,7 @@ class CoordinatorResource(resource.Resource):
 
     def render(self, request: Request) -> int:
         """Authenticate, then answer asynchronously."""
+        request.setHeader(COORDINATOR_HEADER, b"1")
         d = defer.ensureDeferred(self._answer(request))
         d.addErrback(self._failed, request)
         d.addBoth(lambda _: _finish(request))

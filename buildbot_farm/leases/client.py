@@ -19,6 +19,9 @@ from buildbot_farm.leases.frames import ExitStatus, FrameDecoder
 
 PROXY_HEADER = "X-Buildlet-Proxy"
 FRAMING_HEADER = "X-Buildlet-Framing"
+# Every answer of a coordinator carries it (leases.api): an answer without it is another server's.
+COORDINATOR_HEADER = "X-Buildlet-Coordinator"
+URL_HINT = "is this the coordinator's URL? it usually ends in /plugins/farm/coordinator"
 
 
 class CoordinatorRequestError(Exception):
@@ -30,6 +33,29 @@ class CoordinatorRequestError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(f"{message} (HTTP {status})" if status else message)
         self.status = status
+
+
+class NotACoordinator(CoordinatorRequestError):
+    """What answered at the coordinator's URL is not a coordinator (a wrong URL, most often).
+
+    The message says what was asked, what answered and what to check, in one line.
+    """
+
+    def __init__(self, status: int, message: str) -> None:
+        Exception.__init__(self, message)
+        self.status = status
+
+
+def _one_line(body: bytes, limit: int = 200) -> str:
+    text = " ".join(body.decode(errors="replace").split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _reasons(error: Exception) -> str:
+    """What a treq request failure says, without the reprs of nested failures."""
+    if isinstance(error, (client.ResponseFailed, client.ResponseNeverReceived)):
+        return "; ".join(reason.getErrorMessage().rstrip(".") for reason in error.reasons)
+    return str(error).rstrip(".")
 
 
 class _Stream(protocol.Protocol):
@@ -74,20 +100,35 @@ class CoordinatorClient:
             )
         except Exception as e:
             raise CoordinatorRequestError(
-                0, f"cannot reach the coordinator at {self.url}: {e}"
+                0, f"cannot reach the coordinator at {self.url} ({method} {path}): {_reasons(e)};"
+                " check the URL's host and port, and that the coordinator runs there"
             ) from e
+        if not response.headers.hasHeader(COORDINATOR_HEADER):
+            await response.content()  # read and drop another server's page
+            raise NotACoordinator(
+                response.code,
+                f"{self.url} answered {response.code} to {method} {path}"
+                f"{'' if response.code >= 400 else ' but is no coordinator'}: {URL_HINT}",
+            )
         if response.code >= 400:
             body = await response.content()
             try:
                 message = json.loads(body)["error"]
             except (ValueError, KeyError, TypeError):
-                message = body.decode(errors="replace")[:500]
+                message = _one_line(body)
             raise CoordinatorRequestError(response.code, message)
         return response
 
     async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         response = await self._request(method, path, **kwargs)
-        return json.loads(await response.content())
+        body = await response.content()
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise CoordinatorRequestError(
+                response.code, f"the coordinator at {self.url} answered {method} {path} with"
+                f" something that is not JSON: {_one_line(body)!r}"
+            ) from None
 
     async def create(self, buildlet_type: str) -> dict[str, Any]:
         """Lease a new buildlet of ``buildlet_type``; return its Name/Type/Created/Expires."""

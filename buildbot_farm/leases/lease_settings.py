@@ -4,9 +4,12 @@ The environment (``FARM_COORDINATOR_URL``, ``FARM_USER``, ``FARM_KEY``) wins ove
 with ``--config``, else ``$XDG_CONFIG_HOME/buildbot-farm/lease.ini`` (``~/.config/...``)::
 
     [coordinator]
-    url = http://farm.example.org:8010
+    url = http://farm.example.org:8010/plugins/farm/coordinator
     user = user-alice
     key = what `buildbot-farm key user-alice --secret-file FILE` printed for the admin
+
+The url is the master's ``buildbotURL`` followed by ``plugins/farm/coordinator``, or the root of
+a standalone ``buildbot-farm coordinator`` (``http://HOST:8011`` by default).
 """
 
 from __future__ import annotations
@@ -24,9 +27,12 @@ SETTINGS_HELP = f"""settings: FARM_COORDINATOR_URL, FARM_USER and FARM_KEY in th
 --config FILE or $XDG_CONFIG_HOME/buildbot-farm/lease.ini (~/.config/...):
 
     [{SECTION}]
-    url = http://farm.example.org:8010
+    url = http://farm.example.org:8010/plugins/farm/coordinator
     user = user-alice
-    key = (from the farm's admin: buildbot-farm key user-alice --secret-file FILE)"""
+    key = (from the farm's admin: buildbot-farm key user-alice --secret-file FILE)
+
+url: the master's buildbotURL + plugins/farm/coordinator, or the root of a standalone
+`buildbot-farm coordinator` (http://HOST:8011 by default)"""
 
 
 class LeaseSettingsError(Exception):

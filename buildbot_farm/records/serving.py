@@ -77,7 +77,7 @@ class RecordsEndpoint:
             await self.stop()
         if settings.port and self._listening is None:
             root = FarmRoot()
-            root.mount("builds", self.resource)
+            root.mount("builds", self.resource, openapi="openapi.json")
             root.mount("openapi.json", self.openapi)
             site = server.Site(root)
             site.displayTracebacks = False

@@ -16,6 +16,19 @@ OPENAPI: dict[str, Any] = {
     "openapi": "3.0.3",
     "info": {"title": "buildbot_farm status", "version": "1"},
     "paths": {
+        "/": {
+            "get": {
+                "summary": "The APIs mounted here, with the paths of their OpenAPI documents",
+                "responses": {
+                    "200": {
+                        "description": "What this farm service serves, as configured now",
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/Index"}}
+                        },
+                    },
+                },
+            }
+        },
         "/status": {
             "get": {
                 "summary": "The farm service's database and the masters that use it",
@@ -55,6 +68,24 @@ OPENAPI: dict[str, Any] = {
                                 "started_at": {"type": "number"},
                                 "heartbeat_at": {"type": "number"},
                                 "version": {"type": "string"},
+                            },
+                        },
+                    },
+                },
+            },
+            "Index": {
+                "type": "object",
+                "required": ["apis"],
+                "properties": {
+                    "apis": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["name", "path", "openapi"],
+                            "properties": {
+                                "name": {"type": "string"},
+                                "path": {"type": "string"},
+                                "openapi": {"type": "string", "nullable": True},
                             },
                         },
                     },

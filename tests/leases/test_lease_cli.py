@@ -14,6 +14,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, protocol, reactor
 from twisted.python import failure
+from twisted.web import pages, resource, server
 
 from buildbot_farm.agent.buildlet_agent import ArchiveError
 from buildbot_farm.leases import keys, transfers
@@ -263,7 +264,43 @@ async def test_bad_key_or_unreachable_coordinator_is_one_line_and_exit_2(farm: F
     assert_one_error_line(wrong, "wrong key for user-alice", "HTTP 401")
     nowhere = f"http://127.0.0.1:{free_port()}"
     gone = await farm.cli("lease", "list", env={**farm.cli.env, "FARM_COORDINATOR_URL": nowhere})
-    assert_one_error_line(gone, f"cannot reach the coordinator at {nowhere}")
+    assert_one_error_line(
+        gone, f"cannot reach the coordinator at {nowhere} (GET /buildlet/list): Connection was"
+        " refused", "check the URL's host and port, and that the coordinator runs there",
+    )
+
+
+class _Page(resource.Resource):
+    """Any path: 200 with an HTML page, as a web UI's catch-all answers."""
+
+    isLeaf = True
+
+    def render_GET(self, request: server.Request) -> bytes:
+        request.setHeader(b"content-type", b"text/html")
+        return b"<!DOCTYPE html>\n<html><body>\n<h1>Some web UI</h1>\n</body></html>\n"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_url_that_is_not_the_coordinator_says_what_to_check(farm: Farm) -> None:
+    """An HTML 404 or a 200 page from another server is one line naming the request and the
+    coordinator's usual URL, with no HTML in it."""
+    missing = reactor.listenTCP(0, server.Site(pages.notFound()), interface="127.0.0.1")
+    page = reactor.listenTCP(0, server.Site(_Page()), interface="127.0.0.1")
+    try:
+        for listening, answer in ((missing, "answered 404"), (page, "answered 200")):
+            url = f"http://127.0.0.1:{listening.getHost().port}/"
+            env = {**farm.cli.env, "FARM_COORDINATOR_URL": url}
+            listed = await farm.cli("lease", "list", env=env)
+            assert_one_error_line(
+                listed, f"{url.rstrip('/')} {answer} to GET /buildlet/list",
+                ": is this the coordinator's URL? it usually ends in /plugins/farm/coordinator",
+            )
+            assert "<" not in listed.err
+            pinged = await farm.cli("lease", "ping", "user-alice-local-0", env=env)
+            assert_one_error_line(pinged, f"{answer} to GET /status", "is this the coordinator")
+    finally:
+        await missing.stopListening()
+        await page.stopListening()
 
 
 @pytest_twisted.ensureDeferred
