@@ -1,7 +1,8 @@
 """A real master and worker on this machine (``LocalFarm``), and ``buildbot-farm demo`` on it.
 
 Creates ``BASEDIR/master`` from a master.cfg (the repository's master.cfg.example by default)
-and ``BASEDIR/worker``, starts both, forces the example build through Buildbot's REST API,
+with its secrets directory ``BASEDIR/master/secrets`` (random values, kept across runs) and
+``BASEDIR/worker``, starts both, forces the example build through Buildbot's REST API,
 waits for it and prints its result, the farm's status and the web UI address.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import secrets
 import shutil
 import signal
 import subprocess
@@ -23,6 +25,14 @@ from typing import Any
 from buildbot_farm.leases.providers import ProcessProvider
 
 WORKER_NAME = "local-worker"
+# The secrets master.cfg.example reads with util.Secret(...) from its secrets directory.
+WORKER_PASSWORD_SECRET = "worker-password"
+DEMO_SECRETS = (
+    "farm-coordinator-secret",
+    "farm-records-api-key",
+    "farm-records-admin-key",
+    WORKER_PASSWORD_SECRET,
+)
 DEMO_BUILDERS = ("hello-farm", "hello-buildlet")
 FORCE_SCHEDULER = "force"
 RESULT_NAMES = ["SUCCESS", "WARNINGS", "FAILURE", "SKIPPED", "EXCEPTION", "RETRY", "CANCELLED"]
@@ -35,12 +45,15 @@ class LocalFarmError(Exception):
 class LocalFarm:
     """A real master and one local worker under ``basedir``, run as daemons.
 
-    The master's configuration is the file ``config``; it must read its ports and worker
-    password from ``FARM_WEB_PORT``, ``FARM_PB_PORT`` and ``FARM_WORKER_PASSWORD`` as
-    master.cfg.example does, and name its worker ``local-worker``. ``env`` adds to (or
-    overrides) the environment the master and worker run with; ports not given there come
-    from this process's environment (8010 and 9989 by default). Tests use this class to run
-    real builds.
+    The master's configuration is the file ``config``; it must read its ports from
+    ``FARM_WEB_PORT`` and ``FARM_PB_PORT``, and its worker password from
+    ``FARM_WORKER_PASSWORD`` or the secret ``worker-password``, as master.cfg.example does,
+    and name its worker ``local-worker``. ``create`` fills the master's secrets directory
+    (``secrets_dir``, for ``util.SecretInAFile``) with ``DEMO_SECRETS``: the worker's
+    password, and random values for the others unless their files exist. ``env`` adds to
+    (or overrides) the environment the master and worker run with; ports not given there
+    come from this process's environment (8010 and 9989 by default); the worker's password
+    is ``FARM_WORKER_PASSWORD`` or a random one. Tests use this class to run real builds.
     """
 
     def __init__(
@@ -53,12 +66,13 @@ class LocalFarm:
         self.config = Path(config).resolve()
         self.basedir = Path(basedir).resolve()
         self.master_dir = self.basedir / "master"
+        self.secrets_dir = self.master_dir / "secrets"
         self.worker_dir = self.basedir / "worker"
         self.extra_env = dict(env or {})
         merged = {**os.environ, **self.extra_env}
         self.web_port = int(merged.get("FARM_WEB_PORT", "8010"))
         self.pb_port = int(merged.get("FARM_PB_PORT", "9989"))
-        self.password = merged.get("FARM_WORKER_PASSWORD", "demo-worker-password")
+        self.password = merged.get("FARM_WORKER_PASSWORD") or secrets.token_urlsafe(24)
         self.build_timeout = build_timeout
         self.web_url = f"http://127.0.0.1:{self.web_port}/"
         self._bin = Path(sys.executable).parent
@@ -99,6 +113,7 @@ class LocalFarm:
         self.basedir.mkdir(parents=True, exist_ok=True)
         self._run([self._bin / "buildbot", "create-master", "-r", str(self.master_dir)])
         shutil.copyfile(self.config, self.master_dir / "master.cfg")
+        fill_secrets(self.secrets_dir, DEMO_SECRETS, {WORKER_PASSWORD_SECRET: self.password})
         shutil.rmtree(self.worker_dir, ignore_errors=True)
         self._run(
             [
@@ -113,7 +128,8 @@ class LocalFarm:
         info = self.worker_dir / "info"
         (info / "arch").write_text(platform.machine() + "\n")
         (info / "python").write_text(platform.python_version() + "\n")
-        print(f"demo: master in {self.master_dir}, worker in {self.worker_dir}")
+        print(f"demo: master in {self.master_dir} (secrets in {self.secrets_dir}),"
+              f" worker in {self.worker_dir}")
 
     def start(self) -> None:
         """Start the master (waits until it runs) and the worker."""
@@ -264,3 +280,30 @@ class LocalFarm:
                 f"{' '.join(str(p) for p in command[:2])} failed ({done.returncode}):\n"
                 f"{done.stdout[-2000:]}{done.stderr[-2000:]}{where}"
             )
+
+
+def fill_secrets(
+    directory: Path, names: tuple[str, ...], given: dict[str, str] | None = None
+) -> dict[str, str]:
+    """Make ``directory`` a secrets directory for ``util.SecretInAFile`` holding ``names``.
+
+    The directory gets mode 0700 and each file mode 0600 (SecretInAFile refuses files
+    others can read). A value in ``given`` is (re)written; any other name keeps its file
+    when it exists, else gets a random value. Returns every name's value.
+    """
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    directory.chmod(0o700)
+    values = {}
+    for name in names:
+        path = directory / name
+        value = (given or {}).get(name)
+        if value is None and path.exists():
+            values[name] = path.read_text(encoding="utf-8").strip()
+            continue
+        value = value if value is not None else secrets.token_urlsafe(32)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            file.write(value + "\n")
+        path.chmod(0o600)
+        values[name] = value
+    return values
