@@ -92,7 +92,7 @@ class SecretRenderer:
                                f" {e}")
             return value
         if not isinstance(rendered, str):
-            self.errors.append(f"{argument}: {source} rendered to a"
+            self.errors.append(f"{argument}: {source} rendered to a value of type"
                                f" {type(rendered).__name__}, not a string")
             return value
         rendered = rendered.strip()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import secrets
 import subprocess
 import sys
 import urllib.error
@@ -18,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from buildbot_farm.demo import LocalFarm, LocalFarmError, fill_secrets
+from buildbot_farm.leases import keys
 from buildbot_farm.records.verify_cli import verify_file
 from tests.harness.master_cfg import LOOPBACK_MASTER
 from tests.harness.ports import free_port
@@ -50,13 +52,19 @@ c["workers"] = [
     worker.Worker("local-worker", util.Secret("worker-password")),
     worker.FarmLatentWorker("buildlet-worker", buildlet_type="local",
                             password=util.Secret("latent-worker-password")),
+    # Leases as another user through the coordinator's URL, with a key from a secret.
+    worker.FarmLatentWorker("remote-worker", buildlet_type="local", user="user-remote",
+                            coordinator_url=f"http://127.0.0.1:{{WEB}}/plugins/farm/coordinator",
+                            key=util.Secret("remote-lease-key")),
 ]
 factory = util.BuildFactory([steps.ShellCommand(command=["echo", "hello"], name="hello")])
 c["builders"] = [
     util.BuilderConfig(name="leased", workernames=["buildlet-worker"], factory=factory),
     util.BuilderConfig(name="local", workernames=["local-worker"], factory=factory),
+    util.BuilderConfig(name="remote", workernames=["remote-worker"], factory=factory),
 ]
-c["schedulers"] = [schedulers.ForceScheduler(name="force", builderNames=["leased", "local"])]
+c["schedulers"] = [
+    schedulers.ForceScheduler(name="force", builderNames=["leased", "local", "remote"])]
 """
 
 
@@ -85,10 +93,13 @@ def new_farm(base: Path, config: str, **env: str) -> LocalFarm:
 @pytest.fixture(scope="module")
 def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFarm]:
     local = new_farm(tmp_path_factory.mktemp("secrets"), MASTER_CFG)
+    coordinator_secret = secrets.token_hex(32)
     fill_secrets(local.secrets_dir, (
-        "records-signing-key", "ondemand-signing-key", "latent-worker-password",
-        "other-records-api-key",
-    ), {"records-signing-key": private_pem(), "ondemand-signing-key": private_pem()})
+        "farm-coordinator-secret", "remote-lease-key", "records-signing-key",
+        "ondemand-signing-key", "latent-worker-password", "other-records-api-key",
+    ), {"farm-coordinator-secret": coordinator_secret,
+        "remote-lease-key": keys.user_key(coordinator_secret.encode(), "user-remote"),
+        "records-signing-key": private_pem(), "ondemand-signing-key": private_pem()})
     local.create()
     local.start()
     yield local
@@ -139,10 +150,11 @@ def test_a_key_derived_from_the_secret_leases_a_buildlet(farm: LocalFarm) -> Non
     assert refused.returncode != 0
 
 
-def test_the_latent_worker_builds_with_its_secret_password(farm: LocalFarm) -> None:
-    """A build on FarmLatentWorker (key from the secret, password a secret) succeeds."""
-    assert farm.force_build("leased")["results"] == 0
-    assert farm.force_build("local")["results"] == 0
+def test_workers_build_with_their_secret_passwords_and_keys(farm: LocalFarm) -> None:
+    """Builds succeed on latent workers (password, key or the coordinator's secret from
+    secrets) and on the local worker (password from a secret)."""
+    for builder in ("leased", "remote", "local"):
+        assert farm.force_build(builder)["results"] == 0, builder
 
 
 def test_records_keys_and_signing_key_from_secrets_work(farm: LocalFarm, tmp_path: Path) -> None:

@@ -96,7 +96,7 @@ class ArtifactRepository:
         return found
 
     async def with_secrets(self, secrets: SecretRenderer) -> ArtifactRepository:
-        """This repository with its storage's keys rendered (see ``buildbot_farm.secret_values``)."""
+        """This repository with its S3 keys rendered (see ``buildbot_farm.secret_values``)."""
         if not isinstance(self.storage, S3Bucket):
             return self
         return dataclasses.replace(self, storage=await self.storage.with_secrets(secrets))
