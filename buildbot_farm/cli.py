@@ -9,7 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from buildbot_farm import __version__
-from buildbot_farm.example import EXAMPLE_CONFIG, write_example_config
+from buildbot_farm.example import (
+    DEMO_SECRETS,
+    EXAMPLE_CONFIG,
+    WORKER_PASSWORD_SECRET,
+    fill_secrets,
+    write_example_config,
+)
 from buildbot_farm.images import add_image_command
 from buildbot_farm.leases.host_agent import add_agent_command
 from buildbot_farm.leases.lease_cli import add_lease_commands
@@ -119,7 +125,17 @@ def _example_config_command(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"buildbot-farm example-config: cannot write {args.path}: {e}", file=sys.stderr)
         return 1
+    secrets_dir = Path(args.path).parent / "secrets"
+    try:
+        fill_secrets(secrets_dir, DEMO_SECRETS)
+    except OSError as e:
+        print(f"buildbot-farm example-config: cannot fill {secrets_dir}: {e}", file=sys.stderr)
+        return 1
     print(f"wrote the example configuration to {args.path}")
+    print(
+        f"its secrets are files in {secrets_dir} (random values; existing files were kept);"
+        f" the worker password is in {secrets_dir / WORKER_PASSWORD_SECRET}"
+    )
     return 0
 
 
@@ -159,7 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
         " runs. Without PATH it is printed on standard output.",
     )
     example.add_argument(
-        "path", nargs="?", help="write it to this file (an existing file is kept unless --force)"
+        "path",
+        nargs="?",
+        help="write it to this file (an existing file is kept unless --force), and fill the"
+        " secrets directory it reads (secrets/ beside it) with random values where missing",
     )
     example.add_argument("--force", action="store_true", help="replace PATH if it exists")
     example.set_defaults(handler=_example_config_command)

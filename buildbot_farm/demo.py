@@ -1,7 +1,8 @@
 """A real master and worker on this machine (``LocalFarm``), and ``buildbot-farm demo`` on it.
 
 Creates ``BASEDIR/master`` from a master.cfg (the packaged example configuration by default)
-and ``BASEDIR/worker``, starts both, forces the example build through Buildbot's REST API,
+with its secrets directory ``BASEDIR/master/secrets`` (random values, kept across runs) and
+``BASEDIR/worker``, starts both, forces the example build through Buildbot's REST API,
 waits for it and prints its result, the farm's status and the web UI address.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import secrets
 import shutil
 import signal
 import subprocess
@@ -19,6 +21,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from buildbot_farm.example import DEMO_SECRETS, WORKER_PASSWORD_SECRET, fill_secrets
 from buildbot_farm.leases.providers import ProcessProvider
 from buildbot_farm.master_api import MasterAPI, MasterAPIError
 
@@ -33,13 +36,17 @@ class LocalFarmError(MasterAPIError):
 class LocalFarm(MasterAPI):
     """A real master and one local worker under ``basedir``, run as daemons.
 
-    The master's configuration is the file ``config``; it must read its ports and worker
-    password from ``FARM_WEB_PORT``, ``FARM_PB_PORT`` and ``FARM_WORKER_PASSWORD`` as
-    the packaged example (:data:`buildbot_farm.example.EXAMPLE_CONFIG`) does, and name its
-    worker ``local-worker``. Builds are forced through :class:`MasterAPI`. ``env`` adds to (or
-    overrides) the environment the master and worker run with; ports not given there come
-    from this process's environment (8010 and 9989 by default). Tests use this class to run
-    real builds.
+    The master's configuration is the file ``config``; it must read its ports from
+    ``FARM_WEB_PORT`` and ``FARM_PB_PORT``, and its worker password from
+    ``FARM_WORKER_PASSWORD`` or the secret ``worker-password``, as the packaged example
+    (:data:`buildbot_farm.example.EXAMPLE_CONFIG`) does, and name its worker ``local-worker``.
+    ``create`` fills the master's secrets directory (``secrets_dir``, for
+    ``util.SecretInAFile``) with ``DEMO_SECRETS``: the worker's password, and random values
+    for the others unless their files exist. Builds are forced through :class:`MasterAPI`.
+    ``env`` adds to (or overrides) the environment the master and worker run with; ports not
+    given there come from this process's environment (8010 and 9989 by default); the
+    worker's password is ``FARM_WORKER_PASSWORD`` or a random one. Tests use this class to
+    run real builds.
     """
 
     def __init__(
@@ -52,12 +59,13 @@ class LocalFarm(MasterAPI):
         self.config = Path(config).resolve()
         self.basedir = Path(basedir).resolve()
         self.master_dir = self.basedir / "master"
+        self.secrets_dir = self.master_dir / "secrets"
         self.worker_dir = self.basedir / "worker"
         self.extra_env = dict(env or {})
         merged = {**os.environ, **self.extra_env}
         self.web_port = int(merged.get("FARM_WEB_PORT", "8010"))
         self.pb_port = int(merged.get("FARM_PB_PORT", "9989"))
-        self.password = merged.get("FARM_WORKER_PASSWORD", "demo-worker-password")
+        self.password = merged.get("FARM_WORKER_PASSWORD") or secrets.token_urlsafe(24)
         super().__init__(
             f"http://127.0.0.1:{self.web_port}/",
             build_timeout,
@@ -102,6 +110,7 @@ class LocalFarm(MasterAPI):
         self.basedir.mkdir(parents=True, exist_ok=True)
         self._run([self._bin / "buildbot", "create-master", "-r", str(self.master_dir)])
         shutil.copyfile(self.config, self.master_dir / "master.cfg")
+        fill_secrets(self.secrets_dir, DEMO_SECRETS, {WORKER_PASSWORD_SECRET: self.password})
         shutil.rmtree(self.worker_dir, ignore_errors=True)
         self._run(
             [
@@ -116,7 +125,8 @@ class LocalFarm(MasterAPI):
         info = self.worker_dir / "info"
         (info / "arch").write_text(platform.machine() + "\n")
         (info / "python").write_text(platform.python_version() + "\n")
-        print(f"demo: master in {self.master_dir}, worker in {self.worker_dir}")
+        print(f"demo: master in {self.master_dir} (secrets in {self.secrets_dir}),"
+              f" worker in {self.worker_dir}")
 
     def start(self) -> None:
         """Start the master (waits until it runs) and the worker."""

@@ -8,8 +8,9 @@ It owns the farm database (migrated at start), the HTTP root mounted at
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -33,6 +34,7 @@ from buildbot_farm.ondemand.host import OnDemandHost
 from buildbot_farm.periodic import PeriodicTask
 from buildbot_farm.records.config import BuildRecords
 from buildbot_farm.records.serving import RecordsEndpoint
+from buildbot_farm.secret_values import SecretRenderer, is_renderable
 from buildbot_farm.web import FarmRoot
 from buildbot_farm.web.client import http_client
 from buildbot_farm.web.status import OPENAPI, OpenAPIResource, StatusResource
@@ -48,7 +50,9 @@ class _CheckedSettings(Protocol):
 class FarmSettings:
     """FarmService's arguments, checked in one place for checkConfig and reconfigService."""
 
-    db_url: str = DEFAULT_DB_URL
+    # A renderable (util.Interpolate("postgresql://farm:%(secret:farm-db)s@db/farm")) keeps
+    # a PostgreSQL password out of master.cfg.
+    db_url: Any = field(default=DEFAULT_DB_URL, repr=False)
     db_pool_size: int = 4
     db_timeout: float = 30.0
     heartbeat_interval: float = 30.0
@@ -63,10 +67,11 @@ class FarmSettings:
     def problems(self) -> list[str]:
         """What is wrong with these settings, each naming its argument; empty when fine."""
         found = []
-        try:
-            db.parse_db_url(self.db_url)
-        except db.InvalidDatabaseURL as e:
-            found.append(str(e))
+        if not is_renderable(self.db_url):
+            try:
+                db.parse_db_url(self.db_url)
+            except db.InvalidDatabaseURL as e:
+                found.append(str(e))
         for name in ("db_pool_size",):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -99,6 +104,32 @@ class FarmSettings:
             )
         return found
 
+    async def with_secrets(self, render: Callable[[Any], Awaitable[Any]]) -> FarmSettings:
+        """These settings with every secret rendered by ``render`` (``renderSecrets``).
+
+        Raises ConfigErrors naming each secret that cannot be rendered or renders to an
+        unusable value (never showing the value); see ``buildbot_farm.secret_values``.
+        """
+        secrets = SecretRenderer(render)
+        db_url = await secrets.text(self.db_url, "db_url")
+        if db_url is not self.db_url:
+            try:
+                db.parse_db_url(db_url)
+            except db.InvalidDatabaseURL:
+                secrets.fail("db_url", self.db_url, "a URL the farm cannot use (sqlite:///FILE"
+                             " or postgresql://USER:PASSWORD@HOST:PORT/DBNAME)")
+        rendered = dataclasses.replace(
+            self,
+            db_url=db_url,
+            coordinator=self.coordinator and await self.coordinator.with_secrets(secrets),
+            records=self.records and await self.records.with_secrets(secrets),
+            artifacts=self.artifacts and await self.artifacts.with_secrets(secrets),
+            on_demand=self.on_demand and await self.on_demand.with_secrets(secrets),
+        )
+        if secrets.errors:
+            raise config.ConfigErrors([f"FarmService: {e}" for e in secrets.errors])
+        return rendered
+
     def database_settings(self) -> tuple[Any, ...]:
         """The part that needs a new database connection when it changes."""
         return (self.db_url, self.db_pool_size, self.db_timeout)
@@ -118,6 +149,10 @@ class FarmService(service.BuildbotService):
     With ``coordinator=util.FarmCoordinator(...)`` it also runs a buildlet coordinator,
     served at ``/plugins/farm/coordinator``. ``records=util.BuildRecords(...)`` sets the keys
     and signing key of the build records API at ``/plugins/farm/api/builds``.
+    Every secret among these arguments (``db_url``, the coordinator's secret, the records'
+    keys, the signing keys, the S3 keys) may be a string or ``util.Secret(...)`` /
+    ``util.Interpolate(...)``, rendered with the master's secret providers at each
+    (re)config, before anything is applied.
     """
 
     name = "farm"
@@ -170,8 +205,9 @@ class FarmService(service.BuildbotService):
             config.error(f"FarmService: {problem}")
 
     async def reconfigService(self, **kwargs: Any) -> None:
-        """Apply the settings: (re)open the database when its settings changed."""
-        settings = FarmSettings(**kwargs)
+        """Render the secrets, then apply the settings: (re)open the database when its
+        settings changed."""
+        settings = await FarmSettings(**kwargs).with_secrets(self.renderSecrets)
         previous, self.settings = self.settings, settings
         database_changed = (
             previous is None or previous.database_settings() != settings.database_settings()

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from buildbot_farm.example import DEMO_SECRETS
 from tests.harness.docker_engine import DockerEngine
 from tests.harness.ports import free_port
 
@@ -171,10 +172,14 @@ def test_every_entry_point_loads_through_buildbot_plugins(installed: Installed) 
 
 
 def test_checkconfig_accepts_the_packaged_example(installed: Installed, tmp_path: Path) -> None:
-    """`buildbot-farm example-config` writes the example; the installed checkconfig takes it."""
+    """`buildbot-farm example-config` writes the example and fills its secrets directory; the
+    installed checkconfig takes it."""
     config = tmp_path / "master.cfg"
     written = installed.run("buildbot-farm", "example-config", config, cwd=tmp_path)
     assert written.returncode == 0, written.stdout + written.stderr
+    secrets_dir = tmp_path / "secrets"
+    assert secrets_dir.stat().st_mode & 0o777 == 0o700
+    assert sorted(p.name for p in secrets_dir.iterdir()) == sorted(DEMO_SECRETS)
     printed = installed.run("buildbot-farm", "example-config", cwd=tmp_path)
     assert printed.stdout == config.read_text()
     again = installed.run("buildbot-farm", "example-config", config, cwd=tmp_path)

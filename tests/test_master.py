@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from buildbot_farm import db
-from buildbot_farm.example import EXAMPLE_CONFIG
+from buildbot_farm.example import DEMO_SECRETS, EXAMPLE_CONFIG, fill_secrets
 from tests.db.conftest import schema_dsn
 from tests.harness.ports import free_port
 
@@ -65,19 +65,41 @@ def test_master_refuses_to_start_when_the_database_is_unreachable(tmp_path: Path
     assert "already stopped" not in log, log
 
 
-def test_checkconfig_passes_on_the_example() -> None:
-    """`buildbot checkconfig` accepts the packaged example configuration as shipped."""
+def secrets_env(directory: Path) -> dict[str, str]:
+    """The environment that points the example configuration at a filled secrets ``directory``."""
+    fill_secrets(directory, DEMO_SECRETS)
+    return {**os.environ, "FARM_SECRETS_DIR": str(directory)}
+
+
+def test_checkconfig_passes_on_the_example(tmp_path: Path) -> None:
+    """`buildbot checkconfig` accepts the packaged example configuration, given its secrets."""
     done = subprocess.run(
         [BIN / "buildbot", "checkconfig", str(EXAMPLE_CONFIG)],
-        capture_output=True, text=True, check=False,
+        capture_output=True, text=True, check=False, env=secrets_env(tmp_path / "secrets"),
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Config file is good!" in done.stdout
 
 
+def test_the_demo_fills_the_examples_secrets_directory(tmp_path: Path) -> None:
+    """The demo's secrets are random, kept across runs, mode 0600 in a 0700 directory."""
+    first = fill_secrets(tmp_path / "secrets", DEMO_SECRETS, {"worker-password": "pw-1"})
+    again = fill_secrets(tmp_path / "secrets", DEMO_SECRETS, {"worker-password": "pw-2"})
+    assert again == {**first, "worker-password": "pw-2"}
+    assert len(set(first.values())) == len(DEMO_SECRETS)
+    assert all(len(v) >= 16 for n, v in first.items() if n != "worker-password")
+    assert (tmp_path / "secrets").stat().st_mode & 0o777 == 0o700
+    for name in DEMO_SECRETS:
+        assert (tmp_path / "secrets" / name).stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "secrets" / "worker-password").read_text() == "pw-2\n"
+    text = EXAMPLE_CONFIG.read_text()
+    assert "change-me" not in text
+    assert all(f'util.Secret("{name}")' in text for name in DEMO_SECRETS)
+
+
 def test_checkconfig_names_each_bad_farm_argument(tmp_path: Path) -> None:
     """`buildbot checkconfig` reports every bad FarmService argument by name."""
-    text = (EXAMPLE_CONFIG).read_text()
+    text = EXAMPLE_CONFIG.read_text()
     bad = text.replace(
         'db_url=os.environ.get("FARM_DB_URL", "sqlite:///farm.sqlite"),',
         'db_url="mysql://h/db", db_timeout=0,',
@@ -86,7 +108,8 @@ def test_checkconfig_names_each_bad_farm_argument(tmp_path: Path) -> None:
     config = tmp_path / "master.cfg"
     config.write_text(bad)
     done = subprocess.run(
-        [BIN / "buildbot", "checkconfig", str(config)], capture_output=True, text=True, check=False
+        [BIN / "buildbot", "checkconfig", str(config)], capture_output=True, text=True,
+        check=False, env=secrets_env(tmp_path / "secrets"),
     )
     assert done.returncode != 0
     output = done.stdout + done.stderr

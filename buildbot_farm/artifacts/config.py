@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from buildbot_farm.artifacts.paths import DEFAULT_LAYOUT, UnsafePath, layout_problems, split
 from buildbot_farm.artifacts.s3_config import S3Bucket
+from buildbot_farm.secret_values import SecretRenderer
 
 GIB = 1024**3
 
@@ -92,6 +94,12 @@ class ArtifactRepository:
             if not _seconds(ttl):
                 found.append(f"ArtifactRepository: retention for {prefix!r} must be seconds > 0")
         return found
+
+    async def with_secrets(self, secrets: SecretRenderer) -> ArtifactRepository:
+        """This repository with its S3 keys rendered (see ``buildbot_farm.secret_values``)."""
+        if not isinstance(self.storage, S3Bucket):
+            return self
+        return dataclasses.replace(self, storage=await self.storage.with_secrets(secrets))
 
     def retention_for(self, path: str) -> float | None:
         """Seconds the files of the build directory ``path`` are kept; None: forever."""

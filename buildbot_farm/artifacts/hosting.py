@@ -47,8 +47,7 @@ class RepositoryHost:
         master = self._farm.master
         public = (master.config.buildbotURL or "http://localhost:8010/") + f"plugins/farm/{MOUNT}/"
         repository = await open_repository(wanted, database, master.reactor, master.name,
-                                           public, basedir=master.basedir,
-                                           render=self._farm.renderSecrets)
+                                           public, basedir=master.basedir)
         if wanted.port is not None:  # first: a busy port changes nothing
             self._own_port = site.listen(repository, master.reactor, wanted.port,
                                          wanted.interface)

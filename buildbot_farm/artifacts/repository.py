@@ -6,7 +6,7 @@ the storage's blocking calls on the reactor's thread pool.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
@@ -197,26 +197,21 @@ class Repository:
 
 async def open_repository(
     config: ArtifactRepository, database: Any, reactor: Any, master_name: str,
-    public_url: str, basedir: str = ".", render: Callable[[Any], Awaitable[Any]] | None = None,
+    public_url: str, basedir: str = ".",
 ) -> Repository:
     """A started repository for ``config``; a relative directory is under ``basedir``.
 
     With ``config.storage`` an :class:`S3Bucket`, artifacts go to the bucket and the
-    directory only spools uploads on their way there; its keys are rendered with
-    ``render`` (the farm service's ``renderSecrets``; without it they must be strings).
+    directory only spools uploads on their way there; its keys must be strings by then
+    (FarmService renders secrets before it opens the repository).
     """
     root = Path(basedir, config.directory).resolve()
     storage: ArtifactStorage = LocalStorage(root)
     if isinstance(config.storage, S3Bucket):
-        bucket = await config.storage.with_secrets(render or _as_given)
-        storage = S3Storage(bucket, root)
+        storage = S3Storage(config.storage, root)
     repository = Repository(
         config, storage, ArtifactIndex(database, reactor, master_name), reactor,
         config.public_url or public_url,
     )
     await repository.start()
     return repository
-
-
-async def _as_given(value: Any) -> Any:
-    return value

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from buildbot.interfaces import IRenderable
+from buildbot_farm.secret_values import SecretRenderer, is_renderable
 
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
@@ -22,8 +21,8 @@ class S3Bucket:
     ``http://127.0.0.1:9000`` for a local server); objects are addressed path-style
     (``ENDPOINT/BUCKET/KEY``), which every S3-compatible server accepts. The bucket must
     exist. Object keys are ``prefix`` + the artifact's path. ``access_key`` and
-    ``secret_key`` are strings or renderables rendered with the master's secrets when the
-    repository starts (``util.Secret("s3-secret-key")``, ``util.Interpolate(...)``).
+    ``secret_key`` are strings or secrets rendered with the master's secret providers at
+    (re)config (``util.Secret("s3-secret-key")``, ``util.Interpolate(...)``).
     Requests time out after ``timeout`` seconds.
     """
 
@@ -48,7 +47,7 @@ class S3Bucket:
                          " lowercase letters, digits, '.' and '-')")
         for name in ("access_key", "secret_key", "region"):
             value = getattr(self, name)
-            if name != "region" and IRenderable.providedBy(value):
+            if name != "region" and is_renderable(value):
                 continue
             if not isinstance(value, str) or not value or value != value.strip():
                 found.append(f"S3Bucket: {name} must be a non-empty string without"
@@ -63,17 +62,13 @@ class S3Bucket:
             found.append("S3Bucket: timeout must be a number of seconds > 0")
         return found
 
-    async def with_secrets(self, render: Callable[[Any], Awaitable[Any]]) -> S3Bucket:
-        """This bucket with ``access_key`` and ``secret_key`` rendered by ``render`` (the
-        farm service's ``renderSecrets``); ValueError names a key that rendered empty."""
-        rendered = []
-        for name in ("access_key", "secret_key"):
-            value = await render(getattr(self, name))
-            if not isinstance(value, str) or not value.strip():
-                raise ValueError(f"S3Bucket: {name} rendered to nothing; check the secret"
-                                 " it names and c['secretsProviders']")
-            rendered.append(value.strip())
-        return dataclasses.replace(self, access_key=rendered[0], secret_key=rendered[1])
+    async def with_secrets(self, secrets: SecretRenderer) -> S3Bucket:
+        """This bucket with its keys rendered (see ``buildbot_farm.secret_values``)."""
+        return dataclasses.replace(
+            self,
+            access_key=await secrets.text(self.access_key, "S3Bucket: access_key"),
+            secret_key=await secrets.text(self.secret_key, "S3Bucket: secret_key"),
+        )
 
     @property
     def key_prefix(self) -> str:

@@ -6,6 +6,7 @@ a running :class:`~buildbot_farm.leases.coordinator.Coordinator`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +18,10 @@ from buildbot_farm.leases.lease import TYPE_PATTERN, ExpiryPolicy
 from buildbot_farm.leases.preemption import preemption_problems
 from buildbot_farm.leases.providers import BuildletProvider, ProcessProvider
 from buildbot_farm.leases.providers.reverse import ReverseProvider
+from buildbot_farm.secret_values import SecretRenderer, literal_problem
 
 PROVIDERS = ("process", "docker", "reverse")
+MIN_SECRET_LENGTH = 16
 
 
 @dataclass(frozen=True)
@@ -76,12 +79,14 @@ class BuildletPool:
 class FarmCoordinator:
     """The coordinator FarmService runs: ``util.FarmCoordinator(secret=..., pools=[...])``.
 
-    ``secret`` is what users' keys derive from (``buildbot-farm key user-NAME``); leases end
-    ``idle_timeout`` seconds after their last use or ``max_lifetime`` after they began;
-    expired ones are swept every ``sweep_interval`` seconds.
+    ``secret`` is what users' keys derive from (``buildbot-farm key user-NAME``): a string
+    of at least 16 characters, or a secret rendered with the master's secret providers at
+    (re)config (``util.Secret("farm-coordinator-secret")``, ``util.Interpolate(...)``).
+    Leases end ``idle_timeout`` seconds after their last use or ``max_lifetime`` after they
+    began; expired ones are swept every ``sweep_interval`` seconds.
     """
 
-    secret: str
+    secret: Any = field(repr=False)
     pools: Sequence[BuildletPool] = field(default_factory=lambda: (BuildletPool("local"),))
     idle_timeout: float = 30 * 60
     max_lifetime: float = 12 * 60 * 60
@@ -90,8 +95,9 @@ class FarmCoordinator:
     def problems(self) -> list[str]:
         """What is wrong with this coordinator, each naming its argument."""
         found = []
-        if not isinstance(self.secret, str) or len(self.secret) < 16:
-            found.append("FarmCoordinator: secret must be a string of at least 16 characters")
+        problem = literal_problem(self.secret, "FarmCoordinator: secret", MIN_SECRET_LENGTH)
+        if problem:
+            found.append(problem)
         names = [pool.name for pool in self.pools]
         if not names:
             found.append("FarmCoordinator: pools must name at least one BuildletPool")
@@ -106,6 +112,11 @@ class FarmCoordinator:
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
                 found.append(f"FarmCoordinator: {name} must be a number of seconds > 0")
         return found
+
+    async def with_secrets(self, secrets: SecretRenderer) -> FarmCoordinator:
+        """This coordinator with its secret rendered (see ``buildbot_farm.secret_values``)."""
+        secret = await secrets.text(self.secret, "FarmCoordinator: secret", MIN_SECRET_LENGTH)
+        return dataclasses.replace(self, secret=secret)
 
     @property
     def policy(self) -> ExpiryPolicy:

@@ -15,7 +15,8 @@ property ``farm_preempted``, and releases the buildlet, which ends that build RE
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import dataclasses
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from buildbot import config
@@ -27,6 +28,7 @@ from buildbot_farm.leases import keys
 from buildbot_farm.leases.client import CoordinatorClient, CoordinatorRequestError
 from buildbot_farm.leases.preemption import PREEMPTED_PROPERTY, preemption_notice
 from buildbot_farm.leases.worker_handoff import LOG_PREFIX, handoff_script
+from buildbot_farm.secret_values import SecretRenderer
 from buildbot_farm.web.client import http_client
 
 # Seconds a worker whose buildlet was preempted takes no builds, at least: AWS gives two
@@ -65,12 +67,13 @@ class LeaseSettings:
 
     ``coordinator_url`` None means the coordinator of this master's farm service (named
     ``farm``); then ``key`` may be None too, and is derived from that coordinator's secret.
+    ``key`` may be a secret (``util.Secret("farm-lease-key")``), rendered at (re)config.
     """
 
     buildlet_type: Any = "local"
     coordinator_url: str | None = None
     user: str = "user-buildbot"
-    key: Any = None
+    key: Any = field(default=None, repr=False)
     master_host: str = "127.0.0.1"
     python: str = "python3"
     keepalive_interval: float = 60.0
@@ -102,10 +105,12 @@ class FarmLatentWorker(AbstractLatentWorker):
 
     ``FarmLatentWorker("lw1", buildlet_type="local")`` uses this master's coordinator; give
     ``coordinator_url``, ``user`` and ``key`` to lease from another. ``buildlet_type`` may
-    be a renderable. The buildlet must have ``buildbot-worker`` importable by ``python``.
+    be a renderable; ``key`` and ``password`` may be secrets (``util.Secret("name")``),
+    rendered at (re)config. The buildlet must have ``buildbot-worker`` importable by
+    ``python``.
     """
 
-    def checkConfig(self, name: str, password: str | None = None, **kwargs: Any) -> None:
+    def checkConfig(self, name: str, password: Any = None, **kwargs: Any) -> None:
         """Refuse bad arguments with config errors naming them."""
         own = {k: kwargs.pop(k) for k in list(kwargs) if k in _LEASE_ARGS}
         kwargs.setdefault("build_wait_timeout", 0)
@@ -113,17 +118,23 @@ class FarmLatentWorker(AbstractLatentWorker):
             config.error(f"FarmLatentWorker {name}: {problem}")
         super().checkConfig(name, password, **kwargs)
 
-    def reconfigService(self, name: str, password: str | None = None, **kwargs: Any) -> Any:
-        """Apply the arguments; a missing password is generated (the master starts the worker)."""
+    async def reconfigService(self, name: str, password: Any = None, **kwargs: Any) -> None:
+        """Apply the arguments, their secrets rendered; a missing password is generated (the
+        master starts the worker)."""
         own = {k: kwargs.pop(k) for k in list(kwargs) if k in _LEASE_ARGS}
         kwargs.setdefault("build_wait_timeout", 0)
-        self.lease_settings = LeaseSettings(**own)
+        settings = LeaseSettings(**own)
+        secrets = SecretRenderer(self.renderSecrets)
+        key = await secrets.text(settings.key, "key")
+        if secrets.errors:
+            raise config.ConfigErrors([f"FarmLatentWorker {name}: {e}" for e in secrets.errors])
+        self.lease_settings = dataclasses.replace(settings, key=key)
         if password is None:
             password = self.getRandomPass()
         self._buildlet: str | None = None
         self._worker_exec: defer.Deferred[Any] | None = None
         self._keepalive: task.LoopingCall | None = None
-        return super().reconfigService(name, password, **kwargs)
+        await super().reconfigService(name, password, **kwargs)
 
     def _client(self) -> CoordinatorClient:
         settings = self.lease_settings

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from buildbot_farm.secret_values import SecretRenderer, is_renderable
 
 OFF = (
     "on-demand builds are off: give util.FarmService(on_demand=util.OnDemandBuilds())"
@@ -23,15 +27,17 @@ class OnDemandBuilds:
     no longer has pending while the job heard nothing for ``stale_after`` seconds, until
     the job has had ``max_attempts`` attempts.
     ``/api/compat`` answers 504 after ``compat_timeout`` seconds. ``signing_key`` is the
-    PEM Ed25519 key (relative to the master's basedir, created on first start) that signs
-    each artifact's sha256 for ``/api/download/{key}.sig``; None signs nothing.
+    PEM Ed25519 key that signs each artifact's sha256 for ``/api/download/{key}.sig``: the
+    path of its file (relative to the master's basedir, created on first start), its PEM
+    text, or a secret rendered to either at (re)config (``util.Secret("name")``); None
+    signs nothing.
     """
 
     max_attempts: int = 3
     stale_after: float = 3600.0
     janitor_interval: float = 60.0
     compat_timeout: float = 600.0
-    signing_key: str | None = "ondemand-signing-key.pem"
+    signing_key: Any = field(default="ondemand-signing-key.pem", repr=False)
 
     def problems(self) -> list[str]:
         """What is wrong with these settings, each naming its argument."""
@@ -43,8 +49,14 @@ class OnDemandBuilds:
         for name in ("stale_after", "janitor_interval", "compat_timeout"):
             if not _seconds(getattr(self, name)):
                 found.append(f"OnDemandBuilds: {name} must be a number of seconds > 0")
-        if self.signing_key is not None and (
-            not isinstance(self.signing_key, str) or not self.signing_key
+        if self.signing_key is not None and not is_renderable(self.signing_key) and (
+            not isinstance(self.signing_key, str) or not self.signing_key.strip()
         ):
-            found.append("OnDemandBuilds: signing_key must be the path of a PEM Ed25519 key")
+            found.append("OnDemandBuilds: signing_key must be the path of a PEM Ed25519 key,"
+                         " its PEM text, a secret such as util.Secret(\"name\"), or None")
         return found
+
+    async def with_secrets(self, secrets: SecretRenderer) -> OnDemandBuilds:
+        """These settings with ``signing_key`` rendered (see ``buildbot_farm.secret_values``)."""
+        signing_key = await secrets.text(self.signing_key, "OnDemandBuilds: signing_key")
+        return dataclasses.replace(self, signing_key=signing_key)

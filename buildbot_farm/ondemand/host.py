@@ -27,6 +27,7 @@ from buildbot_farm.ondemand.jobs import (
     JobTable,
 )
 from buildbot_farm.ondemand.signing import ArtifactSigner
+from buildbot_farm.secret_values import is_pem
 
 JANITOR = "ondemand-janitor"
 T = TypeVar("T")
@@ -57,8 +58,8 @@ class OnDemandHost:
         if settings is None or database is None:
             await self.stop()
             return
-        self.settings = settings
         await self._load_signer(settings.signing_key)
+        self.settings = settings
         if database is not self._database:
             await self.stop()
             master = self._farm.master
@@ -72,12 +73,22 @@ class OnDemandHost:
                 ))
         self._farm.add_periodic(JANITOR, self.settings.janitor_interval, self.sweep)
 
-    async def _load_signer(self, name: str | None) -> None:
-        if name == self._signing_key:
+    async def _load_signer(self, value: str | None) -> None:
+        """Load the signing key ``value`` (a path, or PEM text from a secret) unless loaded."""
+        if value == self._signing_key:
             return
         signer = None
-        if name is not None:
-            path = Path(self.master.basedir, name)
+        if value is not None and is_pem(value):
+            try:
+                signer = ArtifactSigner.from_pem(value.encode())
+            except ValueError as e:
+                raise config.ConfigErrors(
+                    [f"FarmService: OnDemandBuilds: signing_key: the PEM text {e}"]
+                ) from e
+            log.msg("farm on-demand: artifacts signed with a key given as PEM text (public key"
+                    " served at /plugins/farm/api/download/public-key.pem)")
+        elif value is not None:
+            path = Path(self.master.basedir, value)
             reactor = self.master.reactor
             try:
                 signer = await threads.deferToThreadPool(
@@ -88,7 +99,7 @@ class OnDemandHost:
                     [f"FarmService: on_demand signing_key: cannot use {path}: {e}"]
                 ) from e
             log.msg(f"farm on-demand: artifacts signed with {path} (public key {path}.pub)")
-        self.signer, self._signing_key = signer, name
+        self.signer, self._signing_key = signer, value
 
     async def stop(self) -> None:
         """Stop listening to builds and notifications; wake nobody (waiters time out)."""

@@ -11,6 +11,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from buildbot_farm.records.provenance import load_private_key
+
 
 class ArtifactSigner:
     """Signs artifact digests with one Ed25519 key; ``public_pem`` verifies them."""
@@ -34,14 +36,19 @@ class ArtifactSigner:
             path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
                                                serialization.PrivateFormat.PKCS8,
                                                serialization.NoEncryption()))
-        loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        if not isinstance(loaded, Ed25519PrivateKey):
-            raise ValueError(f"{path} holds a {type(loaded).__name__}, not an Ed25519 key")
-        signer = cls(loaded)
+        try:
+            signer = cls(load_private_key(path.read_bytes()))
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from e
         public = path.with_name(path.name + ".pub")
         if not public.exists():
             public.write_bytes(signer.public_pem)
         return signer
+
+    @classmethod
+    def from_pem(cls, pem: bytes) -> ArtifactSigner:
+        """Use the PEM (PKCS#8) Ed25519 key ``pem``; ValueError (not showing it) otherwise."""
+        return cls(load_private_key(pem))
 
     def sign_digest(self, sha256_hex: str) -> bytes:
         """The 64-byte signature of the digest whose hex form is ``sha256_hex``."""

@@ -6,10 +6,13 @@ with it (API keys, the provenance signing key, optionally a port of its own).
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from buildbot_farm.secret_values import SecretRenderer, is_renderable, literal_problem
 
 MIN_KEY_LENGTH = 16
 
@@ -20,15 +23,18 @@ class BuildRecords:
 
     ``api_keys`` (name -> key) may POST records; ``admin_keys`` may also DELETE them; the
     name is what a tombstone records as who deleted. ``signing_key`` is the PEM Ed25519 key
-    that signs provenance (relative to the master's basedir; created when missing).
-    ``port`` (a Twisted endpoint such as ``tcp:8011:interface=127.0.0.1``) also serves the
+    that signs provenance: the path of its file (relative to the master's basedir; created
+    when missing) or the PEM text itself. Each key, and ``signing_key``, may be a secret
+    rendered with the master's secret providers at (re)config (``util.Secret("name")``,
+    ``util.Interpolate(...)``); keys are then checked as literal ones are. ``port`` (a
+    Twisted endpoint such as ``tcp:8011:interface=127.0.0.1``) also serves the
     API on a port of its own. ``builder_id`` names this builder in provenance (default:
     the master's ``buildbotURL``).
     """
 
-    api_keys: Mapping[str, str] = field(default_factory=dict)
-    admin_keys: Mapping[str, str] = field(default_factory=dict)
-    signing_key: str = "records-signing-key.pem"
+    api_keys: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    admin_keys: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    signing_key: Any = field(default="records-signing-key.pem", repr=False)
     port: str | None = None
     builder_id: str | None = None
 
@@ -37,16 +43,22 @@ class BuildRecords:
         found = []
         for argument in ("api_keys", "admin_keys"):
             keys = getattr(self, argument)
-            if not isinstance(keys, Mapping) or not all(
-                isinstance(k, str) and k and isinstance(v, str) and len(v) >= MIN_KEY_LENGTH
-                for k, v in keys.items()
-            ):
+            if not isinstance(keys, Mapping) or not all(isinstance(k, str) and k for k in keys):
                 found.append(
                     f"BuildRecords: {argument} must map names to keys of at least"
-                    f" {MIN_KEY_LENGTH} characters"
+                    f" {MIN_KEY_LENGTH} characters (or secrets such as util.Secret(\"name\"))"
                 )
-        if not isinstance(self.signing_key, str) or not self.signing_key:
-            found.append("BuildRecords: signing_key must be the path of a PEM Ed25519 key")
+                continue
+            for name, key in keys.items():
+                problem = literal_problem(key, f"BuildRecords: {argument}[{name!r}]",
+                                          MIN_KEY_LENGTH)
+                if problem:
+                    found.append(problem)
+        if not is_renderable(self.signing_key) and (
+            not isinstance(self.signing_key, str) or not self.signing_key.strip()
+        ):
+            found.append("BuildRecords: signing_key must be the path of a PEM Ed25519 key, its"
+                         " PEM text, or a secret such as util.Secret(\"name\")")
         if self.port is not None and (not isinstance(self.port, str) or ":" not in self.port):
             found.append(
                 "BuildRecords: port must be a Twisted endpoint such as"
@@ -55,6 +67,22 @@ class BuildRecords:
         if self.builder_id is not None and not isinstance(self.builder_id, str):
             found.append("BuildRecords: builder_id must be a URI string")
         return found
+
+    async def with_secrets(self, secrets: SecretRenderer) -> BuildRecords:
+        """These settings with their keys rendered (see ``buildbot_farm.secret_values``)."""
+        async def keys(argument: str) -> dict[str, Any]:
+            return {
+                name: await secrets.text(key, f"BuildRecords: {argument}[{name!r}]",
+                                         MIN_KEY_LENGTH)
+                for name, key in getattr(self, argument).items()
+            }
+
+        return dataclasses.replace(
+            self,
+            api_keys=await keys("api_keys"),
+            admin_keys=await keys("admin_keys"),
+            signing_key=await secrets.text(self.signing_key, "BuildRecords: signing_key"),
+        )
 
 
 @dataclass(frozen=True)

@@ -106,10 +106,15 @@ class Signer:
             path.touch(mode=0o600)
             path.write_bytes(pem)
             return cls(key)
-        loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        if not isinstance(loaded, Ed25519PrivateKey):
-            raise ValueError(f"{path} holds a {type(loaded).__name__}, not an Ed25519 key")
-        return cls(loaded)
+        try:
+            return cls.from_pem(path.read_bytes())
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from e
+
+    @classmethod
+    def from_pem(cls, pem: bytes) -> Signer:
+        """Use the PEM (PKCS#8) Ed25519 key ``pem``; ValueError (not showing it) otherwise."""
+        return cls(load_private_key(pem))
 
     def public_pem(self) -> bytes:
         """The public key as PEM (SubjectPublicKeyInfo), for ``buildbot-farm verify``."""
@@ -128,6 +133,17 @@ class Signer:
                 {"keyid": self.key_id, "sig": base64.b64encode(signature).decode()}
             ],
         }
+
+
+def load_private_key(pem: bytes) -> Ed25519PrivateKey:
+    """Read an unencrypted PEM (PKCS#8) Ed25519 private key; ValueError (not showing it) if not."""
+    try:
+        loaded = serialization.load_pem_private_key(pem, password=None)
+    except TypeError as e:  # an encrypted key
+        raise ValueError(str(e)) from e
+    if not isinstance(loaded, Ed25519PrivateKey):
+        raise ValueError(f"it holds a {type(loaded).__name__}, not an Ed25519 key")
+    return loaded
 
 
 def load_public_key(pem: bytes) -> Ed25519PublicKey:

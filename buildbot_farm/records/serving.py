@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
+from buildbot import config
 from twisted.internet import endpoints
 from twisted.python import log
 from twisted.web import server
@@ -15,8 +16,12 @@ from buildbot_farm.records.config import BuildRecords
 from buildbot_farm.records.openapi import OPENAPI
 from buildbot_farm.records.provenance import Signer
 from buildbot_farm.records.store import RecordStore
+from buildbot_farm.secret_values import is_pem
 from buildbot_farm.web import FarmRoot
 from buildbot_farm.web.status import OpenAPIResource
+
+# Where the public key goes when the signing key is PEM text (a secret), in the basedir.
+PUBLIC_KEY_FILE = "records-signing-key.pub"
 
 
 class RecordsEndpoint:
@@ -60,19 +65,10 @@ class RecordsEndpoint:
         self, settings: BuildRecords, reactor: Any, basedir: str, buildbot_url: str
     ) -> None:
         """Apply ``settings``: load (or create) the signing key, (re)listen on ``port``."""
+        signer = self._load_signer(settings.signing_key, Path(basedir))
         previous, self.settings, self._reactor = self.settings, settings, reactor
         self._builder_id = settings.builder_id or buildbot_url
-        key_path = Path(basedir, settings.signing_key)
-        try:
-            self.signer = Signer.from_file(key_path, create=True)
-        except (OSError, ValueError) as e:
-            self.signer = None
-            log.msg(f"farm records: no provenance signing: cannot use {key_path}: {e}")
-        else:
-            public = key_path.with_name(key_path.name + ".pub")
-            if not public.exists():
-                public.write_bytes(self.signer.public_pem())
-            log.msg(f"farm records: provenance signed with {key_path} (public key {public})")
+        self.signer = signer
         if self._listening is not None and previous.port != settings.port:
             await self.stop()
         if settings.port and self._listening is None:
@@ -84,6 +80,38 @@ class RecordsEndpoint:
             endpoint = endpoints.serverFromString(reactor, settings.port)
             self._listening = await endpoint.listen(site)
             log.msg(f"farm records: API also on {settings.port}")
+
+    @staticmethod
+    def _load_signer(signing_key: str, basedir: Path) -> Signer | None:
+        """The signer of ``signing_key`` (a path, or PEM text from a secret), or None.
+
+        A key file that cannot be used leaves provenance unsigned (logged); PEM text that
+        is not an Ed25519 key is a configuration error. The public key goes next to the
+        key file, or to ``PUBLIC_KEY_FILE`` in the basedir for PEM text.
+        """
+        if is_pem(signing_key):
+            try:
+                signer = Signer.from_pem(signing_key.encode())
+            except ValueError as e:
+                raise config.ConfigErrors(
+                    [f"FarmService: BuildRecords: signing_key: the PEM text {e}"]
+                ) from e
+            public = basedir / PUBLIC_KEY_FILE
+            where = "PEM text"
+        else:
+            key_path = basedir / signing_key
+            try:
+                signer = Signer.from_file(key_path, create=True)
+            except (OSError, ValueError) as e:
+                log.msg(f"farm records: no provenance signing: cannot use {key_path}: {e}")
+                return None
+            public = key_path.with_name(key_path.name + ".pub")
+            where = str(key_path)
+        if not public.exists() or public.read_bytes() != signer.public_pem():
+            public.write_bytes(signer.public_pem())
+        log.msg(f"farm records: provenance signed with the key of {where}"
+                f" (key id {signer.key_id[:16]}, public key {public})")
+        return signer
 
     async def stop(self) -> None:
         """Stop listening on the API's own port, if it has one."""

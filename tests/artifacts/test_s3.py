@@ -24,6 +24,7 @@ from buildbot_farm.artifacts.s3 import S3Storage
 from buildbot_farm.artifacts.s3_config import S3Bucket
 from buildbot_farm.artifacts.s3client import S3Refused
 from buildbot_farm.artifacts.storage import NotFound
+from buildbot_farm.secret_values import SecretRenderer
 from tests.artifacts.conftest import RunningRepository, StartRepository, basic, curl
 from tests.artifacts.test_bad_input import _HalfUpload
 from tests.harness.s3_server import REGION, S3Server
@@ -416,7 +417,7 @@ def test_settings_are_checked_naming_each_argument() -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_keys_are_rendered_and_an_empty_secret_is_named() -> None:
-    """with_secrets renders both keys; a key that renders empty raises naming it."""
+    """with_secrets renders both keys; a key that renders empty is an error naming it."""
     bucket = S3Bucket(endpoint="http://127.0.0.1:9", bucket="artifacts",
                       access_key=Secret("a"), secret_key=Secret("b"))
     secrets = {"a": "access", "b": " secret\n"}
@@ -424,11 +425,14 @@ async def test_keys_are_rendered_and_an_empty_secret_is_named() -> None:
     async def render(value: Any) -> str:
         return secrets[value.secret_name]
 
-    rendered = await bucket.with_secrets(render)
+    renderer = SecretRenderer(render)
+    rendered = await bucket.with_secrets(renderer)
     assert (rendered.access_key, rendered.secret_key) == ("access", "secret")
+    assert renderer.errors == []
     secrets["b"] = ""
-    with pytest.raises(ValueError, match="secret_key rendered to nothing"):
-        await bucket.with_secrets(render)
+    await bucket.with_secrets(renderer)
+    assert renderer.errors == ['S3Bucket: secret_key: util.Secret("b") rendered to nothing;'
+                               " check the secret"]
 
 
 @pytest_twisted.ensureDeferred
