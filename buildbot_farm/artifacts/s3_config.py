@@ -11,9 +11,12 @@ from urllib.parse import urlsplit
 
 from buildbot.interfaces import IRenderable
 
+from buildbot_farm.config_checks import checked_keywords
+
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
+@checked_keywords("util.S3Bucket")
 @dataclass(frozen=True)
 class S3Bucket:
     """Artifacts kept in an S3-compatible bucket; give it to ``ArtifactRepository(storage=)``.

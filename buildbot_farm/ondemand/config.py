@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from buildbot_farm.config_checks import checked_keywords
+
 OFF = (
     "on-demand builds are off: give util.FarmService(on_demand=util.OnDemandBuilds())"
     " in c['services']"
@@ -14,6 +16,7 @@ def _seconds(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
 
 
+@checked_keywords("util.OnDemandBuilds")
 @dataclass(frozen=True)
 class OnDemandBuilds:
     """How on-demand jobs are retried and how long the compat endpoint holds a request.
