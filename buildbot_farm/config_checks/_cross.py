@@ -35,10 +35,12 @@ class Configuration:
     """The parts of a configuration dict the checks read, each tolerant of malformed input."""
 
     services: list[Any]
+    farms: dict[str, FarmSettings | None]
     workers: list[Any]
     builders: list[tuple[str, Any]]
     schedulers: list[Any]
     www_plugins: Mapping[str, Any]
+    multi_master: bool
 
     @classmethod
     def of(cls, config_dict: Mapping[str, Any]) -> Configuration:
@@ -52,23 +54,24 @@ class Configuration:
                 builders.append((name, parts.get("factory")))
         www = config_dict.get("www")
         plugins = www.get("plugins") if isinstance(www, Mapping) else None
+        services = _list(config_dict.get("services"))
         return cls(
-            services=_list(config_dict.get("services")),
+            services=services,
+            # The FarmServices by name, with their settings (None when their arguments are
+            # bad: checkConfig reported why).
+            farms={s.name: s.requested_settings() for s in services
+                   if isinstance(s, FarmService)},
             workers=_list(config_dict.get("workers")),
             builders=builders,
             schedulers=_list(config_dict.get("schedulers")),
             www_plugins=plugins if isinstance(plugins, Mapping) else {},
+            multi_master=bool(config_dict.get("multiMaster")),
         )
 
     @property
     def builder_names(self) -> list[str]:
         """The names of ``c['builders']``."""
         return [name for name, _ in self.builders]
-
-    def farms(self) -> dict[str, FarmSettings | None]:
-        """The FarmServices by name, with their settings (None when their arguments are bad)."""
-        return {s.name: s.requested_settings() for s in self.services
-                if isinstance(s, FarmService)}
 
     def builders_text(self) -> str:
         """The builder names for a message."""
@@ -93,7 +96,7 @@ def problems(configuration: Configuration) -> Iterator[str]:
 
 
 def _latent_worker_problems(configuration: Configuration) -> Iterator[str]:
-    farms = configuration.farms()
+    farms = configuration.farms
     for worker in configuration.workers:
         if not isinstance(worker, FarmLatentWorker):
             continue
@@ -127,7 +130,7 @@ def _latent_worker_problems(configuration: Configuration) -> Iterator[str]:
 
 
 def _token_builder_problems(configuration: Configuration) -> Iterator[str]:
-    for name, settings in configuration.farms().items():
+    for name, settings in configuration.farms.items():
         artifacts = settings.artifacts if settings is not None else None
         if artifacts is None or not artifacts.token_builders:
             continue
@@ -137,7 +140,7 @@ def _token_builder_problems(configuration: Configuration) -> Iterator[str]:
 
 
 def _recorder_problems(configuration: Configuration) -> Iterator[str]:
-    farms = configuration.farms()
+    farms = configuration.farms
     names = configuration.builder_names
     for recorder in configuration.services:
         if not isinstance(recorder, BuildRecorder):
@@ -151,7 +154,8 @@ def _recorder_problems(configuration: Configuration) -> Iterator[str]:
                    f" argument), but c['services'] has no util.FarmService named"
                    f" {settings.farm!r}: add util.FarmService(name={settings.farm!r}) to"
                    " c['services']")
-        for builder in settings.builders or ():
+        # Like Buildbot's own scheduler check: with several masters, builders may be elsewhere.
+        for builder in () if configuration.multi_master else settings.builders or ():
             if builder not in names:
                 yield (f"{who}: builders names {builder!r}, which is not a builder in"
                        f" c['builders']{suggestion(builder, names)}; the builders are"
@@ -172,11 +176,10 @@ def _www_problems(configuration: Configuration) -> Iterator[str]:
         plugin = plugins["farm"]
         service = str(plugin.get("service", FARM_SERVICE_NAME)) if isinstance(
             plugin, Mapping) else FARM_SERVICE_NAME
-        if service not in configuration.farms():
+        if service not in configuration.farms:
             yield (f"c['www']['plugins']['farm'] serves the FarmService {service!r}, but"
                    f" c['services'] has no util.FarmService named {service!r}: add"
                    f" util.FarmService(name={service!r}) to c['services']")
-
 
 
 def _missing_capability(configuration: Configuration, argument: str) -> str | None:
@@ -184,7 +187,7 @@ def _missing_capability(configuration: Configuration, argument: str) -> str | No
 
     None too when that service's arguments are bad: checkConfig reported those already.
     """
-    farms = configuration.farms()
+    farms = configuration.farms
     if FARM_SERVICE not in farms:
         return f"c['services'] has no util.FarmService named {FARM_SERVICE!r}"
     settings = farms[FARM_SERVICE]

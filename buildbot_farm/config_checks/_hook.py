@@ -42,13 +42,12 @@ def watch_config() -> None:
     config_dict = config_being_loaded()
     if config_dict is None:
         return
-    configurators = config_dict.get(CONFIGURATORS)
-    if configurators is None:
-        config_dict[CONFIGURATORS] = [FarmConfigCheck()]
-    elif isinstance(configurators, list):
-        if not any(isinstance(c, FarmConfigCheck) for c in configurators):
-            configurators.append(FarmConfigCheck())
-    elif isinstance(configurators, tuple) and not any(
+    configurators = config_dict.setdefault(CONFIGURATORS, [])
+    if not isinstance(configurators, (list, tuple)) or any(
         isinstance(c, FarmConfigCheck) for c in configurators
     ):
+        return  # Buildbot reports a c['configurators'] that is not a list
+    if isinstance(configurators, list):
+        configurators.append(FarmConfigCheck())  # in place: master.cfg may hold the list
+    else:
         config_dict[CONFIGURATORS] = [*configurators, FarmConfigCheck()]

@@ -54,9 +54,9 @@ def test_master_cfg_still_runs_in_process_with_its_config_in_its_globals(tmp_pat
         "c['builders'] = [util.BuilderConfig(name='b', workernames=['w'],"
         " factory=util.BuildFactory())]\n"
         "c['multiMaster'] = True\n"
-        "c['services'] = [util.FarmService(), reporters.BuildRecorder(builders=['missing'])]\n"
+        "c['services'] = [util.FarmService(), reporters.BuildRecorder(farm='elsewhere')]\n"
     )
     with pytest.raises(ConfigErrors) as raised:
         FileLoader(str(tmp_path), "master.cfg").loadConfig()
-    assert [e for e in raised.value.errors if "builders names 'missing'" in e], raised.value
+    assert [e for e in raised.value.errors if "FarmService 'elsewhere'" in e], raised.value
     assert config_being_loaded() is None
