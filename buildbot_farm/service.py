@@ -22,6 +22,7 @@ from twisted.python import log
 from buildbot_farm import __version__, db
 from buildbot_farm.artifacts.config import ArtifactRepository
 from buildbot_farm.artifacts.hosting import RepositoryHost
+from buildbot_farm.config_checks import checked_keywords
 from buildbot_farm.containers import reap_leftovers
 from buildbot_farm.dashboard import DashboardResource
 from buildbot_farm.leases.agent_client import AgentClient
@@ -138,6 +139,7 @@ class FarmSettings:
 _SETTING_NAMES = tuple(f.name for f in fields(FarmSettings))
 
 
+@checked_keywords("util.FarmService", also=("name", *_SETTING_NAMES))
 class FarmService(service.BuildbotService):
     """The build farm's service on this master; put one in ``c['services']``.
 
@@ -187,20 +189,24 @@ class FarmService(service.BuildbotService):
         self.web_root.mount("api", self.api_root)
         self.web_root.mount("ui", DashboardResource(self))
 
+    def requested_settings(self) -> FarmSettings | None:
+        """The settings this instance's master.cfg arguments ask for (before it runs).
+
+        None when they are not usable (checkConfig reported why).
+        """
+        settings = FarmSettings(**self._config_kwargs)
+        return None if settings.problems() else settings
+
     def requested_artifacts(self) -> ArtifactRepository | None:
         """The repository this instance's master.cfg arguments ask for (before it runs)."""
         wanted = self._config_kwargs.get("artifacts")
         return wanted if isinstance(wanted, ArtifactRepository) else None
 
     def checkConfig(self, **kwargs: Any) -> None:
-        """Refuse bad arguments with config errors that name the argument."""
-        unknown = sorted(set(kwargs) - set(_SETTING_NAMES))
-        if unknown:
-            config.error(
-                f"FarmService: unknown argument(s) {', '.join(unknown)}; "
-                f"it takes {', '.join(_SETTING_NAMES)}"
-            )
-            return
+        """Refuse bad arguments with config errors that name the argument.
+
+        Unknown keywords never get here: :func:`checked_keywords` reports them.
+        """
         for problem in FarmSettings(**kwargs).problems():
             config.error(f"FarmService: {problem}")
 

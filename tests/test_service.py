@@ -39,7 +39,7 @@ class FarmServiceConfigTests(ConfigErrorsMixin, unittest.TestCase):
 
     def test_misspelled_argument_is_named(self) -> None:
         """A misspelled argument is named in the error along with the valid ones."""
-        with self.assertRaisesConfigError("unknown argument(s) db_ulr"):
+        with self.assertRaisesConfigError("unknown argument 'db_ulr' (did you mean 'db_url'?)"):
             FarmService(db_ulr="sqlite:///x.sqlite")
 
     def test_numbers_are_checked(self) -> None:

@@ -39,6 +39,7 @@ from buildbot_farm.artifacts import tokens
 from buildbot_farm.artifacts.config import ArtifactRepository
 from buildbot_farm.artifacts.paths import Segments, UnsafePath
 from buildbot_farm.artifacts.repository import Repository
+from buildbot_farm.config_checks import suggestion
 
 FARM_SERVICE = "farm"
 TOKEN_KIND = "bin"
@@ -172,21 +173,28 @@ def token_build_class(build_class: type[Build]) -> type[Build]:
     return type(f"TokenMinting{build_class.__name__}", (TokenMintingBuild, build_class), {})
 
 
+def unmatched_token_builders(names: Sequence[str], patterns: Sequence[str]) -> str | None:
+    """The config error for the ``patterns`` that match none of the builder ``names``."""
+    unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n in names)]
+    if not unmatched:
+        return None
+    return (
+        "ArtifactRepository: no builder matches the token_builders entries "
+        + ", ".join(f"{p!r}{suggestion(p, names)}" for p in unmatched)
+        + f"; the builders are {', '.join(sorted(names)) or 'none'}: correct the entry, or"
+        " add the builder to c['builders']"
+    )
+
+
 def install(builders: Sequence[Any], patterns: Sequence[str]) -> None:
     """Give the factories of the builders ``patterns`` name the token-minting build class.
 
     ``builders`` are the BuilderConfigs of a configuration. Raises ``ConfigErrors`` naming
     every pattern that matches no builder, before changing anything.
     """
-    names = [builder.name for builder in builders]
-    unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n in names)]
-    if unmatched:
-        config.error(
-            "ArtifactRepository: no builder matches the token_builders entries "
-            + ", ".join(repr(p) for p in unmatched)
-            + f"; the builders are {', '.join(sorted(names)) or 'none'}",
-            always_raise=True,
-        )
+    problem = unmatched_token_builders([builder.name for builder in builders], patterns)
+    if problem is not None:
+        config.error(problem, always_raise=True)
     for builder in builders:
         if opted_in(patterns, builder.name):
             builder.factory.buildClass = token_build_class(builder.factory.buildClass)

@@ -8,11 +8,13 @@ from dataclasses import dataclass, field
 
 from buildbot_farm.artifacts.paths import DEFAULT_LAYOUT, UnsafePath, layout_problems, split
 from buildbot_farm.artifacts.s3_config import S3Bucket
+from buildbot_farm.config_checks import checked_keywords
 from buildbot_farm.secret_values import SecretRenderer
 
 GIB = 1024**3
 
 
+@checked_keywords("util.ArtifactRepository")
 @dataclass(frozen=True)
 class ArtifactRepository:
     """Where artifacts live and the rules for writing them; give it to FarmService(artifacts=).

@@ -8,11 +8,13 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from buildbot_farm.config_checks import checked_keywords
 from buildbot_farm.secret_values import SecretRenderer, is_renderable
 
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
+@checked_keywords("util.S3Bucket")
 @dataclass(frozen=True)
 class S3Bucket:
     """Artifacts kept in an S3-compatible bucket; give it to ``ArtifactRepository(storage=)``.

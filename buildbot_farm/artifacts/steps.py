@@ -18,6 +18,7 @@ from buildbot_farm.artifacts.build_tokens import NoRepository, find_repository, 
 from buildbot_farm.artifacts.paths import Segments, UnsafePath
 from buildbot_farm.artifacts.repository import Repository
 from buildbot_farm.artifacts.storage import NotFound, StorageError
+from buildbot_farm.config_checks import STEP_ARGUMENTS, checked_keywords
 
 ARTIFACTS_PROPERTY = "farm_artifacts"
 MAX_LINKS = 20
@@ -27,6 +28,7 @@ def _project(step: buildstep.BuildStep, project: str | None) -> str:
     return project or step.build.builder.name
 
 
+@checked_keywords("steps.ArtifactToken", also=STEP_ARGUMENTS)
 class ArtifactToken(buildstep.BuildStep):
     """Mint this build's upload token and give it to later steps.
 
@@ -58,6 +60,7 @@ class ArtifactToken(buildstep.BuildStep):
         return SUCCESS
 
 
+@checked_keywords("steps.ArtifactUpload", also=STEP_ARGUMENTS)
 class ArtifactUpload(buildstep.BuildStep):
     """Upload a file or directory from the worker into the build's artifact directory.
 
@@ -196,6 +199,10 @@ class HashingReader(remotetransfer.FileReader):
         return data
 
 
+# FileDownload takes these besides mastersrc (which ArtifactDownload sets) and workerdest.
+@checked_keywords(
+    "steps.ArtifactDownload", also=("workdir", "maxsize", "blocksize", "mode", *STEP_ARGUMENTS)
+)
 class ArtifactDownload(FileDownload):
     """Download an artifact file, or every file of an artifact directory, to the worker.
 

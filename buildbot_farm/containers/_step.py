@@ -20,6 +20,7 @@ from twisted.internet import defer
 from twisted.python import log
 
 from buildbot_farm.artifacts.steps import NoRepository, find_repository, publish_files
+from buildbot_farm.config_checks import STEP_ARGUMENTS, checked_keywords
 from buildbot_farm.containers._collect import Packed, UnsafeOutputs
 from buildbot_farm.containers._engine import STDERR, ContainerConfig, Engine, EngineError, in_thread
 from buildbot_farm.containers._outputs import OutputsError
@@ -37,6 +38,7 @@ class TaskFailed(Exception):
     """The task cannot go on; the message is for the person reading the step log."""
 
 
+@checked_keywords("steps.ContainerTask", also=STEP_ARGUMENTS)
 class ContainerTask(buildstep.BuildStep):
     """Run ``command`` in a fresh container made from ``image``; bring back what it changed.
 

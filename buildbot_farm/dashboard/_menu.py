@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from buildbot_farm.config_checks import watch_config
+
 StartResponse = Callable[..., Any]
 
 FRAME = (
@@ -29,9 +31,11 @@ def farm_menu(caption: str = "Farm", order: int = 5, icon: str = "industry") -> 
     """The ``wsgi_dashboards`` entry for master.cfg.
 
     ``c['www']['plugins']['wsgi_dashboards'] = [farm_menu()]`` adds the "Farm" menu entry;
+    ``buildbot checkconfig`` then also checks that the ``farm`` www plugin is enabled.
     ``icon`` is a Font Awesome name; buildbot-wsgi-dashboards 4.3 finds none (its lookup
     iterates the candidates' indices, not the names), logs "Could not find icon" to the
     browser console and shows its default icon.
     """
+    watch_config()
     return {"name": "farm", "caption": caption, "app": farm_dashboard, "order": order,
             "icon": icon}

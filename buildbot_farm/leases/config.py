@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from buildbot_farm.config_checks import checked_keywords
 from buildbot_farm.leases.agent_client import AgentClient
 from buildbot_farm.leases.coordinator import BuildletType
 from buildbot_farm.leases.lease import TYPE_PATTERN, ExpiryPolicy
@@ -24,6 +25,7 @@ PROVIDERS = ("process", "docker", "reverse")
 MIN_SECRET_LENGTH = 16
 
 
+@checked_keywords("util.BuildletPool")
 @dataclass(frozen=True)
 class BuildletPool:
     """A buildlet type users can lease: ``util.BuildletPool("local", max_count=4, warm=1)``.
@@ -75,6 +77,7 @@ class BuildletPool:
         return found
 
 
+@checked_keywords("util.FarmCoordinator")
 @dataclass(frozen=True)
 class FarmCoordinator:
     """The coordinator FarmService runs: ``util.FarmCoordinator(secret=..., pools=[...])``.

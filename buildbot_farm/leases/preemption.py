@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from buildbot_farm.config_checks import checked_keywords
+
 # The build property FarmLatentWorker sets on a build whose buildlet was preempted: the reason.
 PREEMPTED_PROPERTY = "farm_preempted"
 
@@ -33,6 +35,7 @@ def preemption_notice(status: dict[str, Any]) -> str | None:
     return f"preempted ({notice.get('detector', '?')}): {notice.get('reason', 'no reason given')}"
 
 
+@checked_keywords("util.SignalPreemption")
 @dataclass(frozen=True)
 class SignalPreemption:
     """Preempted once the agent receives ``signal``: ``util.SignalPreemption("SIGUSR1")``.
@@ -86,6 +89,7 @@ class _MetadataPreemption:
                 "--preemption-interval", f"{self.interval:g}"]
 
 
+@checked_keywords("util.GCEPreemption")
 @dataclass(frozen=True)
 class GCEPreemption(_MetadataPreemption):
     """GCE spot/preemptible VMs: ``instance/preempted`` turns TRUE.
@@ -97,6 +101,7 @@ class GCEPreemption(_MetadataPreemption):
     example: ClassVar[str] = "http://metadata.google.internal"
 
 
+@checked_keywords("util.AWSPreemption")
 @dataclass(frozen=True)
 class AWSPreemption(_MetadataPreemption):
     """AWS spot instances: an IMDSv2 ``spot/instance-action`` notice appears.
@@ -108,6 +113,7 @@ class AWSPreemption(_MetadataPreemption):
     example: ClassVar[str] = "http://169.254.169.254"
 
 
+@checked_keywords("util.AzurePreemption")
 @dataclass(frozen=True)
 class AzurePreemption(_MetadataPreemption):
     """Azure spot VMs: a scheduled event of type ``Preempt`` appears.

@@ -24,6 +24,7 @@ from buildbot.worker.latent import AbstractLatentWorker
 from twisted.internet import defer, task
 from twisted.python import log
 
+from buildbot_farm.config_checks import check_config_arguments, checked_keywords
 from buildbot_farm.leases import keys
 from buildbot_farm.leases.client import CoordinatorClient, CoordinatorRequestError
 from buildbot_farm.leases.preemption import PREEMPTED_PROPERTY, preemption_notice
@@ -100,6 +101,9 @@ class LeaseSettings:
 _LEASE_ARGS = tuple(f.name for f in fields(LeaseSettings))
 
 
+@checked_keywords(
+    "worker.FarmLatentWorker", also=(*_LEASE_ARGS, *check_config_arguments(AbstractLatentWorker))
+)
 class FarmLatentWorker(AbstractLatentWorker):
     """A worker that exists only while a build needs it, on a buildlet leased from the farm.
 
@@ -117,6 +121,15 @@ class FarmLatentWorker(AbstractLatentWorker):
         for problem in LeaseSettings(**own).problems():
             config.error(f"FarmLatentWorker {name}: {problem}")
         super().checkConfig(name, password, **kwargs)
+
+    def requested_lease(self) -> LeaseSettings | None:
+        """The lease settings this worker's master.cfg arguments ask for (before it runs).
+
+        None when they are not usable (checkConfig reported why).
+        """
+        own = {k: v for k, v in self._config_kwargs.items() if k in _LEASE_ARGS}
+        settings = LeaseSettings(**own)
+        return None if settings.problems() else settings
 
     async def reconfigService(self, name: str, password: Any = None, **kwargs: Any) -> None:
         """Apply the arguments, their secrets rendered; a missing password is generated (the

@@ -7,6 +7,7 @@ Users write ``schedulers.OnDemandScheduler(name, builder, parameters=[...])`` wi
 
 from __future__ import annotations
 
+from buildbot_farm.config_checks import checked_keywords
 from buildbot_farm.ondemand.config import OnDemandBuilds
 from buildbot_farm.ondemand.params import (
     BadParameters,
@@ -17,6 +18,12 @@ from buildbot_farm.ondemand.params import (
     build_key,
     normalise,
 )
+
+# The parameters as master.cfg writes them (util.OnDemand*): their unknown keywords are
+# config errors. Checked here, in the Buildbot-facing package, so that params stays pure.
+checked_keywords("util.OnDemandString")(StringParameter)
+checked_keywords("util.OnDemandChoice")(ChoiceParameter)
+checked_keywords("util.OnDemandList")(ListParameter)
 
 __all__ = [
     "BadParameters",

@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from buildbot_farm.config_checks import checked_keywords
 from buildbot_farm.secret_values import SecretRenderer, is_renderable
 
 OFF = (
@@ -18,6 +19,7 @@ def _seconds(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
 
 
+@checked_keywords("util.OnDemandBuilds")
 @dataclass(frozen=True)
 class OnDemandBuilds:
     """How on-demand jobs are retried and how long the compat endpoint holds a request.

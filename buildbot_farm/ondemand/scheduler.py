@@ -18,6 +18,7 @@ from twisted.internet import defer
 
 from buildbot_farm.artifacts import paths
 from buildbot_farm.artifacts.steps import NoRepository, find_repository
+from buildbot_farm.config_checks import check_config_arguments, checked_keywords
 from buildbot_farm.ondemand import form, params
 from buildbot_farm.ondemand.config import OFF
 from buildbot_farm.ondemand.jobs import ATTEMPT_PROPERTY, KEY_PROPERTY, Job, Submission
@@ -59,6 +60,13 @@ def find_host(master: Any) -> Any:
     return host
 
 
+# ForceScheduler arguments OnDemandScheduler sets itself (builder= names the one builder).
+_SET_HERE = ("builderNames", "codebases", "properties")
+
+
+@checked_keywords("schedulers.OnDemandScheduler", also=[
+    name for name in check_config_arguments(forcesched.ForceScheduler) if name not in _SET_HERE
+])
 class OnDemandScheduler(forcesched.ForceScheduler):
     """Builds ``builder`` once per distinct set of ``parameters`` values.
 

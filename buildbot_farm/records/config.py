@@ -12,11 +12,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from buildbot_farm.config_checks import checked_keywords
 from buildbot_farm.secret_values import SecretRenderer, is_renderable, literal_problem
 
 MIN_KEY_LENGTH = 16
 
 
+@checked_keywords("util.BuildRecords")
 @dataclass(frozen=True)
 class BuildRecords:
     """How the build records API is served: ``util.BuildRecords(api_keys={...}, ...)``.

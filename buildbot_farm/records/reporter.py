@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import buildbot
@@ -16,6 +16,7 @@ from buildbot.util import service
 from twisted.internet import defer
 from twisted.python import log
 
+from buildbot_farm.config_checks import checked_keywords
 from buildbot_farm.records.model import RESULTS, InvalidRecord, default_version, parse_record
 from buildbot_farm.records.source import STYLES, choose_source, commit_url
 from buildbot_farm.records.store import RecordExists, RecordStore
@@ -63,6 +64,10 @@ class RecorderSettings:
         return found
 
 
+@checked_keywords(
+    "reporters.BuildRecorder",
+    also=[f.name for f in fields(RecorderSettings) if f.name != "record_name"],
+)
 class BuildRecorder(service.BuildbotService):
     """Writes one record of each finished build of ``builders`` (all builders when None).
 
@@ -86,6 +91,14 @@ class BuildRecorder(service.BuildbotService):
         """Refuse bad arguments with config errors naming the argument."""
         for problem in RecorderSettings(**kwargs).problems():
             config.error(f"BuildRecorder: {problem}")
+
+    def requested_settings(self) -> RecorderSettings | None:
+        """The settings this reporter's master.cfg arguments ask for (before it runs).
+
+        None when they are not usable (checkConfig reported why).
+        """
+        settings = RecorderSettings(**self._config_kwargs)
+        return None if settings.problems() else settings
 
     async def reconfigService(self, **kwargs: Any) -> None:
         """Take the new arguments; the next finished build uses them."""

@@ -1,0 +1,75 @@
+"""The Buildbot (and master.cfg loading) details the configuration checks rely on.
+
+Everything here reads something Buildbot does not promise as an API; it is kept in this one
+module so that a Buildbot upgrade that changes one of them breaks one place, and
+``tests/config_checks/test_buildbot_compat.py`` fails loudly, naming which one.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from collections.abc import Iterator
+from types import FrameType
+from typing import Any
+
+from buildbot.process.buildstep import BuildStep
+
+# The keyword arguments every build step takes: BuildStep.__init__ takes **kwargs and checks
+# them against this list of its own (Buildbot's comment says delegating subclasses use it).
+STEP_ARGUMENTS: tuple[str, ...] = tuple(BuildStep._params_names)
+
+# The name master.cfg must give its configuration dict (Buildbot's documented contract).
+CONFIG_NAME = "BuildmasterConfig"
+
+
+def check_config_arguments(cls: type) -> tuple[str, ...]:
+    """The keyword arguments ``cls.checkConfig`` accepts, following ``**kwargs`` up the MRO.
+
+    Buildbot's workers and schedulers take their arguments in ``checkConfig`` and pass what
+    they do not know to the next class's ``checkConfig``; the walk stops at the first one
+    without ``**kwargs``.
+    """
+    names: list[str] = []
+    for klass in cls.__mro__:
+        method = klass.__dict__.get("checkConfig")
+        if method is None:
+            continue
+        parameters = list(inspect.signature(method).parameters.values())[1:]
+        names += [p.name for p in parameters
+                  if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            break
+    return tuple(dict.fromkeys(names))
+
+
+def steps_of(factory: Any) -> Iterator[tuple[type, str]]:
+    """The class and name of each step of a ``util.BuildFactory``.
+
+    ``BuildFactory.steps`` holds Buildbot's private ``_BuildStepFactory`` objects, which
+    keep the step's class and the arguments it was written with.
+    """
+    for step in getattr(factory, "steps", None) or ():
+        step_class = getattr(step, "step_class", None)
+        if not isinstance(step_class, type):
+            continue
+        name = getattr(step, "kwargs", {}).get("name", getattr(step_class, "name", "?"))
+        yield step_class, str(name)
+
+
+def config_being_loaded() -> dict[str, Any] | None:
+    """The ``BuildmasterConfig`` dict of the master.cfg that is running now, if any.
+
+    Buildbot runs master.cfg in this process (``execfile``) with a dict of its own as the
+    file's globals, so while master.cfg constructs an object, one frame up the stack has
+    ``BuildmasterConfig`` among its globals (once master.cfg has bound it: Buildbot's
+    sample binds it on its first line with ``c = BuildmasterConfig = {}``). None outside
+    master.cfg, for example when the master builds a step for a build.
+    """
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None:
+        candidate = frame.f_globals.get(CONFIG_NAME)
+        if isinstance(candidate, dict):
+            return candidate
+        frame = frame.f_back
+    return None
