@@ -15,7 +15,22 @@ every error is JSON ``{"error": "..."}``.
 * ``POST /exec`` (form: ``cmd``, ``cmdArg``..., ``dir``, ``env``..., ``mode``): run a command and
   stream its output; the result comes in the ``Process-State`` trailer, or, with
   ``X-Buildlet-Framing: 1``, as frames (type byte, 4-byte big-endian length, payload; ``o`` is
-  output, ``x`` the final JSON ``{"exit_code", "signal", "state"}``).
+  output, ``x`` the final JSON ``{"exit_code", "signal", "state"}``). The answer's header
+  ``X-Buildlet-Exec-Id`` names the run.
+* ``GET /exec/attach?id=&offset=``: re-attach to a run whose connection dropped: its output
+  from byte ``offset`` (what the client had), then its status, encoded as /exec (plain with
+  the trailer, or framed). ``X-Buildlet-Exec-Offset`` says where the output really starts:
+  later than ``offset`` if those bytes fell out of the spool. A newer attach takes over.
+  ``POST /exec/kill?id=``: kill a run's process group (``{"id", "killed"}``).
+
+  A run's output goes to a spool that keeps its latest ``--exec-spool`` bytes (64 MiB), and
+  its status is kept ``--exec-keep`` seconds (300; at most 100 ended runs) after it ends.
+  While a client follows a run, the command waits for it rather than let unread output fall
+  out of the spool; with no client, the oldest output is dropped. A run whose client went
+  away keeps running for ``--exec-grace`` seconds (120; 0 kills it at once) waiting for a
+  re-attach, then its process group is killed (state ``signal: SIGKILL (no client
+  re-attached within N s)``), so a client that never re-attaches (Go's) leaves nothing
+  running for long. /halt kills every run.
 * ``PUT /writetgz?dir=``: unpack a tar.gz body, all or nothing. ``GET /tgz?dir=``: stream one.
 * ``GET /ls?dir=&recursive=1&digest=1``, ``POST /removeall`` (form: ``path``...),
   ``PUT /write?path=&mode=``, ``GET /read?path=``: files.

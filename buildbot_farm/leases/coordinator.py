@@ -113,6 +113,7 @@ class Coordinator:
         self._agents = agents
         self._create_lock = defer.DeferredLock()
         self._warming: set[defer.Deferred[Any]] = set()
+        self._topping_up: set[str] = set()
         self.renew_every = min(RENEW_EVERY, self.policy.idle_timeout / 10)
         self._renewed: dict[str, float] = {}
         self._open: dict[str, tuple[int, task.LoopingCall]] = {}
@@ -265,12 +266,20 @@ class Coordinator:
         return result
 
     async def _top_up(self, buildlet_type: BuildletType) -> None:
-        while await self.table.count_idle(buildlet_type.name) < buildlet_type.warm:
-            try:
-                name = await self._reserve(buildlet_type, None)
-            except PoolFull:
-                return
-            await self._start(buildlet_type, name)
+        # One top-up per type at a time: two at once (a lease's refill and a release's) would
+        # each count the idle ones before the other's had started, and overshoot ``warm``.
+        if buildlet_type.name in self._topping_up:
+            return  # the running one checks the count again after each start
+        self._topping_up.add(buildlet_type.name)
+        try:
+            while await self.table.count_idle(buildlet_type.name) < buildlet_type.warm:
+                try:
+                    name = await self._reserve(buildlet_type, None)
+                except PoolFull:
+                    return
+                await self._start(buildlet_type, name)
+        finally:
+            self._topping_up.discard(buildlet_type.name)
 
     async def wait_until_warm(self) -> None:
         """Wait for background warming in progress (tests and benchmarks use it)."""

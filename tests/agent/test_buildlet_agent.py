@@ -417,7 +417,8 @@ def test_a_dropped_exec_is_reattached_by_id_for_every_byte_once(agent: RunningAg
     it had, and gets the rest of the output and the exit status, each byte exactly once."""
     conn, frames = agent.start_exec([("cmd", "sh"), ("cmdArg", "-c"), ("cmdArg", COUNTING)])
     exec_id = frames.header("X-Buildlet-Exec-Id")
-    assert exec_id and frames.header("X-Buildlet-Exec-Offset") == "0"
+    assert exec_id
+    assert frames.header("X-Buildlet-Exec-Offset") == "0"
     received = b""
     while len(received) < 200:
         kind, payload = frames.next()
@@ -474,15 +475,16 @@ def test_exec_kill_ends_a_detached_command(agent: RunningAgent) -> None:
     conn, frames = agent.start_exec([("cmd", "sh"), ("cmdArg", "-c"),
                                      ("cmdArg", "sleep 60 & echo $!; wait")])
     exec_id = frames.header("X-Buildlet-Exec-Id")
-    pid = int(frames.next()[1])
+    pid_line = frames.next()[1]
+    pid = int(pid_line)
     conn.close()
     assert agent.json("POST", f"/exec/kill?id={exec_id}") == (200, {"id": exec_id,
                                                                     "killed": True})
     assert wait_until_gone(pid)
     conn, frames = attach(agent, f"id={exec_id}")
-    output, result = frames.rest()
+    assert frames.rest() == (pid_line, {"exit_code": None, "signal": "SIGKILL",
+                                        "state": "signal: SIGKILL (killed by /exec/kill)"})
     conn.close()
-    assert result["state"] == "signal: SIGKILL (killed by /exec/kill)"
     assert agent.json("POST", f"/exec/kill?id={exec_id}")[1]["killed"] is False
 
 

@@ -185,6 +185,27 @@ async def test_proxied_requests_renew_the_lease_without_a_write_each(
     for _ in range(20):
         await alice.ls(name)
     again = await running.coordinator.table.get(name)
-    assert first is not None and again is not None
+    assert first is not None
+    assert again is not None
     assert first.renewed_at == again.renewed_at
     assert first.expires_at == again.expires_at
+
+
+@pytest_twisted.ensureDeferred
+async def test_ctrl_c_on_lease_run_kills_the_remote_command_at_once(
+        start_coordinator: StartCoordinator, tmp_path: Path) -> None:
+    """Ctrl-C on `buildbot-farm lease run` kills the remote command (with /exec/kill) before
+    the CLI exits 130, rather than leaving it to the buildlet's grace period."""
+    running = await start_coordinator()
+    name = (await running.client().create("local"))["Name"]
+    env = clean_environment(tmp_path / "home")
+    env.update(FARM_COORDINATOR_URL=running.url, FARM_USER="user-alice",
+               FARM_KEY=keys.user_key(SECRET, "user-alice"))
+    capture = _Capture()
+    argv = [str(SCRIPT), "lease", "run", name, "sh", "-c", "sleep 60 & echo $!; wait"]
+    process = reactor.spawnProcess(capture, argv[0], argv, env=env, path=str(tmp_path))
+    await until(lambda: b"\n" in b"".join(capture.out), timeout=30)
+    pid = int(b"".join(capture.out))
+    process.signalProcess("INT")
+    assert await capture.ended == 130
+    assert not pid_alive(pid), "the remote command outlived the interrupted `lease run`"
