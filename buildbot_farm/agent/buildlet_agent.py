@@ -479,12 +479,17 @@ class OutputSpool:
 
     def append(self, data: bytes) -> None:
         """Add data (at most ``cap`` bytes), overwriting the oldest bytes past the cap."""
-        fd, pos = self._file.fileno(), self.size % self.cap
+        pos = self.size % self.cap
         head = data[:self.cap - pos]
-        os.pwrite(fd, head, pos)
-        if len(head) < len(data):
-            os.pwrite(fd, data[len(head):], 0)
+        self._write(head, pos)
+        self._write(data[len(head):], 0)
         self.size += len(data)
+
+    def _write(self, data: bytes, pos: int) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.pwrite(self._file.fileno(), view, pos)
+            view, pos = view[written:], pos + written
 
     def read(self, offset: int, limit: int) -> bytes:
         """Up to limit bytes from offset (which must be between ``start`` and ``size``)."""
@@ -537,6 +542,7 @@ class ExecRun:
     def _pump(self, proc: subprocess.Popen[bytes], table: ProcessTable) -> None:
         assert proc.stdout is not None  # the command is always started with stdout=PIPE
         pipe = proc.stdout.fileno()
+        error: OSError | None = None
         with table.tracking(proc), selectors.DefaultSelector() as selector:
             selector.register(pipe, selectors.EVENT_READ)
             try:
@@ -559,10 +565,16 @@ class ExecRun:
                         break
                     except subprocess.TimeoutExpired:
                         self._kill_if_abandoned()
+            except OSError as exc:  # the spool could not be written (a full disk): kill it
+                error = exc
             finally:
                 kill_group(proc)  # nothing the command started outlives it
                 proc.wait()
                 proc.stdout.close()
+        if error is not None:
+            self._end(ExecResult(None, None, f"error: the agent could not keep the command's "
+                                             f"output ({error}), so it killed the command"))
+            return
         result = ExecResult.from_returncode(proc.returncode)
         if self._killed and result.signal_name == "SIGKILL":
             result.state = f"{result.state} ({self._killed})"
@@ -680,14 +692,17 @@ class ExecRegistry:
         self._lock = threading.Lock()
         self._runs: dict[str, ExecRun] = {}
 
-    def start(self, request: ExecRequest, table: ProcessTable) -> ExecRun:
-        """Start request's command as a new run with a fresh id."""
+    def start(self, request: ExecRequest, table: ProcessTable) -> tuple[ExecRun, object]:
+        """Start request's command as a new run with a fresh id; return it and the token of
+        its client, attached from byte 0 before the command starts, so that it misses nothing.
+        """
         self._forget_old()
         run = ExecRun(secrets.token_hex(16), OutputSpool(self.spool_cap), self.grace)
         with self._lock:
             self._runs[run.id] = run
+        token, _ = run.attach(0)
         run.start(request, table)
-        return run
+        return run, token
 
     def get(self, exec_id: str) -> ExecRun:
         """The run with that id; 404 if there is none (any more)."""
@@ -1112,7 +1127,8 @@ class BuildletHandler(http.server.BaseHTTPRequestHandler):
     def handle_exec(self) -> None:
         """POST /exec: run a command, streaming its output, then its exit status."""
         request = ExecRequest.from_form(self._read_form(), self.server.workdir)
-        self._follow_exec(self.server.execs.start(request, self.server.processes), 0)
+        run, token = self.server.execs.start(request, self.server.processes)
+        self._follow_exec(run, token, 0)
 
     def handle_exec_attach(self) -> None:
         """GET /exec/attach?id=&offset=: the output of a running or ended exec from a byte offset,
@@ -1121,16 +1137,16 @@ class BuildletHandler(http.server.BaseHTTPRequestHandler):
         text = single(self._query, "offset", "0")
         if not text.isdigit():
             raise AgentError(400, f"offset {text!r} is not a byte count such as 0 or 4096")
-        self._follow_exec(run, int(text))
+        token, start = run.attach(int(text))
+        self._follow_exec(run, token, start)
 
     def handle_exec_kill(self) -> None:
         """POST /exec/kill?id=: kill a running exec's process group."""
         run = self.server.execs.get(single(self._query, "id"))
         self._send_json(200, {"id": run.id, "killed": run.kill("killed by /exec/kill")})
 
-    def _follow_exec(self, run: ExecRun, offset: int) -> None:
+    def _follow_exec(self, run: ExecRun, token: object, start: int) -> None:
         framed = self.headers.get(FRAMING_HEADER, "").strip() == "1"
-        token, start = run.attach(offset)
         headers = {EXEC_ID_HEADER: run.id, EXEC_OFFSET_HEADER: str(start)}
         if framed:
             stream = self._start_stream(FRAMES_TYPE, headers=headers)
