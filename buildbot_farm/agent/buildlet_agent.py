@@ -15,7 +15,22 @@ every error is JSON ``{"error": "..."}``.
 * ``POST /exec`` (form: ``cmd``, ``cmdArg``..., ``dir``, ``env``..., ``mode``): run a command and
   stream its output; the result comes in the ``Process-State`` trailer, or, with
   ``X-Buildlet-Framing: 1``, as frames (type byte, 4-byte big-endian length, payload; ``o`` is
-  output, ``x`` the final JSON ``{"exit_code", "signal", "state"}``).
+  output, ``x`` the final JSON ``{"exit_code", "signal", "state"}``). The answer's header
+  ``X-Buildlet-Exec-Id`` names the run.
+* ``GET /exec/attach?id=&offset=``: re-attach to a run whose connection dropped: its output
+  from byte ``offset`` (what the client had), then its status, encoded as /exec (plain with
+  the trailer, or framed). ``X-Buildlet-Exec-Offset`` says where the output really starts:
+  later than ``offset`` if those bytes fell out of the spool. A newer attach takes over.
+  ``POST /exec/kill?id=``: kill a run's process group (``{"id", "killed"}``).
+
+  A run's output goes to a spool that keeps its latest ``--exec-spool`` bytes (64 MiB), and
+  its status is kept ``--exec-keep`` seconds (300; at most 100 ended runs) after it ends.
+  While a client follows a run, the command waits for it rather than let unread output fall
+  out of the spool; with no client, the oldest output is dropped. A run whose client went
+  away keeps running for ``--exec-grace`` seconds (120; 0 kills it at once) waiting for a
+  re-attach, then its process group is killed (state ``signal: SIGKILL (no client
+  re-attached within N s)``), so a client that never re-attaches (Go's) leaves nothing
+  running for long. /halt kills every run.
 * ``PUT /writetgz?dir=``: unpack a tar.gz body, all or nothing. ``GET /tgz?dir=``: stream one.
 * ``GET /ls?dir=&recursive=1&digest=1``, ``POST /removeall`` (form: ``path``...),
   ``PUT /write?path=&mode=``, ``GET /read?path=``: files.
@@ -47,6 +62,8 @@ import json
 import os
 import platform
 import posixpath
+import secrets
+import select
 import selectors
 import shutil
 import signal
@@ -76,6 +93,12 @@ SECRET_HEADER = "X-Buildlet-Secret"
 PREEMPTED_HEADER = "X-Buildlet-Preempted"
 FRAMING_HEADER = "X-Buildlet-Framing"
 FRAMES_TYPE = "application/x-buildlet-frames"
+EXEC_ID_HEADER = "X-Buildlet-Exec-Id"
+EXEC_OFFSET_HEADER = "X-Buildlet-Exec-Offset"
+EXEC_GRACE = 120.0  # seconds an exec whose client went away waits for one to re-attach
+EXEC_KEEP = 300.0  # seconds an ended exec's output and status are kept for a re-attach
+EXEC_SPOOL = 64 * 1024 * 1024  # bytes of each exec's latest output kept for a re-attach
+MAX_KEPT_EXECS = 100  # ended execs kept at most (the oldest are forgotten first)
 CHUNK = 64 * 1024
 MAX_FORM_BYTES = 1024 * 1024
 IDLE_TIMEOUT = 600.0  # seconds a connection may idle, or a client not read, before it is dropped
@@ -435,85 +458,272 @@ def peer_closed(sock: socket.socket) -> bool:
         return True
 
 
-class OutputPump:
-    """Copies a command's combined output to the client while watching for a hang-up."""
+class OutputSpool:
+    """The last ``cap`` bytes of a command's output, in an unlinked temporary file used as a ring.
 
-    def __init__(self, proc: subprocess.Popen[bytes], emit: Callable[[bytes], object],
-                 client: socket.socket) -> None:
-        assert proc.stdout is not None  # the command is always started with stdout=PIPE
-        self._proc = proc
-        self._emit = emit
-        self._client = client
-        self._pipe = proc.stdout.fileno()
-        self._selector = selectors.DefaultSelector()
-        self._selector.register(self._pipe, selectors.EVENT_READ)
-        self._selector.register(client, selectors.EVENT_READ)
-        self._pipe_open = True
+    ``size`` counts every byte ever appended; bytes before ``start`` have been overwritten.
+    Not thread-safe: its ExecRun calls it under its lock.
+    """
 
-    def run(self) -> bool:
-        """Copy output until the command has exited; False as soon as the client hangs up."""
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.size = 0
+        # Unlinked at once: it goes when closed, or with the agent however it ends; the run
+        # outlives any one block, so close() closes it.
+        self._file = tempfile.TemporaryFile(prefix="buildlet-exec-")  # noqa: SIM115
+
+    @property
+    def start(self) -> int:
+        """The oldest offset still kept."""
+        return max(0, self.size - self.cap)
+
+    def append(self, data: bytes) -> None:
+        """Add data (at most ``cap`` bytes), overwriting the oldest bytes past the cap."""
+        pos = self.size % self.cap
+        head = data[:self.cap - pos]
+        self._write(head, pos)
+        self._write(data[len(head):], 0)
+        self.size += len(data)
+
+    def _write(self, data: bytes, pos: int) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.pwrite(self._file.fileno(), view, pos)
+            view, pos = view[written:], pos + written
+
+    def read(self, offset: int, limit: int) -> bytes:
+        """Up to limit bytes from offset (which must be between ``start`` and ``size``)."""
+        pos = offset % self.cap
+        return os.pread(self._file.fileno(), min(limit, self.size - offset, self.cap - pos), pos)
+
+    def close(self) -> None:
+        """Drop the kept output."""
+        self._file.close()
+
+
+class ExecRun:
+    """One command started by /exec: its output spool, its final status and who follows it.
+
+    A thread copies the command's output into the spool whether or not a client is there. A
+    client follows the run from a byte offset (``attach`` then ``follow``); a newer attach takes
+    over from an older one. While a client follows, the command waits for it rather than let
+    unread output fall out of the spool (flow control, as a plain pipe would give). With no
+    client for ``grace`` seconds the command's process group is killed.
+    """
+
+    def __init__(self, exec_id: str, spool: OutputSpool, grace: float) -> None:
+        self.id = exec_id
+        self.grace = grace
+        self.result: ExecResult | None = None
+        self.ended_at: float | None = None
+        self._spool = spool
+        self._cond = threading.Condition()
+        self._reader: object | None = None
+        self._reader_pos = 0
+        self._detached_at: float | None = time.monotonic()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._killed: str | None = None
+
+    def start(self, request: ExecRequest, table: ProcessTable) -> None:
+        """Start the command in its own process group and its output thread."""
         try:
-            exited_at: float | None = None
-            while self._pipe_open:
-                if not self._watch(POLL_INTERVAL):
-                    return False
-                if exited_at is None and self._proc.poll() is not None:
-                    exited_at = time.monotonic()
-                    kill_group(self._proc)  # what it left behind would keep the pipe open
-                elif exited_at is not None and time.monotonic() - exited_at > ORPHAN_GRACE:
-                    break  # a process that left the group holds the pipe; stop waiting for it
-            while True:  # output ended; wait for the command itself to exit
-                try:
-                    self._proc.wait(POLL_INTERVAL)
-                    return True
-                except subprocess.TimeoutExpired:
-                    if not self._watch(0):
-                        return False
-        finally:
-            self._selector.close()
+            proc = subprocess.Popen(
+                request.argv, cwd=request.cwd, env=request.env, stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        except (OSError, ValueError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            self._end(ExecResult(None, None, f"error: cannot start {request.argv[0]!r}: {reason}"))
+            return
+        self._proc = proc
+        threading.Thread(target=self._pump, args=(proc, table), name=f"exec-{self.id}",
+                         daemon=True).start()
 
-    def _watch(self, timeout: float) -> bool:
-        for key, _ in self._selector.select(timeout):
-            if key.fileobj is self._client:
-                if peer_closed(self._client):
-                    return False
-                self._selector.unregister(self._client)  # a pipelined request: stop polling it
-            else:
-                data = os.read(self._pipe, CHUNK)
-                if data:
-                    self._emit(data)
-                else:
-                    self._selector.unregister(self._pipe)
-                    self._pipe_open = False
+    def _pump(self, proc: subprocess.Popen[bytes], table: ProcessTable) -> None:
+        assert proc.stdout is not None  # the command is always started with stdout=PIPE
+        pipe = proc.stdout.fileno()
+        error: OSError | None = None
+        with table.tracking(proc), selectors.DefaultSelector() as selector:
+            selector.register(pipe, selectors.EVENT_READ)
+            try:
+                exited_at: float | None = None
+                while True:
+                    if selector.select(POLL_INTERVAL):
+                        data = os.read(pipe, CHUNK)
+                        if not data:
+                            break
+                        self._store(data)
+                    if exited_at is None and proc.poll() is not None:
+                        exited_at = time.monotonic()
+                        kill_group(proc)  # what it left behind would keep the pipe open
+                    elif exited_at is not None and time.monotonic() - exited_at > ORPHAN_GRACE:
+                        break  # a process that left the group holds the pipe; stop waiting for it
+                    self._kill_if_abandoned()
+                while True:  # output ended; wait for the command itself to exit
+                    try:
+                        proc.wait(POLL_INTERVAL)
+                        break
+                    except subprocess.TimeoutExpired:
+                        self._kill_if_abandoned()
+            except OSError as exc:  # the spool could not be written (a full disk): kill it
+                error = exc
+            finally:
+                kill_group(proc)  # nothing the command started outlives it
+                proc.wait()
+                proc.stdout.close()
+        if error is not None:
+            self._end(ExecResult(None, None, f"error: the agent could not keep the command's "
+                                             f"output ({error}), so it killed the command"))
+            return
+        result = ExecResult.from_returncode(proc.returncode)
+        if self._killed and result.signal_name == "SIGKILL":
+            result.state = f"{result.state} ({self._killed})"
+        self._end(result)
+
+    def _store(self, data: bytes) -> None:
+        cap = self._spool.cap
+        for start in range(0, len(data), cap):
+            piece = data[start:start + cap]
+            with self._cond:
+                while (self._reader is not None
+                       and self._spool.size + len(piece) - self._reader_pos > cap):
+                    self._cond.wait(POLL_INTERVAL)  # the client is behind: let it catch up
+                self._spool.append(piece)
+                self._cond.notify_all()
+
+    def _kill_if_abandoned(self) -> None:
+        with self._cond:
+            idle = self._detached_at
+            if self._killed or self._reader is not None or idle is None:
+                return
+            if time.monotonic() - idle < self.grace:
+                return
+            self._killed = f"no client re-attached within {self.grace:g} s"
+        assert self._proc is not None
+        kill_group(self._proc)
+
+    def kill(self, reason: str) -> bool:
+        """Kill the command's process group; False if it had already ended."""
+        with self._cond:
+            if self.result is not None or self._proc is None:
+                return False
+            self._killed = self._killed or reason
+        kill_group(self._proc)
         return True
 
+    def _end(self, result: ExecResult) -> None:
+        with self._cond:
+            self.result = result
+            self.ended_at = time.monotonic()
+            self._cond.notify_all()
 
-def run_command(request: ExecRequest, emit: Callable[[bytes], object], client: socket.socket,
-                table: ProcessTable) -> ExecResult | None:
-    """Run the command in its own process group, streaming its output to emit.
+    def attach(self, offset: int) -> tuple[object, int]:
+        """Become the run's client from offset; return a token for ``follow`` and the offset
+        the output will really start at (later than offset if those bytes fell out of the spool).
+        """
+        with self._cond:
+            if offset > self._spool.size:
+                raise AgentError(400, f"offset {offset} is past the {self._spool.size} bytes of "
+                                      f"output exec {self.id} has produced")
+            token = object()
+            self._reader, self._detached_at = token, None
+            self._reader_pos = max(offset, self._spool.start)
+            self._cond.notify_all()
+            return token, self._reader_pos
 
-    Returns None if the client went away, in which case the process group has been killed.
-    """
-    try:
-        proc = subprocess.Popen(
-            request.argv, cwd=request.cwd, env=request.env, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    except (OSError, ValueError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        return ExecResult(None, None, f"error: cannot start {request.argv[0]!r}: {reason}")
-    finished = False
-    with table.tracking(proc):
+    def follow(self, token: object, emit: Callable[[bytes], object],
+               client: socket.socket) -> ExecResult | None:
+        """Send the output from the attached offset to emit until the command's status is known.
+
+        Returns the status, or None once the client hangs up or another attach takes over;
+        the run then waits ``grace`` seconds for a client before it is killed.
+        """
         try:
-            finished = OutputPump(proc, emit, client).run()
+            while True:
+                with self._cond:
+                    if self._reader is not token:
+                        return None
+                    pos, data = self._reader_pos, b""
+                    if pos == self._spool.size and self.result is None:
+                        self._cond.wait(POLL_INTERVAL)
+                    if pos < self._spool.size:
+                        data = self._spool.read(pos, CHUNK)
+                    result = self.result if pos == self._spool.size else None
+                if data:
+                    emit(data)
+                    with self._cond:
+                        if self._reader is token:
+                            self._reader_pos = pos + len(data)
+                            self._cond.notify_all()
+                elif result is not None:
+                    return result
+                elif client_hung_up(client):
+                    return None
         except OSError:
-            finished = False  # the client stopped reading
+            return None  # the client stopped reading
         finally:
-            kill_group(proc)  # nothing the command started outlives it
-            proc.wait()
-            assert proc.stdout is not None
-            proc.stdout.close()
-    return ExecResult.from_returncode(proc.returncode) if finished else None
+            with self._cond:
+                if self._reader is token:
+                    self._reader, self._detached_at = None, time.monotonic()
+                    self._cond.notify_all()
+
+    def close(self) -> None:
+        """Drop the spooled output (the run is forgotten)."""
+        with self._cond:
+            self._spool.close()
+
+
+def client_hung_up(client: socket.socket) -> bool:
+    """Tell, without waiting, whether the client closed its connection."""
+    readable, _, _ = select.select([client], [], [], 0)
+    return bool(readable) and peer_closed(client)
+
+
+class ExecRegistry:
+    """Every exec the agent remembers, by id: running ones, and ended ones for ``keep`` seconds
+    (at most MAX_KEPT_EXECS of them), so that a client whose connection dropped can come back.
+    """
+
+    def __init__(self, grace: float = EXEC_GRACE, keep: float = EXEC_KEEP,
+                 spool_cap: int = EXEC_SPOOL) -> None:
+        self.grace = grace
+        self.keep = keep
+        self.spool_cap = spool_cap
+        self._lock = threading.Lock()
+        self._runs: dict[str, ExecRun] = {}
+
+    def start(self, request: ExecRequest, table: ProcessTable) -> tuple[ExecRun, object]:
+        """Start request's command as a new run with a fresh id; return it and the token of
+        its client, attached from byte 0 before the command starts, so that it misses nothing.
+        """
+        self._forget_old()
+        run = ExecRun(secrets.token_hex(16), OutputSpool(self.spool_cap), self.grace)
+        with self._lock:
+            self._runs[run.id] = run
+        token, _ = run.attach(0)
+        run.start(request, table)
+        return run, token
+
+    def get(self, exec_id: str) -> ExecRun:
+        """The run with that id; 404 if there is none (any more)."""
+        self._forget_old()
+        with self._lock:
+            run = self._runs.get(exec_id)
+        if run is None:
+            raise AgentError(404, f"no exec {exec_id!r} here: it never ran on this agent, or it "
+                                  f"ended more than {self.keep:g} s ago and was forgotten")
+        return run
+
+    def _forget_old(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            ended = sorted((run.ended_at, run.id) for run in self._runs.values()
+                           if run.ended_at is not None)
+            old = [exec_id for at, exec_id in ended if now - at > self.keep]
+            old += [exec_id for _, exec_id in ended[:len(ended) - MAX_KEPT_EXECS]]
+            gone = [self._runs.pop(exec_id) for exec_id in set(old)]
+        for run in gone:
+            run.close()
 
 
 # --- Archives and directory listings ---------------------------------------------------------
@@ -870,7 +1080,8 @@ class BuildletHandler(http.server.BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    def _start_stream(self, content_type: str, trailer: str | None = None) -> ChunkedStream:
+    def _start_stream(self, content_type: str, trailer: str | None = None,
+                      headers: dict[str, str] | None = None) -> ChunkedStream:
         if self.request_version != "HTTP/1.1":
             raise AgentError(505, "this endpoint streams with chunked encoding; use HTTP/1.1")
         self.send_response(200)
@@ -878,6 +1089,8 @@ class BuildletHandler(http.server.BaseHTTPRequestHandler):
         self.send_header("Transfer-Encoding", "chunked")
         if trailer:
             self.send_header("Trailer", trailer)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self._end_headers()
         return ChunkedStream(self.wfile)
 
@@ -914,16 +1127,36 @@ class BuildletHandler(http.server.BaseHTTPRequestHandler):
     def handle_exec(self) -> None:
         """POST /exec: run a command, streaming its output, then its exit status."""
         request = ExecRequest.from_form(self._read_form(), self.server.workdir)
+        run, token = self.server.execs.start(request, self.server.processes)
+        self._follow_exec(run, token, 0)
+
+    def handle_exec_attach(self) -> None:
+        """GET /exec/attach?id=&offset=: the output of a running or ended exec from a byte offset,
+        then its status, in the same encoding as /exec."""
+        run = self.server.execs.get(single(self._query, "id"))
+        text = single(self._query, "offset", "0")
+        if not text.isdigit():
+            raise AgentError(400, f"offset {text!r} is not a byte count such as 0 or 4096")
+        token, start = run.attach(int(text))
+        self._follow_exec(run, token, start)
+
+    def handle_exec_kill(self) -> None:
+        """POST /exec/kill?id=: kill a running exec's process group."""
+        run = self.server.execs.get(single(self._query, "id"))
+        self._send_json(200, {"id": run.id, "killed": run.kill("killed by /exec/kill")})
+
+    def _follow_exec(self, run: ExecRun, token: object, start: int) -> None:
         framed = self.headers.get(FRAMING_HEADER, "").strip() == "1"
+        headers = {EXEC_ID_HEADER: run.id, EXEC_OFFSET_HEADER: str(start)}
         if framed:
-            stream = self._start_stream(FRAMES_TYPE)
+            stream = self._start_stream(FRAMES_TYPE, headers=headers)
         else:
-            stream = self._start_stream("text/plain", trailer="Process-State")
+            stream = self._start_stream("text/plain", trailer="Process-State", headers=headers)
 
         def emit(data: bytes) -> object:
             return stream.write(frame(b"o", data) if framed else data)
 
-        result = run_command(request, emit, self.connection, self.server.processes)
+        result = run.follow(token, emit, self.connection)
         if result is None:
             self.close_connection = True
         elif framed:
@@ -1009,6 +1242,8 @@ class BuildletHandler(http.server.BaseHTTPRequestHandler):
     routes: ClassVar[dict[str, dict[str, Callable[[BuildletHandler], None]]]] = {
         "/status": {"GET": handle_status},
         "/exec": {"POST": handle_exec},
+        "/exec/attach": {"GET": handle_exec_attach},
+        "/exec/kill": {"POST": handle_exec_kill},
         "/writetgz": {"PUT": handle_writetgz},
         "/tgz": {"GET": handle_tgz},
         "/ls": {"GET": handle_ls},
@@ -1029,6 +1264,7 @@ class BuildletServer(http.server.ThreadingHTTPServer):
         self.workdir = workdir
         self.secret = secret
         self.processes = ProcessTable()
+        self.execs = ExecRegistry()
         self.started = time.monotonic()
         self.preemption: PreemptionWatch | None = None
         self.prestarted: PrestartedWorker | None = None
@@ -1449,13 +1685,27 @@ def start(argv: list[str] | None) -> tuple[BuildletServer, str | None]:
     parser.add_argument("--prestart-worker", metavar="PYTHON",
                         help="keep a PYTHON process with buildbot-worker imported, waiting to "
                              "become a worker (FarmLatentWorker hands it its configuration)")
+    parser.add_argument("--exec-grace", type=float, default=EXEC_GRACE, metavar="SECONDS",
+                        help="how long an exec whose client went away keeps running, waiting "
+                             f"for the client to re-attach (default {EXEC_GRACE:g}; 0 kills it "
+                             "at once)")
+    parser.add_argument("--exec-keep", type=float, default=EXEC_KEEP, metavar="SECONDS",
+                        help="how long an ended exec's output and status are kept for a "
+                             f"re-attach (default {EXEC_KEEP:g})")
+    parser.add_argument("--exec-spool", type=int, default=EXEC_SPOOL, metavar="BYTES",
+                        help="how much of each exec's latest output is kept for a re-attach "
+                             f"(default {EXEC_SPOOL}); older output is dropped")
     args = parser.parse_args(argv)
+    if args.exec_grace < 0 or args.exec_keep < 0 or args.exec_spool < 1:
+        raise SetupError("--exec-grace and --exec-keep must be >= 0 seconds and --exec-spool "
+                         ">= 1 byte")
     address = parse_listen(args.listen)
     key = load_secret(args.secret_file, args.secret_env)
     watch = make_watch(args.preemption, args.preemption_url, args.preemption_signal,
                        args.preemption_interval)
     os.makedirs(args.workdir, exist_ok=True)
     server = BuildletServer(address, Workdir(args.workdir), key)
+    server.execs = ExecRegistry(args.exec_grace, args.exec_keep, args.exec_spool)
     server.preemption = watch
     if args.prestart_worker:
         server.prestarted = PrestartedWorker(args.prestart_worker)

@@ -118,10 +118,13 @@ class CoordinatorResource(resource.Resource):
             return
         query = request.uri.partition(b"?")[2]
         full_path = path.encode() + (b"?" + query if query else b"")
+        release = self._coordinator.hold(lease.name)  # the lease stays renewed while this runs
         try:
             await forward(request, self._http, lease.url, lease.secret, full_path)
         except Exception:
             proxy_failed(request, failure.Failure(), lease.name)
+        finally:
+            release()
 
     def _failed(self, reason: failure.Failure, request: Request) -> None:
         if request.startedWriting:

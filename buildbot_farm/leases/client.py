@@ -3,15 +3,20 @@
 Used by ``buildbot-farm lease ...`` and by ``FarmLatentWorker``. Every call is a coroutine;
 ``http_client`` is a treq ``HTTPClient`` on the caller's reactor
 (``buildbot_farm.web.client.http_client``), or ``treq.testing.StubTreq`` in tests.
+
+An exec whose connection drops (a load balancer cutting a long request, a coordinator
+restarting) is re-attached by its id (``GET /exec/attach?id=&offset=``) from the byte offset
+received so far, so that every byte of output arrives exactly once: see ``exec``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterable, Mapping
 from typing import IO, Any, Callable
 
-from twisted.internet import defer, protocol
+from twisted.internet import defer, protocol, task
 from twisted.python import failure
 from twisted.web import client, http
 
@@ -21,6 +26,11 @@ PROXY_HEADER = "X-Buildlet-Proxy"
 FRAMING_HEADER = "X-Buildlet-Framing"
 # Every answer of a coordinator carries it (leases.api): an answer without it is another server's.
 COORDINATOR_HEADER = "X-Buildlet-Coordinator"
+EXEC_ID_HEADER = "X-Buildlet-Exec-Id"
+EXEC_OFFSET_HEADER = "X-Buildlet-Exec-Offset"
+REATTACH_FOR = 60.0  # seconds a dropped exec is retried without progress (agents wait 120 s)
+FIRST_RETRY_DELAY = 0.05
+MAX_RETRY_DELAY = 2.0
 URL_HINT = "is this the coordinator's URL? it usually ends in /plugins/farm/coordinator"
 
 
@@ -73,14 +83,51 @@ class _Stream(protocol.Protocol):
             self.done.errback(reason)
 
 
-class CoordinatorClient:
-    """One user's view of a coordinator at ``url`` (HTTP Basic as ``user`` with ``key``)."""
+def _transient(error: CoordinatorRequestError) -> bool:
+    """Whether a failed re-attach is worth trying again: the coordinator was unreachable, busy,
+    or something in front of it (a load balancer's error page) answered instead."""
+    if isinstance(error, NotACoordinator):
+        return error.status >= 500
+    return error.status in (0, 503, 504)
 
-    def __init__(self, url: str, user: str, key: str, http_client: Any) -> None:
+
+class _ExecOutput:
+    """Decodes one exec's frames, counting the output bytes passed on (the re-attach offset)."""
+
+    def __init__(self, on_output: Callable[[bytes], object]) -> None:
+        self.on_output = on_output
+        self.offset = 0
+        self.decoder = FrameDecoder()
+
+    def restart(self, offset: int) -> None:
+        """A new stream starts at offset (a partial frame of the old one is dropped)."""
+        self.offset = offset
+        self.decoder = FrameDecoder()
+
+    def feed(self, data: bytes) -> None:
+        """Pass on the output in data."""
+        for chunk in self.decoder.feed(data):
+            self.offset += len(chunk)
+            self.on_output(chunk)
+
+
+class CoordinatorClient:
+    """One user's view of a coordinator at ``url`` (HTTP Basic as ``user`` with ``key``).
+
+    With a ``clock`` (the reactor), an exec whose connection drops is re-attached for up to
+    ``reattach_for`` seconds without progress; without one it fails as the connection does.
+    """
+
+    def __init__(
+        self, url: str, user: str, key: str, http_client: Any, clock: Any = None,
+        reattach_for: float = REATTACH_FOR,
+    ) -> None:
         self.url = url.rstrip("/")
         self.user = user
         self._auth = (user, key)
         self._http = http_client
+        self._clock = clock
+        self._reattach_for = reattach_for
 
     async def _request(
         self,
@@ -155,10 +202,14 @@ class CoordinatorClient:
         env: Mapping[str, str] | None = None,
         system: bool = True,
         on_output: Callable[[bytes], object] = lambda data: None,
+        on_notice: Callable[[str], object] = lambda text: None,
     ) -> ExitStatus:
         """Run ``command args...`` on the buildlet; stream its output to ``on_output``.
 
         With ``system`` the command is looked up on the buildlet's PATH (gomote's mode=sys).
+        A dropped connection is re-attached (see the class); ``on_notice`` hears of each
+        re-attach, and of output the buildlet no longer had (past its spool). Cancelling the
+        call kills the command (``POST /exec/kill``) rather than leaving it to the grace period.
         """
         form: list[tuple[str, str]] = [("cmd", command)]
         form += [("cmdArg", arg) for arg in args]
@@ -170,16 +221,72 @@ class CoordinatorClient:
         response = await self._request(
             "POST", "/exec", buildlet=name, headers={FRAMING_HEADER: "1"}, data=form
         )
-        decoder = FrameDecoder()
+        exec_id = response.headers.getRawHeaders(EXEC_ID_HEADER, [None])[0]
+        output = _ExecOutput(on_output)
+        try:
+            error = await self._follow(response, output)
+            deadline = self._deadline()
+            while output.decoder.status is None and exec_id and self._clock is not None:
+                offset = output.offset
+                why = "it ended before the exit status" if error is None else _reasons(error)
+                on_notice(f"the connection to {name} dropped ({why}); re-attaching to the "
+                          f"command at byte {offset}")
+                try:
+                    response = await self._attach(name, exec_id, offset, deadline)
+                except CoordinatorRequestError as e:
+                    on_notice(f"re-attaching to the command on {name} failed: {e}")
+                    break
+                start = int(response.headers.getRawHeaders(EXEC_OFFSET_HEADER, [offset])[0])
+                if start > offset:
+                    on_notice(f"{start - offset} bytes of the command's output were lost: "
+                              f"{name} keeps only its latest output for a re-attach")
+                output.restart(start)
+                error = await self._follow(response, output)
+                if output.offset > start:
+                    deadline = self._deadline()
+        except defer.CancelledError:
+            if exec_id:
+                with contextlib.suppress(CoordinatorRequestError):
+                    await self.kill_exec(name, exec_id)
+            raise
+        if output.decoder.status is None and error is not None:
+            raise error
+        return output.decoder.finish()
 
-        def received(data: bytes) -> None:
-            for chunk in decoder.feed(data):
-                on_output(chunk)
+    def _deadline(self) -> float:
+        return 0.0 if self._clock is None else self._clock.seconds() + self._reattach_for
 
-        stream = _Stream(received)
+    async def _follow(self, response: Any, output: _ExecOutput) -> Exception | None:
+        """Feed response's body to output; the error that cut it short, if one did."""
+        stream = _Stream(output.feed)
         response.deliverBody(stream)
-        await stream.done
-        return decoder.finish()
+        try:
+            await stream.done
+        except (client.ResponseFailed, client.ResponseNeverReceived) as e:
+            return e
+        return None
+
+    async def _attach(self, name: str, exec_id: str, offset: int, deadline: float) -> Any:
+        """``GET /exec/attach`` from offset, retrying transient failures until deadline."""
+        delay = FIRST_RETRY_DELAY
+        while True:
+            try:
+                return await self._request(
+                    "GET", "/exec/attach", buildlet=name, headers={FRAMING_HEADER: "1"},
+                    params={"id": exec_id, "offset": str(offset)},
+                )
+            except CoordinatorRequestError as e:
+                if not _transient(e) or self._clock.seconds() + delay > deadline:
+                    raise
+            await task.deferLater(self._clock, delay, lambda: None)
+            delay = min(delay * 2, MAX_RETRY_DELAY)
+
+    async def kill_exec(self, name: str, exec_id: str) -> bool:
+        """Kill the exec ``exec_id`` on the buildlet; False if it had already ended."""
+        answer = await self._json(
+            "POST", "/exec/kill", buildlet=name, params={"id": exec_id}
+        )
+        return bool(answer.get("killed"))
 
     async def put_tgz(self, name: str, archive: IO[bytes], directory: str = "") -> None:
         """Unpack a tar.gz (a file object, streamed) into ``directory`` of the work dir."""

@@ -12,7 +12,7 @@ import json
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet import defer, task
 from twisted.python import log
@@ -29,6 +29,10 @@ REVERSE = "reverse"
 # start (a container, an agent, its pre-started worker's imports) would otherwise take CPU
 # from the worker attaching to the buildlet just leased.
 REFILL_DELAY = 1.0
+# A lease in use is renewed (one database write) at most once per this many seconds, or per
+# a tenth of the idle timeout if that is shorter; while a proxied request to it is open (a
+# long exec), it is renewed that often too.
+RENEW_EVERY = 30.0
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,10 @@ class Coordinator:
         self._agents = agents
         self._create_lock = defer.DeferredLock()
         self._warming: set[defer.Deferred[Any]] = set()
+        self._topping_up: set[str] = set()
+        self.renew_every = min(RENEW_EVERY, self.policy.idle_timeout / 10)
+        self._renewed: dict[str, float] = {}
+        self._open: dict[str, tuple[int, task.LoopingCall]] = {}
 
     def _type(self, name: str) -> BuildletType:
         try:
@@ -258,12 +266,20 @@ class Coordinator:
         return result
 
     async def _top_up(self, buildlet_type: BuildletType) -> None:
-        while await self.table.count_idle(buildlet_type.name) < buildlet_type.warm:
-            try:
-                name = await self._reserve(buildlet_type, None)
-            except PoolFull:
-                return
-            await self._start(buildlet_type, name)
+        # One top-up per type at a time: two at once (a lease's refill and a release's) would
+        # each count the idle ones before the other's had started, and overshoot ``warm``.
+        if buildlet_type.name in self._topping_up:
+            return  # the running one checks the count again after each start
+        self._topping_up.add(buildlet_type.name)
+        try:
+            while await self.table.count_idle(buildlet_type.name) < buildlet_type.warm:
+                try:
+                    name = await self._reserve(buildlet_type, None)
+                except PoolFull:
+                    return
+                await self._start(buildlet_type, name)
+        finally:
+            self._topping_up.discard(buildlet_type.name)
 
     async def wait_until_warm(self) -> None:
         """Wait for background warming in progress (tests and benchmarks use it)."""
@@ -285,14 +301,52 @@ class Coordinator:
         if lease.expires_at is not None and lease.expires_at <= now:
             await self.destroy(name)
             raise NoSuchBuildlet(f"the lease on {name} expired; create a new buildlet")
-        await self.table.renew(name, now)
+        await self.renew(name)
         return lease
+
+    async def renew(self, name: str) -> None:
+        """Renew ``name``'s lease, unless this coordinator did less than ``renew_every`` ago
+        (so that a busy lease costs one database write per ``renew_every``, not per request)."""
+        now = self._clock.seconds()
+        if now < self._renewed.get(name, float("-inf")) + self.renew_every * 0.99:
+            return
+        self._renewed[name] = now
+        await self.table.renew(name, now)
+
+    def hold(self, name: str) -> Callable[[], None]:
+        """Keep ``name``'s lease renewed while a proxied request to it is open (a long exec is
+        use, however quiet); call the function returned once the request has ended."""
+        count, loop = self._open.get(name, (0, None))
+        if loop is None:
+            loop = task.LoopingCall(lambda: defer.ensureDeferred(self.renew(name)))
+            loop.clock = self._clock
+            loop.start(self.renew_every, now=False).addErrback(
+                log.err, f"coordinator: renewing {name} while in use failed")
+        self._open[name] = (count + 1, loop)
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
+            entry = self._open.pop(name, None)
+            if entry is None:
+                return  # the coordinator stopped
+            left, running = entry
+            if left > 1:
+                self._open[name] = (left - 1, running)
+            elif running.running:
+                running.stop()
+
+        return release
 
     async def destroy(self, name: str) -> bool:
         """Destroy buildlet ``name`` once; False when it was already gone or being destroyed."""
         lease = await self.table.get(name)
         if lease is None or not await self.table.mark_halting(name):
             return False
+        self._renewed.pop(name, None)
         await self._forget(lease)
         self.fill_warm_pools()
         return True
@@ -313,5 +367,10 @@ class Coordinator:
         return gone
 
     async def stop(self) -> None:
-        """Stop warming; leave every buildlet running for the next start to re-adopt."""
+        """Stop warming and renewing; leave every buildlet running for the next start to
+        re-adopt."""
+        for _, loop in self._open.values():
+            if loop.running:
+                loop.stop()
+        self._open.clear()
         await self.wait_until_warm()

@@ -68,8 +68,12 @@ async def _run(client: CoordinatorClient, args: argparse.Namespace) -> int:
         out.write(data)
         out.flush()
 
+    def notice(text: str) -> None:
+        print(f"buildbot-farm: {text}", file=sys.stderr, flush=True)
+
     status = await client.exec(
-        args.name, args.cmd, args.args, directory=args.dir, env=env, on_output=write
+        args.name, args.cmd, args.args, directory=args.dir, env=env, on_output=write,
+        on_notice=notice,
     )
     if status.exit_code is None:
         print(f"buildbot-farm: the remote command did not exit normally: {status.state}",
@@ -231,8 +235,13 @@ def _react(action: LeaseAction, client: CoordinatorClient, args: argparse.Namesp
 
     def start(reactor: Any) -> defer.Deferred[None]:
         finished = defer.ensureDeferred(main())
+
+        def interrupted() -> defer.Deferred[None]:
+            finished.cancel()
+            return finished  # the reactor waits for the cleanups (e.g. killing a remote exec)
+
         # On Ctrl-C the reactor stops: cancel the command so that its cleanups still run.
-        reactor.addSystemEventTrigger("before", "shutdown", finished.cancel)
+        reactor.addSystemEventTrigger("before", "shutdown", interrupted)
         return finished
 
     with contextlib.suppress(SystemExit):  # react always exits; the code that counts is ours
@@ -250,7 +259,9 @@ def _lease_command(args: argparse.Namespace) -> int:
         settings = load_settings(args.config, os.environ)
     except LeaseSettingsError as e:
         return _fail(str(e))
-    client = CoordinatorClient(settings.url, settings.user, settings.key, http_client(reactor))
+    client = CoordinatorClient(
+        settings.url, settings.user, settings.key, http_client(reactor), clock=reactor
+    )
     return _react(args.lease_action, client, args)
 
 

@@ -3,7 +3,8 @@
 The request body is what twisted.web has already spooled (memory under 100 KiB, a temporary
 file above); it is streamed to the agent from there. The answer is streamed to the client
 as the agent produces it, with flow control both ways: a slow client pauses the agent
-connection, and a client that goes away closes it (which stops the agent's command).
+connection, and a client that goes away closes it (the agent's command then waits for the
+client to re-attach, for the agent's grace period).
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ class _Relay(protocol.Protocol):
             self._request.write(data)
 
     def connectionLost(self, reason: failure.Failure = protocol.connectionDone) -> None:
-        self._request.unregisterProducer()
+        if self._request.channel is not None:  # None once the client has gone
+            self._request.unregisterProducer()
         if reason.check(client.ResponseDone, http.PotentialDataLoss):
             self._done.callback(None)
         else:

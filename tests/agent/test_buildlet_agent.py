@@ -111,6 +111,10 @@ class FrameReader:
         self._response = response
         self._buffer = b""
 
+    def header(self, name: str) -> str | None:
+        """A header of the response the frames come in."""
+        return self._response.getheader(name)
+
     def next(self) -> tuple[bytes, bytes]:
         """Return the next frame's type and payload."""
         header = self._take(5)
@@ -230,18 +234,25 @@ def make_tgz(*members: tuple[tarfile.TarInfo, bytes]) -> bytes:
 def raw_exec(agent: RunningAgent, fields: list[tuple[str, str]]) -> tuple[bytes, bytes, bytes]:
     """POST /exec on a bare socket; return the response head, the de-chunked body and trailers."""
     body = urllib.parse.urlencode(fields).encode()
-    request = (f"POST /exec HTTP/1.1\r\nHost: agent\r\nX-Buildlet-Secret: {SECRET}\r\n"
-               f"Content-Type: {FORM}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+    head = (f"POST /exec HTTP/1.1\r\nHost: agent\r\nContent-Type: {FORM}\r\n"
+            f"Content-Length: {len(body)}\r\n")
+    return raw_request(agent, head, body)
+
+
+def raw_request(agent: RunningAgent, head: str, body: bytes = b"") -> tuple[bytes, bytes, bytes]:
+    """Send head (request line and headers) and body on a bare socket with the secret; return
+    the response head, the de-chunked body and the trailers."""
+    request = f"{head}X-Buildlet-Secret: {SECRET}\r\nConnection: close\r\n\r\n"
     with socket.create_connection((agent.host, agent.port), timeout=30) as sock:
         sock.sendall(request.encode() + body)
         received = b"".join(iter(lambda: sock.recv(65536), b""))
-    head, _, rest = received.partition(b"\r\n\r\n")
+    head_bytes, _, rest = received.partition(b"\r\n\r\n")
     output = b""
     while True:
         size_line, _, rest = rest.partition(b"\r\n")
         size = int(size_line, 16)
         if size == 0:
-            return head, output, rest
+            return head_bytes, output, rest
         output += rest[:size]
         assert rest[size:size + 2] == b"\r\n"
         rest = rest[size + 2:]
@@ -360,20 +371,146 @@ def test_exec_without_cmd_is_a_bad_request(agent: RunningAgent) -> None:
     assert agent.post_form("/exec", [("cmd", "true"), ("env", "NOEQUALS")])[0] == 400
 
 
-def test_client_disconnect_kills_the_command_process_group(agent: RunningAgent) -> None:
-    """When the client hangs up mid-exec, the command and what it started are killed."""
+def test_client_disconnect_kills_the_command_after_the_grace_period(tmp_path: Path) -> None:
+    """A command whose client hangs up and never comes back is killed, with what it started,
+    once --exec-grace has passed, and its status says why."""
+    agent = start_agent(tmp_path, "--exec-grace", "1")
+    try:
+        conn, frames = agent.start_exec([("cmd", "sh"), ("cmdArg", "-c"),
+                                         ("cmdArg", "sleep 60 & echo $!; wait")])
+        exec_id = frames.header("X-Buildlet-Exec-Id")
+        kind, payload = frames.next()
+        pid = int(payload)
+        assert kind == b"o"
+        conn.close()
+        time.sleep(0.5)
+        assert process_alive(pid)
+        assert wait_until_gone(pid)
+        deadline = time.monotonic() + 5
+        while agent.json("GET", "/status")[1]["running"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        conn, frames = attach(agent, f"id={exec_id}&offset={len(payload)}")
+        assert frames.rest() == (b"", {"exit_code": None, "signal": "SIGKILL", "state":
+                                       "signal: SIGKILL (no client re-attached within 1 s)"})
+        conn.close()
+    finally:
+        assert agent.stop() == 0
+
+
+def attach(agent: RunningAgent, query: str) -> tuple[http.client.HTTPConnection, FrameReader]:
+    """GET /exec/attach?QUERY framed; return the open connection and a reader for its frames."""
+    conn = agent.connect()
+    conn.request("GET", f"/exec/attach?{query}",
+                 headers={"X-Buildlet-Secret": SECRET, "X-Buildlet-Framing": "1"})
+    response = conn.getresponse()
+    assert response.status == 200, response.read()
+    return conn, FrameReader(response)
+
+
+COUNTING = "for i in $(seq 1 300); do echo line $i; sleep 0.005; done; exit 3"
+COUNTED = b"".join(b"line %d\n" % i for i in range(1, 301))
+
+
+def test_a_dropped_exec_is_reattached_by_id_for_every_byte_once(agent: RunningAgent) -> None:
+    """A client that drops its connection mid-output re-attaches by id from the byte offset
+    it had, and gets the rest of the output and the exit status, each byte exactly once."""
+    conn, frames = agent.start_exec([("cmd", "sh"), ("cmdArg", "-c"), ("cmdArg", COUNTING)])
+    exec_id = frames.header("X-Buildlet-Exec-Id")
+    assert exec_id
+    assert frames.header("X-Buildlet-Exec-Offset") == "0"
+    received = b""
+    while len(received) < 200:
+        kind, payload = frames.next()
+        assert kind == b"o"
+        received += payload
+    conn.sock.shutdown(socket.SHUT_RDWR)  # cut mid-output, unread frames and all
+    conn.close()
+    conn, frames = attach(agent, f"id={exec_id}&offset={len(received)}")
+    assert frames.header("X-Buildlet-Exec-Offset") == str(len(received))
+    rest, result = frames.rest()
+    conn.close()
+    assert received + rest == COUNTED
+    assert result == {"exit_code": 3, "signal": None, "state": "exit status 3"}
+
+
+def test_attach_after_the_end_gives_the_rest_with_a_trailer_or_frames(agent: RunningAgent) -> None:
+    """An exec that ended while no client was there is read back from any offset, plain (with
+    the Process-State trailer) or framed, as often as asked."""
+    conn, frames = agent.start_exec([("cmd", "sh"), ("cmdArg", "-c"),
+                                     ("cmdArg", "sleep 0.3; echo one; echo two; exit 4")])
+    exec_id = frames.header("X-Buildlet-Exec-Id")
+    conn.close()
+    time.sleep(1.0)
+    body = f"GET /exec/attach?id={exec_id}&offset=4 HTTP/1.1\r\nHost: agent\r\n"
+    head, output, trailers = raw_request(agent, body)
+    assert head.startswith(b"HTTP/1.1 200")
+    assert b"\r\nTrailer: Process-State" in head
+    assert b"\r\nX-Buildlet-Exec-Offset: 4\r\n" in head + b"\r\n"
+    assert (output, trailers) == (b"two\n", b"Process-State: exit status 4\r\n\r\n")
+    for _ in range(2):
+        conn, frames = attach(agent, f"id={exec_id}")
+        assert frames.rest() == (b"one\ntwo\n", {"exit_code": 4, "signal": None,
+                                                  "state": "exit status 4"})
+        conn.close()
+
+
+def test_attach_refuses_unknown_ids_and_offsets_past_the_output(agent: RunningAgent) -> None:
+    """An id the agent does not know is 404 and an offset past the output so far is 400."""
+    status, error = agent.json("GET", "/exec/attach?id=nope")
+    assert status == 404
+    assert "'nope'" in error["error"]
+    conn, frames = agent.start_exec([("cmd", "echo"), ("cmdArg", "hi")])
+    exec_id = frames.header("X-Buildlet-Exec-Id")
+    frames.rest()
+    conn.close()
+    status, error = agent.json("GET", f"/exec/attach?id={exec_id}&offset=4")
+    assert status == 400
+    assert "offset 4" in error["error"]
+    assert agent.json("POST", "/exec/kill?id=nope")[0] == 404
+
+
+def test_exec_kill_ends_a_detached_command(agent: RunningAgent) -> None:
+    """POST /exec/kill kills a running exec's process group at once, client or not."""
     conn, frames = agent.start_exec([("cmd", "sh"), ("cmdArg", "-c"),
                                      ("cmdArg", "sleep 60 & echo $!; wait")])
-    kind, payload = frames.next()
-    pid = int(payload)
-    assert kind == b"o"
-    assert process_alive(pid)
+    exec_id = frames.header("X-Buildlet-Exec-Id")
+    pid_line = frames.next()[1]
+    pid = int(pid_line)
     conn.close()
+    assert agent.json("POST", f"/exec/kill?id={exec_id}") == (200, {"id": exec_id,
+                                                                    "killed": True})
     assert wait_until_gone(pid)
-    deadline = time.monotonic() + 5
-    while agent.json("GET", "/status")[1]["running"]:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    conn, frames = attach(agent, f"id={exec_id}")
+    assert frames.rest() == (pid_line, {"exit_code": None, "signal": "SIGKILL",
+                                        "state": "signal: SIGKILL (killed by /exec/kill)"})
+    conn.close()
+    assert agent.json("POST", f"/exec/kill?id={exec_id}")[1]["killed"] is False
+
+
+def test_the_spool_keeps_the_latest_output_and_waits_for_a_slow_client(tmp_path: Path) -> None:
+    """Past --exec-spool bytes a detached exec keeps only its latest output (the attach says
+    where it starts), while an attached client, however slow, loses nothing."""
+    agent = start_agent(tmp_path, "--exec-spool", "1000")
+    script = "for i in $(seq 1000 1999); do echo $i; done"
+    everything = b"".join(b"%d\n" % i for i in range(1000, 2000))
+    try:
+        conn, frames = agent.start_exec([("cmd", "sh"), ("cmdArg", "-c"), ("cmdArg", script)])
+        exec_id = frames.header("X-Buildlet-Exec-Id")
+        received = b""
+        while len(received) < 3000:
+            received += frames.next()[1]
+            time.sleep(0.01)  # slower than the command
+        conn.close()
+        assert received == everything[:len(received)]
+        time.sleep(1.0)
+        conn, frames = attach(agent, "id=" + exec_id)
+        assert frames.header("X-Buildlet-Exec-Offset") == str(len(everything) - 1000)
+        assert frames.rest() == (everything[-1000:], {"exit_code": 0, "signal": None,
+                                                      "state": "ok"})
+        conn.close()
+    finally:
+        assert agent.stop() == 0
 
 
 def test_writetgz_then_tgz_round_trips_a_tree(agent: RunningAgent) -> None:

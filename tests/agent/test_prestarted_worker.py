@@ -149,14 +149,17 @@ def test_halt_kills_the_worker_a_prestarted_process_became(prestarting: RunningA
 
 
 def test_ending_the_exec_ends_the_handed_off_worker(prestarting: RunningAgent) -> None:
-    """When the exec's client hangs up, the worker in the pre-started process dies with it."""
+    """When the exec ends (here its client hangs up and it is killed, as the grace period
+    would), the worker in the pre-started process dies with it."""
     [prestarted] = children(prestarting.proc.pid)
     conn, frames = prestarting.start_exec([
         ("cmd", AGENT_PYTHON), ("cmdArg", "-c"), ("cmdArg", handoff_script(SLEEPER))])
+    exec_id = frames.header("X-Buildlet-Exec-Id")
     output = b""
     while b"worker up" not in output:
         output += frames.next()[1]
     conn.close()
+    assert prestarting.json("POST", f"/exec/kill?id={exec_id}")[1]["killed"] is True
     assert wait_until_gone(prestarted)
 
 

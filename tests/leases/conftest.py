@@ -43,7 +43,9 @@ class RunningCoordinator:
     clients: list[CoordinatorClient] = field(default_factory=list)
 
     def client(self, user: str = "user-alice") -> CoordinatorClient:
-        return CoordinatorClient(self.url, user, keys.user_key(SECRET, user), plain_http())
+        return CoordinatorClient(
+            self.url, user, keys.user_key(SECRET, user), plain_http(), clock=reactor
+        )
 
     async def shutdown(self) -> None:
         await self.port.stopListening()
