@@ -26,7 +26,12 @@ from twisted.internet import task, threads
 from twisted.python import log
 
 from buildbot_farm.agent import AGENT_PATH
-from buildbot_farm.leases.providers.base import BuildletProvider, ProviderError, StartedBuildlet
+from buildbot_farm.leases.providers.base import (
+    AGENT_START_DEADLINE,
+    BuildletProvider,
+    ProviderError,
+    StartedBuildlet,
+)
 
 BUILDLET_LABEL = "buildbot_farm.buildlet"
 INSTANCE_LABEL = "buildbot_farm.provider"
@@ -122,6 +127,8 @@ class DockerProvider(BuildletProvider):
                 network_mode="host",
                 # docker-init as PID 1 reaps the orphans builds leave; the agent would not.
                 init=True,
+                # An agent that halts itself at its deadline takes its container with it.
+                auto_remove=True,
                 **self._limits,
             )
             try:
@@ -133,6 +140,7 @@ class DockerProvider(BuildletProvider):
                         "--listen", "127.0.0.1:0",
                         "--workdir", f"{HOME}/work",
                         "--secret-file", f"{HOME}/secret",
+                        "--deadline", str(AGENT_START_DEADLINE),
                         *self._agent_arguments,
                     ],
                     user="0:0",
@@ -177,8 +185,11 @@ class DockerProvider(BuildletProvider):
         """Whether the container runs, and its log so far (complete if it stopped) (blocking)."""
         api = self._api()
         with self._engine_errors(f"cannot read the state of container {container[:12]}"):
-            running = bool(api.inspect_container(container)["State"]["Running"])
-            output = api.logs(container, stdout=True, stderr=True)
+            try:
+                running = bool(api.inspect_container(container)["State"]["Running"])
+                output = api.logs(container, stdout=True, stderr=True)
+            except NotFound:  # it exited, and the engine removed it (auto_remove)
+                return False, "(the container exited and was removed)"
         return running, output.decode(errors="replace")
 
     async def destroy(self, handle: str) -> None:
