@@ -55,7 +55,8 @@ async def test_sweeps_keep_agents_alive_and_without_them_the_agents_halt(
         await alice.status(name)  # the lessee's use renews the lease
         await sleep(0.5)
     pids = agent_pids(running)
-    assert len(pids) == 2 and all(alive(pid) for pid in pids.values())
+    assert len(pids) == 2
+    assert all(alive(pid) for pid in pids.values())
     command = int(pid_file.read_text())
 
     await running.port.stopListening()  # the coordinator never comes back: no more sweeps
