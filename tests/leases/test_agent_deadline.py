@@ -1,5 +1,5 @@
-"""Agents that outlive their coordinator halt themselves; a coordinator stopping for good
-halts them; the sweep keeps the live ones alive."""
+"""Agents that outlive their coordinator halt themselves, the sweep keeps live ones alive,
+and a coordinator stopping for good (on_stop="halt", buildbot-farm reap) halts them."""
 
 from __future__ import annotations
 
@@ -7,10 +7,14 @@ import json
 import time
 from pathlib import Path
 
+import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor, task
 
+from buildbot_farm.leases.config import FarmCoordinator
 from buildbot_farm.leases.lease import ExpiryPolicy
+from buildbot_farm.leases.reap import ReapError, reap
+from buildbot_farm.leases.table import LeaseTable
 from tests.leases.conftest import RunningCoordinator, StartCoordinator, plain_http
 
 
@@ -111,3 +115,37 @@ async def test_the_coordinator_sets_each_agents_deadline(
         seconds = json.loads(await answer.content())["seconds"]
         expected = 120 if buildlet.name == lease.name else 20
         assert expected - 5 < seconds <= expected, (buildlet.name, seconds)
+
+
+def test_on_stop_must_be_keep_or_halt() -> None:
+    """FarmCoordinator refuses an on_stop other than keep or halt, naming both."""
+    secret = "on-stop-test-secret"
+    assert FarmCoordinator(secret=secret).problems() == []
+    assert FarmCoordinator(secret=secret, on_stop="halt").problems() == []
+    [problem] = FarmCoordinator(secret=secret, on_stop="reap").problems()
+    assert "on_stop must be 'keep'" in problem
+    assert "'halt'" in problem
+    assert FarmCoordinator(secret=secret, sweep_interval=10).agent_grace == 25
+
+
+@pytest_twisted.ensureDeferred
+async def test_reap_wants_a_name_when_several_coordinators_share_the_database(
+    start_coordinator: StartCoordinator,
+) -> None:
+    """Reap refuses to guess between coordinators, and with a name reaps only that one's."""
+    running = await start_coordinator()
+    name = (await running.client().create("local"))["Name"]
+    pid = agent_pids(running)[name]
+    other = LeaseTable(running.database, "other-master", ExpiryPolicy())
+    await other.add_starting("x-local-0", "local", "process", "user-x", 0.0)
+    await running.port.stopListening()
+    await running.coordinator.stop()
+
+    with pytest.raises(ReapError, match="coordinator, other-master"):
+        await reap(running.database, reactor, None, None)
+    assert await reap(running.database, reactor, "coordinator", None) == [
+        f"reaped {name} (leased)"
+    ]
+    assert not alive(pid)
+    assert list(running.provider.root.iterdir()) == []
+    assert [lease.name for lease in await other.all()] == ["x-local-0"]
