@@ -25,13 +25,10 @@ from typing import Any
 from buildbot import config
 from buildbot.worker.latent import AbstractLatentWorker
 from twisted.internet import defer, task
-from twisted.internet.error import ConnectionLost
 from twisted.python import failure, log
-from twisted.web.client import ResponseFailed
 
 from buildbot_farm.leases import keys
 from buildbot_farm.leases.client import CoordinatorClient, CoordinatorRequestError
-from buildbot_farm.leases.frames import FrameError
 from buildbot_farm.leases.preemption import PREEMPTED_PROPERTY, preemption_notice
 from buildbot_farm.leases.worker_handoff import LOG_PREFIX, handoff_script
 from buildbot_farm.secret_values import SecretRenderer
@@ -282,12 +279,12 @@ class FarmLatentWorker(AbstractLatentWorker):
         """Log how the worker's exec ended.
 
         Releasing the buildlet halts its agent while the exec's framed stream is still open,
-        so that stream ends without its exit status (FrameError) or with the connection cut:
-        after a release that is how the worker is meant to end, not an error.
+        so that stream ends without its exit status (FrameError), with the connection cut,
+        or (a client that re-attaches) with the buildlet gone: after a release, that is how
+        the worker is meant to end, not an error.
         """
-        released = name != self._buildlet
         if isinstance(result, failure.Failure):
-            if released and result.check(FrameError, ResponseFailed, ConnectionLost):
+            if name != self._buildlet:
                 log.msg(f"FarmLatentWorker {self.name}: the worker on {name} ended with the"
                         " release of its buildlet")
                 return
