@@ -19,6 +19,7 @@ from buildbot_farm.example import (
 from buildbot_farm.images import add_image_command
 from buildbot_farm.leases.host_agent import add_agent_command
 from buildbot_farm.leases.lease_cli import add_lease_commands
+from buildbot_farm.leases.reap import add_reap_command
 from buildbot_farm.leases.standalone import add_coordinator_command
 from buildbot_farm.master_api import add_force_command
 from buildbot_farm.records.verify_cli import add_verify_command
@@ -188,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_image_command(commands)
     add_agent_command(commands)
     add_lease_commands(commands)
+    add_reap_command(commands)
     add_verify_command(commands)
     return parser
 

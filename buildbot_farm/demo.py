@@ -130,9 +130,13 @@ class LocalFarm(MasterAPI):
 
     def start(self) -> None:
         """Start the master (waits until it runs) and the worker."""
-        self._run([self._bin / "buildbot", "start", str(self.master_dir)], log=self.master_log)
+        self.start_master()
         self._run([self._bin / "buildbot-worker", "start", str(self.worker_dir)])
         print(f"demo: master and worker started; web UI at {self.web_url}")
+
+    def start_master(self) -> None:
+        """Start the master alone (waits until it runs), e.g. again after it was killed."""
+        self._run([self._bin / "buildbot", "start", str(self.master_dir)], log=self.master_log)
 
     def stop(self) -> None:
         """Stop the worker and the master, then the buildlets they leave for a restart.

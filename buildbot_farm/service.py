@@ -250,6 +250,7 @@ class FarmService(service.BuildbotService):
             agents,
             wanted.policy,
             name=self.master.name,
+            agent_grace=wanted.agent_grace,
         )
         await coordinator.start()
         self.coordinator = coordinator
@@ -258,6 +259,15 @@ class FarmService(service.BuildbotService):
             CoordinatorResource(coordinator, wanted.secret.encode(), http_client(reactor)),
         )
         self.add_periodic("lease-sweeper", wanted.sweep_interval, coordinator.sweep)
+
+    async def _stop_coordinator(self, coordinator: Coordinator) -> None:
+        """Stop the coordinator; with ``on_stop="halt"`` destroy its buildlets too."""
+        wanted = self.settings.coordinator if self.settings is not None else None
+        if wanted is None or wanted.on_stop != "halt":
+            await coordinator.stop()
+            return
+        halted = await coordinator.halt_all()
+        log.msg(f"farm: stopping halted the buildlets {', '.join(halted) or '(none)'}")
 
     async def _open_database(self, settings: FarmSettings) -> None:
         try:
@@ -337,7 +347,7 @@ class FarmService(service.BuildbotService):
         for periodic in self._periodic.values():
             await periodic.stop()
         if self.coordinator is not None:
-            await self.coordinator.stop()
+            await self._stop_coordinator(self.coordinator)
         await self.artifacts.stop()
         await self.on_demand.stop()
         await self.records.stop()

@@ -45,6 +45,13 @@ With ``--prestart-worker PYTHON`` the agent keeps a PYTHON process that has alre
 buildbot-worker, waiting on a unix socket (``FARM_PRESTARTED_WORKER`` in every exec's
 environment) to be handed a worker's configuration; ``/status`` says ``prestarted_worker``.
 It dies with the agent.
+
+Every agent can enforce its own lease deadline: ``POST /deadline`` (form ``seconds``) says
+the agent must be renewed within that many seconds (``GET /deadline`` tells what is left,
+``{"seconds": null}`` when there is none); ``--deadline SECONDS`` sets the first one. A
+coordinator renews it while it holds the buildlet. When it passes, the agent halts itself
+and removes what it made: its running commands, its pre-started worker, its work directory
+and each ``--owned-path``. So a coordinator that never comes back leaves nothing running.
 """
 
 from __future__ import annotations
@@ -1233,6 +1240,21 @@ class BuildletHandler(http.server.BaseHTTPRequestHandler):
                 self.wfile.write(block)
                 left -= len(block)
 
+    def handle_deadline(self) -> None:
+        """GET /deadline: seconds left before the agent halts itself; POST: set them (form
+        ``seconds``)."""
+        if self.command == "POST":
+            text = single(self._read_form(), "seconds")
+            try:
+                seconds = float(text)
+            except ValueError:
+                seconds = -1.0
+            if not 0 < seconds <= MAX_DEADLINE:
+                raise AgentError(400, f"seconds {text!r} must be a number of seconds > 0 and "
+                                      f"<= {MAX_DEADLINE:g}")
+            self.server.deadline.set(seconds)
+        self._send_json(200, {"seconds": self.server.deadline.remaining()})
+
     def handle_halt(self) -> None:
         """POST /halt: answer, then kill running commands and exit."""
         self._send_json(200, {"halted": True})
@@ -1251,6 +1273,7 @@ class BuildletHandler(http.server.BaseHTTPRequestHandler):
         "/write": {"PUT": handle_write},
         "/read": {"GET": handle_read},
         "/halt": {"POST": handle_halt},
+        "/deadline": {"GET": handle_deadline, "POST": handle_deadline},
     }
 
 
@@ -1268,6 +1291,7 @@ class BuildletServer(http.server.ThreadingHTTPServer):
         self.started = time.monotonic()
         self.preemption: PreemptionWatch | None = None
         self.prestarted: PrestartedWorker | None = None
+        self.deadline = LeaseDeadline(self.stop_soon, [workdir.root])
         super().__init__(address, BuildletHandler)
 
     def server_bind(self) -> None:
@@ -1394,6 +1418,66 @@ class PrestartedWorker:
             kill_group(self._proc)
             self._proc.wait()
         shutil.rmtree(self._dir, ignore_errors=True)
+
+
+# --- Lease deadline --------------------------------------------------------------------------
+
+MAX_DEADLINE = 366 * 24 * 3600.0
+
+
+class LeaseDeadline:
+    """The moment the agent halts itself unless someone sets a new deadline first.
+
+    A daemon thread waits for it; when it passes, ``expired`` is set and ``on_expiry`` called
+    (the agent stops serving). ``remove_owned`` then deletes ``owned`` (its work directory
+    and the provider's paths), once the commands are killed.
+    """
+
+    def __init__(self, on_expiry: Callable[[], object], owned: list[str],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.owned = owned
+        self.expired = False
+        self._on_expiry = on_expiry
+        self._clock = clock
+        self._at: float | None = None
+        self._lock = threading.Lock()
+        self._changed = threading.Event()
+
+    def set(self, seconds: float) -> None:
+        """Halt ``seconds`` from now unless set again before."""
+        with self._lock:
+            self._at = self._clock() + seconds
+        self._changed.set()
+
+    def remaining(self) -> float | None:
+        """Seconds left (rounded to ms), or None when there is no deadline."""
+        with self._lock:
+            return None if self._at is None else round(max(self._at - self._clock(), 0.0), 3)
+
+    def start(self) -> None:
+        """Start waiting in a daemon thread."""
+        threading.Thread(target=self._run, name="lease-deadline", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            left = self.remaining()
+            if left is not None and left <= 0:
+                break
+            self._changed.wait(left)
+            self._changed.clear()
+        self.expired = True
+        print("buildlet_agent: no coordinator renewed the lease by its deadline; halting and "
+              f"removing {', '.join(self.owned)}", file=sys.stderr, flush=True)
+        self._on_expiry()
+
+    def remove_owned(self) -> None:
+        """Delete the owned paths (files or trees); quiet about ones already gone."""
+        for path in self.owned:
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
 
 
 # --- Preemption ------------------------------------------------------------------------------
@@ -1695,10 +1779,18 @@ def start(argv: list[str] | None) -> tuple[BuildletServer, str | None]:
     parser.add_argument("--exec-spool", type=int, default=EXEC_SPOOL, metavar="BYTES",
                         help="how much of each exec's latest output is kept for a re-attach "
                              f"(default {EXEC_SPOOL}); older output is dropped")
+    parser.add_argument("--deadline", type=float, metavar="SECONDS",
+                        help="halt and remove the workdir unless a coordinator sets a new "
+                             "deadline (POST /deadline) within SECONDS; default: none until set")
+    parser.add_argument("--owned-path", action="append", default=[], metavar="PATH",
+                        help="also remove PATH when the agent halts at its deadline (repeatable)")
     args = parser.parse_args(argv)
     if args.exec_grace < 0 or args.exec_keep < 0 or args.exec_spool < 1:
         raise SetupError("--exec-grace and --exec-keep must be >= 0 seconds and --exec-spool "
                          ">= 1 byte")
+    if args.deadline is not None and not 0 < args.deadline <= MAX_DEADLINE:
+        raise SetupError(f"--deadline must be > 0 and <= {MAX_DEADLINE:g} seconds, "
+                         f"not {args.deadline:g}")
     address = parse_listen(args.listen)
     key = load_secret(args.secret_file, args.secret_env)
     watch = make_watch(args.preemption, args.preemption_url, args.preemption_signal,
@@ -1707,6 +1799,9 @@ def start(argv: list[str] | None) -> tuple[BuildletServer, str | None]:
     server = BuildletServer(address, Workdir(args.workdir), key)
     server.execs = ExecRegistry(args.exec_grace, args.exec_keep, args.exec_spool)
     server.preemption = watch
+    server.deadline.owned += [os.path.abspath(path) for path in args.owned_path]
+    if args.deadline is not None:
+        server.deadline.set(args.deadline)
     if args.prestart_worker:
         server.prestarted = PrestartedWorker(args.prestart_worker)
         try:
@@ -1738,6 +1833,7 @@ def main(argv: list[str] | None = None) -> int:
             server.prestarted.stop()
         server.server_close()
         return 2
+    server.deadline.start()
     try:
         server.serve_forever(poll_interval=POLL_INTERVAL)
     finally:
@@ -1747,6 +1843,8 @@ def main(argv: list[str] | None = None) -> int:
         if server.prestarted is not None:
             server.prestarted.stop()
         server.server_close()
+        if server.deadline.expired:
+            server.deadline.remove_owned()
     return 0
 
 

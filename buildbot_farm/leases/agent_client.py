@@ -1,4 +1,4 @@
-"""``AgentClient``: the coordinator's direct line to buildlet agents (status, halt)."""
+"""``AgentClient``: the coordinator's direct line to buildlet agents (status, deadline, halt)."""
 
 from __future__ import annotations
 
@@ -34,6 +34,22 @@ class AgentClient:
         if response.code != 200:
             raise AgentError(f"agent at {url} answered {response.code}: {body[:200]!r}")
         return dict(json.loads(body))
+
+    async def set_deadline(self, url: str, secret: str, seconds: float) -> None:
+        """The agent's ``POST /deadline``: it halts itself unless renewed within ``seconds``."""
+        try:
+            response = await self._http.post(
+                url.rstrip("/") + "/deadline",
+                headers={SECRET_HEADER: secret},
+                data={"seconds": f"{seconds:.3f}"},
+                timeout=self._timeout,
+            )
+            body = await response.content()
+        except Exception as e:
+            raise AgentError(f"agent at {url} did not answer /deadline: {e}") from e
+        if response.code != 200:
+            raise AgentError(f"agent at {url} refused /deadline with {response.code}: "
+                             f"{body[:200]!r}")
 
     async def halt(self, url: str, secret: str) -> None:
         """The agent's ``POST /halt``: it answers, then exits."""

@@ -22,6 +22,7 @@ from buildbot_farm.leases.providers.reverse import ReverseProvider
 from buildbot_farm.secret_values import SecretRenderer, literal_problem
 
 PROVIDERS = ("process", "docker", "reverse")
+ON_STOP = ("keep", "halt")
 MIN_SECRET_LENGTH = 16
 
 
@@ -86,7 +87,10 @@ class FarmCoordinator:
     of at least 16 characters, or a secret rendered with the master's secret providers at
     (re)config (``util.Secret("farm-coordinator-secret")``, ``util.Interpolate(...)``).
     Leases end ``idle_timeout`` seconds after their last use or ``max_lifetime`` after they
-    began; expired ones are swept every ``sweep_interval`` seconds.
+    began; expired ones are swept every ``sweep_interval`` seconds. ``on_stop`` says what
+    stopping the master does to the buildlets: ``"keep"`` (the default) leaves them running
+    for the next start to re-adopt (each agent halts itself ``agent_grace`` seconds after its
+    lease's expiry if none does), ``"halt"`` destroys them all.
     """
 
     secret: Any = field(repr=False)
@@ -94,6 +98,7 @@ class FarmCoordinator:
     idle_timeout: float = 30 * 60
     max_lifetime: float = 12 * 60 * 60
     sweep_interval: float = 30.0
+    on_stop: str = "keep"
 
     def problems(self) -> list[str]:
         """What is wrong with this coordinator, each naming its argument."""
@@ -114,12 +119,23 @@ class FarmCoordinator:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
                 found.append(f"FarmCoordinator: {name} must be a number of seconds > 0")
+        if self.on_stop not in ON_STOP:
+            found.append(
+                f"FarmCoordinator: on_stop must be 'keep' (leave the buildlets for the next "
+                f"start) or 'halt' (destroy them), not {self.on_stop!r}"
+            )
         return found
 
     async def with_secrets(self, secrets: SecretRenderer) -> FarmCoordinator:
         """This coordinator with its secret rendered (see ``buildbot_farm.secret_values``)."""
         secret = await secrets.text(self.secret, "FarmCoordinator: secret", MIN_SECRET_LENGTH)
         return dataclasses.replace(self, secret=secret)
+
+    @property
+    def agent_grace(self) -> float:
+        """Seconds an agent outlives its lease's expiry unrenewed: twice the time between
+        sweeps (which renew it) and 5 s more, so that no late sweep lets one halt itself."""
+        return 2 * self.sweep_interval + 5
 
     @property
     def policy(self) -> ExpiryPolicy:

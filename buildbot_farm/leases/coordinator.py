@@ -4,6 +4,12 @@ All state lives in the farm database (``LeaseTable``); the coordinator keeps onl
 in-flight work in memory. After a crash, :meth:`Coordinator.start` reads the rows back,
 re-adopts every buildlet whose agent still answers, destroys the rest, and has each
 provider destroy buildlets that no row owns.
+
+Every agent enforces a deadline of its own (``POST /deadline``): the coordinator sets it to
+the lease's expiry plus ``agent_grace`` seconds when it starts or re-adopts a buildlet, and
+again at each sweep (``agent_grace`` from now for a warm one). ``agent_grace`` must exceed
+the time between sweeps; then no agent halts itself while its coordinator runs, and when
+the coordinator never comes back, every agent halts itself by then.
 """
 
 from __future__ import annotations
@@ -105,6 +111,7 @@ class Coordinator:
         agents: AgentClient,
         policy: ExpiryPolicy | None = None,
         name: str = "coordinator",
+        agent_grace: float = 60.0,
     ) -> None:
         self.types = dict(types)
         self.policy = policy or ExpiryPolicy()
@@ -117,6 +124,8 @@ class Coordinator:
         self.renew_every = min(RENEW_EVERY, self.policy.idle_timeout / 10)
         self._renewed: dict[str, float] = {}
         self._open: dict[str, tuple[int, task.LoopingCall]] = {}
+        self.agent_grace = agent_grace
+        self._stopped = False
 
     def _type(self, name: str) -> BuildletType:
         try:
@@ -147,6 +156,7 @@ class Coordinator:
             if alive:
                 assert buildlet_type is not None
                 known.setdefault(buildlet_type.provider.kind, set()).add(lease.handle)
+                await self._set_agent_deadline(lease)
                 report.append(f"re-adopted {lease.name} ({lease.state.value})")
             else:
                 await self._forget(lease)
@@ -166,6 +176,18 @@ class Coordinator:
             log.msg(f"coordinator: {lease.name} is being preempted: {status['preempted']}")
             return False
         return True
+
+    async def _set_agent_deadline(self, lease: Lease) -> None:
+        """Tell the agent when to halt itself: ``agent_grace`` after its lease's expiry (after
+        now for a warm buildlet); an agent that does not answer is left to the sweep."""
+        now = self._clock.seconds()
+        end = lease.expires_at if lease.expires_at is not None else now
+        try:
+            await self._agents.set_deadline(
+                lease.url, lease.secret, max(end - now, 0.0) + self.agent_grace
+            )
+        except AgentError as e:
+            log.msg(f"coordinator: cannot set the deadline of {lease.name}: {e}")
 
     async def _forget(self, lease: Lease) -> None:
         buildlet_type = self.types.get(lease.type)
@@ -225,9 +247,11 @@ class Coordinator:
         except BaseException:
             await self.table.remove(name)
             raise
-        return await self.table.mark_ready(
+        ready = await self.table.mark_ready(
             name, started.url, secret, started.handle, self._clock.seconds()
         )
+        await self._set_agent_deadline(ready)
+        return ready
 
     async def register(self, type_name: str, url: str, secret: str) -> Lease:
         """Add a host's agent at ``url`` to a ``reverse`` type's pool as an idle buildlet.
@@ -254,6 +278,8 @@ class Coordinator:
 
     def fill_warm_pools(self) -> None:
         """Start idle buildlets in the background until each type has its ``warm`` count."""
+        if self._stopped:
+            return
         for buildlet_type in self.types.values():
             if buildlet_type.warm:
                 d = defer.ensureDeferred(self._top_up(buildlet_type))
@@ -364,13 +390,32 @@ class Coordinator:
                         "preempted; forgot it")
                 await self._forget(lease)
                 gone.append(lease.name)
+            elif lease.state in (LeaseState.LEASED, LeaseState.IDLE):
+                await self._set_agent_deadline(lease)
         return gone
 
     async def stop(self) -> None:
         """Stop warming and renewing; leave every buildlet running for the next start to
-        re-adopt."""
+        re-adopt.
+
+        Each agent halts itself by its deadline if no coordinator starts again to renew it.
+        """
+        self._stopped = True
         for _, loop in self._open.values():
             if loop.running:
                 loop.stop()
         self._open.clear()
         await self.wait_until_warm()
+
+    async def halt_all(self) -> list[str]:
+        """Stop warming and destroy every buildlet of this coordinator, leased or idle.
+
+        For a coordinator that stops for good (``on_stop="halt"``); returns their names.
+        """
+        await self.stop()
+        halted = []
+        for lease in await self.table.all():
+            if await self.table.mark_halting(lease.name):
+                await self._forget(lease)
+                halted.append(lease.name)
+        return halted

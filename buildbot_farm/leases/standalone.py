@@ -67,6 +67,10 @@ def add_coordinator_command(commands: Any) -> None:
     parser.add_argument("--idle-timeout", type=float, default=30 * 60)
     parser.add_argument("--max-lifetime", type=float, default=12 * 60 * 60)
     parser.add_argument("--sweep-interval", type=float, default=30.0)
+    parser.add_argument(
+        "--on-stop", choices=("keep", "halt"), default="keep",
+        help="at stop, keep the buildlets for the next start to re-adopt (default), or halt them",
+    )
     parser.set_defaults(handler=run_coordinator)
 
 
@@ -80,6 +84,7 @@ def run_coordinator(args: argparse.Namespace) -> int:
     settings = FarmCoordinator(
         secret=secret, pools=tuple(args.pool), idle_timeout=args.idle_timeout,
         max_lifetime=args.max_lifetime, sweep_interval=args.sweep_interval,
+        on_stop=args.on_stop,
     )
     problems = settings.problems()
     host, _, port = args.listen.rpartition(":")
@@ -102,7 +107,9 @@ def run_coordinator(args: argparse.Namespace) -> int:
         agents = AgentClient(reactor, http_client(reactor))
         owner = f"standalone:{args.state_dir}"
         types = settings.buildlet_types(args.state_dir, reactor, agents, owner)
-        coordinator = Coordinator(database, reactor, types, agents, settings.policy)
+        coordinator = Coordinator(
+            database, reactor, types, agents, settings.policy, agent_grace=settings.agent_grace
+        )
         await coordinator.start()
         resource = CoordinatorResource(coordinator, secret.encode(), http_client(reactor))
         listening = reactor.listenTCP(int(port), server.Site(resource), interface=host)
@@ -114,7 +121,10 @@ def run_coordinator(args: argparse.Namespace) -> int:
         reactor.addSystemEventTrigger("before", "shutdown", lambda: stopped.callback(None))
         await stopped
         sweeper.stop()
-        await coordinator.stop()
+        if settings.on_stop == "halt":
+            await coordinator.halt_all()
+        else:
+            await coordinator.stop()
         await database.stop()
 
     task.react(lambda reactor: defer.ensureDeferred(serve(reactor)))

@@ -179,6 +179,14 @@ class LeaseTable:
         """Forget a destroyed buildlet."""
         await self._db.execute("DELETE FROM farm_buildlets WHERE name = ?", (name,))
 
+    async def provider_kinds(self) -> dict[str, str]:
+        """The provider kind (``process``, ``docker``, ``reverse``) of each buildlet, by name."""
+        rows = await self._db.fetchall(
+            "SELECT name, provider FROM farm_buildlets WHERE coordinator = ?",
+            (self._coordinator,),
+        )
+        return {row["name"]: row["provider"] for row in rows}
+
     async def expired(self, now: float) -> list[Lease]:
         """Leased buildlets whose lease has run out."""
         rows = await self._db.fetchall(
@@ -187,6 +195,14 @@ class LeaseTable:
             (LeaseState.LEASED.value, now, self._coordinator),
         )
         return [_lease(row) for row in rows]
+
+
+async def coordinator_names(database: db.Database) -> list[str]:
+    """The names of the coordinators that have buildlets in ``database``."""
+    rows = await database.fetchall(
+        "SELECT DISTINCT coordinator FROM farm_buildlets ORDER BY coordinator"
+    )
+    return [row["coordinator"] for row in rows]
 
 
 async def _reserve_name(txn: db.Transaction, owner: str, buildlet_type: str) -> str:

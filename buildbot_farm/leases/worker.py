@@ -3,7 +3,10 @@
 ``start_instance`` leases a buildlet and runs ``buildbot-worker`` on it through the
 coordinator's proxy, as one exec that lasts as long as the worker: when the buildlet is
 halted, the worker goes with it. While substantiated, a keepalive renews the lease.
-``stop_instance`` halts the buildlet, once per start. On a buildlet whose agent keeps a
+``stop_instance`` halts the buildlet, once per start. Reconfiguring a live worker keeps its
+lease and keepalive. The name of the leased buildlet is kept in the master's database
+(Buildbot's object state), so a master that starts again after a crash releases the buildlet
+its worker held before. On a buildlet whose agent keeps a
 pre-started worker (``--prestart-worker``), the exec hands it the configuration instead
 (``worker_handoff``); the master's log says which way each worker started.
 
@@ -22,7 +25,7 @@ from typing import Any
 from buildbot import config
 from buildbot.worker.latent import AbstractLatentWorker
 from twisted.internet import defer, task
-from twisted.python import log
+from twisted.python import failure, log
 
 from buildbot_farm.config_checks import check_config_arguments, checked_keywords
 from buildbot_farm.leases import keys
@@ -35,6 +38,10 @@ from buildbot_farm.web.client import http_client
 # Seconds a worker whose buildlet was preempted takes no builds, at least: AWS gives two
 # minutes' notice, GCE and Azure about 30 s, so by then the host is gone or replaced.
 PREEMPTION_QUARANTINE = 120.0
+# How often, and how many times, a starting master tries to release the buildlet its worker
+# held before a crash (this master's own coordinator answers only once its web server runs).
+LEFTOVER_RETRY_INTERVAL = 1.0
+LEFTOVER_ATTEMPTS = 120
 
 # Runs on the buildlet with its python3: creates the worker directory (first time), adds
 # the machine's architecture and Python version to the worker info (Buildbot reports
@@ -114,6 +121,14 @@ class FarmLatentWorker(AbstractLatentWorker):
     ``python``.
     """
 
+    # The lease of a substantiated worker: reconfigService leaves them alone, so that a live
+    # worker keeps its buildlet, its keepalive and the client that holds the lease.
+    _buildlet: str | None = None
+    _lease_client: CoordinatorClient | None = None
+    _worker_exec: defer.Deferred[Any] | None = None
+    _keepalive: task.LoopingCall | None = None
+    _leftover_release: defer.Deferred[None] | None = None
+
     def checkConfig(self, name: str, password: Any = None, **kwargs: Any) -> None:
         """Refuse bad arguments with config errors naming them."""
         own = {k: kwargs.pop(k) for k in list(kwargs) if k in _LEASE_ARGS}
@@ -144,10 +159,68 @@ class FarmLatentWorker(AbstractLatentWorker):
         self.lease_settings = dataclasses.replace(settings, key=key)
         if password is None:
             password = self.getRandomPass()
-        self._buildlet: str | None = None
-        self._worker_exec: defer.Deferred[Any] | None = None
-        self._keepalive: task.LoopingCall | None = None
+        keepalive = self._keepalive
+        if keepalive is not None and keepalive.running and (
+            keepalive.interval != settings.keepalive_interval
+        ):
+            keepalive.stop()
+            self._start_keepalive(keepalive)
         await super().reconfigService(name, password, **kwargs)
+
+    def startService(self) -> defer.Deferred[None]:
+        """Start, and release in the background the buildlet held before a crash, if any."""
+        d: defer.Deferred[None] = defer.ensureDeferred(self._start_service())
+        return d
+
+    async def _start_service(self) -> None:
+        await super().startService()
+        self._leftover_release = defer.ensureDeferred(self._release_leftover())
+        self._leftover_release.addErrback(
+            log.err, f"FarmLatentWorker {self.name}: releasing the buildlet held before failed"
+        )
+
+    async def _release_leftover(self) -> None:
+        """Release the buildlet this worker held when its master last stopped without
+        releasing it (a crash, ``kill -9``): no build needs it any more."""
+        leftover = await self._remembered()
+        if leftover is None:
+            return
+        for attempt in range(LEFTOVER_ATTEMPTS):
+            try:
+                await self._client().destroy(leftover)
+            except CoordinatorRequestError as e:
+                if e.status == 0 and attempt + 1 < LEFTOVER_ATTEMPTS and self.running:
+                    await task.deferLater(self.master.reactor, LEFTOVER_RETRY_INTERVAL, _nothing)
+                    continue
+                if e.status == 502:
+                    log.msg(f"FarmLatentWorker {self.name}: {leftover}, held before the master"
+                            " restarted, was already gone")
+                else:
+                    log.msg(f"FarmLatentWorker {self.name}: cannot release {leftover}, held"
+                            f" before the master restarted: {e}; its lease expires by itself")
+            else:
+                log.msg(f"FarmLatentWorker {self.name}: released {leftover}, held before the"
+                        " master restarted")
+            break
+        if await self._remembered() == leftover:
+            await self._remember(None)
+
+    async def _state_id(self) -> int:
+        return int(await self.master.db.state.getObjectId(self.name, "FarmLatentWorker"))
+
+    def _state_key(self) -> str:
+        # Masters sharing one Buildbot database keep their workers' leases apart.
+        return f"buildlet@{self.master.name}"
+
+    async def _remembered(self) -> str | None:
+        """The buildlet this worker holds according to the master's database."""
+        value = await self.master.db.state.getState(
+            await self._state_id(), self._state_key(), None
+        )
+        return None if value is None else str(value)
+
+    async def _remember(self, name: str | None) -> None:
+        await self.master.db.state.setState(await self._state_id(), self._state_key(), name)
 
     def _client(self) -> CoordinatorClient:
         settings = self.lease_settings
@@ -170,6 +243,8 @@ class FarmLatentWorker(AbstractLatentWorker):
         return defer.ensureDeferred(self._start(build))
 
     async def _start(self, build: Any) -> bool:
+        if self._leftover_release is not None:
+            await self._leftover_release  # the state it clears is the one this start writes
         client = self._client()
         buildlet_type = await build.render(self.lease_settings.buildlet_type)
         try:
@@ -179,7 +254,8 @@ class FarmLatentWorker(AbstractLatentWorker):
                 f"FarmLatentWorker {self.name}: could not lease a {buildlet_type} buildlet: {e}"
             ) from e
         name = lease["Name"]
-        self._buildlet = name
+        self._buildlet, self._lease_client = name, client
+        await self._remember(name)
         log.msg(f"FarmLatentWorker {self.name}: leased {name}")
         environment = {
             "FARM_MASTER": f"{self.lease_settings.master_host}:{self.registration.getPBPort()}",
@@ -198,10 +274,13 @@ class FarmLatentWorker(AbstractLatentWorker):
         self._worker_exec.addBoth(self._worker_ended, name)
         self._keepalive = task.LoopingCall(self._renew, client, name)
         self._keepalive.clock = self.master.reactor
-        self._keepalive.start(self.lease_settings.keepalive_interval, now=False).addErrback(
+        self._start_keepalive(self._keepalive)
+        return True
+
+    def _start_keepalive(self, keepalive: task.LoopingCall) -> None:
+        keepalive.start(self.lease_settings.keepalive_interval, now=False).addErrback(
             log.err, f"FarmLatentWorker {self.name}: keepalive failed"
         )
-        return True
 
     def _log_start_lines(self, name: str, data: bytes) -> None:
         """Log what the exec says about how the worker started (pre-started or not)."""
@@ -210,6 +289,19 @@ class FarmLatentWorker(AbstractLatentWorker):
                 log.msg(f"FarmLatentWorker {self.name}: on {name}, {line}")
 
     def _worker_ended(self, result: Any, name: str) -> None:
+        """Log how the worker's exec ended.
+
+        Releasing the buildlet halts its agent while the exec's framed stream is still open,
+        so that stream ends without its exit status (FrameError), with the connection cut,
+        or (a client that re-attaches) with the buildlet gone: after a release, that is how
+        the worker is meant to end, not an error.
+        """
+        if isinstance(result, failure.Failure):
+            if name != self._buildlet:
+                log.msg(f"FarmLatentWorker {self.name}: the worker on {name} ended with the"
+                        " release of its buildlet")
+                return
+            result = result.getErrorMessage()
         log.msg(f"FarmLatentWorker {self.name}: the worker on {name} ended: {result}")
 
     async def _renew(self, client: CoordinatorClient, name: str) -> None:
@@ -236,11 +328,12 @@ class FarmLatentWorker(AbstractLatentWorker):
             build.setProperty(PREEMPTED_PROPERTY, f"{name} {reason}", "FarmLatentWorker")
         # The lost-lease path: halting the buildlet ends the worker, so Buildbot ends the
         # build RETRY (stopping it first would end it CANCELLED, the interrupted step's result).
-        self._buildlet = None
+        self._buildlet, self._lease_client = None, None
         try:
             await client.destroy(name)
         except CoordinatorRequestError as e:
             log.msg(f"FarmLatentWorker {self.name}: releasing preempted {name}: {e}")
+        await self._remember(None)
         log.msg(f"FarmLatentWorker {self.name}: released preempted {name}")
 
     def _running_builds(self) -> list[Any]:
@@ -260,13 +353,19 @@ class FarmLatentWorker(AbstractLatentWorker):
             self._keepalive.stop()
         self._keepalive = None
         name, self._buildlet = self._buildlet, None
+        client, self._lease_client = self._lease_client, None
         if name is None:
             return True
         try:
-            await self._client().destroy(name)
+            await (client or self._client()).destroy(name)
         except CoordinatorRequestError as e:
             if e.status != 502:
                 raise
             log.msg(f"FarmLatentWorker {self.name}: {name} was already gone")
+        await self._remember(None)
         log.msg(f"FarmLatentWorker {self.name}: released {name}")
         return True
+
+
+def _nothing() -> None:
+    return None

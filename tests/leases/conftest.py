@@ -68,6 +68,7 @@ async def start_coordinator(tmp_path: Path) -> AsyncIterator[StartCoordinator]:
         clock: Any = reactor,
         reverse_pool: int = 0,
         agent_arguments: tuple[str, ...] = (),
+        agent_grace: float = 60.0,
     ) -> RunningCoordinator:
         database = await db.connect(f"sqlite:///{tmp_path / 'farm.sqlite'}", reactor)
         databases.append(database)
@@ -78,7 +79,7 @@ async def start_coordinator(tmp_path: Path) -> AsyncIterator[StartCoordinator]:
         types = {"local": BuildletType("local", provider, max_count=max_count, warm=warm)}
         if reverse_pool:
             types["hosts"] = BuildletType("hosts", ReverseProvider(agents), reverse_pool)
-        coordinator = Coordinator(database, clock, types, agents, policy)
+        coordinator = Coordinator(database, clock, types, agents, policy, agent_grace=agent_grace)
         await coordinator.start()
         port = reactor.listenTCP(
             0,

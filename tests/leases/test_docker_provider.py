@@ -13,7 +13,7 @@ import docker
 import pytest
 import pytest_twisted
 from docker.errors import NotFound
-from twisted.internet import reactor
+from twisted.internet import reactor, task
 from twisted.web import server
 
 from buildbot_farm import db
@@ -246,3 +246,25 @@ def test_impossible_limits_are_refused_at_configuration() -> None:
         DockerProvider("any", reactor, cpus=0)
     with pytest.raises(ValueError, match="pids must be at least 1"):
         DockerProvider("any", reactor, pids=0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_docker_buildlet_past_its_deadline_leaves_no_container(
+    start_docker_coordinator: StartDockerCoordinator, docker_client: docker.DockerClient
+) -> None:
+    """An agent whose coordinator never renews it again halts itself, and its container goes."""
+    running = await start_docker_coordinator()
+    name = (await running.client().create("docker"))["Name"]
+    container_id = await running.handle(name)
+    lease = await running.coordinator.table.get(name)
+    assert lease is not None
+    await running.port.stopListening()  # the coordinator is gone for good ...
+    # ... just after its last renewal set the agent's deadline a second ahead
+    await AgentClient(reactor, plain_http()).set_deadline(lease.url, lease.secret, 1)
+    for _ in range(100):
+        try:
+            docker_client.containers.get(container_id)
+        except NotFound:
+            return
+        await task.deferLater(reactor, 0.1, lambda: None)
+    raise AssertionError("the container outlived its agent's deadline by 10 s")

@@ -6,6 +6,10 @@ import abc
 from dataclasses import dataclass
 from typing import Callable
 
+# Seconds a new agent lives (``--deadline``) unless its coordinator sets its deadline: this
+# covers its start; the coordinator sets the real one as soon as the agent is ready.
+AGENT_START_DEADLINE = 300.0
+
 
 class ProviderError(Exception):
     """A provider could not start or destroy a buildlet; the message says why."""

@@ -16,6 +16,7 @@ import io
 import json
 import tarfile
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Callable
 
@@ -26,13 +27,19 @@ from twisted.internet import task, threads
 from twisted.python import log
 
 from buildbot_farm.agent import AGENT_PATH
-from buildbot_farm.leases.providers.base import BuildletProvider, ProviderError, StartedBuildlet
+from buildbot_farm.leases.providers.base import (
+    AGENT_START_DEADLINE,
+    BuildletProvider,
+    ProviderError,
+    StartedBuildlet,
+)
 
 BUILDLET_LABEL = "buildbot_farm.buildlet"
 INSTANCE_LABEL = "buildbot_farm.provider"
 HOME = "/buildlet"
 READY_PREFIX = "BUILDLET-READY "
 POLL_INTERVAL = 0.02
+REMOVAL_WAIT = 10.0
 
 
 class DockerProvider(BuildletProvider):
@@ -104,8 +111,11 @@ class DockerProvider(BuildletProvider):
             recorded = on_handle(handle)
             if inspect.isawaitable(recorded):
                 await recorded
-            await self._in_thread(self.thd_start, container, secret)
-            url = await self._wait_ready(name, container)
+            output = await self._in_thread(self.thd_start, container, secret)
+            try:
+                url = await self._wait_ready(name, container, output)
+            finally:
+                output.close()
         except BaseException:
             try:
                 await self.destroy(handle)
@@ -122,6 +132,8 @@ class DockerProvider(BuildletProvider):
                 network_mode="host",
                 # docker-init as PID 1 reaps the orphans builds leave; the agent would not.
                 init=True,
+                # An agent that halts itself at its deadline takes its container with it.
+                auto_remove=True,
                 **self._limits,
             )
             try:
@@ -133,6 +145,7 @@ class DockerProvider(BuildletProvider):
                         "--listen", "127.0.0.1:0",
                         "--workdir", f"{HOME}/work",
                         "--secret-file", f"{HOME}/secret",
+                        "--deadline", str(AGENT_START_DEADLINE),
                         *self._agent_arguments,
                     ],
                     user="0:0",
@@ -148,17 +161,28 @@ class DockerProvider(BuildletProvider):
                 ) from None
         return str(created["Id"])
 
-    def thd_start(self, container: str, secret: str) -> None:
-        """Copy the agent and ``secret`` into the container and start it (blocking)."""
+    def thd_start(self, container: str, secret: str) -> _Output:
+        """Copy the agent and ``secret`` into the container and start it (blocking).
+
+        Returns its output as it comes: attached before the start, so that it is kept even
+        when the container exits at once and the engine removes it (``auto_remove``).
+        """
         api = self._api()
         with self._engine_errors(f"cannot start container {container[:12]}"):
             api.put_archive(container, "/", _home_archive(secret, self._reactor.seconds()))
+            output = _Output(
+                api.attach(container, stdout=True, stderr=True, stream=True, logs=True)
+            )
             api.start(container)
+        return output
 
-    async def _wait_ready(self, name: str, container: str) -> str:
+    async def _wait_ready(self, name: str, container: str, attached: _Output) -> str:
         deadline = self._reactor.seconds() + self._start_timeout
         while True:
-            running, output = await self._in_thread(self.thd_poll, container)
+            running = not attached.ended.is_set() or await self._in_thread(
+                self.thd_running, container
+            )
+            output = attached.text()
             for line in output.splitlines():
                 if line.startswith(READY_PREFIX):
                     return line[len(READY_PREFIX):].strip()
@@ -173,13 +197,14 @@ class DockerProvider(BuildletProvider):
                 )
             await task.deferLater(self._reactor, POLL_INTERVAL, lambda: None)
 
-    def thd_poll(self, container: str) -> tuple[bool, str]:
-        """Whether the container runs, and its log so far (complete if it stopped) (blocking)."""
+    def thd_running(self, container: str) -> bool:
+        """Whether the container runs (blocking); False once it is gone."""
         api = self._api()
         with self._engine_errors(f"cannot read the state of container {container[:12]}"):
-            running = bool(api.inspect_container(container)["State"]["Running"])
-            output = api.logs(container, stdout=True, stderr=True)
-        return running, output.decode(errors="replace")
+            try:
+                return bool(api.inspect_container(container)["State"]["Running"])
+            except NotFound:  # it exited, and the engine removed it (auto_remove)
+                return False
 
     async def destroy(self, handle: str) -> None:
         """Remove the buildlet's container (killing it); quiet when it is already gone."""
@@ -195,8 +220,19 @@ class DockerProvider(BuildletProvider):
                 return
             except APIError as e:
                 if e.status_code == 409 and "already in progress" in str(e.explanation):
+                    self._thd_wait_removed(api, container)  # the engine's own (auto_remove)
                     return
                 raise
+
+    def _thd_wait_removed(self, api: docker.APIClient, container: str) -> None:
+        """Wait (blocking, a few seconds at most) until the engine has removed ``container``."""
+        deadline = time.monotonic() + REMOVAL_WAIT
+        while time.monotonic() < deadline:
+            try:
+                api.inspect_container(container)
+            except NotFound:
+                return
+            time.sleep(POLL_INTERVAL)
 
     async def reap(self, known_handles: set[str]) -> list[str]:
         """Remove this instance's containers whose handles are not in ``known_handles``."""
@@ -243,6 +279,34 @@ class DockerProvider(BuildletProvider):
 
     def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
         return threads.deferToThreadPool(self._reactor, self._reactor.getThreadPool(), fn, *args)
+
+
+class _Output:
+    """A container's output, collected from its attach stream by a daemon thread."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self._chunks: list[bytes] = []
+        self.ended = threading.Event()
+        threading.Thread(target=self._read, name="buildlet-output", daemon=True).start()
+
+    def _read(self) -> None:
+        try:
+            for chunk in self._stream:
+                self._chunks.append(chunk)
+        except Exception:  # closed by close(), or the engine went away
+            pass
+        finally:
+            self.ended.set()
+
+    def text(self) -> str:
+        """The output so far."""
+        return b"".join(list(self._chunks)).decode(errors="replace")
+
+    def close(self) -> None:
+        """Stop reading (the agent is ready, or gave up on)."""
+        with contextlib.suppress(Exception):
+            self._stream.close()
 
 
 def _home_archive(secret: str, mtime: float) -> bytes:

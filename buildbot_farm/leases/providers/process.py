@@ -22,7 +22,12 @@ from typing import Any, Callable
 from twisted.internet import task, threads
 
 from buildbot_farm.agent import AGENT_PATH
-from buildbot_farm.leases.providers.base import BuildletProvider, ProviderError, StartedBuildlet
+from buildbot_farm.leases.providers.base import (
+    AGENT_START_DEADLINE,
+    BuildletProvider,
+    ProviderError,
+    StartedBuildlet,
+)
 
 
 class ProcessProvider(BuildletProvider):
@@ -89,6 +94,7 @@ class ProcessProvider(BuildletProvider):
                     "--workdir", str(home / "work"),
                     "--secret-file", str(secret_file),
                     "--ready-file", str(home / "url"),
+                    "--deadline", str(AGENT_START_DEADLINE), "--owned-path", str(home),
                     *self._agent_arguments,
                 ],
                 stdin=subprocess.DEVNULL,
