@@ -68,6 +68,8 @@ class LeaseSettings:
     ``coordinator_url`` None means the coordinator of this master's farm service (named
     ``farm``); then ``key`` may be None too, and is derived from that coordinator's secret.
     ``key`` may be a secret (``util.Secret("farm-lease-key")``), rendered at (re)config.
+    ``lease_wait`` is how long a substantiation waits in line when the pool is full (0: it
+    fails at once, and Buildbot retries the build after its quarantine).
     """
 
     buildlet_type: Any = "local"
@@ -78,6 +80,7 @@ class LeaseSettings:
     python: str = "python3"
     keepalive_interval: float = 60.0
     farm: str = "farm"
+    lease_wait: float = 1800.0
 
     def problems(self) -> list[str]:
         """What is wrong, each naming its argument."""
@@ -94,6 +97,8 @@ class LeaseSettings:
             found.append("key is required with coordinator_url (buildbot-farm key USER)")
         if not isinstance(self.keepalive_interval, (int, float)) or self.keepalive_interval <= 0:
             found.append("keepalive_interval must be a number of seconds > 0")
+        if not isinstance(self.lease_wait, (int, float)) or not 0 <= self.lease_wait < float("inf"):
+            found.append("lease_wait must be a number of seconds >= 0")
         return found
 
 
@@ -160,7 +165,14 @@ class FarmLatentWorker(AbstractLatentWorker):
         client = self._client()
         buildlet_type = await build.render(self.lease_settings.buildlet_type)
         try:
-            lease = await client.create(str(buildlet_type))
+            lease = await client.create(
+                str(buildlet_type),
+                wait=self.lease_settings.lease_wait,
+                on_place=lambda ahead: log.msg(
+                    f"FarmLatentWorker {self.name}: waiting in line for a {buildlet_type} "
+                    f"buildlet, {ahead} ahead"
+                ),
+            )
         except CoordinatorRequestError as e:
             raise RuntimeError(
                 f"FarmLatentWorker {self.name}: could not lease a {buildlet_type} buildlet: {e}"

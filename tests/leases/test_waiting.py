@@ -1,0 +1,173 @@
+"""Creates on a full pool wait in line over real HTTP: order, timing, leaving, 503 without wait."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor, task
+
+from buildbot_farm.leases.client import CoordinatorClient, CoordinatorRequestError
+from tests.leases.conftest import RunningCoordinator, StartCoordinator, plain_http
+
+
+async def until(predicate: Any, within: float = 10.0) -> None:
+    """Let the reactor run until ``predicate()`` holds."""
+    deadline = time.monotonic() + within
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        await task.deferLater(reactor, 0.01, lambda: None)
+
+
+class Waiting:
+    """A create waiting in line through the client, with the places it was told."""
+
+    def __init__(self, client: CoordinatorClient, wait: float = 30) -> None:
+        self.places: list[int] = []
+        self.done_at: float | None = None
+        self.result = defer.ensureDeferred(
+            client.create("local", wait=wait, on_place=self.places.append)
+        )
+        self.result.addBoth(self._done)
+
+    def _done(self, result: object) -> object:
+        self.done_at = time.monotonic()
+        return result
+
+
+async def full_pool(start_coordinator: StartCoordinator) -> tuple[RunningCoordinator, str]:
+    running = await start_coordinator(max_count=1)
+    return running, (await running.client("user-alice").create("local"))["Name"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_waiter_gets_the_buildlet_as_soon_as_it_is_released(
+    start_coordinator: StartCoordinator,
+) -> None:
+    """With max_count=1, a waiting create hears it is next, and gets a buildlet right after."""
+    running, first = await full_pool(start_coordinator)
+    bob = Waiting(running.client("user-bob"))
+    await until(lambda: bob.places == [0])
+    await task.deferLater(reactor, 0.3, lambda: None)
+    assert not bob.result.called
+    released = time.monotonic()
+    await running.client("user-alice").destroy(first)
+    lease = await bob.result
+    assert bob.done_at is not None
+    took = bob.done_at - released
+    assert took < 1.0, f"the waiter got its buildlet {took:.2f} s after the release"
+    assert lease["Name"] == "user-bob-local-0"
+    assert [b["Name"] for b in await running.client("user-bob").buildlets()] == [lease["Name"]]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_stream_says_the_place_before_the_buildlet(
+    start_coordinator: StartCoordinator,
+) -> None:
+    """Over raw HTTP, wait= answers 200 with JSON lines: the place at once, the buildlet later."""
+    running, first = await full_pool(start_coordinator)
+    bob = running.client("user-bob")
+    response = await plain_http().post(
+        running.url + "/buildlet/create", auth=("user-bob", bob._auth[1]),
+        data={"type": "local", "wait": "30"},
+    )
+    assert response.code == 200
+    assert response.headers.getRawHeaders(b"content-type") == [
+        b"application/x-ndjson; charset=utf-8"
+    ]
+    assert response.headers.getRawHeaders(b"x-accel-buffering") == [b"no"]
+    body = defer.ensureDeferred(response.content())
+    await task.deferLater(reactor, 0.3, lambda: None)
+    assert not body.called, "the stream ended before the buildlet was released"
+    await running.client("user-alice").destroy(first)
+    lines = [json.loads(line) for line in (await body).splitlines()]
+    assert lines[0] == {"status": {"ahead": 0}}
+    assert lines[-1]["buildlet"]["Name"] == "user-bob-local-0"
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_waiters_are_served_in_the_order_they_came(
+    start_coordinator: StartCoordinator,
+) -> None:
+    """The first in line gets the first buildlet freed; the second moves up, then gets the next."""
+    running, first = await full_pool(start_coordinator)
+    bob = Waiting(running.client("user-bob"))
+    await until(lambda: bob.places == [0])
+    carol = Waiting(running.client("user-carol"))
+    await until(lambda: carol.places == [1])
+    await running.client("user-alice").destroy(first)
+    bobs = await bob.result
+    await until(lambda: carol.places == [1, 0])
+    assert not carol.result.called
+    await running.client("user-bob").destroy(bobs["Name"])
+    carols = await carol.result
+    assert carols["Name"] == "user-carol-local-0"
+    assert bob.done_at is not None and carol.done_at is not None
+    assert bob.done_at < carol.done_at
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_waiter_that_hangs_up_leaves_the_line(
+    start_coordinator: StartCoordinator,
+) -> None:
+    """A disconnected waiter is taken out of line, the next moves up and gets the buildlet."""
+    running, first = await full_pool(start_coordinator)
+    bob = Waiting(running.client("user-bob"))
+    await until(lambda: bob.places == [0])
+    carol = Waiting(running.client("user-carol"))
+    await until(lambda: carol.places == [1])
+    bob.result.cancel()
+    with pytest.raises(defer.CancelledError):
+        await bob.result
+    await until(lambda: carol.places == [1, 0])
+    await running.client("user-alice").destroy(first)
+    assert (await carol.result)["Name"] == "user-carol-local-0"
+    assert await running.coordinator.owned("user-bob") == []
+    assert [lease.owner for lease in await running.coordinator.table.all()] == ["user-carol"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_without_wait_a_full_pool_is_503_and_nobody_jumps_the_line(
+    start_coordinator: StartCoordinator,
+) -> None:
+    """No wait: 503 + Retry-After, also while others wait in line; a bad wait= is 400."""
+    running, first = await full_pool(start_coordinator)
+    bob = Waiting(running.client("user-bob"))
+    await until(lambda: bob.places == [0])
+    carol = running.client("user-carol")
+    auth = ("user-carol", carol._auth[1])
+    response = await plain_http().post(
+        running.url + "/buildlet/create", auth=auth, data={"type": "local"}
+    )
+    assert response.code == 503
+    assert response.headers.getRawHeaders(b"retry-after") == [b"30"]
+    assert "wait in line" in json.loads(await response.content())["error"]
+    for bad in ("soon", "-1", "nan"):
+        response = await plain_http().post(
+            running.url + "/buildlet/create", auth=auth, data={"type": "local", "wait": bad}
+        )
+        assert response.code == 400, bad
+        assert "wait=" in json.loads(await response.content())["error"]
+    await running.client("user-alice").destroy(first)
+    assert (await bob.result)["Name"] == "user-bob-local-0"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_wait_that_runs_out_is_503_and_leaves_the_line(
+    start_coordinator: StartCoordinator,
+) -> None:
+    """When nothing frees up within wait=, the create fails with 503 saying so."""
+    running, first = await full_pool(start_coordinator)
+    started = time.monotonic()
+    with pytest.raises(CoordinatorRequestError, match="freed up within 0.5 s") as e:
+        await running.client("user-bob").create("local", wait=0.5)
+    assert e.value.status == 503
+    assert 0.5 <= time.monotonic() - started < 3
+    with pytest.raises(CoordinatorRequestError, match="in use") as again:
+        await running.client("user-carol").create("local")
+    assert again.value.status == 503
+    assert "wait in line" not in str(again.value), "the line was left with a waiter in it"
+    assert first
