@@ -249,6 +249,10 @@ class Coordinator:
             )
         return waiter.result
 
+    def waiting(self, type_name: str) -> int:
+        """How many creates wait in this coordinator's line for a ``type_name`` buildlet."""
+        return self._lines.waiting(type_name)
+
     def _leave_line(self, type_name: str, waiter: Waiter) -> None:
         self._lines.leave(type_name, waiter)
 
