@@ -1,16 +1,26 @@
-"""Creates on a full pool wait in line over real HTTP: order, timing, leaving, 503 without wait."""
+"""Creates on a full pool wait in line over real HTTP: order, timing, leaving, 503 without wait;
+and, on PostgreSQL, a release by another process wakes the line."""
 
 from __future__ import annotations
 
 import json
 import time
+import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor, task
 
+from buildbot_farm import db
+from buildbot_farm.leases.agent_client import AgentClient
 from buildbot_farm.leases.client import CoordinatorClient, CoordinatorRequestError
+from buildbot_farm.leases.coordinator import BuildletType, Coordinator
+from buildbot_farm.leases.lease import ExpiryPolicy
+from buildbot_farm.leases.providers import ProcessProvider
+from buildbot_farm.leases.table import LeaseTable
+from tests.db.conftest import schema_dsn
 from tests.leases.conftest import RunningCoordinator, StartCoordinator, plain_http
 
 
@@ -105,7 +115,8 @@ async def test_two_waiters_are_served_in_the_order_they_came(
     await running.client("user-bob").destroy(bobs["Name"])
     carols = await carol.result
     assert carols["Name"] == "user-carol-local-0"
-    assert bob.done_at is not None and carol.done_at is not None
+    assert bob.done_at is not None
+    assert carol.done_at is not None
     assert bob.done_at < carol.done_at
 
 
@@ -162,7 +173,7 @@ async def test_a_wait_that_runs_out_is_503_and_leaves_the_line(
     """When nothing frees up within wait=, the create fails with 503 saying so."""
     running, first = await full_pool(start_coordinator)
     started = time.monotonic()
-    with pytest.raises(CoordinatorRequestError, match="freed up within 0.5 s") as e:
+    with pytest.raises(CoordinatorRequestError, match=r"freed up within 0\.5 s") as e:
         await running.client("user-bob").create("local", wait=0.5)
     assert e.value.status == 503
     assert 0.5 <= time.monotonic() - started < 3
@@ -171,3 +182,36 @@ async def test_a_wait_that_runs_out_is_503_and_leaves_the_line(
     assert again.value.status == 503
     assert "wait in line" not in str(again.value), "the line was left with a waiter in it"
     assert first
+
+
+@pytest_twisted.ensureDeferred
+async def test_on_postgresql_a_buildlet_freed_by_another_process_wakes_the_line(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    """A row of this coordinator removed through another connection (another master's
+    process) is heard by LISTEN/NOTIFY, and the waiter is served at once, not at the sweep."""
+    url = schema_dsn(pg_dsn, f"t_{uuid.uuid4().hex[:12]}")
+    database = await db.connect(url, reactor)
+    other_process = await db.connect(url, reactor)
+    provider = ProcessProvider(tmp_path / "buildlets", reactor)
+    agents = AgentClient(reactor, plain_http())
+    types = {"local": BuildletType("local", provider, max_count=1)}
+    coordinator = Coordinator(database, reactor, types, agents, name="shared")
+    try:
+        await coordinator.start()
+        held = await coordinator.create("user-alice", "local")
+        places: list[int] = []
+        waiting = coordinator.create_waiting("user-bob", "local", 30, places.append)
+        await until(lambda: places == [0])
+        await provider.destroy(held.handle)
+        released = time.monotonic()
+        await LeaseTable(other_process, "shared", ExpiryPolicy()).remove(held.name)
+        lease = await waiting
+        took = time.monotonic() - released
+        assert lease.owner == "user-bob"
+        assert took < 1.0, f"the waiter was served {took:.2f} s after the other process's release"
+    finally:
+        await coordinator.stop()
+        await provider.reap(set())
+        await other_process.stop()
+        await database.stop()
