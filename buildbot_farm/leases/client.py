@@ -136,6 +136,8 @@ class CoordinatorClient:
                 method, self.url + path, auth=self._auth, headers=all_headers,
                 unbuffered=True, **kwargs,
             )
+        except defer.CancelledError:
+            raise
         except Exception as e:
             raise CoordinatorRequestError(
                 0, f"cannot reach the coordinator at {self.url} ({method} {path}): {_reasons(e)};"

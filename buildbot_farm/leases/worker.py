@@ -115,6 +115,9 @@ class FarmLatentWorker(AbstractLatentWorker):
     ``python``.
     """
 
+    # The create of a start in progress (waiting in line, perhaps); None between starts.
+    _creating: defer.Deferred[dict[str, Any]] | None = None
+
     def checkConfig(self, name: str, password: Any = None, **kwargs: Any) -> None:
         """Refuse bad arguments with config errors naming them."""
         own = {k: kwargs.pop(k) for k in list(kwargs) if k in _LEASE_ARGS}
@@ -164,19 +167,27 @@ class FarmLatentWorker(AbstractLatentWorker):
     async def _start(self, build: Any) -> bool:
         client = self._client()
         buildlet_type = await build.render(self.lease_settings.buildlet_type)
+        self._creating = defer.ensureDeferred(client.create(
+            str(buildlet_type),
+            wait=self.lease_settings.lease_wait,
+            on_place=lambda ahead: log.msg(
+                f"FarmLatentWorker {self.name}: waiting in line for a {buildlet_type} "
+                f"buildlet, {ahead} ahead"
+            ),
+        ))
         try:
-            lease = await client.create(
-                str(buildlet_type),
-                wait=self.lease_settings.lease_wait,
-                on_place=lambda ahead: log.msg(
-                    f"FarmLatentWorker {self.name}: waiting in line for a {buildlet_type} "
-                    f"buildlet, {ahead} ahead"
-                ),
-            )
+            lease = await self._creating
         except CoordinatorRequestError as e:
             raise RuntimeError(
                 f"FarmLatentWorker {self.name}: could not lease a {buildlet_type} buildlet: {e}"
             ) from e
+        except defer.CancelledError:
+            raise RuntimeError(
+                f"FarmLatentWorker {self.name}: stopped waiting in line for a {buildlet_type}"
+                " buildlet (the worker is being stopped)"
+            ) from None
+        finally:
+            self._creating = None
         name = lease["Name"]
         self._buildlet = name
         log.msg(f"FarmLatentWorker {self.name}: leased {name}")
@@ -249,6 +260,15 @@ class FarmLatentWorker(AbstractLatentWorker):
             for build in builder.building
             if build.workerforbuilder is not None and build.workerforbuilder.worker is self
         ]
+
+    def insubstantiate(
+        self, fast: bool = False, force_substantiation_build: Any = None
+    ) -> defer.Deferred[None]:
+        """Leave the coordinator's line first if a start waits in it (a cancelled build, the
+        missing timer), so that Buildbot need not wait for a buildlet only to release it."""
+        if self._creating is not None:
+            self._creating.cancel()
+        return super().insubstantiate(fast, force_substantiation_build)
 
     def stop_instance(self, fast: bool = False) -> defer.Deferred[bool]:
         """Halt the buildlet (and so the worker on it); safe when it is already gone."""
