@@ -1,9 +1,11 @@
 """Creates on a full pool wait in line over real HTTP: order, timing, leaving, 503 without wait;
-and, on PostgreSQL, a release by another process wakes the line."""
+on PostgreSQL, a release by another process wakes the line; and all of it through nginx."""
 
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -21,6 +23,7 @@ from buildbot_farm.leases.lease import ExpiryPolicy
 from buildbot_farm.leases.providers import ProcessProvider
 from buildbot_farm.leases.table import LeaseTable
 from tests.db.conftest import schema_dsn
+from tests.harness.ports import free_port
 from tests.leases.conftest import RunningCoordinator, StartCoordinator, plain_http
 
 
@@ -215,3 +218,76 @@ async def test_on_postgresql_a_buildlet_freed_by_another_process_wakes_the_line(
         await provider.reap(set())
         await other_process.stop()
         await database.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_through_nginx_the_place_streams_and_hanging_up_leaves_the_line(
+    start_coordinator: StartCoordinator, tmp_path: Path
+) -> None:
+    """Behind nginx with its default buffering, the place in line arrives while waiting, the
+    buildlet after the release, and a client that hangs up at nginx leaves the line."""
+    running, first = await full_pool(start_coordinator)
+    front = Nginx(tmp_path / "nginx", running.url)
+    try:
+        await front.start()
+        via_nginx = CoordinatorClient(
+            front.url, "user-bob", running.client("user-bob")._auth[1], plain_http()
+        )
+        quitter = Waiting(via_nginx)
+        await until(lambda: quitter.places == [0])
+        quitter.result.cancel()
+        with pytest.raises(defer.CancelledError):
+            await quitter.result
+        await until(lambda: running.coordinator.waiting("local") == 0)
+        bob = Waiting(via_nginx)
+        await until(lambda: bob.places == [0])
+        await running.client("user-alice").destroy(first)
+        assert (await bob.result)["Name"] == "user-bob-local-0"
+    finally:
+        front.stop()
+
+
+class Nginx:
+    """nginx on a free loopback port, proxying everything to ``upstream`` as configured out of
+    the box (response buffering on)."""
+
+    def __init__(self, workdir: Path, upstream: str) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.upstream = upstream
+        self.process: subprocess.Popen[bytes] | None = None
+
+    async def start(self) -> None:
+        """Write a configuration, start nginx, and wait until it answers."""
+        binary = shutil.which("nginx") or "/usr/sbin/nginx"
+        if not Path(binary).exists():
+            pytest.fail("this test needs nginx (tests/harness/install-system-packages.sh)",
+                        pytrace=False)
+        temp = self.workdir / "temp"
+        temp.mkdir(parents=True)
+        config = self.workdir / "nginx.conf"
+        config.write_text(
+            f"user root;\ndaemon off;\nworker_processes 1;\npid {self.workdir}/nginx.pid;\n"
+            f"error_log {self.workdir}/error.log;\nevents {{}}\nhttp {{\n access_log off;\n"
+            f" client_body_temp_path {temp}/body;\n proxy_temp_path {temp}/proxy;\n"
+            f" fastcgi_temp_path {temp}/f;\n uwsgi_temp_path {temp}/u;\n"
+            f" scgi_temp_path {temp}/s;\n server {{\n  listen 127.0.0.1:{self.port};\n"
+            f"  location / {{ proxy_pass {self.upstream}; proxy_http_version 1.1; }}\n }}\n}}\n"
+        )
+        self.process = subprocess.Popen(
+            [binary, "-c", str(config), "-e", str(self.workdir / "error.log")]
+        )
+        for _ in range(200):
+            try:
+                await plain_http().get(self.url + "/")
+                return
+            except Exception:
+                await task.deferLater(reactor, 0.05, lambda: None)
+        pytest.fail(f"nginx did not start: {(self.workdir / 'error.log').read_text()}")
+
+    def stop(self) -> None:
+        """Stop nginx."""
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
