@@ -1,6 +1,8 @@
 """The coordinator's HTTP API (gomote's protocol): create, list, and the buildlet proxy.
 
-* ``POST /buildlet/create`` (form ``type=``) -> ``{"Name", "Type", "Created", "Expires"}``
+* ``POST /buildlet/create`` (form ``type=``) -> ``{"Name", "Type", "Created", "Expires"}``;
+  with ``wait=SECONDS`` a full pool puts the create in line, and the answer is a stream of
+  JSON lines (see :meth:`CoordinatorResource._create_waiting`)
 * ``GET /buildlet/list`` -> the caller's buildlets
 * any request with ``X-Buildlet-Proxy: NAME`` -> forwarded to that buildlet's agent
   (``POST /halt`` destroys the buildlet instead)
@@ -11,20 +13,28 @@ carries ``X-Buildlet-Coordinator: 1``, so that a client told a wrong URL can say
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.python import failure, log
 from twisted.web import resource, server
 from twisted.web.server import Request
 
 from buildbot_farm.leases import keys
 from buildbot_farm.leases.coordinator import Coordinator, CoordinatorError, PoolFull
+from buildbot_farm.leases.lease import Lease
 from buildbot_farm.leases.proxy import forward, proxy_failed
 from buildbot_farm.web import json_error, json_response
 
 PROXY_HEADER = b"x-buildlet-proxy"
 COORDINATOR_HEADER = b"x-buildlet-coordinator"
+# The longest a create waits in line (a longer wait= is cut to it).
+MAX_WAIT = 3600.0
+# Seconds between the status lines of a waiting create: they keep proxies (nginx's
+# proxy_read_timeout is 60 s) from cutting a quiet stream.
+HEARTBEAT = 15.0
+STREAM_TYPE = b"application/x-ndjson; charset=utf-8"
 
 
 class CoordinatorResource(resource.Resource):
@@ -87,8 +97,71 @@ class CoordinatorResource(resource.Resource):
                 json_error(request, 400, "give exactly one form field type=TYPE, e.g. type=local")
             )
             return
-        lease = await self._coordinator.create(user, types[0].decode(errors="replace"))
+        waits: list[bytes] = request.args.get(b"wait", []) if request.args else []
+        wait = _seconds(waits[-1]) if waits else 0.0
+        if wait is None:
+            request.write(json_error(
+                request, 400, "wait= must be a number of seconds >= 0, e.g. wait=600"
+            ))
+            return
+        type_name = types[0].decode(errors="replace")
+        if wait > 0:
+            await self._create_waiting(request, user, type_name, min(wait, MAX_WAIT))
+            return
+        lease = await self._coordinator.create(user, type_name)
         request.write(json_response(request, lease.public()))
+
+    async def _create_waiting(
+        self, request: Request, user: str, type_name: str, wait: float
+    ) -> None:
+        """Create, waiting in line up to ``wait`` s; answer 200 and a stream of JSON lines.
+
+        ``{"status": {"ahead": N}}`` each time the place in line changes, and again every
+        ``HEARTBEAT`` seconds once in line; then one last line, ``{"buildlet": {"Name", ...}}`` or
+        ``{"error": MESSAGE, "code": HTTP_STATUS}`` (with ``"retry_after"`` when the pool
+        stayed full). Errors found before waiting (an unknown type) are plain HTTP errors.
+        A client that disconnects leaves the line.
+        """
+        last: list[int] = []
+
+        def status(ahead: int) -> None:
+            last[:] = [ahead]
+            _write_line(request, {"status": {"ahead": ahead}})
+
+        result = self._coordinator.create_waiting(user, type_name, wait, status)
+        request.setHeader(b"content-type", STREAM_TYPE)
+        request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(b"x-accel-buffering", b"no")  # nginx: pass each line on at once
+        request.notifyFinish().addErrback(lambda _: result.cancel())
+
+        def beat() -> None:
+            if last:
+                status(last[0])
+
+        heartbeat = task.LoopingCall(beat)
+        heartbeat.clock = self._coordinator.clock
+        heartbeat.start(HEARTBEAT, now=False)
+        try:
+            lease: Lease = await result
+        except defer.CancelledError:
+            return
+        except CoordinatorError as e:
+            details: dict[str, Any] = {"error": str(e), "code": e.status}
+            if isinstance(e, PoolFull):
+                details["retry_after"] = e.retry_after
+            _write_line(request, details)
+            return
+        except Exception as e:
+            log.err(None, "coordinator: a waiting create failed")
+            _write_line(request, {"error": f"the coordinator failed: {e}; its log has the details",
+                                  "code": 500})
+            return
+        finally:
+            heartbeat.stop()
+        if getattr(request, "_disconnected", False):
+            await self._coordinator.destroy(lease.name)
+            return
+        _write_line(request, {"buildlet": lease.public()})
 
     async def _register(self, request: Request) -> None:
         if request.method != b"POST":
@@ -139,6 +212,20 @@ class CoordinatorResource(resource.Resource):
         request.write(
             json_error(request, 500, f"the coordinator failed: {error}; its log has the details")
         )
+
+
+def _seconds(value: bytes) -> float | None:
+    """``value`` as a number of seconds >= 0, or None if it is not one."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if 0 <= seconds < float("inf") else None
+
+
+def _write_line(request: Request, message: dict[str, Any]) -> None:
+    if not request.finished and not getattr(request, "_disconnected", False):
+        request.write(json.dumps(message).encode() + b"\n")
 
 
 def _finish(request: Request) -> None:

@@ -91,6 +91,44 @@ def _transient(error: CoordinatorRequestError) -> bool:
     return error.status in (0, 503, 504)
 
 
+class _JsonLines(protocol.Protocol):
+    """Receives a stream of JSON lines; :meth:`next` hands them out in order, then None."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._messages: defer.DeferredQueue[Any] = defer.DeferredQueue()
+        self.ended = False
+
+    def dataReceived(self, data: bytes) -> None:
+        *lines, self._buffer = (self._buffer + data).split(b"\n")
+        for line in lines:
+            if line.strip():
+                self._messages.put(line)
+
+    def connectionLost(self, reason: failure.Failure = protocol.connectionDone) -> None:
+        self.ended = True
+        self._messages.put(None)
+
+    async def next(self) -> dict[str, Any] | None:
+        """The next message, or None when the stream ended (cancel it to hang up)."""
+        line = await self._messages.get()
+        if line is None:
+            return None
+        try:
+            message = json.loads(line)
+        except ValueError:
+            message = None
+        if not isinstance(message, dict):
+            raise ValueError(_one_line(line))
+        return message
+
+    def hang_up(self) -> None:
+        """Close the connection, unless the stream already ended."""
+        producer: Any = self.transport  # the response's body producer: stopping it hangs up
+        if not self.ended and producer is not None:
+            producer.stopProducing()
+
+
 class _ExecOutput:
     """Decodes one exec's frames, counting the output bytes passed on (the re-attach offset)."""
 
@@ -145,6 +183,8 @@ class CoordinatorClient:
                 method, self.url + path, auth=self._auth, headers=all_headers,
                 unbuffered=True, **kwargs,
             )
+        except defer.CancelledError:
+            raise
         except Exception as e:
             raise CoordinatorRequestError(
                 0, f"cannot reach the coordinator at {self.url} ({method} {path}): {_reasons(e)};"
@@ -177,9 +217,49 @@ class CoordinatorClient:
                 f" something that is not JSON: {_one_line(body)!r}"
             ) from None
 
-    async def create(self, buildlet_type: str) -> dict[str, Any]:
-        """Lease a new buildlet of ``buildlet_type``; return its Name/Type/Created/Expires."""
-        return dict(await self._json("POST", "/buildlet/create", data={"type": buildlet_type}))
+    async def create(
+        self,
+        buildlet_type: str,
+        wait: float = 0,
+        on_place: Callable[[int], object] = lambda ahead: None,
+    ) -> dict[str, Any]:
+        """Lease a new buildlet of ``buildlet_type``; return its Name/Type/Created/Expires.
+
+        With ``wait`` > 0, a full pool puts this create in line for up to ``wait`` seconds
+        (the coordinator may cap it); ``on_place(ahead)`` hears how many creates are ahead
+        each time the coordinator says so. Leaving (cancelling) leaves the line.
+        """
+        if wait <= 0:
+            return dict(await self._json("POST", "/buildlet/create", data={"type": buildlet_type}))
+        response = await self._request(
+            "POST", "/buildlet/create", data={"type": buildlet_type, "wait": f"{wait:g}"}
+        )
+        stream = _JsonLines()
+        response.deliverBody(stream)
+        try:
+            while True:
+                try:
+                    message = await stream.next()
+                except ValueError as e:
+                    raise CoordinatorRequestError(
+                        response.code, f"the coordinator at {self.url} answered a waiting create"
+                        f" with something that is not a JSON line: {e}"
+                    ) from None
+                if message is None:
+                    raise CoordinatorRequestError(
+                        response.code, f"the coordinator at {self.url} ended a waiting create"
+                        " without a buildlet or an error; try again"
+                    )
+                if "error" in message:
+                    raise CoordinatorRequestError(
+                        int(message.get("code", 0)), str(message["error"])
+                    )
+                if "buildlet" in message:
+                    return dict(message["buildlet"])
+                if "status" in message:
+                    on_place(int(message["status"]["ahead"]))
+        finally:
+            stream.hang_up()
 
     async def buildlets(self) -> list[dict[str, Any]]:
         """This user's buildlets."""

@@ -10,6 +10,14 @@ the lease's expiry plus ``agent_grace`` seconds when it starts or re-adopts a bu
 again at each sweep (``agent_grace`` from now for a warm one). ``agent_grace`` must exceed
 the time between sweeps; then no agent halts itself while its coordinator runs, and when
 the coordinator never comes back, every agent halts itself by then.
+
+A create that finds its pool full can wait in line (:meth:`Coordinator.create_waiting`):
+each pool has a first-come, first-served line of waiting creates in this coordinator's
+memory, served whenever a buildlet of the pool frees up: released, expired, forgotten, or
+a warm or registered one ready. The table announces those on the database's
+``farm_buildlets`` channel; the coordinator listens to its own announcements (PostgreSQL
+delivers them from every process sharing the rows), and every sweep serves the lines
+again in case one was missed.
 """
 
 from __future__ import annotations
@@ -18,16 +26,17 @@ import json
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Union
 
 from twisted.internet import defer, task
-from twisted.python import log
+from twisted.python import failure, log
 
 from buildbot_farm import db
 from buildbot_farm.leases.agent_client import AgentClient, AgentError
 from buildbot_farm.leases.lease import ExpiryPolicy, Lease, LeaseState, check_type
 from buildbot_farm.leases.providers.base import BuildletProvider, ProviderError
 from buildbot_farm.leases.table import LeaseTable
+from buildbot_farm.leases.waiting import PlaceCallback, Waiter, WaitingLines
 
 WARM_OWNER_PREFIX = "warm"
 REVERSE = "reverse"
@@ -39,6 +48,9 @@ REFILL_DELAY = 1.0
 # a tenth of the idle timeout if that is shorter; while a proxied request to it is open (a
 # long exec), it is renewed that often too.
 RENEW_EVERY = 30.0
+
+# What claiming a pool's capacity gives: a warm buildlet, leased, or the name of a STARTING row.
+Claim = Union[Lease, str]
 
 
 @dataclass(frozen=True)
@@ -126,6 +138,15 @@ class Coordinator:
         self._open: dict[str, tuple[int, task.LoopingCall]] = {}
         self.agent_grace = agent_grace
         self._stopped = False
+        self._lines = WaitingLines()
+        self._serving: set[str] = set()
+        self._serve_again: set[str] = set()
+        self._subscription: db.Subscription | None = None
+
+    @property
+    def clock(self) -> Any:
+        """The reactor whose time the coordinator keeps (for its HTTP API's timers too)."""
+        return self._clock
 
     def _type(self, name: str) -> BuildletType:
         try:
@@ -139,6 +160,7 @@ class Coordinator:
         report = await self.recover()
         for line in report:
             log.msg(f"coordinator: {line}")
+        self._subscription = await self.table.listen(self._serve_lines)
         self.fill_warm_pools()
         return report
 
@@ -201,11 +223,25 @@ class Coordinator:
     async def create(self, owner: str, type_name: str) -> Lease:
         """Lease a buildlet of ``type_name`` to ``owner``: a warm one at once, else a new one.
 
-        Raises UnknownType, or PoolFull when ``max_count`` buildlets of the type exist.
+        Raises UnknownType, or PoolFull when ``max_count`` buildlets of the type exist or
+        other creates wait in line for one (nobody jumps the line).
         """
         buildlet_type = self._type(type_name)
-        now = self._clock.seconds()
-        warm = await self.table.lease_idle(owner, type_name, now)
+        waiting = self._lines.waiting(type_name)
+        if waiting:
+            raise PoolFull(
+                f"all {buildlet_type.max_count} buildlets of type {type_name} are in use and "
+                f"{waiting} create(s) wait in line; retry in {PoolFull.retry_after} s, or wait "
+                f"in line yourself (form field wait=SECONDS)"
+            )
+        claimed = await self._claim(buildlet_type, owner)
+        if isinstance(claimed, Lease):
+            return claimed
+        return await self._start(buildlet_type, claimed)
+
+    async def _claim(self, buildlet_type: BuildletType, owner: str) -> Claim:
+        """Take a warm buildlet for ``owner``, or reserve a new one's row; PoolFull if neither."""
+        warm = await self.table.lease_idle(owner, buildlet_type.name, self._clock.seconds())
         if warm is not None:
             refill = task.deferLater(self._clock, REFILL_DELAY, self.fill_warm_pools)
             self._warming.add(refill)
@@ -213,12 +249,137 @@ class Coordinator:
             return warm
         if buildlet_type.provider.kind == REVERSE:
             raise NoHostFree(
-                f"no registered host of type {type_name} is free; retry in "
+                f"no registered host of type {buildlet_type.name} is free; retry in "
                 f"{NoHostFree.retry_after} s, or register one with "
-                f"`buildbot-farm agent --register URL --type {type_name}`"
+                f"`buildbot-farm agent --register URL --type {buildlet_type.name}`"
             )
-        name = await self._reserve(buildlet_type, owner)
-        return await self._start(buildlet_type, name)
+        return await self._reserve(buildlet_type, owner)
+
+    def create_waiting(
+        self, owner: str, type_name: str, wait: float, on_place: PlaceCallback
+    ) -> defer.Deferred[Lease]:
+        """Like :meth:`create`, but on a full pool wait in line up to ``wait`` seconds.
+
+        ``on_place(ahead)`` hears how many creates are ahead in this coordinator's line each
+        time that changes (0: served next). Waiters are served first come, first served as
+        buildlets of the type free up; the result fails with PoolFull if none does in time.
+        Cancel the result to leave the line: a buildlet got for a waiter that left is
+        destroyed, never left leased to nobody. Raises UnknownType at once.
+        """
+        buildlet_type = self._type(type_name)
+        waiter = Waiter(owner, on_place)
+        waiter.result = defer.Deferred(lambda _: self._leave_line(type_name, waiter))
+        if self._lines.waiting(type_name):
+            self._line_up(buildlet_type, waiter, wait)
+        else:
+            first = defer.ensureDeferred(self.create(owner, type_name))
+            first.addCallbacks(
+                self._hand_over, self._first_try_failed, callbackArgs=(waiter,),
+                errbackArgs=(buildlet_type, waiter, wait),
+            )
+        return waiter.result
+
+    def waiting(self, type_name: str) -> int:
+        """How many creates wait in this coordinator's line for a ``type_name`` buildlet."""
+        return self._lines.waiting(type_name)
+
+    def _leave_line(self, type_name: str, waiter: Waiter) -> None:
+        self._lines.leave(type_name, waiter)
+
+    def _first_try_failed(
+        self, reason: failure.Failure, buildlet_type: BuildletType, waiter: Waiter, wait: float
+    ) -> None:
+        if waiter.gone:
+            return
+        if reason.check(PoolFull) and wait > 0:
+            self._line_up(buildlet_type, waiter, wait)
+        else:
+            waiter.result.errback(reason)
+
+    def _line_up(self, buildlet_type: BuildletType, waiter: Waiter, wait: float) -> None:
+        deadline = self._clock.callLater(wait, self._out_of_time, buildlet_type, waiter, wait)
+        self._lines.join(buildlet_type.name, waiter, deadline)
+        # Serve at once: what freed up while this create tried its luck woke nobody.
+        self._serve_line(buildlet_type.name)
+
+    def _out_of_time(self, buildlet_type: BuildletType, waiter: Waiter, wait: float) -> None:
+        if self._lines.leave(buildlet_type.name, waiter) and not waiter.gone:
+            waiter.result.errback(PoolFull(
+                f"no buildlet of type {buildlet_type.name} freed up within {wait:g} s (all "
+                f"{buildlet_type.max_count} in use); retry later, or destroy one of yours"
+            ))
+
+    def _hand_over(self, lease: Lease, waiter: Waiter) -> None:
+        """Give ``lease`` to ``waiter``; destroy it if the waiter is gone."""
+        if not waiter.gone:
+            waiter.result.callback(lease)
+            return
+        log.msg(f"coordinator: whoever asked for {lease.name} left before getting it; "
+                "destroying it")
+        self._in_background(defer.ensureDeferred(self.destroy(lease.name)), "destroying it")
+
+    def _in_background(self, work: defer.Deferred[Any], what: str) -> None:
+        self._warming.add(work)
+        work.addErrback(log.err, f"coordinator: {what} failed")
+        work.addBoth(self._done_warming, work)
+
+    def _serve_lines(self) -> None:
+        """Serve every line: something of this coordinator's freed up."""
+        for type_name in self.types:
+            self._serve_line(type_name)
+
+    def _serve_line(self, type_name: str) -> None:
+        """Serve the line of ``type_name`` (once more, if it is being served right now)."""
+        if not self._lines.waiting(type_name):
+            return
+        if type_name in self._serving:
+            self._serve_again.add(type_name)
+            return
+        self._serving.add(type_name)
+        serving = defer.ensureDeferred(self._serve(self.types[type_name]))
+        serving.addBoth(self._served, type_name)
+        self._in_background(serving, f"serving the line for {type_name}")
+
+    def _served(self, result: object, type_name: str) -> object:
+        self._serving.discard(type_name)
+        return result
+
+    async def _serve(self, buildlet_type: BuildletType) -> None:
+        """Give what is free to the head of the line, in order, until nothing is."""
+        name = buildlet_type.name
+        while (head := self._lines.head(name)) is not None:
+            self._serve_again.discard(name)
+            try:
+                claimed = await self._claim(buildlet_type, head.owner)
+            except PoolFull:
+                if name in self._serve_again:
+                    continue
+                return
+            if self._lines.head(name) is not head:  # it left (gone, out of time) meanwhile
+                await self._give_back(claimed)
+                continue
+            self._lines.leave(name, head)
+            if isinstance(claimed, Lease):
+                self._hand_over(claimed, head)
+            else:
+                started = defer.ensureDeferred(self._start(buildlet_type, claimed))
+                started.addCallbacks(
+                    self._hand_over, self._start_failed, callbackArgs=(head,), errbackArgs=(head,)
+                )
+                self._in_background(started, f"starting {claimed}")
+        self.fill_warm_pools()
+
+    def _start_failed(self, reason: failure.Failure, waiter: Waiter) -> failure.Failure | None:
+        if waiter.gone:
+            return reason
+        waiter.result.errback(reason)
+        return None
+
+    async def _give_back(self, claimed: Claim) -> None:
+        if isinstance(claimed, Lease):
+            await self.destroy(claimed.name)
+        else:
+            await self.table.remove(claimed)
 
     async def _reserve(self, buildlet_type: BuildletType, owner: str | None) -> str:
         """Write the STARTING row, unless the type is at its maximum (one at a time)."""
@@ -298,7 +459,11 @@ class Coordinator:
             return  # the running one checks the count again after each start
         self._topping_up.add(buildlet_type.name)
         try:
-            while await self.table.count_idle(buildlet_type.name) < buildlet_type.warm:
+            # Capacity freed while creates wait in line is theirs, not the warm pool's.
+            while (
+                not self._lines.waiting(buildlet_type.name)
+                and await self.table.count_idle(buildlet_type.name) < buildlet_type.warm
+            ):
                 try:
                     name = await self._reserve(buildlet_type, None)
                 except PoolFull:
@@ -392,19 +557,30 @@ class Coordinator:
                 gone.append(lease.name)
             elif lease.state in (LeaseState.LEASED, LeaseState.IDLE):
                 await self._set_agent_deadline(lease)
+        self._serve_lines()
         return gone
 
     async def stop(self) -> None:
-        """Stop warming and renewing; leave every buildlet running for the next start to
-        re-adopt.
+        """Stop warming, renewing and serving the lines; leave every buildlet running for the
+        next start to re-adopt.
 
         Each agent halts itself by its deadline if no coordinator starts again to renew it.
+        Creates waiting in line fail with PoolFull (they may retry with the next coordinator).
         """
         self._stopped = True
         for _, loop in self._open.values():
             if loop.running:
                 loop.stop()
         self._open.clear()
+        if self._subscription is not None:
+            await self._subscription.cancel()
+            self._subscription = None
+        for waiter in self._lines.clear():
+            if not waiter.gone:
+                waiter.result.errback(PoolFull(
+                    "the coordinator stopped (a restart or reconfiguration) while you waited "
+                    f"in line; retry in {PoolFull.retry_after} s"
+                ))
         await self.wait_until_warm()
 
     async def halt_all(self) -> list[str]:

@@ -17,7 +17,7 @@ import time
 import traceback
 from collections.abc import Awaitable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, TextIO
 
 from buildbot_farm.leases import keys, transfers
 from buildbot_farm.leases.lease_settings import SETTINGS_HELP, LeaseSettingsError, load_settings
@@ -30,6 +30,7 @@ ERRORS_HELP = """
 
 errors: one line on stderr, exit status 2; run exits with the remote command's status."""
 INTERRUPTED = 130  # the shell's code for a command ended by Ctrl-C (SIGINT)
+CREATE_TIMEOUT = 600.0  # seconds `lease create` waits in line for a full pool, by default
 LeaseAction = Callable[["CoordinatorClient", argparse.Namespace], Awaitable[int]]
 
 
@@ -37,11 +38,50 @@ class LeaseCommandError(Exception):
     """A problem the user can fix, reported as one ``buildbot-farm: ...`` line."""
 
 
+class PlaceInLine:
+    """Shows a waiting create's place in line: redrawn on a terminal, else a line per change.
+
+    Use it as a context manager: at the end, a redrawn line is erased.
+    """
+
+    def __init__(self, label: str, stream: TextIO) -> None:
+        self.label = label
+        self._stream = stream
+        self._live = stream.isatty()
+        self._shown: int | None = None
+        self._drawn = False
+
+    def show(self, ahead: int) -> None:
+        """Say that ``ahead`` creates are ahead of this one (only when that changed)."""
+        if ahead == self._shown:
+            return
+        self._shown = ahead
+        place = "next in line" if ahead == 0 else f"{ahead} ahead of you in line"
+        if self._live:
+            self._stream.write(f"\r{self.label}: {place}\x1b[K")
+            self._drawn = True
+        else:
+            self._stream.write(f"{self.label}: {place}\n")
+        self._stream.flush()
+
+    def __enter__(self) -> PlaceInLine:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._drawn:
+            self._stream.write("\r\x1b[K")
+            self._stream.flush()
+
+
 # --- The commands: each runs in the reactor and returns the exit code ------------------------
 
 
 async def _create(client: CoordinatorClient, args: argparse.Namespace) -> int:
-    print((await client.create(args.type))["Name"])
+    if args.timeout < 0:
+        raise LeaseCommandError(f"--timeout {args.timeout:g}: give seconds >= 0")
+    with PlaceInLine(f"waiting for a {args.type} buildlet", sys.stderr) as line:
+        created = await client.create(args.type, wait=args.timeout, on_place=line.show)
+    print(created["Name"])
     return 0
 
 
@@ -300,8 +340,13 @@ def add_lease_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentP
         parser.set_defaults(handler=_lease_command, lease_action=function)
         return parser
 
-    action("create", _create, "lease a buildlet of TYPE; print its name").add_argument(
-        "type", metavar="TYPE")
+    create = action("create", _create, "lease a buildlet of TYPE; print its name. When every "
+                    "buildlet of TYPE is in use, wait in line (showing your place on stderr) "
+                    "for the first one that frees up")
+    create.add_argument("--timeout", type=float, default=CREATE_TIMEOUT, metavar="SECONDS",
+                        help=f"give up after waiting this long (default: {CREATE_TIMEOUT:g}; "
+                        "0: fail at once if the pool is full)")
+    create.add_argument("type", metavar="TYPE")
     action("list", _list, "list your buildlets")
 
     run = action("run", _run, "run CMD on the buildlet, streaming its output; exit with its status")

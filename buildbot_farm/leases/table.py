@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from buildbot_farm import db
 from buildbot_farm.leases.lease import ExpiryPolicy, Lease, LeaseState, buildlet_name
 
+# Announces "a buildlet of coordinator PAYLOAD freed up or became free to lease".
+CHANNEL = "farm_buildlets"
 _COLUMNS = (
     "name, type, state, owner, url, secret, handle, created_at, leased_at, renewed_at, expires_at"
 )
@@ -61,11 +63,17 @@ class LeaseTable:
         state = LeaseState.LEASED if lease.owner else LeaseState.IDLE
         expires = self._policy.expires_at(now, now) if lease.owner else None
         leased_at = now if lease.owner else None
-        await self._db.execute(
-            "UPDATE farm_buildlets SET state = ?, url = ?, secret = ?, handle = ?,"
-            " leased_at = ?, renewed_at = ?, expires_at = ? WHERE name = ?",
-            (state.value, url, secret, handle, leased_at, leased_at, expires, name),
-        )
+
+        async def update(txn: db.Transaction) -> None:
+            await txn.execute(
+                "UPDATE farm_buildlets SET state = ?, url = ?, secret = ?, handle = ?,"
+                " leased_at = ?, renewed_at = ?, expires_at = ? WHERE name = ?",
+                (state.value, url, secret, handle, leased_at, leased_at, expires, name),
+            )
+            if state is LeaseState.IDLE:
+                await txn.notify(CHANNEL, self._coordinator)
+
+        await self._db.transaction(update)
         ready = await self.get(name)
         assert ready is not None
         return ready
@@ -176,8 +184,25 @@ class LeaseTable:
         return changed > 0
 
     async def remove(self, name: str) -> None:
-        """Forget a destroyed buildlet."""
-        await self._db.execute("DELETE FROM farm_buildlets WHERE name = ?", (name,))
+        """Forget a destroyed buildlet (its pool has room again: announced on ``CHANNEL``)."""
+
+        async def delete(txn: db.Transaction) -> None:
+            await txn.execute("DELETE FROM farm_buildlets WHERE name = ?", (name,))
+            await txn.notify(CHANNEL, self._coordinator)
+
+        await self._db.transaction(delete)
+
+    async def listen(self, freed: Callable[[], None]) -> db.Subscription:
+        """Call ``freed()`` whenever one of this coordinator's buildlets frees up or is free.
+
+        On PostgreSQL this hears every process that changes this coordinator's rows.
+        """
+
+        def heard(payload: str) -> None:
+            if payload == self._coordinator:
+                freed()
+
+        return await self._db.listen(CHANNEL, heard)
 
     async def provider_kinds(self) -> dict[str, str]:
         """The provider kind (``process``, ``docker``, ``reverse``) of each buildlet, by name."""

@@ -76,6 +76,8 @@ class LeaseSettings:
     ``coordinator_url`` None means the coordinator of this master's farm service (named
     ``farm``); then ``key`` may be None too, and is derived from that coordinator's secret.
     ``key`` may be a secret (``util.Secret("farm-lease-key")``), rendered at (re)config.
+    ``lease_wait`` is how long a substantiation waits in line when the pool is full (0: it
+    fails at once, and Buildbot retries the build after its quarantine).
     """
 
     buildlet_type: Any = "local"
@@ -86,6 +88,7 @@ class LeaseSettings:
     python: str = "python3"
     keepalive_interval: float = 60.0
     farm: str = "farm"
+    lease_wait: float = 1800.0
 
     def problems(self) -> list[str]:
         """What is wrong, each naming its argument."""
@@ -102,6 +105,8 @@ class LeaseSettings:
             found.append("key is required with coordinator_url (buildbot-farm key USER)")
         if not isinstance(self.keepalive_interval, (int, float)) or self.keepalive_interval <= 0:
             found.append("keepalive_interval must be a number of seconds > 0")
+        if not isinstance(self.lease_wait, (int, float)) or not 0 <= self.lease_wait < float("inf"):
+            found.append("lease_wait must be a number of seconds >= 0")
         return found
 
 
@@ -128,6 +133,8 @@ class FarmLatentWorker(AbstractLatentWorker):
     _worker_exec: defer.Deferred[Any] | None = None
     _keepalive: task.LoopingCall | None = None
     _leftover_release: defer.Deferred[None] | None = None
+    # The create of a start in progress (waiting in line, perhaps); None between starts.
+    _creating: defer.Deferred[dict[str, Any]] | None = None
 
     def checkConfig(self, name: str, password: Any = None, **kwargs: Any) -> None:
         """Refuse bad arguments with config errors naming them."""
@@ -247,12 +254,27 @@ class FarmLatentWorker(AbstractLatentWorker):
             await self._leftover_release  # the state it clears is the one this start writes
         client = self._client()
         buildlet_type = await build.render(self.lease_settings.buildlet_type)
+        self._creating = defer.ensureDeferred(client.create(
+            str(buildlet_type),
+            wait=self.lease_settings.lease_wait,
+            on_place=lambda ahead: log.msg(
+                f"FarmLatentWorker {self.name}: waiting in line for a {buildlet_type} "
+                f"buildlet, {ahead} ahead"
+            ),
+        ))
         try:
-            lease = await client.create(str(buildlet_type))
+            lease = await self._creating
         except CoordinatorRequestError as e:
             raise RuntimeError(
                 f"FarmLatentWorker {self.name}: could not lease a {buildlet_type} buildlet: {e}"
             ) from e
+        except defer.CancelledError:
+            raise RuntimeError(
+                f"FarmLatentWorker {self.name}: stopped waiting in line for a {buildlet_type}"
+                " buildlet (the worker is being stopped)"
+            ) from None
+        finally:
+            self._creating = None
         name = lease["Name"]
         self._buildlet, self._lease_client = name, client
         await self._remember(name)
@@ -343,6 +365,15 @@ class FarmLatentWorker(AbstractLatentWorker):
             for build in builder.building
             if build.workerforbuilder is not None and build.workerforbuilder.worker is self
         ]
+
+    def insubstantiate(
+        self, fast: bool = False, force_substantiation_build: Any = None
+    ) -> defer.Deferred[None]:
+        """Leave the coordinator's line first if a start waits in it (a cancelled build, the
+        missing timer), so that Buildbot need not wait for a buildlet only to release it."""
+        if self._creating is not None:
+            self._creating.cancel()
+        return super().insubstantiate(fast, force_substantiation_build)
 
     def stop_instance(self, fast: bool = False) -> defer.Deferred[bool]:
         """Halt the buildlet (and so the worker on it); safe when it is already gone."""

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 from twisted.internet import defer, protocol, reactor
+from twisted.internet.task import deferLater
 from twisted.python import failure
 from twisted.web import pages, resource, server
 
@@ -424,3 +425,44 @@ def test_progress_is_a_live_bar_on_a_terminal_and_one_line_elsewhere() -> None:
     assert terminal.getvalue().count("\r") == 5
     assert terminal.getvalue().endswith("\rput x: 4.0 MiB in 2.0 s (2.0 MiB/s)\x1b[K\n")
     assert pipe.getvalue() == "put x: 4.0 MiB in 2.0 s (2.0 MiB/s)\n"
+
+
+async def fill_the_pool(farm: Farm) -> list[str]:
+    """Lease every buildlet of the farm's pool (max_count=2)."""
+    return [await farm.lease(), await farm.lease()]
+
+
+@pytest_twisted.ensureDeferred
+async def test_create_waits_in_line_and_gets_the_first_buildlet_freed(farm: Farm) -> None:
+    """On a full pool, create shows its place on stderr and prints the freed buildlet's name."""
+    held = await fill_the_pool(farm)
+    waiting = defer.ensureDeferred(farm.cli("lease", "create", "local"))
+    deadline = time.monotonic() + 30
+    while farm.running.coordinator.waiting("local") != 1:
+        assert time.monotonic() < deadline, "the create never got in line"
+        await deferLater(reactor, 0.02, lambda: None)
+    destroyed = await farm.cli("lease", "destroy", held[0])
+    assert destroyed.code == 0, destroyed.err
+    created = await waiting
+    assert created.code == 0, created.err
+    assert created.text == "user-alice-local-2\n"
+    assert created.err == "waiting for a local buildlet: next in line\n"
+
+
+@pytest_twisted.ensureDeferred
+async def test_create_gives_up_after_its_timeout_with_one_line(farm: Farm) -> None:
+    """When nothing frees up within --timeout, create exits 2 with one line saying so."""
+    await fill_the_pool(farm)
+    started = time.monotonic()
+    gave_up = await farm.cli("lease", "create", "--timeout", "1", "local")
+    assert time.monotonic() - started >= 1
+    place, error = gave_up.err.splitlines(keepends=True)
+    assert place == "waiting for a local buildlet: next in line\n"
+    assert_one_error_line(
+        Outcome(gave_up.code, gave_up.out, error),
+        "no buildlet of type local freed up within 1 s", "HTTP 503",
+    )
+    assert gave_up.out == b""
+    at_once = await farm.cli("lease", "create", "--timeout", "0", "local")
+    assert_one_error_line(at_once, "are in use", "HTTP 503")
+    assert farm.running.coordinator.waiting("local") == 0

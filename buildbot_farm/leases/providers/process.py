@@ -65,7 +65,9 @@ class ProcessProvider(BuildletProvider):
         ready_file = home / "url"
         deadline = self._reactor.seconds() + self._start_timeout
         while not ready_file.exists():
-            if not _is_agent(pid, home):
+            # Not _is_agent: in the instant after the fork, before exec finishes, the child's
+            # /proc cmdline is not yet the agent's, and it is our own unreaped child anyway.
+            if _exited(pid):
                 log_tail = _tail(home / "agent.log")
                 await self.destroy(handle)
                 raise ProviderError(f"the buildlet agent for {name} exited at start: {log_tail}")
@@ -150,6 +152,15 @@ def _is_agent(pid: int, home: Path) -> bool:
         return False
     zombie = status.rsplit(")", 1)[-1].split()[0] == "Z"
     return not zombie and str(home / "work").encode() in cmdline
+
+
+def _exited(pid: int) -> bool:
+    """Whether process ``pid`` is gone or a zombie."""
+    try:
+        status = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return status.rsplit(")", 1)[-1].split()[0] == "Z"
 
 
 def _kill_group(pid: int) -> None:
