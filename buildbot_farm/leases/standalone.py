@@ -104,7 +104,7 @@ def run_coordinator(args: argparse.Namespace) -> int:
         types = settings.buildlet_types(args.state_dir, reactor, agents, owner)
         coordinator = Coordinator(database, reactor, types, agents, settings.policy)
         await coordinator.start()
-        resource = CoordinatorResource(coordinator, secret.encode(), http_client(reactor))
+        resource = CoordinatorResource(coordinator, secret.encode(), reactor)
         listening = reactor.listenTCP(int(port), server.Site(resource), interface=host)
         print(f"COORDINATOR-READY http://{host}:{listening.getHost().port}", flush=True)
         sweeper = task.LoopingCall(lambda: defer.ensureDeferred(coordinator.sweep()))
