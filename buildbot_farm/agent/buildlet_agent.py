@@ -351,12 +351,19 @@ class ExecRequest:
         cmd = single(form, "cmd")
         if not cmd:
             raise AgentError(400, "cmd is empty; give the command to run")
-        # gomote sends mode=sys to look cmd up on PATH; the one lookup rule (a name with a slash
-        # is relative to dir, a bare name is found on PATH) serves both modes.
+        # gomote sends mode=sys to look cmd up on PATH; the one lookup rule (a bare name is found
+        # on PATH; a relative path with a slash is in the workdir, not in dir, as with Go's
+        # buildlet, which also runs such a command in its own directory when dir is not given)
+        # serves both modes.
         mode = single(form, "mode", "")
         if mode not in ("", "sys"):
             raise AgentError(400, f"mode {mode!r} is not supported; send 'sys' or leave it out")
-        rel_dir = single(form, "dir", ".")
+        rel_dir = single(form, "dir", "")
+        if "/" in cmd and not cmd.startswith("/"):
+            if not rel_dir and mode != "sys":
+                rel_dir = posixpath.dirname(cmd)
+            cmd = workdir.resolve(cmd)
+        rel_dir = rel_dir or "."
         cwd = workdir.resolve(rel_dir)
         if not os.path.isdir(cwd):
             raise AgentError(400, f"dir {rel_dir!r} is not a directory in the workdir")

@@ -335,14 +335,18 @@ def test_exec_uses_env_and_dir(agent: RunningAgent) -> None:
     assert result["state"] == "ok"
 
 
-def test_exec_runs_a_cmd_with_a_slash_relative_to_dir(agent: RunningAgent) -> None:
-    """A cmd containing a slash is a path relative to dir rather than a PATH lookup."""
+def test_exec_runs_a_cmd_with_a_slash_from_the_workdir_as_go_does(agent: RunningAgent) -> None:
+    """A cmd with a slash is a path in the workdir, run in its own dir unless dir is given."""
     script = agent.workdir / "tools" / "bin" / "hello"
     script.parent.mkdir(parents=True)
-    script.write_text("#!/bin/sh\necho hello from $0\n")
+    script.write_text("#!/bin/sh\necho hello from $0 in $(pwd)\n")
     script.chmod(0o755)
-    output, result = agent.run("bin/hello", dir="tools")
-    assert (output, result["state"]) == (b"hello from bin/hello\n", "ok")
+    tools = os.path.realpath(agent.workdir / "tools")
+    output, result = agent.run("tools/bin/hello")
+    assert (output, result["state"]) == (
+        f"hello from {tools}/bin/hello in {tools}/bin\n".encode(), "ok")
+    output, result = agent.run("tools/bin/hello", dir="tools")
+    assert output == f"hello from {tools}/bin/hello in {tools}\n".encode()
 
 
 @pytest.mark.parametrize("bad_dir", ["..", "../outside", "/tmp", "escape", "missing"])

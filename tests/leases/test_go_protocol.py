@@ -276,7 +276,7 @@ async def test_exec_path_field_sets_path_as_gos_server_does(
 async def test_put_sends_the_mode_in_decimal_and_workdir_is_plain_text(
     start_coordinator: StartCoordinator,
 ) -> None:
-    """Put's mode=493 makes a 0755 file and 420 a 0644 one (also chunked); /workdir is the path."""
+    """Put's mode=493 makes a 0755 file and 420 a 0644 one (also chunked); /workdir is its path."""
     running = await start_coordinator()
     name, key = await lease(running)
 
@@ -284,7 +284,7 @@ async def test_put_sends_the_mode_in_decimal_and_workdir_is_plain_text(
         go = GoClient(running.url, "user-alice", key, name)
         try:
             return [
-                go.send("PUT", "/write?mode=493&path=bin%2Frun.sh", b"#!/bin/sh\necho ran\n"),
+                go.send("PUT", "/write?mode=493&path=bin%2Frun.sh", b"#!/bin/sh\necho ran in $PWD"),
                 go.send("PUT", "/write?mode=420&path=notes.txt", [b"streamed ", b"in chunks"]),
                 go.send("PUT", "/write?mode=0644&path=bad.txt", b"x"),
                 go.send("GET", "/workdir"),
@@ -305,7 +305,8 @@ async def test_put_sends_the_mode_in_decimal_and_workdir_is_plain_text(
     assert stat.S_IMODE((workdir / "notes.txt").stat().st_mode) == 0o644
     assert (workdir / "notes.txt").read_bytes() == b"streamed in chunks"
     assert not (workdir / "bad.txt").exists()
-    assert (ran.body, ran.trailers) == (b"ran\n", {"Process-State": "ok"})
+    # Go's buildlet runs a command given by its path in the workdir in its own directory
+    assert (ran.body, ran.trailers) == (f"ran in {workdir}/bin\n".encode(), {"Process-State": "ok"})
 
 
 @pytest_twisted.ensureDeferred
