@@ -220,6 +220,8 @@ class _AgentAnswer(protocol.Protocol):
             self._left = 0
             self._relay = request.write
         elif chunked:
+            if request.clientproto != b"HTTP/1.1":
+                request.responseHeaders.removeHeader(b"trailer")  # de-chunked: no trailers
             writer = _web_compat.raw_body_writer(request)
             self._raw = writer is not None
             self._scanner = ChunkedScanner(collect=not self._raw)

@@ -457,6 +457,35 @@ async def test_an_answer_that_breaks_off_reaches_the_client_broken(
     assert not received.endswith(b"0\r\n\r\n"), received[-40:]
 
 
+@pytest_twisted.ensureDeferred
+async def test_an_http10_client_gets_the_output_de_chunked(
+    start_coordinator: StartCoordinator,
+) -> None:
+    """A client that cannot take chunks gets the exec output plain, without a Trailer header."""
+    running = await start_coordinator()
+    name, key = await lease(running)
+
+    def talk() -> bytes:
+        go = GoClient(running.url, "user-alice", key, name)
+        try:
+            body = urllib.parse.urlencode([("cmd", "printf"), ("cmdArg", "one\\ntwo\\n"),
+                                           ("mode", "sys")]).encode()
+            go.sock.sendall(
+                f"POST /exec HTTP/1.0\r\nAuthorization: Basic {go.auth}\r\n"
+                f"X-Buildlet-Proxy: {name}\r\nContent-Type: {FORM}\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            return go.reader.read()
+        finally:
+            go.close()
+
+    received = await threads.deferToThread(talk)
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200 ")
+    assert b"chunked" not in head.lower()
+    assert b"trailer" not in head.lower()
+    assert body == b"one\ntwo\n"
+
+
 class _RawChunks(resource.Resource):
     isLeaf = True
 
