@@ -261,7 +261,7 @@ class _AgentAnswer(protocol.Protocol):
             return
         self._complete = True
         self._stop_producing()
-        if self._raw:
+        if self._raw and not self._client_gone:
             _web_compat.finish_raw_body(self._request)
         self.transport.loseConnection()
         self.done.callback(None)
