@@ -87,7 +87,7 @@ async def start_bench(database: db.Database, provider: BuildletProvider) -> Benc
     await coordinator.start()
     port = reactor.listenTCP(
         0,
-        server.Site(CoordinatorResource(coordinator, SECRET, http_client(reactor))),
+        server.Site(CoordinatorResource(coordinator, SECRET, reactor)),
         interface="127.0.0.1",
     )
     url = f"http://127.0.0.1:{port.getHost().port}"

@@ -53,7 +53,7 @@ async def measure(workdir: Path) -> str:
     )
     await coordinator.start()
     port = reactor.listenTCP(
-        0, server.Site(CoordinatorResource(coordinator, SECRET, http_client(reactor))),
+        0, server.Site(CoordinatorResource(coordinator, SECRET, reactor)),
         interface="127.0.0.1",
     )
     relay = CuttableRelay(reactor, "127.0.0.1", port.getHost().port)

@@ -256,7 +256,7 @@ class FarmService(service.BuildbotService):
         self.coordinator = coordinator
         self.web_root.mount(
             "coordinator",
-            CoordinatorResource(coordinator, wanted.secret.encode(), http_client(reactor)),
+            CoordinatorResource(coordinator, wanted.secret.encode(), reactor),
         )
         self.add_periodic("lease-sweeper", wanted.sweep_interval, coordinator.sweep)
 

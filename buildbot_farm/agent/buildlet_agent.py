@@ -11,7 +11,9 @@ Once listening it prints ``BUILDLET-READY http://HOST:PORT`` (and writes the URL
 header ``X-Buildlet-Secret``; every path a client names is resolved inside the work directory;
 every error is JSON ``{"error": "..."}``.
 
-* ``GET /status``: agent and host facts.
+* ``GET /status``: agent and host facts, with ``Version``, the integer protocol version Go's
+  buildlet client decodes (its ``Status{Version int}``).
+* ``GET /workdir``: the work directory's absolute path, as plain text.
 * ``POST /exec`` (form: ``cmd``, ``cmdArg``..., ``dir``, ``env``..., ``mode``): run a command and
   stream its output; the result comes in the ``Process-State`` trailer, or, with
   ``X-Buildlet-Framing: 1``, as frames (type byte, 4-byte big-endian length, payload; ``o`` is
@@ -32,8 +34,13 @@ every error is JSON ``{"error": "..."}``.
   re-attached within N s)``), so a client that never re-attaches (Go's) leaves nothing
   running for long. /halt kills every run.
 * ``PUT /writetgz?dir=``: unpack a tar.gz body, all or nothing. ``GET /tgz?dir=``: stream one.
-* ``GET /ls?dir=&recursive=1&digest=1``, ``POST /removeall`` (form: ``path``...),
-  ``PUT /write?path=&mode=``, ``GET /read?path=``: files.
+  (Go's ``POST /writetgz`` form ``url=``, which would make the agent fetch any address, is
+  refused with 400.)
+* ``GET /ls?dir=&recursive=1&digest=1&skip=``: Go's line format (mode, tab, name, and for
+  regular files size, RFC 3339 modification time and with digest the SHA-1); JSON with
+  ``format=json`` or ``Accept: application/json``.
+* ``POST /removeall`` (form: ``path``...; ``.`` empties the workdir), ``PUT /write?path=&mode=``
+  (``mode`` in decimal, as Go's client sends it: 420 is 0644), ``GET /read?path=``: files.
 * ``POST /halt``: answer, kill running commands and exit.
 
 With ``--preemption signal|gce|aws|azure`` the agent watches for its host's preemption (a
@@ -96,6 +103,9 @@ from http import HTTPStatus
 from typing import Callable, ClassVar
 
 VERSION = "1.0"
+# The protocol version /status reports as "Version": the x/build buildlet version (cmd/buildlet's
+# buildletVersion) whose endpoints this agent serves; Go's coordinator refuses lower ones.
+PROTOCOL_VERSION = 29
 SECRET_HEADER = "X-Buildlet-Secret"
 PREEMPTED_HEADER = "X-Buildlet-Preempted"
 FRAMING_HEADER = "X-Buildlet-Framing"
@@ -164,13 +174,11 @@ def flag(params: dict[str, list[str]], name: str) -> bool:
 
 
 def parse_mode(text: str) -> int:
-    """Parse an octal permission string such as 0644."""
-    try:
-        mode = int(text, 8)
-    except ValueError:
-        mode = -1
-    if not 0 <= mode <= 0o7777:
-        raise AgentError(400, f"mode {text!r} is not an octal permission such as 0644")
+    """Parse a permission given in decimal, as Go's buildlet client sends it (420 is 0644)."""
+    mode = int(text, 10) if text.isdigit() else -1
+    if not 0 <= mode <= 0o777:
+        raise AgentError(400, f"mode {text!r} is not a decimal permission from 0 to 511, "
+                              "e.g. 420 for 0644 or 493 for 0755")
     return mode
 
 
@@ -373,12 +381,19 @@ class ExecRequest:
         cmd = single(form, "cmd")
         if not cmd:
             raise AgentError(400, "cmd is empty; give the command to run")
-        # gomote sends mode=sys to look cmd up on PATH; the one lookup rule (a name with a slash
-        # is relative to dir, a bare name is found on PATH) serves both modes.
+        # gomote sends mode=sys to look cmd up on PATH; the one lookup rule (a bare name is found
+        # on PATH; a relative path with a slash is in the workdir, not in dir, as with Go's
+        # buildlet, which also runs such a command in its own directory when dir is not given)
+        # serves both modes.
         mode = single(form, "mode", "")
         if mode not in ("", "sys"):
             raise AgentError(400, f"mode {mode!r} is not supported; send 'sys' or leave it out")
-        rel_dir = single(form, "dir", ".")
+        rel_dir = single(form, "dir", "")
+        if "/" in cmd and not cmd.startswith("/"):
+            if not rel_dir and mode != "sys":
+                rel_dir = posixpath.dirname(cmd)
+            cmd = workdir.resolve(cmd)
+        rel_dir = rel_dir or "."
         cwd = workdir.resolve(rel_dir)
         if not os.path.isdir(cwd):
             raise AgentError(400, f"dir {rel_dir!r} is not a directory in the workdir")
@@ -388,7 +403,20 @@ class ExecRequest:
             if not sep or not key:
                 raise AgentError(400, f"env entry {item!r} is not KEY=VALUE")
             env[key] = value
+        if form.get("path"):
+            env["PATH"] = expand_path(form["path"], env.get("PATH", ""), workdir.root)
         return cls([cmd, *form.get("cmdArg", [])], cwd, env)
+
+
+def expand_path(elements: list[str], original: str, workdir: str) -> str:
+    """The PATH Go's exec form field ``path`` asks for: its elements joined with ':'.
+
+    In each element ``$PATH`` stands for the original PATH, ``$WORKDIR`` for the work
+    directory and ``$EMPTY`` for nothing; elements that end up empty are left out.
+    """
+    expanded = (element.replace("$PATH", original).replace("$WORKDIR", workdir)
+                .replace("$EMPTY", "") for element in elements)
+    return ":".join(element for element in expanded if element)
 
 
 @dataclass
@@ -912,17 +940,25 @@ def unpack_into(body: io.BufferedIOBase, target: str, scratch: str) -> int:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def walk_tree(top: str, recursive: bool, prefix: str = "") -> Iterator[tuple[str, str]]:
-    """Yield (path, name relative to top) under top, parents first, never following symlinks."""
+def walk_tree(top: str, recursive: bool, prefix: str = "",
+              skip: frozenset[str] = frozenset()) -> Iterator[tuple[str, str]]:
+    """Yield (path, name relative to top) under top, parents first, never following symlinks.
+
+    Directories named (relative to top) in skip are left out with everything in them.
+    """
     try:
         with os.scandir(top) as scan:
             entries = sorted(scan, key=lambda entry: entry.name)
     except FileNotFoundError:
         return  # removed while we walked
     for entry in entries:
-        yield entry.path, prefix + entry.name
-        if recursive and entry.is_dir(follow_symlinks=False):
-            yield from walk_tree(entry.path, True, f"{prefix}{entry.name}/")
+        name = prefix + entry.name
+        is_dir = entry.is_dir(follow_symlinks=False)
+        if is_dir and name in skip:
+            continue
+        yield entry.path, name
+        if recursive and is_dir:
+            yield from walk_tree(entry.path, True, f"{name}/", skip)
 
 
 def write_tgz(top: str, out: ChunkedStream) -> None:
@@ -955,6 +991,45 @@ def describe_entry(path: str, name: str, digest: bool) -> dict[str, object]:
     return entry
 
 
+def go_mode_string(mode: int) -> str:
+    """An lstat mode written as Go's ``os.FileMode.String`` writes it, e.g. ``drwxr-xr-x``.
+
+    Go puts a letter per type or special bit (``d`` dir, ``L`` link, ``D`` device, ``p`` pipe,
+    ``S`` socket, ``u`` setuid, ``g`` setgid, ``c`` character device, ``t`` sticky, in that
+    order; ``-`` for none) before the nine permission letters.
+    """
+    letters = [(stat.S_ISDIR(mode), "d"), (stat.S_ISLNK(mode), "L"),
+               (stat.S_ISBLK(mode) or stat.S_ISCHR(mode), "D"), (stat.S_ISFIFO(mode), "p"),
+               (stat.S_ISSOCK(mode), "S"), (bool(mode & stat.S_ISUID), "u"),
+               (bool(mode & stat.S_ISGID), "g"), (stat.S_ISCHR(mode), "c"),
+               (bool(mode & stat.S_ISVTX), "t")]
+    kinds = "".join(letter for present, letter in letters if present) or "-"
+    return kinds + "".join(letter if mode & (0o400 >> i) else "-"
+                           for i, letter in enumerate("rwxrwxrwx"))
+
+
+def go_ls_line(path: str, name: str, digest: bool) -> bytes:
+    """One line of /ls in Go's format (links are not followed).
+
+    Mode, tab, name (``/`` after a directory's); for a regular file also tab, size, tab,
+    modification time (RFC 3339, UTC, whole seconds) and with digest tab, SHA-1.
+    """
+    info = os.lstat(path)
+    line = f"{go_mode_string(info.st_mode)}\t{name}"
+    if stat.S_ISREG(info.st_mode):
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(info.st_mtime_ns // 10**9))
+        line += f"\t{info.st_size}\t{when}"
+        if digest:
+            sha = hashlib.sha1()  # Go's protocol names SHA-1 (a digest, not a signature)
+            with open(path, "rb") as source:
+                for block in iter(partial(source.read, CHUNK), b""):
+                    sha.update(block)
+            line += f"\t{sha.hexdigest()}"
+    elif stat.S_ISDIR(info.st_mode):
+        line += "/"
+    return (line + "\n").encode("utf-8", "surrogateescape")
+
+
 def remove_path(path: str) -> bool:
     """Remove a file, link or tree; return whether there was anything to remove."""
     try:
@@ -969,6 +1044,13 @@ def remove_path(path: str) -> bool:
             os.chmod(dirpath, stat.S_IMODE(os.lstat(dirpath).st_mode) | stat.S_IRWXU)
     shutil.rmtree(path)
     return True
+
+
+def remove_path_or_entries(path: str, keep: bool) -> bool:
+    """Remove path, or with keep only what is in it; return whether anything was removed."""
+    if not keep:
+        return remove_path(path)
+    return any([remove_path(os.path.join(path, name)) for name in os.listdir(path)])
 
 
 def write_atomically(source: io.BufferedIOBase, dest: str, mode: int) -> int:
@@ -1118,7 +1200,8 @@ class BuildletHandler(http.server.BaseHTTPRequestHandler):
     def handle_status(self) -> None:
         """GET /status: agent and host facts."""
         self._send_json(200, {
-            "version": VERSION,
+            "Version": PROTOCOL_VERSION,
+            "agent_version": VERSION,
             "workdir": self.server.workdir.root,
             "os": platform.system().lower(),
             "arch": platform.machine(),
@@ -1172,6 +1255,23 @@ class BuildletHandler(http.server.BaseHTTPRequestHandler):
         else:
             stream.finish({"Process-State": result.state})
 
+    def handle_workdir(self) -> None:
+        """GET /workdir: the work directory's absolute path, as plain text (Go's WorkDir)."""
+        body = self.server.workdir.root.encode("utf-8", "surrogateescape")
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self._end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def handle_writetgz_url(self) -> None:
+        """POST /writetgz (form ``url``): refused, as it would make the agent fetch any URL."""
+        self._read_form()
+        raise AgentError(400, "POST /writetgz asks the buildlet to download url= itself, which "
+                              "this farm refuses (it could reach any address the buildlet can); "
+                              "download the .tar.gz and PUT it to /writetgz?dir=DIR instead")
+
     def handle_writetgz(self) -> None:
         """PUT /writetgz?dir=: unpack the tar.gz body into dir, all or nothing."""
         rel = single(self._query, "dir", ".")
@@ -1189,31 +1289,50 @@ class BuildletHandler(http.server.BaseHTTPRequestHandler):
         stream.finish()
 
     def handle_ls(self) -> None:
-        """GET /ls?dir=&recursive=&digest=: list a directory as JSON."""
+        """GET /ls?dir=&recursive=&digest=&skip=: list a directory in Go's lines, or JSON.
+
+        JSON (with sha256 digests) for ``format=json`` or ``Accept: application/json``.
+        """
         top = self._existing_dir()
         digest = flag(self._query, "digest")
-        entries = []
-        for path, name in walk_tree(top, flag(self._query, "recursive")):
+        walk = walk_tree(top, flag(self._query, "recursive"),
+                         skip=frozenset(self._query.get("skip", [])))
+        wanted = single(self._query, "format", "")
+        if wanted not in ("", "json", "lines"):
+            raise AgentError(400, f"format {wanted!r} is not json or lines (Go's, the default)")
+        if wanted == "json" or (not wanted and "application/json" in self.headers.get(
+                "Accept", "")):
+            entries = []
+            for path, name in walk:
+                with contextlib.suppress(FileNotFoundError):  # removed while we walked
+                    entries.append(describe_entry(path, name, digest))
+            self._send_json(200, entries)
+            return
+        stream = self._start_stream("text/plain; charset=utf-8")
+        lines: list[bytes] = []
+        for path, name in walk:
             with contextlib.suppress(FileNotFoundError):  # removed while we walked
-                entries.append(describe_entry(path, name, digest))
-        self._send_json(200, entries)
+                lines.append(go_ls_line(path, name, digest))
+            if sum(map(len, lines)) >= CHUNK:
+                stream.write(b"".join(lines))
+                lines.clear()
+        stream.write(b"".join(lines))
+        stream.finish()
 
     def handle_removeall(self) -> None:
-        """POST /removeall: remove each form field path (files or trees)."""
+        """POST /removeall: remove each form field path (``.`` empties the workdir)."""
         rels = self._read_form().get("path", [])
         if not rels:
             raise AgentError(400, "give at least one 'path' form field to remove")
         paths = [self.server.workdir.resolve(rel, follow_last=False) for rel in rels]
-        for rel, path in zip(rels, paths):
-            if path == self.server.workdir.root:
-                raise AgentError(400, f"path {rel!r} is the workdir itself; remove its entries")
-        removed = [rel for rel, path in zip(rels, paths) if remove_path(path)]
+        removed = [rel for rel, path in zip(rels, paths) if remove_path_or_entries(
+            path, path == self.server.workdir.root)]
         self._send_json(200, {"removed": removed})
 
     def handle_write(self) -> None:
         """PUT /write?path=&mode=: store the body as a file."""
         rel = single(self._query, "path")
-        mode = parse_mode(single(self._query, "mode", "0644"))
+        mode = parse_mode(single(self._query, "mode", "420"))
         dest = self.server.workdir.resolve(rel, follow_last=False)
         if os.path.isdir(dest) and not os.path.islink(dest):
             raise AgentError(409, f"path {rel!r} is a directory")
@@ -1266,7 +1385,8 @@ class BuildletHandler(http.server.BaseHTTPRequestHandler):
         "/exec": {"POST": handle_exec},
         "/exec/attach": {"GET": handle_exec_attach},
         "/exec/kill": {"POST": handle_exec_kill},
-        "/writetgz": {"PUT": handle_writetgz},
+        "/workdir": {"GET": handle_workdir},
+        "/writetgz": {"PUT": handle_writetgz, "POST": handle_writetgz_url},
         "/tgz": {"GET": handle_tgz},
         "/ls": {"GET": handle_ls},
         "/removeall": {"POST": handle_removeall},

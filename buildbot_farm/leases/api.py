@@ -7,7 +7,9 @@
 * any request with ``X-Buildlet-Proxy: NAME`` -> forwarded to that buildlet's agent
   (``POST /halt`` destroys the buildlet instead)
 
-Every request authenticates with HTTP Basic as ``user-NAME`` and that user's key. Every answer
+Every request authenticates with HTTP Basic as ``user-NAME`` and that user's key (a proxied
+request may also name the user ``buildlet-NAME``, as Go's remote-buildlet document does). A
+buildlet that is not the caller's answers exactly as one that does not exist. Every answer
 carries ``X-Buildlet-Coordinator: 1``, so that a client told a wrong URL can say so.
 """
 
@@ -22,7 +24,14 @@ from twisted.web import resource, server
 from twisted.web.server import Request
 
 from buildbot_farm.leases import keys
-from buildbot_farm.leases.coordinator import Coordinator, CoordinatorError, PoolFull
+from buildbot_farm.leases.coordinator import (
+    Coordinator,
+    CoordinatorError,
+    NoSuchBuildlet,
+    NotYours,
+    PoolFull,
+    no_such_buildlet,
+)
 from buildbot_farm.leases.lease import Lease
 from buildbot_farm.leases.proxy import forward, proxy_failed
 from buildbot_farm.web import json_error, json_response
@@ -40,17 +49,17 @@ STREAM_TYPE = b"application/x-ndjson; charset=utf-8"
 class CoordinatorResource(resource.Resource):
     """Serves the coordinator's API; mount it anywhere (it routes on the path below it).
 
-    ``secret`` is the coordinator secret the users' keys derive from; ``http`` is the
-    proxy's client to the agents (a treq ``HTTPClient`` on the coordinator's reactor).
+    ``secret`` is the coordinator secret the users' keys derive from; ``reactor`` is the one
+    the proxy connects to the agents on.
     """
 
     isLeaf = True
 
-    def __init__(self, coordinator: Coordinator, secret: bytes, http: Any) -> None:
+    def __init__(self, coordinator: Coordinator, secret: bytes, reactor: Any) -> None:
         super().__init__()
         self._coordinator = coordinator
         self._secret = secret
-        self._http = http
+        self._reactor = reactor
 
     def render(self, request: Request) -> int:
         """Authenticate, then answer asynchronously."""
@@ -61,15 +70,17 @@ class CoordinatorResource(resource.Resource):
         return server.NOT_DONE_YET
 
     async def _answer(self, request: Request) -> None:
+        target = request.getHeader(PROXY_HEADER)
         try:
-            user = keys.authenticate(self._secret, request.getHeader(b"authorization"))
+            user = keys.authenticate(
+                self._secret, request.getHeader(b"authorization"), proxied=bool(target)
+            )
         except keys.BadCredentials as e:
             request.setHeader(b"www-authenticate", b'Basic realm="buildbot_farm coordinator"')
             request.write(json_error(request, 401, str(e)))
             return
         segments = request.postpath or []
         path = "/" + "/".join(segment.decode(errors="replace") for segment in segments)
-        target = request.getHeader(PROXY_HEADER)
         if target:
             await self._proxy(request, user, target.decode(errors="replace"), path)
         elif path == "/buildlet/create":
@@ -184,7 +195,11 @@ class CoordinatorResource(resource.Resource):
         request.write(json_response(request, [lease.public() for lease in leases]))
 
     async def _proxy(self, request: Request, user: str, target: str, path: str) -> None:
-        lease = await self._coordinator.use(user, target)
+        try:
+            lease = await self._coordinator.use(user, target)
+        except NotYours:
+            # the same answer as for a buildlet that does not exist, so names cannot be probed
+            raise NoSuchBuildlet(no_such_buildlet(target)) from None
         if path == "/halt" and request.method == b"POST":
             await self._coordinator.destroy(lease.name)
             request.write(json_response(request, {"halted": lease.name}))
@@ -193,7 +208,7 @@ class CoordinatorResource(resource.Resource):
         full_path = path.encode() + (b"?" + query if query else b"")
         release = self._coordinator.hold(lease.name)  # the lease stays renewed while this runs
         try:
-            await forward(request, self._http, lease.url, lease.secret, full_path)
+            await forward(request, self._reactor, lease.url, lease.secret, full_path)
         except Exception:
             proxy_failed(request, failure.Failure(), lease.name)
         finally:

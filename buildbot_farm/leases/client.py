@@ -374,10 +374,13 @@ class CoordinatorClient:
             "PUT", "/writetgz", buildlet=name, params={"dir": directory}, data=archive
         )
 
-    async def put_file(self, name: str, source: IO[bytes], path: str, mode: str = "0644") -> None:
-        """Write a file object's contents to ``path`` in the work dir."""
+    async def put_file(self, name: str, source: IO[bytes], path: str, mode: int = 0o644) -> None:
+        """Write a file object's contents to ``path`` in the work dir, with permissions ``mode``.
+
+        The agent takes the mode in decimal, as Go's buildlet client sends it.
+        """
         await self._json(
-            "PUT", "/write", buildlet=name, params={"path": path, "mode": mode}, data=source
+            "PUT", "/write", buildlet=name, params={"path": path, "mode": str(mode)}, data=source
         )
 
     async def get_stream(
@@ -402,11 +405,16 @@ class CoordinatorClient:
         await stream.done
 
     async def ls(self, name: str, directory: str = "", digest: bool = False) -> list[Any]:
-        """The work dir's entries under ``directory`` (recursive), optionally with sha256."""
+        """The work dir's entries under ``directory`` (recursive), optionally with sha256.
+
+        Asks for the agent's JSON listing (its default is Go's line format).
+        """
         params = {"dir": directory, "recursive": "1"}
         if digest:
             params["digest"] = "1"
-        return list(await self._json("GET", "/ls", buildlet=name, params=params))
+        return list(await self._json(
+            "GET", "/ls", buildlet=name, params=params, headers={"Accept": "application/json"}
+        ))
 
     async def remove(self, name: str, paths: Iterable[str]) -> None:
         """Remove files or trees in the work dir."""

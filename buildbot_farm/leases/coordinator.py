@@ -101,6 +101,11 @@ class NoSuchBuildlet(CoordinatorError):
     status = 502
 
 
+def no_such_buildlet(name: str) -> str:
+    """What NoSuchBuildlet says about ``name`` (the proxy says the same of others' buildlets)."""
+    return f"no live buildlet named {name!r}: it expired or was destroyed"
+
+
 class NotYours(CoordinatorError):
     """The buildlet is leased to someone else."""
 
@@ -486,7 +491,7 @@ class Coordinator:
         lease = await self.table.get(name)
         now = self._clock.seconds()
         if lease is None or lease.state is not LeaseState.LEASED:
-            raise NoSuchBuildlet(f"no live buildlet named {name!r}: it expired or was destroyed")
+            raise NoSuchBuildlet(no_such_buildlet(name))
         if lease.owner != owner:
             raise NotYours(f"buildlet {name} is leased to someone else")
         if lease.expires_at is not None and lease.expires_at <= now:

@@ -14,6 +14,8 @@ import hmac
 import re
 
 USER_PATTERN = re.compile(r"^user-[a-z0-9][a-z0-9_.-]{0,62}$")
+# Go's remote-buildlet document names the user of proxied requests buildlet-NAME: the same user.
+PROXY_USER_PREFIX = "buildlet-"
 
 
 class BadCredentials(Exception):
@@ -51,12 +53,15 @@ def parse_basic(header: bytes | None) -> tuple[str, str]:
     return user, password
 
 
-def authenticate(secret: bytes, header: bytes | None) -> str:
+def authenticate(secret: bytes, header: bytes | None, proxied: bool = False) -> str:
     """Return the user named by a Basic auth header whose key is right, or raise BadCredentials.
 
+    With ``proxied`` (a request for a buildlet's agent), ``buildlet-NAME`` is ``user-NAME``.
     Keys are compared in constant time.
     """
     user, password = parse_basic(header)
+    if proxied and user.startswith(PROXY_USER_PREFIX):
+        user = "user-" + user[len(PROXY_USER_PREFIX):]
     try:
         expected = user_key(secret, user)
     except ValueError as e:

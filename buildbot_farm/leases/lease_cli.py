@@ -129,11 +129,21 @@ async def _put(client: CoordinatorClient, args: argparse.Namespace) -> int:
     dest = args.dest or source.name
     if dest.endswith("/"):
         dest += source.name
-    mode = args.mode or f"{info.st_mode & 0o777:04o}"
+    mode = info.st_mode & 0o777 if args.mode is None else _octal_mode(args.mode)
     with transfers.Progress(f"put {dest}", sys.stderr, info.st_size) as progress, \
             transfers.ProgressFile(source, progress.advance) as body:
         await client.put_file(args.name, body, dest, mode)
     return 0
+
+
+def _octal_mode(text: str) -> int:
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        mode = -1
+    if not 0 <= mode <= 0o777:
+        raise LeaseCommandError(f"--mode {text!r} is not an octal permission such as 0644")
+    return mode
 
 
 async def _get(client: CoordinatorClient, args: argparse.Namespace) -> int:
@@ -215,7 +225,8 @@ async def _rm(client: CoordinatorClient, args: argparse.Namespace) -> int:
 
 async def _ping(client: CoordinatorClient, args: argparse.Namespace) -> int:
     status = await client.status(args.name)
-    print(f"{args.name}: alive, agent {status.get('version')} on {status.get('hostname')} "
+    print(f"{args.name}: alive, agent {status.get('agent_version')} (buildlet protocol "
+          f"{status.get('Version')}) on {status.get('hostname')} "
           f"({status.get('os')}/{status.get('arch')}), {status.get('running')} command(s) running")
     return 0
 

@@ -1,89 +1,332 @@
-"""Streaming forwarder from a client's request to a buildlet agent, and the answer back.
+"""Relay from a client's request to a buildlet agent, and the agent's answer back as it is.
 
 The request body is what twisted.web has already spooled (memory under 100 KiB, a temporary
-file above); it is streamed to the agent from there. The answer is streamed to the client
-as the agent produces it, with flow control both ways: a slow client pauses the agent
-connection, and a client that goes away closes it (the agent's command then waits for the
-client to re-attach, for the agent's grace period).
+file above); it is streamed to the agent from there over a connection of its own (HTTP/1.1,
+``Connection: close``). The answer is relayed as the agent wrote it: its status, its headers
+(less hop-by-hop ones) and its body byte for byte, a chunked body with its trailers (``/exec``'s
+``Process-State``, which Go's buildlet client needs) — twisted.web's ``Request`` cannot send
+trailers, so that body goes straight to the client's connection (``_web_compat``). The body is
+only scanned for where it ends, never re-framed. Flow control works both ways: a slow client
+pauses the agent connection, and a client that goes away closes it (the agent's command
+then waits for the client to re-attach, for the agent's grace period).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import urllib.parse
+from typing import IO, Any, Callable
 
-import treq
-from twisted.internet import defer, protocol
+from twisted.internet import defer, endpoints, protocol
+from twisted.internet.abstract import isIPv6Address
 from twisted.python import failure, log
-from twisted.web import client, http
 from twisted.web.server import Request
 
+from buildbot_farm.leases import _web_compat
 from buildbot_farm.leases.agent_client import SECRET_HEADER
 from buildbot_farm.web import json_error
 
-# Hop-by-hop headers (RFC 9110 7.6.1) and the ones the proxy itself consumes or replaces.
-_NOT_FORWARDED = {
-    b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
-    b"trailer", b"transfer-encoding", b"upgrade", b"host", b"authorization",
-    b"x-buildlet-proxy", b"content-length", SECRET_HEADER.lower().encode(),
+CONNECT_TIMEOUT = 10.0
+MAX_HEAD = 64 * 1024  # the agent's status line and headers, and its trailers, each at most this
+SMALL_BODY = 64 * 1024  # request bodies up to this size are sent in one write
+# Hop-by-hop headers (RFC 9110 7.6.1), never relayed either way.
+_HOP_BY_HOP = {
+    b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization",
+    b"proxy-connection", b"te", b"transfer-encoding", b"upgrade",
 }
+# What the proxy consumes or replaces on the way to the agent; ``expect`` because the body has
+# already been read, ``trailer`` because the body is sent with a Content-Length.
+_NOT_FORWARDED = _HOP_BY_HOP | {
+    b"host", b"authorization", b"x-buildlet-proxy", b"content-length", b"expect", b"trailer",
+    SECRET_HEADER.lower().encode(),
+}
+_NO_BODY_STATUSES = {204, 304}
 
 
-class _Relay(protocol.Protocol):
-    """Writes the agent's answer to the client as it arrives, pausing the agent when needed."""
+class RelayError(Exception):
+    """The agent's answer was malformed, or ended before it was complete."""
 
-    def __init__(self, request: Request, done: defer.Deferred[None]) -> None:
+
+class ChunkedScanner:
+    """Finds where a chunked body ends (after its last chunk and trailers), changing nothing.
+
+    ``feed`` takes what arrived and returns how much of it belongs to the body, and, when
+    ``collect`` is set, appends the data of its chunks (without the framing) to ``segments``.
+    """
+
+    def __init__(self, collect: bool = False) -> None:
+        self.done = False
+        self.collect = collect
+        self.segments: list[bytes] = []
+        self._left = 0  # bytes of chunk data still to come
+        self._line = b""  # the part of a size, CRLF or trailer line received so far
+        self._state = "size"
+        self._trailer_bytes = 0
+
+    def feed(self, data: bytes) -> int:
+        """Scan ``data``; return how many of its bytes are the body's (all, unless it ended)."""
+        at, end = 0, len(data)
+        while at < end and not self.done:
+            if self._state == "data":
+                take = min(self._left, end - at)
+                if self.collect:
+                    self.segments.append(data[at:at + take])
+                at += take
+                self._left -= take
+                if not self._left:
+                    self._state = "crlf"
+                continue
+            newline = data.find(b"\n", at)
+            stop = end if newline < 0 else newline + 1
+            self._line += data[at:stop]
+            at = stop
+            if len(self._line) > MAX_HEAD:
+                raise RelayError("the agent's chunked answer has a line longer than 64 KiB")
+            if newline >= 0:
+                self._line_done(self._line.rstrip(b"\r\n"))
+                self._line = b""
+        return at
+
+    def _line_done(self, line: bytes) -> None:
+        if self._state == "size":
+            try:
+                self._left = int(line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                raise RelayError(f"the agent sent a bad chunk size {line[:40]!r}") from None
+            if self._left < 0:
+                raise RelayError(f"the agent sent a bad chunk size {line[:40]!r}")
+            self._state = "data" if self._left else "trailers"
+        elif self._state == "crlf":
+            if line:
+                raise RelayError("the agent's chunk is longer than its size said")
+            self._state = "size"
+        elif not line:
+            self.done = True
+        else:
+            self._trailer_bytes += len(line)
+            if self._trailer_bytes > MAX_HEAD:
+                raise RelayError("the agent's trailers are longer than 64 KiB")
+
+
+class _BodyPull:
+    """Writes a request body from a file to the agent as fast as the connection takes it."""
+
+    def __init__(self, source: IO[bytes], transport: Any) -> None:
+        self._source: IO[bytes] | None = source
+        self._transport = transport
+
+    def resumeProducing(self) -> None:  # noqa: N802 - IPullProducer
+        block = self._source.read(SMALL_BODY) if self._source is not None else b""
+        if block:
+            self._transport.write(block)
+        else:
+            self._source = None
+            self._transport.unregisterProducer()
+
+    def stopProducing(self) -> None:  # noqa: N802 - IPullProducer
+        self._source = None
+
+
+class _AgentAnswer(protocol.Protocol):
+    """Sends the request to the agent; relays its answer to the client's ``request``."""
+
+    transport: Any  # an ITCPTransport once connected
+
+    def __init__(self, request: Request, head: bytes, body: IO[bytes] | None, length: int) -> None:
         self._request = request
-        self._done = done
+        self._head = head
+        self._body = body
+        self._length = length
+        self.done: defer.Deferred[None] = defer.Deferred()
+        self._received = b""  # the answer's head, while it is incomplete
+        self._relay: Callable[[bytes], None] | None = None
+        self._left: int | None = None  # body bytes still to come, when the length is known
+        self._scanner: ChunkedScanner | None = None
+        self._raw = False  # the chunked body goes to the client's connection as it is
+        self._complete = False
+        self._client_gone = False
+        self._producing = False  # the agent connection is the client connection's producer
 
     def connectionMade(self) -> None:
+        if self._client_gone:
+            self.transport.abortConnection()
+            return
         self._request.registerProducer(self.transport, True)
+        self._producing = True
+        self.transport.write(self._head)
+        if self._body is not None and self._length <= SMALL_BODY:
+            self.transport.write(self._body.read())
+        elif self._body is not None:
+            self.transport.registerProducer(_BodyPull(self._body, self.transport), False)
+
+    def client_gone(self) -> None:
+        """The client went away: close the agent connection (the agent stops the command)."""
+        self._client_gone = True
+        if self.transport is not None:
+            self.transport.abortConnection()
 
     def dataReceived(self, data: bytes) -> None:
-        if not self._request.finished and not getattr(self._request, "_disconnected", False):
-            self._request.write(data)
+        try:
+            if self._relay is None:
+                data = self._head_received(data)
+                if self._relay is None:
+                    return
+            self._body_received(data)
+        except RelayError as e:
+            self._fail(failure.Failure(e))
+
+    def _head_received(self, data: bytes) -> bytes:
+        self._received += data
+        while True:
+            end = self._received.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self._received) > MAX_HEAD:
+                    raise RelayError("the agent's answer has headers longer than 64 KiB")
+                return b""
+            head, self._received = self._received[:end], self._received[end + 4:]
+            status = self._start_answer(head)
+            if status >= 200:
+                rest, self._received = self._received, b""
+                return rest
+
+    def _start_answer(self, head: bytes) -> int:
+        """Set the client's status and headers from the agent's head; its status code."""
+        status_line, *lines = head.split(b"\r\n")
+        version, _, rest = status_line.partition(b" ")
+        code_text, _, phrase = rest.partition(b" ")
+        if not version.startswith(b"HTTP/1.") or not code_text.isdigit():
+            raise RelayError(f"the agent answered {status_line[:60]!r}, not HTTP/1.x")
+        code = int(code_text)
+        if code < 200:
+            return code  # 100 Continue and the like: the final answer follows
+        request = self._request
+        request.setResponseCode(code, phrase)
+        headers: dict[bytes, list[bytes]] = {}
+        for line in lines:
+            name, sep, value = line.partition(b":")
+            if not sep or not name.strip() or name != name.strip():
+                raise RelayError(f"the agent sent a malformed header line {line[:60]!r}")
+            headers.setdefault(name.lower(), []).append(value.strip())
+        for name, values in headers.items():
+            if name not in _HOP_BY_HOP and name != b"content-length":
+                request.responseHeaders.setRawHeaders(name, values)
+        chunked = b"chunked" in b",".join(headers.get(b"transfer-encoding", [])).lower()
+        if b"content-length" in headers and not chunked:
+            try:
+                self._left = int(headers[b"content-length"][0])
+            except ValueError:
+                raise RelayError("the agent sent a Content-Length that is not a number") from None
+            request.setHeader(b"content-length", b"%d" % self._left)
+        if request.method == b"HEAD" or code in _NO_BODY_STATUSES:
+            self._left = 0
+            self._relay = request.write
+        elif chunked:
+            if request.clientproto != b"HTTP/1.1":
+                request.responseHeaders.removeHeader(b"trailer")  # de-chunked: no trailers
+            writer = _web_compat.raw_body_writer(request)
+            self._raw = writer is not None
+            self._scanner = ChunkedScanner(collect=not self._raw)
+            self._relay = writer or request.write
+        else:  # with no Content-Length, the body ends where the agent's connection does
+            self._relay = request.write
+        return code
+
+    def _body_received(self, data: bytes) -> None:
+        assert self._relay is not None
+        if self._scanner is not None:
+            used = self._scanner.feed(data)
+            if self._raw:
+                self._relay(data[:used] if used < len(data) else data)
+            else:
+                for segment in self._scanner.segments:
+                    self._relay(segment)
+                self._scanner.segments.clear()
+            if self._scanner.done:
+                self._completed()
+        elif self._left is not None:
+            if data and self._left:
+                self._relay(data[:self._left])
+            self._left -= min(self._left, len(data))
+            if not self._left:
+                self._completed()
+        elif data:
+            self._relay(data)
+
+    def _stop_producing(self) -> None:
+        if self._producing:
+            self._producing = False
+            self._request.unregisterProducer()
+
+    def _completed(self) -> None:
+        if self._complete:
+            return
+        self._complete = True
+        self._stop_producing()
+        if self._raw and not self._client_gone:
+            _web_compat.finish_raw_body(self._request)
+        self.transport.loseConnection()
+        self.done.callback(None)
+
+    def _fail(self, reason: failure.Failure) -> None:
+        if self._complete:
+            return
+        self._complete = True
+        self._stop_producing()
+        self.transport.abortConnection()
+        self.done.errback(reason)
 
     def connectionLost(self, reason: failure.Failure = protocol.connectionDone) -> None:
-        if self._request.channel is not None:  # None once the client has gone
-            self._request.unregisterProducer()
-        if reason.check(client.ResponseDone, http.PotentialDataLoss):
-            self._done.callback(None)
+        if self._complete:
+            return
+        if self._relay is not None and self._left is None and self._scanner is None:
+            self._completed()  # a body without length or chunks ends with the connection
+        elif self._client_gone:
+            self._fail(failure.Failure(RelayError("the client went away")))
         else:
-            self._done.errback(reason)
+            self._fail(failure.Failure(RelayError(
+                "the agent closed the connection before its answer was complete"
+                if self._relay is not None else
+                f"the agent closed the connection without answering ({reason.getErrorMessage()})"
+            )))
 
 
-async def forward(
-    request: Request, http_client: Any, base_url: str, secret: str, path: bytes
-) -> None:
-    """Send ``request`` to the agent at ``base_url`` + ``path`` and stream its answer back."""
-    headers = {
-        name: values
-        for name, values in request.requestHeaders.getAllRawHeaders()
-        if name.lower() not in _NOT_FORWARDED
-    }
-    headers[SECRET_HEADER.encode()] = [secret.encode()]
-    body = None
-    if request.content is not None and _has_body(request):
-        request.content.seek(0)
-        # twisted.web spools large bodies to a temporary file, which treq cannot adapt itself
-        body = client.FileBodyProducer(request.content)
-    response = await http_client.request(
-        request.method.decode(),
-        base_url.rstrip("/") + path.decode(),
-        headers=headers,
-        data=body,
-        unbuffered=True,
-    )
-    request.setResponseCode(response.code, response.phrase)
-    for name, values in response.headers.getAllRawHeaders():
+def _request_head(request: Request, host: str, port: int, secret: str, path: bytes,
+                  length: int | None) -> bytes:
+    raw_path, sep, query = path.partition(b"?")
+    target = urllib.parse.quote(raw_path, safe="/").encode() + sep + query
+    authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    lines = [request.method + b" " + target + b" HTTP/1.1", b"Host: " + authority.encode()]
+    for name, values in request.requestHeaders.getAllRawHeaders():
         if name.lower() not in _NOT_FORWARDED:
-            request.responseHeaders.setRawHeaders(name, values)
-    if response.length is not None and response.length is not treq.response.UNKNOWN_LENGTH:
-        request.setHeader(b"content-length", str(response.length).encode())
-    done: defer.Deferred[None] = defer.Deferred()
-    relay = _Relay(request, done)
-    request.notifyFinish().addErrback(lambda _: _stop(relay))
-    response.deliverBody(relay)
-    await done
+            lines += [name + b": " + value for value in values]
+    lines.append(SECRET_HEADER.encode() + b": " + secret.encode())
+    if length is not None:
+        lines.append(b"Content-Length: %d" % length)
+    lines.append(b"Connection: close")
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+async def forward(request: Request, reactor: Any, base_url: str, secret: str, path: bytes) -> None:
+    """Send ``request`` to the agent at ``base_url`` + ``path``; relay its answer as it is.
+
+    Raises (after the client got part of the answer, or nothing) when the agent cannot be
+    reached or its answer breaks off; ``proxy_failed`` then tells the client.
+    """
+    url = urllib.parse.urlsplit(base_url)
+    host, port = url.hostname or "", url.port or 80
+    body: IO[bytes] | None = None
+    length = None
+    if request.content is not None and _has_body(request):
+        body = request.content
+        length = body.seek(0, 2)
+        body.seek(0)
+    elif request.method in (b"POST", b"PUT", b"PATCH"):
+        length = 0
+    head = _request_head(request, host, port, secret, path, length)
+    answer = _AgentAnswer(request, head, body, length or 0)
+    request.notifyFinish().addErrback(lambda _: answer.client_gone())
+    kind = endpoints.TCP6ClientEndpoint if isIPv6Address(host) else endpoints.TCP4ClientEndpoint
+    await endpoints.connectProtocol(kind(reactor, host, port, timeout=CONNECT_TIMEOUT), answer)
+    await answer.done
 
 
 def _has_body(request: Request) -> bool:
@@ -92,16 +335,17 @@ def _has_body(request: Request) -> bool:
     return request.requestHeaders.hasHeader(b"transfer-encoding")
 
 
-def _stop(relay: _Relay) -> None:
-    if relay.transport is not None:
-        relay.transport.stopProducing()
-
-
 def proxy_failed(request: Request, reason: failure.Failure, name: str) -> None:
-    """Answer 502 when the agent could not be reached (if nothing was sent yet)."""
+    """Answer 502 when the agent could not be reached; cut a relayed answer that broke off.
+
+    A cut answer is aborted, not closed, so that nothing (such as a last chunk) is written
+    after it: the client sees it break off.
+    """
     log.msg(f"coordinator: proxying to {name} failed: {reason.getErrorMessage()}")
     if request.startedWriting:
-        request.loseConnection()
+        transport: Any = request.transport  # an ITCPTransport (or TLS over one)
+        if transport is not None:
+            transport.abortConnection()
         return
     request.write(
         json_error(

@@ -111,7 +111,7 @@ def run_coordinator(args: argparse.Namespace) -> int:
             database, reactor, types, agents, settings.policy, agent_grace=settings.agent_grace
         )
         await coordinator.start()
-        resource = CoordinatorResource(coordinator, secret.encode(), http_client(reactor))
+        resource = CoordinatorResource(coordinator, secret.encode(), reactor)
         listening = reactor.listenTCP(int(port), server.Site(resource), interface=host)
         print(f"COORDINATOR-READY http://{host}:{listening.getHost().port}", flush=True)
         sweeper = task.LoopingCall(lambda: defer.ensureDeferred(coordinator.sweep()))

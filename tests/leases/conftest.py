@@ -83,7 +83,7 @@ async def start_coordinator(tmp_path: Path) -> AsyncIterator[StartCoordinator]:
         await coordinator.start()
         port = reactor.listenTCP(
             0,
-            server.Site(CoordinatorResource(coordinator, SECRET, plain_http())),
+            server.Site(CoordinatorResource(coordinator, SECRET, reactor)),
             interface="127.0.0.1",
         )
         running = RunningCoordinator(

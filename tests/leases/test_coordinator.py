@@ -13,6 +13,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor, task
 
+from buildbot_farm.leases import keys
 from buildbot_farm.leases.client import CoordinatorClient, CoordinatorRequestError
 from buildbot_farm.leases.coordinator import NoSuchBuildlet
 from buildbot_farm.leases.lease import ExpiryPolicy
@@ -88,20 +89,27 @@ async def test_wrong_missing_or_malformed_credentials_are_401(
 
 
 @pytest_twisted.ensureDeferred
-async def test_someone_elses_buildlet_is_403_and_a_missing_one_502(
+async def test_someone_elses_buildlet_answers_as_a_missing_one(
     start_coordinator: StartCoordinator,
 ) -> None:
-    """Proxying to another user's buildlet is 403; to one that does not exist, 502."""
+    """Proxying to another user's buildlet gets the same 502 and message as a missing one."""
     running = await start_coordinator()
     name = (await running.client("user-alice").create("local"))["Name"]
     bob = running.client("user-bob")
-    with pytest.raises(CoordinatorRequestError, match="leased to someone else") as foreign:
+    auth = ("user-bob", keys.user_key(SECRET, "user-bob"))
+    answers = []
+    for target in (name, "user-alice-local-7"):
+        response = await plain_http().get(
+            running.url + "/status", auth=auth, headers={"X-Buildlet-Proxy": target}
+        )
+        body = json.loads(await response.content())
+        answers.append((response.code, body["error"].replace(repr(target), "NAME")))
+    assert answers[0] == answers[1]
+    assert answers[0][0] == 502
+    with pytest.raises(CoordinatorRequestError, match="no live buildlet"):
         await bob.status(name)
-    assert foreign.value.status == 403
-    with pytest.raises(CoordinatorRequestError, match="no live buildlet") as missing:
-        await bob.status("user-bob-local-7")
-    assert missing.value.status == 502
     assert await bob.buildlets() == []
+    assert (await running.client("user-alice").status(name))["Version"] >= 23
 
 
 @pytest_twisted.ensureDeferred

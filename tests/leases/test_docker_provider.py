@@ -87,7 +87,7 @@ async def start_docker_coordinator(
         await coordinator.start()
         port = reactor.listenTCP(
             0,
-            server.Site(CoordinatorResource(coordinator, SECRET, plain_http())),
+            server.Site(CoordinatorResource(coordinator, SECRET, reactor)),
             interface="127.0.0.1",
         )
         running = DockerCoordinator(
