@@ -8,6 +8,7 @@ waits for it and prints its result, the farm's status and the web UI address.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -22,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from buildbot_farm.example import DEMO_SECRETS, WORKER_PASSWORD_SECRET, fill_secrets
+from buildbot_farm.leases.buildlet_user import ensure_buildlet_user
 from buildbot_farm.leases.providers import ProcessProvider
+from buildbot_farm.leases.providers.isolation import farm_buildlets_dir
 from buildbot_farm.master_api import MasterAPI, MasterAPIError
 
 WORKER_NAME = "local-worker"
@@ -45,8 +48,11 @@ class LocalFarm(MasterAPI):
     for the others unless their files exist. Builds are forced through :class:`MasterAPI`.
     ``env`` adds to (or overrides) the environment the master and worker run with; ports not
     given there come from this process's environment (8010 and 9989 by default); the
-    worker's password is ``FARM_WORKER_PASSWORD`` or a random one. Tests use this class to
-    run real builds.
+    worker's password is ``FARM_WORKER_PASSWORD`` or a random one. Run as root, ``create``
+    makes the unprivileged user ``farm-buildlet`` (if missing) and names it in
+    ``FARM_BUILDLET_USER``, which the example gives its process pool as ``run_as``; run by
+    anyone else, buildlets run as that user (in bubblewrap where it is installed). The
+    master's directory is made private (0700). Tests use this class to run real builds.
     """
 
     def __init__(
@@ -73,6 +79,7 @@ class LocalFarm(MasterAPI):
             prefix="demo: ",
         )
         self._bin = Path(sys.executable).parent
+        self.buildlet_user = merged.get("FARM_BUILDLET_USER") or ensure_buildlet_user()
 
     def run(self, once: bool) -> int:
         """Set up, start, build; with ``once``, stop and return 0 only for a green build."""
@@ -109,6 +116,7 @@ class LocalFarm(MasterAPI):
             raise LocalFarmError(f"no master configuration at {self.config}")
         self.basedir.mkdir(parents=True, exist_ok=True)
         self._run([self._bin / "buildbot", "create-master", "-r", str(self.master_dir)])
+        self.master_dir.chmod(0o700)
         shutil.copyfile(self.config, self.master_dir / "master.cfg")
         fill_secrets(self.secrets_dir, DEMO_SECRETS, {WORKER_PASSWORD_SECRET: self.password})
         shutil.rmtree(self.worker_dir, ignore_errors=True)
@@ -127,6 +135,9 @@ class LocalFarm(MasterAPI):
         (info / "python").write_text(platform.python_version() + "\n")
         print(f"demo: master in {self.master_dir} (secrets in {self.secrets_dir}),"
               f" worker in {self.worker_dir}")
+        if self.buildlet_user is None:
+            print("demo: not root, so no farm-buildlet user: buildlets run as you (in"
+                  " bubblewrap if it is installed, which hides the master's files)")
 
     def start(self) -> None:
         """Start the master (waits until it runs) and the worker."""
@@ -154,8 +165,13 @@ class LocalFarm(MasterAPI):
                     stderr=subprocess.DEVNULL,
                     check=False,
                 )
-        for pool in sorted((self.master_dir / "buildlets").glob("*")):
+        pools = farm_buildlets_dir(self.master_dir)
+        for pool in sorted(pools.glob("*")):
             ProcessProvider(pool, reactor=None).thd_reap(set())
+            with contextlib.suppress(OSError):
+                pool.rmdir()
+        with contextlib.suppress(OSError):
+            pools.rmdir()
 
     @property
     def master_log(self) -> Path:
@@ -208,6 +224,8 @@ class LocalFarm(MasterAPI):
         env["FARM_PB_PORT"] = str(self.pb_port)
         env["PATH"] = f"{self._bin}{os.pathsep}{env.get('PATH', '')}"
         env.setdefault("FARM_WORKER_PASSWORD", self.password)
+        if self.buildlet_user:
+            env.setdefault("FARM_BUILDLET_USER", self.buildlet_user)
         return env
 
     def _run(self, command: list[Any], log: Path | None = None) -> None:

@@ -59,6 +59,11 @@ the agent must be renewed within that many seconds (``GET /deadline`` tells what
 coordinator renews it while it holds the buildlet. When it passes, the agent halts itself
 and removes what it made: its running commands, its pre-started worker, its work directory
 and each ``--owned-path``. So a coordinator that never comes back leaves nothing running.
+
+With ``--run-as USER`` an agent started as root becomes USER (its uid, gid and groups) once it
+has read its secret and bound its port, and sets no-new-privileges, so that nothing it runs
+can become root again. Commands inherit the agent's environment: start it with a small one
+(and, as ``--secret-env`` leaves the secret in it, prefer ``--secret-file``).
 """
 
 from __future__ import annotations
@@ -76,6 +81,7 @@ import json
 import os
 import platform
 import posixpath
+import pwd
 import secrets
 import select
 import selectors
@@ -1859,6 +1865,36 @@ def load_secret(path: str | None, env_name: str | None) -> bytes:
     return secret
 
 
+PR_SET_NO_NEW_PRIVS = 38  # from <linux/prctl.h>
+
+
+def drop_privileges(user: str) -> None:
+    """Become ``user`` for good: its groups, gid and uid, then no-new-privileges (Linux).
+
+    A no-op when the agent already runs as ``user``; SetupError when the user does not exist
+    or the agent is neither root nor that user.
+    """
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise SetupError(f"--run-as {user!r}: there is no such user; create it "
+                         f"(useradd --system {user})") from None
+    if os.geteuid() == entry.pw_uid:
+        return
+    if os.geteuid() != 0:
+        raise SetupError(f"--run-as {user!r} needs the agent to start as root; it runs as "
+                         f"uid {os.geteuid()}")
+    os.initgroups(user, entry.pw_gid)
+    os.setresgid(entry.pw_gid, entry.pw_gid, entry.pw_gid)
+    os.setresuid(entry.pw_uid, entry.pw_uid, entry.pw_uid)
+    if sys.platform.startswith("linux"):
+        import ctypes  # only here: a Python built without ctypes still runs the agent elsewhere
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+            raise SetupError(f"cannot set no-new-privileges: {os.strerror(ctypes.get_errno())}")
+
+
 def announce(url: str, ready_file: str | None) -> None:
     """Tell the provider the agent is listening: a stdout line and, if asked, a file."""
     if ready_file:
@@ -1886,6 +1922,9 @@ def start(argv: list[str] | None) -> tuple[BuildletServer, str | None]:
                         help="the signal that announces preemption (signal; default SIGUSR1)")
     parser.add_argument("--preemption-interval", type=float, default=5.0, metavar="SECONDS",
                         help="how often to ask the metadata service (default 5)")
+    parser.add_argument("--run-as", metavar="USER",
+                        help="started as root, become USER once the secret is read and the "
+                             "port bound")
     parser.add_argument("--prestart-worker", metavar="PYTHON",
                         help="keep a PYTHON process with buildbot-worker imported, waiting to "
                              "become a worker (FarmLatentWorker hands it its configuration)")
@@ -1919,6 +1958,12 @@ def start(argv: list[str] | None) -> tuple[BuildletServer, str | None]:
     server = BuildletServer(address, Workdir(args.workdir), key)
     server.execs = ExecRegistry(args.exec_grace, args.exec_keep, args.exec_spool)
     server.preemption = watch
+    if args.run_as:
+        try:
+            drop_privileges(args.run_as)
+        except (SetupError, OSError):
+            server.server_close()
+            raise
     server.deadline.owned += [os.path.abspath(path) for path in args.owned_path]
     if args.deadline is not None:
         server.deadline.set(args.deadline)

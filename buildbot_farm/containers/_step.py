@@ -28,7 +28,12 @@ from buildbot_farm.containers._paths import OUTPUTS_FILE
 from buildbot_farm.containers._pipe import ChunkPipe, PipeBroken
 from buildbot_farm.containers._run import TaskRun, labels_for
 from buildbot_farm.containers._spec import DEFAULT_WORKDIR, SPEC_ARGUMENTS, TaskSpec
-from buildbot_farm.containers._transfer import InputChanged, PipeWriter, file_as_tar
+from buildbot_farm.containers._transfer import (
+    InputChanged,
+    PipeWriter,
+    file_as_tar,
+    owned_by_root,
+)
 
 BLOCKSIZE = 512 * 1024
 UNPACK_SCRIPT = Path(__file__).with_name("unpack.py")
@@ -209,7 +214,7 @@ class ContainerTask(buildstep.BuildStep):
             if stat.S_ISDIR(info[stat.ST_MODE]):
                 args["compress"] = None
                 cmd = remotecommand.RemoteCommand("uploadDirectory", args)
-                put = defer.ensureDeferred(run.copy_in(container, _reading(pipe)))
+                put = defer.ensureDeferred(run.copy_in(container, owned_by_root(_reading(pipe))))
             else:
                 args["keepstamp"] = False
                 cmd = remotecommand.RemoteCommand("uploadFile", args)

@@ -81,3 +81,52 @@ def _dir(name: str, mode: int) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
     info.type, info.mode = tarfile.DIRTYPE, mode
     return info
+
+
+def owned_by_root(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """The tar stream ``chunks`` with each member's owner made 0:0, as the task runs.
+
+    Docker keeps a tar's owners when it unpacks into a container whose user is root, and
+    the task holds no capabilities: a directory sent by a worker that runs as another user
+    (a buildlet's ``farm-buildlet``) would not be the task's to write in. Only the ustar
+    owner fields change (PAX records, which carry only owners too large for them, pass).
+    """
+    pending = b""
+    data_left = 0
+    for chunk in chunks:
+        pending += chunk
+        out: list[bytes] = []
+        while True:
+            if data_left:
+                taken = pending[:data_left]
+                out.append(taken)
+                pending, data_left = pending[len(taken):], data_left - len(taken)
+                if data_left:
+                    break
+            if len(pending) < _tar.BLOCK:
+                break
+            block, pending = pending[:_tar.BLOCK], pending[_tar.BLOCK:]
+            if block != _tar.ZERO_BLOCK:
+                data_left = -(-_header_size(block) // _tar.BLOCK) * _tar.BLOCK
+                block = _root_owned(block)
+            out.append(block)
+        if out:
+            yield b"".join(out)
+    if pending:
+        yield pending
+
+
+def _header_size(block: bytes) -> int:
+    field = block[124:136]
+    if field[0] & 0x80:  # GNU base-256 for sizes of 8 GiB and more
+        return int.from_bytes(bytes([field[0] & 0x7F]) + field[1:], "big")
+    text = field.strip(b"\0 ")
+    return int(text, 8) if text else 0
+
+
+def _root_owned(block: bytes) -> bytes:
+    zero = b"0000000\0"
+    rooted = block[:108] + zero + zero + block[124:148] + b" " * 8 + block[156:265]
+    rooted += bytes(64) + block[329:]  # uname and gname: empty
+    checksum = b"%06o\0 " % sum(rooted)
+    return rooted[:148] + checksum + rooted[156:]

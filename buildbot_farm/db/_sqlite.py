@@ -143,6 +143,10 @@ class SqliteDatabase(Database):
                     f"cannot open the farm database {path}: the directory {directory} "
                     f"does not exist; create it or change db_url"
                 )
+            # Private from the start (SQLite gives its -wal and -shm files the same mode):
+            # it holds leases' agent secrets, and buildlets may run on this machine.
+            with contextlib.suppress(OSError):  # there already, or sqlite3 says why not
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         try:
             connection = sqlite3.connect(
                 target, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None,

@@ -7,6 +7,7 @@ a running :class:`~buildbot_farm.leases.coordinator.Coordinator`.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,10 +19,12 @@ from buildbot_farm.leases.coordinator import BuildletType
 from buildbot_farm.leases.lease import TYPE_PATTERN, ExpiryPolicy
 from buildbot_farm.leases.preemption import preemption_problems
 from buildbot_farm.leases.providers import BuildletProvider, ProcessProvider
+from buildbot_farm.leases.providers.isolation import SANDBOXES, default_root
 from buildbot_farm.leases.providers.reverse import ReverseProvider
 from buildbot_farm.secret_values import SecretRenderer, literal_problem
 
 PROVIDERS = ("process", "docker", "reverse")
+USER_ID = re.compile(r"^[0-9]+:[0-9]+$")
 ON_STOP = ("keep", "halt")
 MIN_SECRET_LENGTH = 16
 
@@ -37,6 +40,15 @@ class BuildletPool:
     with ``buildbot-farm agent --register``; ``warm`` does not apply). ``preemption``
     (``util.GCEPreemption(url=...)`` and the like, see docs/leases.md) makes each agent
     watch for its host's preemption (process and docker providers).
+
+    Isolation (docs/leases.md has each provider's trust model): ``run_as`` is the user the
+    lessees' commands run as: for ``process``, an unprivileged user of this machine the
+    agent becomes (the master must run as root; None keeps the master's user); for
+    ``docker``, the container's user (a name in the image or ``UID:GID``; default
+    ``65534:65534``, nobody). ``sandbox`` (process only) is ``"auto"`` (bubblewrap when
+    installed), ``"bwrap"`` (required) or ``"none"``. ``buildlet_dir`` (process only) is
+    where the pool's buildlets live; by default a directory of the farm in the system's
+    temporary directory, never inside the master's basedir.
     """
 
     name: str
@@ -48,6 +60,9 @@ class BuildletPool:
     memory: str | None = None
     pids: int | None = None
     preemption: Any = None
+    run_as: str | None = None
+    sandbox: str = "auto"
+    buildlet_dir: str | None = None
 
     def problems(self) -> list[str]:
         """What is wrong with this pool, each naming its argument."""
@@ -69,11 +84,40 @@ class BuildletPool:
             found.append(f"BuildletPool {self.name}: a reverse pool cannot keep warm buildlets")
         if self.provider == "docker" and not self.image:
             found.append(f"BuildletPool {self.name}: the docker provider needs image=")
+        found += self._isolation_problems()
         found += preemption_problems(self.preemption, f"BuildletPool {self.name}")
         if self.provider == "reverse" and self.preemption is not None:
             found.append(
                 f"BuildletPool {self.name}: preemption works with the process and docker "
                 f"providers only; a reverse pool's hosts start their own agents"
+            )
+        return found
+
+
+    def _isolation_problems(self) -> list[str]:
+        found = []
+        if self.run_as is not None and (not isinstance(self.run_as, str) or not self.run_as):
+            found.append(f"BuildletPool {self.name}: run_as must be a user name")
+        if self.sandbox not in SANDBOXES:
+            found.append(
+                f"BuildletPool {self.name}: sandbox {self.sandbox!r} is not one of "
+                f"{', '.join(SANDBOXES)}"
+            )
+        elif self.sandbox != "auto" and self.provider != "process":
+            found.append(f"BuildletPool {self.name}: sandbox= applies to the process provider")
+        if self.buildlet_dir is not None and self.provider != "process":
+            found.append(f"BuildletPool {self.name}: buildlet_dir= applies to the process provider")
+        if self.provider == "docker" and isinstance(self.run_as, str) and not USER_ID.match(
+            self.run_as
+        ):
+            found.append(
+                f"BuildletPool {self.name}: a docker pool's run_as is UID:GID such as "
+                f"'1000:1000', not {self.run_as!r}"
+            )
+        if self.run_as is not None and self.provider == "reverse":
+            found.append(
+                f"BuildletPool {self.name}: run_as= does not apply to a reverse pool: its "
+                f"hosts start their own agents (as the user they choose)"
             )
         return found
 
@@ -145,7 +189,8 @@ class FarmCoordinator:
     def buildlet_types(
         self, state_dir: Path, reactor: Any, agents: AgentClient, owner: str
     ) -> dict[str, BuildletType]:
-        """The running form of the pools; process buildlets live under ``state_dir``.
+        """The running form of the pools; ``state_dir`` is the master's basedir (or the
+        standalone coordinator's state directory), which process buildlets never see.
 
         ``owner`` names this coordinator (the master's name): docker buildlets carry it in
         their labels, so coordinators sharing an engine never reap each other's.
@@ -164,15 +209,18 @@ def _provider(
     if pool.provider == "reverse":
         return ReverseProvider(agents)
     if pool.provider == "docker":
-        from buildbot_farm.leases.providers.docker import DockerProvider
+        from buildbot_farm.leases.providers.docker import DEFAULT_USER, DockerProvider
 
         assert pool.image is not None, "problems() requires an image for docker pools"
         return DockerProvider(
             pool.image, reactor, instance=instance, cpus=pool.cpus, memory=pool.memory,
             pids=pool.pids, agent_arguments=agent_arguments,
+            user=pool.run_as or DEFAULT_USER,
         )
+    root = Path(pool.buildlet_dir) if pool.buildlet_dir else default_root(state_dir, pool.name)
     return ProcessProvider(
-        state_dir / "buildlets" / pool.name, reactor, agent_arguments=agent_arguments
+        root, reactor, agent_arguments=agent_arguments, run_as=pool.run_as,
+        sandbox=pool.sandbox, protected=[state_dir],
     )
 
 

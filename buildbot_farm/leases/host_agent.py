@@ -17,6 +17,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -63,15 +64,20 @@ def _serve_one_lease(args: argparse.Namespace) -> bool:
     shutil.rmtree(args.workdir, ignore_errors=True)
     args.workdir.mkdir(parents=True)
     secret = secrets.token_hex(32)
+    # The secret goes in a private file the agent reads at start, never in the environment
+    # its commands inherit; the file is gone once the agent has announced itself.
+    fd, secret_file = tempfile.mkstemp(prefix="farm-buildlet-secret-")
+    with os.fdopen(fd, "w") as out:
+        out.write(secret)
     agent = subprocess.Popen(
         [sys.executable, str(AGENT_PATH), "--listen", args.listen,
-         "--workdir", str(args.workdir), "--secret-env", "FARM_BUILDLET_SECRET"],
-        env={**os.environ, "FARM_BUILDLET_SECRET": secret},
-        stdout=subprocess.PIPE, text=True,
+         "--workdir", str(args.workdir), "--secret-file", secret_file],
+        env=_passed_environment(), stdout=subprocess.PIPE, text=True,
     )
     try:
         assert agent.stdout is not None
         ready = agent.stdout.readline().split()
+        os.unlink(secret_file)
         if len(ready) != 2 or ready[0] != "BUILDLET-READY":
             print("buildbot-farm: the buildlet agent did not start", file=sys.stderr)
             return False
@@ -88,6 +94,8 @@ def _serve_one_lease(args: argparse.Namespace) -> bool:
         print("the lease ended; rejoining with a clean work directory", flush=True)
         return True
     finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(secret_file)
         if agent.poll() is None:
             agent.terminate()
             agent.wait()
@@ -110,3 +118,12 @@ def _register(args: argparse.Namespace, url: str, secret: str) -> dict[str, Any]
         raise RegistrationError(f"the coordinator refused the host ({e.code}): {detail}") from e
     except OSError as e:
         raise RegistrationError(f"cannot reach the coordinator at {args.register}: {e}") from e
+
+
+# What a reverse host's agent, and so its lessees, get of the environment it was started in:
+# never FARM_KEY (the host's coordinator key) or anything else of the person who started it.
+PASSED_ENVIRONMENT = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TMPDIR", "SHELL")
+
+
+def _passed_environment() -> dict[str, str]:
+    return {name: os.environ[name] for name in PASSED_ENVIRONMENT if name in os.environ}

@@ -15,6 +15,7 @@ from buildbot_farm.containers import _tar, unpack
 from buildbot_farm.containers._collect import InputRecord, Packer, UnsafeOutputs, plan_collection
 from buildbot_farm.containers._outputs import OutputsError, parse_outputs
 from buildbot_farm.containers._paths import InputMap, OutputFilter, PathProblem, worker_path
+from buildbot_farm.containers._transfer import owned_by_root
 
 
 def make_tar(*members: tuple[str, bytes | str | None], fmt: int = tarfile.PAX_FORMAT) -> bytes:
@@ -207,3 +208,28 @@ def test_unpack_applies_files_links_and_deletions(tmp_path: Path) -> None:
     assert (dest / "d/f").read_bytes() == b"data"
     assert os.readlink(dest / "d/l") == "f"
     assert not (dest / "old").exists()
+
+
+@pytest.mark.parametrize("piece", [1, 7, 512, 1 << 20])
+def test_a_workers_tar_enters_the_container_owned_by_root(piece: int) -> None:
+    """Owners become 0:0 (the task's root has no capabilities); names, data and the stream's
+    length stay, however the stream is cut."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w|") as tar:
+        for name, data in (("src/" + "long" * 40, b"hello" * 300), ("empty", b"")):
+            member = tarfile.TarInfo(name)
+            member.size, member.uid, member.gid, member.uname = len(data), 999, 995, "farm"
+            tar.addfile(member, io.BytesIO(data))
+        directory = tarfile.TarInfo("dist")
+        directory.type, directory.uid, directory.gid = tarfile.DIRTYPE, 999, 995
+        tar.addfile(directory)
+    raw = buffer.getvalue()
+    rooted = b"".join(owned_by_root(raw[i:i + piece] for i in range(0, len(raw), piece)))
+    assert len(rooted) == len(raw)
+    with tarfile.open(fileobj=io.BytesIO(rooted)) as tar:
+        members = tar.getmembers()
+        assert [(m.name[:8], m.uid, m.gid, m.uname) for m in members] == [
+            ("src/long", 0, 0, ""), ("empty", 0, 0, ""), ("dist", 0, 0, "")]
+        extracted = tar.extractfile(members[0])
+        assert extracted is not None
+        assert extracted.read() == b"hello" * 300

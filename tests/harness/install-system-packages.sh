@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian packages the real-service tests need, and only those that are missing:
 # docker.io (dockerd), a PostgreSQL server, debootstrap (builds the base image),
-# busybox-static (the tiny image) and zstd. Safe to run again: it does nothing when all is there.
+# busybox-static (the tiny image), zstd and bubblewrap (the process buildlets' sandbox). Safe to run again: it does nothing when all is there.
 set -euo pipefail
 
 missing=()
@@ -22,6 +22,9 @@ fi
 if ! command -v zstd >/dev/null 2>&1; then
     missing+=(zstd)
 fi
+if ! command -v bwrap >/dev/null 2>&1; then
+    missing+=(bubblewrap)
+fi
 # The artifact repository's tests: real nginx with WebDAV, and real WebDAV/HTTP clients.
 for tool in nginx:nginx-light litmus:litmus rclone:rclone curl:curl; do
     if ! command -v "${tool%%:*}" >/dev/null 2>&1 && [ ! -x "/usr/sbin/${tool%%:*}" ]; then
@@ -40,6 +43,7 @@ done
 
 if [ "${#missing[@]}" -eq 0 ]; then
     echo "install-system-packages: docker.io, postgresql, debootstrap, busybox-static, zstd," \
+        "bubblewrap," \
         "nginx (dav-ext), litmus, rclone, curl, chromium, chromedriver all present"
     exit 0
 fi

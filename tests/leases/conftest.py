@@ -69,12 +69,14 @@ async def start_coordinator(tmp_path: Path) -> AsyncIterator[StartCoordinator]:
         reverse_pool: int = 0,
         agent_arguments: tuple[str, ...] = (),
         agent_grace: float = 60.0,
+        **isolation: Any,
     ) -> RunningCoordinator:
+        """``isolation`` (``root``, ``run_as``, ``sandbox``, ``python``, ``protected``) goes
+        to the ProcessProvider; the root is ``tmp_path/buildlets`` unless given."""
         database = await db.connect(f"sqlite:///{tmp_path / 'farm.sqlite'}", reactor)
         databases.append(database)
-        provider = ProcessProvider(
-            tmp_path / "buildlets", reactor, agent_arguments=agent_arguments
-        )
+        root = isolation.pop("root", tmp_path / "buildlets")
+        provider = ProcessProvider(root, reactor, agent_arguments=agent_arguments, **isolation)
         agents = AgentClient(reactor, plain_http())
         types = {"local": BuildletType("local", provider, max_count=max_count, warm=warm)}
         if reverse_pool:

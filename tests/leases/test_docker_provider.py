@@ -25,6 +25,7 @@ from buildbot_farm.leases.coordinator import BuildletType, Coordinator
 from buildbot_farm.leases.providers import DockerProvider, ProviderError
 from buildbot_farm.leases.providers.docker import BUILDLET_LABEL, INSTANCE_LABEL
 from tests.leases.conftest import plain_http
+from tests.leases.test_isolation import assert_all_fail, attacks
 
 pytestmark = pytest.mark.docker
 
@@ -268,3 +269,35 @@ async def test_a_docker_buildlet_past_its_deadline_leaves_no_container(
             return
         await task.deferLater(reactor, 0.1, lambda: None)
     raise AssertionError("the container outlived its agent's deadline by 10 s")
+
+
+async def test_a_docker_lessee_reaches_nothing_of_the_master(
+    start_docker_coordinator: StartDockerCoordinator,
+    docker_client: docker.DockerClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A docker buildlet runs as nobody with no capabilities and no-new-privileges; the
+    master's files (here tmp_path, holding the farm database) and environment are not there."""
+    monkeypatch.setenv("FARM_WORKER_PASSWORD", "the-masters-own-password")
+    (tmp_path / "master.cfg").write_text("c['secret'] = 'master-cfg-secret'\n")
+    running = await start_docker_coordinator()
+    alice = running.client()
+    name = (await alice.create("docker"))["Name"]
+    config = docker_client.api.inspect_container(await running.handle(name))
+    assert config["HostConfig"]["CapDrop"] == ["ALL"]
+    assert config["HostConfig"]["SecurityOpt"] == ["no-new-privileges"]
+    assert not config["Mounts"]
+    assert not config["HostConfig"]["Binds"]
+    assert config["Config"]["User"] == "65534:65534"
+    assert await run(alice, name, "id", "-u") == (0, b"65534\n")
+    code, status = await run(alice, name, "cat", "/proc/self/status")
+    assert code == 0
+    assert b"CapEff:\t0000000000000000" in status
+    assert b"NoNewPrivs:\t1" in status
+    outputs = {}
+    for command in [*(("sh", "-c", c) for c in attacks(tmp_path).values()), ("env",)]:
+        code, output = await run(alice, name, *command)
+        outputs[command] = (-1 if code is None else code, output.decode(errors="replace"))
+    assert_all_fail(lambda *command: outputs[command], tmp_path,
+                    ["master-cfg-secret", "the-masters-own-password"])

@@ -15,6 +15,7 @@ import pytest
 
 from buildbot_farm.demo import LocalFarm
 from buildbot_farm.leases import keys
+from buildbot_farm.leases.providers.isolation import default_root
 from tests.harness.master_cfg import LOOPBACK_MASTER
 from tests.harness.ports import free_port
 
@@ -129,7 +130,7 @@ def test_a_lost_lease_ends_the_build_retry_and_it_runs_again(farm: LocalFarm) ->
     environment = records[0]["environment"]
     assert environment["arch"] == platform.machine(), "the buildlet's arch is not recorded"
     assert environment["python"] == platform.python_version()
-    assert not list((farm.master_dir / "buildlets" / "local").glob(first)), "lost lease left over"
+    assert not (default_root(farm.master_dir, "local") / first).exists(), "lost lease left over"
 
 
 def test_an_unreachable_coordinator_fails_substantiation_clearly(farm: LocalFarm) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import pytest_twisted
 from buildbot_farm.leases import keys
 from buildbot_farm.leases.client import CoordinatorClient
 from buildbot_farm.leases.providers import ProcessProvider
+from buildbot_farm.leases.providers.isolation import default_root
 from tests.harness.ports import free_port
 from tests.leases.conftest import plain_http
 
@@ -66,7 +68,9 @@ def coordinator_process(tmp_path: Path) -> Iterator[CoordinatorProcesses]:
         if process.poll() is None:
             process.kill()
             process.wait()
-    ProcessProvider(tmp_path / "state" / "buildlets" / "local", reactor=None).thd_reap(set())
+    root = default_root(tmp_path / "state", "local")
+    ProcessProvider(root, reactor=None).thd_reap(set())
+    shutil.rmtree(root.parent, ignore_errors=True)
 
 
 @pytest_twisted.ensureDeferred
@@ -83,7 +87,7 @@ async def test_kill_nine_and_restart_keep_every_live_lease(
     await alice.exec(name, "sh", ["-c", "echo survived > marker; echo $$"], on_output=output.append)
 
     coordinator_process.kill_nine()
-    root = tmp_path / "state" / "buildlets" / "local"
+    root = default_root(tmp_path / "state", "local")
     agent_pid = int((root / name / "pid").read_text())
     os.kill(agent_pid, 0)  # the buildlet outlived its coordinator
     orphan = ProcessProvider(root, reactor=None)

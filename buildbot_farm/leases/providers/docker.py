@@ -40,6 +40,18 @@ HOME = "/buildlet"
 READY_PREFIX = "BUILDLET-READY "
 POLL_INTERVAL = 0.02
 REMOVAL_WAIT = 10.0
+DEFAULT_USER = "65534:65534"  # nobody and nogroup, in Debian as in busybox
+# The agent's whole environment besides what the image sets (PATH): nothing of the master's.
+ENVIRONMENT = {"HOME": f"{HOME}/home", "TMPDIR": f"{HOME}/tmp", "LANG": "C.UTF-8",
+               "LC_ALL": "C.UTF-8"}
+
+
+def parse_user(user: str) -> tuple[int, int]:
+    """``UID:GID`` as two numbers; ValueError for anything else (names vary between images)."""
+    uid, sep, gid = str(user).partition(":")
+    if not (uid.isdigit() and sep and gid.isdigit()):
+        raise ValueError(f"docker provider: user must be UID:GID such as 1000:1000, not {user!r}")
+    return int(uid), int(gid)
 
 
 class DockerProvider(BuildletProvider):
@@ -48,7 +60,10 @@ class DockerProvider(BuildletProvider):
     ``docker_host`` is a Docker URL (``unix:///var/run/docker.sock``, ``tcp://HOST:2376``);
     None means the environment's (``DOCKER_HOST``, else the local socket). The image is never
     pulled: it must exist on the engine and have ``python`` (>= 3.9, found on its PATH). The agent
-    runs as root in the container with its work directory at ``/buildlet/work``.
+    runs as ``user`` (``UID:GID``, by default nobody's 65534:65534) with its work directory at
+    ``/buildlet/work``, ``HOME`` ``/buildlet/home`` and ``TMPDIR`` ``/buildlet/tmp``, all that
+    user's; the container gets no capabilities, no-new-privileges, nothing of the master's
+    environment and no bind mount of the host's files.
     ``instance`` names this provider in the containers' labels; give every coordinator on an
     engine its own, since :meth:`reap` removes each container with it that no lease owns.
     ``labels`` are added to every container. ``cpus`` (may be fractional), ``memory`` (bytes,
@@ -74,7 +89,9 @@ class DockerProvider(BuildletProvider):
         start_timeout: float = 30.0,
         agent_arguments: Sequence[str] = (),
         prestart_worker: bool = True,
+        user: str = DEFAULT_USER,
     ) -> None:
+        self._uid, self._gid = parse_user(user)
         if cpus is not None and cpus <= 0:
             raise ValueError(f"docker provider: cpus must be positive, not {cpus}")
         if pids is not None and pids < 1:
@@ -134,6 +151,8 @@ class DockerProvider(BuildletProvider):
                 init=True,
                 # An agent that halts itself at its deadline takes its container with it.
                 auto_remove=True,
+                cap_drop=["ALL"],
+                security_opt=["no-new-privileges"],
                 **self._limits,
             )
             try:
@@ -148,7 +167,8 @@ class DockerProvider(BuildletProvider):
                         "--deadline", str(AGENT_START_DEADLINE),
                         *self._agent_arguments,
                     ],
-                    user="0:0",
+                    user=f"{self._uid}:{self._gid}",
+                    environment=ENVIRONMENT,
                     working_dir=HOME,
                     labels={**self._labels, BUILDLET_LABEL: name},
                     host_config=host_config,
@@ -169,7 +189,10 @@ class DockerProvider(BuildletProvider):
         """
         api = self._api()
         with self._engine_errors(f"cannot start container {container[:12]}"):
-            api.put_archive(container, "/", _home_archive(secret, self._reactor.seconds()))
+            api.put_archive(
+                container, "/",
+                _home_archive(secret, self._reactor.seconds(), self._uid, self._gid),
+            )
             output = _Output(
                 api.attach(container, stdout=True, stderr=True, stream=True, logs=True)
             )
@@ -309,21 +332,26 @@ class _Output:
             self._stream.close()
 
 
-def _home_archive(secret: str, mtime: float) -> bytes:
-    """A tar of ``HOME`` for ``/``: the agent, the secret (root may read it) and ``work/``."""
+def _home_archive(secret: str, mtime: float, uid: int, gid: int) -> bytes:
+    """A tar of ``HOME`` for ``/``: the agent, the secret and the directories the user owns."""
     home = HOME.lstrip("/")
     archive = io.BytesIO()
     with tarfile.open(fileobj=archive, mode="w") as tar:
-        for directory in (home, f"{home}/work"):
+        for directory, owner, mode in (
+            (home, 0, 0o755), (f"{home}/work", uid, 0o700), (f"{home}/home", uid, 0o700),
+            (f"{home}/tmp", uid, 0o700),
+        ):
             entry = tarfile.TarInfo(directory)
-            entry.type, entry.mode, entry.mtime = tarfile.DIRTYPE, 0o755, int(mtime)
+            entry.type, entry.mode, entry.mtime = tarfile.DIRTYPE, mode, int(mtime)
+            entry.uid, entry.gid = owner, (gid if owner else 0)
             tar.addfile(entry)
-        for path, data, mode in (
-            (f"{home}/{AGENT_PATH.name}", AGENT_PATH.read_bytes(), 0o644),
-            (f"{home}/secret", secret.encode(), 0o400),
+        for path, data, mode, owner in (
+            (f"{home}/{AGENT_PATH.name}", AGENT_PATH.read_bytes(), 0o644, 0),
+            (f"{home}/secret", secret.encode(), 0o400, uid),
         ):
             entry = tarfile.TarInfo(path)
             entry.size, entry.mode, entry.mtime = len(data), mode, int(mtime)
+            entry.uid, entry.gid = owner, (gid if owner else 0)
             tar.addfile(entry, io.BytesIO(data))
     return archive.getvalue()
 
