@@ -1549,6 +1549,9 @@ class PrestartedWorker:
 # --- Lease deadline --------------------------------------------------------------------------
 
 MAX_DEADLINE = 366 * 24 * 3600.0
+# The agent's exit code once it halted at its deadline (EX_TEMPFAIL): whoever started it can
+# then remove what the agent itself could not (a sandbox's mount points, a root-owned home).
+DEADLINE_EXIT = 75
 
 
 class LeaseDeadline:
@@ -2010,7 +2013,7 @@ def main(argv: list[str] | None = None) -> int:
         server.server_close()
         if server.deadline.expired:
             server.deadline.remove_owned()
-    return 0
+    return DEADLINE_EXIT if server.deadline.expired else 0
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from buildbot_farm.agent.buildlet_agent import DEADLINE_EXIT
 from tests.agent.test_buildlet_agent import (
     RunningAgent,
     process_alive,
@@ -66,7 +67,7 @@ def test_renewals_keep_the_agent_and_a_missed_one_halts_it(tmp_path: Path) -> No
             time.sleep(0.7)
             assert set_deadline(agent, "1.5")[0] == 200
         assert agent.proc.poll() is None, "the agent halted although it was renewed"
-        assert agent.proc.wait(10) == 0
+        assert agent.proc.wait(10) == DEADLINE_EXIT
         assert wait_until_gone(command)
         assert all(wait_until_gone(pid) for pid in prestarted)
         assert not Path(socket_path).parent.exists()

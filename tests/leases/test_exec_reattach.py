@@ -199,7 +199,8 @@ async def test_ctrl_c_on_lease_run_kills_the_remote_command_at_once(
         start_coordinator: StartCoordinator, tmp_path: Path) -> None:
     """Ctrl-C on `buildbot-farm lease run` kills the remote command (with /exec/kill) before
     the CLI exits 130, rather than leaving it to the buildlet's grace period."""
-    running = await start_coordinator()
+    # No sandbox: the command's pid must be one this test can see (no PID namespace).
+    running = await start_coordinator(sandbox="none")
     name = (await running.client().create("local"))["Name"]
     env = clean_environment(tmp_path / "home")
     env.update(FARM_COORDINATOR_URL=running.url, FARM_USER="user-alice",

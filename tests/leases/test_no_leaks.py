@@ -18,6 +18,7 @@ import pytest
 
 from buildbot_farm.demo import LocalFarm
 from buildbot_farm.leases import keys
+from buildbot_farm.leases.providers.isolation import default_root
 from tests.harness.master_cfg import LOOPBACK_MASTER
 from tests.harness.ports import free_port
 
@@ -130,7 +131,7 @@ def coordinator(farm: LocalFarm, method: str, path: str, headers: dict[str, str]
 
 
 def buildlet_dirs(farm: LocalFarm) -> list[Path]:
-    root = farm.master_dir / "buildlets" / "local"
+    root = default_root(farm.master_dir, "local")
     return sorted(root.iterdir()) if root.is_dir() else []
 
 

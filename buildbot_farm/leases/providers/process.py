@@ -29,6 +29,7 @@ from twisted.internet import task, threads
 from twisted.python import log
 
 from buildbot_farm.agent import AGENT_PATH
+from buildbot_farm.agent.buildlet_agent import DEADLINE_EXIT
 from buildbot_farm.leases.providers.base import (
     AGENT_START_DEADLINE,
     BuildletProvider,
@@ -172,6 +173,9 @@ class ProcessProvider(BuildletProvider):
                 as_root=os.geteuid() == 0, drops_to_user=isolation.drops_privileges,
                 info_fd=info_write,
             ) + argv
+            # Inside the sandbox the agent cannot remove its own directory (it sees only the
+            # binds): a shell outside does, once the agent halted at its lease deadline.
+            argv = ["/bin/bash", "-c", remove_after_deadline(info_write), str(home), *argv]
         log_fd = os.open(home / "agent.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             with os.fdopen(log_fd, "ab") as log_file:
@@ -313,6 +317,18 @@ def _probe(bwrap: str) -> str:
         capture_output=True, text=True, check=False, env={"PATH": "/usr/bin:/bin"},
     )
     return "" if done.returncode == 0 else f"{bwrap} fails here: {done.stderr.strip()[-300:]}"
+
+
+def remove_after_deadline(info_fd: int) -> str:
+    """A shell script that runs ``"$@"`` (the sandboxed agent) and removes the buildlet's
+    directory ``$0`` when the agent exits with DEADLINE_EXIT (it halted because no
+    coordinator renewed its lease). The shell closes its own copy of bubblewrap's info
+    descriptor, so that the reader of that pipe sees its end: bash, as dash takes only
+    descriptors 0-9 in a redirection."""
+    return (
+        f'"$@" & agent=$!; exec {info_fd}>&-; wait "$agent"; code=$?; '
+        f'if [ "$code" -eq {DEADLINE_EXIT} ]; then rm -rf -- "$0"; fi; exit "$code"'
+    )
 
 
 def _sandboxed_pid(info_fd: int, bwrap_pid: int, deadline: float) -> int:
