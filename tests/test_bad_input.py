@@ -272,7 +272,8 @@ def hostile_bodies(draw: st.DrawFn) -> bytes:
     if kind == "bytes":
         return draw(st.binary(max_size=200))
     if kind == "large":
-        return b'["' + b"y" * (MIB + draw(st.integers(1, 1024))) + b'"]'
+        size = draw(st.sampled_from([MIB, 10 * MIB])) + draw(st.integers(1, 1024))
+        return b'["' + b"y" * size + b'"]'
     value = draw(st.recursive(
         st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
         lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_FIELDS, inner, max_size=4),
