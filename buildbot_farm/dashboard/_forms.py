@@ -55,7 +55,9 @@ class FormTokens:
                 f"this form came without its {FIELD} (the protection against forged"
                 " requests from other sites); open the page and use its button")
         expires_text, _, mac = presented.partition(".")
-        if not expires_text.isdigit() or not hmac.compare_digest(
+        # ASCII digits only, and no longer than a 64-bit time ("²".isdigit() is true too)
+        well_formed = expires_text.isascii() and expires_text.isdigit() and len(expires_text) < 19
+        if not well_formed or not mac.isascii() or not hmac.compare_digest(
             mac.encode(), self._mac(user, action, int(expires_text)).encode()
         ):
             raise FormRefused(

@@ -35,6 +35,7 @@ from buildbot_farm.dashboard._pages import PageError
 from buildbot_farm.leases.coordinator import CoordinatorError
 from buildbot_farm.leases.lease import LeaseState
 from buildbot_farm.records.store import Query
+from buildbot_farm.web._request import BadRequest, query_args, query_last
 
 RECORDS_PAGE_SIZE = 100
 DESTROY_ACTION = "destroy"
@@ -173,12 +174,12 @@ class DashboardResource(resource.Resource):
         )
 
     async def _destroy(self, request: Request) -> bytes:
-        form: dict[bytes, list[bytes]] = request.args or {}
-        names = form.get(b"name", [])
+        form = query_args(request)
+        names = form.get("name", [])
         if len(names) != 1 or not names[0]:
             raise PageError(400, "say which buildlet to destroy: one form field name=NAME")
-        name = names[0].decode(errors="replace")
-        presented = form.get(FIELD.encode(), [b""])[0].decode(errors="replace")
+        name = names[0]
+        presented = form.get(FIELD, [""])[0]
         try:
             self._form_tokens.check(user_of(request), DESTROY_FORM, presented, self._now())
         except FormRefused as e:
@@ -204,8 +205,7 @@ class DashboardResource(resource.Resource):
             raise PageError(503, "the farm database is closed; see the master's log")
         if rest:
             return await self._record(request, frame, store, rest[0], rest[1])
-        query: dict[bytes, list[bytes]] = request.args or {}
-        args = {k.decode(): v[0].decode(errors="replace").strip() for k, v in query.items() if v}
+        args = {k: v.strip() for k, v in query_last(request).items()}
         name, version, commit = (args.get(k) or None for k in ("name", "version", "commit"))
         found, _ = await store.list(Query(name=name, commit=commit), RECORDS_PAGE_SIZE)
         documents = [json.loads(r.document) for r in found]
@@ -284,6 +284,9 @@ class DashboardResource(resource.Resource):
         refresh = 0
         if isinstance(error, PageError):
             status, message = error.status, str(error)
+        elif isinstance(error, BadRequest):
+            fields = "".join(f"; {name}: {problem}" for name, problem in error.fields.items())
+            status, message = error.status, error.message + fields
         elif isinstance(error, db.DatabaseError):
             log.err(reason, "farm dashboard: the farm database failed")
             status, message = 503, (f"the farm database failed: {error}; this page reloads"

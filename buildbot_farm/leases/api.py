@@ -35,6 +35,7 @@ from buildbot_farm.leases.coordinator import (
 from buildbot_farm.leases.lease import Lease
 from buildbot_farm.leases.proxy import forward, proxy_failed
 from buildbot_farm.web import json_error, json_response
+from buildbot_farm.web._request import BadRequest, finite_number, query_args
 
 PROXY_HEADER = b"x-buildlet-proxy"
 COORDINATOR_HEADER = b"x-buildlet-coordinator"
@@ -102,20 +103,17 @@ class CoordinatorResource(resource.Resource):
         if request.method != b"POST":
             request.write(json_error(request, 405, "use POST /buildlet/create with form type=..."))
             return
-        types: list[bytes] = request.args.get(b"type", []) if request.args else []
+        form = query_args(request)
+        types = form.get("type", [])
         if len(types) != 1 or not types[0]:
-            request.write(
-                json_error(request, 400, "give exactly one form field type=TYPE, e.g. type=local")
-            )
-            return
-        waits: list[bytes] = request.args.get(b"wait", []) if request.args else []
+            raise BadRequest(400, "give exactly one form field type=TYPE, e.g. type=local",
+                             {"type": "required, once"})
+        waits = form.get("wait", [])
         wait = _seconds(waits[-1]) if waits else 0.0
         if wait is None:
-            request.write(json_error(
-                request, 400, "wait= must be a number of seconds >= 0, e.g. wait=600"
-            ))
-            return
-        type_name = types[0].decode(errors="replace")
+            raise BadRequest(400, "wait= must be a number of seconds >= 0, e.g. wait=600",
+                             {"wait": "a number of seconds >= 0"})
+        type_name = types[0]
         if wait > 0:
             await self._create_waiting(request, user, type_name, min(wait, MAX_WAIT))
             return
@@ -178,15 +176,13 @@ class CoordinatorResource(resource.Resource):
         if request.method != b"POST":
             request.write(json_error(request, 405, "use POST /buildlet/register"))
             return
-        form: dict[bytes, list[bytes]] = request.args or {}
-        values = {k: form.get(k.encode(), []) for k in ("type", "url", "secret")}
+        form = query_args(request)
+        values = {k: form.get(k, []) for k in ("type", "url", "secret")}
         missing = [k for k, v in values.items() if len(v) != 1 or not v[0]]
         if missing:
-            request.write(
-                json_error(request, 400, f"give exactly one of each form field: {missing}")
-            )
-            return
-        type_name, url, secret = (values[k][0].decode(errors="replace") for k in values)
+            raise BadRequest(400, f"give exactly one of each form field: {missing}",
+                             {k: "required, once" for k in missing})
+        type_name, url, secret = (values[k][0] for k in values)
         lease = await self._coordinator.register(type_name, url, secret)
         request.write(json_response(request, lease.public()))
 
@@ -218,6 +214,9 @@ class CoordinatorResource(resource.Resource):
         if request.startedWriting:
             return
         error = reason.value
+        if isinstance(error, BadRequest):
+            request.write(error.answer(request))
+            return
         if isinstance(error, CoordinatorError):
             if isinstance(error, PoolFull):
                 request.setHeader(b"retry-after", str(error.retry_after).encode())
@@ -229,13 +228,10 @@ class CoordinatorResource(resource.Resource):
         )
 
 
-def _seconds(value: bytes) -> float | None:
+def _seconds(value: str) -> float | None:
     """``value`` as a number of seconds >= 0, or None if it is not one."""
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None
-    return seconds if 0 <= seconds < float("inf") else None
+    seconds = finite_number(value)
+    return seconds if seconds is not None and seconds >= 0 else None
 
 
 def _write_line(request: Request, message: dict[str, Any]) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -20,6 +19,7 @@ from buildbot_farm.ondemand.config import OFF
 from buildbot_farm.ondemand.host import OnDemandHost, UnknownScheduler
 from buildbot_farm.ondemand.jobs import Job, job_summary
 from buildbot_farm.web._json import json_error, json_response
+from buildbot_farm.web._request import BadRequest, json_object_body, query_args
 
 SCHEDULER_ARG = "scheduler"
 PUBLIC_KEY = "public-key.pem"
@@ -36,6 +36,8 @@ def _respond(request: Request, work: Callable[[], Awaitable[bytes | None]]) -> i
     async def run() -> None:
         try:
             body = await work()
+        except BadRequest as e:
+            body = e.answer(request)
         except Exception:
             log.err(None, "farm on-demand: request failed")
             body = json_error(request, 500, "internal error; the master's log has the details")
@@ -69,10 +71,9 @@ class _Api:
         except UnknownScheduler as e:
             return None, json_error(request, 404, str(e))
         except params.BadParameters as e:
-            return None, json_error(
-                request, 400, "bad parameters; fix each one named in 'parameters'",
-                parameters=e.problems,
-            )
+            return None, BadRequest(
+                400, "bad parameters; fix each one named in 'fields'", e.problems
+            ).answer(request)
         return submission.job, b""
 
 
@@ -92,12 +93,7 @@ class BuildResource(resource.Resource):
         return _respond(request, lambda: self._post(request))
 
     async def _post(self, request: Request) -> bytes:
-        try:
-            raw = json.loads((request.content.read() if request.content else b"") or b"{}")
-        except ValueError as e:
-            return json_error(request, 400, f"the body must be a JSON object: {e}")
-        if not isinstance(raw, dict):
-            return json_error(request, 400, "the body must be a JSON object of parameters")
+        raw = json_object_body(request, empty={})
         job, answer = await self._api.submit(request, raw)
         if job is None:
             return answer
@@ -246,10 +242,8 @@ class CompatResource(resource.Resource):
     async def _get(self, request: Request) -> bytes | None:
         gone = request.notifyFinish()
         raw: dict[str, Any] = {}
-        args: dict[bytes, list[bytes]] = request.args or {}
-        for name, values in args.items():
-            texts = [v.decode("utf-8", errors="replace") for v in values]
-            raw[name.decode("utf-8", errors="replace")] = texts[0] if len(texts) == 1 else texts
+        for name, texts in query_args(request).items():
+            raw[name] = texts[0] if len(texts) == 1 else texts
         job, answer = await self._api.submit(request, raw)
         if job is None:
             return answer

@@ -30,6 +30,13 @@ from buildbot_farm.records.store import (
     StoredRecord,
 )
 from buildbot_farm.web import json_error, json_response
+from buildbot_farm.web._request import (
+    BadRequest,
+    body_size,
+    finite_number,
+    json_body,
+    query_last,
+)
 
 MAX_BODY = 1024 * 1024
 MAX_PAGE = 500
@@ -204,7 +211,7 @@ class RecordsResource(resource.Resource):
     async def _delete(self, request: Request, store: RecordStore, name: str, version: str) -> bytes:
         caller = self._caller(request, admin=True)
         reason = _query_args(request).get("reason")
-        if reason is None and _has_body(request):
+        if reason is None and body_size(request):
             body = _json_body(request)
             reason = body.get("reason") if isinstance(body, dict) else None
         if not isinstance(reason, str) or not reason.strip() or len(reason) > 2000:
@@ -240,6 +247,8 @@ class RecordsResource(resource.Resource):
         return caller
 
     def _failed(self, reason: failure.Failure, request: Request) -> bytes:
+        if reason.check(BadRequest):
+            return reason.value.answer(request)
         if reason.check(_Refused):
             refused = reason.value
             return json_error(request, refused.code, str(refused), **refused.details)
@@ -279,12 +288,7 @@ def _rich_fields(document: dict[str, Any]) -> dict[str, Any]:
 
 
 def _query_args(request: Request) -> dict[str, str]:
-    args: dict[bytes, list[bytes]] = request.args or {}
-    return {
-        key.decode(errors="replace"): values[-1].decode(errors="replace")
-        for key, values in args.items()
-        if values
-    }
+    return query_last(request)
 
 
 def _parse_query(args: dict[str, str]) -> tuple[Query, int]:
@@ -293,11 +297,10 @@ def _parse_query(args: dict[str, str]) -> tuple[Query, int]:
     def number(key: str) -> float | None:
         if key not in args:
             return None
-        try:
-            return float(args[key])
-        except ValueError:
+        value = finite_number(args[key])
+        if value is None:
             problems[key] = "must be UTC seconds since 1970"
-            return None
+        return value
 
     since, until = number("since"), number("until")
     limit = DEFAULT_PAGE
@@ -321,26 +324,5 @@ def _parse_query(args: dict[str, str]) -> tuple[Query, int]:
     return query, limit
 
 
-def _has_body(request: Request) -> bool:
-    content = request.content
-    if content is None:
-        return False
-    content.seek(0, 2)
-    size = content.tell()
-    content.seek(0)
-    return bool(size)
-
-
 def _json_body(request: Request) -> Any:
-    content = request.content
-    if content is None:
-        raise _Refused(400, "send the record as a JSON body")
-    content.seek(0, 2)
-    size = content.tell()
-    content.seek(0)
-    if size > MAX_BODY:
-        raise _Refused(413, f"the body is {size} bytes; records are at most {MAX_BODY} bytes")
-    try:
-        return json.loads(content.read())
-    except ValueError as e:
-        raise _Refused(400, f"the body is not JSON: {e}") from e
+    return json_body(request, max_bytes=MAX_BODY)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 from buildbot_farm import db
 from buildbot_farm.records.lookups import LookupBatches
 from buildbot_farm.records.model import BuildRecord
+from buildbot_farm.web._request import MAX_NUMBER, BadRequest, decode_token
 
 
 class RecordExists(Exception):
@@ -184,10 +184,9 @@ def encode_cursor(record_id: int) -> str:
 def decode_cursor(cursor: str) -> int:
     """The record id inside a cursor; raise :class:`BadCursor` for anything else."""
     try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        value = json.loads(base64.urlsafe_b64decode(padded.encode()))["before"]
-    except (ValueError, KeyError, TypeError, binascii.Error) as e:
+        value = decode_token(cursor)["before"]
+    except (BadRequest, KeyError, TypeError) as e:
         raise BadCursor("cursor is not one this server handed out; start without it") from e
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < MAX_NUMBER:
         raise BadCursor("cursor is not one this server handed out; start without it")
     return value

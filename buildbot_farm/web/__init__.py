@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from buildbot_farm.web._json import json_error, json_response
+from buildbot_farm.web._request import BadRequest
 from buildbot_farm.web._root import FarmRoot
 
-__all__ = ["FarmRoot", "json_error", "json_response"]
+__all__ = ["BadRequest", "FarmRoot", "json_error", "json_response"]

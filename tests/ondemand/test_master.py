@@ -206,7 +206,7 @@ def test_the_force_form_refuses_what_it_does_not_know_by_name(farm: LocalFarm) -
     assert set(problems) == {"branch", "colour", "revision"}
     assert problems["branch"] == "unknown parameter; this build takes arch, os, plugins"
     code, body, _ = call(api(farm, "build"), {"scheduler": "tool", "branch": "main"})
-    assert (code, json.loads(body)["parameters"]) == (400, {"branch": problems["branch"]})
+    assert (code, json.loads(body)["fields"]) == (400, {"branch": problems["branch"]})
 
 
 def test_bad_parameters_are_named(farm: LocalFarm) -> None:
@@ -214,10 +214,10 @@ def test_bad_parameters_are_named(farm: LocalFarm) -> None:
     code, body, _ = call(api(farm, "build"),
                          {"scheduler": "tool", "os": "plan9", "arch": "z80", "colour": 1})
     assert code == 400
-    assert set(json.loads(body)["parameters"]) == {"os", "arch", "colour"}
+    assert set(json.loads(body)["fields"]) == {"os", "arch", "colour"}
     code, body, _ = call(api(farm, "compat?scheduler=tool&os=plan9"))
     assert code == 400
-    assert set(json.loads(body)["parameters"]) == {"os"}
+    assert set(json.loads(body)["fields"]) == {"os"}
 
 
 def test_compat_gives_504_with_the_key_after_its_bound(farm: LocalFarm) -> None:
