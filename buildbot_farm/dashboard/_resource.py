@@ -262,8 +262,10 @@ class DashboardResource(resource.Resource):
             facts.append(("deleted", pages.esc(
                 f"by {stored.tombstone.deleted_by}: {stored.tombstone.reason}")))
         binaries = [
-            (pages.esc(b.get("path", "")), pages.esc(pages.size(int(b.get("size", 0)))),
-             f"<code>{pages.esc(b.get('sha256', ''))}</code>", pages.link(b["url"], "download"))
+            (pages.esc(b.get("path", "")),
+             pages.esc("unknown" if b.get("size") is None else pages.size(int(b["size"]))),
+             f"<code>{pages.esc(b.get('sha256') or 'not given')}</code>",
+             pages.link(b["url"], "download"))
             for b in record.get("binaries", [])
         ]
         body = pages.table(("", ""), facts, "record")
