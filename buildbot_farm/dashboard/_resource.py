@@ -255,8 +255,10 @@ class DashboardResource(resource.Resource):
             ("commit", f"<code>{pages.esc((record.get('source') or {}).get('commit', ''))}</code>"),
             ("build", pages.link(record["buildUrl"], record["buildUrl"])
              if record.get("buildUrl") else ""),
-            ("record", pages.link(api, "JSON") + " · " + pages.link(api + "/provenance",
-                                                                    "provenance (signed)")),
+            ("record", pages.link(api, "JSON") + " · " + (
+                pages.link(api + "/provenance", "provenance (signed)")
+                if any(b.get("sha256") for b in record.get("binaries", []))
+                else "no provenance: no binary has a sha256")),
         ]
         if stored.tombstone is not None:
             facts.append(("deleted", pages.esc(
