@@ -17,6 +17,7 @@ from buildbot_farm.demo import LocalFarm
 from buildbot_farm.records.verify_cli import verify_file
 from tests.harness.master_cfg import LOOPBACK_MASTER
 from tests.harness.ports import free_port
+from tests.records.test_reference import validate_in_toto
 
 pytestmark = pytest.mark.master
 API_KEY = "records-test-api-key-0123"
@@ -139,6 +140,8 @@ def test_a_finished_build_is_recorded_with_its_commit_and_binaries(
     status, headers, envelope = call(farm, "GET", f"builds/hello/1.0.{build['number']}/provenance")
     assert status == 200
     assert "immutable" in headers["Cache-Control"]
+    statement = validate_in_toto(envelope)
+    assert statement["subject"][0]["digest"] == {"sha256": DIGEST}
     envelope_file = tmp_path / "provenance.json"
     envelope_file.write_text(json.dumps(envelope))
     public_key = farm.master_dir / "records-signing-key.pem.pub"
