@@ -192,7 +192,7 @@ class LocalFarm(MasterAPI):
         url = f"{self.web_url}plugins/farm/api/builds?name={name}&limit=1"
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            builds = self.get_json(url)["builds"]
+            builds = self.get_json(url)
             if builds:
                 print(f"demo: build record {name}/{builds[0]['version']}:")
                 print(json.dumps(builds[0], indent=1, sort_keys=True))

@@ -32,7 +32,9 @@ from buildbot_farm.leases.coordinator import Coordinator
 from buildbot_farm.ondemand.api import BuildResource, CompatResource, DownloadResource
 from buildbot_farm.ondemand.config import OnDemandBuilds
 from buildbot_farm.ondemand.host import OnDemandHost
+from buildbot_farm.ondemand.params import is_build_key
 from buildbot_farm.periodic import PeriodicTask
+from buildbot_farm.records.api import BuildAlias
 from buildbot_farm.records.config import BuildRecords
 from buildbot_farm.records.serving import RecordsEndpoint
 from buildbot_farm.secret_values import SecretRenderer, is_renderable
@@ -168,7 +170,7 @@ class FarmService(service.BuildbotService):
         # /plugins/farm/api/: the JSON APIs of the capabilities (records, on-demand builds)
         self.api_root = FarmRoot()
         self._periodic: dict[str, PeriodicTask] = {}
-        self.records = RecordsEndpoint(lambda: self.database)
+        self.records = RecordsEndpoint(lambda: self.database, lambda: self.artifacts.repository)
         super().__init__(**kwargs)
         self.api_root.mount("builds", self.records.resource, openapi="openapi.json")
         self.api_root.mount("openapi.json", self.records.openapi)
@@ -177,7 +179,13 @@ class FarmService(service.BuildbotService):
         def on_demand_configured() -> bool:
             return self.on_demand.jobs is not None
 
-        self.api_root.mount("build", BuildResource(self.on_demand), active=on_demand_configured)
+        # /build/NAME is the reference build service's spelling of /builds/NAME; on-demand
+        # job keys (64 hex digits) and POST /build are the on-demand API's.
+        self.api_root.mount(
+            "build",
+            BuildAlias(self.records.resource, BuildResource(self.on_demand), is_build_key),
+            active=on_demand_configured,
+        )
         self.api_root.mount(
             "download", DownloadResource(self.on_demand), active=on_demand_configured
         )
@@ -223,7 +231,7 @@ class FarmService(service.BuildbotService):
         if database_changed or previous is None or previous.coordinator != settings.coordinator:
             await self._start_coordinator(settings.coordinator)
         await self.records.configure(
-            settings.records or BuildRecords(),
+            settings.records,
             self.master.reactor,
             self.master.basedir,
             self.master.config.buildbotURL,

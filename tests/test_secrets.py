@@ -28,7 +28,8 @@ from tests.harness.ports import free_port
 pytestmark = pytest.mark.master
 BIN = Path(sys.executable).parent
 RECORD = {"Name": "outside", "Version": "1.0", "TimeStamp": "2024-05-01T12:00:00Z",
-          "Hostname": "ci-7", "Architecture": "amd64", "Language": "go"}
+          "Hostname": "ci-7", "Architecture": "amd64", "Language": "go",
+          "binaries": [{"url": "https://dl.example/outside", "size": 1, "sha256": "0" * 64}]}
 
 MASTER_CFG = f"""
 import os

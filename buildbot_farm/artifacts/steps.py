@@ -155,13 +155,15 @@ class ArtifactUpload(buildstep.BuildStep):
 
 async def publish_files(
     step: buildstep.BuildStep, log: Any, repository: Repository, prefix: tuple[str, ...],
-    placed: list[tuple[Path, tuple[str, ...]]],
+    placed: list[tuple[Path, tuple[str, ...]]], byproduct: bool = False,
 ) -> int:
     """Move files a step staged on the master into the repository and tell the build.
 
     Each ``(staged file, repository path)`` is stored and indexed under ``prefix``, its
     sha256 and URL written to ``log``, linked from the build page, and appended to the
-    ``farm_artifacts`` property. Returns the step result.
+    ``farm_artifacts`` property. ``byproduct`` marks them as by-products of the build's
+    machinery (``"byproduct": true``), which build records keep apart from its binaries.
+    Returns the step result.
     """
     records = []
     for staged, segments in placed:
@@ -172,8 +174,11 @@ async def publish_files(
             await log.addStderr(f"/{paths.join(segments)}: {e}\n")
             return FAILURE
         url = repository.url_for(segments)
-        records.append({"path": paths.join(segments), "url": url, "size": stored.size,
-                        "sha256": stored.sha256})
+        record = {"path": paths.join(segments), "url": url, "size": stored.size,
+                  "sha256": stored.sha256}
+        if byproduct:
+            record["byproduct"] = True
+        records.append(record)
         await log.addStdout(f"{stored.sha256}  {url}\n")
     for (_, segments), record in zip(placed[:MAX_LINKS], records):
         await step.addURL(segments[-1], record["url"])

@@ -291,7 +291,10 @@ class ContainerTask(buildstep.BuildStep):
                 (Path(archive_path), (*prefix, f"{stem}.tar.zst")),
                 (Path(manifest_path), (*prefix, f"{stem}.manifest.json")),
             ]
-            if await publish_files(self, self._stdio, repository, prefix, placed) != SUCCESS:
+            published = await publish_files(
+                self, self._stdio, repository, prefix, placed, byproduct=True
+            )
+            if published != SUCCESS:
                 raise TaskFailed("keeping the task's archive in the artifact repository failed")
         finally:
             with contextlib.suppress(FileNotFoundError):

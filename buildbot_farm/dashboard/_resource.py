@@ -255,15 +255,19 @@ class DashboardResource(resource.Resource):
             ("commit", f"<code>{pages.esc((record.get('source') or {}).get('commit', ''))}</code>"),
             ("build", pages.link(record["buildUrl"], record["buildUrl"])
              if record.get("buildUrl") else ""),
-            ("record", pages.link(api, "JSON") + " · " + pages.link(api + "/provenance",
-                                                                    "provenance (signed)")),
+            ("record", pages.link(api, "JSON") + " · " + (
+                pages.link(api + "/provenance", "provenance (signed)")
+                if any(b.get("sha256") for b in record.get("binaries", []))
+                else "no provenance: no binary has a sha256")),
         ]
         if stored.tombstone is not None:
             facts.append(("deleted", pages.esc(
                 f"by {stored.tombstone.deleted_by}: {stored.tombstone.reason}")))
         binaries = [
-            (pages.esc(b.get("path", "")), pages.esc(pages.size(int(b.get("size", 0)))),
-             f"<code>{pages.esc(b.get('sha256', ''))}</code>", pages.link(b["url"], "download"))
+            (pages.esc(b.get("path", "")),
+             pages.esc("unknown" if b.get("size") is None else pages.size(int(b["size"]))),
+             f"<code>{pages.esc(b.get('sha256') or 'not given')}</code>",
+             pages.link(b["url"], "download"))
             for b in record.get("binaries", [])
         ]
         body = pages.table(("", ""), facts, "record")

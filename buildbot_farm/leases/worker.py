@@ -44,11 +44,11 @@ LEFTOVER_RETRY_INTERVAL = 1.0
 LEFTOVER_ATTEMPTS = 120
 
 # Runs on the buildlet with its python3: creates the worker directory (first time), adds
-# the machine's architecture and Python version to the worker info (Buildbot reports
-# neither; build records want both), then becomes the worker, in the foreground, so that
-# the exec lasts as long as it does.
+# the machine's architecture, Python version and host name to the worker info (Buildbot
+# reports none of them; build records want them), then becomes the worker, in the
+# foreground, so that the exec lasts as long as it does.
 WORKER_BOOTSTRAP = """\
-import os, platform, sys
+import os, platform, socket, sys
 from buildbot_worker.scripts import runner
 base = os.path.join(os.environ["WORKDIR"], "worker")
 if not os.path.exists(os.path.join(base, "buildbot.tac")):
@@ -61,7 +61,8 @@ if not os.path.exists(os.path.join(base, "buildbot.tac")):
         if e.code:
             raise
 os.makedirs(os.path.join(base, "info"), exist_ok=True)
-for key, value in (("arch", platform.machine()), ("python", platform.python_version())):
+for key, value in (("arch", platform.machine()), ("python", platform.python_version()),
+                   ("hostname", socket.gethostname())):
     with open(os.path.join(base, "info", key), "w") as info:
         info.write(value + "\\n")
 sys.argv = ["buildbot-worker", "start", "--nodaemon", base]

@@ -1,14 +1,18 @@
 """The build records JSON API: ``/builds``, ``/builds/{name}``, ``/builds/{name}/{version}``.
 
-Records are immutable, so a record (and its provenance) is served with a strong ETag and a
-one-year cache lifetime; listings change and are never cached.
+Listings are JSON lists, as the reference build service answers them; the next page is in
+a ``Link: <...>; rel="next"`` header. Records are immutable, so a record (and its
+provenance) is served with a strong ETag and a one-year cache lifetime; listings change
+and are never cached. :class:`BuildAlias` serves the reference's ``/build/{name}``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+from urllib.parse import parse_qsl, unquote, urlencode
 
 from twisted.internet import defer
 from twisted.python import failure, log
@@ -18,8 +22,8 @@ from twisted.web.server import Request
 from buildbot_farm import db
 from buildbot_farm.records.cache import RecentRecords
 from buildbot_farm.records.config import BuildRecords, Caller, bearer_key, identify
-from buildbot_farm.records.model import RESULTS, InvalidRecord, parse_record
-from buildbot_farm.records.provenance import Signer, statement
+from buildbot_farm.records.model import RESULTS, BuildRecord, InvalidRecord, parse_record
+from buildbot_farm.records.provenance import NothingToAttest, Signer, statement
 from buildbot_farm.records.store import (
     AlreadyDeleted,
     BadCursor,
@@ -37,6 +41,9 @@ from buildbot_farm.web._request import (
     json_body,
     query_last,
 )
+
+if TYPE_CHECKING:
+    from buildbot_farm.artifacts.repository import Repository
 
 MAX_BODY = 1024 * 1024
 MAX_PAGE = 500
@@ -58,7 +65,9 @@ class RecordsResource(resource.Resource):
 
     ``store`` and ``signer`` are called per request, so a reconfigured service is followed;
     ``settings`` holds the keys; ``now`` is the clock (the master reactor's ``seconds``)
-    that stamps records and tombstones; ``builder_id`` names this master in provenance.
+    that stamps records and tombstones; ``builder_id`` names this master in provenance;
+    ``repository`` is the farm's artifact repository (or None): a posted binary URL inside
+    it gets its size and digest from the repository's index.
     """
 
     isLeaf = True
@@ -70,8 +79,10 @@ class RecordsResource(resource.Resource):
         signer: Callable[[], Signer | None],
         now: Callable[[], float],
         builder_id: Callable[[], str],
+        repository: Callable[[], Repository | None] = lambda: None,
     ) -> None:
         super().__init__()
+        self._repository = repository
         self._store = store
         self._settings = settings
         self._signer = signer
@@ -152,7 +163,9 @@ class RecordsResource(resource.Resource):
         request.setResponseCode(200)
         request.setHeader(b"content-type", b"application/json; charset=utf-8")
         request.setHeader(b"cache-control", b"no-store")
-        return b'{"builds":[%s],"next":%s}' % (b",".join(documents), json.dumps(more).encode())
+        if more is not None:
+            request.setHeader(b"link", b'<%s>; rel="next"' % _next_page(request, more).encode())
+        return b"[%s]" % b",".join(documents)
 
     async def _get(self, request: Request, store: RecordStore, name: str, version: str) -> bytes:
         stored = await self._existing(store, name, version)
@@ -166,7 +179,10 @@ class RecordsResource(resource.Resource):
             raise _Refused(503, "no provenance signing key is loaded; see the master's log")
         stored = await self._existing(store, name, version)
         record = parse_record(_rich_fields(json.loads(stored.document)))
-        envelope = signer.envelope(statement(record, self._builder_id()))
+        try:
+            envelope = signer.envelope(statement(record, self._builder_id()))
+        except NothingToAttest as e:
+            raise _Refused(409, f"{name} {version}: {e} (its binaries have no sha256)") from e
         body = json.dumps(envelope, sort_keys=True, separators=(",", ":")).encode()
         return _immutable(request, body)
 
@@ -196,6 +212,7 @@ class RecordsResource(resource.Resource):
                 400, f"the record has {len(e.problems)} bad field(s); fix them and post again",
                 fields=e.problems,
             ) from e
+        record = await self._with_repository_digests(record)
         try:
             document = await store.insert(record, self._now())
         except RecordExists as e:
@@ -230,6 +247,33 @@ class RecordsResource(resource.Resource):
         self._recent.forget((name, version))
         return json_response(request, {"name": name, "version": version, **tombstone.as_json()})
 
+    async def _with_repository_digests(self, record: BuildRecord) -> BuildRecord:
+        """``record`` with the size and sha256 of its binaries in the farm's repository
+        taken from the repository's index, where the poster gave none."""
+        repository = self._repository()
+        if repository is None:
+            return record
+        base = repository.public_url
+        wanted = {
+            b.url: unquote(b.url[len(base):]) for b in (*record.binaries, *record.byproducts)
+            if b.sha256 is None and b.url.startswith(base)
+        }
+        if not wanted:
+            return record
+        indexed = await repository.index.lookup(sorted(set(wanted.values())))
+
+        def filled(binaries: tuple[Any, ...]) -> tuple[Any, ...]:
+            found = [(b, indexed.get(wanted.get(b.url, ""))) for b in binaries]
+            return tuple(
+                dataclasses.replace(b, size=row.size, sha256=row.sha256, path=b.path or row.path)
+                if row is not None else b
+                for b, row in found
+            )
+
+        return dataclasses.replace(
+            record, binaries=filled(record.binaries), byproducts=filled(record.byproducts)
+        )
+
     def _caller(self, request: Request, admin: bool) -> Caller:
         settings = self._settings()
         key = bearer_key(request.getHeader(b"authorization"))
@@ -256,6 +300,50 @@ class RecordsResource(resource.Resource):
             return json_error(request, 503, f"the farm database failed: {reason.value}")
         log.err(reason, "farm records API failed")
         return json_error(request, 500, "the records API failed; the master's log has the cause")
+
+
+class BuildAlias(resource.Resource):
+    """``/build/{name}[/...]``: the reference service's spelling of ``/builds/{name}[/...]``.
+
+    A path segment ``other_claims`` accepts (and ``/build`` itself) goes to ``other``
+    instead: the farm's on-demand API shares the ``build`` mount, its job keys being 64 hex
+    digits. Without ``other``, every request under ``/build`` is the records API's.
+    """
+
+    def __init__(
+        self,
+        records: RecordsResource,
+        other: resource.Resource | None = None,
+        other_claims: Callable[[str], bool] = lambda segment: False,
+    ) -> None:
+        super().__init__()
+        self._records = records
+        self._other = other
+        self._claims = other_claims
+
+    def getChild(self, path: bytes, request: Request) -> resource.Resource:
+        """The records API for a record name (the path below it unconsumed), else ``other``."""
+        segment = path.decode("utf-8", errors="replace")
+        if self._other is not None and (not segment or self._claims(segment)):
+            return self._other.getChildWithDefault(path, request)
+        if request.prepath is not None and request.postpath is not None:
+            request.prepath.pop()
+            request.postpath.insert(0, path)
+        return self._records
+
+    def render(self, request: Request) -> bytes:
+        """``/build`` itself: ``other``'s, or a 404 naming the paths served."""
+        if self._other is not None:
+            answer: bytes = self._other.render(request)
+            return answer
+        return json_error(request, 404, "use /build/NAME, as /builds/NAME")
+
+
+def _next_page(request: Request, cursor: str) -> str:
+    """The path and query of the request with ``cursor`` set to the next page's."""
+    path, _, query = request.uri.decode("utf-8", errors="replace").partition("?")
+    kept = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k != "cursor"]
+    return f"{path}?{urlencode([*kept, ('cursor', cursor)])}"
 
 
 def _immutable(request: Request, body: bytes) -> bytes:

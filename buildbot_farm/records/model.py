@@ -2,7 +2,9 @@
 
 Pure: no buildbot, no twisted. A record is accepted with its own field names
 (``name``, ``builtOn``, ``sourceUrl`` ...) or the reference service's (``Name``,
-``Hostname``, ``SourceUrl`` ...), and always answered with both.
+``Hostname``, ``SourceUrl`` ...), and always answered with both: the reference's names with
+the reference's types (``TimeStamp`` an integer of UNIX seconds), so a record posted to the
+reference service comes back from this one as it went in.
 """
 
 from __future__ import annotations
@@ -14,13 +16,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from buildbot_farm.records.source import source_of_url
+
 RESULTS = ("success", "warnings", "failure", "skipped", "exception", "retry", "cancelled")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}$")
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 MAX_BINARIES = 1000
 MAX_ENVIRONMENT = 100
 MAX_TEXT = 2048
-# The reference's names -> ours; Architecture and GoVersion live in the environment.
+# The reference's names -> ours; Architecture lives in the environment, BinaryUrl is the
+# URL of the first binary, GoVersion is the toolchain of a Go record.
 REFERENCE_NAMES = {
     "Name": "name",
     "Version": "version",
@@ -28,6 +33,7 @@ REFERENCE_NAMES = {
     "Hostname": "builtOn",
     "SourceUrl": "sourceUrl",
     "Language": "language",
+    "GoVersion": "toolchain",
 }
 
 
@@ -41,11 +47,15 @@ class InvalidRecord(ValueError):
 
 @dataclass(frozen=True)
 class Binary:
-    """One artifact of a build: where to download it, its size and sha256."""
+    """One artifact of a build: where to download it, its size and sha256.
+
+    ``size`` and ``sha256`` are None when whoever posted the record did not know them
+    (the reference service records a bare ``BinaryUrl``); such a binary cannot be attested.
+    """
 
     url: str
-    size: int
-    sha256: str
+    size: int | None = None
+    sha256: str | None = None
     path: str = ""
 
     def as_json(self) -> dict[str, Any]:
@@ -68,20 +78,34 @@ class BuildRecord:
     build_url: str = ""
     environment: dict[str, Any] = field(default_factory=dict)
     binaries: tuple[Binary, ...] = ()
+    toolchain: str = ""
+    byproducts: tuple[Binary, ...] = ()
 
     @property
     def commit(self) -> str | None:
-        """The source commit, when the record names one."""
+        """The source commit, when the record names one (in ``source`` or its ``sourceUrl``)."""
         commit = (self.source or {}).get("commit")
-        return commit if isinstance(commit, str) else None
+        if isinstance(commit, str) and commit:
+            return commit
+        found = source_of_url(self.source_url)
+        return found.commit if found else None
+
+    @property
+    def is_go(self) -> bool:
+        """Whether the record is of a Go build (the reference's ``GoVersion`` applies)."""
+        return self.language.strip().lower() == "go"
 
     def as_json(self) -> dict[str, Any]:
-        """The record with our field names and the reference's, as the API answers it."""
+        """The record with our field names and the reference's, as the API answers it.
+
+        ``timestamp`` is a whole number when the time is whole seconds; ``TimeStamp`` is
+        always the integer UNIX time. ``GoVersion`` is there for Go records only.
+        """
         binaries = [b.as_json() for b in self.binaries]
-        return {
+        document = {
             "name": self.name,
             "version": self.version,
-            "timestamp": self.timestamp,
+            "timestamp": _seconds(self.timestamp),
             "result": self.result,
             "builtOn": self.built_on,
             "language": self.language,
@@ -90,16 +114,20 @@ class BuildRecord:
             "buildUrl": self.build_url,
             "environment": self.environment,
             "binaries": binaries,
+            "byproducts": [b.as_json() for b in self.byproducts],
+            "toolchain": self.toolchain,
             "Name": self.name,
             "Version": self.version,
-            "TimeStamp": rfc3339(self.timestamp),
+            "TimeStamp": int(self.timestamp),
             "Hostname": self.built_on,
             "Architecture": str(self.environment.get("arch", "")),
-            "GoVersion": str(self.environment.get("go", "")),
             "SourceUrl": self.source_url,
             "BinaryUrl": binaries[0]["url"] if binaries else "",
             "Language": self.language,
         }
+        if self.is_go:
+            document["GoVersion"] = self.toolchain
+        return document
 
     def document(self) -> bytes:
         """The canonical JSON bytes stored and served for this record."""
@@ -109,6 +137,10 @@ class BuildRecord:
 def canonical_json(value: Any) -> bytes:
     """Compact JSON with sorted keys: the same value always gives the same bytes."""
     return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _seconds(timestamp: float) -> int | float:
+    return int(timestamp) if float(timestamp).is_integer() else timestamp
 
 
 def rfc3339(timestamp: float) -> str:
@@ -141,9 +173,9 @@ def parse_record(body: Any) -> BuildRecord:
 
 _OURS = {
     "name", "version", "timestamp", "result", "builtOn", "language", "sourceUrl", "source",
-    "buildUrl", "environment", "binaries",
+    "buildUrl", "environment", "binaries", "byproducts", "toolchain",
 }
-_REFERENCE_ONLY = {"Architecture", "GoVersion", "BinaryUrl"}
+_REFERENCE_ONLY = {"Architecture", "BinaryUrl"}
 
 
 def _merge_reference_names(body: Mapping[str, Any], problems: dict[str, str]) -> dict[str, Any]:
@@ -162,14 +194,22 @@ def _merge_reference_names(body: Mapping[str, Any], problems: dict[str, str]) ->
     environment = data.get("environment", {})
     if isinstance(environment, Mapping):
         environment = dict(environment)
-        for theirs, key in (("Architecture", "arch"), ("GoVersion", "go")):
-            if theirs in body:
-                environment.setdefault(key, body[theirs])
+        if "Architecture" in body:
+            environment.setdefault("arch", body["Architecture"])
         data["environment"] = environment
-    if "BinaryUrl" in body and "binaries" not in data:
-        problems["BinaryUrl"] = (
-            "a binary needs its size and sha256: give binaries=[{url, size, sha256}]"
-        )
+    language = data.get("language")
+    go = isinstance(language, str) and language.strip().lower() == "go"
+    if body.get("GoVersion") and not go:
+        problems["GoVersion"] = "is the toolchain of Go records; give toolchain for this language"
+    binary_url = body.get("BinaryUrl")
+    if binary_url and "binaries" not in data:
+        data["binaries"] = [{"url": binary_url}]
+    elif binary_url:
+        first = data["binaries"][0] if isinstance(data["binaries"], list) else None
+        if not isinstance(first, Mapping) or first.get("url") != binary_url:
+            problems["BinaryUrl"] = "differs from binaries[0].url; give one of them"
+    elif binary_url is not None and binary_url != "":
+        problems["BinaryUrl"] = "must be a URL string"
     return data
 
 
@@ -198,7 +238,9 @@ class _Checker:
         result = self.data.get("result", "success")
         if result not in RESULTS:
             self.problems["result"] = f"must be one of {', '.join(RESULTS)}"
-        texts = {k: self.text(k) for k in ("builtOn", "language", "sourceUrl", "buildUrl")}
+        texts = {
+            k: self.text(k) for k in ("builtOn", "language", "sourceUrl", "buildUrl", "toolchain")
+        }
         source = self.data.get("source")
         if source is not None and not (
             isinstance(source, Mapping)
@@ -207,14 +249,19 @@ class _Checker:
         ):
             self.problems["source"] = "must be an object of strings (repository, commit, branch)"
         environment = self.environment()
-        binaries = self.binaries()
+        binaries = self.binaries("binaries")
+        byproducts = self.binaries("byproducts")
         if self.problems:
             return None
+        if not source:
+            found = source_of_url(texts["sourceUrl"])
+            source = found.as_json() if found else None
         return BuildRecord(
             name=name, version=version, timestamp=float(timestamp), result=result,
             built_on=texts["builtOn"], language=texts["language"],
             source_url=texts["sourceUrl"], source=dict(source) if source else None,
             build_url=texts["buildUrl"], environment=environment, binaries=binaries,
+            toolchain=texts["toolchain"], byproducts=byproducts,
         )
 
     def identifier(self, key: str) -> str:
@@ -253,14 +300,14 @@ class _Checker:
             return {}
         return dict(value)
 
-    def binaries(self) -> tuple[Binary, ...]:
-        value = self.data.get("binaries", [])
+    def binaries(self, key: str) -> tuple[Binary, ...]:
+        value = self.data.get(key, [])
         if not isinstance(value, list) or len(value) > MAX_BINARIES:
-            self.problems["binaries"] = f"must be a list of at most {MAX_BINARIES} objects"
+            self.problems[key] = f"must be a list of at most {MAX_BINARIES} objects"
             return ()
         found = []
         for index, item in enumerate(value):
-            where = f"binaries[{index}]"
+            where = f"{key}[{index}]"
             if not isinstance(item, Mapping):
                 self.problems[where] = "must be an object {url, size, sha256, path}"
                 continue
@@ -270,10 +317,11 @@ class _Checker:
             path: Any = item.get("path")
             if not isinstance(url, str) or not re.match(r"^https?://", url) or len(url) > MAX_TEXT:
                 self.problems[f"{where}.url"] = "required: an http(s) URL"
-            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-                self.problems[f"{where}.size"] = "required: the size in bytes (an integer >= 0)"
-            if not isinstance(sha, str) or not SHA256_PATTERN.match(sha):
-                self.problems[f"{where}.sha256"] = "required: 64 lower-case hex digits"
+            if size is not None and (not isinstance(size, int) or isinstance(size, bool)
+                                     or size < 0):
+                self.problems[f"{where}.size"] = "the size in bytes (an integer >= 0), or null"
+            if sha is not None and (not isinstance(sha, str) or not SHA256_PATTERN.match(sha)):
+                self.problems[f"{where}.sha256"] = "64 lower-case hex digits, or null"
             if path is not None and (not isinstance(path, str) or len(path) > MAX_TEXT):
                 self.problems[f"{where}.path"] = "must be a string"
             if not any(p.startswith(where) for p in self.problems):

@@ -59,11 +59,12 @@ def _ok(schema: str, description: str) -> dict[str, Any]:
 
 _BINARY = {
     "type": "object",
-    "required": ["url", "size", "sha256"],
+    "description": "size and sha256 are null when unknown (then the binary is not attested)",
+    "required": ["url"],
     "properties": {
         "url": {"type": "string", "pattern": "^https?://"},
-        "size": {"type": "integer", "minimum": 0},
-        "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+        "size": {"type": "integer", "minimum": 0, "nullable": True},
+        "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$", "nullable": True},
         "path": {"type": "string"},
     },
 }
@@ -85,17 +86,37 @@ _NEW_RECORD: dict[str, Any] = {
                    "additionalProperties": {"type": "string", "nullable": True}},
         "environment": {"type": "object", "additionalProperties": _SCALAR},
         "binaries": {"type": "array", "maxItems": MAX_BINARIES, "items": _BINARY},
+        "byproducts": {"type": "array", "maxItems": MAX_BINARIES, "items": _BINARY},
+        "toolchain": {"type": "string"},
     },
 }
 _REFERENCE: dict[str, Any] = {
-    key: {"type": "string"}
-    for key in ("Name", "Version", "TimeStamp", "Hostname", "Architecture", "GoVersion",
-                "SourceUrl", "BinaryUrl", "Language")
+    **{
+        key: {"type": "string"}
+        for key in ("Name", "Version", "Hostname", "Architecture", "SourceUrl", "BinaryUrl",
+                    "Language")
+    },
+    "TimeStamp": {"type": "integer", "minimum": 0, "description": "UNIX seconds"},
+    "GoVersion": {"type": "string", "description": "Go records only"},
 }
 _RECORD = {
     "type": "object",
-    "required": ["name", "version", "timestamp", "result", "binaries", *_REFERENCE],
+    "required": ["name", "version", "timestamp", "result", "binaries",
+                 *(k for k in _REFERENCE if k != "GoVersion")],
     "properties": {**_NEW_RECORD["properties"], **_REFERENCE, "deleted": {"type": "object"}},
+}
+_LINK = {
+    "Link": {"schema": {"type": "string"},
+             "description": 'The next page, when there is one: <URL>; rel="next"'},
+}
+_VERSIONS = {
+    "parameters": [_NAME],
+    "get": {
+        "summary": "The versions of one name, newest first",
+        "parameters": _PAGING,
+        "responses": {"200": {**_json("Page", "A page of this name's records"), "headers": _LINK},
+                      **_errors(400, 404, 503)},
+    },
 }
 
 OPENAPI: dict[str, Any] = {
@@ -111,7 +132,8 @@ OPENAPI: dict[str, Any] = {
             "get": {
                 "summary": "Records, newest first, a page at a time",
                 "parameters": _FILTERS + _PAGING,
-                "responses": {"200": _json("Page", "A page; `next` is the next page's cursor"),
+                "responses": {"200": {**_json("Page", "A page; the Link header has the next"),
+                                      "headers": _LINK},
                               **_errors(400, 503)},
             },
             "post": {
@@ -125,15 +147,8 @@ OPENAPI: dict[str, Any] = {
                               **_errors(400, 401, 403, 409, 413, 503)},
             },
         },
-        "/builds/{name}": {
-            "parameters": [_NAME],
-            "get": {
-                "summary": "The versions of one name, newest first",
-                "parameters": _PAGING,
-                "responses": {"200": _json("Page", "A page of this name's records"),
-                              **_errors(400, 404, 503)},
-            },
-        },
+        "/builds/{name}": _VERSIONS,
+        "/build/{name}": {**_VERSIONS, "description": "The reference's spelling of /builds/{name}"},
         "/builds/{name}/{version}": {
             "parameters": [_NAME, _VERSION],
             "get": {
@@ -157,7 +172,7 @@ OPENAPI: dict[str, Any] = {
                 "summary": "SLSA provenance v1 in an in-toto statement, in a signed DSSE envelope",
                 "responses": {"200": _ok("Envelope", "The signed envelope"),
                               "304": {"description": "Not modified (If-None-Match)"},
-                              **_errors(404, 410, 503)},
+                              **_errors(404, 409, 410, 503)},
             },
         },
     },
@@ -165,14 +180,7 @@ OPENAPI: dict[str, Any] = {
         "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
         "schemas": {
             "Record": _RECORD,
-            "Page": {
-                "type": "object",
-                "required": ["builds", "next"],
-                "properties": {
-                    "builds": {"type": "array", "items": {"$ref": "#/components/schemas/Record"}},
-                    "next": {"type": "string", "nullable": True},
-                },
-            },
+            "Page": {"type": "array", "items": {"$ref": "#/components/schemas/Record"}},
             "Tombstone": {
                 "type": "object",
                 "required": ["name", "version", "deletedBy", "deletedAt", "reason"],

@@ -16,7 +16,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from buildbot_farm.records.model import BuildRecord, rfc3339
+from buildbot_farm.records.model import Binary, BuildRecord, rfc3339
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://slsa.dev/provenance/v1"
@@ -28,16 +28,31 @@ class VerificationFailed(Exception):
     """An envelope that is malformed, or not signed by the given key."""
 
 
+class NothingToAttest(ValueError):
+    """A record none of whose binaries has a digest: a statement needs at least one subject."""
+
+
+def _descriptor(binary: Binary) -> dict[str, Any]:
+    described: dict[str, Any] = {
+        "name": binary.path or binary.url.rsplit("/", 1)[-1] or binary.url, "uri": binary.url,
+    }
+    if binary.sha256:
+        described["digest"] = {"sha256": binary.sha256}
+    return described
+
+
 def statement(record: BuildRecord, builder_id: str) -> dict[str, Any]:
     """The in-toto Statement v1 with a SLSA provenance v1 predicate describing ``record``.
 
-    Subjects are the binaries with their sha256; the resolved dependency is the source
-    with its commit (``gitCommit`` digest). ``builder_id`` names the Buildbot master.
+    Subjects are the binaries with their sha256 (a binary without one is not attested);
+    byproducts (a container task's archive and manifest) are the run's byproducts; the
+    resolved dependency is the source with its commit (``gitCommit`` digest).
+    ``builder_id`` names the Buildbot master. Raises :class:`NothingToAttest` when no
+    binary has a digest.
     """
-    subjects = [
-        {"name": b.path or b.url.rsplit("/", 1)[-1], "uri": b.url, "digest": {"sha256": b.sha256}}
-        for b in record.binaries
-    ]
+    subjects = [_descriptor(b) for b in record.binaries if b.sha256]
+    if not subjects:
+        raise NothingToAttest("this record names no digest, so there is nothing to attest")
     dependencies = []
     if record.source and record.commit:
         repository = str(record.source.get("repository", ""))
@@ -67,6 +82,7 @@ def statement(record: BuildRecord, builder_id: str) -> dict[str, Any]:
                     "invocationId": record.build_url or f"{record.name}/{record.version}",
                     "finishedOn": rfc3339(record.timestamp),
                 },
+                "byproducts": [_descriptor(b) for b in record.byproducts],
             },
         },
     }

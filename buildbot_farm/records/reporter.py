@@ -34,6 +34,7 @@ class RecorderSettings:
     builders: Sequence[str] | None = None
     version: Any = None
     language: Any = ""
+    toolchain: Any = ""
     results: Any = ("success", "warnings")
     properties: Sequence[str] = ()
     forges: Mapping[str, str] | None = None
@@ -72,8 +73,9 @@ class BuildRecorder(service.BuildbotService):
     """Writes one record of each finished build of ``builders`` (all builders when None).
 
     ``name`` (default: the builder's name), ``version`` (default: the UTC finish time as
-    ``YYYYMMDDhhmmss``) and ``language`` are renderables, rendered with the build's
-    properties. ``results`` names the results that are recorded (``"all"``, or a list such
+    ``YYYYMMDDhhmmss``), ``language`` and ``toolchain`` (say ``go1.22.1``; a Go record
+    answers it as the reference's ``GoVersion``) are renderables, rendered with the
+    build's properties. ``results`` names the results that are recorded (``"all"``, or a list such
     as the default ``["success", "warnings"]``). ``properties`` are build properties added
     to the record's environment; ``forges`` maps host names to a forge style (``github``,
     ``gitlab``, ``gitea``, ``bitbucket``, ``git``) for source URLs. The records go to the
@@ -107,6 +109,7 @@ class BuildRecorder(service.BuildbotService):
         self.builders = set(settings.builders) if settings.builders is not None else None
         self.version = settings.version
         self.language = settings.language
+        self.toolchain = settings.toolchain
         self.results = set(RESULTS) if settings.results == "all" else set(settings.results)
         self.properties = list(settings.properties)
         self.forges = dict(settings.forges or {})
@@ -182,15 +185,18 @@ class BuildRecorder(service.BuildbotService):
             "version": str(version),
             "timestamp": timestamp,
             "result": result,
-            "builtOn": _host(info, worker.get("name", "")),
+            "builtOn": _host({**info, **self._live_info(worker.get("name", ""))},
+                             worker.get("name", "")),
             "language": str(await props.render(self.language) or ""),
+            "toolchain": str(await props.render(self.toolchain) or ""),
             "sourceUrl": (
                 commit_url(source.repository, source.commit, self.forges) if source else ""
             ),
             "source": source.as_json() if source else None,
             "buildUrl": build.get("url", ""),
             "environment": self._environment(info, worker.get("name", ""), props),
-            "binaries": _binaries(props.getProperty(ARTIFACTS_PROPERTY)),
+            "binaries": _binaries(props.getProperty(ARTIFACTS_PROPERTY), byproducts=False),
+            "byproducts": _binaries(props.getProperty(ARTIFACTS_PROPERTY), byproducts=True),
         }
 
     def _live_info(self, worker: str) -> dict[str, Any]:
@@ -231,6 +237,11 @@ def _live_info_of(master: Any, worker: str) -> dict[str, Any]:
 
 
 def _host(info: dict[str, Any], worker: str) -> str:
+    """The host that ran the build: FarmLatentWorker's info/hostname, else the admin's
+    info/host, else the worker's HOSTNAME, else the worker's name."""
+    hostname = str(info.get("hostname") or "").strip()
+    if hostname:
+        return hostname
     host = str(info.get("host") or "").strip().splitlines()
     if host and not host[0].startswith(_HOST_PLACEHOLDER):
         return host[0]
@@ -238,12 +249,14 @@ def _host(info: dict[str, Any], worker: str) -> str:
     return str(environ.get("HOSTNAME") or worker)
 
 
-def _binaries(artifacts: Any) -> list[Any]:
+def _binaries(artifacts: Any, byproducts: bool) -> list[Any]:
+    """The build's artifacts that are binaries, or (``byproducts``) the by-products."""
     if not isinstance(artifacts, list):
         return []
     return [
         {k: a.get(k) for k in ("path", "url", "size", "sha256")} if isinstance(a, dict) else a
         for a in artifacts
+        if (isinstance(a, dict) and bool(a.get("byproduct"))) == byproducts
     ]
 
 

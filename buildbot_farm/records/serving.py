@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from buildbot import config
 from twisted.internet import endpoints
@@ -11,7 +11,7 @@ from twisted.python import log
 from twisted.web import server
 
 from buildbot_farm import db
-from buildbot_farm.records.api import RecordsResource
+from buildbot_farm.records.api import BuildAlias, RecordsResource
 from buildbot_farm.records.config import BuildRecords
 from buildbot_farm.records.openapi import OPENAPI
 from buildbot_farm.records.provenance import Signer
@@ -19,6 +19,9 @@ from buildbot_farm.records.store import RecordStore
 from buildbot_farm.secret_values import is_pem
 from buildbot_farm.web import FarmRoot
 from buildbot_farm.web.status import OpenAPIResource
+
+if TYPE_CHECKING:
+    from buildbot_farm.artifacts.repository import Repository
 
 # Where the public key goes when the signing key is PEM text (a secret), in the basedir.
 PUBLIC_KEY_FILE = "records-signing-key.pub"
@@ -29,9 +32,15 @@ class RecordsEndpoint:
 
     ``resource`` (mount it as ``builds``) and ``openapi`` (as ``openapi.json``) exist from
     the start; :meth:`configure` applies a :class:`BuildRecords` (keys, signing key, port).
+    ``repository`` is the farm's artifact repository, whose index gives the digests of
+    posted binary URLs inside it.
     """
 
-    def __init__(self, database: Callable[[], db.Database | None]) -> None:
+    def __init__(
+        self,
+        database: Callable[[], db.Database | None],
+        repository: Callable[[], Repository | None] = lambda: None,
+    ) -> None:
         self._database = database
         self.settings = BuildRecords()
         self.signer: Signer | None = None
@@ -45,6 +54,7 @@ class RecordsEndpoint:
             signer=lambda: self.signer,
             now=lambda: float(self._reactor.seconds()),
             builder_id=lambda: self._builder_id,
+            repository=repository,
         )
         self.openapi = OpenAPIResource(OPENAPI)
 
@@ -62,10 +72,16 @@ class RecordsEndpoint:
         return self._store
 
     async def configure(
-        self, settings: BuildRecords, reactor: Any, basedir: str, buildbot_url: str
+        self, settings: BuildRecords | None, reactor: Any, basedir: str, buildbot_url: str
     ) -> None:
-        """Apply ``settings``: load (or create) the signing key, (re)listen on ``port``."""
-        signer = self._load_signer(settings.signing_key, Path(basedir))
+        """Apply ``settings``: load (or create) the signing key, (re)listen on ``port``.
+
+        With None (``records=`` not configured) the API serves with default settings and
+        nothing is created on disk: an existing default key file is used, none is made.
+        """
+        create = settings is not None
+        settings = settings or BuildRecords()
+        signer = self._load_signer(settings.signing_key, Path(basedir), create)
         previous, self.settings, self._reactor = self.settings, settings, reactor
         self._builder_id = settings.builder_id or buildbot_url
         self.signer = signer
@@ -74,6 +90,7 @@ class RecordsEndpoint:
         if settings.port and self._listening is None:
             root = FarmRoot()
             root.mount("builds", self.resource, openapi="openapi.json")
+            root.mount("build", BuildAlias(self.resource))
             root.mount("openapi.json", self.openapi)
             site = server.Site(root)
             site.displayTracebacks = False
@@ -82,12 +99,13 @@ class RecordsEndpoint:
             log.msg(f"farm records: API also on {settings.port}")
 
     @staticmethod
-    def _load_signer(signing_key: str, basedir: Path) -> Signer | None:
+    def _load_signer(signing_key: str, basedir: Path, create: bool) -> Signer | None:
         """The signer of ``signing_key`` (a path, or PEM text from a secret), or None.
 
         A key file that cannot be used leaves provenance unsigned (logged); PEM text that
         is not an Ed25519 key is a configuration error. The public key goes next to the
-        key file, or to ``PUBLIC_KEY_FILE`` in the basedir for PEM text.
+        key file, or to ``PUBLIC_KEY_FILE`` in the basedir for PEM text. A missing key
+        file is made only with ``create``.
         """
         if is_pem(signing_key):
             try:
@@ -100,8 +118,10 @@ class RecordsEndpoint:
             where = "PEM text"
         else:
             key_path = basedir / signing_key
+            if not create and not key_path.exists():
+                return None
             try:
-                signer = Signer.from_file(key_path, create=True)
+                signer = Signer.from_file(key_path, create=create)
             except (OSError, ValueError) as e:
                 log.msg(f"farm records: no provenance signing: cannot use {key_path}: {e}")
                 return None

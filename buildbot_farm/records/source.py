@@ -115,3 +115,36 @@ def choose_source(sourcestamps: Sequence[Mapping[str, object]]) -> Source | None
                 codebase=codebase if isinstance(codebase, str) else "",
             )
     return None
+
+
+_HEX = r"[0-9a-fA-F]{7,64}"
+# Commit pages of the forges, by what precedes the commit: (repository, commit) groups.
+_COMMIT_PAGES = (
+    re.compile(rf"^(?P<repository>https?://[^?#]+?)/-/commits?/(?P<commit>{_HEX})/?(?:[?#].*)?$"),
+    re.compile(rf"^(?P<repository>https?://[^?#]+?)/commits?/(?P<commit>{_HEX})/?(?:[?#].*)?$"),
+    re.compile(rf"^(?P<repository>https?://[^?#]+?)/commit/?\?(?:.*&)?id=(?P<commit>{_HEX})(?:[&#].*)?$"),
+    re.compile(rf"^git\+(?P<repository>.+)@(?P<commit>{_HEX})$"),
+)
+_GITWEB = re.compile(r"^(?P<base>https?://[^?#]+)\?(?P<query>[^#]*)")
+
+
+def source_of_url(url: str) -> Source | None:
+    """The repository and commit a commit URL names, or None when it names no commit.
+
+    Knows GitHub's and Gitea's ``/commit/SHA``, GitLab's ``/-/commit/SHA``, Bitbucket's
+    ``/commits/SHA``, cgit's ``/commit/?id=SHA``, gitweb's ``?p=REPO;a=commit;h=SHA``
+    and pip's ``git+URL@SHA``; the commit is answered in lower case.
+    """
+    for pattern in _COMMIT_PAGES:
+        found = pattern.match(url)
+        if found:
+            return Source(repository=found["repository"], commit=found["commit"].lower())
+    gitweb = _GITWEB.match(url)
+    if gitweb:
+        fields = dict(
+            part.split("=", 1) for part in re.split(r"[;&]", gitweb["query"]) if "=" in part
+        )
+        commit = fields.get("h", "")
+        if fields.get("a") == "commit" and re.fullmatch(_HEX, commit) and fields.get("p"):
+            return Source(repository=f"{gitweb['base']}?p={fields['p']}", commit=commit.lower())
+    return None

@@ -64,6 +64,13 @@ def test_happy_path_copies_runs_and_brings_back(build_farm: BuildFarm, docker_cl
         assert hashlib.sha256(downloaded[name]).hexdigest() == artifact["sha256"]
         assert len(downloaded[name]) == artifact["size"]
     assert json.loads(downloaded["task.manifest.json"]) == manifest
+    listing = f"{build_farm.farm.web_url}plugins/farm/api/builds?name=happy"
+    deadline = time.monotonic() + 30
+    while not (records := build_farm.farm.get_json(listing)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    [record] = [r for r in records if r["buildUrl"].endswith(f"/builds/{build['number']}")]
+    assert record["binaries"] == [], "the task's archive and manifest are not the build's binaries"
+    assert {Path(b["path"]).name for b in record["byproducts"]} == set(kept)
 
 
 def test_outputs_patterns_choose_what_comes_back(build_farm: BuildFarm) -> None:

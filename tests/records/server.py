@@ -1,7 +1,8 @@
 """A records API alone on a loopback port: ``python -m tests.records.server DB_URL PORT_FILE``.
 
-It serves ``/plugins/farm/api/builds`` and ``/plugins/farm/api/openapi.json`` as a master
-does, with the API key ``KEY`` (admin ``ADMIN_KEY``), and writes its port to PORT_FILE.
+It serves ``/plugins/farm/api/builds`` (and its alias ``build``) and
+``/plugins/farm/api/openapi.json`` as a master does, with the API key ``KEY`` (admin
+``ADMIN_KEY``), and writes its port to PORT_FILE.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from twisted.internet import defer, task
 from twisted.web import resource, server
 
 from buildbot_farm import db
+from buildbot_farm.records.api import BuildAlias
 from buildbot_farm.records.config import BuildRecords
 from buildbot_farm.records.serving import RecordsEndpoint
 from buildbot_farm.web import FarmRoot
@@ -31,6 +33,7 @@ async def serve(reactor: Any, db_url: str, port_file: str) -> None:
     await endpoint.configure(settings, reactor, tempfile.mkdtemp(), "http://bench/")
     api = FarmRoot()
     api.mount("builds", endpoint.resource)
+    api.mount("build", BuildAlias(endpoint.resource))
     api.mount("openapi.json", endpoint.openapi)
     root = resource.Resource()
     plugins, farm = resource.Resource(), resource.Resource()

@@ -56,7 +56,7 @@ async def test_post_then_get_with_etag_and_304(builds: str) -> None:
     assert code == 304
     code, _, versions = await request("GET", f"{builds}/app")
     assert code == 200
-    assert [r["version"] for r in versions["builds"]] == ["1"]
+    assert [r["version"] for r in versions] == ["1"]
 
 
 @pytest_twisted.ensureDeferred

@@ -67,7 +67,7 @@ def test_reference_names_are_accepted_and_answered() -> None:
     assert body["name"] == body["Name"] == "svc"
     assert body["builtOn"] == "h"
     assert body["GoVersion"] == "go1.22"
-    assert body["TimeStamp"] == "2024-05-01T12:00:00Z"
+    assert body["TimeStamp"] == 1714564800
     assert default_version(body["timestamp"]) == "20240501120000"
 
 
@@ -78,7 +78,10 @@ def test_reference_names_are_accepted_and_answered() -> None:
         ({"name": "a/b", "version": "1", "timestamp": 1}, {"name"}),
         ({"name": "a", "version": "1", "timestamp": True}, {"timestamp"}),
         ({"name": "a", "Name": "b", "version": "1", "timestamp": 1}, {"Name"}),
-        ({"name": "a", "version": "1", "timestamp": 1, "BinaryUrl": "http://x/y"}, {"BinaryUrl"}),
+        ({"name": "a", "version": "1", "timestamp": 1, "BinaryUrl": "http://x/y",
+          "binaries": [{"url": "http://x/z"}]}, {"BinaryUrl"}),
+        ({"name": "a", "version": "1", "timestamp": 1, "Language": "Python",
+          "GoVersion": "1.22"}, {"GoVersion"}),
         ({"name": "a", "version": "1", "timestamp": 1, "environment": {"k": [1]}},
          {"environment"}),
         ({"name": "a", "version": "1", "timestamp": 1, "result": "green",
@@ -122,7 +125,8 @@ def test_verify_command_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture
     """buildbot-farm verify exits 0 for a good envelope and 1, saying why, for a bad one."""
     signer = Signer.from_file(tmp_path / "key.pem", create=True)
     (tmp_path / "key.pub").write_bytes(signer.public_pem())
-    record = parse_record({"name": "app", "version": "1", "timestamp": 0})
+    record = parse_record({"name": "app", "version": "1", "timestamp": 0, "binaries": [
+        {"url": "https://x/app", "size": 1, "sha256": "0" * 64}]})
     good = tmp_path / "good.json"
     good.write_text(json.dumps(signer.envelope(statement(record, "b"))))
     assert verify_file(good, tmp_path / "key.pub") == 0

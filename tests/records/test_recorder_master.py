@@ -17,6 +17,7 @@ from buildbot_farm.demo import LocalFarm
 from buildbot_farm.records.verify_cli import verify_file
 from tests.harness.master_cfg import LOOPBACK_MASTER
 from tests.harness.ports import free_port
+from tests.records.test_reference import validate_in_toto
 
 pytestmark = pytest.mark.master
 API_KEY = "records-test-api-key-0123"
@@ -139,6 +140,8 @@ def test_a_finished_build_is_recorded_with_its_commit_and_binaries(
     status, headers, envelope = call(farm, "GET", f"builds/hello/1.0.{build['number']}/provenance")
     assert status == 200
     assert "immutable" in headers["Cache-Control"]
+    statement = validate_in_toto(envelope)
+    assert statement["subject"][0]["digest"] == {"sha256": DIGEST}
     envelope_file = tmp_path / "provenance.json"
     envelope_file.write_text(json.dumps(envelope))
     public_key = farm.master_dir / "records-signing-key.pem.pub"
@@ -176,8 +179,8 @@ def test_post_get_delete_over_http(farm: LocalFarm) -> None:
     status, _, gone = call(farm, "GET", "builds/outside/2.0")
     assert status == 410
     assert gone["deleted"]["reason"] == "leaked"
-    assert call(farm, "GET", "builds?name=outside")[2]["builds"] == []
-    listed = call(farm, "GET", "builds?name=outside&deleted=true")[2]["builds"]
+    assert call(farm, "GET", "builds?name=outside")[2] == []
+    listed = call(farm, "GET", "builds?name=outside&deleted=true")[2]
     assert [r["deleted"]["deletedBy"] for r in listed] == ["ops"]
 
 
@@ -191,6 +194,5 @@ def test_bad_posts_are_answered_with_every_bad_field(farm: LocalFarm) -> None:
     )
     assert status == 400
     assert set(answer["fields"]) == {
-        "name", "version", "timestamp", "binaries[0].url", "binaries[0].size",
-        "binaries[0].sha256", "colour",
+        "name", "version", "timestamp", "binaries[0].url", "binaries[0].size", "colour",
     }
