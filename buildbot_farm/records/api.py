@@ -19,7 +19,7 @@ from buildbot_farm import db
 from buildbot_farm.records.cache import RecentRecords
 from buildbot_farm.records.config import BuildRecords, Caller, bearer_key, identify
 from buildbot_farm.records.model import RESULTS, InvalidRecord, parse_record
-from buildbot_farm.records.provenance import Signer, statement
+from buildbot_farm.records.provenance import Signer, signed_provenance
 from buildbot_farm.records.store import (
     AlreadyDeleted,
     BadCursor,
@@ -154,13 +154,20 @@ class RecordsResource(resource.Resource):
     async def _provenance(
         self, request: Request, store: RecordStore, name: str, version: str
     ) -> bytes:
-        signer = self._signer()
-        if signer is None:
-            raise _Refused(503, "no provenance signing key is loaded; see the master's log")
+        """The envelope signed when the record was stored; never signed again.
+
+        A record stored without one (before signing at insert, or with no key loaded) is
+        signed on its first request, and that envelope is kept for good.
+        """
         stored = await self._existing(store, name, version)
-        record = parse_record(_rich_fields(json.loads(stored.document)))
-        envelope = signer.envelope(statement(record, self._builder_id()))
-        body = json.dumps(envelope, sort_keys=True, separators=(",", ":")).encode()
+        body = await store.provenance(name, version)
+        if body is None:
+            signer = self._signer()
+            if signer is None:
+                raise _Refused(503, "no provenance signing key is loaded; see the master's log")
+            record = parse_record(_rich_fields(json.loads(stored.document)))
+            envelope = signed_provenance(signer, record, self._builder_id())
+            body = await store.keep_provenance(name, version, envelope, self._now())
         return _immutable(request, body)
 
     async def _existing(self, store: RecordStore, name: str, version: str) -> StoredRecord:
@@ -189,8 +196,12 @@ class RecordsResource(resource.Resource):
                 400, f"the record has {len(e.problems)} bad field(s); fix them and post again",
                 fields=e.problems,
             ) from e
+        signer = self._signer()
+        provenance = None if signer is None else signed_provenance(
+            signer, record, self._builder_id()
+        )
         try:
-            document = await store.insert(record, self._now())
+            document = await store.insert(record, self._now(), provenance)
         except RecordExists as e:
             raise _Refused(409, f"{e}: records are immutable; post a new version") from e
         request.setHeader(

@@ -12,9 +12,11 @@ from twisted.web import server
 
 from buildbot_farm import db
 from buildbot_farm.records.api import RecordsResource
+from buildbot_farm.records.chain_api import RecordChainResource
 from buildbot_farm.records.config import BuildRecords
+from buildbot_farm.records.model import BuildRecord
 from buildbot_farm.records.openapi import OPENAPI
-from buildbot_farm.records.provenance import Signer
+from buildbot_farm.records.provenance import Signer, signed_provenance
 from buildbot_farm.records.store import RecordStore
 from buildbot_farm.secret_values import is_pem
 from buildbot_farm.web import FarmRoot
@@ -47,6 +49,7 @@ class RecordsEndpoint:
             builder_id=lambda: self._builder_id,
         )
         self.openapi = OpenAPIResource(OPENAPI)
+        self.chain = RecordChainResource(self.store)
 
     def store(self) -> RecordStore | None:
         """The record store on the service's current database, or None when it is closed.
@@ -75,11 +78,18 @@ class RecordsEndpoint:
             root = FarmRoot()
             root.mount("builds", self.resource, openapi="openapi.json")
             root.mount("openapi.json", self.openapi)
+            root.mount("records-chain", self.chain)
             site = server.Site(root)
             site.displayTracebacks = False
             endpoint = endpoints.serverFromString(reactor, settings.port)
             self._listening = await endpoint.listen(site)
             log.msg(f"farm records: API also on {settings.port}")
+
+    def sign(self, record: BuildRecord) -> bytes | None:
+        """``record``'s provenance envelope, to store with it; None with no signing key."""
+        if self.signer is None:
+            return None
+        return signed_provenance(self.signer, record, self._builder_id)
 
     @staticmethod
     def _load_signer(signing_key: str, basedir: Path) -> Signer | None:

@@ -32,6 +32,7 @@ async def serve(reactor: Any, db_url: str, port_file: str) -> None:
     api = FarmRoot()
     api.mount("builds", endpoint.resource)
     api.mount("openapi.json", endpoint.openapi)
+    api.mount("records-chain", endpoint.chain)
     root = resource.Resource()
     plugins, farm = resource.Resource(), resource.Resource()
     root.putChild(b"plugins", plugins)
