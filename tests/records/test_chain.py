@@ -23,13 +23,13 @@ from twisted.internet import defer, reactor, threads
 from twisted.web import server
 
 from buildbot_farm import db
+from buildbot_farm.cli import main
 from buildbot_farm.records.chain import GENESIS, entry_hash, served_entry, verify_entries
 from buildbot_farm.records.config import BuildRecords
 from buildbot_farm.records.model import BuildRecord, parse_record
 from buildbot_farm.records.provenance import PAYLOAD_TYPE, key_id, load_public_key
 from buildbot_farm.records.serving import RecordsEndpoint
 from buildbot_farm.records.store import RecordStore
-from buildbot_farm.records.verify_cli import verify_chain
 from buildbot_farm.web import FarmRoot
 from tests.db.conftest import DbUrlFactory
 from tests.records.test_api import request
@@ -113,8 +113,8 @@ async def snapshot(database: db.Database) -> dict[str, list[db.Row]]:
 
 
 async def verify(url: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    """Run ``buildbot-farm verify --chain url`` (its function, in a thread); (code, output)."""
-    code = await threads.deferToThread(verify_chain, url, 10.0)
+    """Run ``buildbot-farm verify --chain url`` (its entry point, in a thread); (code, output)."""
+    code = await threads.deferToThread(main, ["verify", "--chain", url])
     out = capsys.readouterr()
     return code, out.out + out.err
 
