@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
 from buildbot_farm import db
+from buildbot_farm.records.chain import served_entry, verify_entries
+from buildbot_farm.records.model import BuildRecord
+from buildbot_farm.records.store import RecordStore
 from tests.db.conftest import DbUrlFactory
 
 
@@ -80,12 +85,6 @@ async def test_records_stored_before_0006_are_chained_and_protected(
     backend: str, db_url_for: DbUrlFactory
 ) -> None:
     """0006 on records of 0005: they are chained once (id order, then tombstones), and kept."""
-    import json
-
-    from buildbot_farm.records.chain import served_entry, verify_entries
-    from buildbot_farm.records.model import BuildRecord
-    from buildbot_farm.records.store import RecordStore
-
     database = db.open_database(db.parse_db_url(db_url_for(backend)), reactor)
     await database.start()
     steps = db.load_migrations(backend)
