@@ -67,7 +67,11 @@ def _fill(url: str, workdir: Path) -> None:
     if url.startswith("sqlite"):
         import sqlite3
 
+        from buildbot_farm.db._sqlite import sha256_hex
+
         with sqlite3.connect(url[len("sqlite:///"):]) as connection:
+            # the records' chain trigger calls the farm connections' own function
+            connection.create_function("farm_sha256", 1, sha256_hex, deterministic=True)
             connection.executemany(sql + "(?, ?, ?, ?, ?, ?, ?)", rows)
         return
     with psycopg2.connect(url) as connection, connection.cursor() as cursor:

@@ -9,6 +9,7 @@ connection, which WAL lets read while the writer writes.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import sqlite3
 import threading
@@ -50,6 +51,13 @@ def split_script(script: str) -> list[str]:
     if pending.strip(" \t\n;"):
         statements.append(pending.strip())
     return statements
+
+
+def sha256_hex(text: str | bytes | None) -> str | None:
+    """SQL ``farm_sha256(x)``: sha256 of x (text as UTF-8) in hex; the build records' chain."""
+    if text is None:
+        return None
+    return hashlib.sha256(text.encode() if isinstance(text, str) else text).hexdigest()
 
 
 class _SqliteTransaction(Transaction):
@@ -156,6 +164,7 @@ class SqliteDatabase(Database):
             if path != MEMORY and not existing_only:
                 connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA foreign_keys=ON")
+            connection.create_function("farm_sha256", 1, sha256_hex, deterministic=True)
         except sqlite3.Error as e:
             raise DatabaseUnavailable(
                 f"cannot open the farm database {path}: {e}; check that the master may "

@@ -8,6 +8,7 @@ and are never cached. :class:`BuildAlias` serves the reference's ``/build/{name}
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -23,7 +24,7 @@ from buildbot_farm import db
 from buildbot_farm.records.cache import RecentRecords
 from buildbot_farm.records.config import BuildRecords, Caller, bearer_key, identify
 from buildbot_farm.records.model import RESULTS, BuildRecord, InvalidRecord, parse_record
-from buildbot_farm.records.provenance import NothingToAttest, Signer, statement
+from buildbot_farm.records.provenance import NothingToAttest, Signer, signed_provenance
 from buildbot_farm.records.store import (
     AlreadyDeleted,
     BadCursor,
@@ -174,16 +175,25 @@ class RecordsResource(resource.Resource):
     async def _provenance(
         self, request: Request, store: RecordStore, name: str, version: str
     ) -> bytes:
-        signer = self._signer()
-        if signer is None:
-            raise _Refused(503, "no provenance signing key is loaded; see the master's log")
+        """The envelope signed when the record was stored; never signed again.
+
+        A record stored without one (before signing at insert, or with no key loaded) is
+        signed on its first request, and that envelope is kept for good.
+        """
         stored = await self._existing(store, name, version)
-        record = parse_record(_rich_fields(json.loads(stored.document)))
-        try:
-            envelope = signer.envelope(statement(record, self._builder_id()))
-        except NothingToAttest as e:
-            raise _Refused(409, f"{name} {version}: {e} (its binaries have no sha256)") from e
-        body = json.dumps(envelope, sort_keys=True, separators=(",", ":")).encode()
+        body = await store.provenance(name, version)
+        if body is None:
+            record = parse_record(_rich_fields(json.loads(stored.document)))
+            signer = self._signer()
+            if signer is None:
+                raise _Refused(503, "no provenance signing key is loaded; see the master's log")
+            try:
+                envelope = signed_provenance(signer, record, self._builder_id())
+            except NothingToAttest as e:
+                raise _Refused(
+                    409, f"{name} {version}: {e} (its binaries have no sha256)"
+                ) from e
+            body = await store.keep_provenance(name, version, envelope, self._now())
         return _immutable(request, body)
 
     async def _existing(self, store: RecordStore, name: str, version: str) -> StoredRecord:
@@ -213,8 +223,14 @@ class RecordsResource(resource.Resource):
                 fields=e.problems,
             ) from e
         record = await self._with_repository_digests(record)
+        signer = self._signer()
+        provenance = None
+        if signer is not None:
+            # A record that names no digest has nothing to attest: it is stored unsigned.
+            with contextlib.suppress(NothingToAttest):
+                provenance = signed_provenance(signer, record, self._builder_id())
         try:
-            document = await store.insert(record, self._now())
+            document = await store.insert(record, self._now(), provenance)
         except RecordExists as e:
             raise _Refused(409, f"{e}: records are immutable; post a new version") from e
         request.setHeader(

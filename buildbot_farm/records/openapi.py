@@ -175,12 +175,44 @@ OPENAPI: dict[str, Any] = {
                               **_errors(404, 409, 410, 503)},
             },
         },
+        "/records-chain": {
+            "get": {
+                "summary": "The hash chain of every record and tombstone, in the order stored",
+                "parameters": [
+                    {"name": "after", "in": "query", "description": "the last seq seen (0)",
+                     "schema": {"type": "integer", "minimum": 0}},
+                    {"name": "limit", "in": "query",
+                     "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                ],
+                "responses": {"200": _json("Chain", "A page of entries; `next` is the next page"),
+                              **_errors(400, 503)},
+            },
+        },
     },
     "components": {
         "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
         "schemas": {
             "Record": _RECORD,
             "Page": {"type": "array", "items": {"$ref": "#/components/schemas/Record"}},
+            "Chain": {
+                "type": "object",
+                "required": ["entries", "next"],
+                "properties": {
+                    "entries": {"type": "array", "items": {
+                        "type": "object",
+                        "required": ["seq", "kind", "name", "version", "prevHash", "hash"],
+                        "properties": {
+                            "seq": {"type": "integer"},
+                            "kind": {"type": "string", "enum": ["record", "tombstone"]},
+                            "name": {"type": "string"}, "version": {"type": "string"},
+                            "prevHash": {"type": "string"}, "hash": {"type": "string"},
+                            "record": {"type": "object", "nullable": True},
+                            "deleted": {"type": "object", "nullable": True},
+                        },
+                    }},
+                    "next": {"type": "string", "nullable": True},
+                },
+            },
             "Tombstone": {
                 "type": "object",
                 "required": ["name", "version", "deletedBy", "deletedAt", "reason"],

@@ -151,6 +151,12 @@ class Signer:
         }
 
 
+def signed_provenance(signer: Signer, record: BuildRecord, builder_id: str) -> bytes:
+    """The DSSE envelope of ``record``'s statement as the bytes stored and served (signed once)."""
+    envelope = signer.envelope(statement(record, builder_id))
+    return json.dumps(envelope, sort_keys=True, separators=(",", ":")).encode()
+
+
 def load_private_key(pem: bytes) -> Ed25519PrivateKey:
     """Read an unencrypted PEM (PKCS#8) Ed25519 private key; ValueError (not showing it) if not."""
     try:

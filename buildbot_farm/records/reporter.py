@@ -157,7 +157,9 @@ class BuildRecorder(service.BuildbotService):
             log.msg(f"BuildRecorder: not recording {builder['name']} #{build['number']}: {e}")
             return None
         try:
-            await RecordStore(database).insert(record, self.master.reactor.seconds())
+            records = getattr(farm, "records", None)
+            provenance = records.sign(record) if records is not None else None
+            await RecordStore(database).insert(record, self.master.reactor.seconds(), provenance)
         except RecordExists as e:
             log.msg(f"BuildRecorder: {e}; {builder['name']} #{build['number']} not recorded")
             return None

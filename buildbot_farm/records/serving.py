@@ -12,9 +12,11 @@ from twisted.web import server
 
 from buildbot_farm import db
 from buildbot_farm.records.api import BuildAlias, RecordsResource
+from buildbot_farm.records.chain_api import RecordChainResource
 from buildbot_farm.records.config import BuildRecords
+from buildbot_farm.records.model import BuildRecord
 from buildbot_farm.records.openapi import OPENAPI
-from buildbot_farm.records.provenance import Signer
+from buildbot_farm.records.provenance import NothingToAttest, Signer, signed_provenance
 from buildbot_farm.records.store import RecordStore
 from buildbot_farm.secret_values import is_pem
 from buildbot_farm.web import FarmRoot
@@ -57,6 +59,7 @@ class RecordsEndpoint:
             repository=repository,
         )
         self.openapi = OpenAPIResource(OPENAPI)
+        self.chain = RecordChainResource(self.store)
 
     def store(self) -> RecordStore | None:
         """The record store on the service's current database, or None when it is closed.
@@ -92,11 +95,22 @@ class RecordsEndpoint:
             root.mount("builds", self.resource, openapi="openapi.json")
             root.mount("build", BuildAlias(self.resource))
             root.mount("openapi.json", self.openapi)
+            root.mount("records-chain", self.chain)
             site = server.Site(root)
             site.displayTracebacks = False
             endpoint = endpoints.serverFromString(reactor, settings.port)
             self._listening = await endpoint.listen(site)
             log.msg(f"farm records: API also on {settings.port}")
+
+    def sign(self, record: BuildRecord) -> bytes | None:
+        """``record``'s provenance envelope, to store with it; None with no signing key, or
+        for a record that names no digest (it has nothing to attest)."""
+        if self.signer is None:
+            return None
+        try:
+            return signed_provenance(self.signer, record, self._builder_id)
+        except NothingToAttest:
+            return None
 
     @staticmethod
     def _load_signer(signing_key: str, basedir: Path, create: bool) -> Signer | None:

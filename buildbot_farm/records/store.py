@@ -1,13 +1,21 @@
-"""All the SQL of build records: insert, look up, list with a cursor, tombstone."""
+"""All the SQL of build records: insert, look up, list with a cursor, tombstone, chain.
+
+Every insert of a record or a tombstone also appends its entry to the hash chain
+(:mod:`buildbot_farm.records.chain`) in the same transaction, with the chain head's row
+locked: concurrent inserts, from several masters on PostgreSQL, are chained one after the
+other.
+"""
 
 from __future__ import annotations
 
 import base64
 import json
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
 from buildbot_farm import db
+from buildbot_farm.records import chain
 from buildbot_farm.records.lookups import LookupBatches
 from buildbot_farm.records.model import BuildRecord
 from buildbot_farm.web._request import MAX_NUMBER, BadRequest, decode_token
@@ -62,6 +70,13 @@ class Query:
     include_deleted: bool = False
 
 
+# The databases whose records stored before migration 0006 are chained: the head never
+# goes back to "not chained", so each process checks each database once.
+_CHAINED: weakref.WeakSet[db.Database] = weakref.WeakSet()
+
+# The advisory lock that serialises chain appends on PostgreSQL (as in migration 0006).
+CHAIN_LOCK = 262221898
+
 _SELECT = (
     "SELECT r.id, r.name, r.version, r.body, t.deleted_by, t.deleted_at, t.reason"
     " FROM farm_records r LEFT JOIN farm_record_tombstones t ON t.record_id = r.id"
@@ -87,22 +102,108 @@ class RecordStore:
         """Whether this store keeps its records in ``database``."""
         return self._database is database
 
-    async def insert(self, record: BuildRecord, now: float) -> bytes:
-        """Store ``record``; return its document. Raise :class:`RecordExists` for a duplicate."""
+    async def insert(
+        self, record: BuildRecord, now: float, provenance: bytes | None = None
+    ) -> bytes:
+        """Store ``record`` (and its signed ``provenance``, if given), chained; return its document.
+
+        The database chains the record as it inserts it (migration 0006: a function on
+        PostgreSQL that locks the chain head, a trigger on SQLite), so an insert stays one
+        statement. Raise :class:`RecordExists` for a duplicate.
+        """
         document = record.document()
+        values = (
+            record.name, record.version, record.timestamp, record.result, record.commit,
+            document.decode(), now,
+        )
+        envelope = None if provenance is None else provenance.decode()
+        if self._database not in _CHAINED:
+            await self._chain_older()
         try:
-            await self._database.execute(
-                "INSERT INTO farm_records"
-                " (name, version, timestamp, result, source_commit, body, recorded_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    record.name, record.version, record.timestamp, record.result,
-                    record.commit, document.decode(), now,
-                ),
-            )
+            if self._database.dialect.name == "postgresql":
+                call = "SELECT farm_record_insert(?, ?, ?, ?, ?, ?, ?, ?) AS seq"
+                await self._database.fetchone(call, (*values, envelope))
+            elif envelope is None:
+                await self._database.execute(_INSERT, values)
+            else:
+                await self._database.transaction(
+                    lambda txn: _insert_signed(txn, values, envelope, now)
+                )
         except db.IntegrityError as e:
             raise RecordExists(f"{record.name} {record.version} is already recorded") from e
         return document
+
+    async def provenance(self, name: str, version: str) -> bytes | None:
+        """The provenance envelope stored with record ``name``/``version``, or None."""
+        row = await self._database.fetchone(
+            "SELECT p.envelope FROM farm_records r"
+            " JOIN farm_record_provenance p ON p.record_id = r.id"
+            " WHERE r.name = ? AND r.version = ?",
+            (name, version),
+        )
+        return None if row is None else str(row["envelope"]).encode()
+
+    async def keep_provenance(
+        self, name: str, version: str, envelope: bytes, now: float
+    ) -> bytes:
+        """Store ``envelope`` for a record that has none yet; return the one stored.
+
+        For records stored before provenance was signed at insert (or while no signing key
+        was loaded): the first envelope kept is the record's for good.
+        """
+
+        async def keep(txn: db.Transaction) -> bytes:
+            row = await txn.fetchone(
+                "SELECT r.id, p.envelope FROM farm_records r"
+                " LEFT JOIN farm_record_provenance p ON p.record_id = r.id"
+                " WHERE r.name = ? AND r.version = ?",
+                (name, version),
+            )
+            if row is None:
+                raise NoSuchRecord(f"no record {name} {version}")
+            if row["envelope"] is not None:
+                return str(row["envelope"]).encode()
+            await txn.execute(
+                "INSERT INTO farm_record_provenance (record_id, envelope, signed_at)"
+                " VALUES (?, ?, ?)",
+                (row["id"], envelope.decode(), now),
+            )
+            return envelope
+
+        try:
+            return await self._database.transaction(keep)
+        except db.IntegrityError:  # another master kept its envelope first
+            kept = await self.provenance(name, version)
+            if kept is None:
+                raise
+            return kept
+
+    async def _chain_older(self) -> None:
+        """Chain the records stored before the chain existed, once per database."""
+        head = await self._database.fetchone(
+            "SELECT seq FROM farm_record_chain_head WHERE id = 1"
+        )
+        if head is not None and int(head["seq"]) < 0:
+            await self._database.transaction(_chain_head)
+        _CHAINED.add(self._database)
+
+    async def chain(self, after: int, limit: int) -> list[db.Row]:
+        """Up to ``limit`` chain entries after ``after``, in chain order, with their content.
+
+        Records stored before the chain existed are chained first (once).
+        """
+        if self._database not in _CHAINED:
+            await self._chain_older()
+        return await self._database.fetchall(
+            "SELECT c.seq, c.kind, c.name, c.version, c.prev_hash, c.hash, r.body,"
+            " t.deleted_by, t.deleted_at, t.reason"
+            " FROM farm_record_chain c"
+            " LEFT JOIN farm_records r ON r.id = c.record_id AND c.kind = 'record'"
+            " LEFT JOIN farm_record_tombstones t"
+            " ON t.record_id = c.record_id AND c.kind = 'tombstone'"
+            " WHERE c.seq > ? ORDER BY c.seq LIMIT ?",
+            (after, limit),
+        )
 
     async def get(self, name: str, version: str) -> StoredRecord | None:
         """The record ``name``/``version`` (deleted or not), or None."""
@@ -149,6 +250,7 @@ class RecordStore:
         """Tombstone a record; raise :class:`NoSuchRecord` or :class:`AlreadyDeleted`."""
 
         async def bury(txn: db.Transaction) -> Tombstone:
+            seq, prev = await _chain_head(txn)
             row = await txn.fetchone(
                 f"{_SELECT} WHERE r.name = ? AND r.version = ?", (name, version)
             )
@@ -161,12 +263,107 @@ class RecordStore:
                 " VALUES (?, ?, ?, ?)",
                 (row["id"], by, now, reason),
             )
+            content = chain.tombstone_content(by, now, reason)
+            await _append(txn, seq + 1, prev, chain.TOMBSTONE, int(row["id"]), name, version,
+                          content)
             return Tombstone(by, now, reason)
 
         try:
             return await self._database.transaction(bury)
         except db.IntegrityError as e:  # a concurrent delete won the race
             raise AlreadyDeleted(f"{name} {version} was deleted already") from e
+
+
+_INSERT = (
+    "INSERT INTO farm_records"
+    " (name, version, timestamp, result, source_commit, body, recorded_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+async def _insert_signed(
+    txn: db.Transaction, values: tuple[Any, ...], envelope: str, now: float
+) -> None:
+    """SQLite: insert a record (its trigger chains it) and its provenance envelope."""
+    await txn.execute(_INSERT, values)
+    await txn.execute(
+        "INSERT INTO farm_record_provenance (record_id, envelope, signed_at)"
+        " SELECT id, ?, ? FROM farm_records WHERE name = ? AND version = ?",
+        (envelope, now, values[0], values[1]),
+    )
+
+
+async def _chain_head(txn: db.Transaction) -> tuple[int, str]:
+    """Lock the chain; return its head (seq, hash). Chain older records first if needed.
+
+    SQLite's one writer serialises every insert that chains. On PostgreSQL the chain's
+    advisory lock does (``farm_record_insert`` takes it too), and the last entry is the
+    head; the head row only says whether the older records are chained.
+    """
+    postgresql = txn.dialect.name == "postgresql"
+    if postgresql:
+        await txn.execute("SELECT pg_advisory_xact_lock(?)", (CHAIN_LOCK,))
+    head = await txn.fetchone("SELECT seq, hash FROM farm_record_chain_head WHERE id = 1")
+    assert head is not None, "migration 0006 creates the chain head"
+    if int(head["seq"]) < 0:
+        return await _chain_older(txn)
+    if not postgresql:
+        return int(head["seq"]), str(head["hash"])
+    last = await txn.fetchone("SELECT seq, hash FROM farm_record_chain ORDER BY seq DESC LIMIT 1")
+    return (0, chain.GENESIS) if last is None else (int(last["seq"]), str(last["hash"]))
+
+
+async def _chain_older(txn: db.Transaction) -> tuple[int, str]:
+    """Chain the records and tombstones stored before migration 0006; return the new head.
+
+    Records in the order they were stored (id), then tombstones in the order they were
+    made (deleted_at, then record id).
+    """
+    seq, prev = 0, chain.GENESIS
+    for row in await txn.fetchall(
+        "SELECT id, name, version, body FROM farm_records ORDER BY id"
+    ):
+        seq, prev = await _append_only(txn, seq + 1, prev, chain.RECORD, int(row["id"]),
+                                       row["name"], row["version"], str(row["body"]).encode())
+    for row in await txn.fetchall(
+        "SELECT r.id, r.name, r.version, t.deleted_by, t.deleted_at, t.reason"
+        " FROM farm_record_tombstones t JOIN farm_records r ON r.id = t.record_id"
+        " ORDER BY t.deleted_at, t.record_id"
+    ):
+        content = chain.tombstone_content(row["deleted_by"], float(row["deleted_at"]),
+                                          row["reason"])
+        seq, prev = await _append_only(txn, seq + 1, prev, chain.TOMBSTONE, int(row["id"]),
+                                       row["name"], row["version"], content)
+    await txn.execute(
+        "UPDATE farm_record_chain_head SET seq = ?, hash = ? WHERE id = 1", (seq, prev)
+    )
+    return seq, prev
+
+
+async def _append_only(
+    txn: db.Transaction, seq: int, prev: str, kind: str, record_id: int, name: str,
+    version: str, content: bytes,
+) -> tuple[int, str]:
+    """Insert entry ``seq`` of the chain (the head is not moved); return (seq, its hash)."""
+    digest = chain.entry_hash(prev, kind, name, version, content)
+    await txn.execute(
+        "INSERT INTO farm_record_chain (seq, kind, name, version, record_id, prev_hash, hash)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (seq, kind, name, version, record_id, prev, digest),
+    )
+    return seq, digest
+
+
+async def _append(
+    txn: db.Transaction, seq: int, prev: str, kind: str, record_id: int, name: str,
+    version: str, content: bytes,
+) -> None:
+    """Insert entry ``seq`` of the chain and move the (locked) head to it (SQLite's head)."""
+    seq, digest = await _append_only(txn, seq, prev, kind, record_id, name, version, content)
+    if txn.dialect.name == "sqlite":
+        await txn.execute(
+            "UPDATE farm_record_chain_head SET seq = ?, hash = ? WHERE id = 1", (seq, digest)
+        )
 
 
 def _stored(row: db.Row) -> StoredRecord:

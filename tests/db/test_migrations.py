@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
 from buildbot_farm import db
+from buildbot_farm.records.chain import served_entry, verify_entries
+from buildbot_farm.records.model import BuildRecord
+from buildbot_farm.records.store import RecordStore
 from tests.db.conftest import DbUrlFactory
 
 
@@ -73,3 +78,41 @@ CREATE TRIGGER keep BEFORE UPDATE ON a BEGIN SELECT RAISE(ABORT, 'no; never'); E
     assert len(statements) == 3
     assert statements[2].startswith("CREATE TRIGGER")
     assert statements[2].endswith("END;")
+
+
+@pytest_twisted.ensureDeferred
+async def test_records_stored_before_0006_are_chained_and_protected(
+    backend: str, db_url_for: DbUrlFactory
+) -> None:
+    """0006 on records of 0005: they are chained once (id order, then tombstones), and kept."""
+    database = db.open_database(db.parse_db_url(db_url_for(backend)), reactor)
+    await database.start()
+    steps = db.load_migrations(backend)
+    assert await db.migrate(database, now=reactor.seconds, migrations=steps[:5]) == 5
+    for version in ("1", "2"):
+        body = BuildRecord(name="old", version=version, timestamp=1.0).document().decode()
+        await database.execute(
+            "INSERT INTO farm_records (name, version, timestamp, result, body, recorded_at)"
+            " VALUES ('old', ?, 1, 'success', ?, 1)",
+            (version, body),
+        )
+    await database.execute(
+        "INSERT INTO farm_record_tombstones (record_id, deleted_by, deleted_at, reason)"
+        " SELECT id, 'ops', 2.5, 'why' FROM farm_records WHERE version = '1'"
+    )
+    assert await db.migrate(database, now=reactor.seconds, migrations=steps) == len(steps)
+    with pytest.raises(db.IntegrityError, match="immutable"):
+        await database.execute(
+            "INSERT INTO farm_records (name, version, timestamp, result, body, recorded_at)"
+            " VALUES ('old', '1', 1, 'success', '{}', 1)"
+            " ON CONFLICT (name, version) DO UPDATE SET body = excluded.body"
+        )
+    store = RecordStore(database)
+    await store.insert(BuildRecord(name="new", version="1", timestamp=3.0), now=3)
+    entries = [json.loads(served_entry(row)) for row in await store.chain(0, 100)]
+    assert [(e["seq"], e["kind"], e["name"], e["version"]) for e in entries] == [
+        (1, "record", "old", "1"), (2, "record", "old", "2"), (3, "tombstone", "old", "1"),
+        (4, "record", "new", "1"),
+    ]
+    assert verify_entries(entries)[::2] == (4, None)
+    await database.stop()

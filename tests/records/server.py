@@ -35,6 +35,7 @@ async def serve(reactor: Any, db_url: str, port_file: str) -> None:
     api.mount("builds", endpoint.resource)
     api.mount("build", BuildAlias(endpoint.resource))
     api.mount("openapi.json", endpoint.openapi)
+    api.mount("records-chain", endpoint.chain)
     root = resource.Resource()
     plugins, farm = resource.Resource(), resource.Resource()
     root.putChild(b"plugins", plugins)
