@@ -31,7 +31,8 @@ from buildbot.plugins import schedulers, steps, util, worker
 c["services"] = [util.FarmService(
     name="farm",
     coordinator=util.FarmCoordinator(secret="preemption-test-secret", pools=[
-        util.BuildletPool(name, max_count=2,
+        # No sandbox: the build waits for a file of this test's, outside any buildlet.
+        util.BuildletPool(name, max_count=2, sandbox="none",
                           preemption=util.GCEPreemption(url=url, interval=0.2))
         for name, url in {stubs!r}.items()
     ]),

@@ -47,7 +47,7 @@ def test_the_api_matches_its_openapi_document(api_url: str) -> None:
     """No generated request makes a server error, and every response matches the document."""
     schema = schemathesis.openapi.from_url(f"{api_url}/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 7
+    assert len(operations) == 8
     for operation in operations:
 
         @hypothesis.settings(
