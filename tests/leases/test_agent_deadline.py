@@ -41,9 +41,10 @@ async def test_sweeps_keep_agents_alive_and_without_them_the_agents_halt(
 ) -> None:
     """While the coordinator sweeps, leased and warm agents live past their grace; once it is
     gone for good they halt themselves by lease expiry + grace, leaving no process or directory."""
+    # No sandbox: the command's pid must be one this test can see (no PID namespace).
     running = await start_coordinator(
         max_count=3, warm=1, policy=ExpiryPolicy(idle_timeout=2, max_lifetime=600),
-        agent_grace=2,
+        agent_grace=2, sandbox="none",
     )
     await running.coordinator.wait_until_warm()
     alice = running.client()

@@ -99,7 +99,8 @@ async def test_an_exec_whose_client_never_comes_back_is_killed_after_the_grace_p
         start_coordinator: StartCoordinator, relays: list[CuttableRelay]) -> None:
     """A client that does not re-attach (as Go's) leaves its command running only for the
     agent's --exec-grace; an explicit kill ends one at once."""
-    running = await start_coordinator(agent_arguments=("--exec-grace", "1.5"))
+    # No sandbox: the command's pid must be one this test can see (no PID namespace).
+    running = await start_coordinator(agent_arguments=("--exec-grace", "1.5"), sandbox="none")
     relay = relay_to(running, relays)
     go_like = client_via(relay, reattach=False)
     name = (await go_like.create("local"))["Name"]
