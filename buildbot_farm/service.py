@@ -174,7 +174,7 @@ class FarmService(service.BuildbotService):
         super().__init__(**kwargs)
         self.api_root.mount("builds", self.records.resource, openapi="openapi.json")
         self.api_root.mount("openapi.json", self.records.openapi)
-        self.api_root.mount("records-chain", self.records.chain)
+        self.api_root.mount("records-chain", self.records.chain, openapi="openapi.json")
         self.on_demand = OnDemandHost(self)
 
         def on_demand_configured() -> bool:

@@ -147,13 +147,15 @@ class FarmServiceTests(TestReactorMixin, unittest.TestCase):
             return [api["name"] for api in json.loads(await response.content())["apis"]]
 
         assert await names("http://farm/") == ["api", "status", "ui"]
-        assert await names("http://farm/api/") == ["builds"]
+        assert await names("http://farm/api/") == ["builds", "records-chain"]
         await service.reconfigService(db_url="sqlite://", on_demand=OnDemandBuilds())
-        assert await names("http://farm/api/") == ["build", "builds", "compat", "download"]
+        assert await names("http://farm/api/") == [
+            "build", "builds", "compat", "download", "records-chain"
+        ]
         coordinator = FarmCoordinator(secret="index-test-coordinator-secret",
                                       pools=[BuildletPool("local", max_count=1)])
         await service.reconfigService(db_url="sqlite://", coordinator=coordinator)
         assert await names("http://farm/") == ["api", "coordinator", "status", "ui"]
-        assert await names("http://farm/api/") == ["builds"]
+        assert await names("http://farm/api/") == ["builds", "records-chain"]
         await service.reconfigService(db_url="sqlite://")
         assert await names("http://farm/") == ["api", "status", "ui"]

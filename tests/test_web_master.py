@@ -88,6 +88,8 @@ def test_the_farm_root_and_the_api_root_list_what_is_mounted(master: LocalFarm) 
     assert get_json(f"{root}/plugins/farm/api/") == {"apis": [
         {"name": "builds", "path": "/plugins/farm/api/builds",
          "openapi": "/plugins/farm/api/openapi.json"},
+        {"name": "records-chain", "path": "/plugins/farm/api/records-chain",
+         "openapi": "/plugins/farm/api/openapi.json"},
     ]}
     listed = index["apis"] + get_json(f"{root}/plugins/farm/api")["apis"]
     for api in listed:
