@@ -71,7 +71,7 @@ class LocalFarm(MasterAPI):
         merged = {**os.environ, **self.extra_env}
         self.web_port = int(merged.get("FARM_WEB_PORT", "8010"))
         self.pb_port = int(merged.get("FARM_PB_PORT", "9989"))
-        self.password = merged.get("FARM_WORKER_PASSWORD") or secrets.token_urlsafe(24)
+        self.password = merged.get("FARM_WORKER_PASSWORD") or secrets.token_hex(24)
         super().__init__(
             f"http://127.0.0.1:{self.web_port}/",
             build_timeout,

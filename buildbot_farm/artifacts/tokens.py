@@ -35,8 +35,9 @@ class Credentials:
 
 
 def new_token() -> str:
-    """A fresh random token (URL-safe text, 256 bits)."""
-    return secrets.token_urlsafe(32)
+    """A fresh random token (256 bits as hex: never begins with "-", which a command line
+    would take for an option, and needs no quoting in a URL or a header)."""
+    return secrets.token_hex(32)
 
 
 def token_hash(token: str) -> str:

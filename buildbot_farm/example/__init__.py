@@ -58,7 +58,7 @@ def fill_secrets(
         if value is None and path.exists():
             values[name] = path.read_text(encoding="utf-8").strip()
             continue
-        value = value if value is not None else secrets.token_urlsafe(32)
+        value = value if value is not None else secrets.token_hex(32)  # no leading "-"
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(descriptor, "w", encoding="utf-8") as file:
             file.write(value + "\n")

@@ -64,6 +64,8 @@ def test_tokens_are_random_and_stored_hashed() -> None:
     """Each token is new, and its stored form is its sha256, not the token."""
     first, second = tokens.new_token(), tokens.new_token()
     assert first != second
+    # 256 bits, and never a leading "-" that a command line (litmus, rclone) takes for an option
+    assert all(len(t) == 64 and set(t) <= set("0123456789abcdef") for t in (first, second))
     assert tokens.token_hash(first) == hashlib.sha256(first.encode()).hexdigest()
 
 
