@@ -3,7 +3,7 @@
 It owns the farm database (migrated at start), the HTTP root mounted at
 ``/plugins/farm/``, and the periodic work. Capabilities find it through the master::
 
-    farm = master.service_manager.namedServices["farm"]
+    farm = buildbot_farm.lookup.farm_service(master)
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from buildbot_farm.leases.agent_client import AgentClient
 from buildbot_farm.leases.api import CoordinatorResource
 from buildbot_farm.leases.config import FarmCoordinator
 from buildbot_farm.leases.coordinator import Coordinator
+from buildbot_farm.names import FARM_SERVICE
 from buildbot_farm.ondemand.api import BuildResource, CompatResource, DownloadResource
 from buildbot_farm.ondemand.config import OnDemandBuilds
 from buildbot_farm.ondemand.host import OnDemandHost
@@ -159,7 +160,7 @@ class FarmService(service.BuildbotService):
     (re)config, before anything is applied.
     """
 
-    name = "farm"
+    name = FARM_SERVICE
 
     def __init__(self, **kwargs: Any) -> None:
         self.database: db.Database | None = None

@@ -40,8 +40,9 @@ from buildbot_farm.artifacts.config import ArtifactRepository
 from buildbot_farm.artifacts.paths import Segments, UnsafePath
 from buildbot_farm.artifacts.repository import Repository
 from buildbot_farm.config_checks import suggestion
+from buildbot_farm.lookup import farm_service
+from buildbot_farm.names import FARM_SERVICE
 
-FARM_SERVICE = "farm"
 TOKEN_KIND = "bin"
 TOKEN_SOURCE = "FarmService"
 INSTALLER_NAME = "farm-token-builders"
@@ -55,9 +56,8 @@ class NoRepository(Exception):
 
 def find_repository(master: Any) -> Repository:
     """The running repository of the master's farm service, or :class:`NoRepository`."""
-    farm = master.service_manager.namedServices.get(FARM_SERVICE)
-    host = getattr(farm, "artifacts", None)
-    repository = getattr(host, "repository", None)
+    farm = farm_service(master)
+    repository = None if farm is None else farm.artifacts.repository
     if repository is None:
         raise NoRepository(
             "no artifact repository: give util.FarmService(artifacts=util.ArtifactRepository())"

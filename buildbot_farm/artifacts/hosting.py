@@ -4,7 +4,7 @@ port with ``port=``), tokens revoked when their build finishes, master-minted to
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from twisted.internet import defer
@@ -16,6 +16,9 @@ from buildbot_farm.artifacts.config import ArtifactRepository
 from buildbot_farm.artifacts.repository import Repository, open_repository
 from buildbot_farm.artifacts.resource import ArtifactResource
 
+if TYPE_CHECKING:
+    from buildbot_farm.context import MountingFarmContext
+
 MOUNT = "artifacts"
 JANITOR = "artifact-janitor"
 
@@ -23,7 +26,7 @@ JANITOR = "artifact-janitor"
 class RepositoryHost:
     """Runs the repository FarmService's settings ask for; ``repository`` is None without one."""
 
-    def __init__(self, farm: Any) -> None:
+    def __init__(self, farm: MountingFarmContext) -> None:
         self._farm = farm
         self.repository: Repository | None = None
         self._consumer: Any = None

@@ -19,8 +19,8 @@ from buildbot_farm.artifacts.paths import Segments, UnsafePath
 from buildbot_farm.artifacts.repository import Repository
 from buildbot_farm.artifacts.storage import NotFound, StorageError
 from buildbot_farm.config_checks import STEP_ARGUMENTS, checked_keywords
+from buildbot_farm.names import ARTIFACTS_PROPERTY
 
-ARTIFACTS_PROPERTY = "farm_artifacts"
 MAX_LINKS = 20
 
 

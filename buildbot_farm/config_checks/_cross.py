@@ -19,10 +19,10 @@ from buildbot_farm.config_checks._buildbot import steps_of
 from buildbot_farm.config_checks._keywords import suggestion
 from buildbot_farm.dashboard import farm_dashboard
 from buildbot_farm.leases.worker import FarmLatentWorker
-from buildbot_farm.ondemand.scheduler import FARM_SERVICE, OnDemandScheduler
+from buildbot_farm.names import FARM_SERVICE, WWW_PLUGIN
+from buildbot_farm.ondemand.scheduler import OnDemandScheduler
 from buildbot_farm.records.reporter import BuildRecorder
 from buildbot_farm.service import FarmService, FarmSettings
-from buildbot_farm.web.plugin import FARM_SERVICE_NAME
 
 ADD_ARTIFACTS = "give util.FarmService(artifacts=util.ArtifactRepository()) in c['services']"
 ADD_ON_DEMAND = "give util.FarmService(on_demand=util.OnDemandBuilds()) in c['services']"
@@ -168,14 +168,14 @@ def _www_problems(configuration: Configuration) -> Iterator[str]:
     dashboards = plugins.get("wsgi_dashboards")
     menus = [d for d in _list(dashboards)
              if isinstance(d, Mapping) and d.get("app") is farm_dashboard]
-    if menus and "farm" not in plugins:
+    if menus and WWW_PLUGIN not in plugins:
         yield ("farm_menu() in c['www']['plugins']['wsgi_dashboards'] shows the pages the farm"
                " www plugin serves, but that plugin is not enabled: add"
                " c['www']['plugins']['farm'] = {} (its menu would show \"No Such Resource\")")
-    if "farm" in plugins:
-        plugin = plugins["farm"]
-        service = str(plugin.get("service", FARM_SERVICE_NAME)) if isinstance(
-            plugin, Mapping) else FARM_SERVICE_NAME
+    if WWW_PLUGIN in plugins:
+        plugin = plugins[WWW_PLUGIN]
+        service = str(plugin.get("service", FARM_SERVICE)) if isinstance(
+            plugin, Mapping) else FARM_SERVICE
         if service not in configuration.farms:
             yield (f"c['www']['plugins']['farm'] serves the FarmService {service!r}, but"
                    f" c['services'] has no util.FarmService named {service!r}: add"

@@ -32,6 +32,8 @@ from buildbot_farm.leases import keys
 from buildbot_farm.leases.client import CoordinatorClient, CoordinatorRequestError
 from buildbot_farm.leases.preemption import PREEMPTED_PROPERTY, preemption_notice
 from buildbot_farm.leases.worker_handoff import LOG_PREFIX, handoff_script
+from buildbot_farm.lookup import farm_service
+from buildbot_farm.names import FARM_SERVICE
 from buildbot_farm.secret_values import SecretRenderer
 from buildbot_farm.web.client import http_client
 
@@ -88,7 +90,7 @@ class LeaseSettings:
     master_host: str = "127.0.0.1"
     python: str = "python3"
     keepalive_interval: float = 60.0
-    farm: str = "farm"
+    farm: str = FARM_SERVICE
     lease_wait: float = 1800.0
 
     def problems(self) -> list[str]:
@@ -234,8 +236,9 @@ class FarmLatentWorker(AbstractLatentWorker):
         settings = self.lease_settings
         url, key = settings.coordinator_url, settings.key
         if url is None:
-            farm = self.master.service_manager.namedServices.get(settings.farm)
-            coordinator = getattr(farm, "settings", None) and farm.settings.coordinator
+            farm = farm_service(self.master, settings.farm)
+            coordinator = None if farm is None or farm.settings is None else (
+                farm.settings.coordinator)
             if coordinator is None:
                 raise RuntimeError(
                     f"FarmLatentWorker {self.name}: no coordinator_url, and the farm service "

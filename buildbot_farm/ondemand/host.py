@@ -7,7 +7,7 @@ import dataclasses
 import fnmatch
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from buildbot import config
 from buildbot.data import resultspec
@@ -17,6 +17,7 @@ from twisted.python import log
 
 from buildbot_farm import db
 from buildbot_farm.leases.preemption import PREEMPTED_PROPERTY
+from buildbot_farm.names import ARTIFACTS_PROPERTY
 from buildbot_farm.ondemand.config import OnDemandBuilds
 from buildbot_farm.ondemand.jobs import (
     ATTEMPT_PROPERTY,
@@ -29,9 +30,11 @@ from buildbot_farm.ondemand.jobs import (
 from buildbot_farm.ondemand.signing import ArtifactSigner
 from buildbot_farm.secret_values import is_pem
 
+if TYPE_CHECKING:
+    from buildbot_farm.context import FarmContext
+
 JANITOR = "ondemand-janitor"
 T = TypeVar("T")
-ARTIFACTS_PROPERTY = "farm_artifacts"
 
 
 class UnknownScheduler(LookupError):
@@ -41,7 +44,7 @@ class UnknownScheduler(LookupError):
 class OnDemandHost:
     """The running on-demand machinery of one master; ``jobs`` is None until configured."""
 
-    def __init__(self, farm: Any) -> None:
+    def __init__(self, farm: FarmContext) -> None:
         self._farm = farm
         self.jobs: JobTable | None = None
         self.settings = OnDemandBuilds()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from buildbot import config
 from buildbot.process.properties import Properties
@@ -19,11 +19,14 @@ from twisted.internet import defer
 from buildbot_farm.artifacts import paths
 from buildbot_farm.artifacts.steps import NoRepository, find_repository
 from buildbot_farm.config_checks import check_config_arguments, checked_keywords
+from buildbot_farm.lookup import farm_service
 from buildbot_farm.ondemand import form, params
 from buildbot_farm.ondemand.config import OFF
-from buildbot_farm.ondemand.jobs import ATTEMPT_PROPERTY, KEY_PROPERTY, Job, Submission
+from buildbot_farm.ondemand.jobs import ATTEMPT_PROPERTY, KEY_PROPERTY, Job, JobTable, Submission
 
-FARM_SERVICE = "farm"
+if TYPE_CHECKING:
+    from buildbot_farm.ondemand.host import OnDemandHost
+
 _SOURCE = "On-demand build"
 # Buildbot collapses a queued build request into a newer one of the same builder unless
 # their sourcestamps or their properties *from the source "Scheduler"* differ: on-demand
@@ -51,13 +54,14 @@ def form_field(parameter: params.Parameter) -> forcesched.BaseParameter:
                                       default=parameter.default or "")
 
 
-def find_host(master: Any) -> Any:
-    """The on-demand part of the master's farm service; RuntimeError without one."""
-    farm = master.service_manager.namedServices.get(FARM_SERVICE)
-    host = getattr(farm, "on_demand", None)
+def find_host(master: Any) -> tuple[OnDemandHost, JobTable]:
+    """The on-demand part of the master's farm service and its job table; RuntimeError
+    without one."""
+    farm = farm_service(master)
+    host = None if farm is None else farm.on_demand
     if host is None or host.jobs is None:
         raise RuntimeError(OFF)
-    return host
+    return host, host.jobs
 
 
 # ForceScheduler arguments OnDemandScheduler sets itself (builder= names the one builder).
@@ -113,7 +117,7 @@ class OnDemandScheduler(forcesched.ForceScheduler):
         ``requested`` (from the force form) is recorded on that build, if one starts.
         """
         key, values = self.normalise(raw)
-        jobs = find_host(self.master).jobs
+        _, jobs = find_host(self.master)
         submission: Submission = await jobs.submit(key, self.name, params.canonical_json(values))
         artifact = submission.job.artifact
         if artifact is not None and not await self._still_stored(artifact.path):
@@ -149,7 +153,8 @@ class OnDemandScheduler(forcesched.ForceScheduler):
             reason=reason, sourcestamps=[], properties=properties,
             builderNames=self.builderNames, priority=priority,
         )
-        await find_host(self.master).jobs.buildset_added(job.key, job.attempt, bsid)
+        _, jobs = find_host(self.master)
+        await jobs.buildset_added(job.key, job.attempt, bsid)
 
     def force(
         self, owner: str, builderNames: Any = None, builderid: Any = None, **kwargs: Any  # noqa: N803
@@ -194,16 +199,16 @@ class OnDemandScheduler(forcesched.ForceScheduler):
 
     async def _answer(self, job: Job) -> form.ForceAnswer:
         """The force answer for ``job`` as it is after a submission."""
-        host = find_host(self.master)
+        host, jobs = find_host(self.master)
         if job.status == "succeeded":
-            row = await host.jobs.attempt(job.key, job.attempt)
-            found = row and await form.producing_request(
+            row = await jobs.attempt(job.key, job.attempt)
+            produced = row and await form.producing_request(
                 self.master, job.key, job.attempt, row["buildset_id"], row["build_id"])
-            return found or await self._cached_notice(job)
+            return produced or await self._cached_notice(job)
 
         async def current_buildset() -> tuple[int, int] | None:
-            now = await host.jobs.get(job.key)
-            row = None if now is None else await host.jobs.attempt(now.key, now.attempt)
+            now = await jobs.get(job.key)
+            row = None if now is None else await jobs.attempt(now.key, now.attempt)
             if now is None or row is None or row["buildset_id"] is None:
                 return None
             return now.attempt, int(row["buildset_id"])

@@ -17,11 +17,12 @@ from twisted.internet import defer
 from twisted.python import log
 
 from buildbot_farm.config_checks import checked_keywords
+from buildbot_farm.lookup import farm_service
+from buildbot_farm.names import ARTIFACTS_PROPERTY, FARM_SERVICE
 from buildbot_farm.records.model import RESULTS, InvalidRecord, default_version, parse_record
 from buildbot_farm.records.source import STYLES, choose_source, commit_url
 from buildbot_farm.records.store import RecordExists, RecordStore
 
-ARTIFACTS_PROPERTY = "farm_artifacts"
 # create-worker writes this into info/host; it describes no host.
 _HOST_PLACEHOLDER = "Please put a description"
 
@@ -38,7 +39,7 @@ class RecorderSettings:
     results: Any = ("success", "warnings")
     properties: Sequence[str] = ()
     forges: Mapping[str, str] | None = None
-    farm: str = "farm"
+    farm: str = FARM_SERVICE
 
     def problems(self) -> list[str]:
         """What is wrong, each naming its argument; empty when fine."""
@@ -143,8 +144,8 @@ class BuildRecorder(service.BuildbotService):
         result = RESULTS[build["results"]] if build.get("results") is not None else "exception"
         if result not in self.results:
             return None
-        farm = self.master.service_manager.namedServices.get(self.farm)
-        database = getattr(farm, "database", None)
+        farm = farm_service(self.master, self.farm)
+        database = None if farm is None else farm.database
         if database is None:
             log.msg(f"BuildRecorder: no farm service {self.farm!r} with an open database")
             return None
@@ -157,8 +158,7 @@ class BuildRecorder(service.BuildbotService):
             log.msg(f"BuildRecorder: not recording {builder['name']} #{build['number']}: {e}")
             return None
         try:
-            records = getattr(farm, "records", None)
-            provenance = records.sign(record) if records is not None else None
+            provenance = farm.records.sign(record) if farm is not None else None
             await RecordStore(database).insert(record, self.master.reactor.seconds(), provenance)
         except RecordExists as e:
             log.msg(f"BuildRecorder: {e}; {builder['name']} #{build['number']} not recorded")

@@ -12,9 +12,9 @@ from twisted.web import resource
 from twisted.web.server import Request
 
 from buildbot_farm import __version__
+from buildbot_farm.lookup import farm_service
+from buildbot_farm.names import FARM_SERVICE
 from buildbot_farm.web._json import json_error
-
-FARM_SERVICE_NAME = "farm"
 
 
 class _EmptyAsset(resource.Resource):
@@ -49,8 +49,8 @@ class _ServiceRedirect(resource.Resource):
         self._service_name = service_name
 
     def _root(self) -> resource.Resource | None:
-        service = self._master.service_manager.namedServices.get(self._service_name)
-        return getattr(service, "web_root", None)
+        service = farm_service(self._master, self._service_name)
+        return None if service is None else service.web_root
 
     def getChildWithDefault(self, path: bytes, request: Request) -> resource.Resource:
         """Hand the request to the service's root, or explain that there is no service."""
@@ -98,7 +98,7 @@ class FarmWebPlugin:
     def __init__(self) -> None:
         self.master: Any = None
         self.config: dict[str, Any] = {}
-        self.resource: resource.Resource = _NoService(FARM_SERVICE_NAME)
+        self.resource: resource.Resource = _NoService(FARM_SERVICE)
 
     def setMaster(self, master: Any) -> None:
         """Called by Buildbot's web server with the running master."""
@@ -107,7 +107,7 @@ class FarmWebPlugin:
     def setConfiguration(self, config: dict[str, Any] | None) -> None:
         """Called with the plugin's dict from master.cfg; builds the resource."""
         self.config = dict(config or {})
-        name = str(self.config.get("service", FARM_SERVICE_NAME))
+        name = str(self.config.get("service", FARM_SERVICE))
         self.resource = _ServiceRedirect(self.master, name)
 
 
