@@ -23,6 +23,7 @@ from buildbot_farm import __version__, db
 from buildbot_farm.artifacts.config import ArtifactRepository
 from buildbot_farm.artifacts.hosting import RepositoryHost
 from buildbot_farm.config_checks import checked_keywords
+from buildbot_farm.config_checks.values import is_positive, is_whole_at_least
 from buildbot_farm.containers import reap_leftovers
 from buildbot_farm.dashboard import DashboardResource
 from buildbot_farm.leases.agent_client import AgentClient
@@ -78,11 +79,11 @@ class FarmSettings:
                 found.append(str(e))
         for name in ("db_pool_size",):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not is_whole_at_least(value, 1):
                 found.append(f"{name} must be a whole number >= 1, not {value!r}")
         for name in ("db_timeout", "heartbeat_interval"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+            if not is_positive(value):
                 found.append(f"{name} must be a number of seconds > 0, not {value!r}")
         capabilities: tuple[tuple[str, type[_CheckedSettings]], ...] = (
             ("coordinator", FarmCoordinator),

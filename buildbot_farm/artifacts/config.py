@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from buildbot_farm.artifacts.paths import DEFAULT_LAYOUT, UnsafePath, layout_problems, split
 from buildbot_farm.artifacts.s3_config import S3Bucket
 from buildbot_farm.config_checks import checked_keywords
+from buildbot_farm.config_checks.values import is_positive, is_whole, is_whole_at_least
 from buildbot_farm.secret_values import SecretRenderer
 
 GIB = 1024**3
@@ -61,9 +62,9 @@ class ArtifactRepository:
         ):
             found.append("ArtifactRepository: public_url must be an http:// or https:// URL")
         found += [f"ArtifactRepository: {p}" for p in layout_problems(self.layout)]
-        if not _whole(self.max_upload_size) or self.max_upload_size < 1:
+        if not is_whole_at_least(self.max_upload_size, 1):
             found.append("ArtifactRepository: max_upload_size must be a number of bytes >= 1")
-        if self.port is not None and (not _whole(self.port) or not 0 <= self.port <= 65535):
+        if self.port is not None and (not is_whole(self.port) or not 0 <= self.port <= 65535):
             found.append("ArtifactRepository: port must be a TCP port number (0-65535) or None")
         if not isinstance(self.interface, str) or not self.interface:
             found.append("ArtifactRepository: interface must be an address to listen on,"
@@ -71,7 +72,7 @@ class ArtifactRepository:
         if not isinstance(self.allow_overwrite, bool):
             found.append("ArtifactRepository: allow_overwrite must be True or False")
         for name in ("token_ttl", "janitor_interval"):
-            if not _seconds(getattr(self, name)):
+            if not is_positive(getattr(self, name)):
                 found.append(f"ArtifactRepository: {name} must be a number of seconds > 0")
         if self.storage is not None and not isinstance(self.storage, S3Bucket):
             found.append("ArtifactRepository: storage must be util.S3Bucket(...) or None"
@@ -93,7 +94,7 @@ class ArtifactRepository:
                 split(prefix)
             except UnsafePath:
                 found.append(f"ArtifactRepository: retention prefix {prefix!r} is not a safe path")
-            if not _seconds(ttl):
+            if not is_positive(ttl):
                 found.append(f"ArtifactRepository: retention for {prefix!r} must be seconds > 0")
         return found
 
@@ -112,11 +113,3 @@ class ArtifactRepository:
             if segments[: len(wanted)] == wanted and (best is None or len(wanted) > best[0]):
                 best = (len(wanted), float(ttl))
         return None if best is None else best[1]
-
-
-def _whole(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _seconds(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0

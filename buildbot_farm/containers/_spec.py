@@ -9,6 +9,7 @@ from typing import Any
 
 from buildbot.interfaces import IRenderable
 
+from buildbot_farm.config_checks.values import is_positive, is_whole_at_least
 from buildbot_farm.containers._paths import InputMap, OutputFilter, PathProblem
 
 DEFAULT_WORKDIR = "/work"
@@ -50,7 +51,7 @@ class TaskSpec:
         check("command", _is_command(self.command),
               f"must be a non-empty list of strings (or one string), not {self.command!r}")
         check("env", _is_str_map(self.env), f"must be a dict of strings, not {self.env!r}")
-        check("timeout", self.timeout is None or _positive(self.timeout),
+        check("timeout", self.timeout is None or is_positive(self.timeout),
               f"must be a number of seconds > 0 or None, not {self.timeout!r}")
         check("network", self.network is None or
               (isinstance(self.network, str) and bool(_NETWORK.match(self.network))),
@@ -126,7 +127,7 @@ def resource_problems(resources: Any) -> list[str]:
     unknown = sorted(set(resources) - {"cpus", "memory", "pids"})
     if unknown:
         found.append(f"unknown key(s) {', '.join(map(str, unknown))}; use cpus, memory, pids")
-    if "cpus" in resources and not _positive(resources["cpus"]):
+    if "cpus" in resources and not is_positive(resources["cpus"]):
         found.append(f"cpus must be a number > 0, not {resources['cpus']!r}")
     if "memory" in resources:
         try:
@@ -134,14 +135,14 @@ def resource_problems(resources: Any) -> list[str]:
         except ValueError as error:
             found.append(str(error))
     pids = resources.get("pids", DEFAULT_PIDS)
-    if not isinstance(pids, int) or isinstance(pids, bool) or pids < 1:
+    if not is_whole_at_least(pids, 1):
         found.append(f"pids must be a whole number >= 1, not {pids!r}")
     return found
 
 
 def memory_bytes(value: Any) -> int:
     """Bytes from an int or a string such as ``512m`` or ``2g``; ValueError if unusable."""
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 4 << 20:
+    if is_whole_at_least(value, 4 << 20):
         return value
     match = _MEMORY.match(value) if isinstance(value, str) else None
     if match:
@@ -177,7 +178,3 @@ def _is_str_map(value: Any) -> bool:
     return isinstance(value, Mapping) and all(
         isinstance(k, str) and (isinstance(v, str) or _renderable(v)) for k, v in value.items()
     )
-
-
-def _positive(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from buildbot_farm.config_checks import checked_keywords
+from buildbot_farm.config_checks.values import is_positive, is_whole
 from buildbot_farm.leases.agent_client import AgentClient
 from buildbot_farm.leases.coordinator import BuildletType
 from buildbot_farm.leases.lease import TYPE_PATTERN, ExpiryPolicy
@@ -76,9 +77,9 @@ class BuildletPool:
                 f"BuildletPool {self.name}: provider {self.provider!r} is not one of "
                 f"{', '.join(PROVIDERS)}"
             )
-        if not _whole(self.max_count) or self.max_count < 1:
+        if not is_whole(self.max_count) or self.max_count < 1:
             found.append(f"BuildletPool {self.name}: max_count must be >= 1")
-        elif not _whole(self.warm) or not 0 <= self.warm <= self.max_count:
+        elif not is_whole(self.warm) or not 0 <= self.warm <= self.max_count:
             found.append(f"BuildletPool {self.name}: warm must be between 0 and max_count")
         if self.provider == "reverse" and self.warm:
             found.append(f"BuildletPool {self.name}: a reverse pool cannot keep warm buildlets")
@@ -161,7 +162,7 @@ class FarmCoordinator:
             ]
         for name in ("idle_timeout", "max_lifetime", "sweep_interval"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+            if not is_positive(value):
                 found.append(f"FarmCoordinator: {name} must be a number of seconds > 0")
         if self.on_stop not in ON_STOP:
             found.append(
@@ -222,7 +223,3 @@ def _provider(
         root, reactor, agent_arguments=agent_arguments, run_as=pool.run_as,
         sandbox=pool.sandbox, protected=[state_dir],
     )
-
-
-def _whole(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from buildbot_farm.config_checks import checked_keywords
+from buildbot_farm.config_checks.values import is_positive
 
 # The build property FarmLatentWorker sets on a build whose buildlet was preempted: the reason.
 PREEMPTED_PROPERTY = "farm_preempted"
@@ -78,8 +79,7 @@ class _MetadataPreemption:
         if not isinstance(self.url, str) or not self.url.startswith(("http://", "https://")):
             found.append(f"{name}: url must be the metadata service's base URL "
                          f"(e.g. {self.example}), not {self.url!r}")
-        interval = self.interval
-        if not isinstance(interval, (int, float)) or isinstance(interval, bool) or interval <= 0:
+        if not is_positive(self.interval):
             found.append(f"{name}: interval must be a number of seconds > 0")
         return found
 

@@ -28,6 +28,7 @@ from twisted.internet import defer, task
 from twisted.python import failure, log
 
 from buildbot_farm.config_checks import check_config_arguments, checked_keywords
+from buildbot_farm.config_checks.values import is_number, is_positive
 from buildbot_farm.leases import keys
 from buildbot_farm.leases.client import CoordinatorClient, CoordinatorRequestError
 from buildbot_farm.leases.preemption import PREEMPTED_PROPERTY, preemption_notice
@@ -106,9 +107,9 @@ class LeaseSettings:
             found.append(f"coordinator_url must be an http(s) URL, not {self.coordinator_url!r}")
         if self.coordinator_url is not None and self.key is None:
             found.append("key is required with coordinator_url (buildbot-farm key USER)")
-        if not isinstance(self.keepalive_interval, (int, float)) or self.keepalive_interval <= 0:
+        if not is_positive(self.keepalive_interval):
             found.append("keepalive_interval must be a number of seconds > 0")
-        if not isinstance(self.lease_wait, (int, float)) or not 0 <= self.lease_wait < float("inf"):
+        if not is_number(self.lease_wait) or not 0 <= self.lease_wait < float("inf"):
             found.append("lease_wait must be a number of seconds >= 0")
         return found
 

@@ -7,16 +7,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from buildbot_farm.config_checks import checked_keywords
+from buildbot_farm.config_checks.values import is_positive, is_whole_at_least
 from buildbot_farm.secret_values import SecretRenderer, is_renderable
 
 OFF = (
     "on-demand builds are off: give util.FarmService(on_demand=util.OnDemandBuilds())"
     " in c['services']"
 )
-
-
-def _seconds(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
 
 
 @checked_keywords("util.OnDemandBuilds")
@@ -44,12 +41,10 @@ class OnDemandBuilds:
     def problems(self) -> list[str]:
         """What is wrong with these settings, each naming its argument."""
         found = []
-        if not isinstance(self.max_attempts, int) or isinstance(self.max_attempts, bool) or (
-            self.max_attempts < 1
-        ):
+        if not is_whole_at_least(self.max_attempts, 1):
             found.append("OnDemandBuilds: max_attempts must be a whole number >= 1")
         for name in ("stale_after", "janitor_interval", "compat_timeout"):
-            if not _seconds(getattr(self, name)):
+            if not is_positive(getattr(self, name)):
                 found.append(f"OnDemandBuilds: {name} must be a number of seconds > 0")
         if self.signing_key is not None and not is_renderable(self.signing_key) and (
             not isinstance(self.signing_key, str) or not self.signing_key.strip()
