@@ -42,7 +42,12 @@ class _Relay(protocol.Protocol):
         self.client_gone = True
 
     def connectionMade(self) -> None:
-        """Register as the request's producer: its pauses reach the S3 connection."""
+        """Register as the request's producer: its pauses reach the S3 connection. A client
+        that left while S3 answered gets nothing: the S3 response is dropped."""
+        if client_gone(self.request):
+            self.client_gone = True
+            self.transport.stopProducing()  # type: ignore[union-attr]
+            return
         self.request.registerProducer(self, True)
 
     def pauseProducing(self) -> None:  # noqa: N802
@@ -76,6 +81,12 @@ class _Relay(protocol.Protocol):
         self.done.callback(None)
 
 
+def client_gone(request: Request) -> bool:
+    """Whether the client of ``request`` went away (twisted.web drops the request's channel
+    when its connection is lost); nothing may be written or registered then."""
+    return request.channel is None
+
+
 async def send_stored(
     request: Request, repository: Repository, segments: Segments, entry: Entry, sha256: str,
 ) -> bytes | None:
@@ -85,6 +96,8 @@ async def send_stored(
     Both ways give Content-Length, Last-Modified, Range and a content type by the file's
     name. The caller has set the ETag (``"SHA256"``) and answered a matching If-None-Match.
     """
+    if client_gone(request):
+        return None
     storage = repository.storage
     if isinstance(storage, S3Storage):
         return await send_object(request, storage, repository.reactor, segments, entry, sha256)

@@ -18,11 +18,17 @@ from twisted.python import log
 from twisted.web import http, resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from buildbot_farm.artifacts import download, paths, spool, tokens, views
-from buildbot_farm.artifacts.index import Grant, TokenRefused
+from buildbot_farm.artifacts import download, paths, spool, views
 from buildbot_farm.artifacts.paths import RESERVED_PREFIX, Segments, UnsafePath
-from buildbot_farm.artifacts.repository import OutOfScope, Repository
+from buildbot_farm.artifacts.repository import Repository
 from buildbot_farm.artifacts.storage import Entry, StorageError
+from buildbot_farm.artifacts.write_access import (
+    WriteRefused,
+    authorise_put,
+    authorise_write,
+    declared_length,
+    write_target,
+)
 from buildbot_farm.web._json import json_error, json_response
 
 AUTH_ENDPOINT = RESERVED_PREFIX + "-auth"
@@ -85,11 +91,8 @@ class ArtifactResource(resource.Resource):
             return await handler(request, segments, trailing)
         except UnsafePath as e:
             return json_error(request, 400, f"unsafe path: {e}")
-        except TokenRefused as e:
-            request.setHeader(b"www-authenticate", REALM)
-            return json_error(request, 401, f"{e}; nothing was written")
-        except OutOfScope as e:
-            return json_error(request, 403, f"{e}; nothing was written")
+        except WriteRefused as e:
+            return _refusal(request, e)
         except StorageError as e:
             return json_error(request, e.status, str(e))
         except _Answered:
@@ -168,34 +171,25 @@ class ArtifactResource(resource.Resource):
         request.setHeader(b"content-type", b'application/xml; charset="utf-8"')
         return views.multistatus(items)
 
-    async def _grant(self, request: Request, segments: Segments) -> Grant:
-        return await self.repository.authorise(request.getHeader(b"authorization"), segments)
-
     async def _put(self, request: Request, segments: Segments, trailing: bool) -> bytes:
-        if not segments or trailing:
-            return json_error(request, 405, "PUT needs a file path, not a collection")
-        grant = await self._grant(request, segments)
-        limit = self.repository.config.max_upload_size
-        length = request.getHeader(b"content-length")
-        if length is not None and length.isdigit() and int(length) > limit:
-            return json_error(request, 413, f"the upload is larger than {limit} bytes")
-        headers = {
-            k.decode("latin-1").lower(): v[-1]
-            for k, v in request.requestHeaders.getAllRawHeaders()
-        }
-        try:
-            expected = tokens.client_sha256(headers)
-        except tokens.BadDigest as e:
-            return json_error(request, 400, str(e))
+        headers = request.requestHeaders
+        access = await authorise_put(self.repository, segments, trailing, headers,
+                                     declared_length(headers))
         spooled = spool.spooled_body(request)
         if spooled is not None:
             body = spooled.finish()
             stored = await self.repository.adopt(
-                segments, spooled.claim(), body.size, body.sha256, expected, grant
+                segments, spooled.claim(), body.size, body.sha256, access.expected_sha256,
+                access.grant,
             )
         else:
             assert request.content is not None
-            stored = await self.repository.store(segments, request.content, expected, grant)
+            # The request closes its body when the client goes away; the copy stays open
+            # until it is stored.
+            with spool.own_copy(request.content) as content:
+                stored = await self.repository.store(
+                    segments, content, access.expected_sha256, access.grant
+                )
         url = self.repository.url_for(segments)
         if not stored.replaced:
             request.setHeader(b"location", url.encode())
@@ -209,7 +203,9 @@ class ArtifactResource(resource.Resource):
     async def _mkcol(self, request: Request, segments: Segments, trailing: bool) -> bytes:
         if not segments:
             return json_error(request, 405, "the repository's root exists")
-        grant = await self._grant(request, segments)
+        grant = await authorise_write(
+            self.repository, request.getHeader(b"authorization"), segments
+        )
         assert request.content is not None
         request.content.seek(0, 2)
         if request.content.tell():
@@ -219,7 +215,7 @@ class ArtifactResource(resource.Resource):
         return b""
 
     async def _delete(self, request: Request, segments: Segments, trailing: bool) -> bytes:
-        await self._grant(request, segments)
+        await authorise_write(self.repository, request.getHeader(b"authorization"), segments)
         if not await self.repository.delete(segments):
             return json_error(request, 404, f"no artifact at /{paths.join(segments)}")
         request.setResponseCode(204)
@@ -237,16 +233,19 @@ class ArtifactResource(resource.Resource):
         if not path.startswith(base):
             return json_error(request, 403, f"{unquote(path)} is outside {base}")
         try:
-            segments, _ = paths.split_request_path(
-                [part.encode("latin-1") for part in path[len(base):].split("/")]
+            segments, _ = write_target(
+                [part.encode("latin-1") for part in path[len(base):].split("/")], 403
             )
-            await self._grant(request, segments)
-        except UnsafePath as e:
-            return json_error(request, 403, f"unsafe path: {e}")
-        except TokenRefused as e:
-            request.setHeader(b"www-authenticate", REALM)
-            return json_error(request, 401, str(e))
-        except OutOfScope as e:
-            return json_error(request, 403, str(e))
+            await authorise_write(self.repository, request.getHeader(b"authorization"),
+                                  segments)
+        except WriteRefused as e:
+            return _refusal(request, e)
         request.setResponseCode(204)
         return b""
+
+
+def _refusal(request: Request, refused: WriteRefused) -> bytes:
+    """The answer to a write that may not go ahead."""
+    if refused.realm:
+        request.setHeader(b"www-authenticate", REALM)
+    return json_error(request, refused.status, str(refused))

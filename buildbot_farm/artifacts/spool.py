@@ -11,11 +11,15 @@ flat whatever the upload's size.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 
 @dataclass(frozen=True)
@@ -85,3 +89,19 @@ def spooled_body(request: object) -> Spool | None:
     """The body a streaming request already spooled into the storage, or None."""
     found = getattr(request, "spooled_body", None)
     return found if isinstance(found, Spool) else None
+
+
+@contextlib.contextmanager
+def own_copy(content: BinaryIO) -> Iterator[BinaryIO]:
+    """A reader of a received request body that stays usable after the request closes
+    ``content`` (twisted.web does when the client goes away): a duplicate of its file
+    descriptor, or a copy of a body kept in memory. Closed on leaving the block."""
+    try:
+        fd = content.fileno()
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        content.seek(0)
+        copy: BinaryIO = io.BytesIO(content.read())
+    else:
+        copy = os.fdopen(os.dup(fd), "rb")
+    with copy:
+        yield copy

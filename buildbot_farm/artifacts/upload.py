@@ -27,12 +27,10 @@ from twisted.python import log
 from twisted.python.failure import Failure
 from twisted.web import server
 
-from buildbot_farm.artifacts import paths, tokens
-from buildbot_farm.artifacts.index import TokenRefused
-from buildbot_farm.artifacts.paths import Segments, UnsafePath
-from buildbot_farm.artifacts.repository import OutOfScope, Repository
+from buildbot_farm.artifacts.repository import Repository
 from buildbot_farm.artifacts.resource import AUTH_ENDPOINT, REALM
 from buildbot_farm.artifacts.spool import Spool
+from buildbot_farm.artifacts.write_access import WriteRefused, authorise_put, write_target
 from buildbot_farm.web._json import json_error
 
 LINGER_SECONDS = 5.0
@@ -44,15 +42,6 @@ class _State(enum.Enum):
     STREAMING = "streaming"
     HANDED_OVER = "handed over"
     REFUSED = "refused"
-
-
-class _Refusal(Exception):
-    """An upload refused before its body: HTTP ``status`` and a message for the client."""
-
-    def __init__(self, status: int, message: str, realm: bool = False) -> None:
-        super().__init__(message)
-        self.status = status
-        self.realm = realm
 
 
 class StreamingRequest(server.Request):
@@ -138,22 +127,8 @@ class StreamingRequest(server.Request):
     async def _authorise(
         self, repository: Repository, raw: bytes, length: int | None
     ) -> None:
-        try:
-            segments, trailing = paths.split_request_path(raw.split(b"/")[1:])
-        except UnsafePath as e:
-            raise _Refusal(400, f"unsafe path: {e}") from e
-        if not segments or trailing:
-            raise _Refusal(405, "PUT needs a file path, not a collection")
-        await _grant(repository, self.getHeader(b"authorization"), segments)
-        limit = repository.config.max_upload_size
-        if length is not None and length > limit:
-            raise _Refusal(413, f"the upload is larger than {limit} bytes; nothing was written")
-        headers = {k.decode("latin-1").lower(): v[-1]
-                   for k, v in self.requestHeaders.getAllRawHeaders()}
-        try:
-            tokens.client_sha256(headers)
-        except tokens.BadDigest as e:
-            raise _Refusal(400, str(e)) from e
+        segments, trailing = write_target(raw.split(b"/")[1:])
+        await authorise_put(repository, segments, trailing, self.requestHeaders, length)
 
     def _accept(self, repository: Repository) -> None:
         if self._disconnected:
@@ -220,18 +195,9 @@ class StreamingRequest(server.Request):
         )
 
 
-async def _grant(repository: Repository, authorization: bytes | None, segments: Segments) -> None:
-    try:
-        await repository.authorise(authorization, segments)
-    except TokenRefused as e:
-        raise _Refusal(401, f"{e}; nothing was written", realm=True) from e
-    except OutOfScope as e:
-        raise _Refusal(403, f"{e}; nothing was written") from e
-
-
 def _as_refusal(failure: Any) -> tuple[int, str, bool]:
     error = failure.value if failure is not None else None
-    if isinstance(error, _Refusal):
+    if isinstance(error, WriteRefused):
         return error.status, str(error), error.realm
     if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
         return 507, "the artifact storage is full; nothing was kept", False
