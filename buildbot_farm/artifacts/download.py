@@ -1,8 +1,8 @@
 """Downloads of stored artifacts: a local file sent by :mod:`.local_files`, or an object
 streamed from the S3 bucket to the client (:func:`send_stored` picks the way).
 
-The GET to S3 is signed like any other request and sent with Twisted's own HTTP client,
-so the master never blocks on it. The body is relayed as it arrives with flow control
+The GET to S3 is signed by botocore (on the thread pool) and sent with Twisted's own HTTP
+client, so the master never blocks on it. The body is relayed as it arrives with flow control
 both ways: a slow client pauses the read from S3, and memory stays flat whatever the
 object's size. A Range header is passed through (If-Range is evaluated here, against the
 sha256 ETag the client knows); HEAD is answered from what the repository knows already.
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet import defer, protocol
+from twisted.internet import defer, protocol, threads
 from twisted.python import failure, log
 from twisted.web import http
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, readBody
@@ -24,7 +24,7 @@ from buildbot_farm.artifacts import local_files, views
 from buildbot_farm.artifacts.paths import Segments
 from buildbot_farm.artifacts.repository import Repository
 from buildbot_farm.artifacts.s3 import S3Storage
-from buildbot_farm.artifacts.storage import Entry, LocalStorage
+from buildbot_farm.artifacts.storage import Entry, LocalStorage, StorageError
 from buildbot_farm.web._json import json_error
 
 
@@ -129,13 +129,16 @@ async def send_object(
     if_range = request.getHeader(b"if-range")
     if ranges is not None and (if_range is None or if_range.strip() == etag):
         wanted["range"] = ranges.decode("latin-1")
-    client = storage.client
-    target, signed = client.signed("GET", storage.key(segments), [], wanted)
+    try:
+        url, signed = await threads.deferToThreadPool(
+            reactor, reactor.getThreadPool(), storage.thd_signed_get, segments, wanted)
+    except StorageError as e:
+        return json_error(request, e.status, str(e))
     agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
     endpoint = storage.bucket.endpoint
     try:
         response: Any = await agent.request(
-            b"GET", client.url(target).encode(),
+            b"GET", url.encode(),
             Headers({k.encode(): [v.encode("latin-1")] for k, v in signed.items()}),
         )
     except Exception as e:
@@ -150,7 +153,7 @@ async def send_object(
             for value in response.headers.getRawHeaders(b"content-range") or []:
                 request.setHeader(b"content-range", value)
             return b""
-        refusal = client.refusal("GET", storage.key(segments), response.code, body)
+        refusal = storage.refusal(response.code, segments, body)
         return json_error(request, refusal.status, str(refusal))
     request.setResponseCode(response.code)
     for value in response.headers.getRawHeaders(b"content-range") or []:

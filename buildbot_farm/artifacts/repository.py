@@ -208,7 +208,7 @@ async def open_repository(
     root = Path(basedir, config.directory).resolve()
     storage: ArtifactStorage = LocalStorage(root)
     if isinstance(config.storage, S3Bucket):
-        storage = S3Storage(config.storage, root)
+        storage = S3Storage(config.storage, root, reactor)
     repository = Repository(
         config, storage, ArtifactIndex(database, reactor, master_name), reactor,
         config.public_url or public_url,

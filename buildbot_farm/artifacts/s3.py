@@ -1,29 +1,32 @@
 """Artifacts in an S3-compatible bucket, behind the same blocking ``thd_*`` contract as
-:class:`~buildbot_farm.artifacts.storage.LocalStorage`.
+:class:`~buildbot_farm.artifacts.storage.LocalStorage`, through boto3 (:mod:`.s3client`).
 
 S3 has objects, not directories. A collection is any key prefix ending in ``/`` that some
 object starts with; MKCOL writes an empty marker object ``PATH/`` so an empty collection
 exists too. An upload is spooled to a local temporary file (hashing and size-checking it
-on the way) before one PUT that carries its Content-Length and sha256, which S3 checks:
-an upload cut off half-way, too large or with the wrong digest never reaches the bucket,
-and S3 shows an object only once it is complete.
+on the way) before it is sent: in one PUT carrying its sha256, which S3 checks, or, above
+``S3Bucket(part_size=)``, as a multipart upload that is completed only once every part
+is in (and aborted otherwise). An upload cut off half-way, too large or with the wrong
+digest never reaches the bucket, and S3 shows an object only once it is complete.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import hashlib
-import http.client
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, cast
+from typing import Any, BinaryIO, cast
+
+from botocore.exceptions import BotoCoreError
 
 from buildbot_farm.artifacts.paths import RESERVED_PREFIX, Segments
 from buildbot_farm.artifacts.s3_config import S3Bucket
-from buildbot_farm.artifacts.s3client import S3Client, S3Refused, S3Unavailable, http_time
+from buildbot_farm.artifacts.s3client import S3Client, S3Refused, S3Unavailable
 from buildbot_farm.artifacts.storage import (
     CHUNK,
     TMP_DIR,
@@ -31,23 +34,33 @@ from buildbot_farm.artifacts.storage import (
     Entry,
     NotAllowed,
     NotFound,
+    SpoolingStorage,
     Stored,
     check_digest,
     file_sha256,
-    thd_spool,
 )
 
+MAX_PARTS = 10_000
 
-class S3Storage:
+
+def part_size_for(size: int, part_size: int) -> int:
+    """The part size for a file of ``size`` bytes: ``part_size``, or larger when S3's limit
+    of 10,000 parts would not hold the file."""
+    return max(part_size, -(-size // MAX_PARTS))
+
+
+class S3Storage(SpoolingStorage):
     """Artifacts as objects in ``bucket``; ``spool`` is a local directory for uploads in flight.
 
-    Listings ask for ``page_size`` keys at a time (S3's maximum is 1000).
+    Listings ask for ``page_size`` keys at a time (S3's maximum is 1000); times of
+    collections (S3 keeps none) come from ``clock`` (the reactor).
     """
 
-    def __init__(self, bucket: S3Bucket, spool: Path, page_size: int = 1000) -> None:
+    def __init__(self, bucket: S3Bucket, spool: Path, clock: Any, page_size: int = 1000) -> None:
         self.bucket = bucket
         self.page_size = page_size
         self.client = S3Client(bucket)
+        self._clock = clock
         self.tmp_dir = spool / TMP_DIR
         self.location = f"{bucket.endpoint} bucket {bucket.bucket!r} prefix {bucket.key_prefix!r}"
 
@@ -64,23 +77,26 @@ class S3Storage:
         if self.tmp_dir.exists():
             shutil.rmtree(self.tmp_dir)
         self.tmp_dir.mkdir()
-        status, _, _ = self.client.call("HEAD", None, expected=(200, 403, 404))
-        if status != 200:
+        try:
+            self.client.call("HEAD", None, self.client.boto.head_bucket)
+        except S3Refused as e:
+            if e.answered not in (403, 404):
+                raise
             raise S3Refused(
                 f"the bucket {self.bucket.bucket!r} at {self.bucket.endpoint}"
-                f" {'does not exist' if status == 404 else 'refuses these credentials'};"
+                f" {'does not exist' if e.answered == 404 else 'refuses these credentials'};"
                 " create it or fix S3Bucket(...)"
-            )
+            ) from e
 
     def thd_stat(self, segments: Segments) -> Entry | None:
         """What is at ``segments``: an object, a collection (some key below it), or None."""
         name = segments[-1] if segments else ""
         if not segments:
-            return Entry(name, True, 0, time.time())
-        headers = self.client.head(self.key(segments))
-        if headers is not None:
-            return Entry(name, False, int(headers.get("content-length") or 0),
-                         http_time(headers.get("last-modified")))
+            return Entry(name, True, 0, self._clock.seconds())
+        head = self.client.head(self.key(segments))
+        if head is not None:
+            return Entry(name, False, int(head.get("ContentLength", 0)),
+                         head["LastModified"].timestamp())
         page = self.client.list_page(self._collection_key(segments), None, None, max_keys=1)
         if not page.objects:
             return None
@@ -93,7 +109,7 @@ class S3Storage:
         """
         prefix = self._collection_key(segments)
         entries: dict[str, Entry] = {}
-        now = time.time()
+        now = self._clock.seconds()
         found_any = False
         for page in self.client.list_all(prefix, "/", self.page_size):
             found_any = found_any or bool(page.objects or page.prefixes)
@@ -139,37 +155,19 @@ class S3Storage:
     def _read(self, segments: Segments) -> Iterator[bytes]:
         """The bytes of the object ``segments``, block by block, from one GET."""
         key = self.key(segments)
-        response = self.client.open("GET", key)
         try:
-            if response.status == 404:
-                raise NotFound(f"no artifact file at /{'/'.join(segments)}")
-            if response.status != 200:
-                raise self.client.refusal("GET", key, response.status, response.read())
-            while True:
-                try:
-                    chunk = response.read(CHUNK)
-                except (OSError, http.client.HTTPException) as e:
-                    raise S3Unavailable(f"the S3 endpoint {self.bucket.endpoint} broke off"
-                                        f" the object {key} ({type(e).__name__}: {e})") from e
-                if not chunk:
-                    return
-                yield chunk
+            body = self.client.call("GET", key, self.client.boto.get_object)["Body"]
+        except S3Refused as e:
+            if e.answered == 404:
+                raise NotFound(f"no artifact file at /{'/'.join(segments)}") from e
+            raise
+        try:
+            yield from body.iter_chunks(CHUNK)
+        except (OSError, BotoCoreError) as e:
+            raise S3Unavailable(f"the S3 endpoint {self.bucket.endpoint} broke off"
+                                f" the object {key} ({type(e).__name__}: {e})") from e
         finally:
-            response.close()
-
-    def thd_store(
-        self, segments: Segments, source: BinaryIO, max_size: int, expected_sha256: str | None,
-        overwrite: bool,
-    ) -> Stored:
-        """Upload ``source`` (from its start) to ``segments``.
-
-        Raises :class:`TooLarge`, :class:`DigestMismatch`, :class:`Conflict` or
-        :class:`InsufficientStorage` (the local spool is full) before anything is sent;
-        whatever it raises, nothing new is in the bucket.
-        """
-        spooled = thd_spool(source, self.tmp_dir, max_size)
-        return self.thd_adopt(spooled.path, segments, spooled.size, spooled.sha256,
-                              expected_sha256, overwrite)
+            body.close()
 
     def thd_adopt(
         self, tmp: Path, segments: Segments, size: int, sha256: str,
@@ -202,19 +200,63 @@ class S3Storage:
         replaced = self.client.head(self.key(segments)) is not None
         if replaced and not overwrite:
             raise Conflict(f"{path} exists and artifacts are immutable (allow_overwrite is off)")
-        headers = {"content-length": str(size), "content-type": "application/octet-stream"}
-        if not overwrite:
-            # Servers with conditional writes refuse with 412 when another upload won the
-            # race since the HEAD above; a server that ignores If-None-Match lets the later
-            # of two concurrent first uploads win.
-            headers["if-none-match"] = "*"
-        with open(spooled, "rb") as body:
-            status, _, _ = self.client.call("PUT", self.key(segments), headers=headers,
-                                            body=body, payload_sha256=sha256,
-                                            expected=(200, 412))
-        if status == 412:
+        if not self.upload(spooled, self.key(segments), size, sha256, overwrite):
             raise Conflict(f"{path} exists and artifacts are immutable (allow_overwrite is off)")
-        return Stored(size, sha256, time.time(), replaced)
+        return Stored(size, sha256, self._clock.seconds(), replaced)
+
+    def upload(self, local: Path, key: str, size: int, sha256: str, overwrite: bool) -> bool:
+        """Send the local file ``local`` (``size`` bytes) to ``key``: in one PUT, or in parts
+        above ``part_size``. False when ``overwrite`` is off and S3 refused because ``key``
+        exists (412).
+
+        Without ``overwrite`` the write is conditional (``If-None-Match: *``): servers with
+        conditional writes refuse when another upload won the race since the caller's
+        check; a server that ignores it lets the later of two concurrent first uploads win.
+        """
+        condition = {} if overwrite else {"IfNoneMatch": "*"}
+        try:
+            if size <= self.bucket.part_size:
+                with open(local, "rb") as body:
+                    self.client.call(
+                        "PUT", key, self.client.boto.put_object, Body=body, ContentLength=size,
+                        ContentType="application/octet-stream",
+                        ChecksumSHA256=base64.b64encode(bytes.fromhex(sha256)).decode(),
+                        **condition)
+            else:
+                self._upload_parts(local, key, size, condition)
+        except S3Refused as e:
+            if e.answered == 412 and not overwrite:
+                return False
+            raise
+        return True
+
+    def _upload_parts(self, local: Path, key: str, size: int, condition: dict[str, str]) -> None:
+        """A multipart upload of ``local``; aborted, leaving nothing, when any step fails."""
+        boto = self.client.boto
+        started = self.client.call("PUT", key, boto.create_multipart_upload,
+                                   ContentType="application/octet-stream",
+                                   ChecksumAlgorithm="SHA256")
+        upload_id = started["UploadId"]
+        part_size = part_size_for(size, self.bucket.part_size)
+        try:
+            parts = []
+            with open(local, "rb") as source:
+                for number in range(1, -(-size // part_size) + 1):
+                    data = source.read(part_size)
+                    answer = self.client.call(
+                        "PUT", key, boto.upload_part, UploadId=upload_id, PartNumber=number,
+                        Body=data, ChecksumSHA256=_b64_sha256(data))
+                    parts.append({"PartNumber": number, "ETag": answer["ETag"],
+                                  "ChecksumSHA256": answer.get("ChecksumSHA256")
+                                  or _b64_sha256(data)})
+            self.client.call("PUT", key, boto.complete_multipart_upload, UploadId=upload_id,
+                             MultipartUpload={"Parts": parts}, **condition)
+        except BaseException:
+            # When even the abort fails, the bucket's lifecycle rule for incomplete
+            # multipart uploads drops the parts.
+            with contextlib.suppress(S3Refused, S3Unavailable):
+                self.client.call("DELETE", key, boto.abort_multipart_upload, UploadId=upload_id)
+            raise
 
     def _refuse_files_above(self, segments: Segments) -> None:
         for depth in range(1, len(segments) + 1):
@@ -232,7 +274,8 @@ class S3Storage:
             entry = self.thd_stat(parent)
             if entry is None or not entry.is_dir:
                 raise Conflict(f"the parent collection of {'/'.join(segments)} does not exist")
-        self.client.call("PUT", self._collection_key(segments))
+        self.client.call("PUT", self._collection_key(segments), self.client.boto.put_object,
+                         Body=b"")
 
     def thd_delete(self, segments: Segments) -> bool:
         """Delete the object or every object under the collection at ``segments``; False if
@@ -241,17 +284,30 @@ class S3Storage:
         if existing is None:
             return False
         if not existing.is_dir:
-            self.client.call("DELETE", self.key(segments), expected=(204, 200, 404))
+            self._delete(self.key(segments))
             return True
         prefix = self._collection_key(segments)
         while True:
             page = self.client.list_page(prefix, None, None, self.page_size)
             for listed in page.objects:
-                self.client.call("DELETE", listed.key, expected=(204, 200, 404))
+                self._delete(listed.key)
             if page.next_token is None:
                 return True
 
-    def thd_staging_dir(self) -> Path:
-        """A new private directory inside :attr:`tmp_dir` for files on their way in."""
-        return Path(tempfile.mkdtemp(dir=self.tmp_dir, prefix="stage-"))
+    def _delete(self, key: str) -> None:
+        self.client.call("DELETE", key, self.client.boto.delete_object)
+
+    def thd_signed_get(self, segments: Segments, headers: dict[str, str],
+                       ) -> tuple[str, dict[str, str]]:
+        """The URL and signed headers of a GET of the object ``segments`` (with ``headers``,
+        such as a Range) for the reactor's HTTP client to send."""
+        return self.client.signed_get(self.key(segments), headers)
+
+    def refusal(self, status: int, segments: Segments, body: bytes) -> S3Refused:
+        """The error for S3's answer ``status`` with ``body`` to a GET of ``segments``."""
+        return self.client.refused_body("GET", self.key(segments), status, body)
+
+
+def _b64_sha256(data: bytes) -> str:
+    return base64.b64encode(hashlib.sha256(data).digest()).decode()
 

@@ -9,9 +9,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from buildbot_farm.config_checks import checked_keywords
+from buildbot_farm.config_checks.values import is_whole, is_whole_at_least
 from buildbot_farm.secret_values import SecretRenderer, is_renderable
 
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+MiB = 1024 * 1024
+MIN_PART_SIZE = 5 * MiB
+MAX_PART_SIZE = 5 * 1024 * MiB
 
 
 @checked_keywords("util.S3Bucket")
@@ -24,17 +28,22 @@ class S3Bucket:
     (``ENDPOINT/BUCKET/KEY``), which every S3-compatible server accepts. The bucket must
     exist. Object keys are ``prefix`` + the artifact's path. ``access_key`` and
     ``secret_key`` are strings or secrets rendered with the master's secret providers at
-    (re)config (``util.Secret("s3-secret-key")``, ``util.Interpolate(...)``).
-    Requests time out after ``timeout`` seconds.
+    (re)config (``util.Secret("s3-secret-key")``, ``util.Interpolate(...)``); without
+    them boto3's standard credential chain applies (environment, shared files, web
+    identity, container and instance roles). Requests time out after ``timeout`` seconds
+    and are tried up to ``attempts`` times with backoff. Files larger than ``part_size``
+    bytes are uploaded in parts of that size (S3 takes 5 MiB to 5 GiB).
     """
 
     endpoint: str
     bucket: str
-    access_key: Any
-    secret_key: Any
+    access_key: Any = None
+    secret_key: Any = None
     region: str = "us-east-1"
     prefix: str = ""
     timeout: float = 60.0
+    part_size: int = 64 * MiB
+    attempts: int = 3
 
     def problems(self) -> list[str]:
         """What is wrong with this bucket description, each naming its argument."""
@@ -47,9 +56,12 @@ class S3Bucket:
         if not isinstance(self.bucket, str) or not _BUCKET_NAME.match(self.bucket):
             found.append("S3Bucket: bucket must be an S3 bucket name (3-63 characters:"
                          " lowercase letters, digits, '.' and '-')")
+        if (self.access_key is None) != (self.secret_key is None):
+            found.append("S3Bucket: give both access_key and secret_key, or neither"
+                         " (then the standard AWS credential chain is used)")
         for name in ("access_key", "secret_key", "region"):
             value = getattr(self, name)
-            if name != "region" and is_renderable(value):
+            if name != "region" and (is_renderable(value) or value is None):
                 continue
             if not isinstance(value, str) or not value or value != value.strip():
                 found.append(f"S3Bucket: {name} must be a non-empty string without"
@@ -62,10 +74,18 @@ class S3Bucket:
         if isinstance(self.timeout, bool) or not isinstance(self.timeout, (int, float)) \
                 or self.timeout <= 0:
             found.append("S3Bucket: timeout must be a number of seconds > 0")
+        if not is_whole(self.part_size) or not MIN_PART_SIZE <= self.part_size <= MAX_PART_SIZE:
+            found.append(f"S3Bucket: part_size must be a whole number of bytes from"
+                         f" {MIN_PART_SIZE} (5 MiB) to {MAX_PART_SIZE} (5 GiB), S3's limits")
+        if not is_whole_at_least(self.attempts, 1):
+            found.append("S3Bucket: attempts must be a whole number >= 1 (requests tried"
+                         " that many times, with backoff)")
         return found
 
     async def with_secrets(self, secrets: SecretRenderer) -> S3Bucket:
         """This bucket with its keys rendered (see ``buildbot_farm.secret_values``)."""
+        if self.access_key is None and self.secret_key is None:
+            return self
         return dataclasses.replace(
             self,
             access_key=await secrets.text(self.access_key, "S3Bucket: access_key"),

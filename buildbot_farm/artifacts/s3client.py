@@ -1,28 +1,30 @@
-"""A small blocking S3 client over ``http.client``, signed with :mod:`sigv4`.
+"""The boto3 client of one bucket, and S3's failures as the repository's errors.
 
-Only what the artifact storage needs: HEAD/GET/PUT/DELETE of one object and paginated
-ListObjectsV2. Every method blocks (call it from a ``thd_*`` function); each request uses
-its own connection, so threads never share one. Failures to reach the endpoint, and
-answers that are not S3's, become :class:`S3Unavailable` naming the endpoint.
+boto3 is blocking: every call here runs from a ``thd_*`` function on the reactor's thread
+pool, as the Docker SDK does elsewhere. botocore signs (SigV4), retries with backoff
+(``S3Bucket(attempts=)``, its "standard" mode) and finds credentials: the bucket's keys
+when given, else the standard chain (environment, shared files, web identity, container
+and instance roles).
 """
 
 from __future__ import annotations
 
-import http.client
 import xml.etree.ElementTree as ElementTree
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from email.utils import parsedate_to_datetime
-from typing import BinaryIO
-from urllib.parse import urlsplit
+from typing import Any, TypeVar
+from urllib.parse import quote
 
-from buildbot_farm.artifacts import sigv4
+import boto3
+from botocore.auth import S3SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
 from buildbot_farm.artifacts.s3_config import S3Bucket
 from buildbot_farm.artifacts.storage import StorageError
 
-_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
-BLOCK = 1024 * 1024
+T = TypeVar("T")
 
 
 class S3Unavailable(StorageError):
@@ -32,9 +34,14 @@ class S3Unavailable(StorageError):
 
 
 class S3Refused(StorageError):
-    """The S3 endpoint refused a request (credentials, bucket, or a server error)."""
+    """The S3 endpoint refused a request (credentials, bucket, or a server error);
+    ``answered`` is S3's HTTP status (None when no request was sent)."""
 
     status = 502
+
+    def __init__(self, message: str, answered: int | None = None) -> None:
+        super().__init__(message)
+        self.answered = answered
 
 
 @dataclass(frozen=True)
@@ -55,94 +62,65 @@ class ListedPage:
     next_token: str | None
 
 
-def http_time(value: str | None) -> float:
-    """A ``Last-Modified`` header as a timestamp (0 when absent)."""
-    return parsedate_to_datetime(value).timestamp() if value else 0.0
-
-
-def iso_time(value: str) -> float:
-    """An S3 listing's ``2026-11-22T04:30:00.000Z`` as a timestamp."""
-    moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
-
-
 class S3Client:
-    """Signed requests to one bucket of an S3-compatible service."""
+    """boto3 calls on one bucket, each turning S3's failures into :class:`S3Unavailable`
+    (unreachable, after the retries) or :class:`S3Refused` (an answer with an error)."""
 
     def __init__(self, bucket: S3Bucket) -> None:
         self.bucket = bucket
-        parts = urlsplit(bucket.endpoint)
-        self._https = parts.scheme == "https"
-        self._host = parts.hostname or ""
-        self._port = parts.port
-        self._netloc = parts.netloc.rpartition("@")[2]
-        self._base = parts.path.rstrip("/")
-        self._credentials = sigv4.Credentials(bucket.access_key, bucket.secret_key, bucket.region)
-
-    def signed(
-        self, method: str, key: str | None, query: list[tuple[str, str]],
-        headers: Mapping[str, str], payload_sha256: str = sigv4.EMPTY_SHA256,
-    ) -> tuple[str, dict[str, str]]:
-        """The request target (path and query, encoded) and the signed headers for a request
-        on object ``key`` (None: the bucket itself)."""
-        path = f"{self._base}/{self.bucket.bucket}" + ("" if key is None else "/" + key)
-        all_headers = sigv4.sign(
-            self._credentials, method, path, query, {"host": self._netloc, **headers},
-            payload_sha256, datetime.now(timezone.utc),
+        self.session = boto3.session.Session(
+            aws_access_key_id=bucket.access_key, aws_secret_access_key=bucket.secret_key,
+            region_name=bucket.region,
         )
-        target = sigv4.uri_encode(path, keep_slash=True)
-        encoded_query = sigv4.canonical_query(query)
-        return target + ("?" + encoded_query if encoded_query else ""), all_headers
+        self.boto = self.session.client("s3", endpoint_url=bucket.endpoint, config=Config(
+            signature_version="s3v4", s3={"addressing_style": "path"},
+            connect_timeout=bucket.timeout, read_timeout=bucket.timeout,
+            retries={"mode": "standard", "total_max_attempts": bucket.attempts},
+        ))
 
-    def url(self, target: str) -> str:
-        """The absolute URL of a request target from :meth:`signed`."""
-        return f"{'https' if self._https else 'http'}://{self._netloc}{target}"
-
-    def open(
-        self, method: str, key: str | None, query: list[tuple[str, str]] | None = None,
-        headers: Mapping[str, str] | None = None, body: BinaryIO | bytes | None = None,
-        payload_sha256: str = sigv4.EMPTY_SHA256,
-    ) -> http.client.HTTPResponse:
-        """Send a request and return the response unread; the caller closes it."""
-        target, signed = self.signed(method, key, query or [], headers or {}, payload_sha256)
-        kind = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-        connection = kind(self._host, self._port, timeout=self.bucket.timeout,
-                                      blocksize=BLOCK)
-        if body is None and method in ("PUT", "POST"):
-            body = b""
+    def call(self, operation: str, key: str | None, method: Callable[..., T],
+             **arguments: Any) -> T:
+        """``method(Bucket=..., [Key=key,] **arguments)``, S3's failures translated;
+        ``operation`` names the request in messages (``"PUT"``, ``"list"``)."""
+        if key is not None:
+            arguments["Key"] = key
         try:
-            connection.request(method, target, body=body, headers=signed)
-            return connection.getresponse()
-        except (OSError, http.client.HTTPException) as e:
-            connection.close()
+            return method(Bucket=self.bucket.bucket, **arguments)
+        except ClientError as e:
+            raise self.refusal(operation, key, e) from e
+        except NoCredentialsError as e:
+            raise self.no_credentials() from e
+        except BotoCoreError as e:
             raise S3Unavailable(
                 f"the S3 endpoint {self.bucket.endpoint} is unreachable"
                 f" ({type(e).__name__}: {e}); nothing was changed"
             ) from e
 
-    def call(
-        self, method: str, key: str | None, query: list[tuple[str, str]] | None = None,
-        headers: Mapping[str, str] | None = None, body: BinaryIO | bytes | None = None,
-        payload_sha256: str = sigv4.EMPTY_SHA256, expected: tuple[int, ...] = (200,),
-    ) -> tuple[int, http.client.HTTPMessage, bytes]:
-        """Send a request, read the whole (small) answer; status, headers and body.
+    def no_credentials(self) -> S3Refused:
+        """The error when neither the bucket nor the standard chain gives credentials."""
+        return S3Refused(
+            f"no credentials for the S3 endpoint {self.bucket.endpoint}: give"
+            " S3Bucket(access_key=..., secret_key=...) or set up the standard chain"
+            " (AWS_ACCESS_KEY_ID, ~/.aws/credentials, an instance or web identity role)"
+        )
 
-        A status outside ``expected`` raises :class:`S3Refused` with S3's error code.
-        """
-        response = self.open(method, key, query, headers, body, payload_sha256)
-        try:
-            data = response.read()
-        except (OSError, http.client.HTTPException) as e:
-            raise S3Unavailable(f"the S3 endpoint {self.bucket.endpoint} broke off its"
-                                f" answer ({e})") from e
-        finally:
-            response.close()
-        if response.status not in expected:
-            raise self.refusal(method, key, response.status, data)
-        return response.status, response.headers, data
+    def refusal(self, operation: str, key: str | None, error: ClientError) -> S3Refused:
+        """The error for S3's refusal ``error``, with its status, code and message."""
+        answer = error.response
+        status = answer.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        detail = answer.get("Error", {})
+        return self.refused(operation, key, status, detail.get("Code", ""),
+                            detail.get("Message", ""))
 
-    def refusal(self, method: str, key: str | None, status: int, body: bytes) -> S3Refused:
-        """The error for an unexpected answer, with S3's error code and message."""
+    def refused(self, operation: str, key: str | None, status: int, code: str,
+                message: str) -> S3Refused:
+        """The error for an unexpected answer ``status`` with S3's ``code`` and ``message``."""
+        where = f"{self.bucket.bucket}/{key}" if key is not None else self.bucket.bucket
+        return S3Refused(f"the S3 endpoint {self.bucket.endpoint} answered {operation} {where}"
+                         f" with {status} {code}: {message}".rstrip(": "), status)
+
+    def refused_body(self, operation: str, key: str, status: int, body: bytes) -> S3Refused:
+        """The error for an answer ``status`` whose ``body`` is S3's XML error document."""
         code, message = "", ""
         try:
             root = ElementTree.fromstring(body)
@@ -150,40 +128,31 @@ class S3Client:
             message = root.findtext("Message") or ""
         except ElementTree.ParseError:
             message = body[:200].decode(errors="replace")
-        where = f"{self.bucket.bucket}/{key}" if key is not None else self.bucket.bucket
-        return S3Refused(
-            f"the S3 endpoint {self.bucket.endpoint} answered {method} {where} with"
-            f" {status} {code}: {message}".rstrip(": ")
-        )
+        return self.refused(operation, key, status, code, message)
 
-    def head(self, key: str) -> http.client.HTTPMessage | None:
-        """The headers of object ``key``; None when it does not exist."""
-        status, headers, _ = self.call("HEAD", key, expected=(200, 404))
-        return headers if status == 200 else None
+    def head(self, key: str) -> dict[str, Any] | None:
+        """HeadObject of ``key``; None when it does not exist."""
+        try:
+            return self.call("HEAD", key, self.boto.head_object)
+        except S3Refused as e:
+            if e.answered == 404:
+                return None
+            raise
 
     def list_page(self, prefix: str, delimiter: str | None, token: str | None,
                   max_keys: int = 1000) -> ListedPage:
         """One page of the objects whose keys start with ``prefix``."""
-        query = [("list-type", "2"), ("prefix", prefix), ("max-keys", str(max_keys))]
+        arguments: dict[str, Any] = {"Prefix": prefix, "MaxKeys": max_keys}
         if delimiter:
-            query.append(("delimiter", delimiter))
+            arguments["Delimiter"] = delimiter
         if token:
-            query.append(("continuation-token", token))
-        _, _, body = self.call("GET", None, query)
-        try:
-            root = ElementTree.fromstring(body)
-        except ElementTree.ParseError as e:
-            raise S3Unavailable(f"the S3 endpoint {self.bucket.endpoint} sent a listing that"
-                                f" is not XML ({e})") from e
-        objects = [
-            ListedObject(item.findtext(f"{_NS}Key") or "", int(item.findtext(f"{_NS}Size") or 0),
-                         iso_time(item.findtext(f"{_NS}LastModified") or "1970-01-01T00:00:00Z"))
-            for item in root.iter(f"{_NS}Contents")
-        ]
-        prefixes = [item.findtext(f"{_NS}Prefix") or ""
-                    for item in root.iter(f"{_NS}CommonPrefixes")]
-        truncated = root.findtext(f"{_NS}IsTruncated") == "true"
-        next_token = root.findtext(f"{_NS}NextContinuationToken") if truncated else None
+            arguments["ContinuationToken"] = token
+        page = self.call("list", None, self.boto.list_objects_v2, **arguments)
+        objects = [ListedObject(item["Key"], int(item.get("Size", 0)),
+                                item["LastModified"].timestamp())
+                   for item in page.get("Contents", [])]
+        prefixes = [item["Prefix"] for item in page.get("CommonPrefixes", [])]
+        next_token = page.get("NextContinuationToken") if page.get("IsTruncated") else None
         return ListedPage(objects, prefixes, next_token)
 
     def list_all(self, prefix: str, delimiter: str | None, page_size: int = 1000,
@@ -196,3 +165,16 @@ class S3Client:
             if page.next_token is None:
                 return
             token = page.next_token
+
+    def signed_get(self, key: str, headers: dict[str, str]) -> tuple[str, dict[str, str]]:
+        """The URL and botocore-signed headers of a GET of object ``key`` (plus ``headers``),
+        for a client other than boto3 to send. Blocks: credentials may be fetched."""
+        credentials = self.session.get_credentials()
+        if credentials is None:
+            raise self.no_credentials()
+        url = (f"{self.bucket.endpoint.rstrip('/')}/{self.bucket.bucket}/"
+               f"{quote(key, safe='/~')}")
+        request = AWSRequest("GET", url, headers=headers)
+        S3SigV4Auth(credentials.get_frozen_credentials(), "s3", self.bucket.region
+                    ).add_auth(request)
+        return url, {name: str(value) for name, value in request.headers.items()}

@@ -14,6 +14,7 @@ import os
 import shutil
 import stat
 import tempfile
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -151,7 +152,39 @@ class ArtifactStorage(Protocol):
         """A new private directory inside ``tmp_dir``."""
 
 
-class LocalStorage:
+class SpoolingStorage(ABC):
+    """What every backend shares: an upload is first spooled into ``tmp_dir`` (hashed and
+    size-checked on the way), then handed to the backend's ``thd_adopt``."""
+
+    tmp_dir: Path
+
+    def thd_store(
+        self, segments: Segments, source: BinaryIO, max_size: int, expected_sha256: str | None,
+        overwrite: bool,
+    ) -> Stored:
+        """Store ``source`` (from its start) at ``segments``, completely or not at all.
+
+        Raises :class:`TooLarge`, :class:`DigestMismatch`, :class:`Conflict` (exists and
+        ``overwrite`` is false, or a collection is there) or :class:`InsufficientStorage`
+        (the spool is full); whatever it raises, nothing new is visible.
+        """
+        spooled = thd_spool(source, self.tmp_dir, max_size)
+        return self.thd_adopt(spooled.path, segments, spooled.size, spooled.sha256,
+                              expected_sha256, overwrite)
+
+    @abstractmethod
+    def thd_adopt(
+        self, tmp: Path, segments: Segments, size: int, sha256: str,
+        expected_sha256: str | None, overwrite: bool,
+    ) -> Stored:
+        """Store the hashed upload ``tmp`` (in ``tmp_dir``) at ``segments``; ``tmp`` goes."""
+
+    def thd_staging_dir(self) -> Path:
+        """A new private directory inside :attr:`tmp_dir` for files on their way in."""
+        return Path(tempfile.mkdtemp(dir=self.tmp_dir, prefix="stage-"))
+
+
+class LocalStorage(SpoolingStorage):
     """Artifacts as files under ``root``."""
 
     def __init__(self, root: Path) -> None:
@@ -224,20 +257,6 @@ class LocalStorage:
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as e:
             raise NotFound(f"no artifact file at /{'/'.join(segments)}") from e
         return os.fdopen(fd, "rb")
-
-    def thd_store(
-        self, segments: Segments, source: BinaryIO, max_size: int, expected_sha256: str | None,
-        overwrite: bool,
-    ) -> Stored:
-        """Copy ``source`` (from its start) to ``segments``, creating missing parents.
-
-        Raises :class:`TooLarge`, :class:`DigestMismatch`, :class:`Conflict` (exists and
-        ``overwrite`` is false, or a collection is there) or :class:`InsufficientStorage`;
-        whatever it raises, nothing new is visible.
-        """
-        spooled = thd_spool(source, self.tmp_dir, max_size)
-        return self.thd_adopt(spooled.path, segments, spooled.size, spooled.sha256,
-                              expected_sha256, overwrite)
 
     def thd_import(self, staged: Path, segments: Segments, overwrite: bool) -> Stored:
         """Move the file ``staged`` (inside :attr:`tmp_dir`) to ``segments``, hashing it."""
@@ -322,10 +341,6 @@ class LocalStorage:
         else:
             path.unlink()
         return True
-
-    def thd_staging_dir(self) -> Path:
-        """A new private directory inside :attr:`tmp_dir` for files on their way in."""
-        return Path(tempfile.mkdtemp(dir=self.tmp_dir, prefix="stage-"))
 
 
 def thd_spool(source: BinaryIO, directory: Path, max_size: int) -> SpooledFile:
