@@ -30,6 +30,7 @@ from buildbot_farm.leases.agent_client import AgentClient
 from buildbot_farm.leases.api import CoordinatorResource
 from buildbot_farm.leases.config import FarmCoordinator
 from buildbot_farm.leases.coordinator import Coordinator
+from buildbot_farm.masters import MasterTable
 from buildbot_farm.names import FARM_SERVICE
 from buildbot_farm.ondemand.api import BuildResource, CompatResource, DownloadResource
 from buildbot_farm.ondemand.config import OnDemandBuilds
@@ -321,21 +322,9 @@ class FarmService(service.BuildbotService):
     async def _heartbeat(self) -> None:
         if self.database is None:
             return
-        now = self.master.reactor.seconds()
-
-        async def record(txn: db.Transaction) -> None:
-            changed = await txn.execute(
-                "UPDATE farm_masters SET heartbeat_at = ?, version = ? WHERE name = ?",
-                (now, __version__, self.master.name),
-            )
-            if not changed:
-                await txn.execute(
-                    "INSERT INTO farm_masters (name, started_at, heartbeat_at, version)"
-                    " VALUES (?, ?, ?, ?)",
-                    (self.master.name, now, now, __version__),
-                )
-
-        await self.database.transaction(record)
+        await MasterTable(self.database).heartbeat(
+            self.master.name, self.master.reactor.seconds(), __version__
+        )
 
     def startService(self) -> defer.Deferred[None]:
         """Open the database (via the first reconfig), then start the periodic work."""
@@ -365,9 +354,7 @@ class FarmService(service.BuildbotService):
         if self.database is not None:
             database, self.database = self.database, None
             try:
-                await database.execute(
-                    "DELETE FROM farm_masters WHERE name = ?", (self.master.name,)
-                )
+                await MasterTable(database).forget(self.master.name)
             except db.DatabaseError as e:
                 log.msg(f"farm: could not remove this master's heartbeat: {e}")
             await database.stop()

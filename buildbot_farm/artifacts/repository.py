@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 from urllib.parse import quote
 
-from twisted.internet import threads
 from twisted.python import log
 
 from buildbot_farm.artifacts import paths, tokens
@@ -22,6 +21,7 @@ from buildbot_farm.artifacts.paths import ANY_SEGMENT, Segments
 from buildbot_farm.artifacts.s3 import S3Storage
 from buildbot_farm.artifacts.s3_config import S3Bucket
 from buildbot_farm.artifacts.storage import ArtifactStorage, Entry, LocalStorage, Stored
+from buildbot_farm.thread_pool import in_thread
 
 T = TypeVar("T")
 
@@ -62,7 +62,7 @@ class Repository:
 
     def run_in_thread(self, fn: Callable[..., T], *args: Any) -> Any:
         """Run the blocking ``fn(*args)`` on the reactor's thread pool; a Deferred."""
-        return threads.deferToThreadPool(self._reactor, self._reactor.getThreadPool(), fn, *args)
+        return in_thread(self._reactor, fn, *args)
 
     async def start(self) -> None:
         """Create the storage directories."""

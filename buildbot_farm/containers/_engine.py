@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import docker
-import requests
-from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from docker.errors import APIError, ImageNotFound, NotFound
 from docker.utils.socket import frames_iter
-from twisted.internet import threads
+
+from buildbot_farm.docker_errors import engine_errors
+from buildbot_farm.thread_pool import in_thread
 
 LABEL_PREFIX = "buildbot-farm."
 LABEL_MASTER = f"{LABEL_PREFIX}master"
@@ -48,23 +49,9 @@ class ContainerConfig:
     binds: dict[str, str]
 
 
-@contextlib.contextmanager
-def _explained(doing: str, host: str) -> Iterator[None]:
+def _explained(doing: str, host: str) -> contextlib.AbstractContextManager[None]:
     """Turn SDK and connection errors into EngineError naming what was being done."""
-    try:
-        yield
-    except EngineError:
-        raise
-    except ImageNotFound as error:
-        raise ImageMissing(f"{doing}: {error.explanation or error}") from error
-    except APIError as error:
-        raise EngineError(f"{doing}: the Docker engine at {host} said: "
-                          f"{error.explanation or error}") from error
-    except (DockerException, requests.RequestException, OSError) as error:
-        raise EngineError(
-            f"{doing}: cannot reach the Docker engine at {host} ({error}); check that it runs"
-            " and that the master may use its socket"
-        ) from error
+    return engine_errors(doing, host, EngineError, ImageMissing)
 
 
 def thd_connect(docker_host: str | None) -> docker.DockerClient:
@@ -254,7 +241,3 @@ class Engine:
         return await in_thread(self.reactor, function, self.client, *args)
 
 
-async def in_thread(reactor: Any, function: Callable[..., _T], *args: Any) -> _T:
-    """Run a blocking function on ``reactor``'s thread pool and await its result."""
-    result: _T = await threads.deferToThreadPool(reactor, reactor.getThreadPool(), function, *args)
-    return result

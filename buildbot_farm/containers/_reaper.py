@@ -7,7 +7,8 @@ from typing import Any
 
 from twisted.python import log
 
-from buildbot_farm.containers._engine import EngineError, in_thread, thd_connect, thd_reap
+from buildbot_farm.containers._engine import EngineError, thd_connect, thd_reap
+from buildbot_farm.thread_pool import in_thread
 
 
 async def reap_leftovers(reactor: Any, master_name: str, engines: Sequence[str | None]) -> int:

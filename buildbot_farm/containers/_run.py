@@ -22,11 +22,12 @@ from buildbot_farm.containers._collect import (
     consume_into,
     plan_collection,
 )
-from buildbot_farm.containers._engine import ContainerConfig, Engine, in_thread
+from buildbot_farm.containers._engine import ContainerConfig, Engine
 from buildbot_farm.containers._outputs import parse_outputs
 from buildbot_farm.containers._paths import OUTPUTS_FILE, InputMap, OutputFilter
 from buildbot_farm.containers._tar import Data, TarReader
 from buildbot_farm.containers._transfer import control_tar
+from buildbot_farm.thread_pool import in_thread
 
 OUTPUTS_LIMIT = 1 << 20
 

@@ -22,7 +22,7 @@ from twisted.python import log
 from buildbot_farm.artifacts.steps import NoRepository, find_repository, publish_files
 from buildbot_farm.config_checks import STEP_ARGUMENTS, checked_keywords
 from buildbot_farm.containers._collect import Packed, UnsafeOutputs
-from buildbot_farm.containers._engine import STDERR, ContainerConfig, Engine, EngineError, in_thread
+from buildbot_farm.containers._engine import STDERR, ContainerConfig, Engine, EngineError
 from buildbot_farm.containers._outputs import OutputsError
 from buildbot_farm.containers._paths import OUTPUTS_FILE
 from buildbot_farm.containers._pipe import ChunkPipe, PipeBroken
@@ -34,6 +34,7 @@ from buildbot_farm.containers._transfer import (
     file_as_tar,
     owned_by_root,
 )
+from buildbot_farm.thread_pool import in_thread
 
 BLOCKSIZE = 512 * 1024
 UNPACK_SCRIPT = Path(__file__).with_name("unpack.py")

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Iterator
 from typing import Any, Callable, TypeVar
 from urllib.parse import quote
 
-from twisted.internet import defer, threads
+from twisted.internet import defer
 from twisted.python import log
 
 from buildbot_farm.db._api import (
@@ -32,6 +32,7 @@ from buildbot_farm.db._api import (
 )
 from buildbot_farm.db._errors import DatabaseUnavailable, IntegrityError, NoDatabase
 from buildbot_farm.db._url import MEMORY, DatabaseURL
+from buildbot_farm.thread_pool import in_thread
 
 T = TypeVar("T")
 
@@ -63,15 +64,16 @@ def sha256_hex(text: str | bytes | None) -> str | None:
 class _SqliteTransaction(Transaction):
     dialect = SQLITE_DIALECT
 
-    def __init__(self, database: SqliteDatabase) -> None:
+    def __init__(self, database: SqliteDatabase, reactor: Any) -> None:
         self._database = database
+        self._reactor = reactor
         self.notifications: list[tuple[str, str]] = []
 
     async def execute(self, sql: str, params: Params = ()) -> int:
-        return await self._database.run_in_thread(self._database.thd_execute, sql, params)
+        return await in_thread(self._reactor, self._database.thd_execute, sql, params)
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
-        return await self._database.run_in_thread(self._database.thd_fetchall, sql, params)
+        return await in_thread(self._reactor, self._database.thd_fetchall, sql, params)
 
     async def executescript(self, script: str) -> None:
         for statement in split_script(script):
@@ -112,16 +114,12 @@ class SqliteDatabase(Database):
         self._reader_lock = threading.Lock()
         self._listeners: defaultdict[str, list[NotifyCallback]] = defaultdict(list)
 
-    def run_in_thread(self, fn: Callable[..., T], *args: Any) -> defer.Deferred[T]:
-        """Run a blocking ``thd_*`` function on the reactor's thread pool."""
-        return threads.deferToThreadPool(self._reactor, self._reactor.getThreadPool(), fn, *args)
-
     async def start(self) -> None:
         """Open the database file, creating it if it does not exist (and ``create``)."""
         if self._connection is None:
-            self._connection = await self.run_in_thread(self.thd_connect)
+            self._connection = await in_thread(self._reactor, self.thd_connect)
         if self._reader is None and self.url.path != MEMORY:
-            self._reader = await self.run_in_thread(self.thd_connect_reader)
+            self._reader = await in_thread(self._reactor, self.thd_connect_reader)
 
     async def stop(self) -> None:
         """Close the file once the running transaction has finished."""
@@ -129,10 +127,10 @@ class SqliteDatabase(Database):
         try:
             if self._reader is not None:
                 reader, self._reader = self._reader, None
-                await self.run_in_thread(self._thd_close_reader, reader)
+                await in_thread(self._reactor, self._thd_close_reader, reader)
             if self._connection is not None:
                 connection, self._connection = self._connection, None
-                await self.run_in_thread(connection.close)
+                await in_thread(self._reactor, connection.close)
         finally:
             self._lock.release()
 
@@ -227,22 +225,22 @@ class SqliteDatabase(Database):
         in-memory database (which has no second connection), queue for a transaction.
         """
         if self._reader is not None and sql.lstrip()[:6].upper() == "SELECT":
-            return await self.run_in_thread(self.thd_read, sql, params)
+            return await in_thread(self._reactor, self.thd_read, sql, params)
         return await super().fetchall(sql, params)
 
     async def transaction(self, fn: Callable[[Transaction], Awaitable[T]]) -> T:
         """Run ``fn`` in a ``BEGIN IMMEDIATE`` transaction, one transaction at a time."""
         await self._lock.acquire()
         try:
-            txn = _SqliteTransaction(self)
-            await self.run_in_thread(self._thd_begin)
+            txn = _SqliteTransaction(self, self._reactor)
+            await in_thread(self._reactor, self._thd_begin)
             try:
                 result = await fn(txn)
-                await self.run_in_thread(self.thd_execute, "COMMIT", ())
+                await in_thread(self._reactor, self.thd_execute, "COMMIT", ())
             except Exception:
                 # Not BaseException: a coroutine being closed (GeneratorExit) may not await;
                 # the transaction it leaves open is rolled back by the next _thd_begin.
-                await self.run_in_thread(self._thd_rollback)
+                await in_thread(self._reactor, self._thd_rollback)
                 raise
         finally:
             self._lock.release()

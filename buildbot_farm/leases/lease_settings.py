@@ -40,7 +40,7 @@ class LeaseSettingsError(Exception):
 
 
 @dataclass(frozen=True)
-class LeaseSettings:
+class CoordinatorAccess:
     """Where the coordinator is, and who we are to it."""
 
     url: str
@@ -54,7 +54,7 @@ def default_config_path(environ: Mapping[str, str]) -> Path:
     return Path(base) / "buildbot-farm" / "lease.ini"
 
 
-def load_settings(config: str | None, environ: Mapping[str, str]) -> LeaseSettings:
+def load_settings(config: str | None, environ: Mapping[str, str]) -> CoordinatorAccess:
     """Read the settings, the environment winning over the file; LeaseSettingsError if one lacks.
 
     ``config`` is an explicit file, which must exist; the default file may be absent.
@@ -80,7 +80,7 @@ def load_settings(config: str | None, environ: Mapping[str, str]) -> LeaseSettin
         keys.check_user(values["user"])
     except ValueError as e:
         raise LeaseSettingsError(str(e)) from None
-    return LeaseSettings(values["url"], values["user"], values["key"])
+    return CoordinatorAccess(values["url"], values["user"], values["key"])
 
 
 def _read_config(path: Path, required: bool) -> dict[str, str]:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from buildbot import config
 from buildbot.data import resultspec
 from buildbot.process.results import RETRY, Results
-from twisted.internet import defer, threads
+from twisted.internet import defer
 from twisted.python import log
 
 from buildbot_farm import db
@@ -29,6 +29,7 @@ from buildbot_farm.ondemand.jobs import (
 )
 from buildbot_farm.ondemand.signing import ArtifactSigner
 from buildbot_farm.secret_values import is_pem
+from buildbot_farm.thread_pool import in_thread
 
 if TYPE_CHECKING:
     from buildbot_farm.context import FarmContext
@@ -94,9 +95,7 @@ class OnDemandHost:
             path = Path(self.master.basedir, value)
             reactor = self.master.reactor
             try:
-                signer = await threads.deferToThreadPool(
-                    reactor, reactor.getThreadPool(), ArtifactSigner.thd_from_file, path
-                )
+                signer = await in_thread(reactor, ArtifactSigner.thd_from_file, path)
             except (OSError, ValueError) as e:
                 raise config.ConfigErrors(
                     [f"FarmService: on_demand signing_key: cannot use {path}: {e}"]

@@ -10,6 +10,7 @@ from twisted.web import resource, server
 from twisted.web.server import Request
 
 from buildbot_farm.db import Database, DatabaseError
+from buildbot_farm.masters import MasterTable
 from buildbot_farm.web._json import json_error, json_response
 
 OPENAPI: dict[str, Any] = {
@@ -128,9 +129,7 @@ class StatusResource(resource.Resource):
         if database is None:
             raise DatabaseError("the farm service is not running")
         version = await database.fetchone("SELECT MAX(version) AS v FROM farm_schema_version")
-        masters = await database.fetchall(
-            "SELECT name, started_at, heartbeat_at, version FROM farm_masters ORDER BY name"
-        )
+        masters = await MasterTable(database).all()
         return {
             "backend": database.dialect.name,
             "schema_version": int(version["v"]) if version else 0,

@@ -17,22 +17,23 @@ import json
 import tarfile
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
 import docker
-import requests
-from docker.errors import APIError, DockerException, ImageNotFound, NotFound
-from twisted.internet import task, threads
+from docker.errors import APIError, ImageNotFound, NotFound
+from twisted.internet import task
 from twisted.python import log
 
 from buildbot_farm.agent import AGENT_PATH
+from buildbot_farm.docker_errors import engine_errors
 from buildbot_farm.leases.providers.base import (
     AGENT_START_DEADLINE,
     BuildletProvider,
     ProviderError,
     StartedBuildlet,
 )
+from buildbot_farm.thread_pool import in_thread
 
 BUILDLET_LABEL = "buildbot_farm.buildlet"
 INSTANCE_LABEL = "buildbot_farm.provider"
@@ -122,13 +123,13 @@ class DockerProvider(BuildletProvider):
         self, name: str, secret: str, on_handle: Callable[[str], object]
     ) -> StartedBuildlet:
         """Create the container, copy the agent in, start it and wait for its URL."""
-        container = await self._in_thread(self.thd_create, name)
+        container = await in_thread(self._reactor, self.thd_create, name)
         handle = json.dumps({"container": container})
         try:
             recorded = on_handle(handle)
             if inspect.isawaitable(recorded):
                 await recorded
-            output = await self._in_thread(self.thd_start, container, secret)
+            output = await in_thread(self._reactor, self.thd_start, container, secret)
             try:
                 url = await self._wait_ready(name, container, output)
             finally:
@@ -202,8 +203,8 @@ class DockerProvider(BuildletProvider):
     async def _wait_ready(self, name: str, container: str, attached: _Output) -> str:
         deadline = self._reactor.seconds() + self._start_timeout
         while True:
-            running = not attached.ended.is_set() or await self._in_thread(
-                self.thd_running, container
+            running = not attached.ended.is_set() or await in_thread(
+                self._reactor, self.thd_running, container
             )
             output = attached.text()
             for line in output.splitlines():
@@ -231,7 +232,7 @@ class DockerProvider(BuildletProvider):
 
     async def destroy(self, handle: str) -> None:
         """Remove the buildlet's container (killing it); quiet when it is already gone."""
-        await self._in_thread(self.thd_remove, json.loads(handle)["container"])
+        await in_thread(self._reactor, self.thd_remove, json.loads(handle)["container"])
 
     def thd_remove(self, container: str) -> None:
         """Force-remove ``container`` and its anonymous volumes, unless gone (blocking)."""
@@ -260,7 +261,7 @@ class DockerProvider(BuildletProvider):
     async def reap(self, known_handles: set[str]) -> list[str]:
         """Remove this instance's containers whose handles are not in ``known_handles``."""
         known = {json.loads(h)["container"] for h in known_handles if h}
-        return await self._in_thread(self.thd_reap, known)
+        return await in_thread(self._reactor, self.thd_reap, known)
 
     def thd_reap(self, known: set[str]) -> list[str]:
         """The blocking part of :meth:`reap`."""
@@ -291,17 +292,9 @@ class DockerProvider(BuildletProvider):
                     self._client = docker.APIClient(version="auto", **kwargs)
             return self._client
 
-    @contextlib.contextmanager
-    def _engine_errors(self, doing: str) -> Iterator[None]:
+    def _engine_errors(self, doing: str) -> contextlib.AbstractContextManager[None]:
         """Turn the SDK's errors into ProviderErrors that say what failed, why, and where."""
-        try:
-            yield
-        except (DockerException, requests.RequestException) as e:
-            explanation = getattr(e, "explanation", None) or e
-            raise ProviderError(f"{doing}: {explanation} (Docker engine: {self._engine})") from e
-
-    def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return threads.deferToThreadPool(self._reactor, self._reactor.getThreadPool(), fn, *args)
+        return engine_errors(doing, self._engine, ProviderError)
 
 
 class _Output:

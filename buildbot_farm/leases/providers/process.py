@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from twisted.internet import task, threads
+from twisted.internet import task
 from twisted.python import log
 
 from buildbot_farm.agent import AGENT_PATH
@@ -45,6 +45,7 @@ from buildbot_farm.leases.providers.isolation import (
     exposing,
     make_private_dir,
 )
+from buildbot_farm.thread_pool import in_thread
 
 READY_PREFIX = "BUILDLET-READY "
 PYTHON_PREFIXES = (
@@ -112,7 +113,7 @@ class ProcessProvider(BuildletProvider):
     ) -> StartedBuildlet:
         """Spawn the agent in ``ROOT/NAME`` and wait for it to announce its URL."""
         home = self.root / name
-        pid = await self._in_thread(self.thd_spawn, home, secret)
+        pid = await in_thread(self._reactor, self.thd_spawn, home, secret)
         handle = json.dumps({"dir": str(home), "pid": pid})
         await _maybe_await(on_handle(handle))
         deadline = self._reactor.seconds() + self._start_timeout
@@ -280,7 +281,7 @@ class ProcessProvider(BuildletProvider):
     async def destroy(self, handle: str) -> None:
         """Stop the agent's whole process group and remove its directory."""
         details = json.loads(handle)
-        await self._in_thread(self.thd_destroy, Path(details["dir"]), int(details["pid"]))
+        await in_thread(self._reactor, self.thd_destroy, Path(details["dir"]), int(details["pid"]))
 
     def thd_destroy(self, home: Path, pid: int) -> None:
         """Kill the agent (if it is still ours) and delete ``home`` (blocking)."""
@@ -291,7 +292,7 @@ class ProcessProvider(BuildletProvider):
     async def reap(self, known_handles: set[str]) -> list[str]:
         """Destroy buildlet directories (and their agents) that no known handle names."""
         known_dirs = {json.loads(h)["dir"] for h in known_handles if h}
-        return await self._in_thread(self.thd_reap, known_dirs)
+        return await in_thread(self._reactor, self.thd_reap, known_dirs)
 
     def thd_reap(self, known_dirs: set[str]) -> list[str]:
         """The blocking part of :meth:`reap`."""
@@ -305,9 +306,6 @@ class ProcessProvider(BuildletProvider):
             self.thd_destroy(home, int(pid_text) if pid_text.isdigit() else -1)
             reaped.append(f"process buildlet {home.name} (pid {pid_text or 'unknown'})")
         return reaped
-
-    def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return threads.deferToThreadPool(self._reactor, self._reactor.getThreadPool(), fn, *args)
 
 
 def _probe(bwrap: str) -> str:
