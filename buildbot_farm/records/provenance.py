@@ -2,19 +2,25 @@
 
 Pure: no buildbot, no twisted. :func:`statement` describes a record; :class:`Signer`
 wraps it in a signed envelope; :func:`verify_envelope` checks one against a public key.
+The envelopes are securesystemslib's (its DSSE ``Envelope``, ``CryptoSigner`` and
+``SSlibKey``); keys stay PEM files (PKCS#8 private, SubjectPublicKeyInfo public) and key
+ids stay the sha256 of the raw public key, so envelopes signed before verify the same.
 """
 
 from __future__ import annotations
 
-import base64
+import binascii
+import copy
 import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from securesystemslib.dsse import Envelope
+from securesystemslib.exceptions import FormatError, VerificationError
+from securesystemslib.signer import CryptoSigner, SSlibKey
 
 from buildbot_farm.records.model import Binary, BuildRecord, rfc3339
 
@@ -88,25 +94,24 @@ def statement(record: BuildRecord, builder_id: str) -> dict[str, Any]:
     }
 
 
-def pae(payload_type: str, payload: bytes) -> bytes:
-    """DSSE's pre-authentication encoding of a payload: the bytes that are signed."""
-    kind = payload_type.encode()
-    return b"DSSEv1 %d %s %d %s" % (len(kind), kind, len(payload), payload)
-
-
 def key_id(public_key: Ed25519PublicKey) -> str:
     """The key id put in signatures: sha256 of the raw public key, in hex."""
     raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return hashlib.sha256(raw).hexdigest()
 
 
+def sslib_key(public_key: Ed25519PublicKey) -> SSlibKey:
+    """``public_key`` as securesystemslib's key, under the farm's :func:`key_id`."""
+    return SSlibKey.from_crypto(public_key, keyid=key_id(public_key))
+
+
 class Signer:
     """Signs statements with one Ed25519 private key."""
 
     def __init__(self, private_key: Ed25519PrivateKey) -> None:
-        self._key = private_key
         self.public_key = private_key.public_key()
         self.key_id = key_id(self.public_key)
+        self._signer = CryptoSigner(private_key, sslib_key(self.public_key))
 
     @classmethod
     def from_file(cls, path: Path, create: bool = False) -> Signer:
@@ -141,14 +146,10 @@ class Signer:
     def envelope(self, document: dict[str, Any]) -> dict[str, Any]:
         """``document`` as a DSSE envelope signed with this key."""
         payload = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
-        signature = self._key.sign(pae(PAYLOAD_TYPE, payload))
-        return {
-            "payloadType": PAYLOAD_TYPE,
-            "payload": base64.b64encode(payload).decode(),
-            "signatures": [
-                {"keyid": self.key_id, "sig": base64.b64encode(signature).decode()}
-            ],
-        }
+        envelope = Envelope(payload, PAYLOAD_TYPE, {})
+        envelope.sign(self._signer)
+        signed: dict[str, Any] = envelope.to_dict()
+        return signed
 
 
 def signed_provenance(signer: Signer, record: BuildRecord, builder_id: str) -> bytes:
@@ -186,20 +187,18 @@ def verify_envelope(envelope: Any, public_key: Ed25519PublicKey) -> dict[str, An
     if envelope.get("payloadType") != PAYLOAD_TYPE:
         raise VerificationFailed(f"payloadType is not {PAYLOAD_TYPE}")
     try:
-        payload = base64.b64decode(envelope["payload"], validate=True)
-        signatures = [base64.b64decode(s["sig"], validate=True) for s in envelope["signatures"]]
-    except (KeyError, TypeError, ValueError) as e:
-        raise VerificationFailed(f"malformed envelope: {e}") from e
-    for signature in signatures:
-        try:
-            public_key.verify(signature, pae(PAYLOAD_TYPE, payload))
-        except InvalidSignature:
-            continue
-        try:
-            document = json.loads(payload)
-        except ValueError as e:
-            raise VerificationFailed(f"the signed payload is not JSON: {e}") from e
-        if not isinstance(document, dict) or document.get("_type") != STATEMENT_TYPE:
-            raise VerificationFailed("the signed payload is not an in-toto Statement v1")
-        return document
-    raise VerificationFailed("no signature in the envelope was made by this public key")
+        parsed = Envelope.from_dict(copy.deepcopy(envelope))
+    except (KeyError, TypeError, AttributeError, ValueError, binascii.Error, FormatError) as e:
+        raise VerificationFailed(f"malformed envelope: {type(e).__name__}: {e}") from e
+    try:
+        parsed.verify([sslib_key(public_key)], 1)
+    except VerificationError as e:
+        raise VerificationFailed(
+            "no signature in the envelope was made by this public key") from e
+    try:
+        document = json.loads(parsed.payload)
+    except ValueError as e:
+        raise VerificationFailed(f"the signed payload is not JSON: {e}") from e
+    if not isinstance(document, dict) or document.get("_type") != STATEMENT_TYPE:
+        raise VerificationFailed("the signed payload is not an in-toto Statement v1")
+    return document

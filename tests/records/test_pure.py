@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
 
 from buildbot_farm.records.model import InvalidRecord, default_version, parse_record
 from buildbot_farm.records.provenance import (
+    PAYLOAD_TYPE,
     PREDICATE_TYPE,
     Signer,
     VerificationFailed,
@@ -119,6 +128,34 @@ def test_provenance_is_signed_and_verified(tmp_path: Path) -> None:
     forged = dict(envelope, payload=base64.b64encode(b'{"_type": "x"}').decode())
     with pytest.raises(VerificationFailed):
         verify_envelope(forged, signer.public_key)
+
+
+def test_envelopes_and_keys_from_before_securesystemslib_still_verify(tmp_path: Path) -> None:
+    """A key file and an envelope made the way the farm made them by hand (PKCS#8 PEM,
+    key id = sha256 of the raw public key, base64 signature over DSSE's PAE) load and
+    verify; the same envelope with its payload changed does not."""
+    private = Ed25519PrivateKey.generate()
+    (tmp_path / "key.pem").write_bytes(private.private_bytes(
+        Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    raw = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    document = {"_type": "https://in-toto.io/Statement/v1", "subject": []}
+    payload = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+    kind = PAYLOAD_TYPE.encode()
+    signed = b"DSSEv1 %d %s %d %s" % (len(kind), kind, len(payload), payload)
+    old = {"payloadType": PAYLOAD_TYPE, "payload": base64.b64encode(payload).decode(),
+           "signatures": [{"keyid": hashlib.sha256(raw).hexdigest(),
+                           "sig": base64.b64encode(private.sign(signed)).decode()}]}
+    signer = Signer.from_file(tmp_path / "key.pem")
+    assert signer.key_id == old["signatures"][0]["keyid"]
+    assert verify_envelope(old, signer.public_key) == document
+    assert signer.envelope(document)["signatures"] == old["signatures"]  # Ed25519: same sig
+    tampered = dict(old, payload=base64.b64encode(payload.replace(b"[]", b"[1]")).decode())
+    with pytest.raises(VerificationFailed, match="no signature"):
+        verify_envelope(tampered, signer.public_key)
+    for broken in ({**old, "payload": "%%%"}, {**old, "signatures": [{"sig": "AA=="}]},
+                   {**old, "signatures": "x"}):
+        with pytest.raises(VerificationFailed, match="malformed envelope"):
+            verify_envelope(broken, signer.public_key)
 
 
 def test_verify_command_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
