@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet import defer, protocol, threads
+from twisted.internet import defer, protocol
 from twisted.python import failure, log
 from twisted.web import http
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, readBody
@@ -25,6 +25,7 @@ from buildbot_farm.artifacts.paths import Segments
 from buildbot_farm.artifacts.repository import Repository
 from buildbot_farm.artifacts.s3 import S3Storage
 from buildbot_farm.artifacts.storage import Entry, LocalStorage, StorageError
+from buildbot_farm.thread_pool import in_thread
 from buildbot_farm.web._json import json_error
 
 
@@ -130,8 +131,7 @@ async def send_object(
     if ranges is not None and (if_range is None or if_range.strip() == etag):
         wanted["range"] = ranges.decode("latin-1")
     try:
-        url, signed = await threads.deferToThreadPool(
-            reactor, reactor.getThreadPool(), storage.thd_signed_get, segments, wanted)
+        url, signed = await in_thread(reactor, storage.thd_signed_get, segments, wanted)
     except StorageError as e:
         return json_error(request, e.status, str(e))
     agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
