@@ -147,6 +147,11 @@ class ArtifactIndex:
                 )
         return found
 
+    async def all_files(self) -> dict[str, tuple[int, str]]:
+        """Every indexed file: path -> (size, sha256)."""
+        rows = await self._db.fetchall("SELECT path, size, sha256 FROM farm_artifacts", ())
+        return {row["path"]: (int(row["size"]), row["sha256"]) for row in rows}
+
     async def forget(self, path: str) -> None:
         """Remove ``path`` and everything indexed below it from the index."""
         await self._db.execute(

@@ -1,23 +1,96 @@
 """Downloads of artifacts kept in a local directory.
 
-``twisted.web.static.File`` does the HTTP part (Content-Length, Last-Modified, Range,
-HEAD, content type); :class:`LocalFile` only replaces how the bytes are sent. static.File
-registers a pull producer that reads 64 KiB per turn of the reactor, which keeps a
-download at about half of nginx's speed; :class:`FileSender` is a push producer reading
-:data:`READ_SIZE` bytes at a time, writing until the connection asks it to pause, and
-letting the connection pass each read to the kernel in one piece.
-Requests for several ranges at once keep static.File's own producer.
+A whole file the in-memory index knows (:mod:`.known_files`) is answered on the reactor,
+with no thread-pool or database trip: :func:`open_known` opens it (``O_NOFOLLOW`` on its
+last name, then checks where the descriptor really leads, so a symbolic link anywhere on
+the way sends the request the slow way, which refuses it) and :func:`send_open_file`
+answers: ETag and Last-Modified (with their conditional requests), Content-Length, a
+content type by the file's name; the body in one write up to :data:`SMALL_FILE` bytes,
+else by a :class:`FileSender`.
+
+A GET with a Range header, or of a file the index does not know, takes the slow way: the
+storage checks the path on the thread pool, the index gives the digest, and
+:class:`LocalFile` answers. It is the one place that uses ``twisted.web.static.File``
+internals (its Range parsing and headers; see the class). static.File's own producer
+reads 64 KiB per turn of the reactor, which keeps a download at about half of nginx's
+speed; :class:`FileSender` is a push producer reading :data:`READ_SIZE` bytes at a time,
+writing until the connection asks it to pause, and letting the connection pass each read
+to the kernel in one piece. Requests for several ranges at once keep static.File's own
+producer.
 """
 
 from __future__ import annotations
 
+import os
+import stat
 from typing import Any, BinaryIO
 
 from twisted.internet import interfaces
 from twisted.web import http, static
+from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
+from buildbot_farm.artifacts.known_files import KnownFile
+
 READ_SIZE = 1024 * 1024
+# Files up to this size are read in one go and answered in one write.
+SMALL_FILE = 256 * 1024
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def open_known(root: str, path: str, known: KnownFile) -> tuple[int, os.stat_result] | None:
+    """The file ``root/path`` open for reading (a descriptor, and its stat) when it is
+    still the file ``known`` describes; None when the request must go the slow way.
+
+    ``root`` is the storage's resolved directory; ``path`` has safe segments only (no
+    ``..``, no empty segment; see :mod:`.paths`). A symbolic link as the last name fails
+    the open (``O_NOFOLLOW``); one on the way makes the descriptor lead elsewhere than
+    ``root/path``: both go the slow way. The first match pins the file's identity.
+    """
+    full = root + "/" + path
+    try:
+        fd = os.open(full, _OPEN_FLAGS)
+    except OSError:
+        return None
+    try:
+        if os.readlink(f"/proc/self/fd/{fd}") != full:
+            raise OSError("the path leads elsewhere")
+        info = os.fstat(fd)
+    except OSError:
+        os.close(fd)
+        return None
+    identity = (info.st_ino, info.st_mtime_ns, info.st_size)
+    if not stat.S_ISREG(info.st_mode) or info.st_size != known.size or (
+        known.identity is not None and known.identity != identity
+    ):
+        os.close(fd)
+        return None
+    known.identity = identity
+    return fd, info
+
+
+def send_open_file(
+    request: Any, fd: int, info: os.stat_result, sha256: str, content_type: str
+) -> Any:
+    """Answer a GET or HEAD (no Range) with the whole open file ``fd``; it is closed when
+    done. The response body (as ``render`` returns it) or NOT_DONE_YET."""
+    request.setHeader(b"accept-ranges", b"bytes")
+    if (request.setETag(f'"{sha256}"'.encode()) is http.CACHED
+            or request.setLastModified(info.st_mtime) is http.CACHED):
+        os.close(fd)
+        return b""
+    request.setHeader(b"content-type", content_type.encode())
+    request.setHeader(b"content-length", str(info.st_size).encode())
+    if request.method == b"HEAD":
+        os.close(fd)
+        return b""
+    if info.st_size <= SMALL_FILE:
+        try:
+            return os.read(fd, info.st_size)
+        finally:
+            os.close(fd)
+    FileSender(request, os.fdopen(fd, "rb")).start()
+    return NOT_DONE_YET
 
 
 @implementer(interfaces.IPushProducer)
@@ -76,7 +149,17 @@ class FileSender:
 
 
 class LocalFile(static.File):
-    """static.File sending whole files and single ranges with a :class:`FileSender`."""
+    """static.File sending whole files and single ranges with a :class:`FileSender`.
+
+    Compatibility: this class calls static.File's private ``_setContentHeaders``,
+    ``_parseRangeHeader`` and ``_doSingleRangeRequest`` (Twisted 22-24), so Range requests
+    are parsed and answered exactly as static.File does; the rest of the farm uses no
+    static.File internals. No Content-Encoding is announced (static.File would say gzip
+    for ``.gz``, so clients would unpack the artifact): a ``.tar.gz`` is its bytes, as in
+    the fast way and from S3.
+    """
+
+    contentEncodings: dict[str, str] = {}  # noqa: N815  (static.File's attribute)
 
     def makeProducer(self, request: Any, fileForReading: Any) -> Any:  # noqa: N802, N803
         """The producer for ``request``'s body; sets the status and Content-* headers."""

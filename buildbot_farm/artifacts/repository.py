@@ -17,6 +17,7 @@ from twisted.python import log
 from buildbot_farm.artifacts import paths, tokens
 from buildbot_farm.artifacts.config import ArtifactRepository
 from buildbot_farm.artifacts.index import ArtifactIndex, Grant, IndexedFile, TokenRefused
+from buildbot_farm.artifacts.known_files import KnownFiles
 from buildbot_farm.artifacts.paths import ANY_SEGMENT, Segments
 from buildbot_farm.artifacts.s3 import S3Storage
 from buildbot_farm.artifacts.s3_config import S3Bucket
@@ -54,6 +55,8 @@ class Repository:
         self.index = index
         self._reactor = reactor
         self.public_url = public_url if public_url.endswith("/") else public_url + "/"
+        # The index in memory, for GETs of local files without a thread or database trip.
+        self.known = KnownFiles()
 
     @property
     def reactor(self) -> Any:
@@ -65,8 +68,10 @@ class Repository:
         return in_thread(self._reactor, fn, *args)
 
     async def start(self) -> None:
-        """Create the storage directories."""
+        """Create the storage directories; load the index into memory (local storage)."""
         await self.run_in_thread(self.storage.thd_prepare)
+        if isinstance(self.storage, LocalStorage):
+            self.known.replace_all(await self.index.all_files())
 
     def url_for(self, segments: Segments, collection: bool = False) -> str:
         """The public download URL of ``segments``."""
@@ -141,10 +146,12 @@ class Repository:
         self, segments: Segments, prefix: Segments, stored: Stored, build_id: int | None
     ) -> None:
         prefix_path = paths.join(prefix)
+        path = paths.join(segments)
         await self.index.record(
-            paths.join(segments), prefix_path, stored.size, stored.sha256, build_id,
+            path, prefix_path, stored.size, stored.sha256, build_id,
             self.config.retention_for(prefix_path),
         )
+        self.known.put(path, stored.size, stored.sha256)
 
     async def stat(self, segments: Segments) -> Entry | None:
         """What is stored at ``segments``; None when nothing is."""
@@ -167,7 +174,8 @@ class Repository:
                 )
                 await self.index.record(path, path.rpartition("/")[0], size, sha256, None, None)
             else:
-                sha256 = row.sha256
+                size, sha256 = row.size, row.sha256
+            self.known.put(path, size, sha256)
             described.append(Described(entry, sha256))
         return described
 
@@ -182,8 +190,10 @@ class Repository:
 
     async def delete(self, segments: Segments) -> bool:
         """Delete a file or collection and its index rows; False when nothing was there."""
+        self.known.forget(paths.join(segments))
         deleted: bool = await self.run_in_thread(self.storage.thd_delete, segments)
         await self.index.forget(paths.join(segments))
+        self.known.forget(paths.join(segments))
         return deleted
 
     async def sweep(self) -> None:

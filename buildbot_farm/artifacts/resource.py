@@ -10,6 +10,7 @@ body arrives already streamed into the storage (:mod:`.upload`) and is only plac
 
 from __future__ import annotations
 
+import os
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
@@ -18,10 +19,10 @@ from twisted.python import log
 from twisted.web import http, resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from buildbot_farm.artifacts import download, paths, spool, views
+from buildbot_farm.artifacts import download, local_files, paths, spool, views
 from buildbot_farm.artifacts.paths import RESERVED_PREFIX, Segments, UnsafePath
 from buildbot_farm.artifacts.repository import Repository
-from buildbot_farm.artifacts.storage import Entry, StorageError
+from buildbot_farm.artifacts.storage import Entry, LocalStorage, StorageError
 from buildbot_farm.artifacts.write_access import (
     WriteRefused,
     authorise_put,
@@ -49,9 +50,18 @@ class ArtifactResource(resource.Resource):
     def __init__(self, repository: Repository) -> None:
         super().__init__()
         self.repository = repository
+        storage = repository.storage
+        # Where the fast way finds files (as /proc/self/fd shows them); None: not local.
+        self._root = (os.path.realpath(storage.location).rstrip("/")
+                      if isinstance(storage, LocalStorage) else None)
 
     def render(self, request: Request) -> Any:
-        """Answer ``request`` asynchronously (every method goes through :meth:`_answer`)."""
+        """Answer ``request``: a GET or HEAD of a local file the index knows at once
+        (:meth:`_known_file`), every other request asynchronously through :meth:`_answer`."""
+        if request.method in (b"GET", b"HEAD"):
+            answered = self._known_file(request)
+            if answered is not None:
+                return answered
         gone: list[bool] = []
         request.notifyFinish().addErrback(lambda _: gone.append(True))
         d = defer.ensureDeferred(self._answer(request))
@@ -70,6 +80,26 @@ class ArtifactResource(resource.Resource):
         d.addCallback(send)
         d.addErrback(crash)
         return NOT_DONE_YET
+
+    def _known_file(self, request: Request) -> Any:
+        """The answer to a GET or HEAD of a whole local file the index knows, given on the
+        reactor without a thread or database trip; None to go the slow way."""
+        if self._root is None or request.getHeader(b"range") is not None:
+            return None
+        raw = request.path.split(b"/")[1 + len(request.prepath or ()):]
+        try:
+            segments, trailing = paths.split_request_path(raw)
+        except UnsafePath:
+            return None
+        path = paths.join(segments)
+        known = self.repository.known.get(path)
+        if trailing or known is None:
+            return None
+        opened = local_files.open_known(self._root, path, known)
+        if opened is None:
+            return None
+        return local_files.send_open_file(request, *opened, known.sha256,
+                                          views.content_type(segments[-1]))
 
     async def _answer(self, request: Request) -> bytes | None:
         raw = request.path.split(b"/")[1 + len(request.prepath or ()):]
@@ -108,6 +138,7 @@ class ArtifactResource(resource.Resource):
     async def _get(self, request: Request, segments: Segments, trailing: bool) -> bytes:
         entry = await self.repository.stat(segments)
         if entry is None:
+            self.repository.known.drop(paths.join(segments))
             return json_error(request, 404, f"no artifact at /{paths.join(segments)}")
         if entry.is_dir:
             return await self._listing(request, segments)
