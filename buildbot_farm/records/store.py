@@ -1,9 +1,9 @@
 """All the SQL of build records: insert, look up, list with a cursor, tombstone, chain.
 
 Every insert of a record or a tombstone also appends its entry to the hash chain
-(:mod:`buildbot_farm.records.chain`) in the same transaction, with the chain head's row
-locked: concurrent inserts, from several masters on PostgreSQL, are chained one after the
-other.
+(:mod:`buildbot_farm.records.chain`) in the same statement or transaction:
+:mod:`buildbot_farm.records.chain_store` keeps concurrent inserts, from several masters on
+PostgreSQL, chained one after the other.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from buildbot_farm import db
-from buildbot_farm.records import chain
+from buildbot_farm.records import chain, chain_store
 from buildbot_farm.records.lookups import LookupBatches
 from buildbot_farm.records.model import BuildRecord
 from buildbot_farm.web._request import MAX_NUMBER, BadRequest, decode_token
@@ -74,9 +74,6 @@ class Query:
 # goes back to "not chained", so each process checks each database once.
 _CHAINED: weakref.WeakSet[db.Database] = weakref.WeakSet()
 
-# The advisory lock that serialises chain appends on PostgreSQL (as in migration 0006).
-CHAIN_LOCK = 262221898
-
 _SELECT = (
     "SELECT r.id, r.name, r.version, r.body, t.deleted_by, t.deleted_at, t.reason"
     " FROM farm_records r LEFT JOIN farm_record_tombstones t ON t.record_id = r.id"
@@ -107,9 +104,9 @@ class RecordStore:
     ) -> bytes:
         """Store ``record`` (and its signed ``provenance``, if given), chained; return its document.
 
-        The database chains the record as it inserts it (migration 0006: a function on
-        PostgreSQL that locks the chain head, a trigger on SQLite), so an insert stays one
-        statement. Raise :class:`RecordExists` for a duplicate.
+        The record carries its chain entry (migration 0007; see
+        :mod:`buildbot_farm.records.chain_store`), so an insert stays one statement. Raise
+        :class:`RecordExists` for a duplicate.
         """
         document = record.document()
         values = (
@@ -120,15 +117,7 @@ class RecordStore:
         if self._database not in _CHAINED:
             await self._chain_older()
         try:
-            if self._database.dialect.name == "postgresql":
-                call = "SELECT farm_record_insert(?, ?, ?, ?, ?, ?, ?, ?) AS seq"
-                await self._database.fetchone(call, (*values, envelope))
-            elif envelope is None:
-                await self._database.execute(_INSERT, values)
-            else:
-                await self._database.transaction(
-                    lambda txn: _insert_signed(txn, values, envelope, now)
-                )
+            await chain_store.writer(self._database).insert_record(values, envelope)
         except db.IntegrityError as e:
             raise RecordExists(f"{record.name} {record.version} is already recorded") from e
         return document
@@ -195,14 +184,7 @@ class RecordStore:
         if self._database not in _CHAINED:
             await self._chain_older()
         return await self._database.fetchall(
-            "SELECT c.seq, c.kind, c.name, c.version, c.prev_hash, c.hash, r.body,"
-            " t.deleted_by, t.deleted_at, t.reason"
-            " FROM farm_record_chain c"
-            " LEFT JOIN farm_records r ON r.id = c.record_id AND c.kind = 'record'"
-            " LEFT JOIN farm_record_tombstones t"
-            " ON t.record_id = c.record_id AND c.kind = 'tombstone'"
-            " WHERE c.seq > ? ORDER BY c.seq LIMIT ?",
-            (after, limit),
+            chain_store.CHAIN_PAGE, (after, limit, after, limit, after, limit, limit)
         )
 
     async def get(self, name: str, version: str) -> StoredRecord | None:
@@ -258,59 +240,35 @@ class RecordStore:
                 raise NoSuchRecord(f"no record {name} {version}")
             if row["deleted_at"] is not None:
                 raise AlreadyDeleted(f"{name} {version} was deleted already")
-            await txn.execute(
-                "INSERT INTO farm_record_tombstones (record_id, deleted_by, deleted_at, reason)"
-                " VALUES (?, ?, ?, ?)",
-                (row["id"], by, now, reason),
-            )
             content = chain.tombstone_content(by, now, reason)
-            await _append(txn, seq + 1, prev, chain.TOMBSTONE, int(row["id"]), name, version,
-                          content)
+            digest = chain.entry_hash(prev, chain.TOMBSTONE, name, version, content)
+            await txn.execute(
+                "INSERT INTO farm_record_tombstones (record_id, deleted_by, deleted_at, reason,"
+                " chain_seq, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (row["id"], by, now, reason, seq + 1, prev, digest),
+            )
             return Tombstone(by, now, reason)
 
         try:
             return await self._database.transaction(bury)
         except db.IntegrityError as e:  # a concurrent delete won the race
             raise AlreadyDeleted(f"{name} {version} was deleted already") from e
-
-
-_INSERT = (
-    "INSERT INTO farm_records"
-    " (name, version, timestamp, result, source_commit, body, recorded_at)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
-)
-
-
-async def _insert_signed(
-    txn: db.Transaction, values: tuple[Any, ...], envelope: str, now: float
-) -> None:
-    """SQLite: insert a record (its trigger chains it) and its provenance envelope."""
-    await txn.execute(_INSERT, values)
-    await txn.execute(
-        "INSERT INTO farm_record_provenance (record_id, envelope, signed_at)"
-        " SELECT id, ?, ? FROM farm_records WHERE name = ? AND version = ?",
-        (envelope, now, values[0], values[1]),
-    )
+        finally:
+            chain_store.writer(self._database).forget_head()
 
 
 async def _chain_head(txn: db.Transaction) -> tuple[int, str]:
-    """Lock the chain; return its head (seq, hash). Chain older records first if needed.
+    """Lock the chain for a tombstone; return its head (seq, hash).
 
-    SQLite's one writer serialises every insert that chains. On PostgreSQL the chain's
-    advisory lock does (``farm_record_insert`` takes it too), and the last entry is the
-    head; the head row only says whether the older records are chained.
+    Records stored before migration 0006 are chained first if they are not yet (0006's
+    head row says so), into 0006's table, as 0006 did.
     """
-    postgresql = txn.dialect.name == "postgresql"
-    if postgresql:
-        await txn.execute("SELECT pg_advisory_xact_lock(?)", (CHAIN_LOCK,))
-    head = await txn.fetchone("SELECT seq, hash FROM farm_record_chain_head WHERE id = 1")
+    entry = await chain_store.lock_for_tombstone(txn)
+    head = await txn.fetchone("SELECT seq FROM farm_record_chain_head WHERE id = 1")
     assert head is not None, "migration 0006 creates the chain head"
     if int(head["seq"]) < 0:
         return await _chain_older(txn)
-    if not postgresql:
-        return int(head["seq"]), str(head["hash"])
-    last = await txn.fetchone("SELECT seq, hash FROM farm_record_chain ORDER BY seq DESC LIMIT 1")
-    return (0, chain.GENESIS) if last is None else (int(last["seq"]), str(last["hash"]))
+    return entry
 
 
 async def _chain_older(txn: db.Transaction) -> tuple[int, str]:
@@ -321,7 +279,7 @@ async def _chain_older(txn: db.Transaction) -> tuple[int, str]:
     """
     seq, prev = 0, chain.GENESIS
     for row in await txn.fetchall(
-        "SELECT id, name, version, body FROM farm_records ORDER BY id"
+        "SELECT id, name, version, body FROM farm_records WHERE chain_seq IS NULL ORDER BY id"
     ):
         seq, prev = await _append_only(txn, seq + 1, prev, chain.RECORD, int(row["id"]),
                                        row["name"], row["version"], str(row["body"]).encode())
@@ -352,18 +310,6 @@ async def _append_only(
         (seq, kind, name, version, record_id, prev, digest),
     )
     return seq, digest
-
-
-async def _append(
-    txn: db.Transaction, seq: int, prev: str, kind: str, record_id: int, name: str,
-    version: str, content: bytes,
-) -> None:
-    """Insert entry ``seq`` of the chain and move the (locked) head to it (SQLite's head)."""
-    seq, digest = await _append_only(txn, seq, prev, kind, record_id, name, version, content)
-    if txn.dialect.name == "sqlite":
-        await txn.execute(
-            "UPDATE farm_record_chain_head SET seq = ?, hash = ? WHERE id = 1", (seq, digest)
-        )
 
 
 def _stored(row: db.Row) -> StoredRecord:

@@ -101,7 +101,7 @@ async def test_records_stored_before_0006_are_chained_and_protected(
         " SELECT id, 'ops', 2.5, 'why' FROM farm_records WHERE version = '1'"
     )
     assert await db.migrate(database, now=reactor.seconds, migrations=steps) == len(steps)
-    with pytest.raises(db.IntegrityError, match="immutable"):
+    with pytest.raises(db.IntegrityError, match=r"immutable|chained"):
         await database.execute(
             "INSERT INTO farm_records (name, version, timestamp, result, body, recorded_at)"
             " VALUES ('old', '1', 1, 'success', '{}', 1)"
@@ -115,4 +115,10 @@ async def test_records_stored_before_0006_are_chained_and_protected(
         (4, "record", "new", "1"),
     ]
     assert verify_entries(entries)[::2] == (4, None)
+    # The entries 0006 chained stay in its table, append-only; a removed record is named.
+    for statement in ("UPDATE farm_record_chain SET hash = 'x'", "DELETE FROM farm_record_chain"):
+        with pytest.raises(db.IntegrityError, match=r"append-only|immutable"):
+            await database.execute(statement)
+    removed = [{**entries[1], "record": None}, *entries[2:]]
+    assert "the record was removed" in str(verify_entries([entries[0], *removed])[2])
     await database.stop()

@@ -108,7 +108,7 @@ def superuser(database: db.Database, *statements: str) -> None:
 async def snapshot(database: db.Database) -> dict[str, list[db.Row]]:
     """Every row of the records tables."""
     tables = ("farm_records", "farm_record_tombstones", "farm_record_provenance",
-              "farm_record_chain", "farm_record_chain_head")
+              "farm_record_chain", "farm_record_chain_head")  # 0006's chain: legacy entries
     return {t: await database.fetchall(f"SELECT * FROM {t} ORDER BY 1") for t in tables}
 
 
@@ -138,8 +138,9 @@ def refused_statements(dialect: str, record_id: int) -> list[str]:
         "DELETE FROM farm_record_tombstones",
         "UPDATE farm_record_provenance SET envelope = '{}'",
         "DELETE FROM farm_record_provenance",
-        "UPDATE farm_record_chain SET hash = 'x'",
-        "DELETE FROM farm_record_chain",
+        "UPDATE farm_records SET hash = 'x'",
+        "UPDATE farm_records SET chain_seq = chain_seq + 10",
+        "UPDATE farm_record_tombstones SET prev_hash = 'x'",
         "DELETE FROM farm_record_chain_head",
         "UPDATE farm_record_chain_head SET seq = 0",
         f"INSERT INTO farm_records {columns} VALUES {forged}"
@@ -161,9 +162,9 @@ def refused_statements(dialect: str, record_id: int) -> list[str]:
             f" (record_id, deleted_by, deleted_at, reason) VALUES ({record_id}, 'x', 1, 'x')",
             "INSERT OR REPLACE INTO farm_record_provenance (record_id, envelope, signed_at)"
             f" VALUES ({record_id}, '{{}}', 1)",
-            "INSERT OR REPLACE INTO farm_record_chain"
-            " (seq, kind, name, version, record_id, prev_hash, hash)"
-            f" VALUES (1, 'record', 'app', '1', {record_id}, 'x', 'x')",
+            "INSERT OR REPLACE INTO farm_records (id, name, version, timestamp, result, body,"
+            " recorded_at, chain_seq, prev_hash, hash) SELECT id, name, version, timestamp,"
+            " result, '{}', recorded_at, chain_seq, prev_hash, hash FROM farm_records",
             "INSERT OR REPLACE INTO farm_record_chain_head (id, seq, hash) VALUES (1, 0, 'x')",
         ]
     return [
@@ -188,7 +189,8 @@ async def test_no_sql_changes_or_removes_a_record_or_tombstone(
     row = await database.fetchone("SELECT record_id FROM farm_record_tombstones")
     assert row is not None
     for statement in refused_statements(database.dialect.name, int(row["record_id"])):
-        with pytest.raises(db.IntegrityError, match=r"immutable|append-only|forward|one row|stays"):
+        refused = r"immutable|append-only|forward|one row|stays|chained"
+        with pytest.raises(db.IntegrityError, match=refused):
             await database.execute(statement)
     assert await snapshot(database) == before
 
@@ -227,7 +229,7 @@ async def test_an_altered_tombstone_is_named(
 async def test_a_removed_record_is_reported(
     api: Api, database: db.Database, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A record deleted with its chain entry, or without it, is reported where it was."""
+    """A record row deleted (its chain entry with it) is reported at the entry after it."""
     await fill(api)
     superuser(
         database,
@@ -235,10 +237,6 @@ async def test_a_removed_record_is_reported(
         " (SELECT id FROM farm_records WHERE version = '1')",
         "DELETE FROM farm_records WHERE version = '1'",
     )
-    code, out = await verify(api.chain, capsys)
-    assert code == 1
-    assert "entry 1 (app 1): the record was removed from the database" in out
-    superuser(database, "DELETE FROM farm_record_chain WHERE seq = 1")
     code, out = await verify(api.chain, capsys)
     assert code == 1
     assert "entry 2 (app 2): entries 1..1 before it were removed from the chain" in out

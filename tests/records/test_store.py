@@ -25,10 +25,13 @@ def record(version: str, timestamp: float = 1000.0, commit: str | None = None) -
 
 @pytest_twisted.ensureDeferred
 async def test_the_database_refuses_to_update_or_delete_a_record(database: db.Database) -> None:
-    """Plain SQL UPDATE and DELETE of a record fail with IntegrityError; the row is unchanged."""
+    """Plain SQL UPDATE and DELETE of a record fail with IntegrityError; the row is unchanged.
+
+    (Every row stored since migration 0007 carries its chain entry: one without is refused.)
+    """
     await database.execute(
-        "INSERT INTO farm_records (name, version, timestamp, result, body, recorded_at)"
-        " VALUES ('app', '1', 1, 'success', '{}', 1)"
+        "INSERT INTO farm_records (name, version, timestamp, result, body, recorded_at,"
+        " chain_seq, prev_hash, hash) VALUES ('app', '1', 1, 'success', '{}', 1, 1, 'p', 'h')"
     )
     with pytest.raises(db.IntegrityError, match="immutable"):
         await database.execute("UPDATE farm_records SET body = '{\"forged\": 1}'")
@@ -43,8 +46,8 @@ async def test_the_database_refuses_to_update_or_delete_a_record(database: db.Da
 async def test_tombstones_are_immutable_and_records_unique(database: db.Database) -> None:
     """A second (name, version) row and any change to a tombstone are refused by the database."""
     insert = (
-        "INSERT INTO farm_records (name, version, timestamp, result, body, recorded_at)"
-        " VALUES ('app', '1', 1, 'success', '{}', 1)"
+        "INSERT INTO farm_records (name, version, timestamp, result, body, recorded_at,"
+        " chain_seq, prev_hash, hash) VALUES ('app', '1', 1, 'success', '{}', 1, 1, 'p', 'h')"
     )
     await database.execute(insert)
     with pytest.raises(db.IntegrityError):
@@ -52,8 +55,8 @@ async def test_tombstones_are_immutable_and_records_unique(database: db.Database
     row = await database.fetchone("SELECT id FROM farm_records")
     assert row is not None
     await database.execute(
-        "INSERT INTO farm_record_tombstones (record_id, deleted_by, deleted_at, reason)"
-        " VALUES (?, 'ops', 2, 'why')",
+        "INSERT INTO farm_record_tombstones (record_id, deleted_by, deleted_at, reason,"
+        " chain_seq, prev_hash, hash) VALUES (?, 'ops', 2, 'why', 2, 'h', 'i')",
         (row["id"],),
     )
     with pytest.raises(db.IntegrityError, match="immutable"):
