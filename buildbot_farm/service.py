@@ -20,6 +20,7 @@ from twisted.internet import defer
 from twisted.python import log
 
 from buildbot_farm import __version__, db
+from buildbot_farm.api_documents import farm_documents
 from buildbot_farm.artifacts.config import ArtifactRepository
 from buildbot_farm.artifacts.hosting import RepositoryHost
 from buildbot_farm.config_checks import checked_keywords
@@ -32,7 +33,7 @@ from buildbot_farm.leases.config import FarmCoordinator
 from buildbot_farm.leases.coordinator import Coordinator
 from buildbot_farm.masters import MasterTable
 from buildbot_farm.names import FARM_SERVICE
-from buildbot_farm.ondemand.api import BuildResource, CompatResource, DownloadResource
+from buildbot_farm.ondemand.api import OnDemandAPI
 from buildbot_farm.ondemand.config import OnDemandBuilds
 from buildbot_farm.ondemand.host import OnDemandHost
 from buildbot_farm.ondemand.params import is_build_key
@@ -41,9 +42,9 @@ from buildbot_farm.records.api import BuildAlias
 from buildbot_farm.records.config import BuildRecords
 from buildbot_farm.records.serving import RecordsEndpoint
 from buildbot_farm.secret_values import SecretRenderer, is_renderable
-from buildbot_farm.web import FarmRoot
+from buildbot_farm.web import FarmRoot, OpenAPIResource
 from buildbot_farm.web.client import http_client
-from buildbot_farm.web.status import OPENAPI, OpenAPIResource, StatusResource
+from buildbot_farm.web.status import OPENAPI, StatusAPI
 
 DEFAULT_DB_URL = "sqlite:///farm.sqlite"
 
@@ -179,6 +180,7 @@ class FarmService(service.BuildbotService):
         self.api_root.mount("openapi.json", self.records.openapi)
         self.api_root.mount("records-chain", self.records.chain, openapi="openapi.json")
         self.on_demand = OnDemandHost(self)
+        on_demand = OnDemandAPI(self.on_demand)
 
         def on_demand_configured() -> bool:
             return self.on_demand.jobs is not None
@@ -187,17 +189,18 @@ class FarmService(service.BuildbotService):
         # job keys (64 hex digits) and POST /build are the on-demand API's.
         self.api_root.mount(
             "build",
-            BuildAlias(self.records.resource, BuildResource(self.on_demand), is_build_key),
+            BuildAlias(self.records.resource, on_demand.resource("build"), is_build_key),
             active=on_demand_configured,
         )
         self.api_root.mount(
-            "download", DownloadResource(self.on_demand), active=on_demand_configured
+            "download", on_demand.resource("download"), active=on_demand_configured
         )
-        self.api_root.mount("compat", CompatResource(self.on_demand), active=on_demand_configured)
-        self.web_root.mount(
-            "status", StatusResource(lambda: self.database, __version__), openapi="openapi.json"
-        )
+        self.api_root.mount("compat", on_demand.resource("compat"), active=on_demand_configured)
+        status = StatusAPI(lambda: self.database, __version__)
+        self.web_root.mount("status", status.resource(), openapi="openapi.json")
         self.web_root.mount("openapi.json", OpenAPIResource(OPENAPI))
+        # every API's document, at openapi/NAME.json; a directory of documents, not an API
+        self.web_root.mount("openapi", farm_documents(), active=lambda: False)
         self.web_root.mount("api", self.api_root)
         self.web_root.mount("ui", DashboardResource(self))
 

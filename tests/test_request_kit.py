@@ -9,10 +9,9 @@ from typing import Any
 import pytest
 from twisted.web.test.requesthelper import DummyRequest
 
-from buildbot_farm.web import json_response
+from buildbot_farm.web import ApiError, json_response
 from buildbot_farm.web._request import (
     MAX_DEPTH,
-    BadRequest,
     decode_token,
     finite_number,
     nesting_depth,
@@ -35,7 +34,7 @@ def test_nesting_depth_skips_brackets_inside_strings() -> None:
 def test_the_depth_limit_is_exact() -> None:
     """MAX_DEPTH levels parse; one more is refused before parsing, with 400."""
     assert parse_json(b"[" * MAX_DEPTH + b"]" * MAX_DEPTH) is not None
-    with pytest.raises(BadRequest) as refused:
+    with pytest.raises(ApiError) as refused:
         parse_json(b"[" * (MAX_DEPTH + 1) + b"]" * (MAX_DEPTH + 1))
     assert refused.value.status == 400
 
@@ -51,7 +50,7 @@ def test_numbers_below_two_to_the_63_are_accepted(text: bytes) -> None:
                                   b"1e400", b"NaN", b"Infinity", b"-Infinity", b"9" * 5000])
 def test_large_and_non_finite_numbers_are_refused(text: bytes) -> None:
     """2**63 and beyond, NaN and the infinities answer 400."""
-    with pytest.raises(BadRequest) as refused:
+    with pytest.raises(ApiError) as refused:
         parse_json(text)
     assert refused.value.status == 400
 
@@ -60,15 +59,15 @@ def test_surrogate_pairs_pass_and_lone_surrogates_do_not() -> None:
     """An escaped pair is one character; a lone surrogate, as value or key, is refused."""
     assert parse_json(b'"\\ud83d\\ude00"') == "\U0001f600"
     for text in (b'"\\ud800"', b'{"\\udfff": 1}', b'[["a", "\\ud83d"]]'):
-        with pytest.raises(BadRequest, match="surrogate"):
+        with pytest.raises(ApiError, match="surrogate"):
             parse_json(text)
 
 
 def test_invalid_utf8_and_oversize_bodies_are_refused() -> None:
     """Bytes that are not UTF-8 answer 400; a body over the limit 413, before decoding."""
-    with pytest.raises(BadRequest, match="UTF-8"):
+    with pytest.raises(ApiError, match="UTF-8"):
         parse_json(b'"\xed\xa0\x80"')
-    with pytest.raises(BadRequest) as refused:
+    with pytest.raises(ApiError) as refused:
         parse_json(b"\xff" * 11, max_bytes=10)
     assert refused.value.status == 413
 
@@ -78,7 +77,7 @@ def test_cursors_hold_only_shallow_json() -> None:
     token = base64.urlsafe_b64encode(b'{"before": 7}').decode().rstrip("=")
     assert decode_token(token) == {"before": 7}
     for bad in ("!!!", base64.urlsafe_b64encode(b"[[[1]]]").decode(), "A" * 600):
-        with pytest.raises(BadRequest):
+        with pytest.raises(ApiError):
             decode_token(bad)
 
 
@@ -91,7 +90,7 @@ def test_finite_number_refuses_what_float_accepts() -> None:
 def test_the_error_shape_and_strict_output() -> None:
     """A refusal is ``{"error", "fields", ...}``; a lone surrogate never reaches the output."""
     request = fake_request()
-    body = BadRequest(400, "bad", {"os": "not one of linux"}, key="k").answer(request)
+    body = ApiError(400, "bad", {"os": "not one of linux"}, key="k").answer(request)
     assert request.responseCode == 400
     assert json.loads(body) == {"error": "bad", "fields": {"os": "not one of linux"}, "key": "k"}
     out = json_response(fake_request(), {"x": "a\ud800b"})

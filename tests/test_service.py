@@ -133,7 +133,7 @@ class FarmServiceTests(TestReactorMixin, unittest.TestCase):
         response = await StubTreq(service.web_root).get("http://farm/nope")
         assert response.code == 404
         body = json.loads(await response.content())
-        assert body["available"] == ["api", "openapi.json", "status", "ui"]
+        assert body["available"] == ["api", "openapi", "openapi.json", "status", "ui"]
 
     async def test_the_index_lists_only_what_is_configured(self) -> None:
         """GET / and /api/ list the mounted APIs; the coordinator and the on-demand API only

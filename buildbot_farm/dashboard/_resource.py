@@ -35,7 +35,8 @@ from buildbot_farm.dashboard._pages import PageError
 from buildbot_farm.leases.coordinator import CoordinatorError
 from buildbot_farm.leases.lease import LeaseState
 from buildbot_farm.records.store import Query
-from buildbot_farm.web._request import BadRequest, query_args, query_last
+from buildbot_farm.web import ApiError
+from buildbot_farm.web._request import query_args, query_last
 
 RECORDS_PAGE_SIZE = 100
 DESTROY_ACTION = "destroy"
@@ -288,7 +289,7 @@ class DashboardResource(resource.Resource):
         refresh = 0
         if isinstance(error, PageError):
             status, message = error.status, str(error)
-        elif isinstance(error, BadRequest):
+        elif isinstance(error, ApiError):
             fields = "".join(f"; {name}: {problem}" for name, problem in error.fields.items())
             status, message = error.status, error.message + fields
         elif isinstance(error, db.DatabaseError):

@@ -2,7 +2,7 @@
 
 * ``POST /buildlet/create`` (form ``type=``) -> ``{"Name", "Type", "Created", "Expires"}``;
   with ``wait=SECONDS`` a full pool puts the create in line, and the answer is a stream of
-  JSON lines (see :meth:`CoordinatorResource._create_waiting`)
+  JSON lines (see :meth:`CoordinatorAPI._create_waiting`)
 * ``GET /buildlet/list`` -> the caller's buildlets
 * any request with ``X-Buildlet-Proxy: NAME`` -> forwarded to that buildlet's agent
   (``POST /halt`` destroys the buildlet instead)
@@ -20,7 +20,7 @@ from typing import Any
 
 from twisted.internet import defer, task
 from twisted.python import failure, log
-from twisted.web import resource, server
+from twisted.web import resource
 from twisted.web.server import Request
 
 from buildbot_farm.leases import keys
@@ -34,8 +34,9 @@ from buildbot_farm.leases.coordinator import (
 )
 from buildbot_farm.leases.lease import Lease
 from buildbot_farm.leases.proxy import forward, proxy_failed
-from buildbot_farm.web import json_error, json_response
-from buildbot_farm.web._request import BadRequest, finite_number, query_args
+from buildbot_farm.web import ApiError, Routes, json_response, respond
+from buildbot_farm.web._compat import disconnected
+from buildbot_farm.web._request import finite_number, query_args
 
 PROXY_HEADER = b"x-buildlet-proxy"
 COORDINATOR_HEADER = b"x-buildlet-coordinator"
@@ -47,78 +48,61 @@ HEARTBEAT = 15.0
 STREAM_TYPE = b"application/x-ndjson; charset=utf-8"
 
 
-class CoordinatorResource(resource.Resource):
-    """Serves the coordinator's API; mount it anywhere (it routes on the path below it).
+class CoordinatorAPI:
+    """The coordinator's routes; :class:`CoordinatorResource` serves them (mount it anywhere).
 
     ``secret`` is the coordinator secret the users' keys derive from; ``reactor`` is the one
     the proxy connects to the agents on.
     """
 
-    isLeaf = True
+    routes: Routes[CoordinatorAPI] = Routes(
+        "coordinator", hint="or send X-Buildlet-Proxy: NAME to talk to a buildlet")
 
     def __init__(self, coordinator: Coordinator, secret: bytes, reactor: Any) -> None:
-        super().__init__()
         self._coordinator = coordinator
         self._secret = secret
         self._reactor = reactor
 
-    def render(self, request: Request) -> int:
-        """Authenticate, then answer asynchronously."""
+    async def answer(self, request: Request) -> bytes | None:
+        """Authenticate ``request``, then proxy it or answer it through the routes."""
         request.setHeader(COORDINATOR_HEADER, b"1")
-        d = defer.ensureDeferred(self._answer(request))
-        d.addErrback(self._failed, request)
-        d.addBoth(lambda _: _finish(request))
-        return server.NOT_DONE_YET
-
-    async def _answer(self, request: Request) -> None:
         target = request.getHeader(PROXY_HEADER)
         try:
             user = keys.authenticate(
                 self._secret, request.getHeader(b"authorization"), proxied=bool(target)
             )
         except keys.BadCredentials as e:
-            request.setHeader(b"www-authenticate", b'Basic realm="buildbot_farm coordinator"')
-            request.write(json_error(request, 401, str(e)))
-            return
-        segments = request.postpath or []
-        path = "/" + "/".join(segment.decode(errors="replace") for segment in segments)
-        if target:
-            await self._proxy(request, user, target.decode(errors="replace"), path)
-        elif path == "/buildlet/create":
-            await self._create(request, user)
-        elif path == "/buildlet/list":
-            await self._list(request, user)
-        elif path == "/buildlet/register":
-            await self._register(request)
-        else:
-            request.write(
-                json_error(
-                    request, 404,
-                    f"no coordinator API at {path}: use POST /buildlet/create, "
-                    f"GET /buildlet/list, or a request with X-Buildlet-Proxy",
-                )
-            )
+            raise ApiError(401, str(e), headers={
+                b"www-authenticate": b'Basic realm="buildbot_farm coordinator"'}) from e
+        try:
+            if target:
+                return await self._proxy(request, user, target.decode(errors="replace"))
+            answer: bytes | None = await self.routes.dispatch(self, request, user=user)
+            return answer
+        except CoordinatorError as e:
+            headers = {b"retry-after": str(e.retry_after).encode()} if isinstance(
+                e, PoolFull) else {}
+            raise ApiError(e.status, str(e), headers=headers) from e
 
-    async def _create(self, request: Request, user: str) -> None:
-        if request.method != b"POST":
-            request.write(json_error(request, 405, "use POST /buildlet/create with form type=..."))
-            return
+    @routes.route("POST", "buildlet/create")
+    async def create(self, request: Request, user: str) -> bytes | None:
+        """Lease a buildlet of form field ``type``; ``wait=SECONDS`` waits in line."""
         form = query_args(request)
         types = form.get("type", [])
         if len(types) != 1 or not types[0]:
-            raise BadRequest(400, "give exactly one form field type=TYPE, e.g. type=local",
-                             {"type": "required, once"})
+            raise ApiError(400, "give exactly one form field type=TYPE, e.g. type=local",
+                           {"type": "required, once"})
         waits = form.get("wait", [])
         wait = _seconds(waits[-1]) if waits else 0.0
         if wait is None:
-            raise BadRequest(400, "wait= must be a number of seconds >= 0, e.g. wait=600",
-                             {"wait": "a number of seconds >= 0"})
+            raise ApiError(400, "wait= must be a number of seconds >= 0, e.g. wait=600",
+                           {"wait": "a number of seconds >= 0"})
         type_name = types[0]
         if wait > 0:
             await self._create_waiting(request, user, type_name, min(wait, MAX_WAIT))
-            return
+            return None
         lease = await self._coordinator.create(user, type_name)
-        request.write(json_response(request, lease.public()))
+        return json_response(request, lease.public())
 
     async def _create_waiting(
         self, request: Request, user: str, type_name: str, wait: float
@@ -158,39 +142,42 @@ class CoordinatorResource(resource.Resource):
             details: dict[str, Any] = {"error": str(e), "code": e.status}
             if isinstance(e, PoolFull):
                 details["retry_after"] = e.retry_after
-            _write_line(request, details)
+            _write_line(request, details, last=True)
             return
         except Exception as e:
             log.err(None, "coordinator: a waiting create failed")
             _write_line(request, {"error": f"the coordinator failed: {e}; its log has the details",
-                                  "code": 500})
+                                  "code": 500}, last=True)
             return
         finally:
             heartbeat.stop()
-        if getattr(request, "_disconnected", False):
+        if disconnected(request):
             await self._coordinator.destroy(lease.name)
             return
-        _write_line(request, {"buildlet": lease.public()})
+        _write_line(request, {"buildlet": lease.public()}, last=True)
 
-    async def _register(self, request: Request) -> None:
-        if request.method != b"POST":
-            request.write(json_error(request, 405, "use POST /buildlet/register"))
-            return
+    @routes.route("POST", "buildlet/register")
+    async def register(self, request: Request, user: str) -> bytes:
+        """A reverse buildlet joins: form fields ``type``, ``url`` and ``secret``."""
         form = query_args(request)
         values = {k: form.get(k, []) for k in ("type", "url", "secret")}
         missing = [k for k, v in values.items() if len(v) != 1 or not v[0]]
         if missing:
-            raise BadRequest(400, f"give exactly one of each form field: {missing}",
-                             {k: "required, once" for k in missing})
+            raise ApiError(400, f"give exactly one of each form field: {missing}",
+                           {k: "required, once" for k in missing})
         type_name, url, secret = (values[k][0] for k in values)
         lease = await self._coordinator.register(type_name, url, secret)
-        request.write(json_response(request, lease.public()))
+        return json_response(request, lease.public())
 
-    async def _list(self, request: Request, user: str) -> None:
+    @routes.route("GET", "buildlet/list")
+    async def owned(self, request: Request, user: str) -> bytes:
+        """The caller's buildlets."""
         leases = await self._coordinator.owned(user)
-        request.write(json_response(request, [lease.public() for lease in leases]))
+        return json_response(request, [lease.public() for lease in leases])
 
-    async def _proxy(self, request: Request, user: str, target: str, path: str) -> None:
+    async def _proxy(self, request: Request, user: str, target: str) -> bytes | None:
+        segments = request.postpath or []
+        path = "/" + "/".join(segment.decode(errors="replace") for segment in segments)
         try:
             lease = await self._coordinator.use(user, target)
         except NotYours:
@@ -198,8 +185,7 @@ class CoordinatorResource(resource.Resource):
             raise NoSuchBuildlet(no_such_buildlet(target)) from None
         if path == "/halt" and request.method == b"POST":
             await self._coordinator.destroy(lease.name)
-            request.write(json_response(request, {"halted": lease.name}))
-            return
+            return json_response(request, {"halted": lease.name})
         query = request.uri.partition(b"?")[2]
         full_path = path.encode() + (b"?" + query if query else b"")
         release = self._coordinator.hold(lease.name)  # the lease stays renewed while this runs
@@ -209,23 +195,22 @@ class CoordinatorResource(resource.Resource):
             proxy_failed(request, failure.Failure(), lease.name)
         finally:
             release()
+        _finish(request)
+        return None
 
-    def _failed(self, reason: failure.Failure, request: Request) -> None:
-        if request.startedWriting:
-            return
-        error = reason.value
-        if isinstance(error, BadRequest):
-            request.write(error.answer(request))
-            return
-        if isinstance(error, CoordinatorError):
-            if isinstance(error, PoolFull):
-                request.setHeader(b"retry-after", str(error.retry_after).encode())
-            request.write(json_error(request, error.status, str(error)))
-            return
-        log.err(reason, "coordinator request failed")
-        request.write(
-            json_error(request, 500, f"the coordinator failed: {error}; its log has the details")
-        )
+
+class CoordinatorResource(resource.Resource):
+    """The coordinator's API (:class:`CoordinatorAPI`) as a leaf resource to mount or serve."""
+
+    isLeaf = True
+
+    def __init__(self, coordinator: Coordinator, secret: bytes, reactor: Any) -> None:
+        super().__init__()
+        self.api = CoordinatorAPI(coordinator, secret, reactor)
+
+    def render(self, request: Request) -> int:
+        """Authenticate, then answer asynchronously."""
+        return respond(request, lambda: self.api.answer(request), "the coordinator")
 
 
 def _seconds(value: str) -> float | None:
@@ -234,11 +219,13 @@ def _seconds(value: str) -> float | None:
     return seconds if seconds is not None and seconds >= 0 else None
 
 
-def _write_line(request: Request, message: dict[str, Any]) -> None:
-    if not request.finished and not getattr(request, "_disconnected", False):
+def _write_line(request: Request, message: dict[str, Any], last: bool = False) -> None:
+    if not request.finished and not disconnected(request):
         request.write(json.dumps(message).encode() + b"\n")
+    if last:
+        _finish(request)
 
 
 def _finish(request: Request) -> None:
-    if not request.finished and not getattr(request, "_disconnected", False):
+    if not request.finished and not disconnected(request):
         request.finish()

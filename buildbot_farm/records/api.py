@@ -34,9 +34,8 @@ from buildbot_farm.records.store import (
     RecordStore,
     StoredRecord,
 )
-from buildbot_farm.web import json_error, json_response
+from buildbot_farm.web import ApiError, json_error, json_response
 from buildbot_farm.web._request import (
-    BadRequest,
     body_size,
     finite_number,
     json_body,
@@ -307,7 +306,7 @@ class RecordsResource(resource.Resource):
         return caller
 
     def _failed(self, reason: failure.Failure, request: Request) -> bytes:
-        if reason.check(BadRequest):
+        if reason.check(ApiError):
             return reason.value.answer(request)
         if reason.check(_Refused):
             refused = reason.value
@@ -338,13 +337,13 @@ class BuildAlias(resource.Resource):
         self._claims = other_claims
 
     def getChild(self, path: bytes, request: Request) -> resource.Resource:
-        """The records API for a record name (the path below it unconsumed), else ``other``."""
+        """The records API for a record name, else ``other`` (the path below it unconsumed)."""
         segment = path.decode("utf-8", errors="replace")
-        if self._other is not None and (not segment or self._claims(segment)):
-            return self._other.getChildWithDefault(path, request)
         if request.prepath is not None and request.postpath is not None:
             request.prepath.pop()
             request.postpath.insert(0, path)
+        if self._other is not None and (not segment or self._claims(segment)):
+            return self._other
         return self._records
 
     def render(self, request: Request) -> bytes:

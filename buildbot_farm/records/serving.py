@@ -19,8 +19,7 @@ from buildbot_farm.records.openapi import OPENAPI
 from buildbot_farm.records.provenance import NothingToAttest, Signer, signed_provenance
 from buildbot_farm.records.store import RecordStore
 from buildbot_farm.secret_values import is_pem
-from buildbot_farm.web import FarmRoot
-from buildbot_farm.web.status import OpenAPIResource
+from buildbot_farm.web import FarmRoot, OpenAPIResource
 
 if TYPE_CHECKING:
     from buildbot_farm.artifacts.repository import Repository

@@ -18,7 +18,8 @@ from buildbot_farm import db
 from buildbot_farm.records import chain, chain_store
 from buildbot_farm.records.lookups import LookupBatches
 from buildbot_farm.records.model import BuildRecord
-from buildbot_farm.web._request import MAX_NUMBER, BadRequest, decode_token
+from buildbot_farm.web import ApiError
+from buildbot_farm.web._request import MAX_NUMBER, decode_token
 
 
 class RecordExists(Exception):
@@ -328,7 +329,7 @@ def decode_cursor(cursor: str) -> int:
     """The record id inside a cursor; raise :class:`BadCursor` for anything else."""
     try:
         value = decode_token(cursor)["before"]
-    except (BadRequest, KeyError, TypeError) as e:
+    except (ApiError, KeyError, TypeError) as e:
         raise BadCursor("cursor is not one this server handed out; start without it") from e
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < MAX_NUMBER:
         raise BadCursor("cursor is not one this server handed out; start without it")

@@ -9,8 +9,8 @@ same 4xx answer from every API instead of a server error:
 * nesting deeper than :data:`MAX_DEPTH` is refused before the JSON parser recurses into it;
 * ``NaN``, ``Infinity`` and numbers beyond ``±2**63`` are refused (databases cannot store them).
 
-Every refusal is a :class:`BadRequest`; :meth:`BadRequest.answer` writes it in the one error
-shape of the farm's APIs: ``{"error": MESSAGE, "fields": {NAME: PROBLEM, ...}, ...}``, where
+Every refusal is an :class:`~buildbot_farm.web.ApiError`, which the kit answers in the one
+error shape of the farm's APIs: ``{"error": MESSAGE, "fields": {NAME: PROBLEM, ...}}``, where
 ``fields`` (present only when a named input was wrong) says what is wrong with each input.
 """
 
@@ -26,9 +26,8 @@ from typing import Any
 
 from twisted.web.server import Request
 
-from buildbot_farm.web._json import json_error
+from buildbot_farm.web._json import ApiError
 
-FIELDS = "fields"
 MAX_BODY = 1024 * 1024
 MAX_DEPTH = 64
 MAX_NUMBER = 2**63
@@ -39,27 +38,6 @@ MAX_CURSOR = 512
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 _DEPTH_STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
-
-
-class BadRequest(Exception):
-    """Input refused: ``status`` (a 4xx), a ``message`` for a person, per-input ``fields``.
-
-    ``details`` are further keys of the JSON answer (e.g. ``key`` of an on-demand job).
-    """
-
-    def __init__(
-        self, status: int, message: str, fields: dict[str, str] | None = None, **details: Any
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.fields = dict(fields or {})
-        self.details = details
-
-    def answer(self, request: Request) -> bytes:
-        """Set ``request``'s status; return the error body in the farm's one error shape."""
-        extra = {FIELDS: self.fields} if self.fields else {}
-        return json_error(request, self.status, self.message, **extra, **self.details)
 
 
 def nesting_depth(raw: bytes) -> int:
@@ -100,7 +78,7 @@ def _check_strings(value: Any, what: str) -> None:
     """Refuse lone surrogates in every string and key of ``value`` (depth already bounded)."""
     if isinstance(value, str):
         if has_lone_surrogate(value):
-            raise BadRequest(400, f"{what} holds a lone surrogate (\\ud800-\\udfff not in a"
+            raise ApiError(400, f"{what} holds a lone surrogate (\\ud800-\\udfff not in a"
                              " pair), which is not Unicode text; send valid UTF-16 pairs")
     elif isinstance(value, dict):
         for key, item in value.items():
@@ -114,16 +92,16 @@ def _check_strings(value: Any, what: str) -> None:
 def parse_json(
     raw: bytes, *, what: str = "the body", max_bytes: int = MAX_BODY, max_depth: int = MAX_DEPTH
 ) -> Any:
-    """``raw`` as JSON, within the limits the module describes; else :class:`BadRequest`."""
+    """``raw`` as JSON, within the limits the module describes; else :class:`ApiError`."""
     if len(raw) > max_bytes:
-        raise BadRequest(413, f"{what} is {len(raw)} bytes; at most {max_bytes} are accepted")
+        raise ApiError(413, f"{what} is {len(raw)} bytes; at most {max_bytes} are accepted")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise BadRequest(400, f"{what} is not UTF-8 (byte {e.start}); send UTF-8 JSON") from e
+        raise ApiError(400, f"{what} is not UTF-8 (byte {e.start}); send UTF-8 JSON") from e
     depth = nesting_depth(raw)
     if depth > max_depth:
-        raise BadRequest(
+        raise ApiError(
             400, f"{what} nests arrays/objects {depth} deep; at most {max_depth} are accepted"
         )
     try:
@@ -131,7 +109,7 @@ def parse_json(
             text, parse_int=_integer, parse_float=_float, parse_constant=_refuse_constant
         )
     except ValueError as e:
-        raise BadRequest(400, f"{what} is not JSON the farm accepts: {e}") from e
+        raise ApiError(400, f"{what} is not JSON the farm accepts: {e}") from e
     _check_strings(value, what)
     return value
 
@@ -151,10 +129,10 @@ def json_body(request: Request, *, max_bytes: int = MAX_BODY, empty: Any = None)
     """The JSON body of ``request``; ``empty`` when there is none (None: a body is required)."""
     size = body_size(request)
     if size > max_bytes:
-        raise BadRequest(413, f"the body is {size} bytes; at most {max_bytes} are accepted")
+        raise ApiError(413, f"the body is {size} bytes; at most {max_bytes} are accepted")
     if size == 0 or request.content is None:
         if empty is None:
-            raise BadRequest(400, "send a JSON body")
+            raise ApiError(400, "send a JSON body")
         return empty
     return parse_json(request.content.read(), max_bytes=max_bytes)
 
@@ -165,18 +143,18 @@ def json_object_body(
     """:func:`json_body` that must be a JSON object."""
     value = json_body(request, max_bytes=max_bytes, empty=empty)
     if not isinstance(value, dict):
-        raise BadRequest(400, "the body must be a JSON object")
+        raise ApiError(400, "the body must be a JSON object")
     return value
 
 
 def _text(raw: bytes, field: str, max_length: int) -> str:
     if len(raw) > max_length:
-        raise BadRequest(400, f"{field[:100]!r} is too long", {field[:100]: f"at most {max_length}"
+        raise ApiError(400, f"{field[:100]!r} is too long", {field[:100]: f"at most {max_length}"
                                                                  " bytes"})
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise BadRequest(400, "a query or form value is not UTF-8",
+        raise ApiError(400, "a query or form value is not UTF-8",
                          {field[:100]: "must be UTF-8 text"}) from e
 
 
@@ -204,11 +182,11 @@ def finite_number(text: str) -> float | None:
 
 
 def decode_token(token: str, *, what: str = "cursor", max_bytes: int = MAX_CURSOR) -> Any:
-    """The JSON inside an unpadded base64url ``token`` (a cursor); else :class:`BadRequest`."""
+    """The JSON inside an unpadded base64url ``token`` (a cursor); else :class:`ApiError`."""
     if len(token) > max_bytes:
-        raise BadRequest(400, f"the {what} is too long", {what: f"at most {max_bytes} characters"})
+        raise ApiError(400, f"the {what} is too long", {what: f"at most {max_bytes} characters"})
     try:
         raw = base64.urlsafe_b64decode((token + "=" * (-len(token) % 4)).encode("ascii"))
     except (ValueError, binascii.Error) as e:
-        raise BadRequest(400, f"the {what} is not base64url", {what: "not base64url"}) from e
+        raise ApiError(400, f"the {what} is not base64url", {what: "not base64url"}) from e
     return parse_json(raw, what=f"the {what}", max_bytes=max_bytes, max_depth=2)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from twisted.internet import defer
-from twisted.python import log
-from twisted.web import resource, server
+from twisted.web import resource
 from twisted.web.server import Request
 
-from buildbot_farm.db import Database, DatabaseError
+from buildbot_farm.db import Database
 from buildbot_farm.masters import MasterTable
-from buildbot_farm.web._json import json_error, json_response
+from buildbot_farm.web._json import ApiError
+from buildbot_farm.web._openapi import ERROR_SCHEMA
+from buildbot_farm.web._router import Routes
 
 OPENAPI: dict[str, Any] = {
     "openapi": "3.0.3",
@@ -92,42 +92,35 @@ OPENAPI: dict[str, Any] = {
                     },
                 },
             },
-            "Error": {
-                "type": "object",
-                "required": ["error"],
-                "properties": {"error": {"type": "string"}},
-            },
+            "Error": ERROR_SCHEMA,
         }
     },
 }
 
 
-class StatusResource(resource.Resource):
+class StatusAPI:
     """Answers the service's status as JSON, or 503 with the reason when the database is down.
 
-    ``database`` is called per request, so the resource follows a reconfigured service.
+    ``database`` is called per request, so the API follows a reconfigured service; mount
+    :meth:`resource` as ``status``.
     """
 
-    isLeaf = True
+    routes: Routes[StatusAPI] = Routes("status")
 
     def __init__(self, database: Callable[[], Database | None], version: str) -> None:
-        super().__init__()
         self._database = database
         self._version = version
 
-    def render_GET(self, request: Request) -> int:
-        """Start the lookup; the response is written when the database answers."""
-        d = defer.ensureDeferred(self._status())
-        d.addCallback(lambda body: json_response(request, body))
-        d.addErrback(self._unavailable, request)
-        d.addCallback(request.write)
-        d.addBoth(lambda _: request.finish())
-        return server.NOT_DONE_YET
+    def resource(self) -> resource.Resource:
+        """The resource to mount."""
+        return self.routes.resource(self, under="status")
 
-    async def _status(self) -> dict[str, Any]:
+    @routes.route("GET", "status")
+    async def status(self, request: Request) -> dict[str, Any]:
+        """The database's backend and schema, this plugin's version, the masters using it."""
         database = self._database()
         if database is None:
-            raise DatabaseError("the farm service is not running")
+            raise ApiError(503, "the farm service is not running")
         version = await database.fetchone("SELECT MAX(version) AS v FROM farm_schema_version")
         masters = await MasterTable(database).all()
         return {
@@ -136,23 +129,3 @@ class StatusResource(resource.Resource):
             "version": self._version,
             "masters": masters,
         }
-
-    def _unavailable(self, failure: Any, request: Request) -> bytes:
-        if failure.check(DatabaseError):
-            return json_error(request, 503, str(failure.value))
-        log.err(failure, "farm status failed")
-        return json_error(request, 500, "the farm status failed; the master's log has the cause")
-
-
-class OpenAPIResource(resource.Resource):
-    """Serves a fixed OpenAPI document as JSON."""
-
-    isLeaf = True
-
-    def __init__(self, document: dict[str, Any]) -> None:
-        super().__init__()
-        self._document = document
-
-    def render_GET(self, request: Request) -> bytes:
-        """Return the document."""
-        return json_response(request, self._document)

@@ -1,0 +1,158 @@
+"""The HTTP kit every farm API is built on: routes, the one error shape, the async bridge."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from treq.testing import StubTreq
+from twisted.internet import defer
+from twisted.internet.error import ConnectionDone
+from twisted.python import failure, log
+from twisted.web import resource, server
+from twisted.web.test.requesthelper import DummyChannel
+
+from buildbot_farm.db import DatabaseError
+from buildbot_farm.web import ApiError, Routes, respond
+from buildbot_farm.web._compat import disconnected
+
+
+class _Pets:
+    """A small API: a list, an item with a parameter, a handler for each failure."""
+
+    routes: Routes[_Pets] = Routes("pets")
+
+    def __init__(self) -> None:
+        self.pending: defer.Deferred[Any] = defer.Deferred()
+
+    @routes.route("GET", "pets")
+    async def pets(self, request: server.Request) -> list[str]:
+        return ["rex"]
+
+    @routes.route("POST", "pets")
+    async def add(self, request: server.Request) -> bytes:
+        raise ApiError(400, "bad pet; fix each field", {"name": "required"},
+                       headers={b"x-why": b"test"}, key="k")
+
+    @routes.route("GET", "pets/{name}")
+    async def pet(self, request: server.Request, name: str) -> dict[str, str]:
+        if name == "db":
+            raise DatabaseError("connection refused")
+        if name == "bug":
+            raise KeyError("oops")
+        return {"name": name}
+
+    @routes.route("DELETE", "pets/{name}")
+    async def remove(self, request: server.Request, name: str) -> Any:
+        return await self.pending
+
+
+def _answer(method: str, url: str, api: _Pets | None = None) -> tuple[int, Any, Any]:
+    """One request through StubTreq (no socket) to the API mounted as ``pets``.
+
+    (status, headers, parsed JSON body)
+    """
+    api = api or _Pets()
+    root = resource.Resource()
+    root.putChild(b"pets", api.routes.resource(api, under="pets"))
+    stub = StubTreq(root)
+    done: list[Any] = []
+    stub.request(method, url).addCallback(
+        lambda response: stub.content(response).addCallback(
+            lambda body: done.append((response.code, response.headers, body))))
+    stub.flush()
+    code, headers, body = done[0]
+    return code, headers, json.loads(body) if body else None
+
+
+def test_routes_match_methods_and_parameters() -> None:
+    """A route's parameters reach its handler; a trailing slash is the same path."""
+    assert _answer("GET", "http://farm/pets")[::2] == (200, ["rex"])
+    assert _answer("GET", "http://farm/pets/")[::2] == (200, ["rex"])
+    assert _answer("GET", "http://farm/pets/m%C3%BC")[::2] == (200, {"name": "mü"})
+
+
+def test_unknown_paths_and_methods_answer_404_and_405_in_the_error_shape() -> None:
+    """No route: 404 naming what is served; a known path: 405 with ``Allow``."""
+    code, _, body = _answer("GET", "http://farm/pets/a/b")
+    assert code == 404
+    assert "GET /pets/{name}" in body["error"]
+    code, headers, body = _answer("PUT", "http://farm/pets/a")
+    assert code == 405
+    assert headers.getRawHeaders("allow") == ["DELETE, GET"]
+    assert body == {"error": "PUT is not allowed here; use DELETE, GET"}
+
+
+def test_an_api_error_is_answered_in_the_one_shape_with_its_headers() -> None:
+    """``ApiError`` becomes ``{"error", "fields", ...details}`` with its status and headers."""
+    code, headers, body = _answer("POST", "http://farm/pets")
+    assert code == 400
+    assert body == {"error": "bad pet; fix each field", "fields": {"name": "required"},
+                    "key": "k"}
+    assert headers.getRawHeaders("x-why") == ["test"]
+
+
+def test_database_failures_are_503_and_bugs_500_with_the_cause_logged() -> None:
+    """A database failure is 503 with its reason; any other exception a logged JSON 500."""
+    code, _, body = _answer("GET", "http://farm/pets/db")
+    assert (code, body) == (503, {"error": "the farm database failed: connection refused;"
+                                           " retry shortly"})
+    logged: list[dict[str, Any]] = []
+    log.addObserver(logged.append)
+    try:
+        code, _, body = _answer("GET", "http://farm/pets/bug")
+    finally:
+        log.removeObserver(logged.append)
+    assert (code, body) == (500, {"error": "the pets API failed; the master's log has the"
+                                           " cause"})
+    assert any(event.get("isError") and "oops" in str(event.get("failure")) for event in logged)
+
+
+def _request() -> tuple[server.Request, Any]:
+    channel = DummyChannel()
+    request = server.Request(channel)
+    request.method, request.uri, request.path = b"DELETE", b"/pets/rex", b"/pets/rex"
+    request.postpath = [b"pets", b"rex"]
+    request.prepath = []
+    return request, channel.transport
+
+
+def test_an_answer_for_a_client_that_hung_up_is_dropped_without_a_traceback() -> None:
+    """The handler finishes after the client left: nothing is written, nothing is logged."""
+    api = _Pets()
+    request, transport = _request()
+    logged: list[dict[str, Any]] = []
+    log.addObserver(logged.append)
+    try:
+        respond(request, lambda: api.routes.dispatch(api, request), "the pets API")
+        request.connectionLost(failure.Failure(ConnectionDone()))
+        api.pending.callback({"gone": True})
+    finally:
+        log.removeObserver(logged.append)
+    assert transport.written.getvalue() == b""
+    assert not request.finished
+    assert [event for event in logged if event.get("isError")] == []
+
+
+def test_tripwire_twisted_keeps_disconnected_on_the_request() -> None:
+    """``Request._disconnected`` (read by ``web._compat``) is false, then true after a hang-up.
+
+    If a Twisted release renames or drops it, this fails: ``_compat.disconnected`` must then
+    follow the new spelling.
+    """
+    request, _ = _request()
+    assert "_disconnected" in vars(request) or hasattr(server.Request, "_disconnected")
+    assert disconnected(request) is False
+    request.connectionLost(failure.Failure(ConnectionDone()))
+    assert request._disconnected is True
+    assert disconnected(request) is True
+
+
+def test_route_patterns_are_literal_or_named_segments() -> None:
+    """A malformed pattern is refused when the route is declared."""
+    routes: Routes[object] = Routes("bad")
+    with pytest.raises(ValueError, match="neither literal"):
+        routes.route("GET", "a/{b")
+    with pytest.raises(ValueError, match="neither literal"):
+        routes.route("GET", "a/{1x}")
