@@ -12,6 +12,7 @@ from twisted.web import resource
 from buildbot_farm.api_documents import DOCUMENTS, farm_documents
 from buildbot_farm.leases.api import CoordinatorAPI
 from buildbot_farm.ondemand.api import OnDemandAPI
+from buildbot_farm.records.api import RecordsAPI
 from buildbot_farm.web import Routes
 from buildbot_farm.web.status import StatusAPI
 
@@ -20,9 +21,12 @@ ROUTED: dict[str, tuple[Routes[Any], str]] = {
     "status": (StatusAPI.routes, "status"),
     "ondemand": (OnDemandAPI.routes, ""),
     "coordinator": (CoordinatorAPI.routes, ""),
+    "records": (RecordsAPI.routes, ""),
 }
-# Operations a document describes that no Routes table serves (the index is FarmRoot's).
-NOT_ROUTED = {("status", "get", "/")}
+# Operations a document describes that its Routes table does not serve: the index is
+# FarmRoot's, /build/{name} is BuildAlias handing /builds/{name} over, the chain its own.
+NOT_ROUTED = {("status", "get", "/"), ("records", "get", "/build/{name}"),
+              ("records", "get", "/records-chain")}
 METHODS = {"get", "put", "post", "delete", "patch", "head", "options"}
 
 

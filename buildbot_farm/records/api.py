@@ -15,12 +15,9 @@ import json
 from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import parse_qsl, unquote, urlencode
 
-from twisted.internet import defer
-from twisted.python import failure, log
-from twisted.web import resource, server
+from twisted.web import resource
 from twisted.web.server import Request
 
-from buildbot_farm import db
 from buildbot_farm.records.cache import RecentRecords
 from buildbot_farm.records.config import BuildRecords, Caller, bearer_key, identify
 from buildbot_farm.records.model import RESULTS, BuildRecord, InvalidRecord, parse_record
@@ -34,13 +31,14 @@ from buildbot_farm.records.store import (
     RecordStore,
     StoredRecord,
 )
-from buildbot_farm.web import ApiError, json_error, json_response
+from buildbot_farm.web import ApiError, Routes, json_error, json_response
 from buildbot_farm.web._request import (
     body_size,
     finite_number,
     json_body,
     query_last,
 )
+from buildbot_farm.web._router import RoutedResource
 
 if TYPE_CHECKING:
     from buildbot_farm.artifacts.repository import Repository
@@ -51,17 +49,8 @@ DEFAULT_PAGE = 100
 IMMUTABLE = b"public, max-age=31536000, immutable"
 
 
-class _Refused(Exception):
-    """An answer other than success, with its status and message."""
-
-    def __init__(self, code: int, message: str, **details: Any) -> None:
-        super().__init__(message)
-        self.code = code
-        self.details = details
-
-
-class RecordsResource(resource.Resource):
-    """Serves the records API; mount it as ``builds`` (it routes on the path below it).
+class RecordsAPI:
+    """The records API's routes; :class:`RecordsResource` serves them.
 
     ``store`` and ``signer`` are called per request, so a reconfigured service is followed;
     ``settings`` holds the keys; ``now`` is the clock (the master reactor's ``seconds``)
@@ -70,7 +59,7 @@ class RecordsResource(resource.Resource):
     it gets its size and digest from the repository's index.
     """
 
-    isLeaf = True
+    routes: Routes[RecordsAPI] = Routes("records")
 
     def __init__(
         self,
@@ -81,7 +70,6 @@ class RecordsResource(resource.Resource):
         builder_id: Callable[[], str],
         repository: Callable[[], Repository | None] = lambda: None,
     ) -> None:
-        super().__init__()
         self._repository = repository
         self._store = store
         self._settings = settings
@@ -90,55 +78,24 @@ class RecordsResource(resource.Resource):
         self._builder_id = builder_id
         self._recent: RecentRecords[tuple[str, str], StoredRecord] = RecentRecords()
 
-    def render(self, request: Request) -> int:
-        """Route the request; the answer is written when the database has answered."""
-        gone: list[bool] = []
-        request.notifyFinish().addErrback(lambda _: gone.append(True))
-        d = defer.ensureDeferred(self._answer(request))
-        d.addErrback(self._failed, request)
-
-        def deliver(body: bytes) -> None:
-            if not gone:  # the client may have hung up while the database answered
-                request.write(body)
-                request.finish()
-
-        d.addCallback(deliver)
-        d.addErrback(log.err, "farm records API: could not send an answer")
-        return server.NOT_DONE_YET
-
-    async def _answer(self, request: Request) -> bytes:
-        segments = [s.decode("utf-8", errors="replace") for s in request.postpath or []]
-        if segments and segments[-1] == "":
-            segments.pop()
-        method = request.method.decode(errors="replace")
-        routes: dict[tuple[int, str], Any] = {
-            (0, "GET"): self._list,
-            (0, "POST"): self._create,
-            (1, "GET"): self._versions,
-            (2, "GET"): self._get,
-            (2, "DELETE"): self._delete,
-        }
-        if len(segments) == 3 and segments[2] == "provenance":
-            routes[(3, "GET")] = self._provenance
-        allowed = sorted(m for (n, m) in routes if n == len(segments))
-        if not allowed:
-            raise _Refused(404, "no such records API path: use /builds, /builds/NAME or"
-                           " /builds/NAME/VERSION[/provenance]")
-        if (len(segments), method) not in routes:
-            request.setHeader(b"allow", ", ".join(allowed).encode())
-            raise _Refused(405, f"{method} is not allowed here; use {', '.join(allowed)}")
+    def _open_store(self) -> RecordStore:
         store = self._store()
         if store is None:
-            raise _Refused(503, "the farm database is not open; see the master's log")
-        answer: bytes = await routes[(len(segments), method)](request, store, *segments[:2])
-        return answer
+            raise ApiError(503, "the farm database is not open; see the master's log")
+        return store
 
-    async def _list(self, request: Request, store: RecordStore) -> bytes:
+    @routes.route("GET", "builds")
+    async def records(self, request: Request) -> bytes:
+        """Records, newest first, filtered by the query; the next page in ``Link``."""
+        store = self._open_store()
         args = _query_args(request)
         query, limit = _parse_query(args)
         return await self._page(request, store, query, limit, args.get("cursor"))
 
-    async def _versions(self, request: Request, store: RecordStore, name: str) -> bytes:
+    @routes.route("GET", "builds/{name}")
+    async def versions(self, request: Request, name: str) -> bytes:
+        """The records named ``name``, as :meth:`records` lists them."""
+        store = self._open_store()
         args = _query_args(request)
         args["name"] = name
         query, limit = _parse_query(args)
@@ -156,9 +113,9 @@ class RecordsResource(resource.Resource):
         try:
             records, more = await store.list(query, limit, cursor)
         except BadCursor as e:
-            raise _Refused(400, str(e), fields={"cursor": str(e)}) from e
+            raise ApiError(400, str(e), {"cursor": str(e)}) from e
         if name is not None and not records and cursor is None:
-            raise _Refused(404, f"no records named {name!r}")
+            raise ApiError(404, f"no records named {name!r}")
         documents = [_with_tombstone(r) for r in records]
         request.setResponseCode(200)
         request.setHeader(b"content-type", b"application/json; charset=utf-8")
@@ -167,29 +124,31 @@ class RecordsResource(resource.Resource):
             request.setHeader(b"link", b'<%s>; rel="next"' % _next_page(request, more).encode())
         return b"[%s]" % b",".join(documents)
 
-    async def _get(self, request: Request, store: RecordStore, name: str, version: str) -> bytes:
-        stored = await self._existing(store, name, version)
+    @routes.route("GET", "builds/{name}/{version}")
+    async def record(self, request: Request, name: str, version: str) -> bytes:
+        """One record, immutable: a strong ETag and a year's cache lifetime."""
+        stored = await self._existing(self._open_store(), name, version)
         return _immutable(request, stored.document)
 
-    async def _provenance(
-        self, request: Request, store: RecordStore, name: str, version: str
-    ) -> bytes:
+    @routes.route("GET", "builds/{name}/{version}/provenance")
+    async def provenance(self, request: Request, name: str, version: str) -> bytes:
         """The envelope signed when the record was stored; never signed again.
 
         A record stored without one (before signing at insert, or with no key loaded) is
         signed on its first request, and that envelope is kept for good.
         """
+        store = self._open_store()
         stored = await self._existing(store, name, version)
         body = await store.provenance(name, version)
         if body is None:
             record = parse_record(_rich_fields(json.loads(stored.document)))
             signer = self._signer()
             if signer is None:
-                raise _Refused(503, "no provenance signing key is loaded; see the master's log")
+                raise ApiError(503, "no provenance signing key is loaded; see the master's log")
             try:
                 envelope = signed_provenance(signer, record, self._builder_id())
             except NothingToAttest as e:
-                raise _Refused(
+                raise ApiError(
                     409, f"{name} {version}: {e} (its binaries have no sha256)"
                 ) from e
             body = await store.keep_provenance(name, version, envelope, self._now())
@@ -201,25 +160,28 @@ class RecordsResource(resource.Resource):
             return cached
         stored = await store.get(name, version)
         if stored is None:
-            raise _Refused(404, f"no record {name} {version}")
+            raise ApiError(404, f"no record {name} {version}")
         if stored.tombstone is not None:
             t = stored.tombstone
-            raise _Refused(
+            raise ApiError(
                 410, f"{name} {version} was deleted by {t.deleted_by}: {t.reason}",
                 deleted=t.as_json(),
             )
         self._recent.put((name, version), stored, self._now())
         return stored
 
-    async def _create(self, request: Request, store: RecordStore) -> bytes:
+    @routes.route("POST", "builds")
+    async def create(self, request: Request) -> bytes:
+        """Store a posted record (an API key is needed); 409 if it exists."""
         self._caller(request, admin=False)
+        store = self._open_store()
         body = _json_body(request)
         try:
             record = parse_record(body)
         except InvalidRecord as e:
-            raise _Refused(
+            raise ApiError(
                 400, f"the record has {len(e.problems)} bad field(s); fix them and post again",
-                fields=e.problems,
+                e.problems,
             ) from e
         record = await self._with_repository_digests(record)
         signer = self._signer()
@@ -231,7 +193,7 @@ class RecordsResource(resource.Resource):
         try:
             document = await store.insert(record, self._now(), provenance)
         except RecordExists as e:
-            raise _Refused(409, f"{e}: records are immutable; post a new version") from e
+            raise ApiError(409, f"{e}: records are immutable; post a new version") from e
         request.setHeader(
             b"location", f"/builds/{record.name}/{record.version}".encode()
         )
@@ -240,25 +202,28 @@ class RecordsResource(resource.Resource):
         request.setHeader(b"content-type", b"application/json; charset=utf-8")
         return document
 
-    async def _delete(self, request: Request, store: RecordStore, name: str, version: str) -> bytes:
+    @routes.route("DELETE", "builds/{name}/{version}")
+    async def delete(self, request: Request, name: str, version: str) -> bytes:
+        """Leave a tombstone in place of a record (an admin key and a reason are needed)."""
         caller = self._caller(request, admin=True)
+        store = self._open_store()
         reason = _query_args(request).get("reason")
         if reason is None and body_size(request):
             body = _json_body(request)
             reason = body.get("reason") if isinstance(body, dict) else None
         if not isinstance(reason, str) or not reason.strip() or len(reason) > 2000:
-            raise _Refused(
+            raise ApiError(
                 400, "a deletion needs a reason: ?reason=... or a JSON body {\"reason\": ...}",
-                fields={"reason": "required: 1-2000 characters"},
+                {"reason": "required: 1-2000 characters"},
             )
         try:
             tombstone = await store.delete(
                 name, version, caller.name, reason.strip(), self._now()
             )
         except NoSuchRecord as e:
-            raise _Refused(404, str(e)) from e
+            raise ApiError(404, str(e)) from e
         except AlreadyDeleted as e:
-            raise _Refused(410, str(e)) from e
+            raise ApiError(410, str(e)) from e
         self._recent.forget((name, version))
         return json_response(request, {"name": name, "version": version, **tombstone.as_json()})
 
@@ -292,29 +257,26 @@ class RecordsResource(resource.Resource):
     def _caller(self, request: Request, admin: bool) -> Caller:
         settings = self._settings()
         key = bearer_key(request.getHeader(b"authorization"))
+        challenge = {b"www-authenticate": b'Bearer realm="buildbot_farm records"'}
         if key is None:
-            request.setHeader(b"www-authenticate", b'Bearer realm="buildbot_farm records"')
-            raise _Refused(401, "send an API key as 'Authorization: Bearer KEY'")
+            raise ApiError(401, "send an API key as 'Authorization: Bearer KEY'",
+                           headers=challenge)
         caller = identify(settings, key)
         if caller is None:
-            request.setHeader(b"www-authenticate", b'Bearer realm="buildbot_farm records"')
-            raise _Refused(401, "this API key is not configured in BuildRecords(...)")
+            raise ApiError(401, "this API key is not configured in BuildRecords(...)",
+                           headers=challenge)
         if admin and not caller.admin:
-            raise _Refused(
+            raise ApiError(
                 403, f"key {caller.name!r} may post records; deleting needs an admin key"
             )
         return caller
 
-    def _failed(self, reason: failure.Failure, request: Request) -> bytes:
-        if reason.check(ApiError):
-            return reason.value.answer(request)
-        if reason.check(_Refused):
-            refused = reason.value
-            return json_error(request, refused.code, str(refused), **refused.details)
-        if reason.check(db.DatabaseError):
-            return json_error(request, 503, f"the farm database failed: {reason.value}")
-        log.err(reason, "farm records API failed")
-        return json_error(request, 500, "the records API failed; the master's log has the cause")
+
+class RecordsResource(RoutedResource[RecordsAPI]):
+    """Serves the records API ``api``; mount it as ``builds``."""
+
+    def __init__(self, api: RecordsAPI) -> None:
+        super().__init__(RecordsAPI.routes, api, "builds")
 
 
 class BuildAlias(resource.Resource):
@@ -419,7 +381,7 @@ def _parse_query(args: dict[str, str]) -> tuple[Query, int]:
     if deleted not in ("true", "false"):
         problems["deleted"] = "must be true or false"
     if problems:
-        raise _Refused(400, "bad query parameter(s)", fields=problems)
+        raise ApiError(400, "bad query parameter(s)", problems)
     query = Query(
         name=args.get("name"), since=since, until=until, commit=args.get("commit"),
         result=result, include_deleted=deleted == "true",

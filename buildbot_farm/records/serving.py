@@ -11,7 +11,7 @@ from twisted.python import log
 from twisted.web import server
 
 from buildbot_farm import db
-from buildbot_farm.records.api import BuildAlias, RecordsResource
+from buildbot_farm.records.api import BuildAlias, RecordsAPI, RecordsResource
 from buildbot_farm.records.chain_api import RecordChainResource
 from buildbot_farm.records.config import BuildRecords
 from buildbot_farm.records.model import BuildRecord
@@ -49,14 +49,14 @@ class RecordsEndpoint:
         self._builder_id = ""
         self._listening: Any = None
         self._store: RecordStore | None = None
-        self.resource = RecordsResource(
+        self.resource = RecordsResource(RecordsAPI(
             store=self.store,
             settings=lambda: self.settings,
             signer=lambda: self.signer,
             now=lambda: float(self._reactor.seconds()),
             builder_id=lambda: self._builder_id,
             repository=repository,
-        )
+        ))
         self.openapi = OpenAPIResource(OPENAPI)
         self.chain = RecordChainResource(self.store)
 
