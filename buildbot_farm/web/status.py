@@ -16,6 +16,7 @@ from buildbot_farm.web._router import Routes
 OPENAPI: dict[str, Any] = {
     "openapi": "3.0.3",
     "info": {"title": "buildbot_farm status", "version": "1"},
+    "servers": [{"url": "/plugins/farm"}],
     "paths": {
         "/": {
             "get": {
