@@ -23,14 +23,14 @@ from buildbot_farm import __version__, db
 from buildbot_farm.api_documents import farm_documents
 from buildbot_farm.artifacts.config import ArtifactRepository
 from buildbot_farm.artifacts.hosting import RepositoryHost
+from buildbot_farm.compat.buildbot_api import config_kwargs
 from buildbot_farm.config_checks import checked_keywords
 from buildbot_farm.config_checks.values import is_positive, is_whole_at_least
 from buildbot_farm.containers import reap_leftovers
 from buildbot_farm.dashboard import DashboardResource
-from buildbot_farm.leases.agent_client import AgentClient
-from buildbot_farm.leases.api import CoordinatorResource
 from buildbot_farm.leases.config import FarmCoordinator
 from buildbot_farm.leases.coordinator import Coordinator
+from buildbot_farm.leases.runtime import SWEEPER, LeaseRuntime
 from buildbot_farm.masters import MasterTable
 from buildbot_farm.names import FARM_SERVICE
 from buildbot_farm.ondemand.api import OnDemandAPI
@@ -43,7 +43,6 @@ from buildbot_farm.records.config import BuildRecords
 from buildbot_farm.records.serving import RecordsEndpoint
 from buildbot_farm.secret_values import SecretRenderer, is_renderable
 from buildbot_farm.web import FarmRoot, OpenAPIResource
-from buildbot_farm.web.client import http_client
 from buildbot_farm.web.status import OPENAPI, StatusAPI
 
 DEFAULT_DB_URL = "sqlite:///farm.sqlite"
@@ -168,6 +167,9 @@ class FarmService(service.BuildbotService):
     def __init__(self, **kwargs: Any) -> None:
         self.database: db.Database | None = None
         self.settings: FarmSettings | None = None
+        # The coordinator with coordinator=util.FarmCoordinator(...): its runtime, and the
+        # Coordinator itself (what the dashboard and the tests use).
+        self.leases: LeaseRuntime | None = None
         self.coordinator: Coordinator | None = None
         self.artifacts = RepositoryHost(self)
         self.web_root = FarmRoot()
@@ -209,12 +211,12 @@ class FarmService(service.BuildbotService):
 
         None when they are not usable (checkConfig reported why).
         """
-        settings = FarmSettings(**self._config_kwargs)
+        settings = FarmSettings(**config_kwargs(self))
         return None if settings.problems() else settings
 
     def requested_artifacts(self) -> ArtifactRepository | None:
         """The repository this instance's master.cfg arguments ask for (before it runs)."""
-        wanted = self._config_kwargs.get("artifacts")
+        wanted = config_kwargs(self).get("artifacts")
         return wanted if isinstance(wanted, ArtifactRepository) else None
 
     def checkConfig(self, **kwargs: Any) -> None:
@@ -249,40 +251,26 @@ class FarmService(service.BuildbotService):
 
     async def _start_coordinator(self, wanted: FarmCoordinator | None) -> None:
         """Replace the running coordinator (buildlets survive: the new one re-adopts them)."""
-        if self.coordinator is not None:
-            old, self.coordinator = self.coordinator, None
+        if self.leases is not None:
+            old, self.leases, self.coordinator = self.leases, None, None
             self.web_root.unmount("coordinator")
-            self._periodic.pop("lease-sweeper").stop()
-            await old.stop()
+            self._periodic.pop(SWEEPER).stop()
+            await old.coordinator.stop()
         if wanted is None or self.database is None:
             return
-        reactor = self.master.reactor
-        agents = AgentClient(reactor, http_client(reactor))
-        coordinator = Coordinator(
-            self.database,
-            reactor,
-            wanted.buildlet_types(Path(self.master.basedir), reactor, agents, self.master.name),
-            agents,
-            wanted.policy,
-            name=self.master.name,
-            agent_grace=wanted.agent_grace,
+        runtime = await LeaseRuntime.start(
+            wanted, self.database, self.master.reactor, Path(self.master.basedir),
+            owner=self.master.name, name=self.master.name,
         )
-        await coordinator.start()
-        self.coordinator = coordinator
-        self.web_root.mount(
-            "coordinator",
-            CoordinatorResource(coordinator, wanted.secret.encode(), reactor),
-        )
-        self.add_periodic("lease-sweeper", wanted.sweep_interval, coordinator.sweep)
+        self.leases, self.coordinator = runtime, runtime.coordinator
+        self.web_root.mount("coordinator", runtime.resource)
+        self._add_task(runtime.sweeper(self.master.reactor))
 
-    async def _stop_coordinator(self, coordinator: Coordinator) -> None:
+    async def _stop_coordinator(self, runtime: LeaseRuntime) -> None:
         """Stop the coordinator; with ``on_stop="halt"`` destroy its buildlets too."""
-        wanted = self.settings.coordinator if self.settings is not None else None
-        if wanted is None or wanted.on_stop != "halt":
-            await coordinator.stop()
-            return
-        halted = await coordinator.halt_all()
-        log.msg(f"farm: stopping halted the buildlets {', '.join(halted) or '(none)'}")
+        halted = await runtime.stop()
+        if runtime.settings.on_stop == "halt":
+            log.msg(f"farm: stopping halted the buildlets {', '.join(halted) or '(none)'}")
 
     async def _open_database(self, settings: FarmSettings) -> None:
         try:
@@ -308,11 +296,13 @@ class FarmService(service.BuildbotService):
         Adding a task under an existing name replaces it. Runs are on the master's clock,
         never overlap, and a failing run is logged without stopping the next.
         """
-        old = self._periodic.pop(name, None)
+        return self._add_task(PeriodicTask(name, interval, work, self.master.reactor), now)
+
+    def _add_task(self, periodic: PeriodicTask, now: bool = True) -> PeriodicTask:
+        old = self._periodic.pop(periodic.name, None)
         if old is not None:
             old.stop()
-        periodic = PeriodicTask(name, interval, work, self.master.reactor)
-        self._periodic[name] = periodic
+        self._periodic[periodic.name] = periodic
         if self.running:
             periodic.start(now=now)
         return periodic
@@ -349,8 +339,8 @@ class FarmService(service.BuildbotService):
     async def _stop(self) -> None:
         for periodic in self._periodic.values():
             await periodic.stop()
-        if self.coordinator is not None:
-            await self._stop_coordinator(self.coordinator)
+        if self.leases is not None:
+            await self._stop_coordinator(self.leases)
         await self.artifacts.stop()
         await self.on_demand.stop()
         await self.records.stop()

@@ -39,6 +39,7 @@ from buildbot_farm.artifacts import tokens
 from buildbot_farm.artifacts.config import ArtifactRepository
 from buildbot_farm.artifacts.paths import Segments, UnsafePath
 from buildbot_farm.artifacts.repository import Repository
+from buildbot_farm.compat.buildbot_api import run_first
 from buildbot_farm.config_checks import suggestion
 from buildbot_farm.lookup import farm_service
 from buildbot_farm.names import FARM_SERVICE
@@ -121,6 +122,7 @@ class TokenMintingBuild(Build):
     _steps_started = False
     _token_minted = False
 
+    # startNextStep and buildFinished are Buildbot internals (compat.buildbot_api.BUILD_HOOKS)
     def startNextStep(self) -> defer.Deferred[Any]:  # noqa: N802
         """Before the first step: mint and publish the token. Then as Build does."""
         if self._steps_started:
@@ -133,7 +135,7 @@ class TokenMintingBuild(Build):
         problem = await self._mint()
         if problem is not None:
             log.msg(f"farm artifacts: build {self.buildid} of {self.builder.name}: {problem}")
-            self.steps[0:0] = self.setupBuildSteps([TokenUnavailable(problem)])
+            run_first(self, [TokenUnavailable(problem)])
         await super().startNextStep()
 
     async def _mint(self) -> str | None:

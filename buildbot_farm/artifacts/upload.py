@@ -31,6 +31,7 @@ from buildbot_farm.artifacts.repository import Repository
 from buildbot_farm.artifacts.resource import AUTH_ENDPOINT, REALM
 from buildbot_farm.artifacts.spool import Spool
 from buildbot_farm.artifacts.write_access import WriteRefused, authorise_put, write_target
+from buildbot_farm.compat import twisted_web
 from buildbot_farm.web._json import json_error
 
 LINGER_SECONDS = 5.0
@@ -114,14 +115,14 @@ class StreamingRequest(server.Request):
         return repository if isinstance(repository, Repository) else None
 
     def _put_target(self) -> bytes | None:
-        # The method and path are known to the channel before the body (private names).
-        method, uri = self.channel._command, self.channel._path
+        # The method and path are known to the channel before the body.
+        method, uri, version = twisted_web.request_line(self.channel)
         if method != b"PUT":
             return None
         raw = uri.split(b"?", 1)[0]
         if raw.split(b"/")[1:2] == [AUTH_ENDPOINT.encode()]:
             return None
-        self.method, self.uri, self.clientproto = method, uri, self.channel._version
+        self.method, self.uri, self.clientproto = method, uri, version
         return raw
 
     async def _authorise(

@@ -22,7 +22,8 @@ reconfig alike). The ``check_*`` methods and ``buildbot.scripts.checkconfig`` of
 short of patching Buildbot. So that users need not add a configurator themselves, each farm
 object master.cfg constructs adds one (:func:`watch_config`) to the ``BuildmasterConfig``
 dict of the master.cfg being run, which it finds up the call stack; that is the one piece
-that leans on how Buildbot runs master.cfg, kept in :mod:`._buildbot` with a tripwire test.
+that leans on how Buildbot runs master.cfg, kept in :mod:`buildbot_farm.compat.buildbot_api`
+with a tripwire test.
 Its limit: master.cfg must bind ``BuildmasterConfig`` before it constructs the farm objects
 (``c = BuildmasterConfig = {}`` first, as Buildbot's sample does) and extend, not replace,
 ``c['configurators']`` after them; otherwise the mistakes surface when builds run, as before.
@@ -30,7 +31,7 @@ Its limit: master.cfg must bind ``BuildmasterConfig`` before it constructs the f
 
 from __future__ import annotations
 
-from buildbot_farm.config_checks._buildbot import STEP_ARGUMENTS, check_config_arguments
+from buildbot_farm.compat.buildbot_api import STEP_ARGUMENTS, check_config_arguments
 from buildbot_farm.config_checks._hook import FarmConfigCheck, watch_config
 from buildbot_farm.config_checks._keywords import checked_keywords, suggestion
 

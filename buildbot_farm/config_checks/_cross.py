@@ -15,7 +15,7 @@ from buildbot import config
 
 from buildbot_farm.artifacts.build_tokens import unmatched_token_builders
 from buildbot_farm.artifacts.steps import ArtifactDownload, ArtifactToken, ArtifactUpload
-from buildbot_farm.config_checks._buildbot import steps_of
+from buildbot_farm.compat.buildbot_api import steps_of
 from buildbot_farm.config_checks._keywords import suggestion
 from buildbot_farm.dashboard import farm_dashboard
 from buildbot_farm.leases.worker import FarmLatentWorker

@@ -10,7 +10,7 @@ from typing import Any
 from buildbot.interfaces import IConfigurator
 from zope.interface import implementer
 
-from buildbot_farm.config_checks._buildbot import config_being_loaded
+from buildbot_farm.compat.buildbot_api import config_being_loaded
 
 CONFIGURATORS = "configurators"
 

@@ -15,6 +15,7 @@ import docker
 from docker.errors import APIError, ImageNotFound, NotFound
 from docker.utils.socket import frames_iter
 
+from buildbot_farm.compat.docker_api import thd_attach_unlimited, thd_put_archive_owned
 from buildbot_farm.docker_errors import engine_errors
 from buildbot_farm.thread_pool import in_thread
 
@@ -111,13 +112,8 @@ def thd_put_archive(
     """Stream the tar ``data`` into the container at ``path``, owned by the container's user."""
     api = client.api
     with _explained(f"copying into the container at {path}", api.base_url):
-        # put_archive without docker-py's wrapper: it has no copyUIDGID parameter.
-        response = api._put(
-            api._url("/containers/{0}/archive", cid),
-            params={"path": path, "copyUIDGID": "1"},
-            data=iter(data),
-        )
-        api._raise_for_status(response)
+        # docker-py's put_archive has no copyUIDGID parameter (see compat.docker_api).
+        thd_put_archive_owned(api, cid, path, data)
 
 
 def thd_run(
@@ -130,14 +126,7 @@ def thd_run(
     api = client.api
     with _explained("running the task", api.base_url):
         # attach's own wrapper keeps the client's read timeout, which would cut a quiet task.
-        response = api._post(
-            api._url("/containers/{0}/attach", cid),
-            headers={"Connection": "Upgrade", "Upgrade": "tcp"},
-            params={"logs": 1, "stdout": 1, "stderr": 1, "stream": 1},
-            stream=True,
-        )
-        sock = api._get_raw_response_socket(response)
-        api._disable_socket_timeout(sock)
+        response, sock = thd_attach_unlimited(api, cid)
         try:
             api.start(cid)
             for stream, data in frames_iter(sock, False):

@@ -3,12 +3,13 @@
 The request body is what twisted.web has already spooled (memory under 100 KiB, a temporary
 file above); it is streamed to the agent from there over a connection of its own (HTTP/1.1,
 ``Connection: close``). The answer is relayed as the agent wrote it: its status, its headers
-(less hop-by-hop ones) and its body byte for byte, a chunked body with its trailers (``/exec``'s
-``Process-State``, which Go's buildlet client needs) — twisted.web's ``Request`` cannot send
-trailers, so that body goes straight to the client's connection (``_web_compat``). The body is
-only scanned for where it ends, never re-framed. Flow control works both ways: a slow client
-pauses the agent connection, and a client that goes away closes it (the agent's command
-then waits for the client to re-attach, for the agent's grace period).
+(less hop-by-hop ones) and its body byte for byte, a chunked body with its trailers
+(``/exec``'s ``Process-State``, which Go's buildlet client needs) — twisted.web's
+``Request`` cannot send trailers, so that body goes straight to the client's connection
+(``compat.twisted_web``). The body is only scanned for where it ends, never re-framed. Flow
+control works both ways: a slow client pauses the agent connection, and a client that goes
+away closes it (the agent's command then waits for the client to re-attach, for the agent's
+grace period).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from twisted.internet.abstract import isIPv6Address
 from twisted.python import failure, log
 from twisted.web.server import Request
 
-from buildbot_farm.leases import _web_compat
+from buildbot_farm.compat import twisted_web
 from buildbot_farm.leases.agent_client import SECRET_HEADER
 from buildbot_farm.web import json_error
 
@@ -222,7 +223,7 @@ class _AgentAnswer(protocol.Protocol):
         elif chunked:
             if request.clientproto != b"HTTP/1.1":
                 request.responseHeaders.removeHeader(b"trailer")  # de-chunked: no trailers
-            writer = _web_compat.raw_body_writer(request)
+            writer = twisted_web.raw_body_writer(request)
             self._raw = writer is not None
             self._scanner = ChunkedScanner(collect=not self._raw)
             self._relay = writer or request.write
@@ -262,7 +263,7 @@ class _AgentAnswer(protocol.Protocol):
         self._complete = True
         self._stop_producing()
         if self._raw and not self._client_gone:
-            _web_compat.finish_raw_body(self._request)
+            twisted_web.finish_raw_body(self._request)
         self.transport.loseConnection()
         self.done.callback(None)
 

@@ -17,11 +17,8 @@ from twisted.python import log
 from twisted.web import server
 
 from buildbot_farm import db
-from buildbot_farm.leases.agent_client import AgentClient
-from buildbot_farm.leases.api import CoordinatorResource
 from buildbot_farm.leases.config import BuildletPool, FarmCoordinator
-from buildbot_farm.leases.coordinator import Coordinator
-from buildbot_farm.web.client import http_client
+from buildbot_farm.leases.runtime import LeaseRuntime
 
 _NUMBERS = {"max": ("max_count", int), "warm": ("warm", int), "cpus": ("cpus", float),
             "pids": ("pids", int)}
@@ -104,27 +101,18 @@ def run_coordinator(args: argparse.Namespace) -> int:
             outcome["exit"] = 2
             return
         log.startLogging(sys.stderr, setStdout=False)
-        agents = AgentClient(reactor, http_client(reactor))
-        owner = f"standalone:{args.state_dir}"
-        types = settings.buildlet_types(args.state_dir, reactor, agents, owner)
-        coordinator = Coordinator(
-            database, reactor, types, agents, settings.policy, agent_grace=settings.agent_grace
+        runtime = await LeaseRuntime.start(
+            settings, database, reactor, args.state_dir, owner=f"standalone:{args.state_dir}"
         )
-        await coordinator.start()
-        resource = CoordinatorResource(coordinator, secret.encode(), reactor)
-        listening = reactor.listenTCP(int(port), server.Site(resource), interface=host)
+        listening = reactor.listenTCP(int(port), server.Site(runtime.resource), interface=host)
         print(f"COORDINATOR-READY http://{host}:{listening.getHost().port}", flush=True)
-        sweeper = task.LoopingCall(lambda: defer.ensureDeferred(coordinator.sweep()))
-        sweeper.clock = reactor
-        sweeper.start(settings.sweep_interval, now=False)
+        sweeper = runtime.sweeper(reactor)
+        sweeper.start(now=False)
         stopped: defer.Deferred[None] = defer.Deferred()
         reactor.addSystemEventTrigger("before", "shutdown", lambda: stopped.callback(None))
         await stopped
-        sweeper.stop()
-        if settings.on_stop == "halt":
-            await coordinator.halt_all()
-        else:
-            await coordinator.stop()
+        await sweeper.stop()
+        await runtime.stop()
         await database.stop()
 
     task.react(lambda reactor: defer.ensureDeferred(serve(reactor)))

@@ -27,6 +27,7 @@ from buildbot.worker.latent import AbstractLatentWorker
 from twisted.internet import defer, task
 from twisted.python import failure, log
 
+from buildbot_farm.compat.buildbot_api import builds_running, config_kwargs
 from buildbot_farm.config_checks import check_config_arguments, checked_keywords
 from buildbot_farm.config_checks.values import is_number, is_positive
 from buildbot_farm.leases import keys
@@ -153,7 +154,7 @@ class FarmLatentWorker(AbstractLatentWorker):
 
         None when they are not usable (checkConfig reported why).
         """
-        own = {k: v for k, v in self._config_kwargs.items() if k in _LEASE_ARGS}
+        own = {k: v for k, v in config_kwargs(self).items() if k in _LEASE_ARGS}
         settings = LeaseSettings(**own)
         return None if settings.problems() else settings
 
@@ -367,7 +368,7 @@ class FarmLatentWorker(AbstractLatentWorker):
         return [
             build
             for builder in self.master.botmaster.builders.values()
-            for build in builder.building
+            for build in builds_running(builder)
             if build.workerforbuilder is not None and build.workerforbuilder.worker is self
         ]
 

@@ -16,6 +16,7 @@ from buildbot.util import service
 from twisted.internet import defer
 from twisted.python import log
 
+from buildbot_farm.compat.buildbot_api import config_kwargs
 from buildbot_farm.config_checks import checked_keywords
 from buildbot_farm.lookup import farm_service
 from buildbot_farm.names import ARTIFACTS_PROPERTY, FARM_SERVICE
@@ -100,7 +101,7 @@ class BuildRecorder(service.BuildbotService):
 
         None when they are not usable (checkConfig reported why).
         """
-        settings = RecorderSettings(**self._config_kwargs)
+        settings = RecorderSettings(**config_kwargs(self))
         return None if settings.problems() else settings
 
     async def reconfigService(self, **kwargs: Any) -> None:

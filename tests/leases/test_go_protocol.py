@@ -32,7 +32,8 @@ import pytest_twisted
 from twisted.internet import reactor, threads
 from twisted.web import resource, server
 
-from buildbot_farm.leases import _web_compat, keys
+from buildbot_farm.compat import twisted_web
+from buildbot_farm.leases import keys
 from tests.leases.conftest import SECRET, RunningCoordinator, StartCoordinator
 
 FORM = "application/x-www-form-urlencoded"
@@ -493,11 +494,11 @@ class _RawChunks(resource.Resource):
 
     def render_GET(self, request: server.Request) -> bytes:
         request.setHeader(b"trailer", b"Process-State")
-        write = _web_compat.raw_body_writer(request)
+        write = twisted_web.raw_body_writer(request)
         if write is None:
             return b"de-chunked"
         write(b"5\r\nhello\r\n0\r\nProcess-State: ok\r\n\r\n")
-        _web_compat.finish_raw_body(request)
+        twisted_web.finish_raw_body(request)
         return server.NOT_DONE_YET  # type: ignore[no-any-return]
 
 

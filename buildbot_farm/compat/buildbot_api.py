@@ -1,8 +1,11 @@
-"""The Buildbot (and master.cfg loading) details the configuration checks rely on.
+"""The Buildbot (and master.cfg loading) details the farm relies on.
 
 Everything here reads something Buildbot does not promise as an API; it is kept in this one
 module so that a Buildbot upgrade that changes one of them breaks one place, and
-``tests/config_checks/test_buildbot_compat.py`` fails loudly, naming which one.
+``tests/test_compat.py`` fails loudly, naming which one.
+
+Two more are methods the farm overrides rather than reads: ``Build.startNextStep`` and
+``Build.buildFinished`` (:data:`BUILD_HOOKS`, see ``buildbot_farm.artifacts.build_tokens``).
 """
 
 from __future__ import annotations
@@ -73,3 +76,38 @@ def config_being_loaded() -> dict[str, Any] | None:
             return candidate
         frame = frame.f_back
     return None
+
+
+# The Build methods TokenMintingBuild overrides: startNextStep is where a build with its id
+# and number starts its first step (and may return a Deferred), buildFinished where every
+# build ends before it is marked finished. Buildbot offers no hook at either point.
+BUILD_HOOKS = ("startNextStep", "buildFinished")
+
+
+def config_kwargs(service: Any) -> dict[str, Any]:
+    """The keyword arguments master.cfg gave a ``BuildbotService`` (before it is configured).
+
+    Buildbot keeps them in ``_config_kwargs`` to call ``reconfigService`` with later; the
+    farm reads them earlier, when a new configuration is checked (what it asks for, not
+    what runs).
+    """
+    return dict(service._config_kwargs)
+
+
+def builds_running(builder: Any) -> list[Any]:
+    """The ``Build`` objects ``builder`` (a botmaster ``Builder``) runs now.
+
+    ``Builder.building`` is the only list of them; the data API has build dicts, not the
+    objects whose ``workerforbuilder`` says which worker runs them.
+    """
+    return list(builder.building)
+
+
+def run_first(build: Any, steps: list[Any]) -> None:
+    """Make ``steps`` (step factories) the next steps ``build`` runs.
+
+    ``Build.steps`` is the queue of the steps still to run; Buildbot's public
+    ``addStepsAfterCurrentStep`` needs a current step, which a build has not yet before its
+    first.
+    """
+    build.steps[0:0] = build.setupBuildSteps(steps)

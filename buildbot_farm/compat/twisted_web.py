@@ -1,0 +1,56 @@
+"""The places the farm reaches into twisted.web's ``Request`` and channel internals.
+
+**The coordinator's proxy.** twisted.web can send neither response trailers nor a chunked
+body it did not frame itself, but Go's buildlet client needs ``/exec``'s ``Process-State``
+trailer. So the proxy writes the agent's chunked body, trailers included, straight to the
+client's connection, after letting twisted.web write the status line and headers. Two things
+here are not public API: the ``chunked`` flag (cleared so that ``finish`` does not add a
+last chunk of its own) and the ``_encoder`` of a request wrapped in an
+``EncodingResourceWrapper`` (such a request cannot take raw bytes).
+
+**The artifact upload.** A PUT is authorised before its body arrives, when twisted.web has
+not yet made the request object: only the channel knows the request line then
+(:func:`request_line`).
+
+``tests/test_compat.py`` and ``tests/leases/test_go_protocol.py`` have the tripwire tests
+that fail when twisted.web changes these.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from twisted.web import http
+from twisted.web.server import Request
+
+
+def raw_body_writer(request: Request) -> Callable[[bytes], None] | None:
+    """Send the response's headers and return a writer of raw body bytes; None if it can't be.
+
+    Call it once the status and headers are set, without Content-Length. Only an HTTP/1.1
+    client whose response twisted.web would chunk, with no content encoder, can take the
+    agent's own chunked framing; for any other the caller de-chunks and uses ``write``.
+    """
+    if request.clientproto != b"HTTP/1.1" or request.method == b"HEAD":
+        return None
+    if request.code in http.NO_BODY_CODES or getattr(request, "_encoder", None) is not None:
+        return None
+    request.write(b"")  # twisted.web writes the headers, with Transfer-Encoding: chunked
+    if request.startedWriting and not getattr(request, "chunked", False):
+        raise RuntimeError("twisted.web did not chunk an HTTP/1.1 response without a length")
+    return request.channel.write
+
+
+def finish_raw_body(request: Request) -> None:
+    """Finish a request whose chunked body (last chunk and trailers too) was written raw."""
+    request.chunked = 0
+    request.finish()
+
+
+def request_line(channel: http.HTTPChannel) -> tuple[bytes, bytes, bytes]:
+    """The method, URI and protocol of the request ``channel`` is reading the body of.
+
+    ``HTTPChannel`` keeps them in ``_command``, ``_path`` and ``_version`` from the request
+    line on; the Request gets them only when the body has been read.
+    """
+    return channel._command, channel._path, channel._version
