@@ -106,7 +106,7 @@ def test_a_dashboard_error_page_is_titled_once(master: LocalFarm) -> None:
     assert (status, content_type.split(";")[0]) == (404, "text/html"), page
     assert re.findall(r"<title>(.*?)</title>", page) == ["Farm: Error"]
     assert re.findall(r"<h1>(.*?)</h1>", page) == ["Error"]
-    assert "has no page &#x27;nowhere&#x27;" in page
+    assert "has no page &#39;nowhere&#39;" in page
     assert "Farm: Farm" not in page
 
 

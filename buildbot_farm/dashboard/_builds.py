@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from buildbot.data import resultspec
+from markupsafe import Markup
 
 from buildbot_farm.dashboard import _pages as pages
 
@@ -48,16 +49,13 @@ class BuildLinks:
             self._found[build_id] = ref
         return self._found[build_id]
 
-    async def link(self, build_id: int | None) -> str:
+    async def link(self, build_id: int | None) -> Markup:
         """HTML: ``BUILDER #NUMBER`` linking to the build's page, or the bare id."""
         if build_id is None:
-            return ""
+            return Markup()
         ref = await self.find(int(build_id))
-        if ref is None:
-            return pages.esc(f"build id {build_id} (not in Buildbot)")
-        url = f"{self._root}#/builders/{ref.builderid}/builds/{ref.number}"
-        return (f'<a href="{pages.esc(url)}" target="_top" class="build">'
-                f"{pages.esc(ref.builder)} #{ref.number}</a>")
+        url = "" if ref is None else f"{self._root}#/builders/{ref.builderid}/builds/{ref.number}"
+        return pages.render("build_link.html", ref=ref, build_id=build_id, url=url)
 
     async def any_running(self) -> bool:
         """Whether Buildbot has a build in progress (on any master of this database)."""

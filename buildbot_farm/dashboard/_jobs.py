@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 from typing import Any
-from urllib.parse import quote
+
+from markupsafe import Markup
 
 from buildbot_farm.dashboard import _pages as pages
 from buildbot_farm.dashboard._builds import BuildLinks
@@ -25,40 +26,23 @@ c["schedulers"].append(schedulers.OnDemandScheduler(
 ))"""
 
 
-def parameters_cell(parameters: str) -> str:
-    """HTML: a job's canonical JSON parameters as ``name=value`` lines."""
+def parameters_cell(parameters: str) -> list[tuple[str, str]] | None:
+    """A job's canonical JSON parameters as ``(name, value)`` pairs by name (a list's
+    values joined by ``,``); None when they are not JSON."""
     try:
         values = json.loads(parameters)
     except ValueError:
-        return f"<code>{pages.esc(parameters)}</code>"
-    if not isinstance(values, dict) or not values:
-        return "(none)"
-    return "<br>".join(
-        f"<code>{pages.esc(name)}={pages.esc(_value(value))}</code>"
-        for name, value in sorted(values.items()))
+        return None
+    if not isinstance(values, dict):
+        return []
+    return [(name, _value(value)) for name, value in sorted(values.items())]
 
 
 def _value(value: Any) -> str:
     return ",".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
-async def attempts_cell(attempts: list[dict[str, Any]], links: BuildLinks) -> str:
-    """HTML: one line per attempt: number, worker, result or error, and its build."""
-    lines = []
-    for attempt in attempts:
-        outcome = attempt.get("result") or "in progress"
-        parts = [f"#{int(attempt['attempt'])}",
-                 f"on {attempt['worker']}" if attempt.get("worker") else "waiting for a worker",
-                 outcome]
-        text = pages.esc(" ".join(parts))
-        build = await links.link(attempt.get("build_id"))
-        error = f' <span class="error-text">{pages.esc(attempt["error"])}</span>' if (
-            attempt.get("error")) else ""
-        lines.append(f'<span class="attempt">{text}{" · " + build if build else ""}{error}</span>')
-    return "<br>".join(lines)
-
-
-async def jobs_body(host: Any, links: BuildLinks, api_base: str) -> tuple[str, bool]:
+async def jobs_body(host: Any, links: BuildLinks, api_base: str) -> tuple[Markup, bool]:
     """The page's HTML and whether a job is in progress (so the page should reload).
 
     ``host`` is FarmService's OnDemandHost; ``api_base`` the farm API's URL (ending in
@@ -69,25 +53,13 @@ async def jobs_body(host: Any, links: BuildLinks, api_base: str) -> tuple[str, b
         return pages.empty_state("This farm does not run on-demand builds.", ONDEMAND_CFG), False
     found: list[Job] = await jobs.recent(JOBS_PAGE_SIZE)
     if not found:
-        return ('<p class="empty">No on-demand jobs yet. Submit one with the scheduler\'s'
-                " form in Buildbot's web UI, or with <code>curl -d '{\"os\": \"linux\"}'"
-                f" {pages.esc(api_base)}build</code>.</p>"), False
+        return pages.render("no_jobs.html", api_base=api_base), False
     rows = []
     for job in found:
-        quoted = quote(job.key, safe="")
-        key = (f'<a href="{pages.esc(api_base + "build/" + quoted)}" class="key"'
-               f' title="{pages.esc(job.key)}"><code>{pages.esc(job.key[:KEY_SHOWN])}</code></a>')
-        status = pages.esc(job.status) + (
-            f'<br><span class="error-text">{pages.esc(job.error)}</span>' if job.error else "")
-        artifact = ""
-        if job.artifact is not None and job.status == "succeeded":
-            artifact = (pages.link(api_base + "download/" + quoted, "download")
-                        + f"<br><code>{pages.esc(job.artifact.path)}</code>"
-                        + f" {pages.esc(pages.size(job.artifact.size))}")
-        rows.append((key, pages.esc(job.scheduler), parameters_cell(job.parameters), status,
-                     await attempts_cell(await jobs.attempts(job.key), links), artifact))
-    body = pages.table(("key", "scheduler", "parameters", "status", "attempts", "artifact"),
-                       rows, "jobs")
-    if len(found) == JOBS_PAGE_SIZE:
-        body += f"<p>The {JOBS_PAGE_SIZE} most recently changed jobs are shown.</p>"
+        attempts = [(attempt, await links.link(attempt.get("build_id")))
+                    for attempt in await jobs.attempts(job.key)]
+        rows.append({"job": job, "parameters": parameters_cell(job.parameters),
+                     "attempts": attempts})
+    body = pages.render("jobs.html", rows=rows, api_base=api_base, key_shown=KEY_SHOWN,
+                        page_size=JOBS_PAGE_SIZE)
     return body, any(job.status in IN_PROGRESS for job in found)

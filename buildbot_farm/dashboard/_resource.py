@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import quote
 
 from buildbot.www.authz.authz import Forbidden
+from markupsafe import Markup
 from twisted.internet import defer
 from twisted.python import failure, log
 from twisted.web import resource, server
@@ -122,7 +123,7 @@ class DashboardResource(resource.Resource):
             raise PageError(403, f"you may not {what}: {_text(e.message)};"
                                  " log in as a user with that role") from e
 
-    async def _buildlets(self, request: Request, message: str = "") -> bytes:
+    async def _buildlets(self, request: Request, message: Markup | None = None) -> bytes:
         frame = self._frame(request, "buildlets")
         coordinator = self._farm.coordinator
         if coordinator is None:
@@ -130,49 +131,20 @@ class DashboardResource(resource.Resource):
                 "This farm runs no buildlet coordinator.", _COORDINATOR_CFG))
         leases = sorted(await coordinator.table.all(), key=lambda lease: lease.name)
         now = self._now()
-        token = self._form_tokens.issue(user_of(request), DESTROY_FORM, now)
-        rows = [
-            (
-                f"<code>{pages.esc(lease.name)}</code>",
-                pages.esc(lease.type),
-                pages.esc(lease.owner or "(warm pool)"),
-                pages.esc(pages.when(lease.leased_at or lease.created_at)),
-                pages.esc(pages.countdown(lease.expires_at, now)),
-                pages.esc(pages.when(lease.renewed_at)),
-                pages.esc(lease.state.value),
-                self._destroy_form(request, lease.name, token),
-            )
-            for lease in leases
-        ]
         pools = [
-            (pages.esc(t.name), pages.esc(t.provider.kind), str(t.max_count), str(t.warm),
-             str(sum(1 for lease in leases if lease.type == t.name)),
-             str(sum(1 for lease in leases
-                     if lease.type == t.name and lease.state is LeaseState.IDLE)))
+            {"name": t.name, "provider": t.provider.kind, "max_count": t.max_count,
+             "warm": t.warm, "count": sum(1 for lease in leases if lease.type == t.name),
+             "idle": sum(1 for lease in leases
+                         if lease.type == t.name and lease.state is LeaseState.IDLE)}
             for t in sorted(coordinator.types.values(), key=lambda t: t.name)
         ]
-        body = message + pages.table(
-            ("type", "provider", "max", "warm wanted", "buildlets", "idle now"), pools, "pools")
-        if leases:
-            body += pages.table(
-                ("name", "type", "owner", "created", "expires", "last keepalive", "state", ""),
-                rows, "leases")
-        else:
-            body += ('<p class="empty">No buildlets right now. A build on a'
-                     ' <code>worker.FarmLatentWorker("w", buildlet_type="local")</code> or'
-                     " <code>buildbot-farm lease create local</code> starts one.</p>")
+        body = pages.render(
+            "buildlets.html", message=message, pools=pools, leases=leases, now=now,
+            destroy_action=self._base(request) + DESTROY_FORM, token_field=FIELD,
+            token=self._form_tokens.issue(user_of(request), DESTROY_FORM, now))
         busy = any(lease.state in (LeaseState.STARTING, LeaseState.HALTING) for lease in leases)
         return pages.page(frame, "Buildlets", body,
                           refresh=pages.REFRESH_SECONDS if busy else 0)
-
-    def _destroy_form(self, request: Request, name: str, token: str) -> str:
-        action = pages.esc(self._base(request) + DESTROY_FORM)
-        return (
-            f'<form method="post" action="{action}">'
-            f'<input type="hidden" name="name" value="{pages.esc(name)}">'
-            f'<input type="hidden" name="{FIELD}" value="{pages.esc(token)}">'
-            f'<button type="submit" class="destroy">Destroy</button></form>'
-        )
 
     async def _destroy(self, request: Request) -> bytes:
         form = query_args(request)
@@ -197,7 +169,7 @@ class DashboardResource(resource.Resource):
         except CoordinatorError as e:
             raise PageError(e.status, f"destroying {name} failed: {e}") from e
         log.msg(f"farm dashboard: buildlet {name} destroyed from the web UI")
-        return await self._buildlets(request, pages.notice_box(f"Destroyed {name}."))
+        return await self._buildlets(request, pages.message("notice", f"Destroyed {name}."))
 
     async def _records(self, request: Request, rest: list[str]) -> bytes:
         frame = self._frame(request, "records")
@@ -212,28 +184,8 @@ class DashboardResource(resource.Resource):
         documents = [json.loads(r.document) for r in found]
         if version:
             documents = [d for d in documents if d.get("version") == version]
-        form = (
-            '<form method="get" id="search">'
-            + "".join(
-                f'<label>{k} <input name="{k}" value="{pages.esc(args.get(k, ""))}"></label> '
-                for k in ("name", "version", "commit"))
-            + '<button type="submit">Search</button></form>'
-        )
-        rows = [
-            (pages.link(f"{frame.base}records/{quote(d['name'], safe='')}/"
-                        f"{quote(d['version'], safe='')}", d["name"]),
-             pages.esc(d["version"]), pages.esc(d.get("result", "")),
-             f"<code>{pages.esc((d.get('source') or {}).get('commit', ''))}</code>",
-             pages.esc(pages.when(d.get("timestamp"))))
-            for d in documents
-        ]
-        if rows:
-            body = form + pages.table(("name", "version", "result", "commit", "built"),
-                                      rows, "records")
-        elif args:
-            body = form + '<p class="empty">No record matches this search.</p>'
-        else:
-            body = form + pages.empty_state("No build records yet.", _RECORDS_CFG)
+        body = pages.render("records.html", args=args, documents=documents, base=frame.base,
+                            config_lines=_RECORDS_CFG)
         running = await self._links(request).any_running()
         return pages.page(frame, "Records", body,
                           refresh=pages.RECORDS_REFRESH_SECONDS if running else 0)
@@ -247,34 +199,10 @@ class DashboardResource(resource.Resource):
         record = json.loads(stored.document)
         api = (frame.base.rsplit("ui/", 1)[0] + "api/builds/"
                + quote(name, safe="") + "/" + quote(version, safe=""))
-        facts = [
-            ("result", pages.esc(record.get("result", ""))),
-            ("built", pages.esc(pages.when(record.get("timestamp")))),
-            ("built on", pages.esc(record.get("builtOn", ""))),
-            ("source", pages.link(record["sourceUrl"], record["sourceUrl"])
-             if record.get("sourceUrl") else ""),
-            ("commit", f"<code>{pages.esc((record.get('source') or {}).get('commit', ''))}</code>"),
-            ("build", pages.link(record["buildUrl"], record["buildUrl"])
-             if record.get("buildUrl") else ""),
-            ("record", pages.link(api, "JSON") + " · " + (
-                pages.link(api + "/provenance", "provenance (signed)")
-                if any(b.get("sha256") for b in record.get("binaries", []))
-                else "no provenance: no binary has a sha256")),
-        ]
-        if stored.tombstone is not None:
-            facts.append(("deleted", pages.esc(
-                f"by {stored.tombstone.deleted_by}: {stored.tombstone.reason}")))
-        binaries = [
-            (pages.esc(b.get("path", "")),
-             pages.esc("unknown" if b.get("size") is None else pages.size(int(b["size"]))),
-             f"<code>{pages.esc(b.get('sha256') or 'not given')}</code>",
-             pages.link(b["url"], "download"))
-            for b in record.get("binaries", [])
-        ]
-        body = pages.table(("", ""), facts, "record")
-        body += "<h2>Binaries</h2>" + (
-            pages.table(("path", "size", "sha256", ""), binaries, "binaries") if binaries
-            else "<p>This record lists no binaries.</p>")
+        body = pages.render(
+            "record.html", record=record, api=api, tombstone=stored.tombstone,
+            attested=any(b.get("sha256") for b in record.get("binaries", [])),
+            binaries=record.get("binaries", []))
         return pages.page(frame, f"Record {name} {version}", body)
 
     async def _jobs(self, request: Request) -> bytes:
@@ -302,7 +230,7 @@ class DashboardResource(resource.Resource):
             status, message = 500, f"the farm service failed: {error}; its log has the details"
         request.setResponseCode(status)
         tab = (request.postpath or [b""])[0].decode(errors="replace")
-        return pages.page(self._frame(request, tab), "Error", pages.error_box(message),
+        return pages.page(self._frame(request, tab), "Error", pages.message("error", message),
                           refresh=refresh)
 
     def _send(self, body: bytes, request: Request) -> None:

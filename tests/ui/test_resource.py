@@ -97,7 +97,7 @@ def test_a_closed_database_is_a_readable_503() -> None:
     """Records with the farm database closed answer 503 and point at the master's log."""
     status, body = fetch(bare_farm(FakeWWW()), "GET", "records")
     assert status == 503
-    assert "the farm database is closed; see the master&#x27;s log" in body
+    assert "the farm database is closed; see the master&#39;s log" in body
 
 
 def test_without_on_demand_the_jobs_page_says_what_to_configure() -> None:
@@ -130,7 +130,7 @@ def test_reading_a_page_asks_buildbot_authz_and_may_be_refused() -> None:
     www = FakeWWW(refused=("get",))
     status, body = fetch(bare_farm(www), "GET", "buildlets")
     assert status == 403
-    assert "you may not see this page: you need to have role &#x27;admins&#x27;" in body
+    assert "you may not see this page: you need to have role &#39;admins&#39;" in body
     assert www.asked == [(("farm", "buildlets"), "get")]
 
 
@@ -208,6 +208,18 @@ def test_a_page_refreshes_itself_only_when_asked() -> None:
     frame = pages.Frame("/plugins/farm/ui/", "buildlets")
     assert b'http-equiv="refresh" content="5"' in pages.page(frame, "Buildlets", "", refresh=5)
     assert b"http-equiv" not in pages.page(frame, "Buildlets", "")
+
+
+def test_values_are_escaped_by_the_templates() -> None:
+    """Text from builds and forms is escaped wherever a page shows it, attributes included;
+    only rendered fragments pass unescaped."""
+    frame = pages.Frame('/ui/"><script>', "<tab>")
+    html = pages.page(frame, "<b>title</b>", pages.message("error", "<img src=x onerror=1>"))
+    for raw in (b"<script>", b"<b>", b"<img"):
+        assert raw not in html
+    assert b'href="/ui/&#34;&gt;&lt;script&gt;buildlets"' in html
+    assert b"&lt;img src=x onerror=1&gt;" in html
+    assert b'<p class="error" role="alert">' in html
 
 
 def test_form_tokens_are_bound_to_user_action_and_time() -> None:
