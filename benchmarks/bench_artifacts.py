@@ -1,15 +1,39 @@
-"""Artifact repository vs nginx on this machine: 256 MiB download and upload, and the
-repository's peak memory during a 1 GiB upload.
+"""The artifact repository against what a user would run instead, on this machine.
 
-The repository runs in a process of its own (as in a master) on its own port
-(``ArtifactRepository(port=...)``: uploads stream into the storage), and nginx serves the
-same directory with its WebDAV module; curl is the client for both. Targets: download >= 0.9x
-nginx, upload >= 0.8x nginx, peak memory < 64 MiB above idle.
+Each row is measured RUNS (3) times, the repository and its reference in turn, and
+printed as the range of each figure and of the ratio (repository / reference, as speed:
+above 1 the repository is faster). The machine is shared: quote ranges, not one run.
+
+* **small GET 1 KiB vs static.File**: ``wrk`` (keep-alive, one thread, 8 connections)
+  GETs one indexed 1 KiB artifact from the repository on its own port, and the same file
+  from Twisted's ``static.File`` serving the repository's directory, each a single Twisted
+  process on the same reactor: the same bytes, headers (length, type, Last-Modified) and
+  connection handling; the repository also checks the path and sends its ETag.
+* **small GET vs nginx**: the same file from nginx configured with the settings of Debian's
+  own ``/etc/nginx/nginx.conf`` (``worker_processes auto``, ``sendfile on``,
+  ``tcp_nopush on``, ``types_hash_max_size 2048``, ``mime.types``, ``access_log`` to a
+  file, ``gzip on``): what a user's nginx serving that directory does.
+* **nginx in front vs nginx alone**: the same GET through nginx configured with
+  ``docs/nginx/artifacts.conf`` (the documented setup: nginx serves the files, the master
+  only says yes or no to writes via ``auth_request``), against nginx alone.
+* **download 256 MiB vs nginx**: ``curl`` downloads a 256 MiB artifact from the repository
+  and from nginx (Debian settings) serving the same file.
+* **upload 256 MiB vs nginx WebDAV**: ``curl -T`` uploads 256 MiB of random bytes to the
+  repository (token checked, streamed to a temporary file, sha256 computed, renamed into
+  place, indexed) and to nginx's WebDAV ``PUT`` (streamed to a temporary file, renamed
+  into place; nginx does not hash, so the repository does more work).
+
+Wall figures move with the machine's load; each row also gives the server's own CPU time
+for the same work (user + system of its processes, from ``/proc``: per request for the
+GETs, per transfer otherwise), which other processes disturb much less.
+
+Last, the repository's peak memory during a 1 GiB upload (target: < 64 MiB above idle).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -17,10 +41,18 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 MIB = 1024 * 1024
+RUNS = 3
 DAV_EXT = "/usr/lib/nginx/modules/ngx_http_dav_ext_module.so"
+DOCS_FRONT = Path(__file__).resolve().parents[1] / "docs" / "nginx" / "artifacts.conf"
+# The http-level settings of Debian's /etc/nginx/nginx.conf (its TLS lines do not apply).
+DEBIAN_HTTP = (
+    " sendfile on;\n tcp_nopush on;\n types_hash_max_size 2048;\n"
+    " include /etc/nginx/mime.types;\n default_type application/octet-stream;\n gzip on;\n"
+)
 
 
 def serve(root: str, port: int) -> None:
@@ -42,12 +74,31 @@ def serve(root: str, port: int) -> None:
     reactor.run()
 
 
+def serve_static(directory: str, port: int) -> None:
+    """Child process: Twisted's static.File serving ``directory`` at http://127.0.0.1:PORT/."""
+    from twisted.internet import reactor
+    from twisted.web import server, static
+
+    reactor.listenTCP(port, server.Site(static.File(directory)), interface="127.0.0.1")
+    reactor.run()
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
     return port
+
+
+def wait_for(port: int) -> None:
+    """Wait until something listens on ``port``."""
+    for _ in range(200):
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
 
 
 def rss_kib(pid: int) -> int:
@@ -65,77 +116,221 @@ def curl_seconds(*args: str) -> float:
     return time.monotonic() - started
 
 
-def start_nginx(workdir: Path, root: Path, port: int) -> subprocess.Popen[bytes]:
-    """nginx serving and accepting (WebDAV PUT) files under ``root`` at /dav/.
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds used so far by the processes ``pids``."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
-    ``sendfile on`` as in Debian's own nginx.conf (nginx's built-in default is off).
-    """
-    (workdir / "temp").mkdir()
-    config = workdir / "nginx.conf"
-    config.write_text(
-        f"load_module {DAV_EXT};\nuser root;\ndaemon off;\nworker_processes 1;\n"
-        f"pid {workdir}/nginx.pid;\nevents {{}}\nhttp {{\n access_log off;\n sendfile on;\n"
-        f" client_body_temp_path {workdir}/temp;\n client_max_body_size 4g;\n"
-        f" server {{\n  listen 127.0.0.1:{port};\n  location /dav/ {{\n   alias {root}/;\n"
-        "   dav_methods PUT;\n   create_full_put_path on;\n  }\n }\n}\n"
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (nginx's workers)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def wrk(url: str, seconds: int = 4) -> tuple[float, float, int]:
+    """Requests per second, the 99th percentile latency (ms) and the number of requests of
+    ``wrk`` GETting ``url``."""
+    out = subprocess.run(["wrk", "-t1", "-c8", f"-d{seconds}s", "--latency", url],
+                         check=True, capture_output=True, text=True).stdout
+    if "Non-2xx" in out or "Socket errors" in out:
+        raise RuntimeError(f"wrk saw errors on {url}:\n{out}")
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    value, unit = re.search(r"99%\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
+    count = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    return rate, float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit], count
+
+
+def start_nginx(work: Path, files: Path, dav: Path, alone: int, front: int,
+                auth_url: str) -> subprocess.Popen[bytes]:
+    """nginx with Debian's settings: on ``alone``, ``files`` at / and WebDAV PUT into
+    ``dav`` at /dav/; on ``front``, docs/nginx/artifacts.conf in front of the repository."""
+    (work / "temp").mkdir()
+    documented = (
+        DOCS_FRONT.read_text()
+        .replace("listen 80;", f"listen 127.0.0.1:{front};")
+        .replace("/var/lib/buildbot/master/artifacts/", f"{files}/")
+        .replace("http://127.0.0.1:8010/plugins/farm/artifacts/.farm-auth", auth_url)
     )
-    process = subprocess.Popen(["nginx", "-c", str(config), "-e", str(workdir / "error.log")])
-    time.sleep(0.5)
+    config = work / "nginx.conf"
+    config.write_text(
+        f"load_module {DAV_EXT};\nuser root;\ndaemon off;\nworker_processes auto;\n"
+        f"pid {work}/nginx.pid;\nevents {{ worker_connections 768; }}\nhttp {{\n{DEBIAN_HTTP}"
+        f" access_log {work}/access.log;\n client_body_temp_path {work}/temp;\n"
+        f" proxy_temp_path {work}/temp/proxy;\n client_max_body_size 4g;\n"
+        f" server {{\n  listen 127.0.0.1:{alone};\n  location / {{ root {files}; }}\n"
+        f"  location /dav/ {{\n   alias {dav}/;\n   dav_methods PUT;\n"
+        "   create_full_put_path on;\n  }\n }\n"
+        f"{documented}\n}}\n"
+    )
+    process = subprocess.Popen(["nginx", "-c", str(config), "-e", str(work / "error.log")])
+    wait_for(alone)
+    wait_for(front)
     return process
+
+
+Measured = tuple[float, float]  # the figure (req/s or seconds), the server's CPU seconds
+
+
+class Row:
+    """One row of the table: the repository's and the reference's figures, run by run."""
+
+    def __init__(self, unit: str, higher_is_better: bool) -> None:
+        self.unit = unit
+        self.higher_is_better = higher_is_better
+        self.mine: list[Measured] = []
+        self.theirs: list[Measured] = []
+
+    def ratios(self, index: int, cpu: bool = False) -> list[float]:
+        """Repository / reference as speed (figure ``index``: 0 wall, 1 CPU) per run."""
+        pairs = zip(self.mine, self.theirs)
+        if cpu or not self.higher_is_better:
+            return [t[index] / m[index] for m, t in pairs]
+        return [m[index] / t[index] for m, t in pairs]
+
+
+def timed(pids: Callable[[], list[int]], work: Callable[[], float]) -> Callable[[], Measured]:
+    """``work`` (returning its figure) measured with the CPU time of the processes ``pids``."""
+    def run() -> Measured:
+        before = cpu_seconds(pids())
+        figure = work()
+        return figure, cpu_seconds(pids()) - before
+    return run
+
+
+def span(values: list[float], digits: int) -> str:
+    """``min-max`` of ``values``."""
+    return f"{min(values):.{digits}f}-{max(values):.{digits}f}"
+
+
+def report(rows: dict[str, Row]) -> None:
+    """Print each row: the ranges of both figures and of the ratios, run by run."""
+    print(f"{'':32} {'repository':>13} {'reference':>13} {'repo/ref':>11} {'CPU ratio':>11}")
+    for name, row in rows.items():
+        digits = 0 if row.unit == "req/s" else 3
+        print(f"{name:32} {span([m[0] for m in row.mine], digits):>13}"
+              f" {span([t[0] for t in row.theirs], digits):>13}"
+              f" {span(row.ratios(0), 2) + 'x':>11} {span(row.ratios(1, True), 2) + 'x':>11}"
+              f"  ({row.unit})")
+    print("repo/ref: as speed (above 1: the repository is faster); CPU ratio: the reference's"
+          " CPU time / the repository's for the same work (above 1: the repository uses less)")
 
 
 def main() -> None:
     """Measure and print the table."""
     work = Path(tempfile.mkdtemp(prefix="bench-artifacts-"))
-    port, nginx_port = free_port(), free_port()
-    code = f"import benchmarks.bench_artifacts as b; b.serve({str(work)!r}, {port})"
-    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    nginx_root = work / "nginx-files"
-    nginx_root.mkdir()
-    nginx = start_nginx(work, nginx_root, nginx_port)
+    port, static_port, alone, front = free_port(), free_port(), free_port(), free_port()
+    child = subprocess.Popen(
+        [sys.executable, "-c", f"import benchmarks.bench_artifacts as b; b.serve({str(work)!r},"
+         f" {port})"], stdout=subprocess.PIPE, text=True)
+    statics = subprocess.Popen(
+        [sys.executable, "-c", "import benchmarks.bench_artifacts as b;"
+         f" b.serve_static({str(work / 'repo')!r}, {static_port})"])
+    (work / "dav").mkdir()
+    nginx = None
     try:
         assert child.stdout is not None
         token = child.stdout.readline().strip()
-        repo = f"http://127.0.0.1:{port}/bin/bench/1/"
-        dav = f"http://127.0.0.1:{nginx_port}/dav/"
-        blob = work / "blob"
-        with open(blob, "wb") as out:
-            for _ in range(256):
-                out.write(os.urandom(MIB))
-        auth = ["-u", f"build-1:{token}"]
-        rows = []
-        upload_repo = min(curl_seconds(*auth, "-T", str(blob), f"{repo}up{i}") for i in range(3))
-        upload_nginx = min(curl_seconds("-T", str(blob), f"{dav}up{i}") for i in range(3))
-        rows.append(("upload 256 MiB", upload_nginx, upload_repo, upload_nginx / upload_repo))
-        down_repo = min(curl_seconds(f"{repo}up0") for _ in range(3))
-        down_nginx = min(curl_seconds(f"{dav}up0") for _ in range(3))
-        rows.append(("download 256 MiB", down_nginx, down_repo, down_nginx / down_repo))
-        print(f"{'':18} {'nginx s':>9} {'repo s':>9} {'repo speed / nginx':>20}")
-        for name, a, b, ratio in rows:
-            print(f"{name:18} {a:9.3f} {b:9.3f} {ratio:19.2f}x")
-        big = work / "big"
-        with open(big, "wb") as out:
-            for _ in range(1024):
-                out.write(os.urandom(MIB) if _ == 0 else b"\0" * MIB)
-        idle = rss_kib(child.pid)
-        peak = [idle]
-        done = threading.Event()
-
-        def sample() -> None:
-            while not done.is_set():
-                peak[0] = max(peak[0], rss_kib(child.pid))
-                time.sleep(0.02)
-
-        sampler = threading.Thread(target=sample)
-        sampler.start()
-        curl_seconds(*auth, "-T", str(big), f"{repo}big")
-        done.set()
-        sampler.join()
-        print(f"1 GiB upload: repository RSS idle {idle / 1024:.1f} MiB, peak"
-              f" {peak[0] / 1024:.1f} MiB (+{(peak[0] - idle) / 1024:.1f} MiB)")
+        nginx = start_nginx(work, work / "repo", work / "dav", alone, front,
+                            f"http://127.0.0.1:{port}/.farm-auth")
+        wait_for(static_port)
+        measure_all(work, token, {"repo": port, "static": static_port, "nginx": alone,
+                                         "front": front},
+                           {"repo": [child.pid], "static": [statics.pid],
+                            "nginx": children(nginx.pid),
+                            "front": [*children(nginx.pid), child.pid]})
+        memory(child.pid, work, ["-u", f"build-1:{token}"],
+               f"http://127.0.0.1:{port}/bin/bench/1/huge")
     finally:
-        child.terminate()
-        nginx.terminate()
-        child.wait()
-        nginx.wait()
+        for process in (child, statics, nginx):
+            if process is not None:
+                process.terminate()
+                process.wait()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def measure_all(work: Path, token: str, ports: dict[str, int],
+                pids: dict[str, list[int]]) -> None:
+    """Measure every row RUNS times; print the table."""
+    auth = ["-u", f"build-1:{token}"]
+    path = "bin/bench/1/"
+    repo, nginx = f"http://127.0.0.1:{ports['repo']}/{path}", f"http://127.0.0.1:{ports['nginx']}/"
+    small, blob = work / "small", work / "blob"
+    small.write_bytes(os.urandom(1024))
+    with open(blob, "wb") as out:
+        for _ in range(256):
+            out.write(os.urandom(MIB))
+    curl_seconds(*auth, "-T", str(small), repo + "small.bin")
+    curl_seconds(*auth, "-T", str(blob), repo + "big.bin")
+    urls = {name: f"http://127.0.0.1:{ports[name]}/{prefix}{path}small.bin"
+            for name, prefix in [("repo", ""), ("static", ""), ("nginx", ""),
+                                 ("front", "artifacts/")]}
+    for url in urls.values():
+        curl_seconds(url)
+    p99: dict[str, list[float]] = {name: [] for name in urls}
+
+    def get(name: str) -> Callable[[], Measured]:
+        def run() -> Measured:
+            before = cpu_seconds(pids[name])
+            rate, latency, count = wrk(urls[name])
+            p99[name].append(latency)
+            return rate, (cpu_seconds(pids[name]) - before) / count
+        return run
+
+    rows: dict[str, Row] = {}
+    for run in range(RUNS):
+        cases: list[tuple[str, str, bool, Callable[[], Measured], Callable[[], Measured]]] = [
+            ("small GET 1 KiB vs static.File", "req/s", True, get("repo"), get("static")),
+            ("small GET 1 KiB vs nginx", "req/s", True, get("repo"), get("nginx")),
+            ("nginx in front vs nginx alone", "req/s", True, get("front"), get("nginx")),
+            ("download 256 MiB vs nginx", "s", False,
+             timed(lambda: pids["repo"], lambda: curl_seconds(repo + "big.bin")),
+             timed(lambda: pids["nginx"], lambda: curl_seconds(nginx + path + "big.bin"))),
+            ("upload 256 MiB vs nginx WebDAV", "s", False,
+             timed(lambda: pids["repo"],
+                   lambda: curl_seconds(*auth, "-T", str(blob), f"{repo}up{run}")),  # noqa: B023
+             timed(lambda: pids["nginx"],
+                   lambda: curl_seconds("-T", str(blob), f"{nginx}dav/up{run}"))),  # noqa: B023
+        ]
+        for name, unit, higher, mine, theirs in cases:
+            row = rows.setdefault(name, Row(unit, higher))
+            row.mine.append(mine())
+            row.theirs.append(theirs())
+    report(rows)
+    print("p99 latency of the small GETs (ms): " + ", ".join(
+        f"{name} {span(values, 2)}" for name, values in p99.items()))
+
+
+def memory(pid: int, work: Path, auth: list[str], url: str) -> None:
+    """Print the repository's resident memory, idle and at its peak during a 1 GiB upload."""
+    big = work / "huge"
+    with open(big, "wb") as out:
+        for i in range(1024):
+            out.write(os.urandom(MIB) if i == 0 else b"\0" * MIB)
+    idle = rss_kib(pid)
+    peak = [idle]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], rss_kib(pid))
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    curl_seconds(*auth, "-T", str(big), url)
+    done.set()
+    sampler.join()
+    print(f"1 GiB upload: repository RSS idle {idle / 1024:.1f} MiB, peak"
+          f" {peak[0] / 1024:.1f} MiB (+{(peak[0] - idle) / 1024:.1f} MiB)")

@@ -134,7 +134,7 @@ class StreamingRequest(server.Request):
     def _accept(self, repository: Repository) -> None:
         if self._disconnected:
             return
-        self.spooled_body = Spool(repository.storage.tmp_dir)
+        self.spooled_body = Spool(repository.storage.tmp_dir, hash_aside=True)
         self._limit = repository.config.max_upload_size
         self._state = _State.STREAMING
         # A TCP transport reads 64 KiB per turn of the reactor; larger reads of a body

@@ -105,3 +105,29 @@ async def test_nginx_serves_and_authorises_through_the_auth_endpoint(
     listing = (await repo.request("GET", "dpkg/hello/3/pool/?format=json")).json()
     assert listing["entries"][0]["url"] == public + "dpkg/hello/3/pool/pkg.deb"
     assert listing["entries"][0]["sha256"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_reads_through_nginx_never_ask_the_master(
+    start_repository: StartRepository, nginx: Nginx, tmp_path: Path
+) -> None:
+    """With nothing answering auth_request, reads still work and writes are refused."""
+    repo = await start_repository()
+    (repo.root / "bin/hello/3").mkdir(parents=True)
+    (repo.root / "bin/hello/3/app.txt").write_text("hello")
+    front = nginx.start(repo.root, f"http://127.0.0.1:{free_port()}/.farm-auth")
+    for _ in range(200):
+        if (await run("curl", "-s", "-o", "/dev/null", front))[0] == 0:
+            break
+        await task.deferLater(reactor, 0.05, lambda: None)
+    status, body = await curl(front + "bin/hello/3/app.txt")
+    assert status == 200
+    assert body == "hello"
+    assert (await curl("-I", front + "bin/hello/3/app.txt"))[0] == 200
+    assert (await curl("-X", "PROPFIND", "-H", "Depth: 1", front + "bin/hello/3/"))[0] == 207
+    token = await repo.token()
+    for method in ("PUT", "DELETE", "MKCOL"):
+        status, _ = await curl("-u", f"build-7:{token}", "-X", method, "--data-binary", "x",
+                               front + "bin/hello/3/new/")
+        assert status >= 500, method
+    assert sorted(p.name for p in (repo.root / "bin/hello/3").iterdir()) == ["app.txt"]
