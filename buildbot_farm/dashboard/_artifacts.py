@@ -10,6 +10,7 @@ from markupsafe import Markup
 from buildbot_farm.artifacts import paths
 from buildbot_farm.dashboard import _pages as pages
 from buildbot_farm.dashboard._builds import BuildLinks
+from buildbot_farm.web import ApiError
 
 ARTIFACTS_CFG = "util.FarmService(artifacts=util.ArtifactRepository())"
 
@@ -36,10 +37,10 @@ async def artifacts_page(
     try:
         segments = tuple(paths.check_segment(s) for s in rest)
     except ValueError as e:
-        raise pages.PageError(400, f"not an artifact path: {e}") from e
+        raise ApiError(400, f"not an artifact path: {e}") from e
     entry = await repository.stat(segments) if segments else None
     if segments and (entry is None or not entry.is_dir):
-        raise pages.PageError(404, f"no artifact collection /{paths.join(segments)}/")
+        raise ApiError(404, f"no artifact collection /{paths.join(segments)}/")
     entries = sorted(await repository.list(segments), key=lambda e: (not e.is_dir, e.name))
     digests = {d.entry.name: d.sha256 for d in await repository.describe(segments, entries)}
     urls = {e.name: repository.url_for((*segments, e.name)) for e in entries if not e.is_dir}

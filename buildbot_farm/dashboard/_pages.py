@@ -25,14 +25,6 @@ REFRESH_SECONDS = 5
 RECORDS_REFRESH_SECONDS = 30
 
 
-class PageError(Exception):
-    """A request the dashboard answers with a readable error page and ``status``."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
 @dataclass(frozen=True)
 class Frame:
     """Where a page sits: the dashboard's base URL (ending in ``/``) and its tab."""

@@ -20,9 +20,8 @@ from urllib.parse import quote
 
 from buildbot.www.authz.authz import Forbidden
 from markupsafe import Markup
-from twisted.internet import defer
 from twisted.python import failure, log
-from twisted.web import resource, server
+from twisted.web import resource
 from twisted.web.server import Request
 
 from buildbot_farm import db
@@ -32,11 +31,10 @@ from buildbot_farm.dashboard._authz import FARM_ENDPOINT
 from buildbot_farm.dashboard._builds import BuildLinks
 from buildbot_farm.dashboard._forms import FIELD, FormRefused, FormTokens, user_of
 from buildbot_farm.dashboard._jobs import jobs_body
-from buildbot_farm.dashboard._pages import PageError
 from buildbot_farm.leases.coordinator import CoordinatorError
 from buildbot_farm.leases.lease import LeaseState
 from buildbot_farm.records.store import Query
-from buildbot_farm.web import ApiError
+from buildbot_farm.web import ApiError, respond
 from buildbot_farm.web._request import query_args, query_last
 
 RECORDS_PAGE_SIZE = 100
@@ -69,10 +67,16 @@ class DashboardResource(resource.Resource):
 
     def render(self, request: Request) -> int:
         """Answer asynchronously; any failure becomes a readable error page."""
-        d = defer.ensureDeferred(self._answer(request))
-        d.addErrback(self._failed, request)
-        d.addCallback(self._send, request)
-        return server.NOT_DONE_YET
+        return respond(request, lambda: self._page(request), "the farm dashboard")
+
+    async def _page(self, request: Request) -> bytes:
+        try:
+            body = await self._answer(request)
+        except Exception:
+            body = self._failed(failure.Failure(), request)
+        if body:
+            request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        return body
 
     async def _answer(self, request: Request) -> bytes:
         segments = [s.decode(errors="replace") for s in request.postpath or []]
@@ -97,7 +101,7 @@ class DashboardResource(resource.Resource):
             return await self._records(request, rest)
         if head == "jobs" and not rest and method == b"GET":
             return await self._jobs(request)
-        raise PageError(404, f"the farm dashboard has no page {'/'.join(segments)!r}"
+        raise ApiError(404, f"the farm dashboard has no page {'/'.join(segments)!r}"
                              f" for {method.decode()}; use the tabs above")
 
     def _base(self, request: Request) -> str:
@@ -116,11 +120,11 @@ class DashboardResource(resource.Resource):
     async def _allowed(
         self, request: Request, endpoint: tuple[str, ...], action: str, what: str
     ) -> None:
-        """Raise a 403 PageError unless Buildbot's authz lets this user do ``action``."""
+        """Raise a 403 ApiError unless Buildbot's authz lets this user do ``action``."""
         try:
             await self._farm.master.www.assertUserAllowed(request, endpoint, action, {})
         except Forbidden as e:
-            raise PageError(403, f"you may not {what}: {_text(e.message)};"
+            raise ApiError(403, f"you may not {what}: {_text(e.message)};"
                                  " log in as a user with that role") from e
 
     async def _buildlets(self, request: Request, message: Markup | None = None) -> bytes:
@@ -150,24 +154,24 @@ class DashboardResource(resource.Resource):
         form = query_args(request)
         names = form.get("name", [])
         if len(names) != 1 or not names[0]:
-            raise PageError(400, "say which buildlet to destroy: one form field name=NAME")
+            raise ApiError(400, "say which buildlet to destroy: one form field name=NAME")
         name = names[0]
         presented = form.get(FIELD, [""])[0]
         try:
             self._form_tokens.check(user_of(request), DESTROY_FORM, presented, self._now())
         except FormRefused as e:
-            raise PageError(403, f"refused to destroy {name}: {e}") from e
+            raise ApiError(403, f"refused to destroy {name}: {e}") from e
         coordinator = self._farm.coordinator
         if coordinator is None:
-            raise PageError(404, "this farm runs no buildlet coordinator")
+            raise ApiError(404, "this farm runs no buildlet coordinator")
         await self._allowed(request, (FARM_ENDPOINT, "buildlets", name), DESTROY_ACTION,
                             "destroy buildlets")
         if await coordinator.table.get(name) is None:
-            raise PageError(404, f"no buildlet named {name}: it expired or was destroyed")
+            raise ApiError(404, f"no buildlet named {name}: it expired or was destroyed")
         try:
             await coordinator.destroy(name)
         except CoordinatorError as e:
-            raise PageError(e.status, f"destroying {name} failed: {e}") from e
+            raise ApiError(e.status, f"destroying {name} failed: {e}") from e
         log.msg(f"farm dashboard: buildlet {name} destroyed from the web UI")
         return await self._buildlets(request, pages.message("notice", f"Destroyed {name}."))
 
@@ -175,7 +179,7 @@ class DashboardResource(resource.Resource):
         frame = self._frame(request, "records")
         store = self._farm.records.store()
         if store is None:
-            raise PageError(503, "the farm database is closed; see the master's log")
+            raise ApiError(503, "the farm database is closed; see the master's log")
         if rest:
             return await self._record(request, frame, store, rest[0], rest[1])
         args = {k: v.strip() for k, v in query_last(request).items()}
@@ -195,7 +199,7 @@ class DashboardResource(resource.Resource):
     ) -> bytes:
         stored = await store.get(name, version)
         if stored is None:
-            raise PageError(404, f"no record {name} {version}")
+            raise ApiError(404, f"no record {name} {version}")
         record = json.loads(stored.document)
         api = (frame.base.rsplit("ui/", 1)[0] + "api/builds/"
                + quote(name, safe="") + "/" + quote(version, safe=""))
@@ -215,9 +219,7 @@ class DashboardResource(resource.Resource):
     def _failed(self, reason: failure.Failure, request: Request) -> bytes:
         error = reason.value
         refresh = 0
-        if isinstance(error, PageError):
-            status, message = error.status, str(error)
-        elif isinstance(error, ApiError):
+        if isinstance(error, ApiError):
             fields = "".join(f"; {name}: {problem}" for name, problem in error.fields.items())
             status, message = error.status, error.message + fields
         elif isinstance(error, db.DatabaseError):
@@ -232,14 +234,6 @@ class DashboardResource(resource.Resource):
         tab = (request.postpath or [b""])[0].decode(errors="replace")
         return pages.page(self._frame(request, tab), "Error", pages.message("error", message),
                           refresh=refresh)
-
-    def _send(self, body: bytes, request: Request) -> None:
-        if request.finished or getattr(request, "_disconnected", False):
-            return
-        if body:
-            request.setHeader(b"content-type", b"text/html; charset=utf-8")
-            request.write(body)
-        request.finish()
 
 
 def _text(message: bytes | str) -> str:

@@ -12,55 +12,33 @@ from __future__ import annotations
 import json
 from typing import Callable
 
-from twisted.internet import defer
-from twisted.python import failure, log
-from twisted.web import resource, server
 from twisted.web.server import Request
 
-from buildbot_farm import db
 from buildbot_farm.records.chain import served_entry
 from buildbot_farm.records.store import RecordStore
-from buildbot_farm.web import json_error
+from buildbot_farm.web import ApiError, Routes
+from buildbot_farm.web._router import RoutedResource
 
 MAX_PAGE = 1000
 DEFAULT_PAGE = 500
 
 
-class _BadQuery(Exception):
-    """A query parameter that is not a number in range."""
+class RecordChainAPI:
+    """The chain of the records of ``store()`` (None while the database is closed)."""
 
-
-class RecordChainResource(resource.Resource):
-    """Serves the chain of the records of ``store()`` (None while the database is closed)."""
-
-    isLeaf = True
+    routes: Routes[RecordChainAPI] = Routes("records chain")
 
     def __init__(self, store: Callable[[], RecordStore | None]) -> None:
-        super().__init__()
         self._store = store
 
-    def render_GET(self, request: Request) -> int:
-        """Answer one page of the chain once the database has."""
-        gone: list[bool] = []
-        request.notifyFinish().addErrback(lambda _: gone.append(True))
-        d = defer.ensureDeferred(self._page(request))
-        d.addErrback(self._failed, request)
-
-        def deliver(body: bytes) -> None:
-            if not gone:
-                request.write(body)
-                request.finish()
-
-        d.addCallback(deliver)
-        d.addErrback(log.err, "farm records chain: could not send an answer")
-        return server.NOT_DONE_YET
-
-    async def _page(self, request: Request) -> bytes:
+    @routes.route("GET", "records-chain")
+    async def page(self, request: Request) -> bytes:
+        """One page of the chain, from ``after``, at most ``limit`` entries."""
         after = _number(request, b"after", 0, 0, 2**62)
         limit = _number(request, b"limit", DEFAULT_PAGE, 1, MAX_PAGE)
         store = self._store()
         if store is None:
-            return json_error(request, 503, "the farm database is not open; see the master's log")
+            raise ApiError(503, "the farm database is not open; see the master's log")
         rows = await store.chain(after, limit)
         more = None
         if len(rows) == limit:
@@ -71,13 +49,12 @@ class RecordChainResource(resource.Resource):
         entries = b",".join(served_entry(row) for row in rows)
         return b'{"entries":[%s],"next":%s}' % (entries, json.dumps(more).encode())
 
-    def _failed(self, reason: failure.Failure, request: Request) -> bytes:
-        if reason.check(_BadQuery):
-            return json_error(request, 400, str(reason.value))
-        if reason.check(db.DatabaseError):
-            return json_error(request, 503, f"the farm database failed: {reason.value}")
-        log.err(reason, "farm records chain failed")
-        return json_error(request, 500, "the records chain failed; the master's log has the cause")
+
+class RecordChainResource(RoutedResource[RecordChainAPI]):
+    """Serves :class:`RecordChainAPI` of ``store``; mount it as ``records-chain``."""
+
+    def __init__(self, store: Callable[[], RecordStore | None]) -> None:
+        super().__init__(RecordChainAPI.routes, RecordChainAPI(store), "records-chain")
 
 
 def _number(request: Request, name: bytes, default: int, low: int, high: int) -> int:
@@ -87,5 +64,6 @@ def _number(request: Request, name: bytes, default: int, low: int, high: int) ->
         return default
     text = values[-1].decode("ascii", errors="replace")
     if not (text.isascii() and text.isdigit() and len(text) <= 19) or not low <= int(text) <= high:
-        raise _BadQuery(f"{name.decode()} must be a whole number from {low} to {high}")
+        raise ApiError(400, f"{name.decode()} must be a whole number from {low} to {high}",
+                       {name.decode(): f"a whole number from {low} to {high}"})
     return int(text)
