@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from buildbot_farm.artifacts.openapi import OPENAPI as ARTIFACTS
 from buildbot_farm.leases.openapi import OPENAPI as COORDINATOR
 from buildbot_farm.ondemand.openapi import OPENAPI as ONDEMAND
 from buildbot_farm.records.openapi import OPENAPI as RECORDS
@@ -20,6 +21,7 @@ DOCUMENTS: dict[str, dict[str, Any]] = {
     "records": RECORDS,
     "ondemand": ONDEMAND,
     "coordinator": COORDINATOR,
+    "artifacts": ARTIFACTS,
 }
 
 
