@@ -19,8 +19,11 @@ from buildbot.plugins import steps, util
 from buildbot.process.build import Build
 from buildbot.process.builder import Builder
 from buildbot.worker.latent import AbstractLatentWorker
+from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
-from twisted.web import http
+from twisted.python import failure
+from twisted.web import http, server
+from twisted.web.test.requesthelper import DummyChannel
 
 from buildbot_farm.compat import docker_api, twisted_web
 from buildbot_farm.compat.buildbot_api import (
@@ -131,3 +134,13 @@ def test_docker_py_still_has_the_request_helpers_container_task_uses() -> None:
         assert list(inspect.signature(getattr(api, name)).parameters) == parameters, name
     assert {docker_api.thd_put_archive_owned.__name__, docker_api.thd_attach_unlimited.__name__}
     api.close()
+
+
+def test_requests_still_say_when_their_client_hung_up() -> None:
+    """``Request._disconnected`` (``twisted_web.disconnected``) is false, then true after a
+    hang-up; if a Twisted release renames it, ``disconnected`` must follow."""
+    request = server.Request(DummyChannel())
+    assert twisted_web.disconnected(request) is False
+    request.connectionLost(failure.Failure(ConnectionDone()))
+    assert request._disconnected is True
+    assert twisted_web.disconnected(request) is True

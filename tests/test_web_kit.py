@@ -15,7 +15,6 @@ from twisted.web.test.requesthelper import DummyChannel
 
 from buildbot_farm.db import DatabaseError
 from buildbot_farm.web import ApiError, Routes, respond
-from buildbot_farm.web._compat import disconnected
 
 
 class _Pets:
@@ -133,20 +132,6 @@ def test_an_answer_for_a_client_that_hung_up_is_dropped_without_a_traceback() ->
     assert transport.written.getvalue() == b""
     assert not request.finished
     assert [event for event in logged if event.get("isError")] == []
-
-
-def test_tripwire_twisted_keeps_disconnected_on_the_request() -> None:
-    """``Request._disconnected`` (read by ``web._compat``) is false, then true after a hang-up.
-
-    If a Twisted release renames or drops it, this fails: ``_compat.disconnected`` must then
-    follow the new spelling.
-    """
-    request, _ = _request()
-    assert "_disconnected" in vars(request) or hasattr(server.Request, "_disconnected")
-    assert disconnected(request) is False
-    request.connectionLost(failure.Failure(ConnectionDone()))
-    assert request._disconnected is True
-    assert disconnected(request) is True
 
 
 def test_route_patterns_are_literal_or_named_segments() -> None:

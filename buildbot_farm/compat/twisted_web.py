@@ -12,6 +12,10 @@ last chunk of its own) and the ``_encoder`` of a request wrapped in an
 not yet made the request object: only the channel knows the request line then
 (:func:`request_line`).
 
+**A client that hung up.** The HTTP kit (``buildbot_farm.web``) must not write to a request
+whose client went away (Twisted would log a traceback), and Twisted only says so through
+``notifyFinish``'s errback or the private ``_disconnected`` flag (:func:`disconnected`).
+
 ``tests/test_compat.py`` and ``tests/leases/test_go_protocol.py`` have the tripwire tests
 that fail when twisted.web changes these.
 """
@@ -54,3 +58,12 @@ def request_line(channel: http.HTTPChannel) -> tuple[bytes, bytes, bytes]:
     line on; the Request gets them only when the body has been read.
     """
     return channel._command, channel._path, channel._version
+
+
+def disconnected(request: Request) -> bool:
+    """Whether the client of ``request`` hung up before the answer was finished.
+
+    ``request.finished`` stays false for a client that went away; ``Request`` keeps that in
+    ``_disconnected`` (set by ``connectionLost``), which the kit checks before each write.
+    """
+    return bool(request._disconnected)

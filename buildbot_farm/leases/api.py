@@ -23,6 +23,7 @@ from twisted.python import failure, log
 from twisted.web import resource
 from twisted.web.server import Request
 
+from buildbot_farm.compat.twisted_web import disconnected
 from buildbot_farm.leases import keys
 from buildbot_farm.leases.coordinator import (
     Coordinator,
@@ -35,7 +36,6 @@ from buildbot_farm.leases.coordinator import (
 from buildbot_farm.leases.lease import Lease
 from buildbot_farm.leases.proxy import forward, proxy_failed
 from buildbot_farm.web import ApiError, Routes, json_response, respond
-from buildbot_farm.web._compat import disconnected
 from buildbot_farm.web._request import finite_number, query_args
 
 PROXY_HEADER = b"x-buildlet-proxy"

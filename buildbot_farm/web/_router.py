@@ -34,8 +34,8 @@ from twisted.python import log
 from twisted.web import resource, server
 from twisted.web.server import Request
 
+from buildbot_farm.compat.twisted_web import disconnected
 from buildbot_farm.db import DatabaseError
-from buildbot_farm.web._compat import disconnected
 from buildbot_farm.web._json import ApiError, json_error, json_response
 
 Answer = Any
