@@ -131,6 +131,33 @@ class Database(abc.ABC):
         rows = await self.fetchall(sql, params)
         return rows[0] if rows else None
 
+    async def execute_prepared(self, name: str, sql: str, params: Params = ()) -> int:
+        """:meth:`execute` for a statement run very often: kept planned where that pays.
+
+        ``name`` identifies ``sql`` (always the same text for a name). PostgreSQL prepares it
+        once per connection, so later calls skip parsing and planning; SQLite's statement
+        cache does that already.
+        """
+        return await self.execute(sql, params)
+
+
+@functools.lru_cache(maxsize=64)
+def qmark_to_numbered(sql: str) -> tuple[str, int]:
+    """``?`` placeholders as PostgreSQL's ``$1``, ``$2`` ... (for PREPARE); and their count."""
+    out: list[str] = []
+    quote, count = "", 0
+    for char in sql:
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in ("'", '"'):
+            quote = char
+        elif char == "?":
+            count += 1
+            out.append(f"${count}")
+            continue
+        out.append(char)
+    return "".join(out), count
+
 
 @functools.lru_cache(maxsize=1024)
 def qmark_to_pyformat(sql: str) -> str:

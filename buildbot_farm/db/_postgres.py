@@ -30,6 +30,7 @@ from buildbot_farm.db._api import (
     qmark_to_pyformat,
 )
 from buildbot_farm.db._errors import DatabaseError, DatabaseUnavailable, IntegrityError
+from buildbot_farm.db._prepared import run_prepared
 from buildbot_farm.db._url import DatabaseURL
 
 T = TypeVar("T")
@@ -193,6 +194,19 @@ class PostgresDatabase(Database):
         """Run one query on its own: autocommit, one round trip instead of three."""
         return await self._on_connection(
             lambda connection: _autocommit(connection, sql, params, _rows), "running a statement"
+        )
+
+    async def execute_prepared(self, name: str, sql: str, params: Params = ()) -> int:
+        """Run ``sql`` prepared (as ``name``) on the connection; PREPARE it there first if needed.
+
+        A connection that reconnected has lost its prepared statements: the EXECUTE fails
+        saying so, and the statement is prepared again and run.
+        """
+        if not _CHANNEL.match(name):
+            raise ValueError(f"prepared statement name {name!r}: lower-case letters, digits, '_'")
+        return await self._on_connection(
+            lambda connection: run_prepared(connection, name, sql, params),
+            "running a statement",
         )
 
     async def _on_connection(

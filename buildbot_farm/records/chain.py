@@ -30,8 +30,11 @@ def entry_hash(prev_hash: str, kind: str, name: str, version: str, content: byte
     each followed by a newline, then the content: simple enough that the database computes
     it too (a trigger on SQLite, a function on PostgreSQL), so an insert stays one statement.
     """
-    head = "\n".join((prev_hash, kind, _sha256(name), _sha256(version), ""))
-    return hashlib.sha256(head.encode() + content).hexdigest()
+    digest = hashlib.sha256(
+        "\n".join((prev_hash, kind, _sha256(name), _sha256(version), "")).encode()
+    )
+    digest.update(content)
+    return digest.hexdigest()
 
 
 def _sha256(text: str) -> str:

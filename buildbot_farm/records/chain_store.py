@@ -32,16 +32,29 @@ from buildbot_farm.records import chain
 CHAIN_LOCK = 262221898
 MAX_ATTEMPTS = 100
 
-_RECORD_COLUMNS = (
-    "name, version, timestamp, result, source_commit, body, recorded_at,"
-    " chain_seq, prev_hash, hash"
+_RECORD_INSERT = (
+    "INSERT INTO farm_records (name, version, timestamp, result, source_commit, body,"
+    " recorded_at, chain_seq, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, "
 )
-_GUARD = {
-    "sqlite": "CASE WHEN EXISTS (SELECT 1 FROM farm_record_tombstones WHERE chain_seq >= ?)"
-              " THEN NULL ELSE ? END",
-    "postgresql": "CASE WHEN NOT pg_try_advisory_xact_lock_shared(?) THEN NULL"
-                  " WHEN pg_sequence_last_value('farm_record_chain_epoch')"
-                  " IS DISTINCT FROM CAST(? AS BIGINT) THEN NULL ELSE ? END",
+_PG_INSERT = _RECORD_INSERT + (
+    "CASE WHEN NOT pg_try_advisory_xact_lock_shared(?) THEN NULL"
+    " WHEN pg_sequence_last_value('farm_record_chain_epoch') IS DISTINCT FROM"
+    " CAST(? AS BIGINT) THEN NULL ELSE CAST(? AS TEXT) END)"
+)
+# Each dialect's record insert (its guard makes the hash NULL when a tombstone came first),
+# and what stores the record's provenance with it.
+_INSERTS = {
+    "sqlite": (
+        _RECORD_INSERT + "CASE WHEN EXISTS (SELECT 1 FROM farm_record_tombstones"
+        " WHERE chain_seq >= ?) THEN NULL ELSE ? END)",
+        "INSERT INTO farm_record_provenance (record_id, envelope, signed_at)"
+        " SELECT id, ?, ? FROM farm_records WHERE chain_seq = ?",
+    ),
+    "postgresql": (
+        _PG_INSERT,
+        f"WITH r AS ({_PG_INSERT} RETURNING id) INSERT INTO farm_record_provenance"
+        " (record_id, envelope, signed_at) SELECT id, ?, ? FROM r",
+    ),
 }
 # What the database says when the chain moved on (not a duplicate record): the start of
 # PostgreSQL's message (its detail quotes the row's values), or SQLite's.
@@ -62,28 +75,35 @@ class ChainWriter:
 
     def __init__(self, database: db.Database) -> None:
         self._database = database
-        self._lock = defer.DeferredLock()
+        self._sql = _INSERTS[database.dialect.name]
+        self._sqlite = database.dialect.name == "sqlite"
+        self._busy = False
+        self._waiting: list[defer.Deferred[None]] = []
         self._head: tuple[int, str, int | None] | None = None  # seq, hash, epoch
 
     def forget_head(self) -> None:
         """Read the head again before the next append (a tombstone was just stored)."""
         self._head = None
 
-    async def insert_record(self, values: tuple[Any, ...], envelope: str | None) -> None:
-        """Insert a record (``values`` as in ``_RECORD_COLUMNS`` up to ``recorded_at``).
+    async def insert_record(
+        self, values: tuple[Any, ...], document: bytes, envelope: str | None
+    ) -> None:
+        """Insert a record: ``values`` as in ``_RECORD_COLUMNS`` up to ``recorded_at``.
 
-        Its provenance ``envelope`` is stored with it when given. Raise ``db.IntegrityError``
-        for a duplicate record.
+        ``document`` is its body as bytes; its provenance ``envelope`` is stored with it when
+        given. Raise ``db.IntegrityError`` for a duplicate record.
         """
-        await self._lock.acquire()
+        if self._busy:  # one append at a time: the next one chains after this one
+            waiting: defer.Deferred[None] = defer.Deferred()
+            self._waiting.append(waiting)
+            await waiting
+        self._busy = True
         try:
             for _ in range(MAX_ATTEMPTS):
                 if self._head is None:
                     self._head = await self._database.transaction(_read_head)
                 seq, prev, epoch = self._head
-                digest = chain.entry_hash(
-                    prev, chain.RECORD, values[0], values[1], values[5].encode()
-                )
+                digest = chain.entry_hash(prev, chain.RECORD, values[0], values[1], document)
                 try:
                     await self._insert(values, seq + 1, prev, digest, epoch, envelope)
                 except db.IntegrityError as e:
@@ -95,38 +115,29 @@ class ChainWriter:
                 return
             raise ChainMoved(f"the records chain kept moving on: {MAX_ATTEMPTS} attempts")
         finally:
-            self._lock.release()
+            if self._waiting:
+                self._waiting.pop(0).callback(None)
+            else:
+                self._busy = False
 
     async def _insert(
         self, values: tuple[Any, ...], seq: int, prev: str, digest: str, epoch: int | None,
         envelope: str | None,
     ) -> None:
-        dialect = self._database.dialect.name
-        guard: tuple[Any, ...] = (
-            (seq, digest) if dialect == "sqlite" else (CHAIN_LOCK, epoch, digest)
-        )
-        insert = (
-            f"INSERT INTO farm_records ({_RECORD_COLUMNS})"
-            f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, {_GUARD[dialect]})"
-        )
-        params = (*values, seq, prev, *guard)
+        insert, with_provenance = self._sql
+        if self._sqlite:
+            params: tuple[Any, ...] = (*values, seq, prev, seq, digest)
+        else:
+            params = (*values, seq, prev, CHAIN_LOCK, epoch, digest)
         if envelope is None:
-            await self._database.execute(insert, params)
-        elif dialect == "postgresql":  # one statement: the record and its provenance
-            await self._database.execute(
-                f"WITH r AS ({insert} RETURNING id) INSERT INTO farm_record_provenance"
-                " (record_id, envelope, signed_at) SELECT id, ?, ? FROM r",
-                (*params, envelope, values[6]),
-            )
+            await self._database.execute_prepared("farm_record_insert_chained", insert, params)
+        elif not self._sqlite:  # one statement: the record and its provenance
+            await self._database.execute(with_provenance, (*params, envelope, values[6]))
         else:
 
             async def both(txn: db.Transaction) -> None:
                 await txn.execute(insert, params)
-                await txn.execute(
-                    "INSERT INTO farm_record_provenance (record_id, envelope, signed_at)"
-                    " SELECT id, ?, ? FROM farm_records WHERE chain_seq = ?",
-                    (envelope, values[6], seq),
-                )
+                await txn.execute(with_provenance, (envelope, values[6], seq))
 
             await self._database.transaction(both)
 

@@ -118,7 +118,7 @@ class RecordStore:
         if self._database not in _CHAINED:
             await self._chain_older()
         try:
-            await chain_store.writer(self._database).insert_record(values, envelope)
+            await chain_store.writer(self._database).insert_record(values, document, envelope)
         except db.IntegrityError as e:
             raise RecordExists(f"{record.name} {record.version} is already recorded") from e
         return document

@@ -329,3 +329,37 @@ async def test_concurrent_inserts_from_two_masters_chain_in_order(
     await first.stop()
     await second.stop()
 
+
+
+@pytest_twisted.ensureDeferred
+async def test_tombstones_and_records_from_two_masters_chain_in_order(
+    backend: str, db_url_for: DbUrlFactory
+) -> None:
+    """A master deleting while another inserts (whose head goes stale) gives one chain.
+
+    Each insert after a delete finished on the other master starts from a head without that
+    tombstone: the database's guard refuses it and the master chains after the tombstone.
+    """
+    url = db_url_for(backend)
+    first = await db.connect(url, reactor, pool_size=4, timeout=10.0)
+    second = await db.connect(url, reactor, pool_size=4, timeout=10.0)
+    inserter, deleter = RecordStore(first), RecordStore(second)
+    for n in range(16):
+        await deleter.insert(BuildRecord(name="old", version=str(n), timestamp=1.0), now=1.0)
+    for n in range(6):  # one after the other: the inserter's head is stale every time
+        await inserter.insert(BuildRecord(name="app", version=f"s{n}", timestamp=1.0), now=1.0)
+        await deleter.delete("old", str(n), "ops", "why", now=float(n))
+    await defer.gatherResults([  # and at the same time
+        *(defer.ensureDeferred(inserter.insert(
+            BuildRecord(name="app", version=str(n), timestamp=1.0), now=float(n)
+        )) for n in range(20)),
+        *(defer.ensureDeferred(deleter.delete("old", str(n), "ops", "why", now=float(n)))
+          for n in range(6, 16)),
+    ])
+    entries = [json.loads(served_entry(row)) for row in await inserter.chain(0, 1000)]
+    count, _, broken = verify_entries(entries)
+    assert (count, broken) == (58, None)
+    assert [e["seq"] for e in entries] == list(range(1, 59))
+    assert [e["kind"] for e in entries[16:28]] == ["record", "tombstone"] * 6
+    await first.stop()
+    await second.stop()
