@@ -55,8 +55,9 @@ DEBIAN_HTTP = (
 )
 
 
-def serve(root: str, port: int) -> None:
-    """Child process: the repository at http://127.0.0.1:PORT/ (its own port); prints a token."""
+def serve(root: str, port: int, rows: int = 0) -> None:
+    """Child process: the repository at http://127.0.0.1:PORT/ (its own port), with ``rows``
+    more files in its index; prints a token and the seconds opening the repository took."""
     from twisted.internet import defer, reactor
 
     from buildbot_farm import db
@@ -64,14 +65,31 @@ def serve(root: str, port: int) -> None:
 
     async def start() -> None:
         database = await db.connect(f"sqlite:///{root}/farm.sqlite", reactor)
+        if rows:
+            fill_index(f"{root}/farm.sqlite", rows)
         url = f"http://127.0.0.1:{port}/"
         config = ArtifactRepository(directory=f"{root}/repo", max_upload_size=4 * 1024 * MIB)
+        started = time.monotonic()
         repository = await open_repository(config, database, reactor, "bench", url)
+        opened = time.monotonic() - started
         site.listen(repository, reactor, port, "127.0.0.1")
-        print(await repository.mint(1, "bench", 1), flush=True)
+        print(await repository.mint(1, "bench", 1), f"{opened:.3f}", flush=True)
 
     reactor.callWhenRunning(lambda: defer.ensureDeferred(start()))
     reactor.run()
+
+
+def fill_index(database: str, rows: int) -> None:
+    """Index ``rows`` files of 1,000 builds (rows only: a GET's cost does not depend on
+    whether the other files are on disk, the directory lookups being hashed)."""
+    import sqlite3
+
+    with sqlite3.connect(database) as connection:
+        connection.executemany(
+            "INSERT INTO farm_artifacts (path, prefix, size, sha256, build_id, created_at,"
+            " expires_at) VALUES (?, ?, 1024, ?, 1, 0, NULL)",
+            ((f"bin/other/{i % 1000}/file-{i}", f"bin/other/{i % 1000}", f"{i:064x}")
+             for i in range(rows)))
 
 
 def serve_static(directory: str, port: int) -> None:
@@ -241,7 +259,7 @@ def main() -> None:
     nginx = None
     try:
         assert child.stdout is not None
-        token = child.stdout.readline().strip()
+        token = child.stdout.readline().split()[0]
         nginx = start_nginx(work, work / "repo", work / "dav", alone, front,
                             f"http://127.0.0.1:{port}/.farm-auth")
         wait_for(static_port)
@@ -252,6 +270,7 @@ def main() -> None:
                             "front": [*children(nginx.pid), child.pid]})
         memory(child.pid, work, ["-u", f"build-1:{token}"],
                f"http://127.0.0.1:{port}/bin/bench/1/huge")
+        cost_growth(work)
     finally:
         for process in (child, statics, nginx):
             if process is not None:
@@ -334,3 +353,27 @@ def memory(pid: int, work: Path, auth: list[str], url: str) -> None:
     sampler.join()
     print(f"1 GiB upload: repository RSS idle {idle / 1024:.1f} MiB, peak"
           f" {peak[0] / 1024:.1f} MiB (+{(peak[0] - idle) / 1024:.1f} MiB)")
+
+
+def cost_growth(work: Path) -> None:
+    """Print what a 1 KiB GET and opening the repository cost with 1k, 10k and 100k files
+    in the index."""
+    print(f"{'indexed files':>14} {'open s':>8} {'GET req/s':>10} {'p99 ms':>8} {'RSS MiB':>8}")
+    small = work / "small"
+    for rows in (1_000, 10_000, 100_000):
+        root, port = work / f"growth-{rows}", free_port()
+        root.mkdir()
+        child = subprocess.Popen(
+            [sys.executable, "-c", "import benchmarks.bench_artifacts as b;"
+             f" b.serve({str(root)!r}, {port}, {rows})"], stdout=subprocess.PIPE, text=True)
+        try:
+            assert child.stdout is not None
+            token, opened = child.stdout.readline().split()
+            url = f"http://127.0.0.1:{port}/bin/bench/1/small.bin"
+            curl_seconds("-u", f"build-1:{token}", "-T", str(small), url)
+            rate, latency, _ = wrk(url, 3)
+            print(f"{rows:>14,} {float(opened):>8.3f} {rate:>10.0f} {latency:>8.2f}"
+                  f" {rss_kib(child.pid) / 1024:>8.1f}")
+        finally:
+            child.terminate()
+            child.wait()

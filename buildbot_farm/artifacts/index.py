@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hmac
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -147,10 +147,20 @@ class ArtifactIndex:
                 )
         return found
 
-    async def all_files(self) -> dict[str, tuple[int, str]]:
-        """Every indexed file: path -> (size, sha256)."""
-        rows = await self._db.fetchall("SELECT path, size, sha256 FROM farm_artifacts", ())
-        return {row["path"]: (int(row["size"]), row["sha256"]) for row in rows}
+    async def each_file(self, take: Callable[[str, int, str], None], page: int = 10_000) -> None:
+        """Call ``take(path, size, sha256)`` for every indexed file. Reads ``page`` rows at a
+        time, so the rows in flight stay few whatever the index's size."""
+        after = ""
+        while True:
+            rows = await self._db.fetchall(
+                "SELECT path, size, sha256 FROM farm_artifacts WHERE path > ?"
+                " ORDER BY path LIMIT ?", (after, page),
+            )
+            for row in rows:
+                take(row["path"], int(row["size"]), row["sha256"])
+            if len(rows) < page:
+                return
+            after = rows[-1]["path"]
 
     async def forget(self, path: str) -> None:
         """Remove ``path`` and everything indexed below it from the index."""

@@ -71,7 +71,8 @@ class Repository:
         """Create the storage directories; load the index into memory (local storage)."""
         await self.run_in_thread(self.storage.thd_prepare)
         if isinstance(self.storage, LocalStorage):
-            self.known.replace_all(await self.index.all_files())
+            self.known.clear()
+            await self.index.each_file(self.known.put)
 
     def url_for(self, segments: Segments, collection: bool = False) -> str:
         """The public download URL of ``segments``."""

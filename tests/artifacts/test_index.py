@@ -62,6 +62,10 @@ async def test_the_index_records_looks_up_and_forgets(database: db.Database) -> 
     await index.record("bin/a/10/y", "bin/a/10", 4, "4" * 64, 5, None)
 
     found = await index.lookup(["bin/a/1/x", *paths, "nothing"])
+    every: list[tuple[str, int, str]] = []
+    await index.each_file(lambda *row: every.append(row), page=2)
+    assert sorted(every) == sorted([("bin/a/1/x", 2, "2" * 64), ("bin/a/10/y", 4, "4" * 64)]
+                                   + [(path, 3, "3" * 64) for path in paths[::400]])
     assert found["bin/a/1/x"].size == 2
     assert found["bin/a/1/x"].sha256 == "2" * 64
     assert sorted(found) == sorted(["bin/a/1/x", *paths[::400]])
