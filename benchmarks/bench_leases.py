@@ -1,11 +1,15 @@
 """Leased buildlets: lease latency (cold vs warm, process vs docker) and proxy throughput.
 
-Issue 3's targets: a warm lease's p50 under 50 ms; a 256 MiB ``/tgz`` through the
+Targets: a warm lease's p50 under 50 ms (issue 3); a raw 256 MiB ``/read`` through the
 coordinator's proxy at no less than 0.8x the speed of the same download straight from the
-agent. Everything runs on loopback: a real coordinator (SQLite) serving HTTP, real agents
-(local processes, and containers of the locally built test base image), curl as the client.
-When the proxy misses its target, one more proxied download runs under cProfile and the
-functions that dominate the coordinator's reactor thread are printed.
+agent (issue 16). The proxy is judged on ``/read`` because its bytes cost the agent nothing
+(the reference, the agent alone, sends the file as fast as loopback takes it), so what the
+proxy adds shows; ``/tgz`` is gzip-bound at ~50 MiB/s on both sides and is printed for
+information only. Besides the speed, the coordinator's own CPU time per proxied download
+is printed (whole process, all threads). Everything runs on loopback: a real coordinator
+(SQLite) serving HTTP, real agents (local processes, and containers of the locally built
+test base image), curl as the client. When the proxy misses its target, one more proxied
+``/read`` runs under cProfile and the functions that dominate the reactor thread are printed.
 """
 
 from __future__ import annotations
@@ -155,11 +159,15 @@ async def throughput(bench: Bench) -> tuple[dict[str, tuple[float, float]], str]
             lambda q=query: curl(bench.url + q, {PROXY_HEADER: name}, auth),
         ]
         best = [0.0, 0.0]
+        cpu = math.inf
         for _ in range(ROUNDS):
-            for i, fetch in enumerate(fetchers):
-                best[i] = max(best[i], await fetch())
+            best[0] = max(best[0], await fetchers[0]())
+            started = time.process_time()
+            best[1] = max(best[1], await fetchers[1]())
+            cpu = min(cpu, time.process_time() - started)
         results[label] = (best[0], best[1])
-        if query.startswith("/tgz") and best[1] < PROXY_RATIO_TARGET * best[0]:
+        results[f"{label}: coordinator CPU ms"] = (math.nan, cpu * 1000)
+        if query.startswith("/read") and best[1] < PROXY_RATIO_TARGET * best[0]:
             profile = await profiled(fetchers[1])
     await bench.client.destroy(name)
     return results, profile
@@ -250,14 +258,17 @@ def report(
         ]
     ]
     for label, (direct, proxied) in downloads.items():
-        target = f">= {PROXY_RATIO_TARGET:g}x" if label.startswith("/tgz") else "(information)"
+        if math.isnan(direct):  # the coordinator's CPU time for one proxied download
+            rows.append([label, "", f"{proxied:.0f} ms", "", "(information)"])
+            continue
+        target = f">= {PROXY_RATIO_TARGET:g}x" if label.startswith("/read") else "(information)"
         rows.append([label, f"{direct:.1f}", f"{proxied:.1f}", f"{proxied / direct:.2f}x", target])
     out.append(table(rows))
-    tgz_direct, tgz_proxied = next(v for k, v in downloads.items() if k.startswith("/tgz"))
-    proxy_met = tgz_proxied >= PROXY_RATIO_TARGET * tgz_direct
-    out.append(f"proxy /tgz target: {'met' if proxy_met else 'MISSED'}")
+    read_direct, read_proxied = downloads["/read (raw file)"]
+    proxy_met = read_proxied >= PROXY_RATIO_TARGET * read_direct
+    out.append(f"proxy /read target: {'met' if proxy_met else 'MISSED'}")
     if profile:
-        out += ["", "profile of one proxied /tgz (coordinator's reactor thread):", profile]
+        out += ["", "profile of one proxied /read (coordinator's reactor thread):", profile]
     return "\n".join(out)
 
 

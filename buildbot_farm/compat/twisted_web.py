@@ -16,14 +16,20 @@ not yet made the request object: only the channel knows the request line then
 whose client went away (Twisted would log a traceback), and Twisted only says so through
 ``notifyFinish``'s errback or the private ``_disconnected`` flag (:func:`disconnected`).
 
+**Spliced proxy bodies.** Before the proxy hands a body's rest to ``splice(2)``, it must know
+that both connections are plain TCP (no TLS, no wrapper, no content encoder) and that the
+client's connection has sent everything written to it so far (:func:`splice_target`,
+:func:`unsent_bytes`; tripwire in ``tests/leases/test_splice.py``).
+
 ``tests/test_compat.py`` and ``tests/leases/test_go_protocol.py`` have the tripwire tests
 that fail when twisted.web changes these.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, cast
 
+from twisted.internet import tcp
 from twisted.web import http
 from twisted.web.server import Request
 
@@ -67,3 +73,28 @@ def disconnected(request: Request) -> bool:
     ``_disconnected`` (set by ``connectionLost``), which the kit checks before each write.
     """
     return bool(request._disconnected)
+
+
+def splice_target(request: Request, agent: object) -> int | None:
+    """The client's socket, if the agent's body can go to it unchanged; else None.
+
+    That needs both connections plain TCP (no TLS, no wrapper) and no content encoder on the
+    request (``_encoder``, as in :func:`raw_body_writer`): only then are the bytes on the
+    client's socket exactly the agent's.
+    """
+    client = request.transport
+    if getattr(request, "_encoder", None) is not None:
+        return None
+    if type(client) is not tcp.Server or type(agent) is not tcp.Client:
+        return None
+    return cast(int, client.fileno())
+
+
+def unsent_bytes(transport: object) -> int:
+    """How many bytes written to a TCP connection have not yet been sent to its socket.
+
+    ``FileDescriptor`` keeps what is still to send in ``dataBuffer`` (from ``offset``) and
+    ``_tempDataLen``, none of it public.
+    """
+    connection = cast(Any, transport)
+    return len(connection.dataBuffer) - connection.offset + connection._tempDataLen

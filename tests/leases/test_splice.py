@@ -1,0 +1,245 @@
+"""Large raw answers through the coordinator's proxy are spliced socket to socket.
+
+The kernel part (``splice_exactly``) is tested on socket pairs; the proxy's use of it with a
+real coordinator, a real agent and a raw HTTP client that keeps its connection, or leaves
+in the middle of the body.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.client
+import io
+import os
+import socket
+import threading
+import urllib.parse
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, protocol, reactor, task, threads
+from twisted.logger import globalLogPublisher
+
+from buildbot_farm.compat import twisted_web
+from buildbot_farm.leases import keys, proxy, splice
+from buildbot_farm.leases.client import PROXY_HEADER
+from tests.leases.conftest import SECRET, RunningCoordinator, StartCoordinator
+
+MIB = 1 << 20
+
+
+def _pair() -> tuple[socket.socket, socket.socket]:
+    left, right = socket.socketpair()
+    left.setblocking(False)
+    right.setblocking(False)
+    return left, right
+
+
+def _drain(sock: socket.socket, into: bytearray) -> None:
+    sock.setblocking(True)
+    while block := sock.recv(MIB):
+        into += block
+
+
+def test_splice_moves_exactly_the_length_and_leaves_the_rest() -> None:
+    """8 MiB move across; the 5 bytes after them stay unread in the source."""
+    payload = os.urandom(8 * MIB)
+    source_writer, source = _pair()
+    target, target_reader = _pair()
+    source_writer.setblocking(True)
+    writer = threading.Thread(target=source_writer.sendall, args=(payload + b"after",))
+    received = bytearray()
+    reader = threading.Thread(target=_drain, args=(target_reader, received))
+    writer.start()
+    reader.start()
+    splice.splice_exactly(source.fileno(), target.fileno(), len(payload))
+    target.close()
+    writer.join()
+    reader.join()
+    assert hashlib.sha256(received).digest() == hashlib.sha256(payload).digest()
+    source.setblocking(True)
+    assert source.recv(100) == b"after"
+
+
+def test_a_source_ending_early_is_reported() -> None:
+    """The source closing after 1 MiB of the 2 MiB promised is ``SourceEnded``."""
+    source_writer, source = _pair()
+    target, target_reader = _pair()
+    received = bytearray()
+    reader = threading.Thread(target=_drain, args=(target_reader, received))
+    reader.start()
+    source_writer.setblocking(True)
+
+    def write_and_close() -> None:
+        source_writer.sendall(os.urandom(MIB))
+        source_writer.close()
+
+    writer = threading.Thread(target=write_and_close)
+    writer.start()
+    with pytest.raises(splice.SourceEnded, match="bytes to come"):
+        splice.splice_exactly(source.fileno(), target.fileno(), 2 * MIB)
+    target.close()
+    writer.join()
+    reader.join()
+    assert len(received) == MIB
+
+
+def test_a_target_gone_is_reported() -> None:
+    """The target's peer closing is ``TargetGone``, not an OSError."""
+    source_writer, source = _pair()
+    target, target_reader = _pair()
+    target_reader.close()
+    source_writer.setblocking(True)
+    source_writer.sendall(b"x" * 1000)
+    with pytest.raises(splice.TargetGone):
+        splice.splice_exactly(source.fileno(), target.fileno(), 1000)
+
+
+@pytest_twisted.ensureDeferred
+async def test_unsent_bytes_reads_a_real_connections_buffer() -> None:
+    """Tripwire for the twisted internals ``unsent_bytes`` reads (dataBuffer, offset,
+    _tempDataLen): what a connection's peer does not read counts, and drains to zero."""
+    accepted: defer.Deferred[Any] = defer.Deferred()
+
+    class Keep(protocol.Protocol):
+        def connectionMade(self) -> None:
+            accepted.callback(self.transport)
+
+    port = reactor.listenTCP(0, protocol.Factory.forProtocol(Keep), interface="127.0.0.1")
+    peer = socket.create_connection(("127.0.0.1", port.getHost().port))
+    try:
+        transport = await accepted
+        assert twisted_web.unsent_bytes(transport) == 0
+        transport.write(b"x" * (16 * MIB))  # more than loopback's socket buffers take
+        await task.deferLater(reactor, 0.05)
+        assert twisted_web.unsent_bytes(transport) > 0
+        peer.setblocking(False)
+        while twisted_web.unsent_bytes(transport):
+            try:
+                peer.recv(4 * MIB)
+            except BlockingIOError:
+                await task.deferLater(reactor, 0.01)
+    finally:
+        peer.close()
+        await port.stopListening()
+
+
+def _auth(user: str = "user-alice") -> str:
+    token = f"{user}:{keys.user_key(SECRET, user)}".encode()
+    return "Basic " + base64.b64encode(token).decode()
+
+
+async def _buildlet_with_file(running: RunningCoordinator, size: int) -> tuple[str, bytes]:
+    alice = running.client()
+    name = (await alice.create("local"))["Name"]
+    payload = os.urandom(size)
+    await alice.put_file(name, io.BytesIO(payload), "big/data.bin")
+    return name, payload
+
+
+def _counting_splices(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    lengths: list[int] = []
+    real = splice.splice_in_thread
+
+    def counted(reactor: Any, source: int, target: int, length: int) -> defer.Deferred[None]:
+        lengths.append(length)
+        return real(reactor, source, target, length)
+
+    monkeypatch.setattr(splice, "splice_in_thread", counted)
+    return lengths
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_large_read_is_spliced_and_the_connection_serves_the_next_request(
+    start_coordinator: StartCoordinator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 24 MiB ``/read`` arrives whole through the splice, on a kept-alive connection
+    that then answers another request."""
+    spliced = _counting_splices(monkeypatch)
+    running = await start_coordinator()
+    name, payload = await _buildlet_with_file(running, 24 * MIB)
+    address = urllib.parse.urlsplit(running.url)
+
+    def two_requests() -> tuple[int, bytes, int, bytes]:
+        connection = http.client.HTTPConnection(address.hostname, address.port, timeout=60)
+        headers = {"Authorization": _auth(), PROXY_HEADER: name}
+        connection.request("GET", "/read?path=big/data.bin", headers=headers)
+        first = connection.getresponse()
+        body = first.read()
+        connection.request("GET", "/buildlet/list", headers={"Authorization": _auth()})
+        second = connection.getresponse()
+        listing = second.read()
+        connection.close()
+        return first.status, body, second.status, listing
+
+    status, body, next_status, listing = await threads.deferToThread(two_requests)
+    assert status == 200
+    assert hashlib.sha256(body).digest() == hashlib.sha256(payload).digest()
+    assert next_status == 200
+    assert name.encode() in listing
+    assert len(spliced) == 1
+    assert 0 < spliced[0] < len(payload)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_leaving_in_the_middle_of_a_spliced_body(
+    start_coordinator: StartCoordinator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that reads 1 MiB of 32 MiB and closes: the splice ends, nothing is logged as
+    an error, and the coordinator goes on serving the same buildlet."""
+    spliced = _counting_splices(monkeypatch)
+    running = await start_coordinator()
+    name, payload = await _buildlet_with_file(running, 32 * MIB)
+    address = urllib.parse.urlsplit(running.url)
+    errors: list[dict[str, Any]] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("isError") or event.get("log_failure") is not None:
+            errors.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        def leave_early() -> bytes:
+            raw = socket.create_connection((address.hostname, address.port), timeout=30)
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            raw.sendall(
+                f"GET /read?path=big/data.bin HTTP/1.1\r\nHost: x\r\n"
+                f"Authorization: {_auth()}\r\n{PROXY_HEADER}: {name}\r\n\r\n".encode()
+            )
+            got = b""
+            while len(got) < MIB:
+                got += raw.recv(64 * 1024)
+            raw.close()
+            return got
+
+        head = await threads.deferToThread(leave_early)
+        assert head.startswith(b"HTTP/1.1 200")
+        for _ in range(200):
+            if not [t for t in threading.enumerate() if t.name == "farm-proxy-splice"]:
+                break
+            await task.deferLater(reactor, 0.05)
+        assert not [t for t in threading.enumerate() if t.name == "farm-proxy-splice"]
+        again: list[bytes] = []
+        await running.client().get_stream(name, "/read", {"path": "big/data.bin"}, again.append)
+        assert hashlib.sha256(b"".join(again)).digest() == hashlib.sha256(payload).digest()
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert len(spliced) == 2
+    assert not errors, [e.get("log_format") or e.get("format") for e in errors]
+
+
+@pytest_twisted.ensureDeferred
+async def test_small_answers_are_relayed_without_a_splice(
+    start_coordinator: StartCoordinator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Below ``SPLICE_AT_LEAST`` a body is relayed in Python (a thread costs more than it
+    saves there), and arrives the same."""
+    spliced = _counting_splices(monkeypatch)
+    running = await start_coordinator()
+    name, payload = await _buildlet_with_file(running, proxy.SPLICE_AT_LEAST - 1)
+    received: list[bytes] = []
+    await running.client().get_stream(name, "/read", {"path": "big/data.bin"}, received.append)
+    assert b"".join(received) == payload
+    assert spliced == []
