@@ -189,15 +189,16 @@ class FarmService(service.BuildbotService):
 
         # /build/NAME is the reference build service's spelling of /builds/NAME; on-demand
         # job keys (64 hex digits) and POST /build are the on-demand API's.
+        document = "../openapi/ondemand.json"
         self.api_root.mount(
             "build",
             BuildAlias(self.records.resource, on_demand.resource("build"), is_build_key),
-            active=on_demand_configured,
+            openapi=document, active=on_demand_configured,
         )
-        self.api_root.mount(
-            "download", on_demand.resource("download"), active=on_demand_configured
-        )
-        self.api_root.mount("compat", on_demand.resource("compat"), active=on_demand_configured)
+        for name in ("download", "compat"):
+            self.api_root.mount(
+                name, on_demand.resource(name), openapi=document, active=on_demand_configured
+            )
         status = StatusAPI(lambda: self.database, __version__)
         self.web_root.mount("status", status.resource(), openapi="openapi.json")
         self.web_root.mount("openapi.json", OpenAPIResource(OPENAPI))
@@ -263,7 +264,7 @@ class FarmService(service.BuildbotService):
             owner=self.master.name, name=self.master.name,
         )
         self.leases, self.coordinator = runtime, runtime.coordinator
-        self.web_root.mount("coordinator", runtime.resource)
+        self.web_root.mount("coordinator", runtime.resource, openapi="openapi/coordinator.json")
         self._add_task(runtime.sweeper(self.master.reactor))
 
     async def _stop_coordinator(self, runtime: LeaseRuntime) -> None:

@@ -79,7 +79,8 @@ def test_the_farm_root_and_the_api_root_list_what_is_mounted(master: LocalFarm) 
     assert get_json(f"{root}/plugins/farm") == index
     assert index == {"apis": [
         {"name": "api", "path": "/plugins/farm/api", "openapi": None},
-        {"name": "coordinator", "path": "/plugins/farm/coordinator", "openapi": None},
+        {"name": "coordinator", "path": "/plugins/farm/coordinator",
+         "openapi": "/plugins/farm/openapi/coordinator.json"},
         {"name": "status", "path": "/plugins/farm/status",
          "openapi": "/plugins/farm/openapi.json"},
         {"name": "ui", "path": "/plugins/farm/ui", "openapi": None},

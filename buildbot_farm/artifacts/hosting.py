@@ -64,7 +64,8 @@ class RepositoryHost:
         )
         self.repository = repository
         self._running = (wanted, database)
-        self._farm.web_root.mount(MOUNT, ArtifactResource(repository))
+        self._farm.web_root.mount(MOUNT, ArtifactResource(repository),
+                                  openapi="openapi/artifacts.json")
         self._farm.add_periodic(JANITOR, wanted.janitor_interval, repository.sweep)
         log.msg(f"farm: artifact repository in {repository.storage.location},"
                 f" served at {repository.public_url}")

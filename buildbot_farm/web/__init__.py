@@ -16,7 +16,7 @@ from buildbot_farm.web._openapi import (
     json_content,
 )
 from buildbot_farm.web._root import FarmRoot
-from buildbot_farm.web._router import Routes, deliver, respond
+from buildbot_farm.web._router import Routes, respond
 
 __all__ = [
     "ERROR_SCHEMA",
@@ -25,7 +25,6 @@ __all__ = [
     "OpenAPIDocuments",
     "OpenAPIResource",
     "Routes",
-    "deliver",
     "error_response",
     "json_content",
     "json_error",

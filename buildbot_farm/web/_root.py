@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import posixpath
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -56,7 +57,8 @@ class FarmRoot(resource.Resource):
     ) -> None:
         """Serve ``child`` at ``/plugins/farm/<name>``; a second mount of a name replaces it.
 
-        ``openapi`` names the mount serving ``child``'s OpenAPI document, if it has one.
+        ``openapi`` is the path of ``child``'s OpenAPI document relative to this root, if it
+        has one (a mount's name, or a path such as ``../openapi/ondemand.json``).
         ``active`` says whether the index lists it now (what is served stays routable):
         for an API that answers only once its capability is configured.
         """
@@ -87,7 +89,8 @@ class FarmRoot(resource.Resource):
             {
                 "name": name,
                 "path": base + name,
-                "openapi": None if mounted.openapi is None else base + mounted.openapi,
+                "openapi": None if mounted.openapi is None else (
+                    posixpath.normpath(base + mounted.openapi)),
             }
             for name, mounted in sorted(self._mounted.items())
             if name not in documents and mounted.active()

@@ -43,7 +43,7 @@ Owner = TypeVar("Owner")
 Handler = Callable[..., Awaitable[Answer]]
 
 
-def deliver(request: Request, body: bytes | None) -> None:
+def _deliver(request: Request, body: bytes | None) -> None:
     """Write ``body`` and finish ``request``, unless it is finished or its client hung up.
 
     ``None`` means that whoever answered finished the request (or streams it) already.
@@ -72,7 +72,7 @@ async def _run(request: Request, work: Callable[[], Awaitable[Answer]], what: st
         if not request.finished and not disconnected(request):
             request.loseConnection()
         return
-    deliver(request, body)
+    _deliver(request, body)
 
 
 def respond(request: Request, work: Callable[[], Awaitable[Answer]], what: str) -> int:
