@@ -9,6 +9,7 @@ and instance roles).
 
 from __future__ import annotations
 
+import threading
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -68,15 +69,32 @@ class S3Client:
 
     def __init__(self, bucket: S3Bucket) -> None:
         self.bucket = bucket
-        self.session = boto3.session.Session(
-            aws_access_key_id=bucket.access_key, aws_secret_access_key=bucket.secret_key,
-            region_name=bucket.region,
-        )
-        self.boto = self.session.client("s3", endpoint_url=bucket.endpoint, config=Config(
-            signature_version="s3v4", s3={"addressing_style": "path"},
-            connect_timeout=bucket.timeout, read_timeout=bucket.timeout,
-            retries={"mode": "standard", "total_max_attempts": bucket.attempts},
-        ))
+        self._lock = threading.Lock()
+        self._session: Any = None
+        self._boto: Any = None
+
+    @property
+    def boto(self) -> Any:
+        """The boto3 client, made on first use: that blocks (it reads botocore's models and
+        may walk the credential chain), so it happens on the thread pool, not the reactor."""
+        return self._made()[1]
+
+    def _made(self) -> tuple[Any, Any]:
+        """The boto3 session and client, made once."""
+        with self._lock:
+            if self._boto is None:
+                self._session = boto3.session.Session(
+                    aws_access_key_id=self.bucket.access_key,
+                    aws_secret_access_key=self.bucket.secret_key,
+                    region_name=self.bucket.region,
+                )
+                self._boto = self._session.client(
+                    "s3", endpoint_url=self.bucket.endpoint, config=Config(
+                        signature_version="s3v4", s3={"addressing_style": "path"},
+                        connect_timeout=self.bucket.timeout, read_timeout=self.bucket.timeout,
+                        retries={"mode": "standard", "total_max_attempts": self.bucket.attempts},
+                    ))
+            return self._session, self._boto
 
     def call(self, operation: str, key: str | None, method: Callable[..., T],
              **arguments: Any) -> T:
@@ -169,7 +187,7 @@ class S3Client:
     def signed_get(self, key: str, headers: dict[str, str]) -> tuple[str, dict[str, str]]:
         """The URL and botocore-signed headers of a GET of object ``key`` (plus ``headers``),
         for a client other than boto3 to send. Blocks: credentials may be fetched."""
-        credentials = self.session.get_credentials()
+        credentials = self._made()[0].get_credentials()
         if credentials is None:
             raise self.no_credentials()
         url = (f"{self.bucket.endpoint.rstrip('/')}/{self.bucket.bucket}/"

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import http.client
 import os
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +156,73 @@ def test_a_file_over_5_gib_goes_in_parts_and_an_interrupted_upload_leaves_nothin
     assert bucket.boto.list_multipart_uploads(Bucket=bucket.name).get("Uploads", []) == []
     assert part_size_for(5 * GIB + 1, MIN_PART_SIZE) == MIN_PART_SIZE
     assert -(-100 * GIB // part_size_for(100 * GIB, MIN_PART_SIZE)) <= MAX_PARTS
+
+
+class _Flaky(BaseHTTPRequestHandler):
+    """Answers the first ``server.failures`` requests with S3's 503 SlowDown, then relays
+    each request as it came (Host header included, so the signature holds) to moto."""
+
+    server: Any
+
+    def _relay(self) -> None:
+        self.server.seen += 1
+        body = self.rfile.read(int(self.headers.get("content-length") or 0))
+        if self.server.seen <= self.server.failures:
+            error = b"<Error><Code>SlowDown</Code><Message>Reduce your rate</Message></Error>"
+            self.send_response(503)
+            self.send_header("content-length", str(len(error)))
+            self.end_headers()
+            self.wfile.write(error)
+            return
+        upstream = http.client.HTTPConnection("127.0.0.1", self.server.upstream_port, timeout=30)
+        upstream.request(self.command, self.path, body=body, headers=dict(self.headers))
+        answer = upstream.getresponse()
+        data = answer.read()
+        self.send_response(answer.status)
+        for name, value in answer.getheaders():
+            if name.lower() not in ("content-length", "transfer-encoding", "connection",
+                                    "server", "date"):
+                self.send_header(name, value)
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+        upstream.close()
+
+    do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _relay  # noqa: N815 (http.server's)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Keep the test output quiet."""
+
+
+@pytest.fixture
+def flaky(s3_server: S3Server) -> Iterator[Any]:
+    """A loopback proxy to moto that fails its first ``failures`` requests with 503."""
+    proxy: Any = ThreadingHTTPServer(("127.0.0.1", 0), _Flaky)
+    proxy.upstream_port, proxy.seen, proxy.failures = s3_server.port, 0, 0
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    yield proxy
+    proxy.shutdown()
+    proxy.server_close()
+    thread.join()
+
+
+def test_requests_are_retried_up_to_attempts(bucket: Bucket, tmp_path: Path, flaky: Any) -> None:
+    """A 503 SlowDown is retried with backoff: with attempts=3 two refusals are overcome, with
+    attempts=1 the first one is the error (naming S3's code)."""
+    bucket.boto.put_object(Bucket=bucket.name, Key="bin/t/1/f", Body=b"f")
+    endpoint = f"http://127.0.0.1:{flaky.server_address[1]}"
+    storage = prepared(dataclasses.replace(bucket.config, endpoint=endpoint), tmp_path)
+    flaky.seen, flaky.failures = 0, 2
+    assert storage.thd_digest(("bin", "t", "1", "f")) == (1, hashlib.sha256(b"f").hexdigest())
+    assert flaky.seen == 3
+    once = S3Storage(dataclasses.replace(bucket.config, endpoint=endpoint, attempts=1),
+                     tmp_path / "once", reactor)
+    flaky.seen, flaky.failures = 0, 1
+    with pytest.raises(S3Refused, match="503 SlowDown"):
+        once.thd_digest(("bin", "t", "1", "f"))
+    assert flaky.seen == 1
 
 
 @pytest.fixture
