@@ -91,7 +91,7 @@ def size(count: int) -> str:
 
 _ENVIRONMENT = jinja2.Environment(
     loader=jinja2.PackageLoader("buildbot_farm.dashboard", "templates"),
-    autoescape=True, undefined=jinja2.StrictUndefined,
+    autoescape=True, undefined=jinja2.StrictUndefined, auto_reload=False,
 )
 _ENVIRONMENT.filters.update(when=when, countdown=countdown, size=size,
                             quote=lambda text: quote(str(text), safe=""))
