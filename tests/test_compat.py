@@ -22,7 +22,7 @@ from buildbot.worker.latent import AbstractLatentWorker
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
 from twisted.python import failure
-from twisted.web import http, server
+from twisted.web import http, server, static
 from twisted.web.test.requesthelper import DummyChannel
 
 from buildbot_farm.compat import docker_api, twisted_web
@@ -144,3 +144,27 @@ def test_requests_still_say_when_their_client_hung_up() -> None:
     request.connectionLost(failure.Failure(ConnectionDone()))
     assert request._disconnected is True
     assert twisted_web.disconnected(request) is True
+
+
+def test_static_file_still_parses_and_answers_one_range() -> None:
+    """static.File's _parseRangeHeader, _doSingleRangeRequest and _setContentHeaders still
+    give the offset, size, 206 and Content-Range/Length that ``twisted_web.single_range``
+    and ``set_content_headers`` pass on; several ranges still give None."""
+    file = static.File(__file__)
+    file.type, file.encoding = "text/x-python", None  # as File.render_GET sets them
+    request = server.Request(DummyChannel())
+    request.requestHeaders.setRawHeaders(b"range", [b"bytes=10-19"])
+    assert twisted_web.single_range(file, request) == (10, 10)
+    twisted_web.set_content_headers(file, request, 10)
+    assert request.code == 206
+    size = Path(__file__).stat().st_size
+    assert request.responseHeaders.getRawHeaders(b"content-range") == [
+        f"bytes 10-19/{size}".encode()]
+    assert request.responseHeaders.getRawHeaders(b"content-length") == [b"10"]
+    assert request.responseHeaders.getRawHeaders(b"content-type") == [b"text/x-python"]
+    several = server.Request(DummyChannel())
+    several.requestHeaders.setRawHeaders(b"range", [b"bytes=0-1,5-6"])
+    assert twisted_web.single_range(file, several) is None
+    garbled = server.Request(DummyChannel())
+    garbled.requestHeaders.setRawHeaders(b"range", [b"lines=1-2"])
+    assert twisted_web.single_range(file, garbled) is None

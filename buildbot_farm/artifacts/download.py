@@ -25,6 +25,7 @@ from buildbot_farm.artifacts.paths import Segments
 from buildbot_farm.artifacts.repository import Repository
 from buildbot_farm.artifacts.s3 import S3Storage
 from buildbot_farm.artifacts.storage import Entry, LocalStorage, StorageError
+from buildbot_farm.compat import twisted_web
 from buildbot_farm.thread_pool import in_thread
 from buildbot_farm.web._json import json_error
 
@@ -83,9 +84,9 @@ class _Relay(protocol.Protocol):
 
 
 def client_gone(request: Request) -> bool:
-    """Whether the client of ``request`` went away (twisted.web drops the request's channel
-    when its connection is lost); nothing may be written or registered then."""
-    return request.channel is None
+    """Whether the client of ``request`` went away; nothing may be written or registered
+    then (twisted.web has dropped the request's channel)."""
+    return twisted_web.disconnected(request)
 
 
 async def send_stored(

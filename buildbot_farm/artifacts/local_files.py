@@ -10,8 +10,8 @@ else by a :class:`FileSender`.
 
 A GET with a Range header, or of a file the index does not know, takes the slow way: the
 storage checks the path on the thread pool, the index gives the digest, and
-:class:`LocalFile` answers. It is the one place that uses ``twisted.web.static.File``
-internals (its Range parsing and headers; see the class). static.File's own producer
+:class:`LocalFile` answers, parsing Range headers with ``twisted.web.static.File``'s own
+helpers (through :mod:`buildbot_farm.compat.twisted_web`). static.File's own producer
 reads 64 KiB per turn of the reactor, which keeps a download at about half of nginx's
 speed; :class:`FileSender` is a push producer reading :data:`READ_SIZE` bytes at a time,
 writing until the connection asks it to pause, and letting the connection pass each read
@@ -31,6 +31,7 @@ from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from buildbot_farm.artifacts.known_files import KnownFile
+from buildbot_farm.compat import twisted_web
 
 READ_SIZE = 1024 * 1024
 # Files up to this size are read in one go and answered in one write.
@@ -151,10 +152,9 @@ class FileSender:
 class LocalFile(static.File):
     """static.File sending whole files and single ranges with a :class:`FileSender`.
 
-    Compatibility: this class calls static.File's private ``_setContentHeaders``,
-    ``_parseRangeHeader`` and ``_doSingleRangeRequest`` (Twisted 22-24), so Range requests
-    are parsed and answered exactly as static.File does; the rest of the farm uses no
-    static.File internals. No Content-Encoding is announced (static.File would say gzip
+    Range requests are parsed and answered exactly as static.File does, through its
+    private helpers (in :mod:`buildbot_farm.compat.twisted_web`, with their tripwire
+    test). No Content-Encoding is announced (static.File would say gzip
     for ``.gz``, so clients would unpack the artifact): a ``.tar.gz`` is its bytes, as in
     the fast way and from S3.
     """
@@ -163,17 +163,13 @@ class LocalFile(static.File):
 
     def makeProducer(self, request: Any, fileForReading: Any) -> Any:  # noqa: N802, N803
         """The producer for ``request``'s body; sets the status and Content-* headers."""
-        byte_range = request.getHeader(b"range")
-        if byte_range is None:
-            self._setContentHeaders(request)
+        if request.getHeader(b"range") is None:
+            twisted_web.set_content_headers(self, request)
             request.setResponseCode(http.OK)
             return FileSender(request, fileForReading)
-        try:
-            ranges = self._parseRangeHeader(byte_range)
-        except ValueError:
+        wanted = twisted_web.single_range(self, request)
+        if wanted is None:
             return super().makeProducer(request, fileForReading)
-        if len(ranges) != 1:
-            return super().makeProducer(request, fileForReading)
-        offset, size = self._doSingleRangeRequest(request, ranges[0])
-        self._setContentHeaders(request, size)
+        offset, size = wanted
+        twisted_web.set_content_headers(self, request, size)
         return FileSender(request, fileForReading, offset, size)

@@ -8,8 +8,8 @@ With ``hash_aside`` (a body streamed in by the reactor), the pieces are hashed b
 of the spool's own while the reactor receives and writes the next ones: hashlib lets go of
 the GIL while it hashes a large piece, so sha256 runs on another core instead of adding
 its time to the upload's (about 1.3 GB/s here: 0.2 s of a 256 MiB upload). At most
-:data:`HASH_BACKLOG` pieces wait for it; past that the reactor waits, as it would hashing
-them itself.
+:data:`HASH_BACKLOG` pieces (8 MiB) wait for it; past that the reactor waits, as it would
+hashing them itself.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-HASH_BACKLOG = 16
+HASH_BACKLOG = 8
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,11 @@ that both connections are plain TCP (no TLS, no wrapper, no content encoder) and
 client's connection has sent everything written to it so far (:func:`splice_target`,
 :func:`unsent_bytes`; tripwire in ``tests/leases/test_splice.py``).
 
+**Artifact downloads with a Range header** (``artifacts/local_files.LocalFile``) are
+parsed and answered as ``static.File`` does, with its private ``_parseRangeHeader``,
+``_doSingleRangeRequest`` and ``_setContentHeaders`` (:func:`single_range`,
+:func:`set_content_headers`), so only the sending of the bytes is the farm's own.
+
 ``tests/test_compat.py`` and ``tests/leases/test_go_protocol.py`` have the tripwire tests
 that fail when twisted.web changes these.
 """
@@ -30,7 +35,7 @@ from __future__ import annotations
 from typing import Any, Callable, cast
 
 from twisted.internet import tcp
-from twisted.web import http
+from twisted.web import http, static
 from twisted.web.server import Request
 
 
@@ -98,3 +103,24 @@ def unsent_bytes(transport: object) -> int:
     """
     connection = cast(Any, transport)
     return len(connection.dataBuffer) - connection.offset + connection._tempDataLen
+
+
+def set_content_headers(file: static.File, request: Request, size: int | None = None) -> None:
+    """Content-Type, Content-Encoding and Content-Length (``size``, else the file's) as
+    ``static.File`` sets them (``File._setContentHeaders``)."""
+    file._setContentHeaders(request, size)
+
+
+def single_range(file: static.File, request: Request) -> tuple[int, int] | None:
+    """The offset and size of the one byte range ``request`` asks of ``file``, with the
+    206 status and Content-Range set as ``static.File`` sets them; None when the Range
+    header is unparsable or names several ranges (``static.File`` then answers itself).
+    Uses ``File._parseRangeHeader`` and ``File._doSingleRangeRequest``."""
+    try:
+        ranges = file._parseRangeHeader(request.getHeader(b"range"))
+    except ValueError:
+        return None
+    if len(ranges) != 1:
+        return None
+    offset, size = file._doSingleRangeRequest(request, ranges[0])
+    return offset, size
