@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -14,7 +16,11 @@ from twisted.web import resource, server
 from twisted.web.test.requesthelper import DummyChannel
 
 from buildbot_farm.db import DatabaseError
+from buildbot_farm.leases import keys
+from buildbot_farm.leases.api import CoordinatorResource
+from buildbot_farm.ondemand.api import OnDemandAPI
 from buildbot_farm.web import ApiError, Routes, respond
+from buildbot_farm.web.status import StatusAPI
 
 
 class _Pets:
@@ -55,14 +61,20 @@ def _answer(method: str, url: str, api: _Pets | None = None) -> tuple[int, Any, 
     api = api or _Pets()
     root = resource.Resource()
     root.putChild(b"pets", api.routes.resource(api, under="pets"))
+    return _stub_answer(root, method, url)
+
+
+def _stub_answer(root: resource.Resource, method: str, url: str,
+                 headers: dict[str, str] | None = None) -> tuple[int, Any, Any]:
+    """One request through StubTreq to ``root``: (status, headers, parsed JSON body)."""
     stub = StubTreq(root)
     done: list[Any] = []
-    stub.request(method, url).addCallback(
+    stub.request(method, url, headers=headers or {}).addCallback(
         lambda response: stub.content(response).addCallback(
             lambda body: done.append((response.code, response.headers, body))))
     stub.flush()
-    code, headers, body = done[0]
-    return code, headers, json.loads(body) if body else None
+    code, answer_headers, body = done[0]
+    return code, answer_headers, json.loads(body) if body else None
 
 
 def test_routes_match_methods_and_parameters() -> None:
@@ -141,3 +153,27 @@ def test_route_patterns_are_literal_or_named_segments() -> None:
         routes.route("GET", "a/{b")
     with pytest.raises(ValueError, match="neither literal"):
         routes.route("GET", "a/{1x}")
+
+
+def test_the_farm_apis_answer_a_wrong_method_with_a_json_405() -> None:
+    """Status, on-demand and the coordinator answer a wrong method as JSON with ``Allow``
+    (they answered Twisted's HTML page before the kit)."""
+    root = resource.Resource()
+    root.putChild(b"status", StatusAPI(lambda: None, "1").resource())
+    on_demand = OnDemandAPI(SimpleNamespace(jobs=None))  # type: ignore[arg-type]
+    root.putChild(b"build", on_demand.resource("build"))
+    secret = b"kit-test-secret"
+    root.putChild(b"coordinator", CoordinatorResource(object(), secret, None))  # type: ignore[arg-type]
+    token = base64.b64encode(f"user-kit:{keys.user_key(secret, 'user-kit')}".encode()).decode()
+    for url, headers, allowed in [
+        ("http://farm/status", {}, "GET"),
+        ("http://farm/build", {}, "POST"),
+        ("http://farm/coordinator/buildlet/create", {"Authorization": f"Basic {token}"},
+         "POST"),
+    ]:
+        code, answer_headers, body = _stub_answer(root, "PUT", url, headers)
+        assert (code, answer_headers.getRawHeaders("allow")) == (405, [allowed]), url
+        assert body == {"error": f"PUT is not allowed here; use {allowed}"}
+    code, _, body = _stub_answer(root, "POST", "http://farm/build", {})
+    assert code == 503
+    assert "OnDemandBuilds" in body["error"]
