@@ -85,7 +85,7 @@ async def start_bench(database: db.Database, provider: BuildletProvider) -> Benc
         database,
         reactor,
         types,
-        AgentClient(reactor, http_client(reactor)),
+        AgentClient(http_client(reactor)),
         name=f"bench-{provider.kind}",
     )
     await coordinator.start()

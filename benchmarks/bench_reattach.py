@@ -49,7 +49,7 @@ async def measure(workdir: Path) -> str:
     provider = ProcessProvider(workdir / "buildlets", reactor)
     coordinator = Coordinator(
         database, reactor, {"local": BuildletType("local", provider, max_count=1)},
-        AgentClient(reactor, http_client(reactor)), name="bench-reattach",
+        AgentClient(http_client(reactor)), name="bench-reattach",
     )
     await coordinator.start()
     port = reactor.listenTCP(

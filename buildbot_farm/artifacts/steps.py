@@ -140,7 +140,7 @@ class ArtifactUpload(buildstep.BuildStep):
             writer.purge()
             return FAILURE
         if is_dir:
-            files = sorted(p for p in target.rglob("*") if p.is_file())
+            files = await repository.run_in_thread(_files_under, target)
             placed = [(f, (*prefix, *dest, *f.relative_to(target).parts)) for f in files]
         else:
             name = dest if dest and not self.dest.endswith("/") else (
@@ -315,3 +315,8 @@ class ArtifactDownload(FileDownload):
             return FAILURE
         await self.stdio_log.addStdout(f"{sha256}  {dest}\n")
         return SUCCESS
+
+
+def _files_under(directory: Path) -> list[Path]:
+    """The regular files anywhere below ``directory``, sorted (blocking: walks the tree)."""
+    return sorted(p for p in directory.rglob("*") if p.is_file())

@@ -47,7 +47,6 @@ class ContainerConfig:
     labels: dict[str, str]
     network: str | None
     limits: dict[str, Any]
-    binds: dict[str, str]
 
 
 def _explained(doing: str, host: str) -> contextlib.AbstractContextManager[None]:
@@ -67,15 +66,10 @@ def thd_connect(docker_host: str | None) -> docker.DockerClient:
 def thd_create(client: docker.DockerClient, config: ContainerConfig, pull: bool) -> str:
     """Create the container (pulling the image first only if ``pull``); return its id."""
     api = client.api
-    mounts = [
-        docker.types.Mount(target, source, type="bind", read_only=True)
-        for source, target in config.binds.items()
-    ]
     host_config = api.create_host_config(
         network_mode=config.network or "none",
         cap_drop=["ALL"],
         security_opt=["no-new-privileges"],
-        mounts=mounts or None,
         **config.limits,
     )
 
@@ -200,11 +194,6 @@ def thd_reap(client: docker.DockerClient, master: str) -> tuple[int, int]:
             with contextlib.suppress(NotFound):
                 api.remove_network(network["Id"])
     return len(containers), len(networks)
-
-
-def thd_close(client: docker.DockerClient) -> None:
-    """Close the client's connections."""
-    client.close()
 
 
 class Engine:

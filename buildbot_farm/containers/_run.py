@@ -48,11 +48,10 @@ class State(enum.Enum):
 
 @dataclass
 class Outcome:
-    """How the task ended: its exit status and whether the farm killed it."""
+    """How the task ended: its exit status and whether it ran out of time."""
 
     status: int
     timed_out: bool = False
-    killed: bool = False
 
 
 class TaskRun:
@@ -125,7 +124,7 @@ class TaskRun:
             self.state = State.EXITED
         if self._killing is not None:
             await self._killing
-        return Outcome(status, self._timed_out, self._killing is not None)
+        return Outcome(status, self._timed_out)
 
     def kill(self) -> defer.Deferred[None]:
         """Kill the task if it runs; the Deferred fires once the engine has done it."""

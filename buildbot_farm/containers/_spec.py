@@ -17,7 +17,6 @@ DEFAULT_PIDS = 4096
 _MEMORY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*([bkmg]?)b?$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 _NETWORK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,40}$")
-_INPUT_MODES = ("copy", "bind", "auto")
 
 
 @dataclass
@@ -35,7 +34,6 @@ class TaskSpec:
     resources: Any = field(default_factory=dict)
     docker_host: Any = None
     pull: Any = False
-    input_mode: Any = "copy"
     worker_python: Any = "python3"
 
     def problems(self) -> list[str]:
@@ -62,8 +60,6 @@ class TaskSpec:
               "must be None (the master's engine) or a URL such as unix:///var/run/docker.sock"
               f" or tcp://host:2376, not {self.docker_host!r}")
         check("pull", isinstance(self.pull, bool), f"must be True or False, not {self.pull!r}")
-        check("input_mode", self.input_mode in _INPUT_MODES,
-              f"must be one of {', '.join(_INPUT_MODES)}, not {self.input_mode!r}")
         check("worker_python", isinstance(self.worker_python, str) and bool(self.worker_python),
               f"must be the worker's Python command, not {self.worker_python!r}")
         if not _renderable(self.resources):

@@ -131,7 +131,7 @@ class ContainerTask(buildstep.BuildStep):
         run = self._run = TaskRun(
             engine,
             ContainerConfig(name, spec.image, spec.command_list(), env, spec.workdir, labels,
-                            network, spec.host_limits(), {}),
+                            network, spec.host_limits()),
             inputs,
             spec.output_filter(),
             network,

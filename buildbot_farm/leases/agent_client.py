@@ -13,10 +13,9 @@ class AgentError(Exception):
 
 
 class AgentClient:
-    """Talks to agents through ``http``, a treq ``HTTPClient`` on ``reactor`` (or a StubTreq)."""
+    """Talks to agents through ``http``, a treq ``HTTPClient`` (or a StubTreq)."""
 
-    def __init__(self, reactor: Any, http: Any, timeout: float = 5.0) -> None:
-        self._reactor = reactor
+    def __init__(self, http: Any, timeout: float = 5.0) -> None:
         self._http = http
         self._timeout = timeout
 

@@ -91,7 +91,7 @@ async def reap(
         coordinator = names[0]
     table = LeaseTable(database, coordinator, ExpiryPolicy())
     kinds = await table.provider_kinds()
-    agents = AgentClient(reactor, http_client(reactor, persistent=False))
+    agents = AgentClient(http_client(reactor, persistent=False))
     reaped = []
     for lease in await table.all():
         await table.mark_halting(lease.name)

@@ -56,7 +56,7 @@ class LeaseRuntime:
         ``state_dir`` holds process buildlets; ``owner`` marks the buildlets this runtime
         creates; ``name`` (default: the coordinator's own) keys its rows in the database.
         """
-        agents = AgentClient(reactor, http_client(reactor))
+        agents = AgentClient(http_client(reactor))
         coordinator = Coordinator(
             database,
             reactor,

@@ -111,8 +111,3 @@ def bearer_key(header: bytes | None) -> str | None:
         return None
     scheme, _, value = header.decode(errors="replace").partition(" ")
     return value.strip() or None if scheme.lower() == "bearer" else None
-
-
-def records_settings(value: Any) -> BuildRecords:
-    """``value`` if it is a BuildRecords, else the defaults (no keys: read-only API)."""
-    return value if isinstance(value, BuildRecords) else BuildRecords()

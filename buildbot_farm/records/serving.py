@@ -19,6 +19,7 @@ from buildbot_farm.records.openapi import OPENAPI
 from buildbot_farm.records.provenance import NothingToAttest, Signer, signed_provenance
 from buildbot_farm.records.store import RecordStore
 from buildbot_farm.secret_values import is_pem
+from buildbot_farm.thread_pool import in_thread
 from buildbot_farm.web import FarmRoot, OpenAPIResource
 
 if TYPE_CHECKING:
@@ -83,7 +84,10 @@ class RecordsEndpoint:
         """
         create = settings is not None
         settings = settings or BuildRecords()
-        signer = self._load_signer(settings.signing_key, Path(basedir), create)
+        # Generating and writing a key file blocks: not on the reactor.
+        signer = await in_thread(
+            reactor, self._load_signer, settings.signing_key, Path(basedir), create
+        )
         previous, self.settings, self._reactor = self.settings, settings, reactor
         self._builder_id = settings.builder_id or buildbot_url
         self.signer = signer

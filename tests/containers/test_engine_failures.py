@@ -24,7 +24,7 @@ def busybox_task(engine: Engine, image: str, master: str, command: list[str]) ->
     inputs = InputMap.parse({}, "/work")
     config = ContainerConfig(
         TaskRun.unique_name("test"), image, command, {}, "/work",
-        labels_for(master, build=1, step=1), None, {"pids_limit": 64}, {},
+        labels_for(master, build=1, step=1), None, {"pids_limit": 64},
     )
     return TaskRun(engine, config, inputs, OutputFilter(None, inputs))
 

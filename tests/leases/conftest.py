@@ -77,7 +77,7 @@ async def start_coordinator(tmp_path: Path) -> AsyncIterator[StartCoordinator]:
         databases.append(database)
         root = isolation.pop("root", tmp_path / "buildlets")
         provider = ProcessProvider(root, reactor, agent_arguments=agent_arguments, **isolation)
-        agents = AgentClient(reactor, plain_http())
+        agents = AgentClient(plain_http())
         types = {"local": BuildletType("local", provider, max_count=max_count, warm=warm)}
         if reverse_pool:
             types["hosts"] = BuildletType("hosts", ReverseProvider(agents), reverse_pool)

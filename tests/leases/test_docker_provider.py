@@ -83,7 +83,7 @@ async def start_docker_coordinator(
             database,
             reactor,
             {"docker": BuildletType("docker", provider, max_count=2)},
-            AgentClient(reactor, plain_http()),
+            AgentClient(plain_http()),
         )
         await coordinator.start()
         port = reactor.listenTCP(
@@ -261,7 +261,7 @@ async def test_a_docker_buildlet_past_its_deadline_leaves_no_container(
     assert lease is not None
     await running.port.stopListening()  # the coordinator is gone for good ...
     # ... just after its last renewal set the agent's deadline a second ahead
-    await AgentClient(reactor, plain_http()).set_deadline(lease.url, lease.secret, 1)
+    await AgentClient(plain_http()).set_deadline(lease.url, lease.secret, 1)
     for _ in range(100):
         try:
             docker_client.containers.get(container_id)

@@ -197,7 +197,7 @@ async def test_on_postgresql_a_buildlet_freed_by_another_process_wakes_the_line(
     database = await db.connect(url, reactor)
     other_process = await db.connect(url, reactor)
     provider = ProcessProvider(tmp_path / "buildlets", reactor)
-    agents = AgentClient(reactor, plain_http())
+    agents = AgentClient(plain_http())
     types = {"local": BuildletType("local", provider, max_count=1)}
     coordinator = Coordinator(database, reactor, types, agents, name="shared")
     try:

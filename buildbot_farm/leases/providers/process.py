@@ -117,21 +117,23 @@ class ProcessProvider(BuildletProvider):
         handle = json.dumps({"dir": str(home), "pid": pid})
         await _maybe_await(on_handle(handle))
         deadline = self._reactor.seconds() + self._start_timeout
-        while (url := _ready_url(home / "agent.log")) is None:
-            # Not _is_agent: in the instant after the fork, before exec finishes, the child's
-            # /proc cmdline is not yet the agent's.
-            if _exited(pid):
-                log_tail = _tail(home / "agent.log")
+        while True:
+            # The agent's log and /proc are read in a thread: every 20 ms for up to
+            # start_timeout, on the reactor they would stall every other request.
+            url, exit_log = await in_thread(self._reactor, _thd_start_state, home, pid)
+            if url is not None:
+                return StartedBuildlet(url=url, handle=handle)
+            if exit_log is not None:
                 await self.destroy(handle)
-                raise ProviderError(f"the buildlet agent for {name} exited at start: {log_tail}")
+                raise ProviderError(f"the buildlet agent for {name} exited at start: {exit_log}")
             if self._reactor.seconds() > deadline:
+                log_tail = await in_thread(self._reactor, _tail, home / "agent.log")
                 await self.destroy(handle)
                 raise ProviderError(
                     f"the buildlet agent for {name} did not start within "
-                    f"{self._start_timeout:g} s; its log: {_tail(home / 'agent.log')}"
+                    f"{self._start_timeout:g} s; its log: {log_tail}"
                 )
             await task.deferLater(self._reactor, 0.02, lambda: None)
-        return StartedBuildlet(url=url, handle=handle)
 
     def thd_spawn(self, home: Path, secret: str) -> int:
         """Create the buildlet's directory and start its agent (blocking); return the pid.
@@ -353,6 +355,17 @@ def _sandboxed_pid(info_fd: int, bwrap_pid: int, deadline: float) -> int:
             return pid
         time.sleep(0.002)
     return pid
+
+
+def _thd_start_state(home: Path, pid: int) -> tuple[str | None, str | None]:
+    """The starting agent's URL once it announced it, else the tail of its log once it
+    exited (blocking reads of its log and /proc)."""
+    url = _ready_url(home / "agent.log")
+    # Not _is_agent: in the instant after the fork, before exec finishes, the child's
+    # /proc cmdline is not yet the agent's.
+    if url is None and _exited(pid):
+        return None, _tail(home / "agent.log")
+    return url, None
 
 
 def _ready_url(log_path: Path) -> str | None:
