@@ -100,3 +100,24 @@ def base_image(docker_client: docker.DockerClient) -> str:
 def busybox_image(docker_client: docker.DockerClient) -> str:
     """Tag of the tiny busybox-only test image, built here on first use."""
     return _needed("the busybox test image", lambda: ensure_busybox_image(docker_client))
+
+
+#: The fixtures that reach a PostgreSQL server.
+POSTGRES_FIXTURES = ("pg_dsn", "pg_cluster_factory")
+
+
+def needs_postgres(item: pytest.Item) -> bool:
+    """Whether the test ``item`` talks to PostgreSQL: it uses a PostgreSQL fixture, or it
+    is the ``postgresql`` variant of a test parametrised over the ``backend`` fixture."""
+    if any(name in getattr(item, "fixturenames", ()) for name in POSTGRES_FIXTURES):
+        return True
+    callspec = getattr(item, "callspec", None)
+    return callspec is not None and callspec.params.get("backend") == "postgresql"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that needs PostgreSQL ``postgres`` (``-m "not postgres"`` leaves them
+    out), also those that get the server only through the ``backend`` parameter."""
+    for item in items:
+        if needs_postgres(item) and item.get_closest_marker("postgres") is None:
+            item.add_marker(pytest.mark.postgres)

@@ -60,7 +60,7 @@ def test_build_factories_still_keep_each_steps_class_and_arguments() -> None:
     factory = util.BuildFactory([steps.ShellCommand(command=["true"], name="build"),
                                  steps.ArtifactUpload(workersrc="x")])
     assert [(cls.__name__, name) for cls, name in steps_of(factory)] == [
-        ("ShellCommand", "build"), ("ArtifactUpload", "upload artifacts")]
+        ("ShellCommand", "build"), ("ArtifactUpload", "upload-artifacts")]
 
 
 def test_master_cfg_still_runs_in_process_with_its_config_in_its_globals(tmp_path: Path) -> None:

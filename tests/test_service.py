@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import sqlite3
 import tempfile
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -86,6 +89,9 @@ class FarmServiceTests(TestReactorMixin, unittest.TestCase):
         database = service.database
         await service.disownServiceParent()
         assert service.database is None
+        # Read the file itself: a reopened service would write its own heartbeat first.
+        with contextlib.closing(sqlite3.connect(Path(master.basedir, "farm.sqlite"))) as file:
+            assert file.execute("SELECT name FROM farm_masters").fetchall() == []
         reopened = FarmService(db_url="sqlite:///farm.sqlite")
         await reopened.setServiceParent(master)
         assert reopened.database is not None

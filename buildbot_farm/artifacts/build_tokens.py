@@ -97,7 +97,7 @@ async def grant_token(build: Any, repository: Repository, kind: str, project: st
 class TokenUnavailable(buildstep.BuildStep):
     """The step an opted-in build runs first when its token could not be minted: it fails."""
 
-    name = "artifact token"
+    name = "artifact-token"
 
     def __init__(self, reason: str, **kwargs: Any) -> None:
         kwargs.setdefault("haltOnFailure", True)

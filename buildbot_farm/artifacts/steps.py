@@ -39,7 +39,7 @@ class ArtifactToken(buildstep.BuildStep):
     "$FARM_ARTIFACT_URL/FILE"``. The token dies when the build finishes.
     """
 
-    name = "artifact token"
+    name = "artifact-token"
     renderables = ["kind", "project"]
 
     def __init__(self, kind: str = "bin", project: str | None = None, **kwargs: Any) -> None:
@@ -70,7 +70,7 @@ class ArtifactUpload(buildstep.BuildStep):
     ``{"path", "url", "size", "sha256"}`` appended to the ``farm_artifacts`` property.
     """
 
-    name = "upload artifacts"
+    name = "upload-artifacts"
     renderables = ["workersrc", "dest", "kind", "project", "workdir"]
 
     def __init__(
@@ -220,7 +220,7 @@ class ArtifactDownload(FileDownload):
     is removed from the worker.
     """
 
-    name = "download artifact"
+    name = "download-artifact"
     renderables = ["src"]
 
     def __init__(self, src: str, workerdest: str, **kwargs: Any) -> None:

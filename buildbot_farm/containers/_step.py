@@ -56,7 +56,7 @@ class ContainerTask(buildstep.BuildStep):
     ``$FARM_OUTPUTS`` become build properties. See docs/container-tasks.md.
     """
 
-    name = "container task"
+    name = "container-task"
 
     def __init__(
         self,

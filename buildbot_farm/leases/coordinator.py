@@ -106,6 +106,13 @@ def no_such_buildlet(name: str) -> str:
     return f"no live buildlet named {name!r}: it expired or was destroyed"
 
 
+class BuildletNotStarted(CoordinatorError):
+    """The provider could not start a buildlet (an image the engine lacks, a master
+    directory the buildlet user could read, ...); the message says why and what to do."""
+
+    status = 500
+
+
 class NotYours(CoordinatorError):
     """The buildlet is leased to someone else."""
 
@@ -410,6 +417,9 @@ class Coordinator:
             started = await buildlet_type.provider.start(
                 name, secret, lambda handle: self.table.set_handle(name, handle)
             )
+        except ProviderError as e:
+            await self.table.remove(name)
+            raise BuildletNotStarted(f"cannot start buildlet {name}: {e}") from e
         except BaseException:
             await self.table.remove(name)
             raise

@@ -225,7 +225,7 @@ def test_a_master_refuses_token_builders_naming_no_builder(tmp_path: Path) -> No
 
 
 def test_an_opted_in_build_without_a_repository_fails_before_its_steps(tmp_path: Path) -> None:
-    """When no token can be minted, a failing "artifact token" step says why, and nothing runs.
+    """When no token can be minted, a failing "artifact-token" step says why, and nothing runs.
 
     checkconfig refuses a master.cfg whose artifact steps have no repository; one that binds
     BuildmasterConfig only at its end escapes those checks, and reaches this at build time.
@@ -242,8 +242,8 @@ def test_an_opted_in_build_without_a_repository_fails_before_its_steps(tmp_path:
         build_farm = BuildFarm(farm, "")
         assert build["results"] == FAILURE
         steps = [s["name"] for s in farm.api(f"builds/{build['buildid']}/steps")["steps"]]
-        assert steps == ["worker_preparation", "artifact token"]
-        shown = build_farm.log(build_farm.step(build, "artifact token"), "error")
+        assert steps == ["worker_preparation", "artifact-token"]
+        shown = build_farm.log(build_farm.step(build, "artifact-token"), "error")
         assert "builder 'minted' is in token_builders, but no artifact repository" in shown
     finally:
         farm.stop()

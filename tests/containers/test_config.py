@@ -5,11 +5,13 @@ from __future__ import annotations
 # The standard library's TestCase, not trial's: trial spins the reactor that pytest-twisted
 # already runs, and could run a thread callback twice when it follows an async fixture.
 import unittest
+from typing import Any
 
-from buildbot.process.properties import Property
+from buildbot.process.properties import Properties, Property
 from buildbot.test.util.config import ConfigErrorsMixin
 
 from buildbot_farm.containers import ContainerTask
+from buildbot_farm.containers._spec import SPEC_ARGUMENTS, TaskSpec
 
 
 class ContainerTaskConfigTests(ConfigErrorsMixin, unittest.TestCase):
@@ -50,5 +52,13 @@ class ContainerTaskConfigTests(ConfigErrorsMixin, unittest.TestCase):
                 ContainerTask(image="i", command=["true"], **kwargs)
 
     def test_renderables_are_checked_when_rendered(self) -> None:
-        """Renderable arguments pass checkconfig; they are checked when the build renders them."""
-        ContainerTask(image=Property("image"), command=["true"], inputs=Property("inputs"))
+        """Renderable arguments pass checkconfig; they are checked when the build renders them
+        (the step fails on these problems: tests/test_steps_buildbot_kit.py)."""
+        step = ContainerTask(image=Property("image"), command=["true"], inputs=Property("inputs"))
+        properties = Properties(image="", inputs={"../x": "/work"})
+        rendered: list[dict[str, Any]] = []
+        properties.render({n: getattr(step.spec, n) for n in SPEC_ARGUMENTS}).addCallback(
+            rendered.append)
+        problems = TaskSpec(**rendered[0]).problems()
+        assert [p.split(":")[0] for p in problems] == ["image", "inputs"], problems
+        assert "escapes the build" in problems[1]

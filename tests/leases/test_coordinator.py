@@ -14,6 +14,7 @@ import pytest_twisted
 from twisted.internet import reactor, task
 
 from buildbot_farm.leases import keys
+from buildbot_farm.leases.agent_client import AgentClient, AgentError
 from buildbot_farm.leases.client import CoordinatorClient, CoordinatorRequestError
 from buildbot_farm.leases.coordinator import NoSuchBuildlet
 from buildbot_farm.leases.lease import ExpiryPolicy
@@ -196,7 +197,8 @@ async def test_a_restarted_coordinator_keeps_live_leases_and_reaps_orphans(
     assert [b["Name"] for b in await alice_again.buildlets()] == [name]
     assert await run(alice_again, name, "cat", "marker") == (0, b"kept\n")
     assert not (second.provider.root / "orphan-local-9").exists()
-    assert orphan.url
+    with pytest.raises(AgentError):  # the orphan's agent is gone: nothing answers its URL
+        await AgentClient(plain_http(), timeout=2).status(orphan.url, "s3cret")
 
 
 @pytest_twisted.ensureDeferred
@@ -234,7 +236,8 @@ async def test_tar_escapes_are_refused_through_the_proxy(
         await alice.put_tgz(name, archive)
     assert refused.value.status == 400
     assert not (running.provider.root / name / "escaped").exists()
-    assert SECRET
+    assert not list(running.provider.root.rglob("escaped")), "a member escaped the work dir"
+    assert await run(alice, name, "ls", "-A") == (0, b""), "a refused archive wrote something"
 
 
 @pytest_twisted.ensureDeferred

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import platform
 import time
 import urllib.request
@@ -143,4 +142,7 @@ def test_an_unreachable_coordinator_fails_substantiation_clearly(farm: LocalFarm
         return "could not lease a local buildlet" in text and "cannot reach the coordinator" in text
 
     wait_for(reported, 60, "the substantiation failure in the master's log")
-    assert os.path.exists(log)
+    builds = farm.get_json(f"{farm.web_url}api/v2/builders/unreachable/builds")["builds"]
+    assert all(build["results"] != 0 for build in builds), "a build ran without a buildlet"
+    worker = farm.get_json(f"{farm.web_url}api/v2/workers/nowhere")["workers"][0]
+    assert worker["connected_to"] == [], "the unreachable worker connected"
