@@ -134,6 +134,19 @@ def curl_seconds(*args: str) -> float:
     return time.monotonic() - started
 
 
+def waited_seconds(pids: list[int]) -> float:
+    """Seconds the threads of the processes ``pids`` have spent runnable but waiting for a
+    CPU (``/proc/PID/task/TID/schedstat``): the machine's load, not their own work."""
+    total = 0
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                total += int((task / "schedstat").read_text().split()[1])
+            except OSError:
+                continue
+    return total / 1e9
+
+
 def cpu_seconds(pids: list[int]) -> float:
     """User + system CPU seconds used so far by the processes ``pids``."""
     total = 0
@@ -198,7 +211,8 @@ def start_nginx(work: Path, files: Path, dav: Path, alone: int, front: int,
     return process
 
 
-Measured = tuple[float, float]  # the figure (req/s or seconds), the server's CPU seconds
+# The figure (req/s or seconds), the server's CPU seconds, its seconds waiting for a CPU.
+Measured = tuple[float, float, float]
 
 
 class Row:
@@ -221,9 +235,9 @@ class Row:
 def timed(pids: Callable[[], list[int]], work: Callable[[], float]) -> Callable[[], Measured]:
     """``work`` (returning its figure) measured with the CPU time of the processes ``pids``."""
     def run() -> Measured:
-        before = cpu_seconds(pids())
+        before, waited = cpu_seconds(pids()), waited_seconds(pids())
         figure = work()
-        return figure, cpu_seconds(pids()) - before
+        return figure, cpu_seconds(pids()) - before, waited_seconds(pids()) - waited
     return run
 
 
@@ -234,15 +248,18 @@ def span(values: list[float], digits: int) -> str:
 
 def report(rows: dict[str, Row]) -> None:
     """Print each row: the ranges of both figures and of the ratios, run by run."""
-    print(f"{'':32} {'repository':>13} {'reference':>13} {'repo/ref':>11} {'CPU ratio':>11}")
+    print(f"{'':32} {'repository':>13} {'reference':>13} {'repo/ref':>11} {'CPU ratio':>11}"
+          f" {'waited s: repo':>15} {'ref':>9}")
     for name, row in rows.items():
         digits = 0 if row.unit == "req/s" else 3
         print(f"{name:32} {span([m[0] for m in row.mine], digits):>13}"
               f" {span([t[0] for t in row.theirs], digits):>13}"
               f" {span(row.ratios(0), 2) + 'x':>11} {span(row.ratios(1, True), 2) + 'x':>11}"
+              f" {span([m[2] for m in row.mine], 2):>15} {span([t[2] for t in row.theirs], 2):>9}"
               f"  ({row.unit})")
     print("repo/ref: as speed (above 1: the repository is faster); CPU ratio: the reference's"
-          " CPU time / the repository's for the same work (above 1: the repository uses less)")
+          " CPU time / the repository's for the same work (above 1: the repository uses less);"
+          " waited: seconds the server was runnable but waiting for a CPU (the machine's load)")
 
 
 def main() -> None:
@@ -301,10 +318,11 @@ def measure_all(work: Path, token: str, ports: dict[str, int],
 
     def get(name: str) -> Callable[[], Measured]:
         def run() -> Measured:
-            before = cpu_seconds(pids[name])
+            before, waited = cpu_seconds(pids[name]), waited_seconds(pids[name])
             rate, latency, count = wrk(urls[name])
             p99[name].append(latency)
-            return rate, (cpu_seconds(pids[name]) - before) / count
+            return (rate, (cpu_seconds(pids[name]) - before) / count,
+                    waited_seconds(pids[name]) - waited)
         return run
 
     rows: dict[str, Row] = {}
