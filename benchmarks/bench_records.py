@@ -20,6 +20,7 @@ from pathlib import Path
 
 import psycopg2
 
+from buildbot_farm.records import chain
 from buildbot_farm.records.model import BuildRecord
 from tests.harness.postgres import PostgresCluster
 
@@ -59,20 +60,21 @@ def _document(n: int) -> bytes:
 
 
 def _fill(url: str, workdir: Path) -> None:
-    """Create the schema (by starting the server once) and insert the records in bulk."""
-    rows = [("bench", str(n), 1.7e9 + n, "success", f"{n:040x}", _document(n).decode(), 0.0)
-            for n in range(RECORDS)]
+    """Insert the records in bulk (the server created the schema), chained as the farm does."""
+    rows, prev = [], chain.GENESIS
+    for n in range(RECORDS):
+        document = _document(n)
+        digest = chain.entry_hash(prev, chain.RECORD, "bench", str(n), document)
+        rows.append(("bench", str(n), 1.7e9 + n, "success", f"{n:040x}", document.decode(),
+                     0.0, n + 1, prev, digest))
+        prev = digest
     sql = ("INSERT INTO farm_records (name, version, timestamp, result, source_commit, body,"
-           " recorded_at) VALUES ")
+           " recorded_at, chain_seq, prev_hash, hash) VALUES ")
     if url.startswith("sqlite"):
         import sqlite3
 
-        from buildbot_farm.db._sqlite import sha256_hex
-
         with sqlite3.connect(url[len("sqlite:///"):]) as connection:
-            # the records' chain trigger calls the farm connections' own function
-            connection.create_function("farm_sha256", 1, sha256_hex, deterministic=True)
-            connection.executemany(sql + "(?, ?, ?, ?, ?, ?, ?)", rows)
+            connection.executemany(sql + "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
         return
     with psycopg2.connect(url) as connection, connection.cursor() as cursor:
         from psycopg2.extras import execute_values

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import parse_qsl, unquote, urlencode
@@ -18,10 +17,10 @@ from urllib.parse import parse_qsl, unquote, urlencode
 from twisted.web import resource
 from twisted.web.server import Request
 
-from buildbot_farm.records.cache import RecentRecords
 from buildbot_farm.records.config import BuildRecords, Caller, bearer_key, identify
 from buildbot_farm.records.model import RESULTS, BuildRecord, InvalidRecord, parse_record
 from buildbot_farm.records.provenance import NothingToAttest, Signer, signed_provenance
+from buildbot_farm.records.reads import RecordReads, answer_immutable, etag_of
 from buildbot_farm.records.store import (
     AlreadyDeleted,
     BadCursor,
@@ -46,7 +45,6 @@ if TYPE_CHECKING:
 MAX_BODY = 1024 * 1024
 MAX_PAGE = 500
 DEFAULT_PAGE = 100
-IMMUTABLE = b"public, max-age=31536000, immutable"
 
 
 class RecordsAPI:
@@ -56,7 +54,8 @@ class RecordsAPI:
     ``settings`` holds the keys; ``now`` is the clock (the master reactor's ``seconds``)
     that stamps records and tombstones; ``builder_id`` names this master in provenance;
     ``repository`` is the farm's artifact repository (or None): a posted binary URL inside
-    it gets its size and digest from the repository's index.
+    it gets its size and digest from the repository's index. ``reads`` keeps the documents
+    served (shared with :class:`~buildbot_farm.records.reads.FastRecordsResource`).
     """
 
     routes: Routes[RecordsAPI] = Routes("records")
@@ -69,6 +68,7 @@ class RecordsAPI:
         now: Callable[[], float],
         builder_id: Callable[[], str],
         repository: Callable[[], Repository | None] = lambda: None,
+        reads: RecordReads | None = None,
     ) -> None:
         self._repository = repository
         self._store = store
@@ -76,7 +76,7 @@ class RecordsAPI:
         self._signer = signer
         self._now = now
         self._builder_id = builder_id
-        self._recent: RecentRecords[tuple[str, str], StoredRecord] = RecentRecords()
+        self._reads = reads or RecordReads()
 
     def _open_store(self) -> RecordStore:
         store = self._store()
@@ -155,9 +155,9 @@ class RecordsAPI:
         return _immutable(request, body)
 
     async def _existing(self, store: RecordStore, name: str, version: str) -> StoredRecord:
-        cached = self._recent.get((name, version), self._now())
-        if cached is not None:
-            return cached
+        kept = self._reads.get((name, version), self._now())
+        if kept is not None:
+            return StoredRecord(kept[0], None)
         stored = await store.get(name, version)
         if stored is None:
             raise ApiError(404, f"no record {name} {version}")
@@ -167,7 +167,7 @@ class RecordsAPI:
                 410, f"{name} {version} was deleted by {t.deleted_by}: {t.reason}",
                 deleted=t.as_json(),
             )
-        self._recent.put((name, version), stored, self._now())
+        self._reads.put((name, version), stored.document, self._now())
         return stored
 
     @routes.route("POST", "builds")
@@ -197,7 +197,7 @@ class RecordsAPI:
         request.setHeader(
             b"location", f"/builds/{record.name}/{record.version}".encode()
         )
-        request.setHeader(b"etag", _etag(document))
+        request.setHeader(b"etag", etag_of(document))
         request.setResponseCode(201)
         request.setHeader(b"content-type", b"application/json; charset=utf-8")
         return document
@@ -224,7 +224,7 @@ class RecordsAPI:
             raise ApiError(404, str(e)) from e
         except AlreadyDeleted as e:
             raise ApiError(410, str(e)) from e
-        self._recent.forget((name, version))
+        self._reads.forget((name, version))
         return json_response(request, {"name": name, "version": version, **tombstone.as_json()})
 
     async def _with_repository_digests(self, record: BuildRecord) -> BuildRecord:
@@ -289,7 +289,7 @@ class BuildAlias(resource.Resource):
 
     def __init__(
         self,
-        records: RecordsResource,
+        records: resource.Resource,
         other: resource.Resource | None = None,
         other_claims: Callable[[str], bool] = lambda segment: False,
     ) -> None:
@@ -324,19 +324,7 @@ def _next_page(request: Request, cursor: str) -> str:
 
 
 def _immutable(request: Request, body: bytes) -> bytes:
-    etag = _etag(body)
-    request.setHeader(b"etag", etag)
-    request.setHeader(b"cache-control", IMMUTABLE)
-    request.setHeader(b"content-type", b"application/json; charset=utf-8")
-    wanted = request.getHeader(b"if-none-match")
-    if wanted and etag in [t.strip() for t in wanted.split(b",")] + [b"*"]:
-        request.setResponseCode(304)
-        return b""
-    return body
-
-
-def _etag(body: bytes) -> bytes:
-    return b'"%s"' % hashlib.sha256(body).hexdigest()[:32].encode()
+    return answer_immutable(request, body, etag_of(body))
 
 
 def _with_tombstone(stored: StoredRecord) -> bytes:

@@ -17,6 +17,7 @@ from buildbot_farm.records.config import BuildRecords
 from buildbot_farm.records.model import BuildRecord
 from buildbot_farm.records.openapi import OPENAPI
 from buildbot_farm.records.provenance import NothingToAttest, Signer, signed_provenance
+from buildbot_farm.records.reads import FastRecordsResource, RecordReads
 from buildbot_farm.records.store import RecordStore
 from buildbot_farm.secret_values import is_pem
 from buildbot_farm.thread_pool import in_thread
@@ -50,16 +51,23 @@ class RecordsEndpoint:
         self._builder_id = ""
         self._listening: Any = None
         self._store: RecordStore | None = None
-        self.resource = RecordsResource(RecordsAPI(
+        reads = RecordReads()
+        api = RecordsResource(RecordsAPI(
             store=self.store,
             settings=lambda: self.settings,
             signer=lambda: self.signer,
-            now=lambda: float(self._reactor.seconds()),
+            now=self._now,
             builder_id=lambda: self._builder_id,
             repository=repository,
+            reads=reads,
         ))
+        # Single records kept (or, on SQLite, read) are answered before the API's routing.
+        self.resource = FastRecordsResource(api, reads, self.store, self._now)
         self.openapi = OpenAPIResource(OPENAPI)
         self.chain = RecordChainResource(self.store)
+
+    def _now(self) -> float:
+        return float(self._reactor.seconds())
 
     def store(self) -> RecordStore | None:
         """The record store on the service's current database, or None when it is closed.

@@ -96,6 +96,11 @@ class RecordStore:
             self._get_many, in_flight
         )
 
+    @property
+    def database(self) -> db.Database:
+        """The database the records are in."""
+        return self._database
+
     def uses(self, database: db.Database) -> bool:
         """Whether this store keeps its records in ``database``."""
         return self._database is database

@@ -170,18 +170,3 @@ def test_verify_command_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture
     (tmp_path / "bad.json").write_text("{}")
     assert verify_file(tmp_path / "bad.json", tmp_path / "key.pub") == 1
     assert "NOT VERIFIED" in capsys.readouterr().err
-
-
-def test_recent_records_expire_evict_and_forget() -> None:
-    """The cache serves fresh entries, drops stale and least-recently-used ones, and forgets."""
-    from buildbot_farm.records.cache import RecentRecords
-
-    cache: RecentRecords[str, int] = RecentRecords(capacity=2, ttl=10)
-    cache.put("a", 1, now=0)
-    cache.put("b", 2, now=0)
-    assert cache.get("a", now=5) == 1
-    cache.put("c", 3, now=5)
-    assert cache.get("b", now=5) is None, "the least recently used entry was not evicted"
-    assert cache.get("a", now=11) is None, "a stale entry was served"
-    cache.forget("c")
-    assert cache.get("c", now=6) is None
