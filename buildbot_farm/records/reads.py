@@ -29,7 +29,7 @@ from buildbot_farm import db
 from buildbot_farm.compat.twisted_web import disconnected
 from buildbot_farm.db._url import MEMORY
 from buildbot_farm.records.store import RecordStore, StoredRecord
-from buildbot_farm.web._router import deliver, segments_of
+from buildbot_farm.web._router import segments_of
 
 IMMUTABLE = b"public, max-age=31536000, immutable"
 JSON = b"application/json; charset=utf-8"
@@ -185,7 +185,9 @@ class FastRecordsResource(resource.Resource):
             self._not_found(request)  # the API says which (404 or 410), and why
             return
         kept = self._reads.put(key, stored.document, self._now())
-        deliver(request, answer_immutable(request, *kept))
+        if not request.finished and not disconnected(request):  # the client may be gone
+            request.write(answer_immutable(request, *kept))
+            request.finish()
 
     def _not_found(self, request: Request) -> None:
         """Let the API answer (it reports a failed lookup as the API does)."""
