@@ -33,11 +33,12 @@ from twisted.web import server
 
 from buildbot_farm import db
 from buildbot_farm.leases import keys
-from buildbot_farm.leases.agent_client import SECRET_HEADER, AgentClient
+from buildbot_farm.leases.agent_client import AgentClient
 from buildbot_farm.leases.api import CoordinatorResource
 from buildbot_farm.leases.client import PROXY_HEADER, CoordinatorClient
 from buildbot_farm.leases.coordinator import BuildletType, Coordinator
 from buildbot_farm.leases.providers import BuildletProvider, DockerProvider, ProcessProvider
+from buildbot_farm.remote.protocol import SECRET_HEADER
 from buildbot_farm.web.client import http_client
 from tests.harness.docker_engine import DockerEngine
 from tests.harness.images import ensure_base_image

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-SECRET_HEADER = "X-Buildlet-Secret"
+from buildbot_farm.remote.protocol import SECRET_HEADER
 
 
 class AgentError(Exception):

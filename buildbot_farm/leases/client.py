@@ -20,14 +20,17 @@ from twisted.internet import defer, protocol, task
 from twisted.python import failure
 from twisted.web import client, http
 
-from buildbot_farm.leases.frames import ExitStatus, FrameDecoder
+from buildbot_farm.remote.protocol import (
+    EXEC_ID_HEADER,
+    EXEC_OFFSET_HEADER,
+    FRAMING_HEADER,
+    ExitStatus,
+    FrameDecoder,
+)
 
 PROXY_HEADER = "X-Buildlet-Proxy"
-FRAMING_HEADER = "X-Buildlet-Framing"
 # Every answer of a coordinator carries it (leases.api): an answer without it is another server's.
 COORDINATOR_HEADER = "X-Buildlet-Coordinator"
-EXEC_ID_HEADER = "X-Buildlet-Exec-Id"
-EXEC_OFFSET_HEADER = "X-Buildlet-Exec-Offset"
 REATTACH_FOR = 60.0  # seconds a dropped exec is retried without progress (agents wait 120 s)
 FIRST_RETRY_DELAY = 0.05
 MAX_RETRY_DELAY = 2.0

@@ -25,7 +25,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from buildbot_farm.agent import AGENT_PATH
+from buildbot_farm.leases.providers.isolation import remote_archive
 
 
 class RegistrationError(Exception):
@@ -70,7 +70,7 @@ def _serve_one_lease(args: argparse.Namespace) -> bool:
     with os.fdopen(fd, "w") as out:
         out.write(secret)
     agent = subprocess.Popen(
-        [sys.executable, str(AGENT_PATH), "--listen", args.listen,
+        [sys.executable, str(remote_archive()), "agent", "--listen", args.listen,
          "--workdir", str(args.workdir), "--secret-file", secret_file],
         env=_passed_environment(), stdout=subprocess.PIPE, text=True,
     )

@@ -248,9 +248,9 @@ def _describe(error: Exception) -> str | None:
     """One line for an error a user can hit, or None for what can only be a bug."""
     from twisted.web.client import ResponseFailed
 
-    from buildbot_farm.agent.buildlet_agent import ArchiveError
     from buildbot_farm.leases.client import CoordinatorRequestError
-    from buildbot_farm.leases.frames import FrameError
+    from buildbot_farm.remote.errors import ArchiveError
+    from buildbot_farm.remote.protocol import FrameError
 
     if isinstance(error, ResponseFailed):
         reasons = "; ".join(reason.getErrorMessage() for reason in error.reasons)

@@ -41,7 +41,8 @@ def preemption_notice(status: dict[str, Any]) -> str | None:
 class SignalPreemption:
     """Preempted once the agent receives ``signal``: ``util.SignalPreemption("SIGUSR1")``.
 
-    For hosts whose shutdown hook can signal the agent (e.g. ``pkill -USR1 -f buildlet_agent``).
+    For hosts whose shutdown hook can signal the agent
+    (e.g. ``pkill -USR1 -f 'farm-remote.*pyz agent'``).
     """
 
     signal: str = "SIGUSR1"

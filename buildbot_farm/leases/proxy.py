@@ -26,7 +26,7 @@ from twisted.web.server import Request
 
 from buildbot_farm.compat import twisted_web
 from buildbot_farm.leases import splice
-from buildbot_farm.leases.agent_client import SECRET_HEADER
+from buildbot_farm.remote.protocol import SECRET_HEADER
 from buildbot_farm.web import json_error
 
 CONNECT_TIMEOUT = 10.0

@@ -20,7 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Callable, TextIO
 
-from buildbot_farm.agent.buildlet_agent import extract_tgz
+from buildbot_farm.remote.archives import extract_tgz
 
 UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
 BAR_WIDTH = 24

@@ -8,7 +8,7 @@ lease and keepalive. The name of the leased buildlet is kept in the master's dat
 (Buildbot's object state), so a master that starts again after a crash releases the buildlet
 its worker held before. On a buildlet whose agent keeps a
 pre-started worker (``--prestart-worker``), the exec hands it the configuration instead
-(``worker_handoff``); the master's log says which way each worker started.
+(``buildbot_farm.remote.handoff``); the master's log says which way each worker started.
 
 When the keepalive finds the buildlet's host being preempted (its pool has a
 ``preemption=`` detector), the worker goes into Buildbot's quarantine (no new builds for
@@ -33,9 +33,10 @@ from buildbot_farm.config_checks.values import is_number, is_positive
 from buildbot_farm.leases import keys
 from buildbot_farm.leases.client import CoordinatorClient, CoordinatorRequestError
 from buildbot_farm.leases.preemption import PREEMPTED_PROPERTY, preemption_notice
-from buildbot_farm.leases.worker_handoff import LOG_PREFIX, handoff_script
 from buildbot_farm.lookup import farm_service
 from buildbot_farm.names import FARM_SERVICE
+from buildbot_farm.remote.handoff import LOG_PREFIX
+from buildbot_farm.remote.protocol import RUN_REMOTE
 from buildbot_farm.secret_values import SecretRenderer
 from buildbot_farm.web.client import http_client
 
@@ -46,32 +47,6 @@ PREEMPTION_QUARANTINE = 120.0
 # held before a crash (this master's own coordinator answers only once its web server runs).
 LEFTOVER_RETRY_INTERVAL = 1.0
 LEFTOVER_ATTEMPTS = 120
-
-# Runs on the buildlet with its python3: creates the worker directory (first time), adds
-# the machine's architecture, Python version and host name to the worker info (Buildbot
-# reports none of them; build records want them), then becomes the worker, in the
-# foreground, so that the exec lasts as long as it does.
-WORKER_BOOTSTRAP = """\
-import os, platform, socket, sys
-from buildbot_worker.scripts import runner
-base = os.path.join(os.environ["WORKDIR"], "worker")
-if not os.path.exists(os.path.join(base, "buildbot.tac")):
-    sys.argv = ["buildbot-worker", "create-worker", "--umask=0o22", base,
-                os.environ["FARM_MASTER"], os.environ["FARM_WORKER_NAME"],
-                os.environ["FARM_WORKER_PASSWORD"]]
-    try:
-        runner.run()
-    except SystemExit as e:
-        if e.code:
-            raise
-os.makedirs(os.path.join(base, "info"), exist_ok=True)
-for key, value in (("arch", platform.machine()), ("python", platform.python_version()),
-                   ("hostname", socket.gethostname())):
-    with open(os.path.join(base, "info", key), "w") as info:
-        info.write(value + "\\n")
-sys.argv = ["buildbot-worker", "start", "--nodaemon", base]
-runner.run()
-"""
 
 
 @dataclass(frozen=True)
@@ -294,7 +269,8 @@ class FarmLatentWorker(AbstractLatentWorker):
             client.exec(
                 name,
                 self.lease_settings.python,
-                ["-c", handoff_script(WORKER_BOOTSTRAP)],
+                # The agent's farm-remote.pyz: hand-off and bootstrap (buildbot_farm.remote).
+                ["-c", RUN_REMOTE, "worker"],
                 env=environment,
                 on_output=lambda data: self._log_start_lines(name, data),
             )

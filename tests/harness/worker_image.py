@@ -20,7 +20,7 @@ import buildbot_worker
 import docker
 from docker.errors import DockerException
 
-from buildbot_farm.leases.worker import WORKER_BOOTSTRAP
+from buildbot_farm.leases.providers.isolation import remote_archive
 from tests.harness.images import ImageBuildError, ensure_base_image, ensure_image
 
 RECIPE_VERSION = "1"
@@ -64,6 +64,7 @@ sys.exit(run())
 # The image's command, for DockerLatentWorker (which sets BUILDMASTER, BUILDMASTER_PORT,
 # WORKERNAME and WORKERPASS): FarmLatentWorker's own bootstrap, with those variables mapped
 # onto the ones it reads, so that bench_attach compares like with like.
+REMOTE_PATH = "/usr/local/lib/farm-remote.pyz"
 START_WORKER_SCRIPT = f"""\
 #!/usr/bin/python3
 import os
@@ -72,7 +73,8 @@ os.makedirs("{WORKER_DIR}", exist_ok=True)  # a buildlet's WORKDIR exists; the i
 os.environ["FARM_MASTER"] = os.environ["BUILDMASTER"] + ":" + os.environ["BUILDMASTER_PORT"]
 os.environ["FARM_WORKER_NAME"] = os.environ["WORKERNAME"]
 os.environ["FARM_WORKER_PASSWORD"] = os.environ["WORKERPASS"]
-{WORKER_BOOTSTRAP}"""
+os.execv("/usr/bin/python3", ["python3", "{REMOTE_PATH}", "bootstrap"])
+"""
 START_WORKER_PATH = "/usr/local/bin/start-buildbot-worker"
 SCRIPTS = {
     "usr/local/bin/buildbot-worker": BUILDBOT_WORKER_SCRIPT,
@@ -100,7 +102,7 @@ def ensure_worker_image(client: docker.DockerClient) -> str:
 
 
 def worker_archive() -> bytes:
-    """The tar added to the base image at ``/``: the packages and the two scripts.
+    """The tar added to the base image at ``/``: the packages, the two scripts, farm-remote.pyz.
 
     Its bytes depend only on the files' contents, names and modes, never on when or where
     they were installed, so that its hash names the image.
@@ -126,6 +128,9 @@ def worker_archive() -> bytes:
         for target, text in sorted(SCRIPTS.items()):
             data = text.encode()
             tar.addfile(_entry(target, tarfile.REGTYPE, 0o755, len(data)), io.BytesIO(data))
+        data = remote_archive().read_bytes()
+        tar.addfile(_entry(REMOTE_PATH.lstrip("/"), tarfile.REGTYPE, 0o644, len(data)),
+                    io.BytesIO(data))
     return buffer.getvalue()
 
 

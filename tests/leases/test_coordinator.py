@@ -257,7 +257,7 @@ async def test_a_large_upload_and_download_cross_the_proxy_intact(
 
 def test_exit_codes_follow_the_shell_convention() -> None:
     """A signalled command maps to 128+N, an unstartable one to 255, as a shell reports them."""
-    from buildbot_farm.leases.frames import ExitStatus
+    from buildbot_farm.remote.protocol import ExitStatus
 
     assert ExitStatus(3, None, "exit status 3").as_exit_code() == 3
     assert ExitStatus(None, "SIGKILL", "signal: SIGKILL").as_exit_code() == 137

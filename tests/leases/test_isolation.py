@@ -57,7 +57,10 @@ def attacks(master: Path) -> dict[str, str]:
         "secrets": f"cat {master}/secrets/*",
         "basedir listing": f"ls {master}",
         "write into the basedir": f"echo pwned > {master}/pwned",
-        "master's environment": "cat /proc/1/environ /proc/$PPID/environ /proc/*/environ",
+        # The buildlet's own processes may read each other's environments (one user): the
+        # attack fails when none of them holds a variable only the master has.
+        "master's environment": "cat /proc/1/environ /proc/$PPID/environ /proc/*/environ"
+                                " | tr '\\0' '\\n' | grep -a '^FARM_WORKER_PASSWORD='",
     }
 
 
@@ -72,8 +75,9 @@ def assert_all_fail(run: Any, master: Path, leaked: list[str]) -> None:
     code, output = run("env")
     assert code == 0
     names = {line.split("=", 1)[0] for line in output.splitlines() if "=" in line}
-    # The agent's own: WORKDIR, and its pre-started worker's socket when it keeps one.
-    own = {"WORKDIR", "FARM_PRESTARTED_WORKER"}
+    # The agent's own: WORKDIR, its farm-remote.pyz, and its pre-started worker's socket when
+    # it keeps one.
+    own = {"WORKDIR", "FARM_REMOTE", "FARM_PRESTARTED_WORKER"}
     assert not {n for n in names - own if n.startswith("FARM_")}, output
     assert names <= {"PATH", "HOME", "TMPDIR", "USER", "LOGNAME", "LANG", "LC_ALL", "SHELL",
                      "HOSTNAME", "PWD", "SHLVL", "_", *own}, output

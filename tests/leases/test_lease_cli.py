@@ -17,8 +17,8 @@ from twisted.internet.task import deferLater
 from twisted.python import failure
 from twisted.web import pages, resource, server
 
-from buildbot_farm.agent.buildlet_agent import ArchiveError
 from buildbot_farm.leases import keys, transfers
+from buildbot_farm.remote.errors import ArchiveError
 from tests.harness.ports import free_port
 from tests.leases.conftest import SECRET, RunningCoordinator, StartCoordinator
 

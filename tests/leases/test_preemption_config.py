@@ -6,7 +6,6 @@ from typing import Any
 
 import pytest
 
-from buildbot_farm.agent import buildlet_agent
 from buildbot_farm.leases.config import BuildletPool
 from buildbot_farm.leases.preemption import (
     AWSPreemption,
@@ -15,12 +14,14 @@ from buildbot_farm.leases.preemption import (
     SignalPreemption,
     preemption_notice,
 )
+from buildbot_farm.remote import agent as remote_agent
+from buildbot_farm.remote import preemption as detectors
 
 DETECTOR_OF = {
-    "signal": buildlet_agent.SignalDetector,
-    "gce": buildlet_agent.GCEDetector,
-    "aws": buildlet_agent.AWSDetector,
-    "azure": buildlet_agent.AzureDetector,
+    "signal": detectors.SignalDetector,
+    "gce": detectors.GCEDetector,
+    "aws": detectors.AWSDetector,
+    "azure": detectors.AzureDetector,
 }
 
 
@@ -36,7 +37,7 @@ def test_good_descriptions_become_options_the_agent_accepts(
 ) -> None:
     """A description without problems yields agent options that start the matching detector."""
     assert preemption.problems() == []
-    server, _ = buildlet_agent.start([
+    server, _ = remote_agent.start([
         "--listen", "127.0.0.1:0", "--workdir", str(tmp_path / "work"),
         "--secret-env", "PATH", *preemption.agent_arguments(),
     ])

@@ -11,7 +11,7 @@ from twisted.internet import reactor, task
 
 from benchmarks.bench_attach import AttachBench
 from buildbot_farm.leases.coordinator import REFILL_DELAY
-from buildbot_farm.leases.worker_handoff import USED_MESSAGE
+from buildbot_farm.remote.handoff import USED_MESSAGE
 from tests.harness.docker_engine import DockerEngine
 from tests.harness.worker_image import ensure_worker_image
 from tests.leases.conftest import StartCoordinator

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 from buildbot_farm.demo import LocalFarm
-from tests.agent.metadata_stub import MetadataStub
 from tests.harness.master_cfg import LOOPBACK_MASTER
 from tests.harness.ports import free_port
 from tests.ondemand.test_master import api, call
+from tests.remote.metadata_stub import MetadataStub
 
 pytestmark = pytest.mark.master
 PREEMPTED = "/computeMetadata/v1/instance/preempted"

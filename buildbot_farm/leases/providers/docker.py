@@ -25,7 +25,6 @@ from docker.errors import APIError, ImageNotFound, NotFound
 from twisted.internet import task
 from twisted.python import log
 
-from buildbot_farm.agent import AGENT_PATH
 from buildbot_farm.docker_errors import engine_errors
 from buildbot_farm.leases.providers.base import (
     AGENT_START_DEADLINE,
@@ -33,6 +32,8 @@ from buildbot_farm.leases.providers.base import (
     ProviderError,
     StartedBuildlet,
 )
+from buildbot_farm.leases.providers.isolation import remote_archive
+from buildbot_farm.remote.pyz import ARCHIVE_NAME
 from buildbot_farm.thread_pool import in_thread
 
 BUILDLET_LABEL = "buildbot_farm.buildlet"
@@ -161,7 +162,7 @@ class DockerProvider(BuildletProvider):
                     self.image,
                     # The entrypoint, not the command, so that an image's own one cannot wrap it.
                     entrypoint=[
-                        self._python, f"{HOME}/{AGENT_PATH.name}",
+                        self._python, f"{HOME}/{ARCHIVE_NAME}", "agent",
                         "--listen", "127.0.0.1:0",
                         "--workdir", f"{HOME}/work",
                         "--secret-file", f"{HOME}/secret",
@@ -339,7 +340,7 @@ def _home_archive(secret: str, mtime: float, uid: int, gid: int) -> bytes:
             entry.uid, entry.gid = owner, (gid if owner else 0)
             tar.addfile(entry)
         for path, data, mode, owner in (
-            (f"{home}/{AGENT_PATH.name}", AGENT_PATH.read_bytes(), 0o644, 0),
+            (f"{home}/{ARCHIVE_NAME}", remote_archive().read_bytes(), 0o644, 0),
             (f"{home}/secret", secret.encode(), 0o400, uid),
         ):
             entry = tarfile.TarInfo(path)

@@ -24,6 +24,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from buildbot_farm.remote.pyz import build_archive
+
 SANDBOXES = ("auto", "bwrap", "none")
 # What a buildlet sees of /etc inside the sandbox: name lookups, TLS roots, the dynamic
 # linker's cache, time zones, Debian's alternatives. Never the whole of /etc, where
@@ -223,6 +225,17 @@ def farm_buildlets_dir(state_dir: Path) -> Path:
     """
     digest = hashlib.sha256(str(Path(state_dir).resolve()).encode()).hexdigest()[:12]
     return Path(tempfile.gettempdir()) / f"buildbot-farm-{os.geteuid()}" / digest
+
+
+def remote_archive() -> Path:
+    """This package's farm-remote.pyz, built at first use into ``TMP/buildbot-farm-UID/remote``.
+
+    A private directory of this user (as the buildlets' roots are) that every user can
+    search, so that an agent which becomes its ``run_as`` user still reads the archive.
+    """
+    directory = Path(tempfile.gettempdir()) / f"buildbot-farm-{os.geteuid()}" / "remote"
+    make_private_dir(directory)
+    return build_archive(directory)
 
 
 def default_root(state_dir: Path, pool: str) -> Path:

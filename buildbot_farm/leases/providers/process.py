@@ -28,8 +28,6 @@ from typing import Any, Callable
 from twisted.internet import task
 from twisted.python import log
 
-from buildbot_farm.agent import AGENT_PATH
-from buildbot_farm.agent.buildlet_agent import DEADLINE_EXIT
 from buildbot_farm.leases.providers.base import (
     AGENT_START_DEADLINE,
     BuildletProvider,
@@ -44,10 +42,12 @@ from buildbot_farm.leases.providers.isolation import (
     bwrap_command,
     exposing,
     make_private_dir,
+    remote_archive,
 )
+from buildbot_farm.remote.protocol import DEADLINE_EXIT, READY_PREFIX
 from buildbot_farm.thread_pool import in_thread
 
-READY_PREFIX = "BUILDLET-READY "
+READY_LINE = f"{READY_PREFIX} "
 PYTHON_PREFIXES = (
     "import json, sys; print(json.dumps([sys.prefix, sys.base_prefix, sys.exec_prefix,"
     " sys.base_exec_prefix]))"
@@ -160,7 +160,7 @@ class ProcessProvider(BuildletProvider):
         with os.fdopen(secret_fd, "w") as out:
             out.write(secret)
         argv = [
-            self._python, str(AGENT_PATH),
+            self._python, str(remote_archive()), "agent",
             "--listen", "127.0.0.1:0",
             "--workdir", str(home / "work"),
             "--secret-file", str(secret_file),
@@ -255,7 +255,7 @@ class ProcessProvider(BuildletProvider):
         problem = "bubblewrap (bwrap) is not installed" if bwrap is None else ""
         read_only: tuple[str, ...] = ()
         if bwrap is not None:
-            read_only = (*self._python_dirs(), str(AGENT_PATH))
+            read_only = (*self._python_dirs(), str(remote_archive()))
             shown = exposing([*read_only, *SYSTEM_DIRS], self._protected)
             if shown:
                 raise ProviderError(
@@ -375,8 +375,8 @@ def _ready_url(log_path: Path) -> str | None:
     except OSError:
         return None
     for line in text.split("\n")[:-1]:  # whole lines only: the last may be half-written
-        if line.startswith(READY_PREFIX):
-            return line[len(READY_PREFIX):].strip()
+        if line.startswith(READY_LINE):
+            return line[len(READY_LINE):].strip()
     return None
 
 

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from buildbot_farm.agent import AGENT_PATH
 from buildbot_farm.leases.buildlet_user import BUILDLET_USER, ensure_buildlet_user
 from buildbot_farm.leases.providers.isolation import farm_buildlets_dir, make_private_dir
-from tests.agent.test_buildlet_agent import SECRET, RunningAgent
+from tests.remote.test_buildlet_agent import AGENT, SECRET, RunningAgent
 
 # The system's Python: the one running the tests may live where the user cannot reach.
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -32,7 +31,7 @@ def dropped_agent(tmp_path: Path) -> Iterator[RunningAgent]:
     secret_file.write_text(SECRET)
     secret_file.chmod(0o600)
     proc = subprocess.Popen(
-        [SYSTEM_PYTHON, str(AGENT_PATH), "--listen", "127.0.0.1:0", "--workdir", str(work),
+        [SYSTEM_PYTHON, *AGENT, "--listen", "127.0.0.1:0", "--workdir", str(work),
          "--secret-file", str(secret_file), "--run-as", BUILDLET_USER],
         stdout=subprocess.PIPE, text=True, env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
     assert proc.stdout is not None

@@ -13,17 +13,16 @@ from typing import Any
 
 import pytest
 
-from buildbot_farm.agent import AGENT_PATH
-from buildbot_farm.agent.buildlet_agent import (
+from buildbot_farm.remote.preemption import (
     AWSDetector,
     AzureDetector,
     GCEDetector,
     MetadataError,
     PreemptionWatch,
 )
-from tests.agent.metadata_stub import MetadataStub
-from tests.agent.test_buildlet_agent import AGENT_PYTHON, RunningAgent, start_agent
 from tests.harness.ports import free_port
+from tests.remote.metadata_stub import MetadataStub
+from tests.remote.test_buildlet_agent import AGENT, AGENT_PYTHON, RunningAgent, start_agent
 
 GCE = "/computeMetadata/v1/instance/preempted"
 AWS_TOKEN = "/latest/api/token"
@@ -219,7 +218,7 @@ def test_bad_preemption_options_stop_the_agent_with_a_message(
     """Wrong --preemption options exit 2 at startup with a message naming the option."""
     (tmp_path / "secret").write_text("s")
     done = subprocess.run(
-        [AGENT_PYTHON, str(AGENT_PATH), "--listen", "127.0.0.1:0", "--workdir",
+        [AGENT_PYTHON, *AGENT, "--listen", "127.0.0.1:0", "--workdir",
          str(tmp_path / "work"), "--secret-file", str(tmp_path / "secret"), *options],
         capture_output=True, text=True, timeout=30,
     )

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from buildbot_farm.agent.buildlet_agent import DEADLINE_EXIT
-from tests.agent.test_buildlet_agent import (
+from buildbot_farm.remote.protocol import DEADLINE_EXIT
+from tests.remote.test_buildlet_agent import (
     RunningAgent,
     process_alive,
     start_agent,

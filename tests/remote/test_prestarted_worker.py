@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from buildbot_farm.agent import AGENT_PATH
-from buildbot_farm.leases.worker_handoff import USED_MESSAGE, handoff_script
-from tests.agent.test_buildlet_agent import (
+from buildbot_farm.remote.handoff import USED_MESSAGE
+from buildbot_farm.remote.protocol import RUN_REMOTE
+from tests.remote.test_buildlet_agent import (
+    AGENT,
     AGENT_PYTHON,
     RunningAgent,
     start_agent,
@@ -57,10 +58,24 @@ def wait_for_state(agent: RunningAgent, state: str) -> None:
         time.sleep(0.05)
 
 
-def hand_off(agent: RunningAgent, bootstrap: str, **env: str) -> tuple[str, dict[str, object]]:
-    """Exec the hand-off program with ``bootstrap``; its output and final status."""
+def script(agent: RunningAgent, text: str) -> str:
+    """Write ``text`` as a script in the agent's workdir; its path relative to the workdir."""
+    (agent.workdir / "program.py").write_text(text)
+    return "program.py"
+
+
+def handoff_argv(program: str) -> list[tuple[str, str]]:
+    """The exec form fields that run the agent's ``farm-remote.pyz handoff PROGRAM``."""
+    return [("cmd", AGENT_PYTHON), ("cmdArg", "-c"), ("cmdArg", RUN_REMOTE),
+            ("cmdArg", "handoff"), ("cmdArg", program)]
+
+
+def hand_off(agent: RunningAgent, program: str, **env: str) -> tuple[str, dict[str, object]]:
+    """Exec ``farm-remote.pyz handoff PROGRAM`` (as FarmLatentWorker execs ``worker``); its
+    output and final status."""
     output, status = agent.run(
-        AGENT_PYTHON, "-c", handoff_script(bootstrap), env=f"PROBE_VALUE={env.get('probe', 'x')}"
+        AGENT_PYTHON, "-c", RUN_REMOTE, "handoff", program,
+        env=f"PROBE_VALUE={env.get('probe', 'x')}",
     )
     return output.decode(), status
 
@@ -79,7 +94,7 @@ def test_the_hand_off_runs_the_bootstrap_in_the_prestarted_process(
 ) -> None:
     """The exec's bootstrap runs in the process that imported buildbot-worker, with its env."""
     [prestarted] = children(prestarting.proc.pid)
-    output, status = hand_off(prestarting, PROBE, probe="handed-env")
+    output, status = hand_off(prestarting, script(prestarting, PROBE), probe="handed-env")
     assert status["exit_code"] == 0, output
     assert output.startswith(USED_MESSAGE + "\n"), output
     assert f"probe handed-env preimported True pid {prestarted}" in output
@@ -91,7 +106,7 @@ def test_without_a_prestarted_worker_the_bootstrap_runs_in_the_exec(tmp_path: Pa
     agent = start_agent(tmp_path)
     try:
         assert agent.json("GET", "/status")[1]["prestarted_worker"] is None
-        output, status = hand_off(agent, PROBE)
+        output, status = hand_off(agent, script(agent, PROBE))
         assert status["exit_code"] == 0, output
         assert "farm-worker: no pre-started worker (this buildlet has none); starting one" in output
         assert "probe x preimported False" in output
@@ -106,19 +121,19 @@ def test_a_dead_prestarted_worker_falls_back_to_the_normal_start(
     [prestarted] = children(prestarting.proc.pid)
     os.kill(prestarted, signal.SIGKILL)
     wait_for_state(prestarting, "exited -9")
-    output, status = hand_off(prestarting, PROBE)
+    output, status = hand_off(prestarting, script(prestarting, PROBE))
     assert status["exit_code"] == 0, output
     assert "farm-worker: no pre-started worker (cannot reach it at " in output
     assert "probe x preimported False" in output
 
 
-def test_a_bootstrap_it_refuses_falls_back_to_the_normal_start(
+def test_a_program_it_refuses_falls_back_to_the_normal_start(
     prestarting: RunningAgent,
 ) -> None:
     """A hand-off the waiting process cannot run is refused, and the exec tries it itself."""
-    output, status = hand_off(prestarting, "def broken(:\n")
-    assert "farm-worker: no pre-started worker (it answered REFUSED SyntaxError" in output
-    assert "SyntaxError" in output.split("starting one", 1)[1]
+    output, status = hand_off(prestarting, "no-such-program.py")
+    assert "farm-worker: no pre-started worker (it answered REFUSED FileNotFoundError" in output
+    assert "No such file" in output.split("starting one", 1)[1]
     assert status["exit_code"] == 1
 
 
@@ -133,8 +148,7 @@ def test_halt_kills_a_waiting_prestarted_worker(prestarting: RunningAgent) -> No
 def test_halt_kills_the_worker_a_prestarted_process_became(prestarting: RunningAgent) -> None:
     """Halting a buildlet whose worker came from the hand-off ends that worker too."""
     [prestarted] = children(prestarting.proc.pid)
-    conn, frames = prestarting.start_exec([
-        ("cmd", AGENT_PYTHON), ("cmdArg", "-c"), ("cmdArg", handoff_script(SLEEPER))])
+    conn, frames = prestarting.start_exec(handoff_argv(script(prestarting, SLEEPER)))
     try:
         output = b""
         while b"worker up" not in output:
@@ -152,8 +166,7 @@ def test_ending_the_exec_ends_the_handed_off_worker(prestarting: RunningAgent) -
     """When the exec ends (here its client hangs up and it is killed, as the grace period
     would), the worker in the pre-started process dies with it."""
     [prestarted] = children(prestarting.proc.pid)
-    conn, frames = prestarting.start_exec([
-        ("cmd", AGENT_PYTHON), ("cmdArg", "-c"), ("cmdArg", handoff_script(SLEEPER))])
+    conn, frames = prestarting.start_exec(handoff_argv(script(prestarting, SLEEPER)))
     exec_id = frames.header("X-Buildlet-Exec-Id")
     output = b""
     while b"worker up" not in output:
@@ -191,7 +204,7 @@ def test_a_missing_prestart_python_stops_the_agent_with_a_clear_error(tmp_path: 
     secret = tmp_path / "secret"
     secret.write_text("s")
     done = subprocess.run(
-        [AGENT_PYTHON, str(AGENT_PATH), "--listen", "127.0.0.1:0", "--workdir",
+        [AGENT_PYTHON, *AGENT, "--listen", "127.0.0.1:0", "--workdir",
          str(tmp_path / "work"), "--secret-file", str(secret),
          "--prestart-worker", str(tmp_path / "no-such-python")],
         capture_output=True, text=True, timeout=30, check=False)
