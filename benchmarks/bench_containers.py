@@ -3,10 +3,16 @@
 * a trivial task (``true``): ContainerTask's container lifecycle (create with the control
   directory, attach, start, wait, change list, outputs check, remove) vs
   ``docker run --rm --network none IMAGE true``;
-* collecting 5,000 changed files / 100 MiB: change list + filtered zstd archive vs
-  ``docker cp CONTAINER:/work/out DIR``;
+* collecting 5,000 changed files / 100 MiB into a directory: change list, filtered zstd
+  archive and the worker's unpack of it into a directory vs ``docker cp CONTAINER:/work/out
+  DIR`` (both end with the 5,000 files written in a directory);
 * copying 100 MiB (5,000 files) in: the tar stream recorded and streamed into the engine vs
-  ``docker cp DIR CONTAINER:/work``.
+  ``docker cp DIR CONTAINER:/work``;
+* a task with those 100 MiB as inputs that changes nothing, end to end (create, copy in,
+  start, wait, change list, outputs check, remove) vs the CLI sequence ``docker create``,
+  ``docker cp`` in, ``docker start -a``, ``docker diff``, ``docker rm``. The CLI user copies
+  nothing back (told by nothing); ContainerTask must find out that nothing changed, and
+  does so from the inputs' sizes and times (files modified more than 2 s before the task).
 
 The measurements run in a child process with its own reactor (the global reactor runs once
 per process, and other benchmark modules use it too).
@@ -14,6 +20,7 @@ per process, and other benchmark modules use it too).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import statistics
@@ -56,6 +63,7 @@ async def atimed(action: Callable[[], Coroutine[Any, Any, Any]]) -> float:
 async def measure(base: str, busybox: str, workdir: Path) -> list[tuple[str, float, float]]:
     from twisted.internet import reactor
 
+    from buildbot_farm.containers import unpack
     from buildbot_farm.containers._engine import ContainerConfig, Engine
     from buildbot_farm.containers._paths import InputMap, OutputFilter
     from buildbot_farm.containers._run import TaskRun, labels_for
@@ -92,15 +100,24 @@ async def measure(base: str, busybox: str, workdir: Path) -> list[tuple[str, flo
     assert cid is not None
     ours, theirs = [], []
     for _ in range(3):
-        with tempfile.TemporaryFile(dir=workdir) as archive:
-            async def collect(archive: Any = archive) -> None:
+        unpacked = workdir / "unpacked"
+        with tempfile.NamedTemporaryFile(dir=workdir) as archive:
+            async def collect(archive: Any = archive, dest: Path = unpacked) -> None:
                 await made.list_changes()
-                await made.collect(archive)
+                packed = await made.collect(archive)
+                assert packed is not None
+                archive.flush()
+                manifest = workdir / "manifest.json"
+                manifest.write_text(json.dumps(packed.manifest()))
+                dest.mkdir()
+                if unpack.main([archive.name, str(manifest), str(dest)]) != 0:
+                    raise RuntimeError("unpacking the collected archive failed")
             ours.append(await atimed(collect))
+        shutil.rmtree(unpacked)
         target = workdir / "cp-out"
         theirs.append(timed(lambda t=target: docker_cli("cp", f"{cid}:/work/out", str(t))))
         shutil.rmtree(target)
-    rows.append(("collect 5,000 files / 100 MiB", min(ours), min(theirs)))
+    rows.append(("collect 5,000 files into a dir", min(ours), min(theirs)))
 
     tree = workdir / "tree"
     docker_cli("cp", f"{cid}:/work/out", str(tree))
@@ -118,6 +135,35 @@ async def measure(base: str, busybox: str, workdir: Path) -> list[tuple[str, flo
         theirs.append(timed(lambda cid=cid: docker_cli("cp", str(tree), f"{cid}:/work/tree")))
         await run.remove()
     rows.append(("copy 100 MiB / 5,000 files in", min(ours), min(theirs)))
+
+    settled = time.time() - 3600  # a checkout made before the task, as builds have
+    for path in tree.rglob("*"):
+        os.utime(path, (settled, settled))
+
+    async def with_inputs() -> None:
+        run = task(busybox, ["true"], {"tree": "/work/tree"})
+        await run.create(["/work/tree"])
+        await run.copy_in("/work/tree", tar_of(tree))
+        await run.run(lambda stream, data: None, None)
+        await run.list_changes()
+        await run.read_outputs()
+        with tempfile.TemporaryFile(dir=workdir) as archive:
+            packed = await run.collect(archive)
+        await run.remove()
+        if packed is not None and packed.files:
+            raise RuntimeError(f"{len(packed.files)} unchanged inputs came back")
+
+    def cli_with_inputs() -> None:
+        name = TaskRun.unique_name("bench-cli")
+        docker_cli("create", "--name", name, "--network", "none", "-w", "/work", busybox, "true")
+        docker_cli("cp", str(tree), f"{name}:/work/tree")
+        docker_cli("start", "-a", name)
+        docker_cli("diff", name)
+        docker_cli("rm", name)
+
+    ours = [await atimed(with_inputs) for _ in range(3)]
+    theirs = [timed(cli_with_inputs) for _ in range(3)]
+    rows.append(("task, 100 MiB unchanged inputs", min(ours), min(theirs)))
     engine.client.close()
     return rows
 

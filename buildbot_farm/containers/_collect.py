@@ -1,8 +1,16 @@
 """What a task changed, and the zstd archive that carries it back (pure: no Docker calls).
 
 The engine's change list is relative to the image, so files copied in show as added too.
-:class:`InputRecord` remembers what was copied in (with digests) so that unchanged inputs
-stay behind and inputs the task deleted are deleted on the worker as well.
+:class:`InputRecord` remembers what was copied in so that unchanged inputs stay behind and
+inputs the task deleted are deleted on the worker as well.
+
+Whether an input changed is decided the way rsync's quick check does, where that is sound: a
+file whose modification time was at least ``SETTLED_SECONDS`` before the copy began is
+unchanged if its size, mode and modification time (whole seconds, as the engine's archives
+carry them) are the same, since anything the task writes to it gets a later time. Only a
+file modified just before the task (within the same seconds as the task could write it) is
+hashed on the way in and compared by digest on the way out. A task that rewrites an input
+and then sets its time back (``touch -d``) is taken at its word.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ ADDED_OR_CHANGED = (0, 1)
 DELETED = 2
 MAX_ROOTS = 64
 SPOOL = 8 << 20
+SETTLED_SECONDS = 2.0
 ZSTD_LEVEL = 3
 
 
@@ -40,13 +49,17 @@ class UnsafeOutputs(Exception):
 
 @dataclass(frozen=True)
 class Entry:
-    """One copied-in path: its kind, and for files their size, mode and sha256."""
+    """One copied-in path: its kind, and for files their size, mode, mtime and sha256.
+
+    ``sha256`` is empty for a settled file (see the module's docstring): its time decides.
+    """
 
     kind: str
     size: int = 0
     mode: int = 0
     linkname: str = ""
     sha256: str = ""
+    mtime: int = 0
 
 
 class InputRecord:
@@ -59,16 +72,23 @@ class InputRecord:
         """Record ``path`` as copied in."""
         self.entries[path] = entry
 
-    def tap(self, chunks: Iterable[bytes], dest: str) -> Iterator[bytes]:
-        """Pass a tar stream bound for ``dest`` through unchanged, recording its members."""
+    def tap(self, chunks: Iterable[bytes], dest: str, now: float) -> Iterator[bytes]:
+        """Pass a tar stream bound for ``dest`` through unchanged, recording its members.
+
+        ``now`` is when the copy began; files modified since ``now - SETTLED_SECONDS`` are
+        hashed, older ones are known by their time.
+        """
         reader = _tar.TarReader()
-        digest = hashlib.sha256()
+        digest: Any = None
+        settled_before = now - SETTLED_SECONDS
         for chunk in chunks:
             for event in reader.feed(chunk):
                 if isinstance(event, _tar.Header):
-                    digest = hashlib.sha256()
+                    recent = event.member.is_file and event.member.mtime > settled_before
+                    digest = hashlib.sha256() if recent else None
                 elif isinstance(event, _tar.Data):
-                    digest.update(event.chunk)
+                    if digest is not None:
+                        digest.update(event.chunk)
                 else:
                     member = event.member
                     path = posixpath.normpath(posixpath.join(dest, member.name))
@@ -77,7 +97,8 @@ class InputRecord:
                         member.size,
                         member.mode & 0o7777,
                         member.linkname,
-                        digest.hexdigest() if member.is_file else "",
+                        digest.hexdigest() if digest is not None else "",
+                        int(member.mtime),
                     )
             yield chunk
         reader.close()
@@ -224,6 +245,10 @@ class Packer:
             and known.size == member.size
             and known.mode == member.mode & 0o7777
         )
+        if unchanged_candidate and known is not None and not known.sha256:
+            if int(member.mtime) == known.mtime:
+                return None  # a settled input the task did not touch: it stays behind
+            unchanged_candidate = False
         old_digest = known.sha256 if known is not None and unchanged_candidate else None
         selected = _Selected(path, worker, member, old_digest)
         if not unchanged_candidate:

@@ -99,7 +99,8 @@ class TaskRun:
     async def copy_in(self, dest: str, chunks: Iterable[bytes], record: bool = True) -> None:
         """Stream the tar ``chunks`` into the container at ``dest`` (read in a pool thread)."""
         assert self.container_id is not None
-        stream = self.record.tap(chunks, dest) if record else chunks
+        now = self.engine.reactor.seconds()
+        stream = self.record.tap(chunks, dest, now) if record else chunks
         await self.engine.call(engine_calls.thd_put_archive, self.container_id, dest, stream)
 
     async def run(self, output: Callable[[int, bytes], None], timeout: float | None) -> Outcome:
