@@ -30,6 +30,7 @@ from buildbot_farm.containers import reap_leftovers
 from buildbot_farm.dashboard import DashboardResource
 from buildbot_farm.leases.config import FarmCoordinator
 from buildbot_farm.leases.coordinator import Coordinator
+from buildbot_farm.leases.providers.docker_hosts import docker_hosts_status
 from buildbot_farm.leases.runtime import SWEEPER, LeaseRuntime
 from buildbot_farm.masters import MasterTable
 from buildbot_farm.names import FARM_SERVICE
@@ -199,7 +200,9 @@ class FarmService(service.BuildbotService):
             self.api_root.mount(
                 name, on_demand.resource(name), openapi=document, active=on_demand_configured
             )
-        status = StatusAPI(lambda: self.database, __version__)
+        status = StatusAPI(
+            lambda: self.database, __version__, lambda: docker_hosts_status(self.coordinator)
+        )
         self.web_root.mount("status", status.resource(), openapi="openapi.json")
         self.web_root.mount("openapi.json", OpenAPIResource(OPENAPI))
         # every API's document, at openapi/NAME.json; a directory of documents, not an API

@@ -17,6 +17,7 @@ from buildbot_farm.config_checks import checked_keywords
 from buildbot_farm.config_checks.values import is_positive, is_whole
 from buildbot_farm.leases.agent_client import AgentClient
 from buildbot_farm.leases.coordinator import BuildletType
+from buildbot_farm.leases.docker_hosts import DockerHost, hosts_problems
 from buildbot_farm.leases.lease import TYPE_PATTERN, ExpiryPolicy
 from buildbot_farm.leases.preemption import preemption_problems
 from buildbot_farm.leases.providers import BuildletProvider, ProcessProvider
@@ -50,6 +51,12 @@ class BuildletPool:
     installed), ``"bwrap"`` (required) or ``"none"``. ``buildlet_dir`` (process only) is
     where the pool's buildlets live; by default a directory of the farm in the system's
     temporary directory, never inside the master's basedir.
+
+    ``hosts`` (docker only) spreads the pool over several Docker engines, each a
+    ``util.DockerHost(url, tls=util.DockerTLS(...), max_count=N)``: a new buildlet goes on
+    the answering host with the most free capacity, and a host that stops answering is
+    marked down, its leases lost (docs/scaling.md). Without it, the pool uses the master's
+    own engine (``DOCKER_HOST``, else the local socket).
     """
 
     name: str
@@ -64,6 +71,7 @@ class BuildletPool:
     run_as: str | None = None
     sandbox: str = "auto"
     buildlet_dir: str | None = None
+    hosts: Sequence[DockerHost] = ()
 
     def problems(self) -> list[str]:
         """What is wrong with this pool, each naming its argument."""
@@ -86,6 +94,7 @@ class BuildletPool:
         if self.provider == "docker" and not self.image:
             found.append(f"BuildletPool {self.name}: the docker provider needs image=")
         found += self._isolation_problems()
+        found += hosts_problems(self.hosts, self.provider, f"BuildletPool {self.name}")
         found += preemption_problems(self.preemption, f"BuildletPool {self.name}")
         if self.provider == "reverse" and self.preemption is not None:
             found.append(
@@ -174,7 +183,12 @@ class FarmCoordinator:
     async def with_secrets(self, secrets: SecretRenderer) -> FarmCoordinator:
         """This coordinator with its secret rendered (see ``buildbot_farm.secret_values``)."""
         secret = await secrets.text(self.secret, "FarmCoordinator: secret", MIN_SECRET_LENGTH)
-        return dataclasses.replace(self, secret=secret)
+        pools = []
+        for pool in self.pools:
+            where = f"BuildletPool {pool.name}"
+            hosts = [await host.with_secrets(secrets, where) for host in pool.hosts]
+            pools.append(dataclasses.replace(pool, hosts=tuple(hosts)) if hosts else pool)
+        return dataclasses.replace(self, secret=secret, pools=tuple(pools))
 
     @property
     def agent_grace(self) -> float:
@@ -210,16 +224,39 @@ def _provider(
     if pool.provider == "reverse":
         return ReverseProvider(agents)
     if pool.provider == "docker":
-        from buildbot_farm.leases.providers.docker import DEFAULT_USER, DockerProvider
-
-        assert pool.image is not None, "problems() requires an image for docker pools"
-        return DockerProvider(
-            pool.image, reactor, instance=instance, cpus=pool.cpus, memory=pool.memory,
-            pids=pool.pids, agent_arguments=agent_arguments,
-            user=pool.run_as or DEFAULT_USER,
-        )
+        return _docker_provider(pool, state_dir, reactor, agent_arguments, instance)
     root = Path(pool.buildlet_dir) if pool.buildlet_dir else default_root(state_dir, pool.name)
     return ProcessProvider(
         root, reactor, agent_arguments=agent_arguments, run_as=pool.run_as,
         sandbox=pool.sandbox, protected=[state_dir],
     )
+
+
+def _docker_provider(
+    pool: BuildletPool, state_dir: Path, reactor: Any, agent_arguments: list[str], instance: str
+) -> BuildletProvider:
+    from buildbot_farm.leases.providers.docker import DEFAULT_USER, DockerProvider
+    from buildbot_farm.leases.providers.docker_hosts import DockerHostsProvider, HostEngine
+
+    image = pool.image
+    assert image is not None, "problems() requires an image for docker pools"
+
+    def provider(url: str | None = None, **remote: Any) -> DockerProvider:
+        return DockerProvider(
+            image, reactor, docker_host=url, instance=instance, cpus=pool.cpus,
+            memory=pool.memory, pids=pool.pids, agent_arguments=agent_arguments,
+            user=pool.run_as or DEFAULT_USER, **remote,
+        )
+
+    if not pool.hosts:
+        return provider()
+    engines = []
+    for host in pool.hosts:
+        tls = host.tls.files(state_dir / "docker-tls" / pool.name / host.label) if (
+            host.tls is not None
+        ) else None
+        engines.append(HostEngine(
+            host.label, host.url, host.max_count, tls=tls,
+            provider=provider(host.url, tls=tls, listen_host=host.address),
+        ))
+    return DockerHostsProvider(engines, reactor, pool.name)

@@ -48,6 +48,8 @@ REFILL_DELAY = 1.0
 # a tenth of the idle timeout if that is shorter; while a proxied request to it is open (a
 # long exec), it is renewed that often too.
 RENEW_EVERY = 30.0
+# How many lost buildlets the coordinator remembers, to say why when one is used.
+LOST_KEPT = 1000
 
 # What claiming a pool's capacity gives: a warm buildlet, leased, or the name of a STARTING row.
 Claim = Union[Lease, str]
@@ -150,6 +152,7 @@ class Coordinator:
         self._open: dict[str, tuple[int, task.LoopingCall]] = {}
         self.agent_grace = agent_grace
         self._stopped = False
+        self._lost: dict[str, str] = {}  # buildlet -> why it was lost, the latest LOST_KEPT
         self._lines = WaitingLines()
         self._serving: set[str] = set()
         self._serve_again: set[str] = set()
@@ -173,6 +176,8 @@ class Coordinator:
         for line in report:
             log.msg(f"coordinator: {line}")
         self._subscription = await self.table.listen(self._serve_lines)
+        for provider in {t.provider for t in self.types.values()}:
+            provider.watch(self.lose)
         self.fill_warm_pools()
         return report
 
@@ -501,6 +506,9 @@ class Coordinator:
         lease = await self.table.get(name)
         now = self._clock.seconds()
         if lease is None or lease.state is not LeaseState.LEASED:
+            if lease is None and name in self._lost:
+                raise NoSuchBuildlet(f"buildlet {name} was lost with {self._lost[name]}; "
+                                     "create a new buildlet")
             raise NoSuchBuildlet(no_such_buildlet(name))
         if lease.owner != owner:
             raise NotYours(f"buildlet {name} is leased to someone else")
@@ -557,6 +565,27 @@ class Coordinator:
         self.fill_warm_pools()
         return True
 
+    async def lose(self, names: list[str], reason: str) -> list[str]:
+        """Mark the leases on buildlets ``names`` lost (their machine stopped answering):
+        each is forgotten, and using it says it was lost with ``reason``. Returns the names
+        of the leases that were live."""
+        lost = []
+        for name in names:
+            lease = await self.table.get(name)
+            if lease is None or not await self.table.mark_halting(name):
+                continue
+            self._lost[name] = reason
+            while len(self._lost) > LOST_KEPT:
+                del self._lost[next(iter(self._lost))]
+            self._renewed.pop(name, None)
+            log.msg(f"coordinator: lease on {name} ({lease.state.value}, "
+                    f"{lease.owner or 'no owner'}) lost with {reason}")
+            await self._forget(lease)
+            lost.append(name)
+        self.fill_warm_pools()
+        self._serve_lines()
+        return lost
+
     async def sweep(self) -> list[str]:
         """Destroy leases that expired, and forget idle buildlets that stopped answering."""
         gone = []
@@ -583,6 +612,8 @@ class Coordinator:
         Creates waiting in line fail with PoolFull (they may retry with the next coordinator).
         """
         self._stopped = True
+        for provider in {t.provider for t in self.types.values()}:
+            provider.unwatch()
         for _, loop in self._open.values():
             if loop.running:
                 loop.stop()

@@ -33,7 +33,8 @@ OPENAPI: dict[str, Any] = {
         },
         "/status": {
             "get": {
-                "summary": "The farm service's database and the masters that use it",
+                "summary": "The farm service's database, the masters that use it, and the "
+                           "state of each Docker host the buildlet pools spread over",
                 "responses": {
                     "200": {
                         "description": "The service is up and its database answers",
@@ -60,6 +61,10 @@ OPENAPI: dict[str, Any] = {
                     "backend": {"type": "string", "enum": ["sqlite", "postgresql"]},
                     "schema_version": {"type": "integer"},
                     "version": {"type": "string"},
+                    "docker_hosts": {
+                        "type": "array",
+                        "items": {"$ref": "#/components/schemas/DockerHost"},
+                    },
                     "masters": {
                         "type": "array",
                         "items": {
@@ -73,6 +78,21 @@ OPENAPI: dict[str, Any] = {
                             },
                         },
                     },
+                },
+            },
+            "DockerHost": {
+                "type": "object",
+                "required": ["pool", "host", "url", "up", "reason", "down_since", "buildlets",
+                             "max_count"],
+                "properties": {
+                    "pool": {"type": "string"},
+                    "host": {"type": "string"},
+                    "url": {"type": "string"},
+                    "up": {"type": "boolean"},
+                    "reason": {"type": "string", "nullable": True},
+                    "down_since": {"type": "number", "nullable": True},
+                    "buildlets": {"type": "integer"},
+                    "max_count": {"type": "integer"},
                 },
             },
             "Index": {
@@ -102,15 +122,20 @@ OPENAPI: dict[str, Any] = {
 class StatusAPI:
     """Answers the service's status as JSON, or 503 with the reason when the database is down.
 
-    ``database`` is called per request, so the API follows a reconfigured service; mount
-    :meth:`resource` as ``status``.
+    ``database`` is called per request, so the API follows a reconfigured service; so is
+    ``docker_hosts``, which gives the state of each Docker host of the running coordinator's
+    pools (up, or down and why). Mount :meth:`resource` as ``status``.
     """
 
     routes: Routes[StatusAPI] = Routes("status")
 
-    def __init__(self, database: Callable[[], Database | None], version: str) -> None:
+    def __init__(
+        self, database: Callable[[], Database | None], version: str,
+        docker_hosts: Callable[[], list[dict[str, Any]]] = list,
+    ) -> None:
         self._database = database
         self._version = version
+        self._docker_hosts = docker_hosts
 
     def resource(self) -> resource.Resource:
         """The resource to mount."""
@@ -129,4 +154,5 @@ class StatusAPI:
             "schema_version": int(version["v"]) if version else 0,
             "version": self._version,
             "masters": masters,
+            "docker_hosts": self._docker_hosts(),
         }

@@ -111,6 +111,16 @@ class DockerTestHost:
         self.process.send_signal(signal.SIGKILL)
         self.process.wait()
 
+    def restart_engine(self) -> None:
+        """Bring the host back after :meth:`kill_engine`, as a reboot would: every process
+        left in it (containerd, shims, containers) is killed, then dockerd starts on the
+        same data root; the containers it had are still on record."""
+        assert self.process is not None, f"{self.name}: dockerd was never started"
+        assert self.process.poll() is not None, f"{self.name}: dockerd still runs"
+        _kill_all(self)
+        _start_engine(self)
+        _wait_engine(self)
+
     def pids(self) -> list[int]:
         """Every process in the host's namespace (all started by this harness)."""
         listed = _run("ip", "netns", "pids", self.name, check=False).stdout
@@ -145,9 +155,9 @@ class DockerTestHosts:
             self.hosts.append(self._claim())
         for host in self.hosts:
             _issue_server_cert(self.root / "tls", host)
-            self._start_engine(host)
+            _start_engine(host)
         for host in self.hosts:
-            self._wait_engine(host)
+            _wait_engine(host)
         self._load_images(images, source_socket)
         self.startup_seconds = time.monotonic() - began
         return self.hosts
@@ -190,41 +200,6 @@ class DockerTestHosts:
         ):
             _run(*command)
 
-    def _start_engine(self, host: DockerTestHost) -> None:
-        tls_dir = self.root / "tls"
-        directory = host.state_dir
-        command = [
-            "nsenter", f"--net=/run/netns/{host.name}", "dockerd",
-            f"--data-root={directory / 'data'}", f"--exec-root={directory / 'exec'}",
-            f"--pidfile={directory / 'docker.pid'}",
-            f"--host={host.url}", f"--host=unix://{directory / 'docker.sock'}",
-            "--tlsverify", f"--tlscacert={tls_dir / 'ca.pem'}",
-            f"--tlscert={tls_dir / f'{host.name}.pem'}",
-            f"--tlskey={tls_dir / f'{host.name}.key'}",
-            "--bridge=none", "--iptables=false", "--ip6tables=false",
-        ]
-        with (directory / "dockerd.log").open("wb") as log:
-            host.process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def _wait_engine(self, host: DockerTestHost) -> None:
-        assert host.process is not None
-        deadline = time.monotonic() + START_TIMEOUT
-        while not host.answers():
-            if host.process.poll() is not None:
-                raise HostsUnavailable(
-                    f"dockerd of {host.name} exited with status {host.process.returncode};"
-                    f" its log ends:\n{host.log_tail()}"
-                )
-            if time.monotonic() > deadline:
-                raise HostsUnavailable(
-                    f"dockerd of {host.name} did not answer on {host.url} within"
-                    f" {START_TIMEOUT:.0f} s; its log ends:\n{host.log_tail()}"
-                )
-            time.sleep(0.1)
-
     def _load_images(self, images: list[str], source_socket: Path) -> None:
         archive = self.root / "images.tar"
         _run("docker", "-H", f"unix://{source_socket}", "save", "-o", str(archive), *images)
@@ -233,6 +208,43 @@ class DockerTestHosts:
                 list(pool.map(lambda host: _load(host, archive), self.hosts))
         finally:
             archive.unlink()
+
+
+def _start_engine(host: DockerTestHost) -> None:
+    tls_dir = Path(host.tls.ca).parent
+    directory = host.state_dir
+    command = [
+        "nsenter", f"--net=/run/netns/{host.name}", "dockerd",
+        f"--data-root={directory / 'data'}", f"--exec-root={directory / 'exec'}",
+        f"--pidfile={directory / 'docker.pid'}",
+        f"--host={host.url}", f"--host=unix://{directory / 'docker.sock'}",
+        "--tlsverify", f"--tlscacert={tls_dir / 'ca.pem'}",
+        f"--tlscert={tls_dir / f'{host.name}.pem'}",
+        f"--tlskey={tls_dir / f'{host.name}.key'}",
+        "--bridge=none", "--iptables=false", "--ip6tables=false",
+    ]
+    with (directory / "dockerd.log").open("ab") as log:
+        host.process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def _wait_engine(host: DockerTestHost) -> None:
+    assert host.process is not None
+    deadline = time.monotonic() + START_TIMEOUT
+    while not host.answers():
+        if host.process.poll() is not None:
+            raise HostsUnavailable(
+                f"dockerd of {host.name} exited with status {host.process.returncode};"
+                f" its log ends:\n{host.log_tail()}"
+            )
+        if time.monotonic() > deadline:
+            raise HostsUnavailable(
+                f"dockerd of {host.name} did not answer on {host.url} within"
+                f" {START_TIMEOUT:.0f} s; its log ends:\n{host.log_tail()}"
+            )
+        time.sleep(0.1)
 
 
 def _load(host: DockerTestHost, archive: Path) -> None:

@@ -1,4 +1,4 @@
-"""Two test hosts (network namespaces, each with its own TLS Docker engine) for the module."""
+"""Two test hosts (network namespaces, each with its own TLS Docker engine) for the session."""
 
 from __future__ import annotations
 
@@ -12,11 +12,12 @@ from tests.harness.docker_engine import DockerEngine
 from tests.harness.docker_hosts import DockerTestHost, DockerTestHosts, HostsUnavailable
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def docker_hosts(
     request: pytest.FixtureRequest, docker_engine: DockerEngine, base_image: str
 ) -> Iterator[list[DockerTestHost]]:
-    """Two test hosts with ``base_image`` loaded; torn down, and checked gone, after the module.
+    """Two test hosts with ``base_image`` loaded; torn down, and checked gone, after the
+    session. A test that kills a host's engine starts it again before it ends.
 
     A missing capability (root, netns, dockerd) fails the tests: nothing is skipped. What the
     start cost is printed, since every module using this fixture pays it.

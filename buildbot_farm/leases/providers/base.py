@@ -53,3 +53,13 @@ class BuildletProvider(abc.ABC):
 
         Returns a description of each one reaped, for the log.
         """
+
+    def watch(self, lost: Callable[[list[str], str], object]) -> None:
+        """Start watching the machines the buildlets run on, if the provider has any to watch:
+        ``lost(names, reason)`` is called with the buildlets lost when one stops answering
+        (the docker provider over several hosts does; the others have nothing to watch)."""
+        del lost  # nothing to watch here
+
+    def unwatch(self) -> None:
+        """Stop what :meth:`watch` started."""
+        return None  # nothing was started here

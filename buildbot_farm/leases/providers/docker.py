@@ -25,6 +25,7 @@ from docker.errors import APIError, ImageNotFound, NotFound
 from twisted.internet import task
 from twisted.python import log
 
+from buildbot_farm.docker_engines import TLSFiles, engine_api
 from buildbot_farm.docker_errors import engine_errors
 from buildbot_farm.leases.providers.base import (
     AGENT_START_DEADLINE,
@@ -66,6 +67,9 @@ class DockerProvider(BuildletProvider):
     ``/buildlet/work``, ``HOME`` ``/buildlet/home`` and ``TMPDIR`` ``/buildlet/tmp``, all that
     user's; the container gets no capabilities, no-new-privileges, nothing of the master's
     environment and no bind mount of the host's files.
+    ``tls`` holds the client certificate files for a ``tcp://`` engine. The agent listens on
+    ``listen_host`` in the host's network: loopback for this machine's engine, the host's
+    own address for a remote one (the coordinator reaches it there; its secret guards it).
     ``instance`` names this provider in the containers' labels; give every coordinator on an
     engine its own, since :meth:`reap` removes each container with it that no lease owns.
     ``labels`` are added to every container. ``cpus`` (may be fractional), ``memory`` (bytes,
@@ -92,6 +96,8 @@ class DockerProvider(BuildletProvider):
         agent_arguments: Sequence[str] = (),
         prestart_worker: bool = True,
         user: str = DEFAULT_USER,
+        tls: TLSFiles | None = None,
+        listen_host: str = "127.0.0.1",
     ) -> None:
         self._uid, self._gid = parse_user(user)
         if cpus is not None and cpus <= 0:
@@ -105,6 +111,8 @@ class DockerProvider(BuildletProvider):
             self._agent_arguments += ["--prestart-worker", python]
         self._reactor = reactor
         self._docker_host = docker_host
+        self._tls = tls
+        self._listen_host = listen_host
         self._labels = {**(labels or {}), INSTANCE_LABEL: instance}
         self._limits: dict[str, Any] = {
             "nano_cpus": round(cpus * 1e9) if cpus is not None else None,
@@ -163,7 +171,7 @@ class DockerProvider(BuildletProvider):
                     # The entrypoint, not the command, so that an image's own one cannot wrap it.
                     entrypoint=[
                         self._python, f"{HOME}/{ARCHIVE_NAME}", "agent",
-                        "--listen", "127.0.0.1:0",
+                        "--listen", f"{self._listen_host}:0",
                         "--workdir", f"{HOME}/work",
                         "--secret-file", f"{HOME}/secret",
                         "--deadline", str(AGENT_START_DEADLINE),
@@ -284,13 +292,8 @@ class DockerProvider(BuildletProvider):
         """The engine's client, made on first use: making it asks the engine its version."""
         with self._client_lock:
             if self._client is None:
-                kwargs = (
-                    {"base_url": self._docker_host}
-                    if self._docker_host
-                    else docker.utils.kwargs_from_env()
-                )
                 with self._engine_errors("cannot connect to the Docker engine"):
-                    self._client = docker.APIClient(version="auto", **kwargs)
+                    self._client = engine_api(self._docker_host, self._tls)
             return self._client
 
     def _engine_errors(self, doing: str) -> contextlib.AbstractContextManager[None]:

@@ -1,0 +1,142 @@
+"""A docker pool spread over two real test hosts: placement, the proxy, and a host that dies."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor, task
+from twisted.web import server
+
+from buildbot_farm import db
+from buildbot_farm.leases import keys
+from buildbot_farm.leases.agent_client import AgentClient
+from buildbot_farm.leases.api import CoordinatorResource
+from buildbot_farm.leases.client import CoordinatorClient, CoordinatorRequestError
+from buildbot_farm.leases.config import BuildletPool, FarmCoordinator
+from buildbot_farm.leases.coordinator import Coordinator
+from buildbot_farm.leases.docker_hosts import DockerHost, DockerTLS
+from buildbot_farm.leases.providers.docker_hosts import docker_hosts_status
+from tests.harness.docker_hosts import DockerTestHost
+from tests.leases.conftest import plain_http
+
+pytestmark = pytest.mark.docker
+
+SECRET = "test-coordinator-secret"
+
+
+def pool_over(hosts: list[DockerTestHost], image: str) -> BuildletPool:
+    """A pool over ``hosts``: the first host's CA given as PEM text, the rest as paths."""
+    return BuildletPool(
+        "spread", provider="docker", image=image, max_count=4,
+        hosts=[
+            DockerHost(
+                host.url, name=f"h{number}", max_count=2,
+                tls=DockerTLS(
+                    ca=Path(host.tls.ca).read_text() if number == 1 else host.tls.ca,
+                    cert=host.tls.cert, key=host.tls.key,
+                ),
+            )
+            for number, host in enumerate(hosts, start=1)
+        ],
+    )
+
+
+async def wait_for(condition: object, timeout: float, what: str) -> float:
+    """Poll ``condition()`` (may be async) until true; return the seconds it took."""
+    began = time.monotonic()
+    while time.monotonic() - began < timeout:
+        result = condition()  # type: ignore[operator]
+        if hasattr(result, "__await__"):
+            result = await result
+        if result:
+            return time.monotonic() - began
+        await task.deferLater(reactor, 0.1, lambda: None)
+    raise AssertionError(f"{what} did not happen within {timeout} s")
+
+
+@pytest_twisted.ensureDeferred
+async def test_buildlets_spread_over_hosts_and_a_dead_host_loses_its_leases(
+    docker_hosts: list[DockerTestHost], base_image: str, tmp_path: Path
+) -> None:
+    settings = FarmCoordinator(secret=SECRET, pools=[pool_over(docker_hosts, base_image)])
+    assert settings.problems() == []
+    owner = f"test-{uuid.uuid4().hex[:8]}"
+    types = settings.buildlet_types(tmp_path, reactor, AgentClient(plain_http()), owner)
+    provider = types["spread"].provider
+    database = await db.connect(f"sqlite:///{tmp_path / 'farm.sqlite'}", reactor)
+    coordinator = Coordinator(database, reactor, types, AgentClient(plain_http()))
+    await coordinator.start()
+    port = reactor.listenTCP(
+        0, server.Site(CoordinatorResource(coordinator, SECRET.encode(), reactor)),
+        interface="127.0.0.1",
+    )
+    alice = CoordinatorClient(
+        f"http://127.0.0.1:{port.getHost().port}", "user-alice",
+        keys.user_key(SECRET.encode(), "user-alice"), plain_http(),
+    )
+    (tls_dir,) = (tmp_path / "docker-tls" / "spread").iterdir()
+    assert tls_dir.name == "h1"
+    assert (tls_dir / "ca.pem").stat().st_mode & 0o077 == 0
+    try:
+        # Spread: two buildlets, one on each host, each agent on its host's own address.
+        placed = {}
+        for _ in docker_hosts:
+            name = (await alice.create("spread"))["Name"]
+            lease = await coordinator.table.get(name)
+            assert lease is not None
+            placed[json.loads(lease.handle)["host"]] = (name, lease.url)
+        assert sorted(placed) == ["h1", "h2"]
+        for number, host in enumerate(docker_hosts, start=1):
+            name, url = placed[f"h{number}"]
+            assert url.startswith(f"http://{host.address}:")
+            output: list[bytes] = []
+            status = await alice.exec(name, "sh", ["-c", "echo on $0", name],
+                                      on_output=output.append)
+            assert (status.exit_code, b"".join(output)) == (0, f"on {name}\n".encode())
+
+        # h1's engine dies: h1 is marked down with the reason, its lease is lost with it.
+        lost_name = placed["h1"][0]
+        docker_hosts[0].kill_engine()
+        async def gone() -> bool:
+            return await coordinator.table.get(lost_name) is None
+
+        detected = await wait_for(gone, 20.0, "losing the lease on the dead host")
+        print(f"dead host detected and its lease lost in {detected:.1f} s")
+        with pytest.raises(CoordinatorRequestError, match="lost with host h1: its Docker engine"):
+            await alice.exec(lost_name, "true", [])
+        (h1,) = [row for row in docker_hosts_status(coordinator) if row["host"] == "h1"]
+        assert h1["up"] is False
+        assert "does not answer" in h1["reason"]
+
+        # The next buildlet goes on h2, although h1 had more room before it died.
+        began = time.monotonic()
+        name = (await alice.create("spread"))["Name"]
+        print(f"next buildlet created on the other host in {time.monotonic() - began:.1f} s")
+        lease = await coordinator.table.get(name)
+        assert lease is not None
+        assert json.loads(lease.handle)["host"] == "h2"
+        status = await alice.exec(name, "true", [])
+        assert status.exit_code == 0
+
+        # h1 comes back: its old container is reaped, and it takes buildlets again.
+        docker_hosts[0].restart_engine()
+        await wait_for(lambda: all(row["up"] for row in docker_hosts_status(coordinator)),
+                       20.0, "h1 answering again")
+        client = docker_hosts[0].client()
+        try:
+            assert client.containers.list(all=True) == []
+        finally:
+            client.close()
+        lease = await coordinator.table.get((await alice.create("spread"))["Name"])
+        assert lease is not None
+        assert json.loads(lease.handle)["host"] == "h1"
+    finally:
+        await port.stopListening()
+        await coordinator.halt_all()
+        await provider.reap(set())
+        await database.stop()
