@@ -111,6 +111,11 @@ class DockerTestHost:
         self.process.send_signal(signal.SIGKILL)
         self.process.wait()
 
+    def set_link(self, up: bool) -> None:
+        """Take the host's end of its link down (it drops off the network) or up again."""
+        inner = f"fh{self.index}n"
+        _run("ip", "netns", "exec", self.name, "ip", "link", "set", inner, "up" if up else "down")
+
     def restart_engine(self) -> None:
         """Bring the host back after :meth:`kill_engine`, as a reboot would: every process
         left in it (containerd, shims, containers) is killed, then dockerd starts on the

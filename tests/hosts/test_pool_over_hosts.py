@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -20,6 +22,7 @@ from buildbot_farm.leases.client import CoordinatorClient, CoordinatorRequestErr
 from buildbot_farm.leases.config import BuildletPool, FarmCoordinator
 from buildbot_farm.leases.coordinator import Coordinator
 from buildbot_farm.leases.docker_hosts import DockerHost, DockerTLS
+from buildbot_farm.leases.providers.base import BuildletProvider
 from buildbot_farm.leases.providers.docker_hosts import docker_hosts_status
 from tests.harness.docker_hosts import DockerTestHost
 from tests.leases.conftest import plain_http
@@ -59,16 +62,44 @@ async def wait_for(condition: object, timeout: float, what: str) -> float:
     raise AssertionError(f"{what} did not happen within {timeout} s")
 
 
-@pytest_twisted.ensureDeferred
-async def test_buildlets_spread_over_hosts_and_a_dead_host_loses_its_leases(
-    docker_hosts: list[DockerTestHost], base_image: str, tmp_path: Path
-) -> None:
-    settings = FarmCoordinator(secret=SECRET, pools=[pool_over(docker_hosts, base_image)])
+@dataclass
+class Farm:
+    """A coordinator over the test hosts, served on loopback, and alice, its user."""
+
+    coordinator: Coordinator
+    provider: BuildletProvider
+    database: db.Database
+    port: Any
+    alice: CoordinatorClient
+
+    async def host_of(self, name: str) -> str:
+        """The label of the host buildlet ``name`` is on."""
+        lease = await self.coordinator.table.get(name)
+        assert lease is not None
+        return str(json.loads(lease.handle)["host"])
+
+    async def lost(self, name: str) -> bool:
+        """Whether the lease on ``name`` is gone."""
+        return await self.coordinator.table.get(name) is None
+
+    def host_state(self, label: str) -> dict[str, Any]:
+        """Host ``label`` as /status shows it."""
+        (row,) = [row for row in docker_hosts_status(self.coordinator) if row["host"] == label]
+        return row
+
+    async def stop(self) -> None:
+        await self.port.stopListening()
+        await self.coordinator.halt_all()
+        await self.provider.reap(set())
+        await self.database.stop()
+
+
+async def start_farm(hosts: list[DockerTestHost], image: str, directory: Path) -> Farm:
+    settings = FarmCoordinator(secret=SECRET, pools=[pool_over(hosts, image)])
     assert settings.problems() == []
     owner = f"test-{uuid.uuid4().hex[:8]}"
-    types = settings.buildlet_types(tmp_path, reactor, AgentClient(plain_http()), owner)
-    provider = types["spread"].provider
-    database = await db.connect(f"sqlite:///{tmp_path / 'farm.sqlite'}", reactor)
+    types = settings.buildlet_types(directory, reactor, AgentClient(plain_http()), owner)
+    database = await db.connect(f"sqlite:///{directory / 'farm.sqlite'}", reactor)
     coordinator = Coordinator(database, reactor, types, AgentClient(plain_http()))
     await coordinator.start()
     port = reactor.listenTCP(
@@ -79,6 +110,37 @@ async def test_buildlets_spread_over_hosts_and_a_dead_host_loses_its_leases(
         f"http://127.0.0.1:{port.getHost().port}", "user-alice",
         keys.user_key(SECRET.encode(), "user-alice"), plain_http(),
     )
+    return Farm(coordinator, types["spread"].provider, database, port, alice)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_unreachable_host_is_marked_down_then_taken_back(
+    docker_hosts: list[DockerTestHost], base_image: str, tmp_path: Path
+) -> None:
+    farm = await start_farm(docker_hosts, base_image, tmp_path)
+    try:
+        names = [(await farm.alice.create("spread"))["Name"] for _ in docker_hosts]
+        (on_h2,) = [name for name in names if await farm.host_of(name) == "h2"]
+        docker_hosts[1].set_link(up=False)
+        try:
+            detected = await wait_for(lambda: farm.lost(on_h2), 20.0, "losing h2's lease")
+            print(f"unreachable host detected and its lease lost in {detected:.1f} s")
+            print(f"h2 down: {farm.host_state('h2')['reason']}")
+            assert "does not answer" in farm.host_state("h2")["reason"]
+        finally:
+            docker_hosts[1].set_link(up=True)
+        await wait_for(lambda: farm.host_state("h2")["up"], 20.0, "h2 answering again")
+        assert await farm.host_of((await farm.alice.create("spread"))["Name"]) == "h2"
+    finally:
+        await farm.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_buildlets_spread_over_hosts_and_a_dead_host_loses_its_leases(
+    docker_hosts: list[DockerTestHost], base_image: str, tmp_path: Path
+) -> None:
+    farm = await start_farm(docker_hosts, base_image, tmp_path)
+    coordinator, alice = farm.coordinator, farm.alice
     (tls_dir,) = (tmp_path / "docker-tls" / "spread").iterdir()
     assert tls_dir.name == "h1"
     assert (tls_dir / "ca.pem").stat().st_mode & 0o077 == 0
@@ -136,7 +198,4 @@ async def test_buildlets_spread_over_hosts_and_a_dead_host_loses_its_leases(
         assert lease is not None
         assert json.loads(lease.handle)["host"] == "h1"
     finally:
-        await port.stopListening()
-        await coordinator.halt_all()
-        await provider.reap(set())
-        await database.stop()
+        await farm.stop()

@@ -8,7 +8,7 @@ watcher (the coordinator), which marks their leases lost with the host. Pinging 
 host that answers again has the containers it still holds from before reaped (they are no
 lease's any more, so nothing is counted twice) and takes new buildlets again.
 
-Handles are JSON ``{"host": LABEL, "container": ID, "buildlet": NAME}``.
+Handles are JSON ``{"pool": POOL, "host": LABEL, "container": ID, "buildlet": NAME}``.
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ class DockerHostsProvider(BuildletProvider):
         def record(handle: str) -> object:
             container = json.loads(handle)["container"]
             host.placed[name] = container
-            return on_handle(_handle(host.label, container, name))
+            return on_handle(self._handle(host.label, container, name))
 
         try:
             started = await host.provider.start(name, secret, record)
@@ -124,7 +124,7 @@ class DockerHostsProvider(BuildletProvider):
             host.placed.pop(name, None)
             raise
         container = json.loads(started.handle)["container"]
-        return StartedBuildlet(url=started.url, handle=_handle(host.label, container, name))
+        return StartedBuildlet(url=started.url, handle=self._handle(host.label, container, name))
 
     async def destroy(self, handle: str) -> None:
         """Remove the buildlet's container; on a host that is down, leave it to the reap
@@ -145,6 +145,8 @@ class DockerHostsProvider(BuildletProvider):
         of this pool that no lease owns."""
         for handle in known_handles:
             data = json.loads(handle) if handle else {}
+            if data.get("pool") != self._pool:
+                continue  # another docker pool's buildlet
             host = self.hosts.get(str(data.get("host")))
             if host is not None and data.get("buildlet"):
                 host.placed[data["buildlet"]] = data.get("container")
@@ -206,13 +208,14 @@ class DockerHostsProvider(BuildletProvider):
         log.msg(f"docker hosts: host {host.label} of pool {self._pool} answers again; "
                 f"reaped {len(reaped)} leftover container(s): {', '.join(reaped) or 'none'}")
 
+    def _handle(self, host: str, container: str, buildlet: str) -> str:
+        return json.dumps(
+            {"pool": self._pool, "host": host, "container": container, "buildlet": buildlet}
+        )
+
     def hosts_status(self) -> list[dict[str, Any]]:
         """Each host's state, for /status."""
         return [{"pool": self._pool, **host.status()} for host in self.hosts.values()]
-
-
-def _handle(host: str, container: str, buildlet: str) -> str:
-    return json.dumps({"host": host, "container": container, "buildlet": buildlet})
 
 
 def docker_hosts_status(coordinator: Any) -> list[dict[str, Any]]:
