@@ -43,7 +43,10 @@ from buildbot_farm.docker_engines import TLSFiles, engine_api
 ENGINE_PORT = 2376
 START_TIMEOUT = 60.0
 SUBNETS = range(1, 255)
-INSTALL_HINT = "run the tests as root on a machine with iproute2, nsenter, openssl and dockerd"
+INSTALL_HINT = (
+    "run the tests as root; `sudo tests/harness/install-system-packages.sh` installs iproute2,"
+    " nsenter (util-linux), openssl and docker.io"
+)
 
 
 class HostsUnavailable(RuntimeError):

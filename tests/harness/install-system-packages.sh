@@ -31,6 +31,13 @@ for tool in nginx:nginx-light litmus:litmus rclone:rclone curl:curl; do
         missing+=("${tool#*:}")
     fi
 done
+# The Docker test hosts (tests/hosts): network namespaces (ip), nsenter and openssl.
+for tool in ip:iproute2 nsenter:util-linux openssl:openssl; do
+    if ! command -v "${tool%%:*}" >/dev/null 2>&1 && [ ! -x "/usr/sbin/${tool%%:*}" ] \
+        && [ ! -x "/usr/bin/${tool%%:*}" ]; then
+        missing+=("${tool#*:}")
+    fi
+done
 if [ ! -e /usr/lib/nginx/modules/ngx_http_dav_ext_module.so ]; then
     missing+=(libnginx-mod-http-dav-ext)
 fi
@@ -43,7 +50,7 @@ done
 
 if [ "${#missing[@]}" -eq 0 ]; then
     echo "install-system-packages: docker.io, postgresql, debootstrap, busybox-static, zstd," \
-        "bubblewrap," \
+        "bubblewrap, iproute2, nsenter, openssl," \
         "nginx (dav-ext), litmus, rclone, curl, chromium, chromedriver all present"
     exit 0
 fi
