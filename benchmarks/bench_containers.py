@@ -63,10 +63,10 @@ async def atimed(action: Callable[[], Coroutine[Any, Any, Any]]) -> float:
 async def measure(base: str, busybox: str, workdir: Path) -> list[tuple[str, float, float]]:
     from twisted.internet import reactor
 
-    from buildbot_farm.containers import unpack
     from buildbot_farm.containers._engine import ContainerConfig, Engine
     from buildbot_farm.containers._paths import InputMap, OutputFilter
     from buildbot_farm.containers._run import TaskRun, labels_for
+    from buildbot_farm.remote import unpack
 
     engine = await Engine.connect(reactor, None)
 

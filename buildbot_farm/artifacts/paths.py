@@ -11,6 +11,14 @@ import string
 from collections.abc import Iterable, Mapping, Sequence
 from urllib.parse import unquote
 
+from buildbot_farm.remote.paths import UnsafePath
+from buildbot_farm.remote.paths import check_segment as check_name
+
+__all__ = [
+    "ANY_SEGMENT", "DEFAULT_LAYOUT", "RESERVED_PREFIX", "Segments", "UnsafePath", "check_segment",
+    "join", "layout_problems", "render_layout", "scope_allows", "split", "split_request_path",
+]
+
 Segments = tuple[str, ...]
 
 DEFAULT_LAYOUT = "{kind}/{project}/{build}"
@@ -21,19 +29,10 @@ ANY_SEGMENT = "*"
 MAX_SEGMENT_BYTES = 255
 
 
-class UnsafePath(ValueError):
-    """A path that could reach outside the repository or is not a valid artifact name."""
-
-
 def check_segment(segment: str) -> str:
-    """Return ``segment`` if it is one safe file name, else raise :class:`UnsafePath`."""
-    if segment in ("", ".", ".."):
-        raise UnsafePath(f"path segment {segment!r} is not allowed")
-    for bad in ("/", "\\", "\x00"):
-        if bad in segment:
-            raise UnsafePath(f"path segment {segment!r} contains {bad!r}")
-    if any(ord(c) < 32 or ord(c) == 127 for c in segment):
-        raise UnsafePath(f"path segment {segment!r} contains a control character")
+    """Return ``segment`` if it is one safe file name of the repository, else raise
+    :class:`UnsafePath` (the farm's one file-name check, then the repository's own rules)."""
+    check_name(segment)
     if segment.startswith(RESERVED_PREFIX):
         raise UnsafePath(f"names starting with {RESERVED_PREFIX!r} are reserved")
     if len(segment.encode("utf-8", "surrogateescape")) > MAX_SEGMENT_BYTES:

@@ -26,7 +26,7 @@ import zstandard
 
 from buildbot_farm.containers import _tar
 from buildbot_farm.containers._paths import CONTROL_DIR, InputMap, OutputFilter, is_under
-from buildbot_farm.containers.unpack import UnsafePath, link_stays_inside, safe_member_path
+from buildbot_farm.remote.paths import UnsafePath, link_stays_inside, safe_member_path
 
 ADDED_OR_CHANGED = (0, 1)
 DELETED = 2
@@ -157,7 +157,7 @@ class Packed:
     problems: list[str] = field(default_factory=list)
 
     def manifest(self) -> dict[str, Any]:
-        """The manifest as JSON-ready data (read by unpack.py on the worker)."""
+        """The manifest as JSON-ready data (read by ``farm-remote.pyz unpack`` on the worker)."""
         return {"version": 1, "files": self.files, "deleted": self.deleted}
 
 

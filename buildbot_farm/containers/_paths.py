@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from buildbot_farm.containers.unpack import UnsafePath, safe_member_path
+from buildbot_farm.remote.paths import UnsafePath, safe_member_path
 
 CONTROL_DIR = "/.farm"
 OUTPUTS_FILE = f"{CONTROL_DIR}/outputs"

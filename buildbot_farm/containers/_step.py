@@ -34,10 +34,11 @@ from buildbot_farm.containers._transfer import (
     file_as_tar,
     owned_by_root,
 )
+from buildbot_farm.leases.providers.isolation import remote_archive
+from buildbot_farm.remote.pyz import ARCHIVE_NAME
 from buildbot_farm.thread_pool import in_thread
 
 BLOCKSIZE = 512 * 1024
-UNPACK_SCRIPT = Path(__file__).with_name("unpack.py")
 
 
 class TaskFailed(Exception):
@@ -305,12 +306,14 @@ class ContainerTask(buildstep.BuildStep):
         tmpdir = f".farm-task-{self.stepid}"
         dest = self.workdir if posixpath.isabs(self.workdir) else posixpath.join("..", self.workdir)
         try:
-            await self._download(tmpdir, "unpack.py", UNPACK_SCRIPT.read_bytes())
+            remote = await in_thread(self.master.reactor, _remote_archive_bytes)
+            await self._download(tmpdir, ARCHIVE_NAME, remote)
             await self._download(tmpdir, "manifest.json", json.dumps(packed.manifest()).encode())
             with open(archive_path, "rb") as archive:
                 await self._download(tmpdir, "changes.tar.zst", archive)
             cmd = remotecommand.RemoteShellCommand(
-                tmpdir, [python, "unpack.py", "changes.tar.zst", "manifest.json", dest],
+                tmpdir, [python, ARCHIVE_NAME, "unpack", "changes.tar.zst", "manifest.json",
+                         dest],
                 logEnviron=False, timeout=None,
             )
             cmd.useLog(self._stdio, False)
@@ -376,3 +379,8 @@ def _reading(pipe: ChunkPipe) -> Any:
     except BaseException as error:
         pipe.reader_failed(str(error) or type(error).__name__)
         raise
+
+
+def _remote_archive_bytes() -> bytes:
+    """farm-remote.pyz, whose ``unpack`` applies the changes on the worker (blocking)."""
+    return remote_archive().read_bytes()

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from buildbot_farm.leases.providers.isolation import remote_archive
+from buildbot_farm.remote.protocol import READY_PREFIX
 
 
 class RegistrationError(Exception):
@@ -78,7 +79,7 @@ def _serve_one_lease(args: argparse.Namespace) -> bool:
         assert agent.stdout is not None
         ready = agent.stdout.readline().split()
         os.unlink(secret_file)
-        if len(ready) != 2 or ready[0] != "BUILDLET-READY":
+        if len(ready) != 2 or ready[0] != READY_PREFIX:
             print("buildbot-farm: the buildlet agent did not start", file=sys.stderr)
             return False
         url = ready[1]

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 
 from buildbot_farm.remote.bodies import CHUNK, ChunkedStream, GunzipReader
 from buildbot_farm.remote.errors import AgentError, ArchiveError
-from buildbot_farm.remote.paths import within
+from buildbot_farm.remote.paths import UnsafePath, relative_parts, within
 
 SPECIAL_KINDS = {tarfile.CHRTYPE: "character device", tarfile.BLKTYPE: "block device",
                  tarfile.FIFOTYPE: "FIFO"}
@@ -28,12 +28,10 @@ SPECIAL_KINDS = {tarfile.CHRTYPE: "character device", tarfile.BLKTYPE: "block de
 
 def archive_parts(path: str, member: str) -> list[str]:
     """Split a path from a tar member into components; 400 if absolute or containing '..'."""
-    if path.startswith("/"):
-        raise ArchiveError(f"member {member!r}: {path!r} is absolute; archives must be relative")
-    parts = [part for part in path.split("/") if part not in ("", ".")]
-    if ".." in parts:
-        raise ArchiveError(f"member {member!r}: {path!r} contains '..' and could escape the target")
-    return parts
+    try:
+        return relative_parts(path, f"member {member!r}: path")
+    except UnsafePath as exc:
+        raise ArchiveError(f"{exc}; archives must stay inside their target") from None
 
 
 class TarExtraction:

@@ -4,7 +4,8 @@
 * ``prestart SOCKET AGENT_PID``: the agent's pre-started worker (:mod:`~.prestart`);
 * ``handoff SCRIPT [ARGS...]``: run a program in the pre-started worker, or here (:mod:`~.handoff`);
 * ``worker``: ``handoff`` this archive's ``bootstrap``, as FarmLatentWorker does;
-* ``bootstrap``: become a FarmLatentWorker's buildbot-worker (:mod:`~.bootstrap`).
+* ``bootstrap``: become a FarmLatentWorker's buildbot-worker (:mod:`~.bootstrap`);
+* ``unpack ARCHIVE MANIFEST DEST``: apply a container task's changes (:mod:`~.unpack`).
 """
 
 from __future__ import annotations
@@ -56,6 +57,12 @@ def _bootstrap(argv: list[str]) -> int:
     return bootstrap.main(argv)
 
 
+def _unpack(argv: list[str]) -> int:
+    from buildbot_farm.remote import unpack
+
+    return unpack.main(argv)
+
+
 # Each command imports only its own modules: a hand-off starts in a few milliseconds.
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "agent": _agent,
@@ -63,6 +70,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "handoff": _handoff,
     "worker": _worker,
     "bootstrap": _bootstrap,
+    "unpack": _unpack,
 }
 
 

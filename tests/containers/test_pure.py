@@ -1,17 +1,14 @@
-"""The pure parts of container tasks: tar streams, paths, outputs files, the worker's unpacker."""
+"""The pure parts of container tasks: tar streams, paths, outputs files (the worker's unpacker:
+tests/remote/test_unpack.py)."""
 
 from __future__ import annotations
 
 import io
-import json
-import os
 import tarfile
-from pathlib import Path
 
 import pytest
-import zstandard
 
-from buildbot_farm.containers import _tar, unpack
+from buildbot_farm.containers import _tar
 from buildbot_farm.containers._collect import (
     SETTLED_SECONDS,
     InputRecord,
@@ -208,57 +205,6 @@ def test_links_out_of_the_build_dir_are_refused(member: tuple[str, str], reason:
     """A symbolic link that points out of the build directory refuses the whole archive."""
     with pytest.raises(UnsafeOutputs, match=reason):
         pack([("/work/src/ln", 1)], make_tar(member))
-
-
-def run_unpack(tmp_path: Path, archive: bytes, manifest: dict) -> int:
-    (tmp_path / "a.tar.zst").write_bytes(zstandard.ZstdCompressor().compress(archive))
-    (tmp_path / "m.json").write_text(json.dumps(manifest))
-    dest = tmp_path / "dest"
-    dest.mkdir(exist_ok=True)
-    return unpack.main([str(tmp_path / "a.tar.zst"), str(tmp_path / "m.json"), str(dest)])
-
-
-@pytest.mark.parametrize("name", ["../evil", "/tmp/evil", "a/../../evil"])
-def test_unpack_refuses_escaping_names_and_writes_nothing(tmp_path: Path, name: str) -> None:
-    """A member named outside the destination is refused before anything is written."""
-    archive = make_tar(("ok", b"fine"), (name, b"evil"), fmt=tarfile.GNU_FORMAT)
-    manifest = {"files": [{"path": "ok", "type": "file"}, {"path": name, "type": "file"}],
-                "deleted": []}
-    assert run_unpack(tmp_path, archive, manifest) == unpack.REFUSED
-    assert list((tmp_path / "dest").iterdir()) == []
-    assert not (tmp_path / "evil").exists()
-
-
-def test_unpack_refuses_writing_through_symlinks(tmp_path: Path) -> None:
-    """Neither a symlink in the destination nor one made by the archive is written through."""
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    (tmp_path / "dest").mkdir()
-    os.symlink(outside, tmp_path / "dest" / "out")
-    manifest = {"files": [{"path": "out/x", "type": "file"}], "deleted": []}
-    assert run_unpack(tmp_path, make_tar(("out/x", b"x")), manifest) == unpack.REFUSED
-    manifest = {"files": [], "deleted": ["out/secret"]}
-    (outside / "secret").write_text("keep")
-    assert run_unpack(tmp_path, make_tar(), manifest) == unpack.REFUSED
-    assert (outside / "secret").exists()
-    made = {"files": [{"path": "l", "type": "symlink", "target": "d"},
-                      {"path": "l/x", "type": "file"}], "deleted": []}
-    assert run_unpack(tmp_path, make_tar(("l", "->d"), ("l/x", b"x")), made) == unpack.REFUSED
-    assert list(outside.iterdir()) == [outside / "secret"]
-
-
-def test_unpack_applies_files_links_and_deletions(tmp_path: Path) -> None:
-    """A good archive is written in place, links kept as links, deletions done."""
-    dest = tmp_path / "dest"
-    dest.mkdir()
-    (dest / "old").write_text("old")
-    manifest = {"files": [{"path": "d", "type": "dir"}, {"path": "d/f", "type": "file"},
-                          {"path": "d/l", "type": "symlink", "target": "f"}], "deleted": ["old"]}
-    archive = make_tar(("d", None), ("d/f", b"data"), ("d/l", "->f"))
-    assert run_unpack(tmp_path, archive, manifest) == 0
-    assert (dest / "d/f").read_bytes() == b"data"
-    assert os.readlink(dest / "d/l") == "f"
-    assert not (dest / "old").exists()
 
 
 @pytest.mark.parametrize("piece", [1, 7, 512, 1 << 20])

@@ -15,8 +15,10 @@ from buildbot_farm.remote import pyz
 from tests.remote.test_buildlet_agent import AGENT_PYTHON
 
 # Modules that may import more than the standard library, and what: the worker's Python has
-# buildbot-worker (the bootstrap imports it only when it runs).
-EXTRA_IMPORTS = {"buildbot_farm/remote/bootstrap.py": {"buildbot_worker"}}
+# buildbot-worker (the bootstrap imports it only when it runs); the unpacker tries zstandard,
+# then Python 3.14's compression.zstd, then the zstd command.
+EXTRA_IMPORTS = {"buildbot_farm/remote/bootstrap.py": {"buildbot_worker"},
+                 "buildbot_farm/remote/unpack.py": {"zstandard", "compression"}}
 
 
 def imported_roots(source: bytes) -> set[str]:

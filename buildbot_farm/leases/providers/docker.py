@@ -34,13 +34,14 @@ from buildbot_farm.leases.providers.base import (
     StartedBuildlet,
 )
 from buildbot_farm.leases.providers.isolation import remote_archive
+from buildbot_farm.remote.protocol import READY_PREFIX
 from buildbot_farm.remote.pyz import ARCHIVE_NAME
 from buildbot_farm.thread_pool import in_thread
 
 BUILDLET_LABEL = "buildbot_farm.buildlet"
 INSTANCE_LABEL = "buildbot_farm.provider"
 HOME = "/buildlet"
-READY_PREFIX = "BUILDLET-READY "
+READY_LINE = f"{READY_PREFIX} "
 POLL_INTERVAL = 0.02
 REMOVAL_WAIT = 10.0
 DEFAULT_USER = "65534:65534"  # nobody and nogroup, in Debian as in busybox
@@ -217,8 +218,8 @@ class DockerProvider(BuildletProvider):
             )
             output = attached.text()
             for line in output.splitlines():
-                if line.startswith(READY_PREFIX):
-                    return line[len(READY_PREFIX):].strip()
+                if line.startswith(READY_LINE):
+                    return line[len(READY_LINE):].strip()
             if not running:
                 raise ProviderError(
                     f"the buildlet agent for {name} exited at start; its log: {_tail(output)}"

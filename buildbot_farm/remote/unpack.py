@@ -1,9 +1,8 @@
-"""Apply a container task's changes to a worker's build directory; runs on the worker.
+"""Applying a container task's changes to a worker's build directory: ``farm-remote.pyz unpack``.
 
-This file is copied to the worker as it is and run with the worker's Python (>= 3.9), so it
-imports nothing outside the standard library::
+Run on the worker with its Python (>= 3.9), from the archive the step copies there::
 
-    python3 unpack.py ARCHIVE.tar.zst MANIFEST.json DEST
+    python3 farm-remote.pyz unpack ARCHIVE.tar.zst MANIFEST.json DEST
 
 The manifest (written by the master) lists every member of the archive and every path to
 delete. Everything is checked before anything is written: a path that is absolute, climbs
@@ -16,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import posixpath
 import shutil
 import stat
 import subprocess
@@ -24,47 +22,10 @@ import sys
 import tarfile
 from typing import IO, Any
 
+from buildbot_farm.remote.paths import UnsafePath, link_stays_inside, safe_member_path
+
 REFUSED = 2
 UNREADABLE = 3
-
-
-class UnsafePath(ValueError):
-    """A path would leave the destination directory; the message names it and says why."""
-
-
-def safe_member_path(name: str) -> str:
-    """Return ``name`` as a clean relative POSIX path, or raise UnsafePath saying why.
-
-    Refuses the empty name, absolute names, NUL bytes, backslashes (they mean something
-    else on Windows workers) and any ``..`` component.
-    """
-    if not name or name in (".", "./"):
-        raise UnsafePath(f"{name!r} names the destination itself")
-    if "\x00" in name or "\\" in name:
-        raise UnsafePath(f"{name!r} contains a NUL byte or a backslash")
-    if name.startswith("/"):
-        raise UnsafePath(f"{name!r} is an absolute path")
-    parts = [part for part in name.split("/") if part not in ("", ".")]
-    if ".." in parts:
-        raise UnsafePath(f"{name!r} climbs out with '..'")
-    if not parts:
-        raise UnsafePath(f"{name!r} names the destination itself")
-    return "/".join(parts)
-
-
-def link_stays_inside(member: str, target: str) -> bool:
-    """Tell whether symbolic link ``member`` (relative to the destination) points inside it."""
-    if not target or target.startswith("/") or "\x00" in target:
-        return False
-    depth = len(posixpath.dirname(member).split("/")) if posixpath.dirname(member) else 0
-    for part in target.split("/"):
-        if part == "..":
-            depth -= 1
-            if depth < 0:
-                return False
-        elif part not in ("", "."):
-            depth += 1
-    return True
 
 
 def check_plan(dest: str, manifest: dict[str, Any]) -> None:
@@ -192,7 +153,7 @@ def open_zstd(path: str) -> tuple[IO[bytes], Any]:
 def main(argv: list[str]) -> int:
     """Check, then delete and extract as the manifest says; print what was done."""
     if len(argv) != 3:
-        print("usage: unpack.py ARCHIVE MANIFEST DEST", file=sys.stderr)
+        print("usage: farm-remote.pyz unpack ARCHIVE MANIFEST DEST", file=sys.stderr)
         return REFUSED
     archive_path, manifest_path, dest = argv
     with open(manifest_path, encoding="utf-8") as f:
@@ -228,6 +189,3 @@ def main(argv: list[str]) -> int:
     )
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
