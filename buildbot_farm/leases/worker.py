@@ -35,8 +35,8 @@ from buildbot_farm.leases.client import CoordinatorClient, CoordinatorRequestErr
 from buildbot_farm.leases.preemption import PREEMPTED_PROPERTY, preemption_notice
 from buildbot_farm.lookup import farm_service
 from buildbot_farm.names import FARM_SERVICE
+from buildbot_farm.remote.environment import RUN_REMOTE
 from buildbot_farm.remote.handoff import LOG_PREFIX
-from buildbot_farm.remote.protocol import RUN_REMOTE
 from buildbot_farm.secret_values import SecretRenderer
 from buildbot_farm.web.client import http_client
 

@@ -8,6 +8,7 @@ import pwd
 import signal
 import sys
 
+from buildbot_farm.remote.environment import REMOTE_ENV
 from buildbot_farm.remote.errors import SetupError
 from buildbot_farm.remote.paths import Workdir
 from buildbot_farm.remote.preemption import DETECTORS, SignalDetector, make_watch
@@ -19,7 +20,6 @@ from buildbot_farm.remote.protocol import (
     EXEC_SPOOL,
     MAX_DEADLINE,
     READY_PREFIX,
-    REMOTE_ENV,
 )
 from buildbot_farm.remote.runs import POLL_INTERVAL, ExecRegistry
 from buildbot_farm.remote.server import BuildletServer

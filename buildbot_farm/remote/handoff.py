@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import json
 import os
-import runpy
 import socket
 import sys
 
-from buildbot_farm.remote.protocol import PRESTART_SOCKET_ENV
+from buildbot_farm.remote.environment import PRESTART_SOCKET_ENV
 
 # The marker of the lines the exec prints about how the worker was started.
 LOG_PREFIX = "farm-worker:"
@@ -53,6 +52,8 @@ def run(argv: list[str]) -> int:
     conn, why = hand_off(argv)
     if conn is None:
         print(f"{LOG_PREFIX} no pre-started worker ({why}); starting one", flush=True)
+        import runpy  # only here: a hand-off to the pre-started worker never needs it
+
         sys.argv = list(argv)
         runpy.run_path(argv[0], run_name="__main__")
         return 0

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Callable
+from collections.abc import Callable
 
-from buildbot_farm.remote.protocol import REMOTE_ENV
+from buildbot_farm.remote.environment import REMOTE_ENV
 
 
 def own_archive() -> str | None:

@@ -26,9 +26,9 @@ import threading
 import time
 from typing import Any, Callable
 
+from buildbot_farm.remote.environment import PRESTART_SOCKET_ENV
 from buildbot_farm.remote.errors import SetupError
 from buildbot_farm.remote.execs import kill_group
-from buildbot_farm.remote.protocol import PRESTART_SOCKET_ENV
 
 # What the pre-started process imports before it waits: the worker's start-up, and twistd.
 PREIMPORTED = (

@@ -90,17 +90,6 @@ MAX_DEADLINE = 366 * 24 * 3600.0  # the longest lease deadline an agent accepts,
 # The agent's exit code once it halted at its deadline (EX_TEMPFAIL): whoever started it can
 # then remove what the agent itself could not (a sandbox's mount points, a root-owned home).
 DEADLINE_EXIT = 75
-# Environment of every exec: the pre-started worker's socket, and the agent's farm-remote.pyz.
-PRESTART_SOCKET_ENV = "FARM_PRESTARTED_WORKER"
-REMOTE_ENV = "FARM_REMOTE"
-# ``python3 -c RUN_REMOTE ARGS...`` on a buildlet runs its agent's farm-remote.pyz with ARGS.
-RUN_REMOTE = (
-    "import os, runpy, sys; "
-    "sys.argv[0] = os.environ.get('FARM_REMOTE') or sys.exit("
-    "'farm-remote: FARM_REMOTE is not set: this buildlet is not run by farm-remote.pyz'); "
-    "runpy.run_path(sys.argv[0], run_name='__main__')"
-)
-
 FRAME_HEADER = struct.Struct(">cI")
 MAX_FRAME = 16 * 1024 * 1024
 

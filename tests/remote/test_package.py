@@ -60,7 +60,10 @@ def test_the_archive_holds_the_package_without_its_builder(tmp_path: Path) -> No
     assert "__main__.py" in names
     assert "buildbot_farm/remote/agent.py" in names
     assert "buildbot_farm/remote/pyz.py" not in names
-    assert names == set(pyz.sources())
+    sources = set(pyz.sources())
+    assert {name for name in names if name.endswith(".py")} == sources
+    assert {name for name in names if name.endswith(".pyc")} == {
+        f"{name}c" for name in sources if name.startswith("buildbot_farm/")}
     assert stat.S_IMODE(built.stat().st_mode) == 0o644
     assert built.read_bytes().startswith(b"#!/usr/bin/env python3\n")
 
@@ -76,6 +79,23 @@ def test_a_built_archive_is_reused_and_a_changed_package_gets_another(tmp_path: 
                              + b"\n"})
     assert pyz.digest(changed) != pyz.digest(files)
     assert [p.name for p in tmp_path.iterdir()] == [first.name]
+
+
+def test_the_archive_runs_from_its_sources_where_its_bytecode_does_not_fit(
+    tmp_path: Path,
+) -> None:
+    """Bytecode with another Python's magic number is passed over for the source beside it."""
+    built = pyz.build_archive(tmp_path)
+    other = tmp_path / "other.pyz"
+    with zipfile.ZipFile(built) as source, zipfile.ZipFile(other, "w") as target:
+        for item in source.infolist():
+            data = source.read(item)
+            target.writestr(item, b"\0\0\r\n" + data[4:] if item.filename.endswith(".pyc")
+                            else data)
+    done = subprocess.run([AGENT_PYTHON, str(other), "frobnicate"],
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 2
+    assert "is not a command" in done.stderr
 
 
 def test_an_unknown_command_says_which_there_are(tmp_path: Path) -> None:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from buildbot_farm.remote.environment import RUN_REMOTE
 from buildbot_farm.remote.handoff import USED_MESSAGE
-from buildbot_farm.remote.protocol import RUN_REMOTE
 from tests.remote.test_buildlet_agent import (
     AGENT,
     AGENT_PYTHON,
