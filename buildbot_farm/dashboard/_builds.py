@@ -6,9 +6,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from buildbot.data import resultspec
-from markupsafe import Markup
-
-from buildbot_farm.dashboard import _pages as pages
 
 
 @dataclass(frozen=True)
@@ -19,6 +16,15 @@ class BuildRef:
     builder: str
     builderid: int
     number: int
+
+
+@dataclass(frozen=True)
+class BuildLink:
+    """A link to a build's page (``ref`` None: Buildbot does not know the build)."""
+
+    build_id: int
+    ref: BuildRef | None
+    url: str
 
 
 class BuildLinks:
@@ -49,13 +55,14 @@ class BuildLinks:
             self._found[build_id] = ref
         return self._found[build_id]
 
-    async def link(self, build_id: int | None) -> Markup:
-        """HTML: ``BUILDER #NUMBER`` linking to the build's page, or the bare id."""
+    async def link(self, build_id: int | None) -> BuildLink | None:
+        """What the ``build_link`` macro shows: ``BUILDER #NUMBER`` linking to the build's
+        page, or the bare id of a build Buildbot does not know; None for no build."""
         if build_id is None:
-            return Markup()
+            return None
         ref = await self.find(int(build_id))
         url = "" if ref is None else f"{self._root}#/builders/{ref.builderid}/builds/{ref.number}"
-        return pages.render("build_link.html", ref=ref, build_id=build_id, url=url)
+        return BuildLink(int(build_id), ref, url)
 
     async def any_running(self) -> bool:
         """Whether Buildbot has a build in progress (on any master of this database)."""
