@@ -19,6 +19,7 @@ from buildbot.plugins import steps, util
 from buildbot.process.build import Build
 from buildbot.process.builder import Builder
 from buildbot.worker.latent import AbstractLatentWorker
+from twisted.internet import tcp
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
 from twisted.python import failure
@@ -168,3 +169,15 @@ def test_static_file_still_parses_and_answers_one_range() -> None:
     garbled = server.Request(DummyChannel())
     garbled.requestHeaders.setRawHeaders(b"range", [b"lines=1-2"])
     assert twisted_web.single_range(file, garbled) is None
+
+
+def test_only_plain_tcp_requests_without_an_encoder_get_sendfile() -> None:
+    """``plain_tcp_client`` still tells a plain TCP connection (tcp.Server) from others and
+    sees a content encoder in ``Request._encoder``."""
+    request = server.Request(DummyChannel())
+    assert twisted_web.plain_tcp_client(request) is None
+    plain = server.Request(DummyChannel())
+    plain.transport = object.__new__(tcp.Server)
+    assert twisted_web.plain_tcp_client(plain) is plain.transport
+    plain._encoder = object()
+    assert twisted_web.plain_tcp_client(plain) is None

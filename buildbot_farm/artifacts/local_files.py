@@ -6,7 +6,8 @@ last name, then checks where the descriptor really leads, so a symbolic link any
 the way sends the request the slow way, which refuses it) and :func:`send_open_file`
 answers: ETag and Last-Modified (with their conditional requests), Content-Length, a
 content type by the file's name; the body in one write up to :data:`SMALL_FILE` bytes,
-else by a :class:`FileSender`.
+else by ``sendfile`` in a thread of its own (:mod:`.kernel_send`; a :class:`FileSender`
+when the connection is not plain TCP).
 
 A GET with a Range header, or of a file the index does not know, takes the slow way: the
 storage checks the path on the thread pool, the index gives the digest, and
@@ -25,11 +26,13 @@ import os
 import stat
 from typing import Any, BinaryIO
 
-from twisted.internet import interfaces
+from twisted.internet import defer, interfaces, task
+from twisted.python import log
 from twisted.web import http, static
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
+from buildbot_farm.artifacts import kernel_send
 from buildbot_farm.artifacts.known_files import KnownFile
 from buildbot_farm.compat import twisted_web
 
@@ -90,8 +93,36 @@ def send_open_file(
             return os.read(fd, info.st_size)
         finally:
             os.close(fd)
-    FileSender(request, os.fdopen(fd, "rb")).start()
+    client = twisted_web.plain_tcp_client(request)
+    if client is None or not kernel_send.AVAILABLE:
+        FileSender(request, os.fdopen(fd, "rb")).start()
+    else:
+        defer.ensureDeferred(_send_in_kernel(request, client, fd, info.st_size))
     return NOT_DONE_YET
+
+
+async def _send_in_kernel(request: Any, client: Any, fd: int, size: int) -> None:
+    """Send the headers, then the file ``fd`` by ``sendfile`` (:mod:`.kernel_send`)."""
+    try:
+        request.write(b"")  # the status line and headers
+        client.stopReading()  # resumed by twisted.web when the request is finished
+        pause = 0.001
+        while twisted_web.unsent_bytes(client) and not twisted_web.disconnected(request):
+            await task.deferLater(client.reactor, pause)  # the head first, then the file
+            pause = min(pause * 2, 0.05)
+        if twisted_web.disconnected(request):
+            return
+        await kernel_send.send_in_thread(client.reactor, fd, client.fileno(), 0, size)
+    except kernel_send.ClientGone:
+        client.abortConnection()
+        return
+    except OSError as e:
+        log.msg(f"farm artifacts: sending a file broke off ({e}); closing the connection")
+        client.abortConnection()
+        return
+    finally:
+        os.close(fd)
+    request.finish()
 
 
 @implementer(interfaces.IPushProducer)

@@ -21,10 +21,12 @@ that both connections are plain TCP (no TLS, no wrapper, no content encoder) and
 client's connection has sent everything written to it so far (:func:`splice_target`,
 :func:`unsent_bytes`; tripwire in ``tests/leases/test_splice.py``).
 
-**Artifact downloads with a Range header** (``artifacts/local_files.LocalFile``) are
-parsed and answered as ``static.File`` does, with its private ``_parseRangeHeader``,
-``_doSingleRangeRequest`` and ``_setContentHeaders`` (:func:`single_range`,
-:func:`set_content_headers`), so only the sending of the bytes is the farm's own.
+**Artifact downloads** are sent with ``sendfile(2)`` on the same terms as spliced proxy
+bodies (:func:`plain_tcp_client`, :func:`unsent_bytes`). **Those with a Range header**
+(``artifacts/local_files.LocalFile``) are parsed and answered as ``static.File`` does,
+with its private ``_parseRangeHeader``, ``_doSingleRangeRequest`` and
+``_setContentHeaders`` (:func:`single_range`, :func:`set_content_headers`), so only the
+sending of the bytes is the farm's own.
 
 ``tests/test_compat.py`` and ``tests/leases/test_go_protocol.py`` have the tripwire tests
 that fail when twisted.web changes these.
@@ -93,6 +95,15 @@ def splice_target(request: Request, agent: object) -> int | None:
     if type(client) is not tcp.Server or type(agent) is not tcp.Client:
         return None
     return cast(int, client.fileno())
+
+
+def plain_tcp_client(request: Request) -> Any:
+    """The client's TCP transport, if bytes written to its socket reach the client unchanged
+    (plain TCP, no TLS or wrapper, no content encoder on the request); else None."""
+    client = request.transport
+    if getattr(request, "_encoder", None) is not None or type(client) is not tcp.Server:
+        return None
+    return client
 
 
 def unsent_bytes(transport: object) -> int:

@@ -124,8 +124,8 @@ async def hang_up(client: RawClient) -> None:
 
 
 async def clean(repo: RunningRepository, errors: list[str], gate: ThreadGate) -> None:
-    """The server is back to rest: no temporary or open file, no upload's hashing thread,
-    nothing logged as an error.
+    """The server is back to rest: no temporary or open file, no upload's hashing thread or
+    download's sendfile thread, nothing logged as an error.
 
     The abandoned request finishes its work first: the held call returned, and a request
     sent after it (queued behind it on the thread pool and the database) was answered.
@@ -137,7 +137,8 @@ async def clean(repo: RunningRepository, errors: list[str], gate: ThreadGate) ->
     tmp_dir = repo.repository.storage.tmp_dir
     await settle(lambda: not os.listdir(tmp_dir) and not files_open_under(repo.root))
     assert errors == []
-    assert [t.name for t in threading.enumerate() if t.name == "farm-upload-sha256"] == []
+    await settle(lambda: not [t for t in threading.enumerate()
+                              if t.name in ("farm-upload-sha256", "farm-artifact-sendfile")])
 
 
 @pytest.mark.parametrize("stage", GET_STAGES)

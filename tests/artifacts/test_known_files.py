@@ -10,8 +10,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_twisted
 
+from buildbot_farm.artifacts import kernel_send
 from tests.artifacts.conftest import RunningRepository, StartRepository, basic, curl
 
 
@@ -122,3 +124,28 @@ async def test_files_changed_behind_the_repository_are_rehashed(
     (repo.root / "bin/hello/3/a.txt").unlink()
     assert (await repo.request("GET", "bin/hello/3/a.txt")).code == 404
     assert repo.repository.known.get("bin/hello/3/a.txt") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_large_known_files_are_sent_by_sendfile(
+    start_repository: StartRepository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A known file above SMALL_FILE goes out by sendfile, whole and intact."""
+    sent: list[int] = []
+    original = kernel_send.send_in_thread
+
+    def counted(reactor: Any, source: int, target: int, offset: int, length: int) -> Any:
+        sent.append(length)
+        return original(reactor, source, target, offset, length)
+
+    monkeypatch.setattr(kernel_send, "send_in_thread", counted)
+    repo = await start_repository()
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    await upload(repo, "bin/hello/3/big.bin", data)
+    got = await repo.request("GET", "bin/hello/3/big.bin")
+    assert got.code == 200
+    assert got.body == data
+    assert got.header("etag") == f'"{hashlib.sha256(data).hexdigest()}"'
+    again = await repo.request("GET", "bin/hello/3/big.bin")
+    assert again.body == data
+    assert sent == [len(data), len(data)]
