@@ -36,7 +36,8 @@ from buildbot_farm.leases import keys
 from buildbot_farm.leases.agent_client import AgentClient
 from buildbot_farm.leases.api import CoordinatorResource
 from buildbot_farm.leases.client import PROXY_HEADER, CoordinatorClient
-from buildbot_farm.leases.coordinator import BuildletType, Coordinator
+from buildbot_farm.leases.coordinator import Coordinator
+from buildbot_farm.leases.pools import BuildletType
 from buildbot_farm.leases.providers import BuildletProvider, DockerProvider, ProcessProvider
 from buildbot_farm.remote.protocol import SECRET_HEADER
 from buildbot_farm.web.client import http_client

@@ -31,8 +31,8 @@ from buildbot_farm.dashboard._authz import FARM_ENDPOINT
 from buildbot_farm.dashboard._builds import BuildLinks
 from buildbot_farm.dashboard._forms import FIELD, FormRefused, FormTokens, user_of
 from buildbot_farm.dashboard._jobs import jobs_body
-from buildbot_farm.leases.coordinator import CoordinatorError
 from buildbot_farm.leases.lease import LeaseState
+from buildbot_farm.leases.pools import CoordinatorError
 from buildbot_farm.records.store import Query
 from buildbot_farm.web import ApiError, respond
 from buildbot_farm.web._request import query_args, query_last

@@ -25,15 +25,15 @@ from twisted.web.server import Request
 
 from buildbot_farm.compat.twisted_web import disconnected
 from buildbot_farm.leases import keys
-from buildbot_farm.leases.coordinator import (
-    Coordinator,
+from buildbot_farm.leases.coordinator import Coordinator
+from buildbot_farm.leases.lease import Lease
+from buildbot_farm.leases.pools import (
     CoordinatorError,
     NoSuchBuildlet,
     NotYours,
     PoolFull,
     no_such_buildlet,
 )
-from buildbot_farm.leases.lease import Lease
 from buildbot_farm.leases.proxy import forward, proxy_failed
 from buildbot_farm.web import ApiError, Routes, json_response, respond
 from buildbot_farm.web._request import finite_number, query_args

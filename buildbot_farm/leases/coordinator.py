@@ -22,153 +22,32 @@ again in case one was missed.
 
 from __future__ import annotations
 
-import json
-import secrets
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Callable, Union
+from typing import Callable
 
 from twisted.internet import defer, task
 from twisted.python import failure, log
 
-from buildbot_farm import db
-from buildbot_farm.leases.agent_client import AgentClient, AgentError
-from buildbot_farm.leases.lease import ExpiryPolicy, Lease, LeaseState, check_type
-from buildbot_farm.leases.providers.base import BuildletProvider, ProviderError
-from buildbot_farm.leases.table import LeaseTable
-from buildbot_farm.leases.waiting import PlaceCallback, Waiter, WaitingLines
-
-WARM_OWNER_PREFIX = "warm"
-REVERSE = "reverse"
-# Seconds between handing out a warm buildlet and starting its replacement: the replacement's
-# start (a container, an agent, its pre-started worker's imports) would otherwise take CPU
-# from the worker attaching to the buildlet just leased.
-REFILL_DELAY = 1.0
-# A lease in use is renewed (one database write) at most once per this many seconds, or per
-# a tenth of the idle timeout if that is shorter; while a proxied request to it is open (a
-# long exec), it is renewed that often too.
-RENEW_EVERY = 30.0
-# How many lost buildlets the coordinator remembers, to say why when one is used.
-LOST_KEPT = 1000
-
-# What claiming a pool's capacity gives: a warm buildlet, leased, or the name of a STARTING row.
-Claim = Union[Lease, str]
+from buildbot_farm.leases.lease import Lease, LeaseState
+from buildbot_farm.leases.pool_keeper import PoolKeeper
+from buildbot_farm.leases.pools import (
+    LOST_KEPT,
+    BuildletType,
+    Claim,
+    NoSuchBuildlet,
+    NotYours,
+    PoolFull,
+    no_such_buildlet,
+)
+from buildbot_farm.leases.waiting import PlaceCallback, Waiter
 
 
-@dataclass(frozen=True)
-class BuildletType:
-    """One kind of buildlet a user can ask for: where it comes from and how many may exist.
-
-    ``max_count`` bounds the buildlets of this type (leased, idle or starting); ``warm``
-    idle ones are kept ready so that a lease is near-instant.
-    """
-
-    name: str
-    provider: BuildletProvider
-    max_count: int = 4
-    warm: int = 0
-
-    def __post_init__(self) -> None:
-        check_type(self.name)
-        if self.max_count < 1 or not 0 <= self.warm <= self.max_count:
-            raise ValueError(
-                f"buildlet type {self.name}: need max_count >= 1 and 0 <= warm <= max_count"
-            )
-
-
-class CoordinatorError(Exception):
-    """A request the coordinator refuses; ``status`` is the HTTP status that says so."""
-
-    status = 400
-
-
-class UnknownType(CoordinatorError):
-    """No buildlet type of that name is configured."""
-
-
-class PoolFull(CoordinatorError):
-    """Every buildlet of the type is in use; try again after ``retry_after`` seconds."""
-
-    status = 503
-    retry_after = 30
-
-
-class NoHostFree(PoolFull):
-    """A ``reverse`` type has no registered host free right now."""
-
-
-class NoSuchBuildlet(CoordinatorError):
-    """No live buildlet of that name (never was, or expired, or destroyed)."""
-
-    status = 502
-
-
-def no_such_buildlet(name: str) -> str:
-    """What NoSuchBuildlet says about ``name`` (the proxy says the same of others' buildlets)."""
-    return f"no live buildlet named {name!r}: it expired or was destroyed"
-
-
-class BuildletNotStarted(CoordinatorError):
-    """The provider could not start a buildlet (an image the engine lacks, a master
-    directory the buildlet user could read, ...); the message says why and what to do."""
-
-    status = 500
-
-
-class NotYours(CoordinatorError):
-    """The buildlet is leased to someone else."""
-
-    status = 403
-
-
-class Coordinator:
+class Coordinator(PoolKeeper):
     """Leases buildlets of the configured ``types`` to users.
 
     ``clock`` is the reactor (its ``seconds()`` is the time); ``agents`` talks to buildlet
     agents (status checks). Call :meth:`start` once the database is ready and
     :meth:`sweep` periodically (FarmService does both).
     """
-
-    def __init__(
-        self,
-        database: db.Database,
-        clock: Any,
-        types: Mapping[str, BuildletType],
-        agents: AgentClient,
-        policy: ExpiryPolicy | None = None,
-        name: str = "coordinator",
-        agent_grace: float = 60.0,
-    ) -> None:
-        self.types = dict(types)
-        self.policy = policy or ExpiryPolicy()
-        self.table = LeaseTable(database, name, self.policy)
-        self._clock = clock
-        self._agents = agents
-        self._create_lock = defer.DeferredLock()
-        self._warming: set[defer.Deferred[Any]] = set()
-        self._topping_up: set[str] = set()
-        self.renew_every = min(RENEW_EVERY, self.policy.idle_timeout / 10)
-        self._renewed: dict[str, float] = {}
-        self._open: dict[str, tuple[int, task.LoopingCall]] = {}
-        self.agent_grace = agent_grace
-        self._stopped = False
-        self._lost: dict[str, str] = {}  # buildlet -> why it was lost, the latest LOST_KEPT
-        self._lines = WaitingLines()
-        self._serving: set[str] = set()
-        self._serve_again: set[str] = set()
-        self._subscription: db.Subscription | None = None
-
-    @property
-    def clock(self) -> Any:
-        """The reactor whose time the coordinator keeps (for its HTTP API's timers too)."""
-        return self._clock
-
-    def _type(self, name: str) -> BuildletType:
-        try:
-            return self.types[name]
-        except KeyError:
-            known = ", ".join(sorted(self.types)) or "none"
-            raise UnknownType(f"unknown buildlet type {name!r}; this farm has: {known}") from None
 
     async def start(self) -> list[str]:
         """Recover after a restart and fill the warm pools; return what recovery did."""
@@ -205,38 +84,6 @@ class Coordinator:
                 report.append(f"reaped {reaped}, which no lease owned")
         return report
 
-    async def _answers(self, lease: Lease) -> bool:
-        """Whether the buildlet's agent answers and its host is not being preempted."""
-        try:
-            status = await self._agents.status(lease.url, lease.secret)
-        except AgentError:
-            return False
-        if status.get("preempted"):
-            log.msg(f"coordinator: {lease.name} is being preempted: {status['preempted']}")
-            return False
-        return True
-
-    async def _set_agent_deadline(self, lease: Lease) -> None:
-        """Tell the agent when to halt itself: ``agent_grace`` after its lease's expiry (after
-        now for a warm buildlet); an agent that does not answer is left to the sweep."""
-        now = self._clock.seconds()
-        end = lease.expires_at if lease.expires_at is not None else now
-        try:
-            await self._agents.set_deadline(
-                lease.url, lease.secret, max(end - now, 0.0) + self.agent_grace
-            )
-        except AgentError as e:
-            log.msg(f"coordinator: cannot set the deadline of {lease.name}: {e}")
-
-    async def _forget(self, lease: Lease) -> None:
-        buildlet_type = self.types.get(lease.type)
-        if buildlet_type is not None and lease.handle:
-            try:
-                await buildlet_type.provider.destroy(lease.handle)
-            except ProviderError as e:
-                log.msg(f"coordinator: destroying {lease.name} failed: {e}")
-        await self.table.remove(lease.name)
-
     async def create(self, owner: str, type_name: str) -> Lease:
         """Lease a buildlet of ``type_name`` to ``owner``: a warm one at once, else a new one.
 
@@ -255,22 +102,6 @@ class Coordinator:
         if isinstance(claimed, Lease):
             return claimed
         return await self._start(buildlet_type, claimed)
-
-    async def _claim(self, buildlet_type: BuildletType, owner: str) -> Claim:
-        """Take a warm buildlet for ``owner``, or reserve a new one's row; PoolFull if neither."""
-        warm = await self.table.lease_idle(owner, buildlet_type.name, self._clock.seconds())
-        if warm is not None:
-            refill = task.deferLater(self._clock, REFILL_DELAY, self.fill_warm_pools)
-            self._warming.add(refill)
-            refill.addBoth(self._done_warming, refill)
-            return warm
-        if buildlet_type.provider.kind == REVERSE:
-            raise NoHostFree(
-                f"no registered host of type {buildlet_type.name} is free; retry in "
-                f"{NoHostFree.retry_after} s, or register one with "
-                f"`buildbot-farm agent --register URL --type {buildlet_type.name}`"
-            )
-        return await self._reserve(buildlet_type, owner)
 
     def create_waiting(
         self, owner: str, type_name: str, wait: float, on_place: PlaceCallback
@@ -335,11 +166,6 @@ class Coordinator:
                 "destroying it")
         self._in_background(defer.ensureDeferred(self.destroy(lease.name)), "destroying it")
 
-    def _in_background(self, work: defer.Deferred[Any], what: str) -> None:
-        self._warming.add(work)
-        work.addErrback(log.err, f"coordinator: {what} failed")
-        work.addBoth(self._done_warming, work)
-
     def _serve_lines(self) -> None:
         """Serve every line: something of this coordinator's freed up."""
         for type_name in self.types:
@@ -398,105 +224,6 @@ class Coordinator:
         else:
             await self.table.remove(claimed)
 
-    async def _reserve(self, buildlet_type: BuildletType, owner: str | None) -> str:
-        """Write the STARTING row, unless the type is at its maximum (one at a time)."""
-        await self._create_lock.acquire()
-        try:
-            if await self.table.count(buildlet_type.name) >= buildlet_type.max_count:
-                raise PoolFull(
-                    f"all {buildlet_type.max_count} buildlets of type {buildlet_type.name} "
-                    f"are in use; retry in {PoolFull.retry_after} s or destroy one of yours"
-                )
-            name = await self.table.next_name(owner or WARM_OWNER_PREFIX, buildlet_type.name)
-            await self.table.add_starting(
-                name, buildlet_type.name, buildlet_type.provider.kind, owner,
-                self._clock.seconds(),
-            )
-            return name
-        finally:
-            self._create_lock.release()
-
-    async def _start(self, buildlet_type: BuildletType, name: str) -> Lease:
-        secret = secrets.token_hex(32)
-        try:
-            started = await buildlet_type.provider.start(
-                name, secret, lambda handle: self.table.set_handle(name, handle)
-            )
-        except ProviderError as e:
-            await self.table.remove(name)
-            raise BuildletNotStarted(f"cannot start buildlet {name}: {e}") from e
-        except BaseException:
-            await self.table.remove(name)
-            raise
-        ready = await self.table.mark_ready(
-            name, started.url, secret, started.handle, self._clock.seconds()
-        )
-        await self._set_agent_deadline(ready)
-        return ready
-
-    async def register(self, type_name: str, url: str, secret: str) -> Lease:
-        """Add a host's agent at ``url`` to a ``reverse`` type's pool as an idle buildlet.
-
-        Registering the same ``url`` again is a heartbeat: it returns the existing lease.
-        The agent must answer ``/status`` with ``secret`` before it is accepted.
-        """
-        buildlet_type = self._type(type_name)
-        if buildlet_type.provider.kind != REVERSE:
-            raise CoordinatorError(
-                f"buildlet type {type_name} is not a reverse pool; hosts can join only "
-                f"types configured with provider='reverse'"
-            )
-        for lease in await self.table.all():
-            if lease.url == url and lease.secret == secret:
-                return lease
-        try:
-            await self._agents.status(url, secret)
-        except AgentError as e:
-            raise CoordinatorError(f"the coordinator cannot reach your agent: {e}") from e
-        name = await self._reserve(buildlet_type, None)
-        handle = json.dumps({"url": url, "secret": secret})
-        return await self.table.mark_ready(name, url, secret, handle, self._clock.seconds())
-
-    def fill_warm_pools(self) -> None:
-        """Start idle buildlets in the background until each type has its ``warm`` count."""
-        if self._stopped:
-            return
-        for buildlet_type in self.types.values():
-            if buildlet_type.warm:
-                d = defer.ensureDeferred(self._top_up(buildlet_type))
-                self._warming.add(d)
-                d.addErrback(log.err, f"coordinator: warming {buildlet_type.name} failed")
-                d.addBoth(self._done_warming, d)
-
-    def _done_warming(self, result: object, d: defer.Deferred[Any]) -> object:
-        self._warming.discard(d)
-        return result
-
-    async def _top_up(self, buildlet_type: BuildletType) -> None:
-        # One top-up per type at a time: two at once (a lease's refill and a release's) would
-        # each count the idle ones before the other's had started, and overshoot ``warm``.
-        if buildlet_type.name in self._topping_up:
-            return  # the running one checks the count again after each start
-        self._topping_up.add(buildlet_type.name)
-        try:
-            # Capacity freed while creates wait in line is theirs, not the warm pool's.
-            while (
-                not self._lines.waiting(buildlet_type.name)
-                and await self.table.count_idle(buildlet_type.name) < buildlet_type.warm
-            ):
-                try:
-                    name = await self._reserve(buildlet_type, None)
-                except PoolFull:
-                    return
-                await self._start(buildlet_type, name)
-        finally:
-            self._topping_up.discard(buildlet_type.name)
-
-    async def wait_until_warm(self) -> None:
-        """Wait for background warming in progress (tests and benchmarks use it)."""
-        while self._warming:
-            await defer.DeferredList(list(self._warming), consumeErrors=True)
-
     async def owned(self, owner: str) -> list[Lease]:
         """``owner``'s live leases."""
         return await self.table.owned_by(owner)
@@ -554,16 +281,6 @@ class Coordinator:
                 running.stop()
 
         return release
-
-    async def destroy(self, name: str) -> bool:
-        """Destroy buildlet ``name`` once; False when it was already gone or being destroyed."""
-        lease = await self.table.get(name)
-        if lease is None or not await self.table.mark_halting(name):
-            return False
-        self._renewed.pop(name, None)
-        await self._forget(lease)
-        self.fill_warm_pools()
-        return True
 
     async def lose(self, names: list[str], reason: str) -> list[str]:
         """Mark the leases on buildlets ``names`` lost (their machine stopped answering):

@@ -21,7 +21,8 @@ from buildbot_farm.leases import keys
 from buildbot_farm.leases.agent_client import AgentClient
 from buildbot_farm.leases.api import CoordinatorResource
 from buildbot_farm.leases.client import CoordinatorClient, CoordinatorRequestError
-from buildbot_farm.leases.coordinator import BuildletType, Coordinator
+from buildbot_farm.leases.coordinator import Coordinator
+from buildbot_farm.leases.pools import BuildletType
 from buildbot_farm.leases.providers import DockerProvider, ProviderError
 from buildbot_farm.leases.providers.docker import BUILDLET_LABEL, INSTANCE_LABEL
 from tests.leases.conftest import plain_http

@@ -18,8 +18,9 @@ from twisted.internet import defer, reactor, task
 from buildbot_farm import db
 from buildbot_farm.leases.agent_client import AgentClient
 from buildbot_farm.leases.client import CoordinatorClient, CoordinatorRequestError
-from buildbot_farm.leases.coordinator import BuildletType, Coordinator
+from buildbot_farm.leases.coordinator import Coordinator
 from buildbot_farm.leases.lease import ExpiryPolicy
+from buildbot_farm.leases.pools import BuildletType
 from buildbot_farm.leases.providers import ProcessProvider
 from buildbot_farm.leases.table import LeaseTable
 from tests.db.conftest import schema_dsn

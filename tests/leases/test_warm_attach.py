@@ -10,7 +10,7 @@ import pytest_twisted
 from twisted.internet import reactor, task
 
 from benchmarks.bench_attach import AttachBench
-from buildbot_farm.leases.coordinator import REFILL_DELAY
+from buildbot_farm.leases.pools import REFILL_DELAY
 from buildbot_farm.remote.handoff import USED_MESSAGE
 from tests.harness.docker_engine import DockerEngine
 from tests.harness.worker_image import ensure_worker_image
