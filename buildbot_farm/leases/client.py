@@ -16,16 +16,15 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import IO, Any, Callable
 
-from twisted.internet import defer, protocol, task
-from twisted.python import failure
-from twisted.web import client, http
+from twisted.internet import defer, task
+from twisted.web import client
 
+from buildbot_farm.leases.client_streams import BodyStream, ExecOutput, JsonLines, one_line
 from buildbot_farm.remote.protocol import (
     EXEC_ID_HEADER,
     EXEC_OFFSET_HEADER,
     FRAMING_HEADER,
     ExitStatus,
-    FrameDecoder,
 )
 
 PROXY_HEADER = "X-Buildlet-Proxy"
@@ -59,31 +58,11 @@ class NotACoordinator(CoordinatorRequestError):
         self.status = status
 
 
-def _one_line(body: bytes, limit: int = 200) -> str:
-    text = " ".join(body.decode(errors="replace").split())
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
 def _reasons(error: Exception) -> str:
     """What a treq request failure says, without the reprs of nested failures."""
     if isinstance(error, (client.ResponseFailed, client.ResponseNeverReceived)):
         return "; ".join(reason.getErrorMessage().rstrip(".") for reason in error.reasons)
     return str(error).rstrip(".")
-
-
-class _Stream(protocol.Protocol):
-    def __init__(self, on_data: Callable[[bytes], object]) -> None:
-        self._on_data = on_data
-        self.done: defer.Deferred[None] = defer.Deferred()
-
-    def dataReceived(self, data: bytes) -> None:
-        self._on_data(data)
-
-    def connectionLost(self, reason: failure.Failure = protocol.connectionDone) -> None:
-        if reason.check(client.ResponseDone, http.PotentialDataLoss):
-            self.done.callback(None)
-        else:
-            self.done.errback(reason)
 
 
 def _transient(error: CoordinatorRequestError) -> bool:
@@ -92,64 +71,6 @@ def _transient(error: CoordinatorRequestError) -> bool:
     if isinstance(error, NotACoordinator):
         return error.status >= 500
     return error.status in (0, 503, 504)
-
-
-class _JsonLines(protocol.Protocol):
-    """Receives a stream of JSON lines; :meth:`next` hands them out in order, then None."""
-
-    def __init__(self) -> None:
-        self._buffer = b""
-        self._messages: defer.DeferredQueue[Any] = defer.DeferredQueue()
-        self.ended = False
-
-    def dataReceived(self, data: bytes) -> None:
-        *lines, self._buffer = (self._buffer + data).split(b"\n")
-        for line in lines:
-            if line.strip():
-                self._messages.put(line)
-
-    def connectionLost(self, reason: failure.Failure = protocol.connectionDone) -> None:
-        self.ended = True
-        self._messages.put(None)
-
-    async def next(self) -> dict[str, Any] | None:
-        """The next message, or None when the stream ended (cancel it to hang up)."""
-        line = await self._messages.get()
-        if line is None:
-            return None
-        try:
-            message = json.loads(line)
-        except ValueError:
-            message = None
-        if not isinstance(message, dict):
-            raise ValueError(_one_line(line))
-        return message
-
-    def hang_up(self) -> None:
-        """Close the connection, unless the stream already ended."""
-        producer: Any = self.transport  # the response's body producer: stopping it hangs up
-        if not self.ended and producer is not None:
-            producer.stopProducing()
-
-
-class _ExecOutput:
-    """Decodes one exec's frames, counting the output bytes passed on (the re-attach offset)."""
-
-    def __init__(self, on_output: Callable[[bytes], object]) -> None:
-        self.on_output = on_output
-        self.offset = 0
-        self.decoder = FrameDecoder()
-
-    def restart(self, offset: int) -> None:
-        """A new stream starts at offset (a partial frame of the old one is dropped)."""
-        self.offset = offset
-        self.decoder = FrameDecoder()
-
-    def feed(self, data: bytes) -> None:
-        """Pass on the output in data."""
-        for chunk in self.decoder.feed(data):
-            self.offset += len(chunk)
-            self.on_output(chunk)
 
 
 class CoordinatorClient:
@@ -205,7 +126,7 @@ class CoordinatorClient:
             try:
                 message = json.loads(body)["error"]
             except (ValueError, KeyError, TypeError):
-                message = _one_line(body)
+                message = one_line(body)
             raise CoordinatorRequestError(response.code, message)
         return response
 
@@ -217,7 +138,7 @@ class CoordinatorClient:
         except ValueError:
             raise CoordinatorRequestError(
                 response.code, f"the coordinator at {self.url} answered {method} {path} with"
-                f" something that is not JSON: {_one_line(body)!r}"
+                f" something that is not JSON: {one_line(body)!r}"
             ) from None
 
     async def create(
@@ -237,7 +158,7 @@ class CoordinatorClient:
         response = await self._request(
             "POST", "/buildlet/create", data={"type": buildlet_type, "wait": f"{wait:g}"}
         )
-        stream = _JsonLines()
+        stream = JsonLines()
         response.deliverBody(stream)
         try:
             while True:
@@ -305,7 +226,7 @@ class CoordinatorClient:
             "POST", "/exec", buildlet=name, headers={FRAMING_HEADER: "1"}, data=form
         )
         exec_id = response.headers.getRawHeaders(EXEC_ID_HEADER, [None])[0]
-        output = _ExecOutput(on_output)
+        output = ExecOutput(on_output)
         try:
             error = await self._follow(response, output)
             deadline = self._deadline()
@@ -339,9 +260,9 @@ class CoordinatorClient:
     def _deadline(self) -> float:
         return 0.0 if self._clock is None else self._clock.seconds() + self._reattach_for
 
-    async def _follow(self, response: Any, output: _ExecOutput) -> Exception | None:
+    async def _follow(self, response: Any, output: ExecOutput) -> Exception | None:
         """Feed response's body to output; the error that cut it short, if one did."""
-        stream = _Stream(output.feed)
+        stream = BodyStream(output.feed)
         response.deliverBody(stream)
         try:
             await stream.done
@@ -403,7 +324,7 @@ class CoordinatorClient:
         """Like ``get_stream``, first telling ``on_length`` the body's size (None if unknown)."""
         response = await self._request("GET", path, buildlet=name, params=dict(params))
         on_length(response.length if isinstance(response.length, int) else None)
-        stream = _Stream(sink)
+        stream = BodyStream(sink)
         response.deliverBody(stream)
         await stream.done
 

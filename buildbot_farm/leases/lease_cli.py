@@ -9,17 +9,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import posixpath
-import stat
 import sys
-import tempfile
-import time
 import traceback
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, TextIO
 
-from buildbot_farm.leases import keys, transfers
+from buildbot_farm.leases import keys, lease_files
+from buildbot_farm.leases.lease_files import LeaseCommandError
 from buildbot_farm.leases.lease_settings import SETTINGS_HELP, LeaseSettingsError, load_settings
 
 if TYPE_CHECKING:
@@ -32,10 +29,6 @@ errors: one line on stderr, exit status 2; run exits with the remote command's s
 INTERRUPTED = 130  # the shell's code for a command ended by Ctrl-C (SIGINT)
 CREATE_TIMEOUT = 600.0  # seconds `lease create` waits in line for a full pool, by default
 LeaseAction = Callable[["CoordinatorClient", argparse.Namespace], Awaitable[int]]
-
-
-class LeaseCommandError(Exception):
-    """A problem the user can fix, reported as one ``buildbot-farm: ...`` line."""
 
 
 class PlaceInLine:
@@ -119,108 +112,6 @@ async def _run(client: CoordinatorClient, args: argparse.Namespace) -> int:
         print(f"buildbot-farm: the remote command did not exit normally: {status.state}",
               file=sys.stderr)
     return status.as_exit_code()
-
-
-async def _put(client: CoordinatorClient, args: argparse.Namespace) -> int:
-    source = Path(args.file)
-    info = source.stat()
-    if not stat.S_ISREG(info.st_mode):
-        raise LeaseCommandError(f"{source} is not a regular file; send a directory with puttar")
-    dest = args.dest or source.name
-    if dest.endswith("/"):
-        dest += source.name
-    mode = info.st_mode & 0o777 if args.mode is None else _octal_mode(args.mode)
-    with transfers.Progress(f"put {dest}", sys.stderr, info.st_size) as progress, \
-            transfers.ProgressFile(source, progress.advance) as body:
-        await client.put_file(args.name, body, dest, mode)
-    return 0
-
-
-def _octal_mode(text: str) -> int:
-    try:
-        mode = int(text, 8)
-    except ValueError:
-        mode = -1
-    if not 0 <= mode <= 0o777:
-        raise LeaseCommandError(f"--mode {text!r} is not an octal permission such as 0644")
-    return mode
-
-
-async def _get(client: CoordinatorClient, args: argparse.Namespace) -> int:
-    name = posixpath.basename(posixpath.normpath(args.path))
-    if name in (".", "..", "/"):
-        raise LeaseCommandError(f"{args.path!r} names no file; give a file's path in the workdir")
-    local = Path(args.dest) if args.dest else Path(name)
-    if local.is_dir():
-        local = local / name
-    with transfers.Progress(f"get {args.path}", sys.stderr) as progress, \
-            transfers.new_file(local) as out:
-
-        def sink(data: bytes) -> None:
-            out.write(data)
-            progress.advance(len(data))
-
-        await client.get_stream_sized(
-            args.name, "/read", {"path": args.path}, sink, progress.set_total
-        )
-    return 0
-
-
-async def _puttar(client: CoordinatorClient, args: argparse.Namespace) -> int:
-    source = Path(args.dir)
-    if not source.is_dir():
-        raise LeaseCommandError(f"{source} is not a directory; send a file with put")
-    dest = args.dest if args.dest is not None else source.resolve().name
-    with tempfile.TemporaryDirectory(prefix="buildbot-farm-") as scratch:
-        archive = Path(scratch) / "upload.tgz"
-        with open(archive, "wb") as out:
-            transfers.pack_tgz(source, out)
-        size = archive.stat().st_size
-        with transfers.Progress(f"puttar {dest or '.'}", sys.stderr, size) as progress, \
-                transfers.ProgressFile(archive, progress.advance) as body:
-            await client.put_tgz(args.name, body, dest)
-    return 0
-
-
-async def _gettar(client: CoordinatorClient, args: argparse.Namespace) -> int:
-    base = posixpath.basename(posixpath.normpath(args.dir))
-    local = Path(args.dest or (base if base not in (".", "..", "/") else args.name))
-    transfers.check_free(local)
-    with transfers.staging_beside(local) as scratch, \
-            transfers.Progress(f"gettar {args.dir}", sys.stderr) as progress:
-        archive = scratch / "download.tgz"
-        with open(archive, "xb") as out:
-
-            def sink(data: bytes) -> None:
-                out.write(data)
-                progress.advance(len(data))
-
-            await client.get_stream_sized(
-                args.name, "/tgz", {"dir": args.dir}, sink, progress.set_total
-            )
-        transfers.unpack_tgz(archive, local)
-    return 0
-
-
-async def _ls(client: CoordinatorClient, args: argparse.Namespace) -> int:
-    for entry in await client.ls(args.name, args.dir, digest=args.digest):
-        print(_ls_line(entry))
-    return 0
-
-
-def _ls_line(entry: Mapping[str, Any]) -> str:
-    kind = stat.S_IFDIR if entry["is_dir"] else stat.S_IFLNK if "link" in entry else stat.S_IFREG
-    mode = stat.filemode(kind | int(entry["mode"], 8))
-    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(entry["mtime"]))
-    digest = f" {entry['sha256']}" if "sha256" in entry else ""
-    name = entry["name"] + ("/" if entry["is_dir"] else "")
-    link = f" -> {entry['link']}" if "link" in entry else ""
-    return f"{mode} {entry['size']:>10} {when}{digest} {name}{link}"
-
-
-async def _rm(client: CoordinatorClient, args: argparse.Namespace) -> int:
-    await client.remove(args.name, args.paths)
-    return 0
 
 
 async def _ping(client: CoordinatorClient, args: argparse.Namespace) -> int:
@@ -368,36 +259,37 @@ def add_lease_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentP
     run.add_argument("cmd", metavar="CMD", help="a name on PATH, or a path in the workdir")
     run.add_argument("args", metavar="ARG", nargs=argparse.REMAINDER)
 
-    put = action("put", _put, "copy the local FILE to DEST in the workdir (default: its name)")
+    put = action("put", lease_files.put,
+                 "copy the local FILE to DEST in the workdir (default: its name)")
     put.add_argument("--mode", help="octal permissions (default: the local file's)")
     put.add_argument("name", metavar="NAME")
     put.add_argument("file", metavar="FILE")
     put.add_argument("dest", metavar="DEST", nargs="?")
 
-    puttar = action("puttar", _puttar, "copy the local directory DIR's contents to DEST in the "
-                    "workdir (default: DIR's name; '.' for the workdir itself)")
+    puttar = action("puttar", lease_files.puttar, "copy the local directory DIR's contents to "
+                    "DEST in the workdir (default: DIR's name; '.' for the workdir itself)")
     puttar.add_argument("name", metavar="NAME")
     puttar.add_argument("dir", metavar="DIR")
     puttar.add_argument("dest", metavar="DEST", nargs="?")
 
-    get = action("get", _get, "copy the file PATH of the workdir to the local DEST "
+    get = action("get", lease_files.get, "copy the file PATH of the workdir to the local DEST "
                  "(default: its name here)")
     get.add_argument("name", metavar="NAME")
     get.add_argument("path", metavar="PATH")
     get.add_argument("dest", metavar="DEST", nargs="?")
 
-    gettar = action("gettar", _gettar, "copy the directory DIR of the workdir to the local DEST, "
-                    "which must not exist or be empty (default: DIR's name here)")
+    gettar = action("gettar", lease_files.gettar, "copy the directory DIR of the workdir to the "
+                    "local DEST, which must not exist or be empty (default: DIR's name here)")
     gettar.add_argument("name", metavar="NAME")
     gettar.add_argument("dir", metavar="DIR")
     gettar.add_argument("dest", metavar="DEST", nargs="?")
 
-    ls = action("ls", _ls, "list DIR of the workdir, recursively (default: all of it)")
+    ls = action("ls", lease_files.ls, "list DIR of the workdir, recursively (default: all of it)")
     ls.add_argument("--digest", action="store_true", help="show each file's sha256")
     ls.add_argument("name", metavar="NAME")
     ls.add_argument("dir", metavar="DIR", nargs="?", default="")
 
-    rm = action("rm", _rm, "remove files or trees from the workdir")
+    rm = action("rm", lease_files.rm, "remove files or trees from the workdir")
     rm.add_argument("name", metavar="NAME")
     rm.add_argument("paths", metavar="PATH", nargs="+")
 

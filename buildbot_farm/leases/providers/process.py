@@ -12,11 +12,9 @@ ROOT must lie outside the master's basedir (``protected``), which is checked.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -28,6 +26,16 @@ from typing import Any, Callable
 from twisted.internet import task
 from twisted.python import log
 
+from buildbot_farm.leases.providers.agent_processes import (
+    is_agent,
+    kill_group,
+    log_tail,
+    maybe_await,
+    remove_after_deadline,
+    sandbox_problem,
+    sandboxed_pid,
+    thd_start_state,
+)
 from buildbot_farm.leases.providers.base import (
     AGENT_START_DEADLINE,
     BuildletProvider,
@@ -44,10 +52,8 @@ from buildbot_farm.leases.providers.isolation import (
     make_private_dir,
     remote_archive,
 )
-from buildbot_farm.remote.protocol import DEADLINE_EXIT, READY_PREFIX
 from buildbot_farm.thread_pool import in_thread
 
-READY_LINE = f"{READY_PREFIX} "
 PYTHON_PREFIXES = (
     "import json, sys; print(json.dumps([sys.prefix, sys.base_prefix, sys.exec_prefix,"
     " sys.base_exec_prefix]))"
@@ -115,23 +121,23 @@ class ProcessProvider(BuildletProvider):
         home = self.root / name
         pid = await in_thread(self._reactor, self.thd_spawn, home, secret)
         handle = json.dumps({"dir": str(home), "pid": pid})
-        await _maybe_await(on_handle(handle))
+        await maybe_await(on_handle(handle))
         deadline = self._reactor.seconds() + self._start_timeout
         while True:
             # The agent's log and /proc are read in a thread: every 20 ms for up to
             # start_timeout, on the reactor they would stall every other request.
-            url, exit_log = await in_thread(self._reactor, _thd_start_state, home, pid)
+            url, exit_log = await in_thread(self._reactor, thd_start_state, home, pid)
             if url is not None:
                 return StartedBuildlet(url=url, handle=handle)
             if exit_log is not None:
                 await self.destroy(handle)
                 raise ProviderError(f"the buildlet agent for {name} exited at start: {exit_log}")
             if self._reactor.seconds() > deadline:
-                log_tail = await in_thread(self._reactor, _tail, home / "agent.log")
+                last_lines = await in_thread(self._reactor, log_tail, home / "agent.log")
                 await self.destroy(handle)
                 raise ProviderError(
                     f"the buildlet agent for {name} did not start within "
-                    f"{self._start_timeout:g} s; its log: {log_tail}"
+                    f"{self._start_timeout:g} s; its log: {last_lines}"
                 )
             await task.deferLater(self._reactor, 0.02, lambda: None)
 
@@ -198,7 +204,7 @@ class ProcessProvider(BuildletProvider):
                 os.close(info_write)
         pid = process.pid
         if info_read >= 0:
-            pid = _sandboxed_pid(info_read, pid, time.monotonic() + self._start_timeout)
+            pid = sandboxed_pid(info_read, pid, time.monotonic() + self._start_timeout)
         (home / "pid").write_text(str(pid))
         return pid
 
@@ -262,7 +268,7 @@ class ProcessProvider(BuildletProvider):
                     f"the sandbox would show the master's files through {', '.join(shown)}: "
                     f"run the farm from a Python outside the master's basedir"
                 )
-            problem = _probe(bwrap)
+            problem = sandbox_problem(bwrap)
         if not problem:
             return bwrap, read_only
         if self._sandbox == "bwrap":
@@ -287,8 +293,8 @@ class ProcessProvider(BuildletProvider):
 
     def thd_destroy(self, home: Path, pid: int) -> None:
         """Kill the agent (if it is still ours) and delete ``home`` (blocking)."""
-        if _is_agent(pid, home):
-            _kill_group(pid)
+        if is_agent(pid, home):
+            kill_group(pid)
         shutil.rmtree(home, ignore_errors=True)
 
     async def reap(self, known_handles: set[str]) -> list[str]:
@@ -309,123 +315,3 @@ class ProcessProvider(BuildletProvider):
             reaped.append(f"process buildlet {home.name} (pid {pid_text or 'unknown'})")
         return reaped
 
-
-def _probe(bwrap: str) -> str:
-    """Why ``bwrap`` cannot make a sandbox here (empty when it can)."""
-    done = subprocess.run(
-        [bwrap, "--ro-bind", "/", "/", "--unshare-pid", "--die-with-parent", "true"],
-        capture_output=True, text=True, check=False, env={"PATH": "/usr/bin:/bin"},
-    )
-    return "" if done.returncode == 0 else f"{bwrap} fails here: {done.stderr.strip()[-300:]}"
-
-
-def remove_after_deadline(info_fd: int) -> str:
-    """A shell script that runs ``"$@"`` (the sandboxed agent) and removes the buildlet's
-    directory ``$0`` when the agent exits with DEADLINE_EXIT (it halted because no
-    coordinator renewed its lease). The shell closes its own copy of bubblewrap's info
-    descriptor, so that the reader of that pipe sees its end: bash, as dash takes only
-    descriptors 0-9 in a redirection."""
-    return (
-        f'"$@" & agent=$!; exec {info_fd}>&-; wait "$agent"; code=$?; '
-        f'if [ "$code" -eq {DEADLINE_EXIT} ]; then rm -rf -- "$0"; fi; exit "$code"'
-    )
-
-
-def _sandboxed_pid(info_fd: int, bwrap_pid: int, deadline: float) -> int:
-    """The host PID of the agent in bubblewrap, once it leads its own process group.
-
-    The agent is what must be signalled (SIGTERM to destroy it, a preemption signal), and
-    its group is what is killed. Falls back to bubblewrap's own PID when it says nothing
-    (it failed; the caller finds it gone and reports its log).
-    """
-    with os.fdopen(info_fd, "rb") as info:
-        data = info.read()
-    try:
-        pid = int(json.loads(data)["child-pid"])
-    except (ValueError, KeyError, TypeError):
-        return bwrap_pid
-    # bubblewrap reports the PID before the sandboxed process calls setsid() and execs;
-    # wait for both, so that the agent is what the PID shows from now on.
-    while time.monotonic() < deadline:
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            if os.getpgid(pid) == pid and cmdline[0] and b"--info-fd" not in cmdline:
-                return pid
-        except OSError:
-            return pid
-        time.sleep(0.002)
-    return pid
-
-
-def _thd_start_state(home: Path, pid: int) -> tuple[str | None, str | None]:
-    """The starting agent's URL once it announced it, else the tail of its log once it
-    exited (blocking reads of its log and /proc)."""
-    url = _ready_url(home / "agent.log")
-    # Not _is_agent: in the instant after the fork, before exec finishes, the child's
-    # /proc cmdline is not yet the agent's.
-    if url is None and _exited(pid):
-        return None, _tail(home / "agent.log")
-    return url, None
-
-
-def _ready_url(log_path: Path) -> str | None:
-    """The URL of the agent's ``BUILDLET-READY`` line in its log, once it has printed it."""
-    try:
-        text = log_path.read_text(errors="replace")
-    except OSError:
-        return None
-    for line in text.split("\n")[:-1]:  # whole lines only: the last may be half-written
-        if line.startswith(READY_LINE):
-            return line[len(READY_LINE):].strip()
-    return None
-
-
-def _is_agent(pid: int, home: Path) -> bool:
-    """Whether ``pid`` is alive and is the agent serving ``home`` (not a recycled pid)."""
-    if pid <= 0:
-        return False
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        status = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    zombie = status.rsplit(")", 1)[-1].split()[0] == "Z"
-    return not zombie and str(home / "work").encode() in cmdline
-
-
-def _exited(pid: int) -> bool:
-    """Whether process ``pid`` is gone or a zombie."""
-    try:
-        status = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return status.rsplit(")", 1)[-1].split()[0] == "Z"
-
-
-def _kill_group(pid: int) -> None:
-    for sig, wait in ((signal.SIGTERM, 2.0), (signal.SIGKILL, 2.0)):
-        try:
-            os.killpg(pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)
-            try:
-                os.killpg(pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.02)
-
-
-def _tail(path: Path, lines: int = 10) -> str:
-    try:
-        return " | ".join(path.read_text(errors="replace").splitlines()[-lines:]) or "(empty)"
-    except OSError:
-        return "(no log)"
-
-
-async def _maybe_await(value: object) -> None:
-    if hasattr(value, "__await__"):
-        await value
