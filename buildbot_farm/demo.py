@@ -152,12 +152,17 @@ class LocalFarm(MasterAPI):
     def stop(self) -> None:
         """Stop the worker and the master, then the buildlets they leave for a restart.
 
+        ``buildbot stop`` gives a daemon 10 s; one still running then (a master whose clean
+        shutdown waits for a build that never ends) is killed, so nothing is left behind.
+
         A master's coordinator leaves its buildlets running so that a restart re-adopts
         them; a finished demo (or test) leaves nothing running, so they are reaped too.
         """
         daemons = (("buildbot-worker", self.worker_dir), ("buildbot", self.master_dir))
         for tool, directory in daemons:
-            if (directory / "twistd.pid").exists():
+            pid_file = directory / "twistd.pid"
+            if pid_file.exists():
+                pid = int(pid_file.read_text().strip() or 0)
                 subprocess.run(
                     [self._bin / tool, "stop", str(directory)],
                     env=self._env(),
@@ -165,6 +170,8 @@ class LocalFarm(MasterAPI):
                     stderr=subprocess.DEVNULL,
                     check=False,
                 )
+                if pid_file.exists():  # twistd removes it when it ends
+                    _kill_if_running(pid)
         pools = farm_buildlets_dir(self.master_dir)
         for pool in sorted(pools.glob("*")):
             ProcessProvider(pool, reactor=None).thd_reap(set())
@@ -242,3 +249,26 @@ class LocalFarm(MasterAPI):
                 f"{' '.join(str(p) for p in command[:2])} failed ({done.returncode}):\n"
                 f"{done.stdout[-2000:]}{done.stderr[-2000:]}{where}"
             )
+
+
+def _kill_if_running(pid: int) -> None:
+    """SIGKILL process ``pid`` if it still runs, and wait until it is gone (a zombie counts
+    as gone: twistd daemons are not our children)."""
+    if pid <= 0:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline:
+            os.kill(pid, 0)
+            if _is_zombie(pid):
+                return
+            time.sleep(0.05)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from buildbot_farm import db
+from buildbot_farm.demo import LocalFarm
 from buildbot_farm.example import DEMO_SECRETS, EXAMPLE_CONFIG, fill_secrets
 from tests.db.conftest import schema_dsn
 from tests.harness.ports import free_port
@@ -126,3 +129,24 @@ def test_entry_points_load_through_buildbot_plugins() -> None:
 
     assert util.FarmService is FarmService
     assert "farm" in get_plugins("www", None, load_now=True)
+
+
+def test_stop_kills_a_master_stuck_in_its_shutdown(tmp_path: Path) -> None:
+    """A master that does not end on ``buildbot stop`` (here: stopped with SIGSTOP, as one
+    waiting forever for a build to finish would be) is killed: nothing is left running."""
+    config = tmp_path / "master.cfg"
+    config.write_text(EXAMPLE_CONFIG.read_text())
+    farm = LocalFarm(config, tmp_path / "farm", env={
+        "FARM_WEB_PORT": str(free_port()), "FARM_PB_PORT": str(free_port()),
+    })
+    farm.create()
+    farm.start_master()
+    pid = int((farm.master_dir / "twistd.pid").read_text())
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        farm.stop()
+        state = Path(f"/proc/{pid}/stat")
+        assert not state.exists() or state.read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
