@@ -14,10 +14,8 @@ import os
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
-from twisted.internet import defer
-from twisted.python import log
 from twisted.web import http, resource
-from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.server import Request
 
 from buildbot_farm.artifacts import download, local_files, paths, spool, views
 from buildbot_farm.artifacts.paths import RESERVED_PREFIX, Segments, UnsafePath
@@ -30,6 +28,7 @@ from buildbot_farm.artifacts.write_access import (
     declared_length,
     write_target,
 )
+from buildbot_farm.web import respond
 from buildbot_farm.web._json import json_error, json_response
 
 AUTH_ENDPOINT = RESERVED_PREFIX + "-auth"
@@ -57,29 +56,13 @@ class ArtifactResource(resource.Resource):
 
     def render(self, request: Request) -> Any:
         """Answer ``request``: a GET or HEAD of a local file the index knows at once
-        (:meth:`_known_file`), every other request asynchronously through :meth:`_answer`."""
+        (:meth:`_known_file`), every other request asynchronously through :meth:`_answer`
+        (with the kit's ``respond``: a failure is a JSON 500, a database outage a 503)."""
         if request.method in (b"GET", b"HEAD"):
             answered = self._known_file(request)
             if answered is not None:
                 return answered
-        gone: list[bool] = []
-        request.notifyFinish().addErrback(lambda _: gone.append(True))
-        d = defer.ensureDeferred(self._answer(request))
-
-        def send(body: bytes | None) -> None:
-            if body is not None and not gone:
-                request.write(body)
-                request.finish()
-
-        def crash(failure: Any) -> None:
-            log.err(failure, "farm artifacts: request failed")
-            if not gone and not request.startedWriting:
-                send(json_error(request, 500, "internal error in the artifact repository;"
-                                " the master's log has the details"))
-
-        d.addCallback(send)
-        d.addErrback(crash)
-        return NOT_DONE_YET
+        return respond(request, lambda: self._answer(request), "the artifact repository")
 
     def _known_file(self, request: Request) -> Any:
         """The answer to a GET or HEAD of a whole local file the index knows, given on the

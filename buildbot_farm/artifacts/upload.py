@@ -132,7 +132,7 @@ class StreamingRequest(server.Request):
         await authorise_put(repository, segments, trailing, self.requestHeaders, length)
 
     def _accept(self, repository: Repository) -> None:
-        if self._disconnected:
+        if twisted_web.disconnected(self):
             return
         self.spooled_body = Spool(repository.storage.tmp_dir, hash_aside=True)
         self._limit = repository.config.max_upload_size
@@ -179,7 +179,7 @@ class StreamingRequest(server.Request):
         self._early = []
         if self.spooled_body is not None:
             self.spooled_body.discard()
-        if self._disconnected:
+        if twisted_web.disconnected(self):
             return
         if realm:
             self.setHeader(b"www-authenticate", REALM)
