@@ -74,7 +74,7 @@ async def measure(base: str, busybox: str, workdir: Path) -> list[tuple[str, flo
         mapping = InputMap.parse(inputs, "/work")
         config = ContainerConfig(
             TaskRun.unique_name("bench"), image, command, {}, "/work",
-            labels_for("benchmark"), None, {"pids_limit": 4096}, {},
+            labels_for("benchmark"), None, {"pids_limit": 4096},
         )
         return TaskRun(engine, config, mapping, OutputFilter(None, mapping))
 
