@@ -64,9 +64,9 @@ async def measure(base: str, busybox: str, workdir: Path) -> list[tuple[str, flo
     from twisted.internet import reactor
 
     from buildbot_farm.containers._engine import ContainerConfig, Engine
-    from buildbot_farm.containers._paths import InputMap, OutputFilter
     from buildbot_farm.containers._run import TaskRun, labels_for
     from buildbot_farm.remote import unpack
+    from buildbot_farm.remote.task_paths import InputMap, OutputFilter
 
     engine = await Engine.connect(reactor, None)
 

@@ -11,25 +11,25 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import IO, Any
 
+import zstandard
 from twisted.internet import defer
 from twisted.python import log
 
 from buildbot_farm.containers import _engine as engine_calls
-from buildbot_farm.containers._collect import (
+from buildbot_farm.containers._engine import ContainerConfig, Engine
+from buildbot_farm.remote.task_changes import (
     InputRecord,
     Packed,
     Packer,
     consume_into,
     plan_collection,
 )
-from buildbot_farm.containers._engine import ContainerConfig, Engine
-from buildbot_farm.containers._outputs import parse_outputs
-from buildbot_farm.containers._paths import OUTPUTS_FILE, InputMap, OutputFilter
-from buildbot_farm.containers._tar import Data, TarReader
-from buildbot_farm.containers._transfer import control_tar
+from buildbot_farm.remote.task_inputs import control_tar
+from buildbot_farm.remote.task_outputs import first_member_data, parse_outputs
+from buildbot_farm.remote.task_paths import OUTPUTS_FILE, InputMap, OutputFilter
 from buildbot_farm.thread_pool import in_thread
 
-OUTPUTS_LIMIT = 1 << 20
+ZSTD_LEVEL = 3
 
 
 class State(enum.Enum):
@@ -157,12 +157,19 @@ class TaskRun:
         plan = plan_collection(self.changes, self.record, self.inputs, self.accept)
         if not plan.roots and not plan.deleted:
             return None
-        packer = Packer(archive, plan, self.record, self.inputs)
-        for root in plan.roots:
-            await self.engine.call(
-                engine_calls.thd_get_archive, self.container_id, root, consume_into(packer, root)
-            )
-        packed: Packed = await in_thread(self.engine.reactor, packer.close)
+        compressed = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=-1).stream_writer(
+            archive, closefd=False
+        )
+        try:
+            packer = Packer(compressed, plan, self.record, self.inputs)
+            for root in plan.roots:
+                await self.engine.call(
+                    engine_calls.thd_get_archive, self.container_id, root,
+                    consume_into(packer, root),
+                )
+            packed: Packed = await in_thread(self.engine.reactor, packer.close)
+        finally:
+            await in_thread(self.engine.reactor, _end_frame, compressed)
         return packed
 
     async def read_outputs(self) -> dict[str, str]:
@@ -171,7 +178,7 @@ class TaskRun:
         if not any(path == OUTPUTS_FILE for path, kind in self.changes if kind != 2):
             return {}
         data: bytes = await self.engine.call(
-            engine_calls.thd_get_archive, self.container_id, OUTPUTS_FILE, _first_member
+            engine_calls.thd_get_archive, self.container_id, OUTPUTS_FILE, first_member_data
         )
         return parse_outputs(data)
 
@@ -184,15 +191,10 @@ class TaskRun:
         self.state = State.REMOVED
 
 
-def _first_member(chunks: Iterable[bytes]) -> bytes:
-    """The data of a tar stream's first member, at most OUTPUTS_LIMIT + 1 bytes of it."""
-    reader = TarReader()
-    data = bytearray()
-    for chunk in chunks:
-        for event in reader.feed(chunk):
-            if isinstance(event, Data) and len(data) <= OUTPUTS_LIMIT:
-                data += event.chunk[: OUTPUTS_LIMIT + 1 - len(data)]
-    return bytes(data)
+def _end_frame(compressed: Any) -> None:
+    """Finish the zstd frame and let go of the writer (the archive file stays open)."""
+    compressed.flush(zstandard.FLUSH_FRAME)
+    compressed.close()
 
 
 def labels_for(master: str, **more: Any) -> dict[str, str]:

@@ -10,7 +10,7 @@ from typing import Any
 from buildbot.interfaces import IRenderable
 
 from buildbot_farm.config_checks.values import is_positive, is_whole_at_least
-from buildbot_farm.containers._paths import InputMap, OutputFilter, PathProblem
+from buildbot_farm.remote.task_paths import InputMap, OutputFilter, PathProblem
 
 DEFAULT_WORKDIR = "/work"
 DEFAULT_PIDS = 4096

@@ -21,21 +21,17 @@ from twisted.python import log
 
 from buildbot_farm.artifacts.steps import NoRepository, find_repository, publish_files
 from buildbot_farm.config_checks import STEP_ARGUMENTS, checked_keywords
-from buildbot_farm.containers._collect import Packed, UnsafeOutputs
 from buildbot_farm.containers._engine import STDERR, ContainerConfig, Engine, EngineError
-from buildbot_farm.containers._outputs import OutputsError
-from buildbot_farm.containers._paths import OUTPUTS_FILE
 from buildbot_farm.containers._pipe import ChunkPipe, PipeBroken
 from buildbot_farm.containers._run import TaskRun, labels_for
 from buildbot_farm.containers._spec import DEFAULT_WORKDIR, SPEC_ARGUMENTS, TaskSpec
-from buildbot_farm.containers._transfer import (
-    InputChanged,
-    PipeWriter,
-    file_as_tar,
-    owned_by_root,
-)
+from buildbot_farm.containers._transfer import PipeWriter, owned_by_root
 from buildbot_farm.leases.providers.isolation import remote_archive
 from buildbot_farm.remote.pyz import ARCHIVE_NAME
+from buildbot_farm.remote.task_changes import Packed, UnsafeOutputs
+from buildbot_farm.remote.task_inputs import InputChanged, file_as_tar
+from buildbot_farm.remote.task_outputs import OutputsError
+from buildbot_farm.remote.task_paths import OUTPUTS_FILE
 from buildbot_farm.thread_pool import in_thread
 
 BLOCKSIZE = 512 * 1024

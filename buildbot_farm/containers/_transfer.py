@@ -1,23 +1,15 @@
-"""Tar streams for the trip into the container: worker uploads, single files, the control tar."""
+"""A worker's upload on its way into the container: paced into a pipe, owners made root."""
 
 from __future__ import annotations
 
-import io
-import posixpath
-import tarfile
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 from buildbot.worker.protocols import base
 from twisted.internet import defer
 
-from buildbot_farm.containers import _tar
-from buildbot_farm.containers._paths import CONTROL_DIR
 from buildbot_farm.containers._pipe import ChunkPipe
-
-
-class InputChanged(Exception):
-    """A worker file changed size while it was being copied."""
+from buildbot_farm.remote import tar_stream
 
 
 class PipeWriter(base.FileWriterImpl):
@@ -45,44 +37,6 @@ class PipeWriter(base.FileWriterImpl):
             self.pipe.close()
 
 
-def file_as_tar(
-    name: str, size: int, mode: int, mtime: float, chunks: Iterable[bytes]
-) -> Iterator[bytes]:
-    """A one-member tar stream of a file whose ``size`` bytes arrive as ``chunks``."""
-    yield _tar.header(_tar.Member(name, tarfile.REGTYPE, size, mode, mtime))
-    sent = 0
-    for chunk in chunks:
-        sent += len(chunk)
-        if sent > size:
-            raise InputChanged(f"{name} grew while it was being copied; run the step again")
-        yield chunk
-    if sent != size:
-        raise InputChanged(f"{name} shrank while it was being copied; run the step again")
-    yield _tar.padding(size)
-    yield _tar.end_of_archive()
-
-
-def control_tar(directories: Iterable[str]) -> bytes:
-    """A small tar that makes ``directories`` (absolute) and the farm's control directory."""
-    wanted = set()
-    for directory in directories:
-        while directory not in ("/", ""):
-            wanted.add(directory)
-            directory = posixpath.dirname(directory)
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for directory in sorted(wanted):
-            tar.addfile(_dir(directory.lstrip("/"), 0o755))
-        tar.addfile(_dir(CONTROL_DIR.lstrip("/"), 0o777))
-    return buffer.getvalue()
-
-
-def _dir(name: str, mode: int) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.type, info.mode = tarfile.DIRTYPE, mode
-    return info
-
-
 def owned_by_root(chunks: Iterable[bytes]) -> Iterator[bytes]:
     """The tar stream ``chunks`` with each member's owner made 0:0, as the task runs.
 
@@ -103,11 +57,11 @@ def owned_by_root(chunks: Iterable[bytes]) -> Iterator[bytes]:
                 pending, data_left = pending[len(taken):], data_left - len(taken)
                 if data_left:
                     break
-            if len(pending) < _tar.BLOCK:
+            if len(pending) < tar_stream.BLOCK:
                 break
-            block, pending = pending[:_tar.BLOCK], pending[_tar.BLOCK:]
-            if block != _tar.ZERO_BLOCK:
-                data_left = -(-_header_size(block) // _tar.BLOCK) * _tar.BLOCK
+            block, pending = pending[:tar_stream.BLOCK], pending[tar_stream.BLOCK:]
+            if block != tar_stream.ZERO_BLOCK:
+                data_left = -(-_header_size(block) // tar_stream.BLOCK) * tar_stream.BLOCK
                 block = _root_owned(block)
             out.append(block)
         if out:

@@ -150,6 +150,21 @@ def open_zstd(path: str) -> tuple[IO[bytes], Any]:
     return process.stdout, process
 
 
+def apply(dest: str, manifest: dict[str, Any], archive: IO[bytes]) -> tuple[int, int]:
+    """Check the whole plan, then delete and extract as ``manifest`` says.
+
+    ``archive`` is the uncompressed tar. Raises UnsafePath before anything is written if
+    a path of the manifest is refused; returns (entries written, bytes of file data).
+    """
+    try:
+        check_plan(dest, manifest)
+    except UnsafePath as error:
+        raise UnsafePath(f"{error}; nothing was written") from error
+    for path in manifest["deleted"]:
+        delete(dest, path)
+    return extract(dest, archive, {entry["path"] for entry in manifest["files"]})
+
+
 def main(argv: list[str]) -> int:
     """Check, then delete and extract as the manifest says; print what was done."""
     if len(argv) != 3:
@@ -159,21 +174,13 @@ def main(argv: list[str]) -> int:
     with open(manifest_path, encoding="utf-8") as f:
         manifest = json.load(f)
     try:
-        check_plan(dest, manifest)
-    except UnsafePath as error:
-        print(f"refused: {error}; nothing was written", file=sys.stderr)
-        return REFUSED
-    for path in manifest["deleted"]:
-        delete(dest, path)
-    try:
         stream, process = open_zstd(archive_path)
     except OSError as error:
         print(str(error), file=sys.stderr)
         return UNREADABLE
-    allowed = {entry["path"] for entry in manifest["files"]}
     try:
         with stream:
-            count, size = extract(dest, stream, allowed)
+            count, size = apply(dest, manifest, stream)
     except UnsafePath as error:
         print(f"refused: {error}", file=sys.stderr)
         return REFUSED
@@ -183,9 +190,11 @@ def main(argv: list[str]) -> int:
     if process is not None and process.wait() != 0:
         print(f"zstd could not decompress {archive_path}", file=sys.stderr)
         return UNREADABLE
-    print(
-        f"unpacked {count} entries ({size} bytes of file data), deleted"
-        f" {len(manifest['deleted'])}, into {dest}"
-    )
+    print(summary(count, size, manifest, dest))
     return 0
 
+
+def summary(count: int, size: int, manifest: dict[str, Any], dest: str) -> str:
+    """What was applied, for the step log."""
+    return (f"unpacked {count} entries ({size} bytes of file data), deleted"
+            f" {len(manifest['deleted'])}, into {dest}")

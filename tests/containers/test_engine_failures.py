@@ -12,8 +12,8 @@ from twisted.internet import defer, reactor, threads
 
 from buildbot_farm.containers import reap_leftovers
 from buildbot_farm.containers._engine import ContainerConfig, Engine, EngineError
-from buildbot_farm.containers._paths import InputMap, OutputFilter
 from buildbot_farm.containers._run import TaskRun, labels_for
+from buildbot_farm.remote.task_paths import InputMap, OutputFilter
 from tests.harness.docker_engine import DockerEngine
 from tests.harness.images import ensure_busybox_image
 

@@ -8,17 +8,17 @@ import tarfile
 
 import pytest
 
-from buildbot_farm.containers import _tar
-from buildbot_farm.containers._collect import (
+from buildbot_farm.containers._transfer import owned_by_root
+from buildbot_farm.remote import tar_stream
+from buildbot_farm.remote.task_changes import (
     SETTLED_SECONDS,
     InputRecord,
     Packer,
     UnsafeOutputs,
     plan_collection,
 )
-from buildbot_farm.containers._outputs import OutputsError, parse_outputs
-from buildbot_farm.containers._paths import InputMap, OutputFilter, PathProblem, worker_path
-from buildbot_farm.containers._transfer import owned_by_root
+from buildbot_farm.remote.task_outputs import OutputsError, parse_outputs
+from buildbot_farm.remote.task_paths import InputMap, OutputFilter, PathProblem, worker_path
 
 
 def make_tar(
@@ -46,14 +46,14 @@ def make_tar(
 
 
 def events_of(data: bytes, size: int) -> list[tuple[str, str, bytes]]:
-    reader = _tar.TarReader()
+    reader = tar_stream.TarReader()
     seen: list[tuple[str, str, bytes]] = []
     body = b""
     for start in range(0, len(data), size):
         for event in reader.feed(data[start : start + size]):
-            if isinstance(event, _tar.Header):
+            if isinstance(event, tar_stream.Header):
                 body = b""
-            elif isinstance(event, _tar.Data):
+            elif isinstance(event, tar_stream.Data):
                 body += event.chunk
             else:
                 seen.append((event.member.name, event.member.kind, body))
@@ -78,9 +78,9 @@ def test_reader_gives_the_same_members_whatever_the_chunking(chunk: int, fmt: in
 def test_reader_refuses_a_truncated_stream() -> None:
     """A stream that stops inside a member is an error, not a short file."""
     data = make_tar(("a", b"y" * 2000))[:1200]
-    reader = _tar.TarReader()
+    reader = tar_stream.TarReader()
     reader.feed(data)
-    with pytest.raises(_tar.TarError):
+    with pytest.raises(tar_stream.TarError):
         reader.close()
 
 
@@ -137,7 +137,7 @@ def pack(changes: list[tuple[str, int]], stream: bytes, record: InputRecord | No
     record = record or InputRecord()
     plan = plan_collection(changes, record, inputs, OutputFilter(None, inputs))
     out = io.BytesIO()
-    packer = Packer(out, plan, record, inputs, threads=0)
+    packer = Packer(out, plan, record, inputs)
     for root in plan.roots:
         packer.add_stream(root, [stream])
     manifest = packer.close().manifest()

@@ -12,6 +12,9 @@ A value spanning lines uses a delimiter, as GitHub Actions' step outputs do::
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
+
+from buildbot_farm.remote.tar_stream import Data, TarReader
 
 MAX_BYTES = 1 << 20
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
@@ -60,3 +63,15 @@ def parse_outputs(data: bytes) -> dict[str, str]:
             )
         found[key] = value
     return found
+
+
+def first_member_data(chunks: Iterable[bytes]) -> bytes:
+    """The data of a tar stream's first member (the outputs file as the engine sends it),
+    at most MAX_BYTES + 1 bytes of it: enough for :func:`parse_outputs` to refuse more."""
+    reader = TarReader()
+    data = bytearray()
+    for chunk in chunks:
+        for event in reader.feed(chunk):
+            if isinstance(event, Data) and len(data) <= MAX_BYTES:
+                data += event.chunk[: MAX_BYTES + 1 - len(data)]
+    return bytes(data)

@@ -1,4 +1,8 @@
-"""What a task changed, and the zstd archive that carries it back (pure: no Docker calls).
+"""What a container task changed, and the tar that carries it back (standard library only).
+
+Both ways of running a task use it: the master packs what its engine sends into a zstd
+archive for the worker, and ``farm-remote.pyz container-task`` packs what the worker's own
+engine sends into a plain tar beside the build directory; the same members are refused.
 
 The engine's change list is relative to the image, so files copied in show as added too.
 :class:`InputRecord` remembers what was copied in so that unchanged inputs stay behind and
@@ -22,18 +26,15 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-import zstandard
-
-from buildbot_farm.containers import _tar
-from buildbot_farm.containers._paths import CONTROL_DIR, InputMap, OutputFilter, is_under
+from buildbot_farm.remote import tar_stream
 from buildbot_farm.remote.paths import UnsafePath, link_stays_inside, safe_member_path
+from buildbot_farm.remote.task_paths import CONTROL_DIR, InputMap, OutputFilter, is_under
 
 ADDED_OR_CHANGED = (0, 1)
 DELETED = 2
 MAX_ROOTS = 64
 SPOOL = 8 << 20
 SETTLED_SECONDS = 2.0
-ZSTD_LEVEL = 3
 
 
 class UnsafeOutputs(Exception):
@@ -78,15 +79,15 @@ class InputRecord:
         ``now`` is when the copy began; files modified since ``now - SETTLED_SECONDS`` are
         hashed, older ones are known by their time.
         """
-        reader = _tar.TarReader()
+        reader = tar_stream.TarReader()
         digest: Any = None
         settled_before = now - SETTLED_SECONDS
         for chunk in chunks:
             for event in reader.feed(chunk):
-                if isinstance(event, _tar.Header):
+                if isinstance(event, tar_stream.Header):
                     recent = event.member.is_file and event.member.mtime > settled_before
                     digest = hashlib.sha256() if recent else None
-                elif isinstance(event, _tar.Data):
+                elif isinstance(event, tar_stream.Data):
                     if digest is not None:
                         digest.update(event.chunk)
                 else:
@@ -157,19 +158,19 @@ class Packed:
     problems: list[str] = field(default_factory=list)
 
     def manifest(self) -> dict[str, Any]:
-        """The manifest as JSON-ready data (read by ``farm-remote.pyz unpack`` on the worker)."""
+        """The manifest as JSON-ready data (what ``farm-remote.pyz unpack`` checks and applies)."""
         return {"version": 1, "files": self.files, "deleted": self.deleted}
 
 
 class Packer:
-    """Writes the chosen members of container tar streams into one zstd-compressed tar."""
+    """Writes the chosen members of container tar streams as one tar into ``out``.
 
-    def __init__(
-        self, out: IO[bytes], plan: Plan, record: InputRecord, inputs: InputMap, threads: int = -1
-    ) -> None:
-        self._writer = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=threads).stream_writer(
-            out, closefd=False
-        )
+    ``out`` is any binary writer (a zstd stream on the master, a plain file on the worker);
+    the caller closes it after :meth:`close`.
+    """
+
+    def __init__(self, out: IO[bytes], plan: Plan, record: InputRecord, inputs: InputMap) -> None:
+        self._writer = out
         self._plan = plan
         self._record = record
         self._inputs = inputs
@@ -180,16 +181,16 @@ class Packer:
     def add_stream(self, root: str, chunks: Iterable[bytes]) -> None:
         """Take what the plan wants from the tar stream of container path ``root``."""
         base = self._base = posixpath.dirname(root)
-        reader = _tar.TarReader()
+        reader = tar_stream.TarReader()
         selected: _Selected | None = None
         for chunk in chunks:
             for event in reader.feed(chunk):
-                if isinstance(event, _tar.Header):
+                if isinstance(event, tar_stream.Header):
                     path = posixpath.normpath(posixpath.join(base, event.member.name))
                     selected = self._select(path, event.member)
                 elif selected is None:
                     continue
-                elif isinstance(event, _tar.Data):
+                elif isinstance(event, tar_stream.Data):
                     selected.data(event.chunk)
                 else:
                     self._finish(selected)
@@ -198,14 +199,12 @@ class Packer:
 
     def close(self) -> Packed:
         """End the archive; raise UnsafeOutputs if any member was refused."""
-        self._writer.write(_tar.end_of_archive())
-        self._writer.flush(zstandard.FLUSH_FRAME)
-        self._writer.close()
+        self._writer.write(tar_stream.end_of_archive())
         if self.packed.problems:
             raise UnsafeOutputs(self.packed.problems)
         return self.packed
 
-    def _select(self, path: str, member: _tar.Member) -> _Selected | None:
+    def _select(self, path: str, member: tar_stream.Member) -> _Selected | None:
         if path not in self._plan.wanted or path in self._emitted:
             return None
         worker = self._inputs.to_worker(path)
@@ -257,10 +256,10 @@ class Packer:
 
     def _write_header(self, selected: _Selected) -> None:
         member = selected.member
-        renamed = _tar.Member(
+        renamed = tar_stream.Member(
             selected.worker, member.type, member.size, member.mode, member.mtime, member.linkname
         )
-        self._writer.write(_tar.header(renamed))
+        self._writer.write(tar_stream.header(renamed))
         selected.streaming = self._writer
 
     def _finish(self, selected: _Selected) -> None:
@@ -275,7 +274,7 @@ class Packer:
                 self._writer.write(block)
             selected.spool.close()
         if member.is_file:
-            self._writer.write(_tar.padding(member.size))
+            self._writer.write(tar_stream.padding(member.size))
         self._emitted[selected.path] = member.kind
         entry: dict[str, Any] = {"path": selected.worker, "type": member.kind}
         if member.is_file:
@@ -289,7 +288,7 @@ class Packer:
 class _Selected:
     """A member being taken: its data is streamed out, or spooled until its digest is known."""
 
-    def __init__(self, path: str, worker: str, member: _tar.Member, old_digest: str | None):
+    def __init__(self, path: str, worker: str, member: tar_stream.Member, old_digest: str | None):
         self.path = path
         self.worker = worker
         self.member = member
