@@ -23,8 +23,11 @@ def is_whole(value: object) -> TypeGuard[int]:
 
 
 def is_number(value: object) -> TypeGuard[Union[int, float]]:
-    """Whether ``value`` is a real number (``int`` or ``float``, not a ``bool``)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """Whether ``value`` is a real number (``int`` or ``float``, not a ``bool``, not NaN).
+
+    NaN is refused: it is no amount of anything and compares false with every bound.
+    """
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
 
 
 def is_positive(value: object) -> TypeGuard[Union[int, float]]:

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from buildbot_farm.config_checks.values import is_number
 from buildbot_farm.records.source import source_of_url
 
 RESULTS = ("success", "warnings", "failure", "skipped", "exception", "retry", "cancelled")
@@ -233,7 +234,7 @@ class _Checker:
         name = self.identifier("name")
         version = self.identifier("version")
         timestamp: Any = self.data.get("timestamp")
-        if not _is_number(timestamp) or not 0 <= timestamp < 1e11:
+        if not is_number(timestamp) or not 0 <= timestamp < 1e11:
             self.problems["timestamp"] = "required: UTC seconds since 1970 (a number >= 0)"
         result = self.data.get("result", "success")
         if result not in RESULTS:
@@ -329,11 +330,7 @@ class _Checker:
         return tuple(found)
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
-
-
 def _is_scalar(value: Any) -> bool:
     if isinstance(value, str):
         return len(value) <= MAX_TEXT
-    return value is None or isinstance(value, (bool, int)) or _is_number(value)
+    return value is None or isinstance(value, (bool, int)) or is_number(value)

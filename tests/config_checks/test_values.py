@@ -35,3 +35,12 @@ def test_positive_means_a_number_above_zero(value: object, expected: bool) -> No
 def test_whole_at_least_has_a_lower_bound(value: object, least: int, expected: bool) -> None:
     """A count is a whole number no smaller than its least value."""
     assert is_whole_at_least(value, least) is expected
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    (1.5, True), (-2, True), (float("inf"), True), (float("nan"), False), (True, False),
+    ("1.5", False),
+])
+def test_a_number_is_an_int_or_a_float_but_never_nan(value: object, expected: bool) -> None:
+    """NaN is no number to check against a bound; infinity is (the bounds refuse it)."""
+    assert is_number(value) is expected
