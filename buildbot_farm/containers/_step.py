@@ -26,7 +26,7 @@ from buildbot_farm.containers._pipe import ChunkPipe, PipeBroken
 from buildbot_farm.containers._run import TaskRun, labels_for
 from buildbot_farm.containers._spec import DEFAULT_WORKDIR, SPEC_ARGUMENTS, TaskSpec
 from buildbot_farm.containers._transfer import PipeWriter, owned_by_root
-from buildbot_farm.leases.providers.isolation import remote_archive
+from buildbot_farm.private_dirs import remote_archive
 from buildbot_farm.remote.pyz import ARCHIVE_NAME
 from buildbot_farm.remote.task_changes import Packed, UnsafeOutputs
 from buildbot_farm.remote.task_inputs import InputChanged, file_as_tar

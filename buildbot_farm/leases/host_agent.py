@@ -25,7 +25,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from buildbot_farm.leases.providers.isolation import remote_archive
+from buildbot_farm.private_dirs import remote_archive
 from buildbot_farm.remote.protocol import READY_PREFIX
 
 

@@ -4,17 +4,26 @@ Master side only (it is not in the archive). The archive holds this package's ot
 and runs :func:`buildbot_farm.remote.main.main`; it is built with :mod:`zipapp` at first use,
 named after the digest of what it holds, so that a changed package gets a new archive and a
 built one is never rebuilt. Each module's bytecode for the master's Python goes beside it.
+
+Building a new archive removes the stale ones beside it (:func:`stale_archives`): those no
+running process names and nobody asked for in the last :data:`STALE_AFTER` seconds. Masters
+of other versions may share the directory, so an archive some master still hands out, or
+a process agent still runs from, stays.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
 import py_compile
+import re
 import shutil
 import tempfile
+import time
 import zipapp
+from collections.abc import Collection
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent
@@ -23,6 +32,10 @@ ARCHIVE_NAME = "farm-remote.pyz"
 MASTER_ONLY = frozenset({"pyz.py"})
 ROOT_MAIN = b"import sys\nfrom buildbot_farm.remote.main import main\nsys.exit(main())\n"
 ROOT_PACKAGE = b'"""The remote side of buildbot_farm only (see buildbot_farm.remote)."""\n'
+ARCHIVE_PATTERN = re.compile(r"^farm-remote-[0-9a-f]{16}\.pyz$")
+# An archive unused this long (no master built or asked for it; its access time is its last
+# use) and named by no running process is stale.
+STALE_AFTER = 24 * 3600
 
 
 def sources() -> dict[str, bytes]:
@@ -60,6 +73,7 @@ def build_archive(directory: Path) -> Path:
     files = sources()
     target = directory / f"farm-remote-{digest(files)}.pyz"
     if target.exists():
+        used_now(target)
         return target
     staging = Path(tempfile.mkdtemp(prefix=".farm-remote-", dir=directory))
     try:
@@ -75,4 +89,56 @@ def build_archive(directory: Path) -> Path:
         os.replace(built, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    remove_stale(directory, target)
     return target
+
+
+def remove_stale(directory: Path, keep: Path) -> None:
+    """Remove the stale archives in ``directory`` (:func:`stale_archives`) other than ``keep``."""
+    running = command_line_words()
+    if running is None:
+        return
+    for stale in stale_archives(directory, keep, time.time(), running):
+        with contextlib.suppress(FileNotFoundError):  # another master removed it first
+            stale.unlink()
+
+
+def used_now(archive: Path) -> None:
+    """Record that ``archive`` is in use: its access time becomes now (its modification time,
+    when it was built, stays)."""
+    with contextlib.suppress(OSError):  # only the sweep's judgement depends on it
+        os.utime(archive, ns=(time.time_ns(), archive.stat().st_mtime_ns))
+
+
+def stale_archives(directory: Path, keep: Path, now: float, running: Collection[str],
+                   ) -> list[Path]:
+    """The archives in ``directory`` other than ``keep`` that are stale at ``now``: unused
+    for :data:`STALE_AFTER` seconds and not among the words of running command lines."""
+    found = []
+    for path in directory.iterdir():
+        if not ARCHIVE_PATTERN.match(path.name) or path.name == keep.name:
+            continue
+        try:
+            info = path.stat()
+        except FileNotFoundError:
+            continue
+        last_use = max(info.st_atime, info.st_mtime)
+        if now - last_use > STALE_AFTER and str(path) not in running:
+            found.append(path)
+    return found
+
+
+def command_line_words() -> set[str] | None:
+    """Every word of every running process's command line that this user can read (a
+    process agent runs as ``python3 ARCHIVE agent ...``); None where there is no /proc,
+    so that nothing is judged stale."""
+    if not Path("/proc/self/cmdline").exists():
+        return None
+    words: set[str] = set()
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            words.update(os.fsdecode(word) for word in (entry / "cmdline").read_bytes()
+                         .split(b"\0") if word)
+        except OSError:  # gone, or not ours to read
+            continue
+    return words

@@ -20,7 +20,7 @@ import buildbot_worker
 import docker
 from docker.errors import DockerException
 
-from buildbot_farm.leases.providers.isolation import remote_archive
+from buildbot_farm.private_dirs import remote_archive
 from tests.harness.images import ImageBuildError, ensure_base_image, ensure_image
 
 RECIPE_VERSION = "1"

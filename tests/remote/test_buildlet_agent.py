@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from buildbot_farm.leases.providers.isolation import remote_archive
+from buildbot_farm.private_dirs import remote_archive
 
 SECRET = "s3cret for tests"
 AGENT_PYTHON = os.environ.get("BUILDLET_AGENT_PYTHON", sys.executable)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import ast
+import os
 import stat
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -79,6 +81,47 @@ def test_a_built_archive_is_reused_and_a_changed_package_gets_another(tmp_path: 
                              + b"\n"})
     assert pyz.digest(changed) != pyz.digest(files)
     assert [p.name for p in tmp_path.iterdir()] == [first.name]
+
+
+def _old_archive(directory: Path, digest: str, age: float) -> Path:
+    """A file named as an archive of another version, last used ``age`` seconds ago."""
+    path = directory / f"farm-remote-{digest}.pyz"
+    path.write_bytes(b"an archive of another version")
+    then = time.time() - age
+    os.utime(path, (then, then))
+    return path
+
+
+def test_building_a_new_archive_removes_the_stale_ones_only(tmp_path: Path) -> None:
+    """A new archive removes the old versions nobody used for a day and no process runs;
+    one a process runs from, one used recently and files of other names stay."""
+    stale = _old_archive(tmp_path, "0" * 16, pyz.STALE_AFTER + 3600)
+    running = _old_archive(tmp_path, "1" * 16, pyz.STALE_AFTER + 3600)
+    recent = _old_archive(tmp_path, "2" * 16, 60)
+    other = tmp_path / "notes.pyz"
+    other.write_bytes(b"not an archive of the farm")
+    os.utime(other, (0, 0))
+    agent = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()", str(running)],
+                             stdin=subprocess.PIPE)
+    try:
+        built = pyz.build_archive(tmp_path)
+    finally:
+        agent.communicate(timeout=30)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [built.name, running.name, recent.name, other.name])
+    assert not stale.exists()
+
+
+def test_an_archive_in_use_is_never_stale(tmp_path: Path) -> None:
+    """Each use of a built archive counts as its last use (its access time), its build time
+    stays; a long-built archive still handed out is not stale."""
+    built = pyz.build_archive(tmp_path)
+    long_ago = time.time_ns() - 2 * pyz.STALE_AFTER * 10**9
+    os.utime(built, ns=(long_ago, long_ago))
+    assert pyz.stale_archives(tmp_path, tmp_path / "x.pyz", time.time(), set()) == [built]
+    assert pyz.build_archive(tmp_path) == built
+    assert built.stat().st_mtime_ns == long_ago
+    assert pyz.stale_archives(tmp_path, tmp_path / "x.pyz", time.time(), set()) == []
 
 
 def test_the_archive_runs_from_its_sources_where_its_bytecode_does_not_fit(

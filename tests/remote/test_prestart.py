@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from buildbot_farm.leases.providers.isolation import remote_archive
+from buildbot_farm.private_dirs import remote_archive
 from buildbot_farm.remote import handoff, prestart
 from tests.remote.test_buildlet_agent import AGENT_PYTHON
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import zstandard
 
-from buildbot_farm.leases.providers.isolation import remote_archive
+from buildbot_farm.private_dirs import remote_archive
 from tests.remote.test_buildlet_agent import SECRET, RunningAgent
 
 MESSAGE = ("no Python 3.9 here: install one (pyenv install 3.9, or Debian's python3.9) so that "

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from buildbot_farm.leases.buildlet_user import BUILDLET_USER, ensure_buildlet_user
-from buildbot_farm.leases.providers.isolation import farm_buildlets_dir, make_private_dir
+from buildbot_farm.leases.providers.isolation import farm_buildlets_dir
+from buildbot_farm.private_dirs import make_private_dir
 from tests.remote.test_buildlet_agent import AGENT, SECRET, RunningAgent
 
 # The system's Python: the one running the tests may live where the user cannot reach.

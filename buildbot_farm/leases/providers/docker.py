@@ -33,7 +33,7 @@ from buildbot_farm.leases.providers.base import (
     ProviderError,
     StartedBuildlet,
 )
-from buildbot_farm.leases.providers.isolation import remote_archive
+from buildbot_farm.private_dirs import remote_archive
 from buildbot_farm.remote.protocol import READY_PREFIX
 from buildbot_farm.remote.pyz import ARCHIVE_NAME
 from buildbot_farm.thread_pool import in_thread

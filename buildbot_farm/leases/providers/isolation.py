@@ -19,12 +19,11 @@ import hashlib
 import os
 import pwd
 import stat
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from buildbot_farm.remote.pyz import build_archive
+from buildbot_farm.private_dirs import farm_temp_dir, is_inside
 
 SANDBOXES = ("auto", "bwrap", "none")
 # What a buildlet sees of /etc inside the sandbox: name lookups, TLS roots, the dynamic
@@ -168,7 +167,7 @@ def bwrap_command(
         for parent in reversed(Path(path).parents):
             name = str(parent)
             if name not in made and name not in ("/", "/tmp", "/etc") and not any(
-                _inside(name, system) for system in SYSTEM_DIRS
+                is_inside(name, system) for system in SYSTEM_DIRS
             ):
                 made.add(name)
                 argv += ["--perms", "0755", "--dir", str(parent)]
@@ -189,13 +188,9 @@ def _outermost(paths: Iterable[str]) -> list[str]:
     """``paths`` without those inside another one, or inside a system directory."""
     chosen: list[str] = []
     for path in sorted({os.path.abspath(p) for p in paths}, key=len):
-        if not any(_inside(path, other) for other in (*chosen, *SYSTEM_DIRS)):
+        if not any(is_inside(path, other) for other in (*chosen, *SYSTEM_DIRS)):
             chosen.append(path)
     return chosen
-
-
-def _inside(path: str, directory: str) -> bool:
-    return path == directory or path.startswith(directory.rstrip("/") + "/")
 
 
 def exposing(binds: Sequence[str], protected: Sequence[Path]) -> list[str]:
@@ -208,7 +203,7 @@ def exposing(binds: Sequence[str], protected: Sequence[Path]) -> list[str]:
     for bind in binds:
         real = os.path.realpath(bind)
         for guarded in protected:
-            if _inside(os.path.realpath(guarded), real):
+            if is_inside(os.path.realpath(guarded), real):
                 found.append(f"{bind} (shows {guarded})")
     return found
 
@@ -224,41 +219,9 @@ def farm_buildlets_dir(state_dir: Path) -> Path:
     masters on one machine never reap each other's buildlets.
     """
     digest = hashlib.sha256(str(Path(state_dir).resolve()).encode()).hexdigest()[:12]
-    return Path(tempfile.gettempdir()) / f"buildbot-farm-{os.geteuid()}" / digest
-
-
-def remote_archive() -> Path:
-    """This package's farm-remote.pyz, built at first use into ``TMP/buildbot-farm-UID/remote``.
-
-    A private directory of this user (as the buildlets' roots are) that every user can
-    search, so that an agent which becomes its ``run_as`` user still reads the archive.
-    """
-    directory = Path(tempfile.gettempdir()) / f"buildbot-farm-{os.geteuid()}" / "remote"
-    make_private_dir(directory)
-    return build_archive(directory)
+    return farm_temp_dir() / digest
 
 
 def default_root(state_dir: Path, pool: str) -> Path:
     """Where pool ``pool`` keeps its buildlets when it gives no ``buildlet_dir``."""
     return farm_buildlets_dir(state_dir) / pool
-
-
-def make_private_dir(path: Path, mode: int = 0o711) -> None:
-    """Create ``path`` with ``mode``; in the farm's directory of the temporary directory,
-    check that every level of it is a directory of this user (then given ``mode`` too).
-
-    The default buildlet roots live in the shared temporary directory, where another user
-    could have made ``buildbot-farm-UID`` first, or put a symlink: that is refused, never used.
-    """
-    path.mkdir(parents=True, exist_ok=True, mode=mode)
-    farm = Path(tempfile.gettempdir()).resolve() / f"buildbot-farm-{os.geteuid()}"
-    levels = [path, *(p for p in path.parents if _inside(str(p), str(farm)))]
-    for level in levels:
-        info = os.lstat(level)
-        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
-            raise PermissionError(
-                f"{level} is not a directory of this user (uid {os.geteuid()}): another user "
-                f"made it; remove it, or give the pool buildlet_dir= elsewhere"
-            )
-        if stat.S_IMODE(info.st_mode) != mode:  # a umask (twistd's 077) made it otherwise
-            os.chmod(level, mode)

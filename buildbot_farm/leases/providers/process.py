@@ -49,9 +49,8 @@ from buildbot_farm.leases.providers.isolation import (
     buildlet_environment,
     bwrap_command,
     exposing,
-    make_private_dir,
-    remote_archive,
 )
+from buildbot_farm.private_dirs import make_private_dir, remote_archive
 from buildbot_farm.thread_pool import in_thread
 
 PYTHON_PREFIXES = (
