@@ -1,4 +1,5 @@
-"""The docker-py details ContainerTask relies on beyond its public API (blocking calls).
+"""The docker-py details ContainerTask and the docker provider rely on beyond its public API
+(blocking calls).
 
 docker-py's public ``put_archive`` cannot ask the engine to give the copied files the
 container user's ownership (``copyUIDGID``), and its ``attach_socket`` keeps the client's
@@ -33,8 +34,9 @@ def thd_put_archive_owned(api: docker.APIClient, cid: str, path: str,
 def thd_attach_unlimited(api: docker.APIClient, cid: str) -> tuple[Any, Any]:
     """Attach to ``cid``'s output (logs too) with no read timeout: ``(response, socket)``.
 
-    Read the multiplexed frames from the socket (``docker.utils.socket.frames_iter``);
-    close the response when done.
+    Read the multiplexed frames from the socket (``docker.utils.socket.frames_iter``, or
+    ``docker_engines.output_frames`` where the engine may be on TLS); close the response
+    when done.
     """
     response = api._post(
         api._url("/containers/{0}/attach", cid),

@@ -14,12 +14,18 @@ When the keepalive finds the buildlet's host being preempted (its pool has a
 ``preemption=`` detector), the worker goes into Buildbot's quarantine (no new builds for
 ``PREEMPTION_QUARANTINE`` seconds or more), gives its running build the reason in the
 property ``farm_preempted``, and releases the buildlet, which ends that build RETRY.
+
+When the keepalive finds the lease gone (its buildlet was lost with its host, most often:
+the coordinator says "lost with host build1"), the worker gives its running build the
+reason in the property ``farm_lost`` and disconnects the worker, which ends that build
+RETRY; Buildbot then substantiates again, on a host that answers. A worker left running on
+the lost buildlet that reconnects later is refused (its exec's ``FARM_BUILDLET`` names a
+buildlet this worker no longer holds).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field, fields
 from typing import Any
 
 from buildbot import config
@@ -29,12 +35,16 @@ from twisted.python import failure, log
 
 from buildbot_farm.compat.buildbot_api import builds_running, config_kwargs
 from buildbot_farm.config_checks import check_config_arguments, checked_keywords
-from buildbot_farm.config_checks.values import is_number, is_positive
 from buildbot_farm.leases import keys
 from buildbot_farm.leases.client import CoordinatorClient, CoordinatorRequestError
 from buildbot_farm.leases.preemption import PREEMPTED_PROPERTY, preemption_notice
+from buildbot_farm.leases.worker_settings import (
+    BUILDLET_ENV,
+    LEASE_ARGS,
+    LOST_PROPERTY,
+    LeaseSettings,
+)
 from buildbot_farm.lookup import farm_service
-from buildbot_farm.names import FARM_SERVICE
 from buildbot_farm.remote.environment import RUN_REMOTE
 from buildbot_farm.remote.handoff import LOG_PREFIX
 from buildbot_farm.secret_values import SecretRenderer
@@ -49,52 +59,8 @@ LEFTOVER_RETRY_INTERVAL = 1.0
 LEFTOVER_ATTEMPTS = 120
 
 
-@dataclass(frozen=True)
-class LeaseSettings:
-    """FarmLatentWorker's own arguments, checked in one place for checkConfig and reconfig.
-
-    ``coordinator_url`` None means the coordinator of this master's farm service (named
-    ``farm``); then ``key`` may be None too, and is derived from that coordinator's secret.
-    ``key`` may be a secret (``util.Secret("farm-lease-key")``), rendered at (re)config.
-    ``lease_wait`` is how long a substantiation waits in line when the pool is full (0: it
-    fails at once, and Buildbot retries the build after its quarantine).
-    """
-
-    buildlet_type: Any = "local"
-    coordinator_url: str | None = None
-    user: str = "user-buildbot"
-    key: Any = field(default=None, repr=False)
-    master_host: str = "127.0.0.1"
-    python: str = "python3"
-    keepalive_interval: float = 60.0
-    farm: str = FARM_SERVICE
-    lease_wait: float = 1800.0
-
-    def problems(self) -> list[str]:
-        """What is wrong, each naming its argument."""
-        found = []
-        try:
-            keys.check_user(self.user)
-        except ValueError as e:
-            found.append(f"user: {e}")
-        if self.coordinator_url is not None and not str(self.coordinator_url).startswith(
-            ("http://", "https://")
-        ):
-            found.append(f"coordinator_url must be an http(s) URL, not {self.coordinator_url!r}")
-        if self.coordinator_url is not None and self.key is None:
-            found.append("key is required with coordinator_url (buildbot-farm key USER)")
-        if not is_positive(self.keepalive_interval):
-            found.append("keepalive_interval must be a number of seconds > 0")
-        if not is_number(self.lease_wait) or not 0 <= self.lease_wait < float("inf"):
-            found.append("lease_wait must be a number of seconds >= 0")
-        return found
-
-
-_LEASE_ARGS = tuple(f.name for f in fields(LeaseSettings))
-
-
 @checked_keywords(
-    "worker.FarmLatentWorker", also=(*_LEASE_ARGS, *check_config_arguments(AbstractLatentWorker))
+    "worker.FarmLatentWorker", also=(*LEASE_ARGS, *check_config_arguments(AbstractLatentWorker))
 )
 class FarmLatentWorker(AbstractLatentWorker):
     """A worker that exists only while a build needs it, on a buildlet leased from the farm.
@@ -118,7 +84,7 @@ class FarmLatentWorker(AbstractLatentWorker):
 
     def checkConfig(self, name: str, password: Any = None, **kwargs: Any) -> None:
         """Refuse bad arguments with config errors naming them."""
-        own = {k: kwargs.pop(k) for k in list(kwargs) if k in _LEASE_ARGS}
+        own = {k: kwargs.pop(k) for k in list(kwargs) if k in LEASE_ARGS}
         kwargs.setdefault("build_wait_timeout", 0)
         for problem in LeaseSettings(**own).problems():
             config.error(f"FarmLatentWorker {name}: {problem}")
@@ -129,14 +95,14 @@ class FarmLatentWorker(AbstractLatentWorker):
 
         None when they are not usable (checkConfig reported why).
         """
-        own = {k: v for k, v in config_kwargs(self).items() if k in _LEASE_ARGS}
+        own = {k: v for k, v in config_kwargs(self).items() if k in LEASE_ARGS}
         settings = LeaseSettings(**own)
         return None if settings.problems() else settings
 
     async def reconfigService(self, name: str, password: Any = None, **kwargs: Any) -> None:
         """Apply the arguments, their secrets rendered; a missing password is generated (the
         master starts the worker)."""
-        own = {k: kwargs.pop(k) for k in list(kwargs) if k in _LEASE_ARGS}
+        own = {k: kwargs.pop(k) for k in list(kwargs) if k in LEASE_ARGS}
         kwargs.setdefault("build_wait_timeout", 0)
         settings = LeaseSettings(**own)
         secrets = SecretRenderer(self.renderSecrets)
@@ -264,6 +230,7 @@ class FarmLatentWorker(AbstractLatentWorker):
             "FARM_MASTER": f"{self.lease_settings.master_host}:{self.registration.getPBPort()}",
             "FARM_WORKER_NAME": self.name,
             "FARM_WORKER_PASSWORD": self.password,
+            BUILDLET_ENV: name,
         }
         self._worker_exec = defer.ensureDeferred(
             client.exec(
@@ -312,11 +279,51 @@ class FarmLatentWorker(AbstractLatentWorker):
         try:
             status = await client.status(name)
         except CoordinatorRequestError as e:
-            log.msg(f"FarmLatentWorker {self.name}: lease on {name} lost: {e}")
+            if e.status and self._buildlet == name and not await self._still_leased(client, name):
+                await self._lease_lost(name, str(e))
+            else:
+                log.msg(f"FarmLatentWorker {self.name}: renewing the lease on {name}: {e}")
             return
         reason = preemption_notice(status)
         if reason is not None and self._buildlet == name:
             await self._preempted(client, name, reason)
+
+    async def _still_leased(self, client: CoordinatorClient, name: str) -> bool:
+        """Whether the coordinator still lists ``name`` among this worker's leases (True when
+        it cannot tell: a buildlet that did not answer once is not lost yet)."""
+        try:
+            leases = await client.buildlets()
+        except CoordinatorRequestError:
+            return True
+        return any(lease.get("Name") == name for lease in leases)
+
+    async def _lease_lost(self, name: str, reason: str) -> None:
+        """Disconnect the worker of ``name``, whose lease is gone (lost with its host, most
+        often), so that Buildbot ends its build RETRY and substantiates again elsewhere."""
+        log.msg(f"FarmLatentWorker {self.name}: the lease on {name} is gone ({reason});"
+                " disconnecting its worker, which ends its build RETRY")
+        if self._keepalive is not None and self._keepalive.running:
+            self._keepalive.stop()
+        for build in self._running_builds():
+            build.setProperty(LOST_PROPERTY, reason, "FarmLatentWorker")
+        self._buildlet, self._lease_client = None, None
+        await self._remember(None)
+        if self.conn is not None:
+            self.conn.loseConnection()
+
+    def attached(self, conn: Any) -> defer.Deferred[None]:
+        """Refuse a worker that runs on a buildlet this worker no longer holds (one lost with
+        its host, reconnecting once the host is reachable again): its builds are elsewhere."""
+        environ = conn.info.get("environ") or {}
+        came_from = environ.get(BUILDLET_ENV)
+        if came_from is not None and came_from != self._buildlet:
+            message = (f"FarmLatentWorker {self.name}: refused the worker of {came_from}, a"
+                       f" buildlet it no longer holds (it holds {self._buildlet or 'none'})")
+            log.msg(message)
+            conn.loseConnection()
+            return defer.fail(RuntimeError(message))
+        attaching: defer.Deferred[None] = super().attached(conn)
+        return attaching
 
     async def _preempted(self, client: CoordinatorClient, name: str, reason: str) -> None:
         """Take no builds for a while, mark the running ones preempted, and release ``name``."""

@@ -2,7 +2,9 @@
 
 Each :class:`DockerTestHost` is a network namespace joined to this machine by a veth pair on a
 ``/30`` of ``10.213.0.0/16`` that the harness made (this machine ``10.213.N.1``, the host
-``10.213.N.2``; nothing else is on that link), with a real ``dockerd`` in it listening on
+``10.213.N.2``; nothing else is on that link; the rest of ``10.213.0.0/16`` is routed through
+this machine, so that a host reaches this machine's address on another host's link, where a
+test master may listen), with a real ``dockerd`` in it listening on
 ``tcp://10.213.N.2:2376`` with TLS client verification, its own data root, exec root, pid
 file and containerd, ``--bridge=none`` and no iptables. The CA and the server and client
 certificates are made here with the ``openssl`` CLI. Images come from the tests' main engine
@@ -205,6 +207,7 @@ class DockerTestHosts:
             (*in_ns, "ip", "addr", "add", f"{host.address}/30", "dev", inner),
             (*in_ns, "ip", "link", "set", inner, "up"),
             (*in_ns, "ip", "link", "set", "lo", "up"),
+            (*in_ns, "ip", "route", "add", "10.213.0.0/16", "via", host.gateway),
         ):
             _run(*command)
 

@@ -6,25 +6,39 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import docker
 import pytest
 
 from tests.harness.docker_engine import DockerEngine
 from tests.harness.docker_hosts import DockerTestHost, DockerTestHosts, HostsUnavailable
+from tests.harness.images import ImageBuildError
+from tests.harness.worker_image import ensure_worker_image
+
+
+@pytest.fixture(scope="session")
+def host_worker_image(docker_client: docker.DockerClient) -> str:
+    """Tag of the worker test image (the base image with buildbot-worker), on every test host."""
+    try:
+        return ensure_worker_image(docker_client)
+    except ImageBuildError as error:
+        pytest.fail(f"these tests need the worker test image: {error}", pytrace=False)
 
 
 @pytest.fixture(scope="session")
 def docker_hosts(
-    request: pytest.FixtureRequest, docker_engine: DockerEngine, base_image: str
+    request: pytest.FixtureRequest, docker_engine: DockerEngine, base_image: str,
+    host_worker_image: str,
 ) -> Iterator[list[DockerTestHost]]:
-    """Two test hosts with ``base_image`` loaded; torn down, and checked gone, after the
-    session. A test that kills a host's engine starts it again before it ends.
+    """Two test hosts with ``base_image`` and ``host_worker_image`` loaded; torn down, and
+    checked gone, after the session. A test that kills a host's engine or takes its link
+    down brings it back before it ends.
 
     A missing capability (root, netns, dockerd) fails the tests: nothing is skipped. What the
     start cost is printed, since every module using this fixture pays it.
     """
     harness = DockerTestHosts()
     try:
-        hosts = harness.start(2, [base_image], Path(docker_engine.socket_path))
+        hosts = harness.start(2, [base_image, host_worker_image], Path(docker_engine.socket_path))
     except HostsUnavailable as error:
         harness.stop()
         pytest.fail(f"these tests need test hosts with Docker engines: {error}", pytrace=False)

@@ -25,7 +25,8 @@ from docker.errors import APIError, ImageNotFound, NotFound
 from twisted.internet import task
 from twisted.python import log
 
-from buildbot_farm.docker_engines import TLSFiles, engine_api
+from buildbot_farm.compat.docker_api import thd_attach_unlimited
+from buildbot_farm.docker_engines import TLSFiles, engine_api, output_frames, shut_down
 from buildbot_farm.docker_errors import engine_errors
 from buildbot_farm.leases.providers.base import (
     AGENT_START_DEADLINE,
@@ -204,9 +205,7 @@ class DockerProvider(BuildletProvider):
                 container, "/",
                 _home_archive(secret, self._reactor.seconds(), self._uid, self._gid),
             )
-            output = _Output(
-                api.attach(container, stdout=True, stderr=True, stream=True, logs=True)
-            )
+            output = _Output(*thd_attach_unlimited(api, container))
             api.start(container)
         return output
 
@@ -305,15 +304,16 @@ class DockerProvider(BuildletProvider):
 class _Output:
     """A container's output, collected from its attach stream by a daemon thread."""
 
-    def __init__(self, stream: Any) -> None:
-        self._stream = stream
+    def __init__(self, response: Any, sock: Any) -> None:
+        self._response = response
+        self._sock = sock
         self._chunks: list[bytes] = []
         self.ended = threading.Event()
         threading.Thread(target=self._read, name="buildlet-output", daemon=True).start()
 
     def _read(self) -> None:
         try:
-            for chunk in self._stream:
+            for _stream, chunk in output_frames(self._sock):
                 self._chunks.append(chunk)
         except Exception:  # closed by close(), or the engine went away
             pass
@@ -326,8 +326,9 @@ class _Output:
 
     def close(self) -> None:
         """Stop reading (the agent is ready, or gave up on)."""
+        shut_down(self._sock)
         with contextlib.suppress(Exception):
-            self._stream.close()
+            self._response.close()
 
 
 def _home_archive(secret: str, mtime: float, uid: int, gid: int) -> bytes:

@@ -1,0 +1,149 @@
+"""A real master whose FarmLatentWorker builds on a docker pool over the test hosts.
+
+:class:`HostFarm` writes the master's configuration, starts it with
+:class:`~buildbot_farm.demo.LocalFarm` and answers what the failover tests and benchmark
+ask: where a build request's builds are, what the hosts' states are. Its builder ``work``
+runs one step that tells the hosts apart by their addresses: on the first host it waits (an
+hour; the test kills the host under it), on the second it succeeds, anywhere else it fails.
+A pool's ties go to the first host listed, so a build on an idle pool starts on the first
+host, and its retry, once that host is down, can only succeed on the second.
+
+The master's PB port listens on this machine's address on the *second* host's link, which
+the first host reaches through its route to ``10.213.0.0/16``: the first host's death (its
+engine killed, or its link taken down) leaves the master reachable from the second.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from buildbot_farm.demo import LocalFarm
+from tests.harness.docker_hosts import DockerTestHost
+from tests.harness.master_cfg import LOOPBACK_MASTER
+from tests.harness.ports import free_port
+
+WORKER = "hosted"
+BUILDER = "work"
+POOL = "spread"
+RETRY = 5
+SUCCESS = 0
+
+MASTER_CFG = """
+import os
+from buildbot.plugins import schedulers, steps, util, worker
+
+{preamble}
+c["protocols"] = {{"pb": {{"port": f"tcp:{{os.environ['FARM_PB_PORT']}}:interface={pb_address}"}}}}
+c["services"] = [util.FarmService(coordinator=util.FarmCoordinator(
+    secret="host-farm-secret", on_stop="halt",
+    pools=[util.BuildletPool({pool!r}, provider="docker", image={image!r}, max_count=4, hosts=[
+        util.DockerHost(url, name=label, max_count=2,
+                        tls=util.DockerTLS(ca=ca, cert=cert, key=key))
+        for label, url, ca, cert, key in {hosts!r}
+    ])],
+))]
+c["workers"] = [
+    worker.Worker("local-worker", os.environ["FARM_WORKER_PASSWORD"]),
+    worker.FarmLatentWorker({worker!r}, buildlet_type={pool!r}, master_host={pb_address!r},
+                            keepalive_interval={keepalive}),
+]
+c["builders"] = [util.BuilderConfig(name={builder!r}, workernames=[{worker!r}],
+    factory=util.BuildFactory([steps.ShellCommand(
+        name="work", timeout=7200,
+        command=["python3", "-c", {script!r}, {stall_address!r}, {finish_address!r}],
+    )]))]
+c["schedulers"] = [schedulers.ForceScheduler(name="force", builderNames=[{builder!r}])]
+"""
+
+# The step: wait on the first host (argv[1] is its address), succeed on the second (argv[2]).
+STEP_SCRIPT = """\
+import socket, sys, time
+def here(address):
+    try:
+        socket.socket().bind((address, 0))
+    except OSError:
+        return False
+    return True
+if here(sys.argv[1]):
+    print("on the first host: waiting for it to die", flush=True)
+    time.sleep(3600)
+sys.exit(0 if here(sys.argv[2]) else 1)
+"""
+
+_T = TypeVar("_T")
+
+
+def wait_for(predicate: Callable[[], _T], within: float, what: str, every: float = 0.2) -> _T:
+    """Poll ``predicate`` until it returns something true; fail after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {within:g} s waiting for {what}")
+
+
+class HostFarm:
+    """The master (in ``workdir``) with ``WORKER`` on a pool over ``hosts`` (two)."""
+
+    def __init__(
+        self, workdir: Path, hosts: list[DockerTestHost], image: str, keepalive: float = 1.0
+    ) -> None:
+        first, second = hosts
+        self.hosts = hosts
+        config = workdir / "master.cfg"
+        config.write_text(MASTER_CFG.format(
+            preamble=LOOPBACK_MASTER, pb_address=second.gateway, pool=POOL, image=image,
+            hosts=[(f"h{n}", h.url, h.tls.ca, h.tls.cert, h.tls.key)
+                   for n, h in enumerate(hosts, start=1)],
+            worker=WORKER, keepalive=keepalive, builder=BUILDER, script=STEP_SCRIPT,
+            stall_address=first.address, finish_address=second.address,
+        ))
+        self.local = LocalFarm(config, workdir / "farm", env={
+            "FARM_WEB_PORT": str(free_port()), "FARM_PB_PORT": str(free_port(second.gateway)),
+        })
+
+    def start(self) -> None:
+        """Create and start the master (its local worker is not needed: not started)."""
+        self.local.create()
+        self.local.start_master()
+
+    def stop(self) -> None:
+        """Stop the master; its coordinator destroys the buildlets it holds (on_stop=halt)."""
+        self.local.stop()
+
+    def force(self) -> int:
+        """Force a build of ``BUILDER``; return its build request's id."""
+        answer = self.local.api("forceschedulers/force", {
+            "jsonrpc": "2.0", "id": 1, "method": "force",
+            "params": {"builderNames": [BUILDER]},
+        })
+        return int(next(iter(answer["result"][1].values())))
+
+    def builds(self, request_id: int) -> list[dict[str, Any]]:
+        """The builds of build request ``request_id``, oldest first."""
+        return list(self.local.api(f"buildrequests/{request_id}/builds")["builds"])
+
+    def step_started(self, build: dict[str, Any]) -> bool:
+        """Whether ``build``'s step has started (its worker attached and runs it)."""
+        steps = self.local.api(f"builds/{build['buildid']}/steps")["steps"]
+        return any(step["name"] == "work" and step["started_at"] for step in steps)
+
+    def running_on_first_host(self, request_id: int) -> bool:
+        """Whether the first build of ``request_id`` runs its step (so, on the first host)."""
+        builds = self.builds(request_id)
+        return bool(builds) and not builds[0]["complete"] and self.step_started(builds[0])
+
+    def retried(self, request_id: int) -> list[dict[str, Any]] | None:
+        """Both builds of ``request_id`` once the second has finished, else None."""
+        builds = self.builds(request_id)
+        return builds if len(builds) >= 2 and builds[-1]["complete"] else None
+
+    def host_state(self, label: str) -> dict[str, Any]:
+        """Host ``label`` as the farm's ``/status`` shows it."""
+        status = self.local.get_json(f"{self.local.web_url}plugins/farm/status")
+        (row,) = [row for row in status["docker_hosts"] if row["host"] == label]
+        return dict(row)

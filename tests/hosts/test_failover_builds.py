@@ -1,0 +1,80 @@
+"""A host that dies under a FarmLatentWorker build costs a retry, not the build."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness.docker_hosts import DockerTestHost
+from tests.harness.host_farm import RETRY, SUCCESS, HostFarm, wait_for
+
+pytestmark = [pytest.mark.docker, pytest.mark.master]
+
+
+@pytest.fixture
+def host_farm(
+    tmp_path: Path, docker_hosts: list[DockerTestHost], host_worker_image: str
+) -> Iterator[HostFarm]:
+    """A master building on a pool over the two test hosts, started for the test."""
+    farm = HostFarm(tmp_path, docker_hosts, host_worker_image)
+    farm.start()
+    try:
+        yield farm
+    finally:
+        farm.stop()
+
+
+def kill_engine(host: DockerTestHost) -> None:
+    """The host's engine dies (``kill -9``); its containers go on running."""
+    host.kill_engine()
+
+
+def revive_engine(host: DockerTestHost) -> None:
+    """The host reboots: everything left in it is killed, its engine starts again."""
+    host.restart_engine()
+
+
+def cut_link(host: DockerTestHost) -> None:
+    """The host drops off the network."""
+    host.set_link(up=False)
+
+
+def mend_link(host: DockerTestHost) -> None:
+    """The host is reachable again, with what ran on it still running."""
+    host.set_link(up=True)
+
+
+@pytest.mark.parametrize(
+    ("die", "come_back"),
+    [(kill_engine, revive_engine), (cut_link, mend_link)],
+    ids=["engine killed", "link down"],
+)
+def test_a_build_on_a_host_that_dies_ends_retry_and_succeeds_on_the_other(
+    host_farm: HostFarm, docker_hosts: list[DockerTestHost], die: object, come_back: object
+) -> None:
+    """The build on the dead host ends RETRY, its retry succeeds on the other host, and the
+    host, once back, has its leftovers reaped and is up again."""
+    first = docker_hosts[0]
+    request_id = host_farm.force()
+    wait_for(lambda: host_farm.running_on_first_host(request_id), 180,
+             "the build's step to run on the first host")
+    die(first)  # type: ignore[operator]
+    try:
+        wait_for(lambda: not host_farm.host_state("h1")["up"], 60, "h1 to be marked down")
+        builds = wait_for(lambda: host_farm.retried(request_id), 300,
+                          "the build to be retried and the retry to finish")
+    finally:
+        come_back(first)  # type: ignore[operator]
+    assert [build["results"] for build in builds] == [RETRY, SUCCESS], builds
+    wait_for(lambda: host_farm.host_state("h1")["up"], 60, "h1 to answer again")
+
+    def no_leftovers() -> bool:
+        client = first.client()
+        try:
+            return client.containers.list(all=True) == []
+        finally:
+            client.close()
+
+    wait_for(no_leftovers, 60, "h1's leftover containers to be reaped")
