@@ -181,3 +181,21 @@ def test_only_plain_tcp_requests_without_an_encoder_get_sendfile() -> None:
     assert twisted_web.plain_tcp_client(plain) is plain.transport
     plain._encoder = object()
     assert twisted_web.plain_tcp_client(plain) is None
+
+
+def test_http_channels_still_finish_a_body_read_behind_their_back() -> None:
+    """After the first bytes of a 9-byte body, ``body_read_elsewhere`` with the other 5 makes
+    the channel hand the request over with the bytes it did see, then read the next request;
+    a count the channel does not expect is refused."""
+    channel = http.HTTPChannel()
+    channel.requestFactory = http.Request
+    channel.makeConnection(StringTransport())
+    channel.dataReceived(b"PUT /x HTTP/1.1\r\nHost: h\r\nContent-Length: 9\r\n\r\nabcd")
+    with pytest.raises(RuntimeError, match="does not expect 4 more"):
+        twisted_web.body_read_elsewhere(channel, 4)
+    (request,) = channel.requests
+    received: list[bytes] = []
+    request.process = lambda: received.append(request.content.getvalue())
+    twisted_web.body_read_elsewhere(channel, 5)
+    assert received == [b"abcd"]
+    channel.connectionLost(None)

@@ -5,7 +5,9 @@ twisted.web normally reads a whole request body before any resource runs. A
 authorised (token, scope, declared size, digest header) while the socket is paused, and
 then either refused at once (401/403/413/400, no 100 Continue, nothing written, the
 connection closed) or accepted (100 Continue if asked) and its body written, as it
-arrives, into a :class:`~.spool.Spool` in the storage's temporary directory. The resource
+arrives, into a :class:`~.spool.Spool` in the storage's temporary directory: on a plain
+TCP connection with a declared length, the kernel moves the body from the socket into the
+file (:mod:`.kernel_receive`) while the reactor stops reading the connection. The resource
 then only places the spooled file (``Repository.adopt``). Other requests are ordinary.
 
 Lifecycle of a streamed PUT (``_state``)::
@@ -27,6 +29,7 @@ from twisted.python import log
 from twisted.python.failure import Failure
 from twisted.web import server
 
+from buildbot_farm.artifacts import kernel_receive
 from buildbot_farm.artifacts.repository import Repository
 from buildbot_farm.artifacts.resource import AUTH_ENDPOINT, REALM
 from buildbot_farm.artifacts.spool import Spool
@@ -67,6 +70,8 @@ class StreamingRequest(server.Request):
         self._early: list[bytes] = []
         self._complete: tuple[bytes, bytes, bytes] | None = None
         self._linger: Any = None
+        self._length = length
+        self._receiving: kernel_receive.KernelReceive | None = None
         self._expects_continue = (self.requestHeaders.getRawHeaders(b"expect") or [b""])[
             0].lower() == b"100-continue"
         # The channel sends 100 Continue right after gotLength when this header is there;
@@ -99,6 +104,8 @@ class StreamingRequest(server.Request):
         """An interrupted upload leaves nothing behind."""
         if self.spooled_body is not None and self._state is not _State.HANDED_OVER:
             self.spooled_body.discard()
+        if self._state is not None and self._receiving is not None:
+            self._receiving.cancel()
         if self._state is not None and self._linger is not None and self._linger.active():
             self._linger.cancel()
         super().connectionLost(reason)
@@ -148,9 +155,43 @@ class StreamingRequest(server.Request):
             self._spool_chunk(chunk)
         if self._state is not _State.STREAMING:
             return
-        self._socket().resumeProducing()
         if self._complete is not None:
+            self._socket().resumeProducing()
             self._hand_over(*self._complete)
+        elif self._can_splice():
+            self._splice_rest()
+        else:
+            self._socket().resumeProducing()
+
+    def _can_splice(self) -> bool:
+        return (kernel_receive.AVAILABLE and self._length is not None
+                and twisted_web.plain_tcp_client(self) is not None)
+
+    def _splice_rest(self) -> None:
+        """Have the kernel move the rest of the body into the spool, the socket paused."""
+        spool = self.spooled_body
+        assert spool is not None
+        assert self._length is not None
+        rest = self._length - spool.size
+        self._receiving = kernel_receive.KernelReceive(
+            self._site().reactor, self._socket().fileno(), spool.fileno(), rest, spool.appended)
+        self._receiving.done.addCallbacks(lambda _: self._spliced(rest), self._splice_failed)
+
+    def _spliced(self, count: int) -> None:
+        """The whole body is in the file: let the channel know, which hands the request over."""
+        if self._state is not _State.STREAMING:
+            return
+        self._socket().resumeProducing()
+        twisted_web.body_read_elsewhere(self.channel, count)
+
+    def _splice_failed(self, failure: Failure) -> None:
+        if self._state is not _State.STREAMING:
+            return
+        if failure.check(kernel_receive.BodyEnded):
+            # Twisted then sees the connection go: connectionLost discards the spool.
+            self._socket().abortConnection()
+        else:
+            self._refuse(*_as_refusal(failure))
 
     def _spool_chunk(self, data: bytes) -> None:
         spool = self.spooled_body

@@ -28,6 +28,9 @@ with its private ``_parseRangeHeader``, ``_doSingleRangeRequest`` and
 ``_setContentHeaders`` (:func:`single_range`, :func:`set_content_headers`), so only the
 sending of the bytes is the farm's own.
 
+**Spliced upload bodies** are taken from the socket behind the channel's back; the channel is
+told with :func:`body_read_elsewhere`.
+
 ``tests/test_compat.py`` and ``tests/leases/test_go_protocol.py`` have the tripwire tests
 that fail when twisted.web changes these.
 """
@@ -135,3 +138,20 @@ def single_range(file: static.File, request: Request) -> tuple[int, int] | None:
         return None
     offset, size = file._doSingleRangeRequest(request, ranges[0])
     return offset, size
+
+
+def body_read_elsewhere(channel: http.HTTPChannel, count: int) -> None:
+    """Tell ``channel`` that the last ``count`` bytes of the request body it is reading were
+    taken from its socket by someone else (``splice``), so it goes on as if it had read them.
+
+    The channel counts what is left of a body with a declared length in the private
+    ``_transferDecoder`` (``_IdentityTransferDecoder``); when that reaches zero it calls
+    ``finishCallback`` with the bytes after the body, which ends the request's body.
+    """
+    decoder = channel._transferDecoder
+    if not isinstance(decoder, http._IdentityTransferDecoder) or decoder.contentLength != count:
+        raise RuntimeError(f"twisted.web's channel does not expect {count} more body bytes")
+    finish = decoder.finishCallback
+    decoder.dataCallback = decoder.finishCallback = None
+    decoder.contentLength = 0
+    finish(b"")

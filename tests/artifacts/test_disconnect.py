@@ -138,7 +138,8 @@ async def clean(repo: RunningRepository, errors: list[str], gate: ThreadGate) ->
     await settle(lambda: not os.listdir(tmp_dir) and not files_open_under(repo.root))
     assert errors == []
     await settle(lambda: not [t for t in threading.enumerate()
-                              if t.name in ("farm-upload-sha256", "farm-artifact-sendfile")])
+                              if t.name in ("farm-upload-sha256", "farm-upload-splice",
+                                            "farm-artifact-sendfile")])
 
 
 @pytest.mark.parametrize("stage", GET_STAGES)

@@ -6,10 +6,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import subprocess
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_twisted
 from twisted.internet import defer, protocol, reactor, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
@@ -209,6 +212,58 @@ async def test_expect_continue_only_when_accepted(own_port: StartOwnPort) -> Non
     assert b"201 Created" in final
     accepted.transport.loseConnection()
     assert (repo.root / "bin" / "hello" / "3" / "e.bin").read_bytes() == b"hello"
+
+
+@pytest_twisted.ensureDeferred
+async def test_kernel_received_body_then_the_next_request_on_the_connection(
+    own_port: StartOwnPort,
+) -> None:
+    """A body sent only after 100 Continue (so the kernel moves all of it into the file)
+    is stored whole, and a GET pipelined right behind it is answered on the connection."""
+    repo = await own_port()
+    payload = os.urandom(5 * MIB + 3)
+    client = await connect(repo)
+    client.transport.write(put_head("bin/hello/3/k.bin", basic(7, await repo.token()),
+                                    "Expect: 100-continue", length=len(payload)))
+    assert await client.answer() == b"HTTP/1.1 100 Continue\r\n\r\n"
+    client.transport.write(payload + b"GET /bin/hello/3/k.bin HTTP/1.1\r\nHost: h\r\n\r\n")
+    answers = await client.answer(b"HTTP/1.1 200 OK", timeout=30.0)
+    assert b"HTTP/1.1 201 Created" in answers
+    await client.answer(payload[-1000:], timeout=30.0)
+    client.transport.loseConnection()
+    assert (repo.root / "bin" / "hello" / "3" / "k.bin").read_bytes() == payload
+    assert leftovers(repo) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_full_disk_while_the_kernel_receives_is_507_with_nothing_partial(
+    own_port: StartOwnPort, tmp_path: Path
+) -> None:
+    """A body moved by the kernel into a full file system (a 256 KiB tmpfs) gets 507; no
+    partial file is left and the repository answers the next request."""
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(small)],
+                             capture_output=True, text=True, check=False)
+    if mounted.returncode:
+        pytest.fail(f"this test needs to mount a tmpfs (run as root): {mounted.stderr}")
+    try:
+        repo = await own_port(root=small / "artifacts")
+        client = await connect(repo)
+        client.transport.write(put_head("bin/hello/3/f.bin", basic(7, await repo.token()),
+                                        "Expect: 100-continue", length=4 * MIB))
+        assert await client.answer() == b"HTTP/1.1 100 Continue\r\n\r\n"
+        client.transport.write(b"f" * 4 * MIB)
+        head = await client.answer(b"HTTP/1.1 507 ", timeout=30.0)
+        assert b"storage is full" in await client.answer(b"full", timeout=30.0), head
+        await client.closed
+        await settle(lambda: leftovers(repo) == [])
+        assert not (repo.root / "bin" / "hello" / "3" / "f.bin").exists()
+        assert (await repo.request("GET", "")).code == 200
+    finally:
+        await settle(lambda: not [t for t in threading.enumerate()
+                                  if t.name in ("farm-upload-splice", "farm-upload-sha256")])
+        subprocess.run(["umount", str(small)], check=True)
 
 
 @pytest_twisted.ensureDeferred
