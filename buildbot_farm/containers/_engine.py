@@ -13,6 +13,8 @@ from typing import Any, TypeVar
 
 import docker
 from docker.errors import APIError, ImageNotFound, NotFound
+from docker.types import ContainerConfig as DockerContainerConfig
+from docker.types import HostConfig
 from docker.utils.socket import frames_iter
 
 from buildbot_farm.compat.docker_api import thd_attach_unlimited, thd_put_archive_owned
@@ -23,6 +25,7 @@ LABEL_PREFIX = "buildbot-farm."
 LABEL_MASTER = f"{LABEL_PREFIX}master"
 STDOUT, STDERR = 1, 2
 ARCHIVE_CHUNK = 1 << 20
+WORKER_API_VERSION = "1.41"
 
 _T = TypeVar("_T")
 
@@ -63,15 +66,33 @@ def thd_connect(docker_host: str | None) -> docker.DockerClient:
         return docker.DockerClient(base_url=docker_host, version="auto")
 
 
-def thd_create(client: docker.DockerClient, config: ContainerConfig, pull: bool) -> str:
-    """Create the container (pulling the image first only if ``pull``); return its id."""
-    api = client.api
-    host_config = api.create_host_config(
+def task_host_config(config: ContainerConfig, api_version: str) -> dict[str, Any]:
+    """The HostConfig of every task's container: no network but its own, no capabilities,
+    no new privileges, the resource limits."""
+    return dict(HostConfig(
+        version=api_version,
         network_mode=config.network or "none",
         cap_drop=["ALL"],
         security_opt=["no-new-privileges"],
         **config.limits,
-    )
+    ))
+
+
+def create_body(config: ContainerConfig) -> dict[str, Any]:
+    """The JSON body of the engine's create call for ``config`` (the name goes in the query),
+    for ``farm-remote.pyz container-task`` to send to a worker's engine: the same container
+    as :func:`thd_create` makes, for API ``WORKER_API_VERSION`` and later."""
+    return dict(DockerContainerConfig(
+        WORKER_API_VERSION, config.image, config.command, environment=config.env,
+        working_dir=config.workdir, labels=config.labels, stop_timeout=1,
+        host_config=task_host_config(config, WORKER_API_VERSION),
+    ))
+
+
+def thd_create(client: docker.DockerClient, config: ContainerConfig, pull: bool) -> str:
+    """Create the container (pulling the image first only if ``pull``); return its id."""
+    api = client.api
+    host_config = task_host_config(config, api.api_version)
 
     def create() -> str:
         created = api.create_container(

@@ -16,6 +16,7 @@ DEFAULT_WORKDIR = "/work"
 DEFAULT_PIDS = 4096
 _MEMORY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*([bkmg]?)b?$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+ENGINES = ("master", "worker")
 _NETWORK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,40}$")
 
 
@@ -33,6 +34,7 @@ class TaskSpec:
     network: Any = None
     resources: Any = field(default_factory=dict)
     docker_host: Any = None
+    engine: Any = "master"
     pull: Any = False
     worker_python: Any = "python3"
 
@@ -59,6 +61,14 @@ class TaskSpec:
               (isinstance(self.docker_host, str) and "://" in self.docker_host),
               "must be None (the master's engine) or a URL such as unix:///var/run/docker.sock"
               f" or tcp://host:2376, not {self.docker_host!r}")
+        check("engine", self.engine in ENGINES,
+              "must be 'master' (the task runs on the master's Docker engine) or 'worker' (on"
+              f" the engine of the host the build's worker runs on), not {self.engine!r}")
+        check("docker_host", self.engine != "worker" or self.docker_host is None or
+              (isinstance(self.docker_host, str) and self.docker_host.startswith("unix://")),
+              "with engine='worker' must be None (the worker's DOCKER_HOST or"
+              " /var/run/docker.sock) or the worker's socket as unix:///path, not"
+              f" {self.docker_host!r}")
         check("pull", isinstance(self.pull, bool), f"must be True or False, not {self.pull!r}")
         check("worker_python", isinstance(self.worker_python, str) and bool(self.worker_python),
               f"must be the worker's Python command, not {self.worker_python!r}")

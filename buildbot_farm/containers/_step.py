@@ -22,6 +22,7 @@ from twisted.python import log
 from buildbot_farm.artifacts.steps import NoRepository, find_repository, publish_files
 from buildbot_farm.config_checks import STEP_ARGUMENTS, checked_keywords
 from buildbot_farm.containers._engine import STDERR, ContainerConfig, Engine, EngineError
+from buildbot_farm.containers._on_worker import WorkerEngineTask
 from buildbot_farm.containers._pipe import ChunkPipe, PipeBroken
 from buildbot_farm.containers._run import TaskRun, labels_for
 from buildbot_farm.containers._spec import DEFAULT_WORKDIR, SPEC_ARGUMENTS, TaskSpec
@@ -50,7 +51,9 @@ class ContainerTask(buildstep.BuildStep):
     (default: everything changed under the mapped paths). The container has no network (or,
     with ``network``, its own internal one), no capabilities, ``resources`` limits, and is
     removed at the end whatever happens. ``KEY=VALUE`` lines the task writes to the file
-    ``$FARM_OUTPUTS`` become build properties. See docs/container-tasks.md.
+    ``$FARM_OUTPUTS`` become build properties. With ``engine="worker"`` the task runs on
+    the Docker engine of the worker's host, and only its log and manifest reach the master.
+    See docs/container-tasks.md.
     """
 
     name = "container-task"
@@ -67,6 +70,7 @@ class ContainerTask(buildstep.BuildStep):
         network: Any = None,
         resources: Any = None,
         docker_host: Any = None,
+        engine: Any = "master",
         pull: Any = False,
         worker_python: Any = "python3",
         **kwargs: Any,
@@ -74,7 +78,7 @@ class ContainerTask(buildstep.BuildStep):
         self.spec = TaskSpec(
             image=image, command=command, inputs=inputs, outputs=outputs, env=env or {},
             workdir=workdir, timeout=timeout, network=network, resources=resources or {},
-            docker_host=docker_host, pull=pull, worker_python=worker_python,
+            docker_host=docker_host, engine=engine, pull=pull, worker_python=worker_python,
         )
         for problem in self.spec.problems():
             config.error(f"ContainerTask: {problem}")
@@ -82,7 +86,7 @@ class ContainerTask(buildstep.BuildStep):
         kwargs.setdefault("flunkOnFailure", True)
         super().__init__(**kwargs)
         self._run: TaskRun | None = None
-        self._stdio: Any = None
+        self.stdio_log: Any = None
         self._decoders = {
             stream: codecs.getincrementaldecoder("utf-8")("replace") for stream in (1, 2)
         }
@@ -99,7 +103,7 @@ class ContainerTask(buildstep.BuildStep):
         return d
 
     async def _run_task(self) -> int:
-        self._stdio = await self.addLog("stdio")
+        self.stdio_log = await self.addLog("stdio")
         try:
             rendered = await self.build.render({n: getattr(self.spec, n) for n in SPEC_ARGUMENTS})
             spec = TaskSpec(**rendered)
@@ -108,9 +112,11 @@ class ContainerTask(buildstep.BuildStep):
                 raise TaskFailed(
                     "the rendered arguments are not usable:\n  " + "\n  ".join(problems)
                 )
+            if spec.engine == "worker":
+                return await WorkerEngineTask(self, spec).run()
             engine = await Engine.connect(self.master.reactor, spec.docker_host)
         except (TaskFailed, EngineError) as error:
-            await self._say_error(str(error))
+            await self.say_error(str(error))
             return FAILURE
         try:
             return await self._with_engine(spec, engine)
@@ -137,7 +143,7 @@ class ContainerTask(buildstep.BuildStep):
             stats = await self._stat_inputs(inputs.pairs)
             kinds = {w: "dir" if stat.S_ISDIR(info[stat.ST_MODE]) else "file"
                      for w, info in stats.items()}
-            await self._header(f"creating container {name} from {spec.image} on {engine.url}"
+            await self.add_header(f"creating container {name} from {spec.image} on {engine.url}"
                                f" (network: {network or 'none'})")
             directories = [
                 c if kinds[w] == "dir" else posixpath.dirname(c) for w, c in inputs.pairs
@@ -145,15 +151,15 @@ class ContainerTask(buildstep.BuildStep):
             await run.create(directories, pull=spec.pull)
             await self._copy_inputs(run, inputs.pairs, stats)
             self._check_stopped()
-            await self._header(f"running {spec.command_list()} in {spec.workdir}")
+            await self.add_header(f"running {spec.command_list()} in {spec.workdir}")
             outcome = await run.run(self._output, spec.timeout)
             self._flush_output()
             if outcome.timed_out:
                 self.timed_out = True
-                await self._say_error(f"timed out after {spec.timeout:g} s; the task was killed")
+                await self.say_error(f"timed out after {spec.timeout:g} s; the task was killed")
                 return FAILURE
             self._check_stopped()
-            await self._header(f"the task exited with status {outcome.status}")
+            await self.add_header(f"the task exited with status {outcome.status}")
             await run.list_changes()
             await self._bring_back(run, spec)
             await self._set_properties(run)
@@ -164,7 +170,7 @@ class ContainerTask(buildstep.BuildStep):
         except (TaskFailed, EngineError, UnsafeOutputs, OutputsError, InputChanged) as error:
             if self.stopped:
                 return CANCELLED
-            await self._say_error(str(error))
+            await self.say_error(str(error))
             return FAILURE
         finally:
             await self._remove(run)
@@ -237,21 +243,21 @@ class ContainerTask(buildstep.BuildStep):
                     raise buildstep.BuildStepCancelled() from error
                 raise TaskFailed(f"copying {worker_path!r} from the worker failed: {error};"
                                  f" {cmd.updates.get('stderr', [''])[-1]}") from error
-            await self._header(
+            await self.add_header(
                 f"copied {worker_path!r} from the worker to {container}"
                 f" ({pipe.bytes_written} bytes of tar)"
             )
 
     def _output(self, stream: int, data: bytes) -> None:
         text = self._decoders[stream].decode(data)
-        if text and self._stdio is not None:
-            (self._stdio.addStderr if stream == STDERR else self._stdio.addStdout)(text)
+        if text and self.stdio_log is not None:
+            (self.stdio_log.addStderr if stream == STDERR else self.stdio_log.addStdout)(text)
 
     def _flush_output(self) -> None:
         for stream, decoder in self._decoders.items():
             rest = decoder.decode(b"", final=True)
             if rest:
-                (self._stdio.addStderr if stream == STDERR else self._stdio.addStdout)(rest)
+                (self.stdio_log.addStderr if stream == STDERR else self.stdio_log.addStdout)(rest)
 
     async def _bring_back(self, run: TaskRun, spec: TaskSpec) -> None:
         fd, archive_path = tempfile.mkstemp(prefix="farm-task-", suffix=".tar.zst")
@@ -259,9 +265,9 @@ class ContainerTask(buildstep.BuildStep):
             with os.fdopen(fd, "wb") as archive:
                 packed = await run.collect(archive)
             if packed is None:
-                await self._header("the task changed nothing under the mapped paths")
+                await self.add_header("the task changed nothing under the mapped paths")
                 return
-            await self._header(
+            await self.add_header(
                 f"bringing back {len(packed.files)} entries ({packed.data_bytes} bytes) and"
                 f" {len(packed.deleted)} deletions ({os.path.getsize(archive_path)} bytes zstd)"
             )
@@ -290,7 +296,7 @@ class ContainerTask(buildstep.BuildStep):
                 (Path(manifest_path), (*prefix, f"{stem}.manifest.json")),
             ]
             published = await publish_files(
-                self, self._stdio, repository, prefix, placed, byproduct=True
+                self, self.stdio_log, repository, prefix, placed, byproduct=True
             )
             if published != SUCCESS:
                 raise TaskFailed("keeping the task's archive in the artifact repository failed")
@@ -302,17 +308,18 @@ class ContainerTask(buildstep.BuildStep):
         tmpdir = f".farm-task-{self.stepid}"
         dest = self.workdir if posixpath.isabs(self.workdir) else posixpath.join("..", self.workdir)
         try:
-            remote = await in_thread(self.master.reactor, _remote_archive_bytes)
-            await self._download(tmpdir, ARCHIVE_NAME, remote)
-            await self._download(tmpdir, "manifest.json", json.dumps(packed.manifest()).encode())
+            remote = await self.remote_archive_bytes()
+            await self.download_to_worker(tmpdir, ARCHIVE_NAME, remote)
+            await self.download_to_worker(tmpdir, "manifest.json",
+                                          json.dumps(packed.manifest()).encode())
             with open(archive_path, "rb") as archive:
-                await self._download(tmpdir, "changes.tar.zst", archive)
+                await self.download_to_worker(tmpdir, "changes.tar.zst", archive)
             cmd = remotecommand.RemoteShellCommand(
                 tmpdir, [python, ARCHIVE_NAME, "unpack", "changes.tar.zst", "manifest.json",
                          dest],
                 logEnviron=False, timeout=None,
             )
-            cmd.useLog(self._stdio, False)
+            cmd.useLog(self.stdio_log, False)
             await self.runCommand(cmd)
             self._check_stopped()
             if cmd.didFail():
@@ -323,7 +330,12 @@ class ContainerTask(buildstep.BuildStep):
                 await self.runCommand(remotecommand.RemoteCommand(
                     "rmdir", {"dir": tmpdir, "logEnviron": False}))
 
-    async def _download(self, tmpdir: str, name: str, source: Any) -> None:
+    async def remote_archive_bytes(self) -> bytes:
+        """farm-remote.pyz, the farm's programs for the worker."""
+        return await in_thread(self.master.reactor, _remote_archive_bytes)
+
+    async def download_to_worker(self, tmpdir: str, name: str, source: Any) -> None:
+        """Send ``source`` (bytes or an open file) to ``tmpdir/name`` on the worker."""
         reader = (remotetransfer.StringFileReader(source) if isinstance(source, bytes)
                   else remotetransfer.FileReader(source))
         cmd = remotecommand.RemoteCommand("downloadFile", {
@@ -336,11 +348,14 @@ class ContainerTask(buildstep.BuildStep):
             raise TaskFailed(f"could not send {name} to the worker")
 
     async def _set_properties(self, run: TaskRun) -> None:
-        found = await run.read_outputs()
+        await self.set_task_properties(await run.read_outputs())
+
+    async def set_task_properties(self, found: dict[str, str]) -> None:
+        """Set the properties the task wrote to ``$FARM_OUTPUTS``, and say which."""
         for key, value in found.items():
             self.setProperty(key, value, "ContainerTask")
         if found:
-            await self._header(f"set properties from $FARM_OUTPUTS: {', '.join(sorted(found))}")
+            await self.add_header(f"set properties from $FARM_OUTPUTS: {', '.join(sorted(found))}")
 
     async def _remove(self, run: TaskRun) -> None:
         self._run = None
@@ -348,17 +363,19 @@ class ContainerTask(buildstep.BuildStep):
             await run.remove()
         except EngineError as error:
             log.msg(f"farm: container task cleanup failed: {error}")
-            if self._stdio is not None:
-                await self._stdio.addStderr(
+            if self.stdio_log is not None:
+                await self.stdio_log.addStderr(
                     f"could not remove {run.config.name}: {error}\nThe farm service removes"
                     " such leftovers (labelled with this master's name) when it next starts.\n"
                 )
 
-    async def _header(self, text: str) -> None:
-        await self._stdio.addHeader(text + "\n")
+    async def add_header(self, text: str) -> None:
+        """A line of the step's own in the log."""
+        await self.stdio_log.addHeader(text + "\n")
 
-    async def _say_error(self, text: str) -> None:
-        await self._stdio.addStderr(f"ContainerTask: {text}\n")
+    async def say_error(self, text: str) -> None:
+        """Why the step fails, in the log and its description."""
+        await self.stdio_log.addStderr(f"ContainerTask: {text}\n")
         self.descriptionDone = ["failed"]
 
 

@@ -5,7 +5,8 @@
 * ``handoff SCRIPT [ARGS...]``: run a program in the pre-started worker, or here (:mod:`~.handoff`);
 * ``worker``: ``handoff`` this archive's ``bootstrap``, as FarmLatentWorker does;
 * ``bootstrap``: become a FarmLatentWorker's buildbot-worker (:mod:`~.bootstrap`);
-* ``unpack ARCHIVE MANIFEST DEST``: apply a container task's changes (:mod:`~.unpack`).
+* ``unpack ARCHIVE MANIFEST DEST``: apply a container task's changes (:mod:`~.unpack`);
+* ``container-task SPEC RESULT``: a container task on this host's engine (:mod:`~.container_task`).
 """
 
 from __future__ import annotations
@@ -63,6 +64,12 @@ def _unpack(argv: list[str]) -> int:
     return unpack.main(argv)
 
 
+def _container_task(argv: list[str]) -> int:
+    from buildbot_farm.remote import container_task
+
+    return container_task.main(argv)
+
+
 # Each command imports only its own modules: a hand-off starts in a few milliseconds.
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "agent": _agent,
@@ -71,6 +78,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "worker": _worker,
     "bootstrap": _bootstrap,
     "unpack": _unpack,
+    "container-task": _container_task,
 }
 
 

@@ -14,6 +14,8 @@ import pytest
 
 from buildbot_farm.containers._run import labels_for
 from buildbot_farm.demo import LocalFarm
+from tests.harness.byte_relay import CountingRelay
+from tests.harness.docker_engine import DockerEngine
 from tests.harness.ports import free_port
 
 HERE = Path(__file__).parent
@@ -22,9 +24,19 @@ HERE = Path(__file__).parent
 class BuildFarm:
     """A started LocalFarm plus helpers to force builds without waiting and read step logs."""
 
-    def __init__(self, farm: LocalFarm, leftover: str) -> None:
+    def __init__(self, farm: LocalFarm, leftover: str, relay: CountingRelay) -> None:
         self.farm = farm
+        self.master_name = f"{os.uname()[1]}:{farm.master_dir}"
         self.leftover = leftover
+        self.relay = relay
+
+    def build_counting(self, builder: str) -> tuple[dict[str, Any], int, int]:
+        """Force ``builder``; the finished build, and the bytes the worker's connection
+        carried meanwhile to the master and from it."""
+        before = self.relay.counts()
+        build = self.build(builder)
+        after = self.relay.counts()
+        return build, after[0] - before[0], after[1] - before[1]
 
     def build(self, builder: str) -> dict[str, Any]:
         """Force ``builder`` and wait for the finished build."""
@@ -93,8 +105,12 @@ def build_farm(
     base_image: str,
     busybox_image: str,
     docker_client: docker.DockerClient,
+    docker_engine: DockerEngine,
 ) -> Iterator[BuildFarm]:
     """A master (config: tests/containers/master.cfg) and a worker, started for the module.
+
+    The worker reaches the master through a CountingRelay, and both use the test engine
+    (``DOCKER_HOST``): builders ``NAME-on-worker`` run their tasks on the worker's engine.
 
     Before the master starts, a container labelled as this master's is left on the engine,
     as a crash would leave it: the farm service must remove it when it starts.
@@ -109,18 +125,25 @@ def build_farm(
             "FARM_TEST_BASE_IMAGE": base_image,
             "FARM_TEST_BUSYBOX_IMAGE": busybox_image,
             "FARM_TEST_OUTSIDE": str(basedir / "outside"),
+            "DOCKER_HOST": f"unix://{docker_engine.socket_path}",
         },
     )
     (basedir / "outside").mkdir()
     farm.create()
+    relay = CountingRelay(farm.pb_port)
+    tac = farm.worker_dir / "buildbot.tac"
+    text = tac.read_text()
+    assert f"port = {farm.pb_port}\n" in text, "buildbot.tac names the master's port otherwise"
+    tac.write_text(text.replace(f"port = {farm.pb_port}\n", f"port = {relay.port}\n"))
     master_name = f"{os.uname()[1]}:{farm.master_dir}"
     leftover = docker_client.containers.create(
         busybox_image, ["true"], labels=labels_for(master_name, build=1, step=1)
     )
     farm.start()
     try:
-        yield BuildFarm(farm, leftover.id)
+        yield BuildFarm(farm, leftover.id, relay)
     finally:
         farm.stop()
+        relay.stop()
         with contextlib.suppress(docker.errors.NotFound):
             leftover.remove(force=True)

@@ -46,10 +46,19 @@ class ContainerTaskConfigTests(ConfigErrorsMixin, unittest.TestCase):
             ({"docker_host": "localhost"}, "docker_host: must be None"),
             ({"outputs": ["/usr/**"]}, "outputs: the outputs pattern '/usr/**' matches nothing"),
             ({"inputs": {"a": "rel"}}, "inputs: the container path 'rel' must be absolute"),
+            ({"engine": "remote"}, "engine: must be 'master' (the task runs on the master's"),
+            ({"engine": "worker", "docker_host": "tcp://build1:2376"},
+             "docker_host: with engine='worker' must be None (the worker's DOCKER_HOST"),
         ]
         for kwargs, message in cases:
             with self.assertRaisesConfigError(message):
                 ContainerTask(image="i", command=["true"], **kwargs)
+
+    def test_the_workers_engine_is_a_setting(self) -> None:
+        """engine='worker' is accepted, alone or with the worker's socket."""
+        ContainerTask(image="i", command=["true"], engine="worker")
+        ContainerTask(image="i", command=["true"], engine="worker",
+                      docker_host="unix:///run/user/1000/docker.sock")
 
     def test_renderables_are_checked_when_rendered(self) -> None:
         """Renderable arguments pass checkconfig; they are checked when the build renders them
