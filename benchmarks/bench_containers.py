@@ -14,6 +14,12 @@
   nothing back (told by nothing); ContainerTask must find out that nothing changed, and
   does so from the inputs' sizes and times (files modified more than 2 s before the task).
 
+And on a real master and worker (the worker reaching the master through a relay that counts
+the bytes of its connection), one ContainerTask with 100 MiB of inputs (100 files, made
+before the task as a checkout is) that writes 5,000 output files (100 MiB) which come back
+to the build directory: ``engine="worker"`` vs the master's engine, the build's wall time
+and the bytes that crossed the worker's connection both ways.
+
 The measurements run in a child process with its own reactor (the global reactor runs once
 per process, and other benchmark modules use it too).
 """
@@ -176,6 +182,111 @@ def tar_of(directory: Path) -> Iterator[bytes]:
             yield chunk
 
 
+ENGINES_MASTER_CFG = """
+import os
+from buildbot.plugins import schedulers, steps, util, worker
+
+c = BuildmasterConfig = {"buildbotNetUsageData": None, "db": {"db_url": "sqlite:///state.sqlite"}}
+WEB_PORT = int(os.environ["FARM_WEB_PORT"])
+c["buildbotURL"] = f"http://127.0.0.1:{WEB_PORT}/"
+c["services"] = [util.FarmService(name="farm")]
+c["workers"] = [worker.Worker("local-worker", os.environ["FARM_WORKER_PASSWORD"])]
+c["protocols"] = {"pb": {"port": f"tcp:{os.environ['FARM_PB_PORT']}:interface=127.0.0.1"}}
+c["www"] = {"port": f"tcp:{WEB_PORT}:interface=127.0.0.1"}
+MAKE = os.environ["FARM_BENCH_MAKE_FILES"].replace("/work/out", "/work/src/out")
+c["builders"] = [
+    util.BuilderConfig(name=engine, workernames=["local-worker"], factory=util.BuildFactory([
+        steps.ContainerTask(name="task", image=os.environ["FARM_BENCH_IMAGE"], engine=engine,
+                            inputs={"src": "/work/src"}, workdir="/work/src",
+                            outputs=["/work/src/out/**"], command=["python3", "-c", MAKE]),
+    ]))
+    for engine in ("master", "worker")
+]
+c["schedulers"] = [schedulers.ForceScheduler(name="force", builderNames=["master", "worker"])]
+"""
+INPUT_FILES = 100
+
+
+def measure_engines(base: str, workdir: Path) -> dict[str, list[tuple[float, int, int]]]:
+    """Per engine, 3 rounds of (wall time, bytes to the master, bytes from it)."""
+    from buildbot_farm.demo import LocalFarm
+    from tests.harness.byte_relay import CountingRelay
+    from tests.harness.ports import free_port
+
+    config = workdir / "engines.cfg"
+    config.write_text(ENGINES_MASTER_CFG)
+    farm = LocalFarm(config, workdir / "farm", env={
+        "FARM_WEB_PORT": str(free_port()), "FARM_PB_PORT": str(free_port()),
+        "FARM_BENCH_IMAGE": base, "FARM_BENCH_MAKE_FILES": MAKE_FILES})
+    farm.create()
+    relay = CountingRelay(farm.pb_port)
+    tac = farm.worker_dir / "buildbot.tac"
+    tac.write_text(tac.read_text().replace(f"port = {farm.pb_port}\n", f"port = {relay.port}\n"))
+    settled = time.time() - 3600
+    for engine in ("master", "worker"):
+        src = farm.worker_dir / engine / "build" / "src"
+        src.mkdir(parents=True)
+        for index in range(INPUT_FILES):
+            path = src / f"in{index:03d}.bin"
+            path.write_bytes(os.urandom(100 * (1 << 20) // INPUT_FILES))
+            os.utime(path, (settled, settled))
+    found: dict[str, list[tuple[float, int, int]]] = {"master": [], "worker": []}
+    farm.start()
+    try:
+        for _ in range(3):
+            for engine in ("worker", "master"):
+                shutil.rmtree(farm.worker_dir / engine / "build" / "src" / "out",
+                              ignore_errors=True)
+                to_before, from_before = relay.counts()
+                started = time.perf_counter()
+                build = force_and_wait(farm, engine)
+                wall = time.perf_counter() - started
+                to_after, from_after = relay.counts()
+                if build["results"] != 0:
+                    raise RuntimeError(f"the {engine} build failed: {build['state_string']}")
+                out = farm.worker_dir / engine / "build" / "src" / "out"
+                if len(list(out.iterdir())) != FILES:
+                    raise RuntimeError(f"the {engine} build did not bring back {FILES} files")
+                found[engine].append((wall, to_after - to_before, from_after - from_before))
+    finally:
+        farm.stop()
+        relay.stop()
+    return found
+
+
+def force_and_wait(farm: Any, builder: str) -> dict[str, Any]:
+    """Force ``builder``; the finished build, polled every 50 ms."""
+    answer = farm.api("forceschedulers/force", {
+        "jsonrpc": "2.0", "id": 1, "method": "force",
+        "params": {"builderNames": [builder], "reason": "benchmark"}})
+    request = next(iter(answer["result"][1].values()))
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        builds = farm.api(f"buildrequests/{request}/builds")["builds"]
+        if builds and builds[0]["complete"]:
+            return dict(builds[0])
+        time.sleep(0.05)
+    raise RuntimeError(f"the {builder} build did not finish within 600 s")
+
+
+def print_engines(found: dict[str, list[tuple[float, int, int]]]) -> None:
+    """The engine comparison: wall time range and ratio, MiB through the master."""
+    mib = 1 << 20
+    print(f"\nengine=\"worker\" vs the master's engine: 100 MiB of inputs, {FILES:,} output"
+          " files (100 MiB), 3 rounds (min-max)")
+    print(f"{'':28} {'engine=worker':>16} {'master engine':>16} {'ratio':>12}  target")
+    worker = [w for w, _, _ in found["worker"]]
+    master = [w for w, _, _ in found["master"]]
+    ratios = [w / m for w, m in zip(worker, master)]
+    print(f"{'wall time (s)':28} {min(worker):7.1f}-{max(worker):<7.1f} "
+          f"{min(master):7.1f}-{max(master):<7.1f} {min(ratios):5.2f}-{max(ratios):.2f}x  <= 1.0x")
+    for index, what in ((1, "MiB worker -> master"), (2, "MiB master -> worker")):
+        ours = [row[index] / mib for row in found["worker"]]
+        theirs = [row[index] / mib for row in found["master"]]
+        print(f"{what:28} {min(ours):7.2f}-{max(ours):<7.2f} "
+              f"{min(theirs):7.1f}-{max(theirs):<7.1f}")
+
+
 def child() -> None:
     import docker
     from twisted.internet import defer, task
@@ -196,10 +307,11 @@ def child() -> None:
         except SystemExit as done:
             if done.code:
                 raise
-    print(f"{'what':32} {'ContainerTask':>14} {'docker CLI':>12} {'ratio':>7}  target")
-    for what, ours, theirs in rows:
-        print(f"{what:32} {ours * 1000:11.0f} ms {theirs * 1000:9.0f} ms {ours / theirs:6.2f}x"
-              "  <= 1.20x")
+        print(f"{'what':32} {'ContainerTask':>14} {'docker CLI':>12} {'ratio':>7}  target")
+        for what, ours, theirs in rows:
+            print(f"{what:32} {ours * 1000:11.0f} ms {theirs * 1000:9.0f} ms"
+                  f" {ours / theirs:6.2f}x  <= 1.20x")
+        print_engines(measure_engines(base, Path(workdir)))
 
 
 def main() -> None:
