@@ -18,7 +18,7 @@ import pytest
 
 from buildbot_farm.containers._engine import ContainerConfig, create_body
 from buildbot_farm.containers._run import TaskRun, labels_for
-from buildbot_farm.leases.providers.isolation import remote_archive
+from buildbot_farm.private_dirs import remote_archive
 from tests.harness.docker_engine import DockerEngine
 from tests.harness.images import ensure_busybox_image
 from tests.remote.test_python39 import python39
