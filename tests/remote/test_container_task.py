@@ -6,11 +6,15 @@ the real test engine (and a private dockerd for the engine dying under a task).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import socket
 import subprocess
 import tempfile
+import threading
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -121,3 +125,89 @@ def test_the_engine_dying_under_a_task_fails_it_clearly(tmp_path: Path) -> None:
     finally:
         private.stop()
         shutil.rmtree(private.state_dir or "", ignore_errors=True)
+
+
+class ArchiveCutter:
+    """A unix socket in front of the real engine that passes every call through, except
+    that its answer to the archive of ``path`` is cut after ``keep`` bytes of tar (a
+    complete HTTP answer with a broken archive in it)."""
+
+    def __init__(self, socket_path: Path, engine_socket: Path, path: str, keep: int) -> None:
+        self.engine_socket = str(engine_socket)
+        self.wanted = f"/archive?path={urllib.parse.quote(path, safe='')}".encode()
+        self.keep = keep
+        self.cut = 0
+        self.listener = socket.socket(socket.AF_UNIX)
+        self.listener.bind(str(socket_path))
+        self.listener.listen()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._carry, args=(client,), daemon=True).start()
+
+    def _carry(self, client: socket.socket) -> None:
+        engine = socket.socket(socket.AF_UNIX)
+        engine.connect(self.engine_socket)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += client.recv(65536)
+        if head.startswith(b"GET ") and self.wanted in head.split(b"\r\n")[0]:
+            self._cut(client, engine, head)
+            return
+        engine.sendall(head)
+        threading.Thread(target=_pipe, args=(client, engine), daemon=True).start()
+        _pipe(engine, client)
+
+    def _cut(self, client: socket.socket, engine: socket.socket, head: bytes) -> None:
+        engine.sendall(head.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1))
+        answer = b""
+        while data := engine.recv(65536):
+            answer += data
+        _, body = answer.split(b"\r\n\r\n", 1)
+        tar = b""
+        while body:  # the engine's chunked encoding
+            size_line, body = body.split(b"\r\n", 1)
+            size = int(size_line, 16)
+            tar, body = tar + body[:size], body[size + 2:]
+        self.cut += 1
+        kept = tar[:self.keep]
+        client.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-tar\r\nContent-Length: "
+                       + str(len(kept)).encode() + b"\r\nConnection: close\r\n\r\n" + kept)
+        client.close()
+        engine.close()
+
+    def stop(self) -> None:
+        """Stop taking connections."""
+        self.listener.close()
+
+
+def _pipe(source: socket.socket, sink: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while data := source.recv(65536):
+            sink.sendall(data)
+    with contextlib.suppress(OSError):
+        sink.shutdown(socket.SHUT_WR)
+
+
+def test_a_broken_archive_of_the_changes_writes_nothing(
+    tmp_path: Path, busybox_image: str, docker_engine: DockerEngine
+) -> None:
+    """An archive of the changes that ends mid-file fails the task clearly; nothing is written."""
+    cutter = ArchiveCutter(tmp_path / "cut.sock", docker_engine.socket_path, "/work/src/out",
+                           keep=1536)
+    try:
+        command = "mkdir out && head -c 8192 /dev/urandom > out/a && echo b > b.txt"
+        spec = task_spec(busybox_image, command, f"unix://{tmp_path}/cut.sock")
+        result, _, _ = finish(tmp_path, start(tmp_path, spec))
+    finally:
+        cutter.stop()
+    assert cutter.cut == 1
+    assert result["status"] == 0
+    assert "the Docker engine's archive of /work/src/out cannot be read" in result["error"]
+    assert "nothing was written" in result["error"]
+    assert sorted(p.name for p in (tmp_path / "build" / "src").iterdir()) == []
