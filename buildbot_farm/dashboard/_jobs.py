@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from markupsafe import Markup
 
 from buildbot_farm.dashboard import _pages as pages
-from buildbot_farm.dashboard._builds import BuildLinks
+from buildbot_farm.dashboard._builds import BuildLink, BuildLinks
 from buildbot_farm.ondemand.jobs import ACTIVE, Job
 
 JOBS_PAGE_SIZE = 50
@@ -24,6 +25,18 @@ c["schedulers"].append(schedulers.OnDemandScheduler(
     name="tool", builder="tool", artifact="bin/tool/*/tool",
     parameters=[util.OnDemandChoice("os", choices=("linux", "darwin"))],
 ))"""
+
+
+@dataclass(frozen=True)
+class AttemptLine:
+    """What the page shows of one attempt: plain values, so that the template reads
+    attributes instead of calling methods (each call in a template is costly)."""
+
+    number: int
+    worker: str | None
+    result: str | None
+    error: str | None
+    build: BuildLink | None
 
 
 def parameters_cell(parameters: str) -> list[tuple[str, str]] | None:
@@ -54,10 +67,12 @@ async def jobs_body(host: Any, links: BuildLinks, api_base: str) -> tuple[Markup
     found: list[Job] = await jobs.recent(JOBS_PAGE_SIZE)
     if not found:
         return pages.render("no_jobs.html", api_base=api_base), False
+    attempts_of = await jobs.attempts_of([job.key for job in found])
     rows = []
     for job in found:
-        attempts = [(attempt, await links.link(attempt.get("build_id")))
-                    for attempt in await jobs.attempts(job.key)]
+        attempts = [AttemptLine(int(row["attempt"]), row["worker"], row["result"], row["error"],
+                                await links.link(row["build_id"]))
+                    for row in attempts_of[job.key]]
         rows.append({"job": job, "parameters": parameters_cell(job.parameters),
                      "attempts": attempts})
     body = pages.render("jobs.html", rows=rows, api_base=api_base, key_shown=KEY_SHOWN,

@@ -159,11 +159,23 @@ class JobTable:
 
     async def attempts(self, key: str) -> list[db.Row]:
         """The attempts of ``key``, oldest first."""
-        return await self._db.fetchall(
-            "SELECT attempt, master, buildset_id, build_id, worker, result, error, started_at,"
-            " finished_at FROM farm_ondemand_attempts WHERE build_key = ? ORDER BY attempt",
-            (key,),
-        )
+        return (await self.attempts_of([key]))[key]
+
+    async def attempts_of(self, keys: list[str]) -> dict[str, list[db.Row]]:
+        """The attempts of each of ``keys`` (every key present, oldest attempt first), in
+        one query: a page of jobs reads its attempts at once, not job by job."""
+        found: dict[str, list[db.Row]] = {key: [] for key in keys}
+        if not keys:
+            return found
+        marks = ", ".join("?" for _ in keys)
+        for row in await self._db.fetchall(
+            "SELECT build_key, attempt, master, buildset_id, build_id, worker, result, error,"
+            " started_at, finished_at FROM farm_ondemand_attempts"
+            f" WHERE build_key IN ({marks}) ORDER BY build_key, attempt",
+            tuple(keys),
+        ):
+            found[row.pop("build_key")].append(row)
+        return found
 
     async def buildset_added(self, key: str, attempt: int, buildset_id: int) -> None:
         """Record the Buildbot buildset that carries ``attempt``, and wake its waiters."""

@@ -153,3 +153,25 @@ async def test_an_expired_artifact_is_rebuilt_once(database: db.Database) -> Non
     assert again.needs_build
     assert again.job.attempt == 2
     assert not (await jobs.submit(KEY, "s", "{}")).needs_build
+
+
+@pytest_twisted.ensureDeferred
+async def test_attempts_of_several_jobs_are_read_at_once(database: db.Database) -> None:
+    """attempts_of answers each key's attempts, oldest first, as attempts() does one by one,
+    and an empty list for a key with none."""
+    clock = Clock()
+    jobs = JobTable(database, clock, "m1")
+    other = "b" * 64
+    for key in (KEY, other):
+        await jobs.submit(key, "s", "{}")
+        await jobs.started(key, 1, 7, "w1")
+        await jobs.finish(key, 1, "failure", None, "broke")
+        clock.now += 1
+        await jobs.submit(key, "s", "{}")
+    found = await jobs.attempts_of([other, KEY, "c" * 64])
+    assert found == {other: await jobs.attempts(other), KEY: await jobs.attempts(KEY),
+                     "c" * 64: []}
+    assert [a["attempt"] for a in found[KEY]] == [1, 2]
+    assert set(found[KEY][0]) == {"attempt", "master", "buildset_id", "build_id", "worker",
+                                  "result", "error", "started_at", "finished_at"}
+    assert await jobs.attempts_of([]) == {}
