@@ -12,15 +12,17 @@ import threading
 
 
 class CountingRelay:
-    """Relays 127.0.0.1:``port`` (a free port) to 127.0.0.1:``target_port``; ``stop`` after."""
+    """Relays ``address``:``port`` (a free port) to ``address``:``target_port``; ``stop``
+    after. ``address`` is loopback unless a test made another one."""
 
-    def __init__(self, target_port: int) -> None:
+    def __init__(self, target_port: int, address: str = "127.0.0.1") -> None:
+        self.address = address
         self.target_port = target_port
         self.to_target = 0
         self.to_client = 0
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
-        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener = socket.create_server((address, 0))
         self.port = int(self._listener.getsockname()[1])
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -35,7 +37,7 @@ class CountingRelay:
                 client, _ = self._listener.accept()
             except OSError:
                 return
-            target = socket.create_connection(("127.0.0.1", self.target_port))
+            target = socket.create_connection((self.address, self.target_port))
             self._sockets += [client, target]
             threading.Thread(target=self._pipe, args=(client, target, True), daemon=True).start()
             threading.Thread(target=self._pipe, args=(target, client, False), daemon=True).start()
