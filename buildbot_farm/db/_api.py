@@ -59,6 +59,10 @@ class Transaction(abc.ABC):
         rows = await self.fetchall(sql, params)
         return rows[0] if rows else None
 
+    async def fetchall_prepared(self, name: str, sql: str, params: Params = ()) -> list[Row]:
+        """:meth:`fetchall` for a query run very often, as :meth:`Database.execute_prepared`."""
+        return await self.fetchall(sql, params)
+
     @abc.abstractmethod
     async def executescript(self, script: str) -> None:
         """Run several ``;``-separated statements with no parameters (migrations)."""
@@ -139,6 +143,10 @@ class Database(abc.ABC):
         cache does that already.
         """
         return await self.execute(sql, params)
+
+    async def fetchall_prepared(self, name: str, sql: str, params: Params = ()) -> list[Row]:
+        """:meth:`fetchall` for a query run very often, prepared as :meth:`execute_prepared`."""
+        return await self.fetchall(sql, params)
 
 
 @functools.lru_cache(maxsize=64)

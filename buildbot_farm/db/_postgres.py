@@ -1,20 +1,19 @@
-"""The PostgreSQL backend, through txpostgres: real asynchronous I/O, no threads.
+"""The PostgreSQL backend, on txpostgres connections: real asynchronous I/O, no threads.
 
-A small pool of connections serves transactions and single statements (those run in
-autocommit, without the BEGIN and COMMIT round trips); each connection has a
-``DeadConnectionDetector`` that reconnects it in the background after the server goes
-away. While it is away, calls fail at once with ``DatabaseUnavailable``; a call the server
-does not answer fails when its deadline passes, and its connection is replaced, so no call
-hangs forever. One more connection, opened on first :meth:`listen`, carries LISTEN/NOTIFY.
+A small pool of connections (``_pg_pool``) serves transactions and single statements (those
+run in autocommit, without the BEGIN and COMMIT round trips), which each connection runs
+itself (``_pg_connection``); each has a ``DeadConnectionDetector`` that reconnects it in the
+background after the server goes away. While it is away, calls fail at once with
+``DatabaseUnavailable``; a call the server does not answer fails when its deadline passes,
+and its connection is replaced, so no call hangs forever. One more connection, opened on
+first :meth:`listen`, carries LISTEN/NOTIFY.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Iterator
 from typing import Any, Callable, TypeVar
 
-import psycopg2
 from twisted.internet import defer
 from twisted.python import failure, log
 from txpostgres import reconnection, txpostgres
@@ -27,44 +26,21 @@ from buildbot_farm.db._api import (
     Row,
     Subscription,
     Transaction,
-    qmark_to_pyformat,
 )
-from buildbot_farm.db._errors import DatabaseError, DatabaseUnavailable, IntegrityError
-from buildbot_farm.db._prepared import run_prepared
+from buildbot_farm.db._errors import DatabaseError, DatabaseUnavailable
+from buildbot_farm.db._pg_connection import (
+    PooledConnection,
+    check_channel,
+    rowcount,
+    rows,
+    run_transaction,
+)
+from buildbot_farm.db._pg_pool import CONNECTION_ERRORS, ConnectionPool, one_line
 from buildbot_farm.db._url import DatabaseURL
 
 T = TypeVar("T")
 
-_CHANNEL = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 MAX_RECONNECT_DELAY = 5.0
-_CONNECTION_ERRORS = (
-    psycopg2.OperationalError,
-    psycopg2.InterfaceError,
-    reconnection.ConnectionDead,
-    txpostgres.RollbackFailed,
-)
-
-
-class _PostgresTransaction(Transaction):
-    dialect = POSTGRESQL_DIALECT
-
-    def __init__(self, cursor: txpostgres.Cursor) -> None:
-        self._cursor = cursor
-
-    async def execute(self, sql: str, params: Params = ()) -> int:
-        await self._cursor.execute(qmark_to_pyformat(sql), tuple(params))
-        return int(self._cursor.rowcount)
-
-    async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
-        await self._cursor.execute(qmark_to_pyformat(sql), tuple(params))
-        return _rows(self._cursor)
-
-    async def executescript(self, script: str) -> None:
-        await self._cursor.execute(script)
-
-    async def notify(self, channel: str, payload: str = "") -> None:
-        _check_channel(channel)
-        await self._cursor.execute("SELECT pg_notify(%s, %s)", (channel, payload))
 
 
 class _ListenSubscription(Subscription):
@@ -93,18 +69,23 @@ class PostgresDatabase(Database):
         self._reactor = reactor
         self._pool_size = pool_size
         self._timeout = timeout
-        self._idle: defer.DeferredQueue[txpostgres.Connection] = defer.DeferredQueue()
-        self._connections: set[txpostgres.Connection] = set()
+        self._pool = self._new_pool()
         self._listener: txpostgres.Connection | None = None
         self._listeners: dict[str, list[NotifyCallback]] = {}
         self._stopped = False
         self._retired: set[reconnection.DeadConnectionDetector] = set()
 
-    def _new_connection(self) -> txpostgres.Connection:
+    def _new_pool(self) -> ConnectionPool:
+        return ConnectionPool(self._reactor, self._timeout, self._unavailable, self._replace)
+
+    def _new_connection(self) -> PooledConnection:
+        return PooledConnection(reactor=self._reactor, detector=self._new_detector())
+
+    def _new_detector(self) -> reconnection.DeadConnectionDetector:
         detector = reconnection.DeadConnectionDetector(reactor=self._reactor)
         detector.reconnectionIterator = lambda: self._reconnect_delays(detector)
         detector.addRecoveryHandler(lambda: self._log_recovery(detector))
-        return txpostgres.Connection(reactor=self._reactor, detector=detector)
+        return detector
 
     @staticmethod
     def _reconnect_delays(detector: reconnection.DeadConnectionDetector) -> Iterator[float]:
@@ -122,7 +103,8 @@ class PostgresDatabase(Database):
         """Close a connection for good: a reconnection under way ends at its next attempt."""
         self._retired.add(connection.detector)
         connection.detector.reconnectable = _Retired()
-        self._connections.discard(connection)
+        if isinstance(connection, PooledConnection):
+            self._pool.discard(connection)
         try:
             connection.close()
         except Exception as e:
@@ -155,19 +137,19 @@ class PostgresDatabase(Database):
             reason = e.subFailure.value if isinstance(e, defer.FirstError) else e
             raise DatabaseUnavailable(
                 f"cannot connect to the farm database {self.url.redacted()}: "
-                f"{_one_line(reason)}; check that PostgreSQL is running and that db_url "
+                f"{one_line(reason)}; check that PostgreSQL is running and that db_url "
                 f"names the right host, port, user and database"
             ) from None
         for connection in connections:
-            self._connections.add(connection)
-            self._idle.put(connection)
+            self._pool.add(connection)
 
     async def stop(self) -> None:
         """Close every connection (the listener's too)."""
         self._stopped = True
-        for connection in list(self._connections):
+        for connection in list(self._pool.members):
             self._retire(connection)
-        self._idle = defer.DeferredQueue()
+        self._pool.close(self._closed())
+        self._pool = self._new_pool()
         if self._listener is not None:
             self._retire(self._listener)
             self._listener = None
@@ -175,74 +157,67 @@ class PostgresDatabase(Database):
 
     async def transaction(self, fn: Callable[[Transaction], Awaitable[T]]) -> T:
         """Run ``fn`` in a transaction on a pooled connection, within the deadline."""
-
-        def interaction(cursor: txpostgres.Cursor) -> defer.Deferred[T]:
-            return defer.Deferred.fromCoroutine(fn(_PostgresTransaction(cursor)))  # type: ignore[arg-type]
-
         return await self._on_connection(
-            lambda connection: connection.runInteraction(interaction), "running a transaction"
+            lambda connection: connection.checked(lambda: run_transaction(connection, fn)),
+            "running a transaction",
         )
 
     async def execute(self, sql: str, params: Params = ()) -> int:
         """Run one statement on its own: autocommit, one round trip instead of three."""
         return await self._on_connection(
-            lambda connection: _autocommit(connection, sql, params, _rowcount),
+            lambda connection: connection.checked(lambda: connection.run(sql, params, rowcount)),
             "running a statement",
         )
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
         """Run one query on its own: autocommit, one round trip instead of three."""
         return await self._on_connection(
-            lambda connection: _autocommit(connection, sql, params, _rows), "running a statement"
+            lambda connection: connection.checked(lambda: connection.run(sql, params, rows)),
+            "running a statement",
         )
 
     async def execute_prepared(self, name: str, sql: str, params: Params = ()) -> int:
         """Run ``sql`` prepared (as ``name``) on the connection; PREPARE it there first if needed.
 
-        A connection that reconnected has lost its prepared statements: the EXECUTE fails
-        saying so, and the statement is prepared again and run.
+        A connection that reconnected has lost its prepared statements and prepares them
+        again; so does one whose statement was DEALLOCATEd (its EXECUTE fails saying so).
         """
-        if not _CHANNEL.match(name):
-            raise ValueError(f"prepared statement name {name!r}: lower-case letters, digits, '_'")
         return await self._on_connection(
-            lambda connection: run_prepared(connection, name, sql, params),
+            lambda connection: connection.checked(
+                lambda: connection.run_prepared(name, sql, params, rowcount, in_transaction=False),
+            ),
             "running a statement",
         )
 
-    async def _on_connection(
-        self, work: Callable[[txpostgres.Connection], defer.Deferred[T]], doing: str
-    ) -> T:
+    async def fetchall_prepared(self, name: str, sql: str, params: Params = ()) -> list[Row]:
+        """:meth:`fetchall` of ``sql`` prepared as ``name``, as :meth:`execute_prepared` runs it."""
+        return await self._on_connection(
+            lambda connection: connection.checked(
+                lambda: connection.run_prepared(name, sql, params, rows, in_transaction=False),
+            ),
+            "running a statement",
+        )
+
+    def _on_connection(
+        self, work: Callable[[PooledConnection], defer.Deferred[T]], doing: str
+    ) -> defer.Deferred[T]:
         """Run ``work`` on a pooled connection within the deadline; map its errors."""
         if self._stopped:
-            raise DatabaseUnavailable(
-                f"the farm database {self.url.redacted()} is closed (the farm service is stopped)"
-            )
-        waiting = self._idle.get()
-        if waiting.called:
-            connection = await waiting
-        else:
-            connection = await self._deadline(
-                waiting, "waiting for a free connection", on_expiry=waiting.cancel
-            )
-        try:
-            return await self._deadline(
-                work(connection), doing, on_expiry=lambda: self._replace(connection)
-            )
-        except psycopg2.IntegrityError as e:
-            raise IntegrityError(_one_line(e)) from e
-        except _CONNECTION_ERRORS as e:
-            raise self._unavailable(_one_line(e) or type(e).__name__) from e
-        finally:
-            if connection in self._connections:
-                self._idle.put(connection)
+            return defer.fail(self._closed())
+        return self._pool.run(work, doing)
+
+    def _closed(self) -> DatabaseUnavailable:
+        return DatabaseUnavailable(
+            f"the farm database {self.url.redacted()} is closed (the farm service is stopped)"
+        )
 
     def _deadline(
         self, d: defer.Deferred[T], doing: str, on_expiry: Callable[[], object]
     ) -> defer.Deferred[T]:
         """Fire with ``d``'s result, or fail with DatabaseUnavailable after the timeout.
 
-        txpostgres cannot cancel a query whose server is gone, so on expiry ``d`` is
-        abandoned and ``on_expiry`` frees what it held (a queue wait, a busy connection).
+        For connecting and LISTEN (the pool times its calls itself): txpostgres cannot
+        cancel those, so on expiry ``d`` is abandoned and ``on_expiry`` frees what it held.
         """
         result: defer.Deferred[T] = defer.Deferred()
 
@@ -266,23 +241,27 @@ class PostgresDatabase(Database):
         d.addBoth(finish)
         return result
 
-    def _replace(self, connection: txpostgres.Connection) -> None:
-        """Drop a connection stuck on an unanswered call and put a fresh one in the pool."""
+    def _replace(self, connection: PooledConnection) -> None:
+        """Drop a connection stuck on an unanswered call and put a fresh one in the pool.
+
+        The fresh one takes calls once it has connected, or failed to (then its detector
+        reconnects it in the background, and calls on it fail fast meanwhile).
+        """
         self._retire(connection)
         if self._stopped:
             return
         fresh = self._new_connection()
-        self._connections.add(fresh)
+        self._pool.add(fresh, free=False)
 
         def reconnect_in_background(f: failure.Failure) -> None:
             fresh.detector.checkForDeadConnection(f)
 
-        fresh.connect(self.url.dsn).addErrback(reconnect_in_background)
-        self._idle.put(fresh)
+        connecting = fresh.connect(self.url.dsn).addErrback(reconnect_in_background)
+        connecting.addCallback(lambda _: self._pool.free(fresh))
 
     async def listen(self, channel: str, callback: NotifyCallback) -> Subscription:
         """LISTEN on ``channel``; ``callback(payload)`` runs for each NOTIFY from any master."""
-        _check_channel(channel)
+        check_channel(channel)
         listener = await self._listening_connection()
         if channel not in self._listeners:
             try:
@@ -291,8 +270,8 @@ class PostgresDatabase(Database):
                     "LISTEN",
                     on_expiry=lambda: None,
                 )
-            except _CONNECTION_ERRORS as e:
-                raise self._unavailable(_one_line(e)) from e
+            except CONNECTION_ERRORS as e:
+                raise self._unavailable(one_line(e)) from e
             self._listeners[channel] = []
         self._listeners[channel].append(callback)
         return _ListenSubscription(self, channel, callback)
@@ -313,16 +292,16 @@ class PostgresDatabase(Database):
 
     async def _listening_connection(self) -> txpostgres.Connection:
         if self._listener is None:
-            listener = self._new_connection()
+            listener = txpostgres.Connection(reactor=self._reactor, detector=self._new_detector())
             try:
                 await self._deadline(
                     listener.connect(self.url.dsn),
                     "connecting the listener",
                     on_expiry=lambda: self._retire(listener),
                 )
-            except _CONNECTION_ERRORS as e:
+            except CONNECTION_ERRORS as e:
                 self._retire(listener)
-                raise self._unavailable(_one_line(e)) from e
+                raise self._unavailable(one_line(e)) from e
             listener.addNotifyObserver(self._on_notify)
             listener.detector.addRecoveryHandler(self._relisten)
             self._listener = listener
@@ -344,39 +323,6 @@ class PostgresDatabase(Database):
                 log.err(None, f"farm database: listener of {notify.channel!r} failed")
 
 
-def _autocommit(
-    connection: txpostgres.Connection, sql: str, params: Params,
-    read: Callable[[txpostgres.Cursor], T],
-) -> defer.Deferred[T]:
-    """Run one statement with no BEGIN/COMMIT (the server commits it); ``read`` its cursor.
-
-    txpostgres connections are in autocommit mode; ``runInteraction`` adds the BEGIN and
-    COMMIT round trips that a single statement does not need to be atomic.
-    """
-
-    def run() -> defer.Deferred[T]:
-        cursor = connection.cursor()
-
-        def close_cursor(outcome: Any) -> Any:
-            cursor.close()
-            return outcome
-
-        done = cursor.execute(qmark_to_pyformat(sql), tuple(params)).addCallback(read)
-        return done.addBoth(close_cursor)
-
-    return connection.detector.callChecking(run)
-
-
-def _rowcount(cursor: txpostgres.Cursor) -> int:
-    return int(cursor.rowcount)
-
-
-def _rows(cursor: txpostgres.Cursor) -> list[Row]:
-    """The rows of ``cursor``'s last query as dicts keyed by column name."""
-    names = [column[0] for column in cursor.description or ()]
-    return [dict(zip(names, row)) for row in cursor.fetchall()]
-
-
 class _Retired:
     """Stands in for a retired connection, so that its detector's next attempt ends the loop."""
 
@@ -386,15 +332,3 @@ class _Retired:
     def connect(self, *args: object, **kwargs: object) -> defer.Deferred[None]:
         """Succeed at once: there is nothing to reconnect."""
         return defer.succeed(None)
-
-
-def _one_line(error: object) -> str:
-    """libpq's messages span lines; a log line or a JSON error wants one."""
-    return " ".join(str(error).split())
-
-
-def _check_channel(channel: str) -> None:
-    if not _CHANNEL.match(channel):
-        raise ValueError(
-            f"notification channel {channel!r} must be lower-case letters, digits and '_'"
-        )

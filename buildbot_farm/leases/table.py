@@ -137,13 +137,15 @@ class LeaseTable:
         """Hand a warm idle buildlet of ``buildlet_type`` to ``owner`` (renamed for them)."""
 
         async def claim(txn: db.Transaction) -> str | None:
-            row = await txn.fetchone(
+            rows = await txn.fetchall_prepared(
+                "farm_lease_claim_idle",
                 "SELECT name FROM farm_buildlets WHERE type = ? AND state = ? AND coordinator = ?"
                 " ORDER BY created_at LIMIT 1" + txn.dialect.skip_locked,
                 (buildlet_type, LeaseState.IDLE.value, self._coordinator),
             )
-            if row is None:
+            if not rows:
                 return None
+            row = rows[0]
             new_name = await _reserve_name(txn, owner, buildlet_type)
             await txn.execute(
                 "UPDATE farm_buildlets SET name = ?, state = ?, owner = ?, leased_at = ?,"

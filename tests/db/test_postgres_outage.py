@@ -103,3 +103,25 @@ async def test_unreachable_server_at_start_names_the_url(pg_cluster_factory) -> 
     assert cluster.dsn.split("@")[1].split("/")[0] in message
     assert "check that PostgreSQL is running" in message
     await defer.succeed(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_call_waiting_for_a_busy_pool_fails_at_its_deadline(pg_cluster_factory) -> None:  # type: ignore[no-untyped-def]
+    """With the only connection held past the deadline, a waiting call fails saying it waited;
+    the holder fails too, its connection is replaced, and the next call works."""
+    cluster: PostgresCluster = pg_cluster_factory()
+    database = await db.connect(cluster.dsn, reactor, pool_size=1, timeout=1.0)
+    held: defer.Deferred[None] = defer.Deferred()
+
+    async def hold(txn: db.Transaction) -> None:
+        await txn.execute("SELECT 1")
+        await held
+
+    holder = defer.ensureDeferred(database.transaction(hold))
+    with pytest.raises(db.DatabaseUnavailable, match="waiting for a free connection"):
+        await database.fetchone("SELECT 1")
+    with pytest.raises(db.DatabaseUnavailable, match="no answer within 1 s running a transaction"):
+        await holder
+    held.callback(None)
+    await first_success(database, within=10.0)
+    await database.stop()

@@ -67,3 +67,37 @@ async def test_a_prepared_statement_is_prepared_once_and_again_when_lost(
         ]
     finally:
         await database.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_prepared_query_returns_rows_alone_and_in_transactions(
+    db_url_for: DbUrlFactory,
+) -> None:
+    """``fetchall_prepared`` PREPAREs once per connection, inside a transaction too; a
+    transaction that rolls back keeps the statement prepared (PREPARE is not transactional)."""
+    database = await db.connect(db_url_for("postgresql"), reactor, pool_size=1)
+    try:
+        await database.execute("CREATE TABLE words (w TEXT PRIMARY KEY, n INTEGER)")
+        await database.execute("INSERT INTO words VALUES ('a', 1), ('b', 2), ('c', 3)")
+        above = "SELECT w FROM words WHERE n > ? ORDER BY w"
+        assert await database.fetchall_prepared("words_above", above, (1,)) == [
+            {"w": "b"}, {"w": "c"}
+        ]
+
+        async def claim_then_fail(txn: db.Transaction) -> None:
+            first = "SELECT w FROM words WHERE n >= ? ORDER BY n LIMIT 1" + txn.dialect.skip_locked
+            assert await txn.fetchall_prepared("first_word", first, (2,)) == [{"w": "b"}]
+            assert await txn.fetchall_prepared("words_above", above, (2,)) == [{"w": "c"}]
+            raise ValueError("roll back")
+
+        with pytest.raises(ValueError, match="roll back"):
+            await database.transaction(claim_then_fail)
+        names = await database.fetchall("SELECT name FROM pg_prepared_statements ORDER BY name")
+        assert names == [{"name": "first_word"}, {"name": "words_above"}]
+        assert await database.fetchall_prepared("words_above", above, (0,)) == [
+            {"w": "a"}, {"w": "b"}, {"w": "c"}
+        ]
+        with pytest.raises(ValueError, match="lower-case letters"):
+            await database.fetchall_prepared("Bad Name", above, (0,))
+    finally:
+        await database.stop()
