@@ -83,15 +83,15 @@ def _fill(url: str, workdir: Path) -> None:
         document = _document(n)
         digest = chain.entry_hash(prev, chain.RECORD, "bench", str(n), document)
         rows.append(("bench", str(n), 1.7e9 + n, "success", f"{n:040x}", document.decode(),
-                     0.0, n + 1, prev, digest))
+                     0.0, n + 1, digest))
         prev = digest
     sql = ("INSERT INTO farm_records (name, version, timestamp, result, source_commit, body,"
-           " recorded_at, chain_seq, prev_hash, hash) VALUES ")
+           " recorded_at, chain_seq, hash) VALUES ")
     if url.startswith("sqlite"):
         import sqlite3
 
         with sqlite3.connect(url[len("sqlite:///"):]) as connection:
-            connection.executemany(sql + "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            connection.executemany(sql + "(?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
         return
     with psycopg2.connect(url) as connection, connection.cursor() as cursor:
         from psycopg2.extras import execute_values

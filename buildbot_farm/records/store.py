@@ -182,16 +182,14 @@ class RecordStore:
             await self._database.transaction(_chain_head)
         _CHAINED.add(self._database)
 
-    async def chain(self, after: int, limit: int) -> list[db.Row]:
+    async def chain(self, after: int, limit: int) -> list[dict[str, Any]]:
         """Up to ``limit`` chain entries after ``after``, in chain order, with their content.
 
         Records stored before the chain existed are chained first (once).
         """
         if self._database not in _CHAINED:
             await self._chain_older()
-        return await self._database.fetchall(
-            chain_store.CHAIN_PAGE, (after, limit, after, limit, after, limit, limit)
-        )
+        return await chain_store.chain_page(self._database, after, limit)
 
     async def get(self, name: str, version: str) -> StoredRecord | None:
         """The record ``name``/``version`` (deleted or not), or None."""
@@ -250,8 +248,8 @@ class RecordStore:
             digest = chain.entry_hash(prev, chain.TOMBSTONE, name, version, content)
             await txn.execute(
                 "INSERT INTO farm_record_tombstones (record_id, deleted_by, deleted_at, reason,"
-                " chain_seq, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (row["id"], by, now, reason, seq + 1, prev, digest),
+                " chain_seq, hash) VALUES (?, ?, ?, ?, ?, ?)",
+                (row["id"], by, now, reason, seq + 1, digest),
             )
             return Tombstone(by, now, reason)
 
@@ -285,7 +283,8 @@ async def _chain_older(txn: db.Transaction) -> tuple[int, str]:
     """
     seq, prev = 0, chain.GENESIS
     for row in await txn.fetchall(
-        "SELECT id, name, version, body FROM farm_records WHERE chain_seq IS NULL ORDER BY id"
+        "SELECT id, name, version, body FROM farm_records WHERE COALESCE(chain_seq, 0) = 0"
+        " ORDER BY id"
     ):
         seq, prev = await _append_only(txn, seq + 1, prev, chain.RECORD, int(row["id"]),
                                        row["name"], row["version"], str(row["body"]).encode())

@@ -102,9 +102,9 @@ async def test_records_stored_before_0006_are_chained_and_protected(
     )
     assert await db.migrate(database, now=reactor.seconds, migrations=steps) == len(steps)
     with pytest.raises(db.IntegrityError, match=r"immutable|chained"):
-        await database.execute(
-            "INSERT INTO farm_records (name, version, timestamp, result, body, recorded_at)"
-            " VALUES ('old', '1', 1, 'success', '{}', 1)"
+        await database.execute(  # with a chain entry: the upsert itself is what is refused
+            "INSERT INTO farm_records (name, version, timestamp, result, body, recorded_at,"
+            " chain_seq, hash) VALUES ('old', '1', 1, 'success', '{}', 1, 99, 'h')"
             " ON CONFLICT (name, version) DO UPDATE SET body = excluded.body"
         )
     store = RecordStore(database)

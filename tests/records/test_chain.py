@@ -129,8 +129,9 @@ async def fill(api: Api) -> None:
 
 def refused_statements(dialect: str, record_id: int) -> list[str]:
     """Every kind of statement that would change or remove a stored record or tombstone."""
-    columns = "(name, version, timestamp, result, body, recorded_at)"
-    forged = "('app', '1', 1, 'success', '{\"forged\":1}', 1)"
+    # Forged rows carry a chain entry, so that what refuses them is the upsert's refusal.
+    columns = "(name, version, timestamp, result, body, recorded_at, chain_seq, hash)"
+    forged = "('app', '1', 1, 'success', '{\"forged\":1}', 1, 99, 'h')"
     common = [
         "UPDATE farm_records SET body = '{}'",
         "DELETE FROM farm_records",
@@ -140,13 +141,13 @@ def refused_statements(dialect: str, record_id: int) -> list[str]:
         "DELETE FROM farm_record_provenance",
         "UPDATE farm_records SET hash = 'x'",
         "UPDATE farm_records SET chain_seq = chain_seq + 10",
-        "UPDATE farm_record_tombstones SET prev_hash = 'x'",
+        "UPDATE farm_record_tombstones SET hash = 'x'",
         "DELETE FROM farm_record_chain_head",
         "UPDATE farm_record_chain_head SET seq = 0",
         f"INSERT INTO farm_records {columns} VALUES {forged}"
         " ON CONFLICT (name, version) DO UPDATE SET body = excluded.body",
-        "INSERT INTO farm_record_tombstones (record_id, deleted_by, deleted_at, reason)"
-        f" VALUES ({record_id}, 'x', 1, 'x')"
+        "INSERT INTO farm_record_tombstones (record_id, deleted_by, deleted_at, reason,"
+        f" chain_seq, hash) VALUES ({record_id}, 'x', 1, 'x', 99, 'h')"
         " ON CONFLICT (record_id) DO UPDATE SET reason = excluded.reason",
         "INSERT INTO farm_record_provenance (record_id, envelope, signed_at)"
         f" VALUES ({record_id}, '{{}}', 1)"
@@ -163,8 +164,8 @@ def refused_statements(dialect: str, record_id: int) -> list[str]:
             "INSERT OR REPLACE INTO farm_record_provenance (record_id, envelope, signed_at)"
             f" VALUES ({record_id}, '{{}}', 1)",
             "INSERT OR REPLACE INTO farm_records (id, name, version, timestamp, result, body,"
-            " recorded_at, chain_seq, prev_hash, hash) SELECT id, name, version, timestamp,"
-            " result, '{}', recorded_at, chain_seq, prev_hash, hash FROM farm_records",
+            " recorded_at, chain_seq, hash) SELECT id, name, version, timestamp,"
+            " result, '{}', recorded_at, chain_seq, hash FROM farm_records",
             "INSERT OR REPLACE INTO farm_record_chain_head (id, seq, hash) VALUES (1, 0, 'x')",
         ]
     return [

@@ -29,10 +29,14 @@ async def test_the_database_refuses_to_update_or_delete_a_record(database: db.Da
 
     (Every row stored since migration 0007 carries its chain entry: one without is refused.)
     """
-    await database.execute(
-        "INSERT INTO farm_records (name, version, timestamp, result, body, recorded_at,"
-        " chain_seq, prev_hash, hash) VALUES ('app', '1', 1, 'success', '{}', 1, 1, 'p', 'h')"
+    unchained = (
+        "INSERT INTO farm_records (name, version, timestamp, result, body, recorded_at{})"
+        " VALUES ('app', '1', 1, 'success', '{{}}', 1{})"
     )
+    for columns, values in (("", ""), (", chain_seq", ", 1"), (", hash", ", 'h'")):
+        with pytest.raises(db.IntegrityError, match=r"not chained|not-null"):
+            await database.execute(unchained.format(columns, values))
+    await database.execute(unchained.format(", chain_seq, hash", ", 1, 'h'"))
     with pytest.raises(db.IntegrityError, match="immutable"):
         await database.execute("UPDATE farm_records SET body = '{\"forged\": 1}'")
     with pytest.raises(db.IntegrityError, match="immutable"):
@@ -47,7 +51,7 @@ async def test_tombstones_are_immutable_and_records_unique(database: db.Database
     """A second (name, version) row and any change to a tombstone are refused by the database."""
     insert = (
         "INSERT INTO farm_records (name, version, timestamp, result, body, recorded_at,"
-        " chain_seq, prev_hash, hash) VALUES ('app', '1', 1, 'success', '{}', 1, 1, 'p', 'h')"
+        " chain_seq, hash) VALUES ('app', '1', 1, 'success', '{}', 1, 1, 'h')"
     )
     await database.execute(insert)
     with pytest.raises(db.IntegrityError):
@@ -56,7 +60,7 @@ async def test_tombstones_are_immutable_and_records_unique(database: db.Database
     assert row is not None
     await database.execute(
         "INSERT INTO farm_record_tombstones (record_id, deleted_by, deleted_at, reason,"
-        " chain_seq, prev_hash, hash) VALUES (?, 'ops', 2, 'why', 2, 'h', 'i')",
+        " chain_seq, hash) VALUES (?, 'ops', 2, 'why', 2, 'i')",
         (row["id"],),
     )
     with pytest.raises(db.IntegrityError, match="immutable"):
