@@ -1,0 +1,3 @@
+-- No DDL of the records' tables (issue 14): PostgreSQL only (see its file). SQLite has no
+-- roles: whoever can write the database file can do anything with it, so there is nothing
+-- to create here; the hash chain shows what was changed (docs/records.md).
