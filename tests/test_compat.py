@@ -32,6 +32,7 @@ from buildbot_farm.compat.buildbot_api import (
     builds_running,
     config_being_loaded,
     config_kwargs,
+    release_latent_worker,
     run_first,
     steps_of,
 )
@@ -110,6 +111,35 @@ def test_builds_still_queue_their_steps_and_have_the_hooks_the_farm_overrides() 
     run_first(build, [steps.ShellCommand(command=["true"], name="first")])
     assert [step.name for step in build.steps] == ["first", "later"]
     assert all(step.build is build for step in build.steps)
+
+
+def test_latent_workers_still_clear_their_build_wait_timer_when_a_build_starts() -> None:
+    """A latent worker's build start still cancels ``build_wait_timer`` (request_start sets it),
+    and ``_soft_disconnect``, what that timer calls, still takes no required argument."""
+
+    class Timer:
+        cancelled = False
+
+        def active(self) -> bool:
+            return not self.cancelled
+
+        def cancel(self) -> None:
+            self.cancelled = True
+
+    worker = AbstractLatentWorker.__new__(AbstractLatentWorker)
+    worker.machine = None
+    timer = Timer()
+    worker.build_wait_timer = timer
+    worker.buildStarted(SimpleNamespace(isBusy=lambda: True))
+    assert timer.cancelled
+    assert worker.build_wait_timer is None
+    parameters = inspect.signature(AbstractLatentWorker._soft_disconnect).parameters.values()
+    assert all(p.default is not p.empty for p in list(parameters)[1:])
+    calls: list[str] = []
+    stand_in = SimpleNamespace(_soft_disconnect=lambda: calls.append("released") or "done")
+    assert release_latent_worker(stand_in) == "done"
+    assert calls == ["released"]
+    assert Build.stopped is False, "a new build no longer says it was not stopped"
 
 
 def test_http_channels_still_know_the_request_line_before_the_body() -> None:

@@ -111,3 +111,13 @@ def run_first(build: Any, steps: list[Any]) -> None:
     first.
     """
     build.steps[0:0] = build.setupBuildSteps(steps)
+
+
+def release_latent_worker(worker: Any) -> Any:
+    """Disconnect latent ``worker`` and stop its instance, as at the end of its build-wait time.
+
+    That is Buildbot's ``AbstractLatentWorker._soft_disconnect`` (what ``build_wait_timeout``
+    calls); the public ``insubstantiate`` would leave the connection to drop by itself.
+    Returns its Deferred.
+    """
+    return worker._soft_disconnect()

@@ -9,6 +9,8 @@ lease and keepalive. The name of the leased buildlet is kept in the master's dat
 its worker held before. On a buildlet whose agent keeps a
 pre-started worker (``--prestart-worker``), the exec hands it the configuration instead
 (``buildbot_farm.remote.handoff``); the master's log says which way each worker started.
+A worker that alone serves a builder starts on the build request, while Buildbot is still
+scheduling the build (:class:`~buildbot_farm.leases.request_start.StartsOnRequest`).
 
 When the keepalive finds the buildlet's host being preempted (its pool has a
 ``preemption=`` detector), the worker goes into Buildbot's quarantine (no new builds for
@@ -38,6 +40,7 @@ from buildbot_farm.config_checks import check_config_arguments, checked_keywords
 from buildbot_farm.leases import keys
 from buildbot_farm.leases.client import CoordinatorClient, CoordinatorRequestError
 from buildbot_farm.leases.preemption import PREEMPTED_PROPERTY, preemption_notice
+from buildbot_farm.leases.request_start import StartsOnRequest
 from buildbot_farm.leases.worker_settings import (
     BUILDLET_ENV,
     LEASE_ARGS,
@@ -62,7 +65,7 @@ LEFTOVER_ATTEMPTS = 120
 @checked_keywords(
     "worker.FarmLatentWorker", also=(*LEASE_ARGS, *check_config_arguments(AbstractLatentWorker))
 )
-class FarmLatentWorker(AbstractLatentWorker):
+class FarmLatentWorker(StartsOnRequest):
     """A worker that exists only while a build needs it, on a buildlet leased from the farm.
 
     ``FarmLatentWorker("lw1", buildlet_type="local")`` uses this master's coordinator; give
@@ -193,14 +196,16 @@ class FarmLatentWorker(AbstractLatentWorker):
         return CoordinatorClient(url, settings.user, key, http_client(self.master.reactor))
 
     def start_instance(self, build: Any) -> defer.Deferred[bool]:
-        """Lease a buildlet and start the worker on it."""
+        """Lease a buildlet and start the worker on it (``build`` None: for a build request)."""
         return defer.ensureDeferred(self._start(build))
 
     async def _start(self, build: Any) -> bool:
         if self._leftover_release is not None:
             await self._leftover_release  # the state it clears is the one this start writes
         client = self._client()
-        buildlet_type = await build.render(self.lease_settings.buildlet_type)
+        buildlet_type = self.lease_settings.buildlet_type
+        if build is not None:
+            buildlet_type = await build.render(buildlet_type)
         self._creating = defer.ensureDeferred(client.create(
             str(buildlet_type),
             wait=self.lease_settings.lease_wait,

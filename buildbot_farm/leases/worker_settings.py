@@ -30,6 +30,9 @@ class LeaseSettings:
     ``key`` may be a secret (``util.Secret("farm-lease-key")``), rendered at (re)config.
     ``lease_wait`` is how long a substantiation waits in line when the pool is full (0: it
     fails at once, and Buildbot retries the build after its quarantine).
+    ``start_on_request`` is how long a worker started by a build request (see
+    :mod:`buildbot_farm.leases.request_start`) keeps its buildlet for a build that does not
+    come; 0 starts workers only when Buildbot substantiates them.
     """
 
     buildlet_type: Any = "local"
@@ -41,6 +44,7 @@ class LeaseSettings:
     keepalive_interval: float = 60.0
     farm: str = FARM_SERVICE
     lease_wait: float = 1800.0
+    start_on_request: float = 30.0
 
     def problems(self) -> list[str]:
         """What is wrong, each naming its argument."""
@@ -57,8 +61,10 @@ class LeaseSettings:
             found.append("key is required with coordinator_url (buildbot-farm key USER)")
         if not is_positive(self.keepalive_interval):
             found.append("keepalive_interval must be a number of seconds > 0")
-        if not is_number(self.lease_wait) or not 0 <= self.lease_wait < float("inf"):
-            found.append("lease_wait must be a number of seconds >= 0")
+        for name in ("lease_wait", "start_on_request"):
+            value = getattr(self, name)
+            if not is_number(value) or not 0 <= value < float("inf"):
+                found.append(f"{name} must be a number of seconds >= 0")
         return found
 
 

@@ -94,7 +94,9 @@ def test_a_build_cancelled_while_waiting_leaves_the_line_at_once(farm: LocalFarm
     (waiting,) = force(farm, ["two"])
     wait_for(lambda: "FarmLatentWorker second: waiting in line" in farm.master_log.read_text(),
              60, "the second worker to wait in line")
-    (build,) = farm.api(f"buildrequests/{waiting}/builds")["builds"]
+    # The worker, the builder's only one, starts waiting on the request, before its build exists.
+    (build,) = wait_for(lambda: farm.api(f"buildrequests/{waiting}/builds")["builds"], 60,
+                        "the second build")
     stopped_at = time.monotonic()
     farm.api(f"builds/{build['buildid']}",
              {"jsonrpc": "2.0", "id": 1, "method": "stop", "params": {"reason": "test"}})

@@ -9,7 +9,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor, task
 
-from benchmarks.bench_attach import AttachBench
+from benchmarks.attach_master import AttachBench
 from buildbot_farm.leases.pools import REFILL_DELAY
 from buildbot_farm.remote.handoff import USED_MESSAGE
 from tests.harness.docker_engine import DockerEngine
@@ -44,10 +44,9 @@ def test_a_warm_docker_buildlet_attaches_through_its_prestarted_worker(
     image = ensure_worker_image(docker_client)
     bench = AttachBench(tmp_path, docker_client, f"unix://{docker_engine.socket_path}", image)
     try:
-        bench.farm.create()
-        bench.farm.start()
+        bench.start()
         for _ in range(2):
-            bench.attach_time("farm")
+            bench.force_times("farm")
         log = bench.farm.master_log.read_text(errors="replace")
     finally:
         bench.close()
