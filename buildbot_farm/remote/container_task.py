@@ -130,10 +130,24 @@ class WorkerTask:
         changes = [(c["Path"], int(c["Kind"])) for c in
                    engine.call("listing the files the task changed", "GET",
                                f"/containers/{cid}/changes") or []]
-        self._bring_back(engine, cid, changes, record, inputs, accept)
-        if any(path == OUTPUTS_FILE for path, kind in changes if kind != 2):
-            found = parse_outputs(first_member_data(engine.get_archive(cid, OUTPUTS_FILE)))
-            self.result["properties"] = found
+        try:
+            manifest = self._pack(engine, cid, changes, record, inputs, accept)
+            outputs = None
+            if any(path == OUTPUTS_FILE for path, kind in changes if kind != 2):
+                outputs = first_member_data(engine.get_archive(cid, OUTPUTS_FILE))
+            # The engine removes the container while the changes are written here.
+            removing = threading.Thread(target=self._remove, daemon=True)
+            removing.start()
+            try:
+                if manifest is not None:
+                    self._apply(manifest)
+            finally:
+                removing.join()
+        finally:
+            if os.path.exists(STAGED):
+                os.unlink(STAGED)
+        if outputs is not None:
+            self.result["properties"] = parse_outputs(outputs)
 
     def _input_kinds(self, inputs: InputMap) -> dict[str, str]:
         kinds = {}
@@ -221,49 +235,52 @@ class WorkerTask:
         except (EngineRefused, EngineUnavailable) as error:
             self.say(f"could not kill the timed-out task: {error}")
 
-    def _bring_back(self, engine: DockerSocket, cid: str, changes: list[tuple[str, int]],
-                    record: InputRecord, inputs: InputMap, accept: OutputFilter) -> None:
+    def _pack(self, engine: DockerSocket, cid: str, changes: list[tuple[str, int]],
+              record: InputRecord, inputs: InputMap, accept: OutputFilter,
+              ) -> dict[str, Any] | None:
+        """Pack the changes into STAGED; their manifest, None if there are none."""
         plan = plan_collection(changes, record, inputs, accept)
         if not plan.roots and not plan.deleted:
             self.say("the task changed nothing under the mapped paths")
-            return
-        try:
-            with open(STAGED, "wb") as staged:
-                packer = Packer(staged, plan, record, inputs)
-                for root in plan.roots:
-                    try:
-                        packer.add_stream(root, engine.get_archive(cid, root))
-                    except TarError as error:
-                        raise TaskFailed(f"the Docker engine's archive of {root} cannot be"
-                                         f" read ({error}); nothing was written") from error
+            return None
+        with open(STAGED, "wb") as staged:
+            packer = Packer(staged, plan, record, inputs)
+            for root in plan.roots:
                 try:
-                    packed = packer.close()
-                finally:
-                    self.result["manifest"] = packer.packed.manifest()
-            self.say(f"bringing back {len(packed.files)} entries ({packed.data_bytes} bytes)"
-                     f" and {len(packed.deleted)} deletions")
-            manifest = packed.manifest()
-            with open(STAGED, "rb") as staged_tar:
-                try:
-                    count, size = apply(self.build_dir, manifest, staged_tar)
-                except (UnsafePath, tarfile.TarError) as error:
-                    raise TaskFailed(f"refused: {error}") from error
-            self.say(summary(count, size, manifest, self.build_dir))
-        finally:
-            if os.path.exists(STAGED):
-                os.unlink(STAGED)
+                    packer.add_stream(root, engine.get_archive(cid, root))
+                except TarError as error:
+                    raise TaskFailed(f"the Docker engine's archive of {root} cannot be"
+                                     f" read ({error}); nothing was written") from error
+            try:
+                packed = packer.close()
+            finally:
+                self.result["manifest"] = packer.packed.manifest()
+        self.say(f"bringing back {len(packed.files)} entries ({packed.data_bytes} bytes)"
+                 f" and {len(packed.deleted)} deletions")
+        return packed.manifest()
+
+    def _apply(self, manifest: dict[str, Any]) -> None:
+        """Check, then write the changes in STAGED into the build directory."""
+        with open(STAGED, "rb") as staged_tar:
+            try:
+                count, size = apply(self.build_dir, manifest, staged_tar)
+            except (UnsafePath, tarfile.TarError) as error:
+                raise TaskFailed(f"refused: {error}") from error
+        self.say(summary(count, size, manifest, self.build_dir))
 
     def _remove(self) -> None:
+        """Remove the container and the network, once (later calls do nothing)."""
         engine = self.engine
+        container, network = self.container, self.network
+        self.container = self.network = None
         if engine is None:
             return
         try:
-            if self.container is not None:
+            if container is not None:
                 engine.call("removing the task's container", "DELETE",
-                            f"/containers/{self.container}", {"force": 1, "v": 1})
-            if self.network is not None:
-                engine.call("removing the task's network", "DELETE",
-                            f"/networks/{self.network}")
+                            f"/containers/{container}", {"force": 1, "v": 1})
+            if network is not None:
+                engine.call("removing the task's network", "DELETE", f"/networks/{network}")
         except EngineRefused as error:
             if error.status != 404:
                 self.say(f"could not remove {self.spec['name']}: {error}")
