@@ -4,11 +4,13 @@ boto3 is blocking: every call here runs from a ``thd_*`` function on the reactor
 pool, as the Docker SDK does elsewhere. botocore signs (SigV4), retries with backoff
 (``S3Bucket(attempts=)``, its "standard" mode) and finds credentials: the bucket's keys
 when given, else the standard chain (environment, shared files, web identity, container
-and instance roles).
+and instance roles). Times in S3's answers are read by :func:`s3_timestamp`.
 """
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import threading
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable, Iterator
@@ -17,15 +19,37 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 import boto3
+import botocore.session
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+from botocore.utils import parse_timestamp
 
 from buildbot_farm.artifacts.s3_config import S3Bucket
 from buildbot_farm.artifacts.storage import StorageError
 
 T = TypeVar("T")
+
+
+def s3_timestamp(value: Any) -> datetime.datetime:
+    """A time in an S3 answer: an HTTP date in headers (``Last-Modified``), ISO 8601 with
+    ``Z`` in XML (listings); anything else through botocore's own parser.
+
+    botocore's default parser (dateutil's, which reads any format) costs about ten times
+    as much, once per HEAD and once per object of a listing.
+    """
+    if isinstance(value, str):
+        try:
+            if value.endswith("Z"):
+                return datetime.datetime.fromisoformat(value[:-1]).replace(
+                    tzinfo=datetime.timezone.utc)
+            parsed = email.utils.parsedate_to_datetime(value)
+            if parsed.tzinfo is not None:
+                return parsed
+        except (TypeError, ValueError):
+            pass
+    return parse_timestamp(value)
 
 
 class S3Unavailable(StorageError):
@@ -83,7 +107,11 @@ class S3Client:
         """The boto3 session and client, made once."""
         with self._lock:
             if self._boto is None:
+                core = botocore.session.get_session()
+                core.get_component("response_parser_factory").set_parser_defaults(
+                    timestamp_parser=s3_timestamp)
                 self._session = boto3.session.Session(
+                    botocore_session=core,
                     aws_access_key_id=self.bucket.access_key,
                     aws_secret_access_key=self.bucket.secret_key,
                     region_name=self.bucket.region,

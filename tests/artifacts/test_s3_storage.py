@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.utils import parse_timestamp
 from twisted.internet import reactor
 
 from buildbot_farm.artifacts.s3 import MAX_PARTS, S3Storage, part_size_for
 from buildbot_farm.artifacts.s3_config import MIN_PART_SIZE, S3Bucket
-from buildbot_farm.artifacts.s3client import S3Refused
+from buildbot_farm.artifacts.s3client import S3Refused, s3_timestamp
 from buildbot_farm.artifacts.storage import Conflict, NotFound
 from tests.artifacts.test_s3 import PAYLOAD, Bucket
 from tests.harness.s3_server import REGION, S3Server
@@ -279,3 +280,14 @@ class _Source:
         chunk = self.data[self.at:self.at + size]
         self.at += len(chunk)
         return chunk
+
+
+@pytest.mark.parametrize("text", [
+    "Wed, 01 May 2024 12:00:00 GMT", "2024-05-01T12:00:00.000Z", "2024-05-01T12:00:00Z",
+    "2024-05-01T12:00:00.123456Z", "2024-05-01T14:00:00+02:00", "Wed, 01 May 2024 12:00:00 -0000",
+    1714564800, "1714564800",
+])
+def test_s3_times_are_read_as_botocore_reads_them(text: object) -> None:
+    """Every form of time S3 answers with is the same moment botocore's own parser finds."""
+    assert s3_timestamp(text).timestamp() == parse_timestamp(text).timestamp()
+    assert s3_timestamp(text).tzinfo is not None
