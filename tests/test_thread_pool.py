@@ -1,4 +1,4 @@
-"""in_thread and engine_errors: the shared thread-pool and Docker-error helpers."""
+"""in_thread, in_own_thread and engine_errors: the shared thread and Docker-error helpers."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from docker.errors import APIError, ImageNotFound
 from twisted.internet import reactor
 
 from buildbot_farm.docker_errors import engine_errors
-from buildbot_farm.thread_pool import in_thread
+from buildbot_farm.thread_pool import in_own_thread, in_thread
 
 
 @pytest_twisted.ensureDeferred
@@ -26,6 +26,23 @@ async def test_in_thread_runs_off_the_reactor_thread_and_returns_the_result() ->
 
     with pytest.raises(ValueError, match="from the thread"):
         await in_thread(reactor, fail)
+
+
+@pytest_twisted.ensureDeferred
+async def test_in_own_thread_runs_in_a_named_thread_of_its_own() -> None:
+    """The function runs in a new thread called as asked, never on the pool; its result
+    and its exception come back on the reactor."""
+    main = threading.get_ident()
+    name, ident, total = await in_own_thread(
+        reactor, "farm-test-transfer",
+        lambda a, b: (threading.current_thread().name, threading.get_ident(), a + b), 2, 3)
+    assert (name, ident != main, total) == ("farm-test-transfer", True, 5)
+
+    def fail() -> None:
+        raise ValueError("from its own thread")
+
+    with pytest.raises(ValueError, match="from its own thread"):
+        await in_own_thread(reactor, "farm-test-failing", fail)
 
 
 class Failed(Exception):

@@ -21,11 +21,13 @@ import fcntl
 import os
 import select
 import socket
-import threading
 from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
+from twisted.python import failure
+
+from buildbot_farm.thread_pool import in_own_thread
 
 AVAILABLE = hasattr(os, "splice") and hasattr(fcntl, "F_SETPIPE_SZ")
 STALL_SECONDS = 300.0
@@ -100,17 +102,13 @@ class KernelReceive:
         target = os.dup(file_fd)
         source = self._socket.fileno()
 
-        def run() -> None:
+        def receive() -> None:
             try:
                 receive_exactly(source, target, length, received)
-            except BaseException as e:  # every outcome goes back to the reactor
-                reactor.callFromThread(self._end, e)
-            else:
-                reactor.callFromThread(self._end, None)
             finally:
                 os.close(target)
 
-        threading.Thread(target=run, name="farm-upload-splice", daemon=True).start()
+        in_own_thread(reactor, "farm-upload-splice", receive).addBoth(self._end)
 
     def cancel(self) -> None:
         """The connection is gone (the reactor dropped it): make the thread stop soon."""
@@ -118,11 +116,11 @@ class KernelReceive:
             with contextlib.suppress(OSError):
                 self._socket.shutdown(socket.SHUT_RDWR)
 
-    def _end(self, error: BaseException | None) -> None:
+    def _end(self, outcome: failure.Failure | None) -> None:
         assert self._socket is not None
         self._socket.close()
         self._socket = None
-        if error is None:
-            self.done.callback(None)
+        if isinstance(outcome, failure.Failure):
+            self.done.errback(outcome)
         else:
-            self.done.errback(error)
+            self.done.callback(None)

@@ -15,10 +15,11 @@ from __future__ import annotations
 import errno
 import os
 import select
-import threading
 from typing import Any
 
 from twisted.internet import defer
+
+from buildbot_farm.thread_pool import in_own_thread
 
 AVAILABLE = hasattr(os, "sendfile")
 STALL_SECONDS = 300.0
@@ -56,18 +57,12 @@ def send_in_thread(
 ) -> defer.Deferred[None]:
     """Run :func:`send_exactly` on a duplicate of ``socket_fd`` in a thread of its own;
     its outcome arrives on the reactor. The duplicate is closed when done."""
-    done: defer.Deferred[None] = defer.Deferred()
     target = os.dup(socket_fd)
 
-    def run() -> None:
+    def send() -> None:
         try:
             send_exactly(source, target, offset, length)
-        except BaseException as e:  # every outcome goes back to the reactor
-            reactor.callFromThread(done.errback, e)
-        else:
-            reactor.callFromThread(done.callback, None)
         finally:
             os.close(target)
 
-    threading.Thread(target=run, name="farm-artifact-sendfile", daemon=True).start()
-    return done
+    return in_own_thread(reactor, "farm-artifact-sendfile", send)
