@@ -18,9 +18,11 @@ from buildbot import config
 from buildbot.util import service
 from twisted.internet import defer
 from twisted.python import log
+from zope.interface import implementer
 
 from buildbot_farm import __version__, db
 from buildbot_farm.api_documents import farm_documents
+from buildbot_farm.artifacts.build_tokens import token_builder_problems
 from buildbot_farm.artifacts.config import ArtifactRepository
 from buildbot_farm.artifacts.hosting import RepositoryHost
 from buildbot_farm.compat.buildbot_api import config_kwargs
@@ -28,10 +30,12 @@ from buildbot_farm.config_checks import checked_keywords
 from buildbot_farm.config_checks.values import is_positive, is_whole_at_least
 from buildbot_farm.containers import reap_leftovers
 from buildbot_farm.dashboard import DashboardResource
+from buildbot_farm.dashboard._menu import www_problems
 from buildbot_farm.leases.config import FarmCoordinator
 from buildbot_farm.leases.coordinator import Coordinator
 from buildbot_farm.leases.providers.docker_hosts import docker_hosts_status
 from buildbot_farm.leases.runtime import SWEEPER, LeaseRuntime
+from buildbot_farm.lookup import IFarmService
 from buildbot_farm.masters import MasterTable
 from buildbot_farm.names import FARM_SERVICE
 from buildbot_farm.ondemand.api import OnDemandAPI
@@ -145,7 +149,9 @@ class FarmSettings:
 _SETTING_NAMES = tuple(f.name for f in fields(FarmSettings))
 
 
-@checked_keywords("util.FarmService", also=("name", *_SETTING_NAMES))
+@checked_keywords("util.FarmService", also=("name", *_SETTING_NAMES),
+                  cross_checks=[token_builder_problems, www_problems])
+@implementer(IFarmService)
 class FarmService(service.BuildbotService):
     """The build farm's service on this master; put one in ``c['services']``.
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import fnmatch
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from buildbot import config
@@ -40,7 +40,7 @@ from buildbot_farm.artifacts.config import ArtifactRepository
 from buildbot_farm.artifacts.paths import Segments, UnsafePath
 from buildbot_farm.artifacts.repository import Repository
 from buildbot_farm.compat.buildbot_api import run_first
-from buildbot_farm.config_checks import suggestion
+from buildbot_farm.config_checks import Configuration, suggestion
 from buildbot_farm.lookup import farm_service
 from buildbot_farm.names import FARM_SERVICE
 
@@ -173,6 +173,17 @@ def token_build_class(build_class: type[Build]) -> type[Build]:
     if issubclass(build_class, TokenMintingBuild):
         return build_class
     return type(f"TokenMinting{build_class.__name__}", (TokenMintingBuild, build_class), {})
+
+
+def token_builder_problems(configuration: Configuration) -> Iterator[str]:
+    """The token_builders patterns of each FarmService of master.cfg that match no builder."""
+    for name, settings in configuration.farms.items():
+        artifacts = settings.artifacts if settings is not None else None
+        if artifacts is None or not artifacts.token_builders:
+            continue
+        problem = unmatched_token_builders(configuration.builder_names, artifacts.token_builders)
+        if problem is not None:
+            yield f"FarmService {name!r}: {problem}"
 
 
 def unmatched_token_builders(names: Sequence[str], patterns: Sequence[str]) -> str | None:

@@ -6,6 +6,7 @@ import hashlib
 import os
 import shutil
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -18,7 +19,8 @@ from buildbot_farm.artifacts.build_tokens import NoRepository, find_repository, 
 from buildbot_farm.artifacts.paths import Segments, UnsafePath
 from buildbot_farm.artifacts.repository import Repository
 from buildbot_farm.artifacts.storage import NotFound, StorageError
-from buildbot_farm.config_checks import STEP_ARGUMENTS, checked_keywords
+from buildbot_farm.compat.buildbot_api import steps_of
+from buildbot_farm.config_checks import STEP_ARGUMENTS, Configuration, checked_keywords
 from buildbot_farm.names import ARTIFACTS_PROPERTY
 
 MAX_LINKS = 20
@@ -28,7 +30,27 @@ def _project(step: buildstep.BuildStep, project: str | None) -> str:
     return project or step.build.builder.name
 
 
-@checked_keywords("steps.ArtifactToken", also=STEP_ARGUMENTS)
+ADD_ARTIFACTS = "give util.FarmService(artifacts=util.ArtifactRepository()) in c['services']"
+
+
+def _configuration_problems(configuration: Configuration) -> Iterator[str]:
+    """The builders whose artifact steps find no artifact repository in the FarmService."""
+    missing = configuration.missing_capability("artifacts")
+    if missing is None:
+        return
+    for builder, factory in configuration.builders:
+        steps = [f"{name!r} (steps.{step_class.__name__})"
+                 for step_class, name in steps_of(factory)
+                 if issubclass(step_class, (ArtifactToken, ArtifactUpload, ArtifactDownload))]
+        if steps:
+            verb = "needs" if len(steps) == 1 else "need"
+            yield (f"builder {builder!r}: step{'s' if len(steps) > 1 else ''}"
+                   f" {', '.join(steps)} {verb} the artifact repository, but {missing}:"
+                   f" {ADD_ARTIFACTS}")
+
+
+@checked_keywords("steps.ArtifactToken", also=STEP_ARGUMENTS,
+                  cross_checks=[_configuration_problems])
 class ArtifactToken(buildstep.BuildStep):
     """Mint this build's upload token and give it to later steps.
 
@@ -60,7 +82,8 @@ class ArtifactToken(buildstep.BuildStep):
         return SUCCESS
 
 
-@checked_keywords("steps.ArtifactUpload", also=STEP_ARGUMENTS)
+@checked_keywords("steps.ArtifactUpload", also=STEP_ARGUMENTS,
+                  cross_checks=[_configuration_problems])
 class ArtifactUpload(buildstep.BuildStep):
     """Upload a file or directory from the worker into the build's artifact directory.
 
@@ -206,7 +229,8 @@ class HashingReader(remotetransfer.FileReader):
 
 # FileDownload takes these besides mastersrc (which ArtifactDownload sets) and workerdest.
 @checked_keywords(
-    "steps.ArtifactDownload", also=("workdir", "maxsize", "blocksize", "mode", *STEP_ARGUMENTS)
+    "steps.ArtifactDownload", also=("workdir", "maxsize", "blocksize", "mode", *STEP_ARGUMENTS),
+    cross_checks=[_configuration_problems],
 )
 class ArtifactDownload(FileDownload):
     """Download an artifact file, or every file of an artifact directory, to the worker.

@@ -12,7 +12,9 @@ object, the argument and what to do:
   ``FarmLatentWorker`` without a coordinator or with a ``buildlet_type`` no pool has,
   ``token_builders`` or a ``BuildRecorder`` naming no builder, ``farm_menu()`` without the
   ``farm`` www plugin, artifact steps or an ``OnDemandScheduler`` without the capability
-  they need in the ``FarmService``. See :mod:`._cross`.
+  they need in the ``FarmService``. Each check lives beside the class it is about and is
+  handed to :func:`checked_keywords` (or :func:`watch_config`); it reads the configuration
+  through :class:`Configuration`.
 
 Why this hook. The cross-object checks need a point that sees the whole configuration and
 that ``buildbot checkconfig`` runs. ``MasterConfig.loadFromDict`` gives plugins exactly one:
@@ -32,11 +34,14 @@ Its limit: master.cfg must bind ``BuildmasterConfig`` before it constructs the f
 from __future__ import annotations
 
 from buildbot_farm.compat.buildbot_api import STEP_ARGUMENTS, check_config_arguments
+from buildbot_farm.config_checks._configuration import Configuration, CrossCheck
 from buildbot_farm.config_checks._hook import FarmConfigCheck, watch_config
 from buildbot_farm.config_checks._keywords import checked_keywords, suggestion
 
 __all__ = [
     "STEP_ARGUMENTS",
+    "Configuration",
+    "CrossCheck",
     "FarmConfigCheck",
     "check_config_arguments",
     "checked_keywords",

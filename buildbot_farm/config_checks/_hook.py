@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from buildbot import config
 from buildbot.interfaces import IConfigurator
 from zope.interface import implementer
 
 from buildbot_farm.compat.buildbot_api import config_being_loaded
+from buildbot_farm.config_checks._configuration import Configuration, CrossCheck
 
 CONFIGURATORS = "configurators"
 
@@ -21,33 +23,48 @@ class FarmConfigCheck:
 
     Buildbot runs ``c['configurators']`` first when it loads a configuration (for
     ``buildbot checkconfig``, the master's start and each reconfig), inside the loader that
-    collects config errors. :func:`watch_config` puts one there for the master.cfg being run.
+    collects config errors. :func:`watch_config` puts one there for the master.cfg being run
+    and hands it the checks of the farm objects master.cfg constructs.
     """
+
+    def __init__(self) -> None:
+        self.checks: list[CrossCheck] = []
+
+    def add(self, check: CrossCheck) -> None:
+        """Run ``check`` too (once, however many objects ask for it)."""
+        if check not in self.checks:
+            self.checks.append(check)
 
     def configure(self, config_dict: dict[str, Any]) -> None:
         """Report each cross-object mistake of ``config_dict`` as a config error."""
-        # Imported here: the farm classes this module checks import this package (for their
-        # keyword checks), so importing them at the top would be circular.
-        from buildbot_farm.config_checks._cross import check
+        configuration = Configuration.of(config_dict)
+        for check in self.checks:
+            for problem in check(configuration):
+                config.error(problem)
 
-        check(config_dict)
 
-
-def watch_config() -> None:
-    """Have the configuration being loaded checked by a :class:`FarmConfigCheck`.
+def watch_config(*checks: CrossCheck) -> None:
+    """Have the configuration being loaded checked by a :class:`FarmConfigCheck`, with
+    ``checks`` among its checks.
 
     Called by each farm object master.cfg constructs; does nothing outside master.cfg and
-    adds one check per configuration (again if master.cfg replaced ``c['configurators']``).
+    adds one configurator per configuration (again if master.cfg replaced
+    ``c['configurators']``).
     """
     config_dict = config_being_loaded()
     if config_dict is None:
         return
     configurators = config_dict.setdefault(CONFIGURATORS, [])
-    if not isinstance(configurators, (list, tuple)) or any(
-        isinstance(c, FarmConfigCheck) for c in configurators
-    ):
+    if not isinstance(configurators, (list, tuple)):
         return  # Buildbot reports a c['configurators'] that is not a list
-    if isinstance(configurators, list):
-        configurators.append(FarmConfigCheck())  # in place: master.cfg may hold the list
+    found = [c for c in configurators if isinstance(c, FarmConfigCheck)]
+    if found:
+        farm_check = found[0]
     else:
-        config_dict[CONFIGURATORS] = [*configurators, FarmConfigCheck()]
+        farm_check = FarmConfigCheck()
+        if isinstance(configurators, list):
+            configurators.append(farm_check)  # in place: master.cfg may hold the list
+        else:
+            config_dict[CONFIGURATORS] = [*configurators, farm_check]
+    for check in checks:
+        farm_check.add(check)

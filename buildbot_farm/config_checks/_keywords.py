@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 from buildbot import config
 
+from buildbot_farm.config_checks._configuration import CrossCheck
 from buildbot_farm.config_checks._hook import watch_config
 
 C = TypeVar("C", bound=type)
@@ -33,7 +34,8 @@ def _own_parameters(init: Callable[..., Any]) -> list[str]:
     return [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
-def checked_keywords(label: str, also: Iterable[str] = ()) -> Callable[[C], C]:
+def checked_keywords(label: str, also: Iterable[str] = (),
+                     cross_checks: Iterable[CrossCheck] = ()) -> Callable[[C], C]:
     """Class decorator: a keyword the class does not take is a config error naming it.
 
     ``label`` is how master.cfg writes the class (``"steps.ArtifactUpload"``). The class
@@ -41,13 +43,15 @@ def checked_keywords(label: str, also: Iterable[str] = ()) -> Callable[[C], C]:
     passed on to). An unknown keyword is reported, with the accepted ones and the closest
     match, and left out; when the call then lacks a required argument (a misspelled one),
     that report is raised at once instead of a TypeError. Each construction also has the
-    configuration being loaded cross-checked (:func:`watch_config`).
+    configuration being loaded cross-checked (:func:`watch_config`), with ``cross_checks``:
+    what the class's objects need from the rest of the configuration.
     """
 
     def decorate(cls: C) -> C:
         original = cls.__dict__.get("__init__") or getattr(cls, "__init__")  # noqa: B009
         accepted = tuple(dict.fromkeys([*_own_parameters(original), *also]))
         signature = inspect.signature(original)
+        checks = tuple(cross_checks)
 
         @functools.wraps(original)
         def __init__(self: Any, *args: Any, **kwargs: Any) -> None:  # noqa: N807
@@ -63,7 +67,7 @@ def checked_keywords(label: str, also: Iterable[str] = ()) -> Callable[[C], C]:
                 config.error(message, always_raise=unbound is not None)
             elif unbound is not None:
                 config.error(unbound, always_raise=True)
-            watch_config()
+            watch_config(*checks)
             original(self, *args, **known)
 
         setattr(cls, "__init__", __init__)  # noqa: B010 (mypy refuses assigning to a method)

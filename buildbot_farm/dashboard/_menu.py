@@ -7,10 +7,11 @@ showing the farm's own pages at ``/plugins/farm/ui/``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-from buildbot_farm.config_checks import watch_config
+from buildbot_farm.config_checks import Configuration, watch_config
+from buildbot_farm.names import FARM_SERVICE, WWW_PLUGIN
 
 StartResponse = Callable[..., Any]
 
@@ -27,6 +28,26 @@ def farm_dashboard(environ: dict[str, Any], start_response: StartResponse) -> It
     return [FRAME]
 
 
+def www_problems(configuration: Configuration) -> Iterator[str]:
+    """A farm_menu() without the farm www plugin, or the plugin without its FarmService."""
+    plugins = configuration.www_plugins
+    dashboards = plugins.get("wsgi_dashboards")
+    menus = [d for d in dashboards if isinstance(d, Mapping) and d.get("app") is farm_dashboard
+             ] if isinstance(dashboards, (list, tuple)) else []
+    if menus and WWW_PLUGIN not in plugins:
+        yield ("farm_menu() in c['www']['plugins']['wsgi_dashboards'] shows the pages the farm"
+               " www plugin serves, but that plugin is not enabled: add"
+               " c['www']['plugins']['farm'] = {} (its menu would show \"No Such Resource\")")
+    if WWW_PLUGIN in plugins:
+        plugin = plugins[WWW_PLUGIN]
+        service = str(plugin.get("service", FARM_SERVICE)) if isinstance(
+            plugin, Mapping) else FARM_SERVICE
+        if service not in configuration.farms:
+            yield (f"c['www']['plugins']['farm'] serves the FarmService {service!r}, but"
+                   f" c['services'] has no util.FarmService named {service!r}: add"
+                   f" util.FarmService(name={service!r}) to c['services']")
+
+
 def farm_menu(caption: str = "Farm", order: int = 5, icon: str = "industry") -> dict[str, Any]:
     """The ``wsgi_dashboards`` entry for master.cfg.
 
@@ -36,6 +57,6 @@ def farm_menu(caption: str = "Farm", order: int = 5, icon: str = "industry") -> 
     iterates the candidates' indices, not the names), logs "Could not find icon" to the
     browser console and shows its default icon.
     """
-    watch_config()
+    watch_config(www_problems)
     return {"name": "farm", "caption": caption, "app": farm_dashboard, "order": order,
             "icon": icon}

@@ -28,6 +28,7 @@ buildlet this worker no longer holds).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from typing import Any
 
 from buildbot import config
@@ -36,7 +37,7 @@ from twisted.internet import defer, task
 from twisted.python import failure, log
 
 from buildbot_farm.compat.buildbot_api import builds_running, config_kwargs
-from buildbot_farm.config_checks import check_config_arguments, checked_keywords
+from buildbot_farm.config_checks import Configuration, check_config_arguments, checked_keywords
 from buildbot_farm.leases import keys
 from buildbot_farm.leases.client import CoordinatorClient, CoordinatorRequestError
 from buildbot_farm.leases.preemption import PREEMPTED_PROPERTY, preemption_notice
@@ -46,6 +47,7 @@ from buildbot_farm.leases.worker_settings import (
     LEASE_ARGS,
     LOST_PROPERTY,
     LeaseSettings,
+    lease_problems,
 )
 from buildbot_farm.lookup import farm_service
 from buildbot_farm.remote.environment import RUN_REMOTE
@@ -62,8 +64,18 @@ LEFTOVER_RETRY_INTERVAL = 1.0
 LEFTOVER_ATTEMPTS = 120
 
 
+def _farm_problems(configuration: Configuration) -> Iterator[str]:
+    """What each FarmLatentWorker of master.cfg needs from the FarmService it leases from."""
+    for worker in configuration.workers:
+        lease = worker.requested_lease() if isinstance(worker, FarmLatentWorker) else None
+        if lease is not None:
+            yield from lease_problems(f"FarmLatentWorker {worker.name!r}", lease,
+                                      configuration.farms)
+
+
 @checked_keywords(
-    "worker.FarmLatentWorker", also=(*LEASE_ARGS, *check_config_arguments(AbstractLatentWorker))
+    "worker.FarmLatentWorker", also=(*LEASE_ARGS, *check_config_arguments(AbstractLatentWorker)),
+    cross_checks=[_farm_problems],
 )
 class FarmLatentWorker(StartsOnRequest):
     """A worker that exists only while a build needs it, on a buildlet leased from the farm.
@@ -146,7 +158,8 @@ class FarmLatentWorker(StartsOnRequest):
                 await self._client().destroy(leftover)
             except CoordinatorRequestError as e:
                 if e.status == 0 and attempt + 1 < LEFTOVER_ATTEMPTS and self.running:
-                    await task.deferLater(self.master.reactor, LEFTOVER_RETRY_INTERVAL, _nothing)
+                    await task.deferLater(self.master.reactor, LEFTOVER_RETRY_INTERVAL,
+                                           lambda: None)
                     continue
                 if e.status == 502:
                     log.msg(f"FarmLatentWorker {self.name}: {leftover}, held before the master"
@@ -390,7 +403,3 @@ class FarmLatentWorker(StartsOnRequest):
         await self._remember(None)
         log.msg(f"FarmLatentWorker {self.name}: released {name}")
         return True
-
-
-def _nothing() -> None:
-    return None

@@ -1,4 +1,5 @@
-"""``FarmLatentWorker``'s own arguments (``LeaseSettings``), and what it tells its builds.
+"""``FarmLatentWorker``'s own arguments (``LeaseSettings``), what they need from the farm
+the worker leases from (:func:`lease_problems`), and what the worker tells its builds.
 
 Checked in one place for checkConfig and reconfig; the worker itself is in
 :mod:`buildbot_farm.leases.worker`.
@@ -6,9 +7,11 @@ Checked in one place for checkConfig and reconfig; the worker itself is in
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from buildbot_farm.config_checks import suggestion
 from buildbot_farm.config_checks.values import is_number, is_positive
 from buildbot_farm.leases import keys
 from buildbot_farm.names import FARM_SERVICE
@@ -70,3 +73,35 @@ class LeaseSettings:
 
 
 LEASE_ARGS = tuple(f.name for f in fields(LeaseSettings))
+
+REMOTE = "or give this worker coordinator_url=, user= and key= of another farm's coordinator"
+
+
+def lease_problems(who: str, lease: LeaseSettings, farms: Mapping[str, Any]) -> Iterator[str]:
+    """What is missing for ``lease`` (of the worker ``who``) among the FarmServices ``farms``
+    of master.cfg (their settings by name; None where their own arguments are bad)."""
+    if lease.coordinator_url is not None:
+        return
+    if lease.farm not in farms:
+        yield (f"{who}: leases from the coordinator of the FarmService {lease.farm!r} (its"
+               f" farm= argument), but c['services'] has no util.FarmService named"
+               f" {lease.farm!r}: add util.FarmService(name={lease.farm!r},"
+               f" coordinator=util.FarmCoordinator(...)) to c['services'], {REMOTE}")
+        return
+    settings = farms[lease.farm]
+    if settings is None:
+        return
+    coordinator = settings.coordinator
+    if coordinator is None:
+        yield (f"{who}: the FarmService {lease.farm!r} in c['services'] runs no coordinator"
+               f" to lease from: give it coordinator=util.FarmCoordinator(secret=...,"
+               f" pools=[util.BuildletPool(...)]), {REMOTE}")
+        return
+    wanted = lease.buildlet_type
+    pools = [getattr(pool, "name", None) for pool in coordinator.pools]
+    if isinstance(wanted, str) and wanted not in pools:
+        names = [p for p in pools if isinstance(p, str)]
+        yield (f"{who}: buildlet_type {wanted!r} is not a pool of the coordinator of the"
+               f" FarmService {lease.farm!r}; its pools are {', '.join(names) or 'none'}"
+               f"{suggestion(wanted, names)}: use one of them, or add"
+               f" util.BuildletPool({wanted!r}) to its FarmCoordinator(pools=[...])")

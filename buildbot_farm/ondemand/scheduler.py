@@ -7,7 +7,7 @@ farm's job table, so one request gives one key and at most one build at a time.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from buildbot import config
@@ -18,7 +18,7 @@ from twisted.internet import defer
 
 from buildbot_farm.artifacts import paths
 from buildbot_farm.artifacts.steps import NoRepository, find_repository
-from buildbot_farm.config_checks import check_config_arguments, checked_keywords
+from buildbot_farm.config_checks import Configuration, check_config_arguments, checked_keywords
 from buildbot_farm.lookup import farm_service
 from buildbot_farm.ondemand import form, params
 from buildbot_farm.ondemand.config import OFF
@@ -68,9 +68,23 @@ def find_host(master: Any) -> tuple[OnDemandHost, JobTable]:
 _SET_HERE = ("builderNames", "codebases", "properties")
 
 
+ADD_ON_DEMAND = "give util.FarmService(on_demand=util.OnDemandBuilds()) in c['services']"
+
+
+def _configuration_problems(configuration: Configuration) -> Iterator[str]:
+    """The OnDemandSchedulers of master.cfg whose FarmService runs no on-demand builds."""
+    missing = configuration.missing_capability("on_demand")
+    if missing is None:
+        return
+    for scheduler in configuration.schedulers:
+        if isinstance(scheduler, OnDemandScheduler):
+            yield (f"OnDemandScheduler {scheduler.name!r}: on-demand builds are off, as"
+                   f" {missing}: {ADD_ON_DEMAND}")
+
+
 @checked_keywords("schedulers.OnDemandScheduler", also=[
     name for name in check_config_arguments(forcesched.ForceScheduler) if name not in _SET_HERE
-])
+], cross_checks=[_configuration_problems])
 class OnDemandScheduler(forcesched.ForceScheduler):
     """Builds ``builder`` once per distinct set of ``parameters`` values.
 

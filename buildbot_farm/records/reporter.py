@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -17,7 +17,7 @@ from twisted.internet import defer
 from twisted.python import log
 
 from buildbot_farm.compat.buildbot_api import config_kwargs
-from buildbot_farm.config_checks import checked_keywords
+from buildbot_farm.config_checks import Configuration, checked_keywords, suggestion
 from buildbot_farm.lookup import farm_service
 from buildbot_farm.names import ARTIFACTS_PROPERTY, FARM_SERVICE
 from buildbot_farm.records.model import RESULTS, InvalidRecord, default_version, parse_record
@@ -67,9 +67,32 @@ class RecorderSettings:
         return found
 
 
+def _configuration_problems(configuration: Configuration) -> Iterator[str]:
+    """What each BuildRecorder of master.cfg needs: its FarmService, and its builders."""
+    names = configuration.builder_names
+    for recorder in configuration.services:
+        settings = recorder.requested_settings() if isinstance(recorder, BuildRecorder) else None
+        if settings is None:
+            continue
+        who = f"BuildRecorder {recorder.name!r}"
+        if settings.farm not in configuration.farms:
+            yield (f"{who}: records go to the FarmService {settings.farm!r} (its farm="
+                   f" argument), but c['services'] has no util.FarmService named"
+                   f" {settings.farm!r}: add util.FarmService(name={settings.farm!r}) to"
+                   " c['services']")
+        # Like Buildbot's own scheduler check: with several masters, builders may be elsewhere.
+        for builder in () if configuration.multi_master else settings.builders or ():
+            if builder not in names:
+                yield (f"{who}: builders names {builder!r}, which is not a builder in"
+                       f" c['builders']{suggestion(builder, names)}; the builders are"
+                       f" {configuration.builders_text()}: correct the name, or leave out"
+                       " builders= to record the builds of every builder")
+
+
 @checked_keywords(
     "reporters.BuildRecorder",
     also=[f.name for f in fields(RecorderSettings) if f.name != "record_name"],
+    cross_checks=[_configuration_problems],
 )
 class BuildRecorder(service.BuildbotService):
     """Writes one record of each finished build of ``builders`` (all builders when None).
