@@ -45,7 +45,10 @@ from buildbot_farm.leases.request_start import StartsOnRequest
 from buildbot_farm.leases.worker_settings import (
     BUILDLET_ENV,
     LEASE_ARGS,
+    LEFTOVER_ATTEMPTS,
+    LEFTOVER_RETRY_INTERVAL,
     LOST_PROPERTY,
+    PREEMPTION_QUARANTINE,
     LeaseSettings,
     lease_problems,
 )
@@ -54,14 +57,6 @@ from buildbot_farm.remote.environment import RUN_REMOTE
 from buildbot_farm.remote.handoff import LOG_PREFIX
 from buildbot_farm.secret_values import SecretRenderer
 from buildbot_farm.web.client import http_client
-
-# Seconds a worker whose buildlet was preempted takes no builds, at least: AWS gives two
-# minutes' notice, GCE and Azure about 30 s, so by then the host is gone or replaced.
-PREEMPTION_QUARANTINE = 120.0
-# How often, and how many times, a starting master tries to release the buildlet its worker
-# held before a crash (this master's own coordinator answers only once its web server runs).
-LEFTOVER_RETRY_INTERVAL = 1.0
-LEFTOVER_ATTEMPTS = 120
 
 
 def _farm_problems(configuration: Configuration) -> Iterator[str]:

@@ -1,5 +1,6 @@
 """``FarmLatentWorker``'s own arguments (``LeaseSettings``), what they need from the farm
-the worker leases from (:func:`lease_problems`), and what the worker tells its builds.
+the worker leases from (:func:`lease_problems`), its timings (quarantine after a
+preemption, retries of a leftover's release) and what the worker tells its builds.
 
 Checked in one place for checkConfig and reconfig; the worker itself is in
 :mod:`buildbot_farm.leases.worker`.
@@ -22,6 +23,13 @@ LOST_PROPERTY = "farm_lost"
 # The variable the worker's exec gets with its buildlet's name: a worker left running on a
 # buildlet that is no longer the worker's (lost with its host) is refused when it reconnects.
 BUILDLET_ENV = "FARM_BUILDLET"
+# Seconds a worker whose buildlet was preempted takes no builds, at least: AWS gives two
+# minutes' notice, GCE and Azure about 30 s, so by then the host is gone or replaced.
+PREEMPTION_QUARANTINE = 120.0
+# How often, and how many times, a starting master tries to release the buildlet its worker
+# held before a crash (this master's own coordinator answers only once its web server runs).
+LEFTOVER_RETRY_INTERVAL = 1.0
+LEFTOVER_ATTEMPTS = 120
 
 
 @dataclass(frozen=True)
