@@ -150,10 +150,12 @@ class TarReader:
         if block == ZERO_BLOCK:
             self.finished = True
             return
-        try:
-            info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
-        except Exception as error:
-            raise TarError(f"bad tar header: {error}") from error
+        info = quick_header(block)
+        if info is None:
+            try:
+                info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+            except Exception as error:
+                raise TarError(f"bad tar header: {error}") from error
         if info.type in _EXTENSION_TYPES:
             if info.size > MAX_EXTENSION:
                 raise TarError(f"an extended tar header of {info.size} bytes is too large")
@@ -218,8 +220,58 @@ def _padded(size: int) -> int:
     return -(-size // BLOCK) * BLOCK
 
 
+_QUICK_TYPES = (tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE)
+_NUMBERS = ((100, 108), (124, 136), (136, 148), (148, 156))  # mode, size, mtime, checksum
+
+
+def quick_header(block: bytes) -> tarfile.TarInfo | None:
+    """The member a plain POSIX ustar block describes (a file, directory or link with octal
+    numbers and a good checksum: what engines write for most members), read as
+    ``TarInfo.frombuf`` reads it but several times faster; None for any other block, which
+    ``frombuf`` then reads (or refuses)."""
+    if block[257:265] != b"ustar\x0000" or block[156:157] not in _QUICK_TYPES:
+        return None
+    try:
+        mode, size, mtime, checksum = (
+            int(block[start:end].split(b"\0", 1)[0].strip() or b"0", 8) for start, end in _NUMBERS)
+    except ValueError:
+        return None
+    if checksum != sum(block) - sum(block[148:156]) + 8 * 32:
+        return None
+    info = tarfile.TarInfo(_text(block[0:100]))
+    info.type, info.mode, info.size, info.mtime = block[156:157], mode, size, mtime
+    info.linkname = _text(block[157:257])
+    if info.type == tarfile.DIRTYPE:  # before the prefix, as frombuf does
+        info.name = info.name.rstrip("/")
+    prefix = _text(block[345:500])
+    if prefix:
+        info.name = f"{prefix}/{info.name}"
+    return info
+
+
+def _text(field: bytes) -> str:
+    return field.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+
+
+_OCTAL_LIMIT = 8**11  # sizes and times that fit a ustar field's 11 octal digits
+
+
 def header(member: Member) -> bytes:
-    """The header block(s) for ``member`` (PAX format, so any name length works)."""
+    """The header block(s) for ``member`` (PAX format, so any name length works).
+
+    A member that needs no PAX record (ASCII names of at most 100 bytes, a size and time
+    that fit ustar's fields) gets the same one ustar block ``tarfile`` would write, built
+    here directly: ``tarfile`` takes ten times as long, which shows with thousands of
+    outputs.
+    """
+    name = member.name + "/" if member.type == tarfile.DIRTYPE else member.name
+    size = member.size if member.is_file else 0
+    mtime = int(member.mtime)
+    if (name.isascii() and member.linkname.isascii() and len(name) <= 100
+            and len(member.linkname) <= 100 and 0 <= size < _OCTAL_LIMIT
+            and 0 <= mtime < _OCTAL_LIMIT and "\0" not in name + member.linkname):
+        return _ustar_block(name.encode(), member.type, size, member.mode & 0o7777, mtime,
+                            member.linkname.encode())
     info = tarfile.TarInfo(member.name)
     info.type = member.type
     info.size = member.size if member.is_file else 0
@@ -227,6 +279,20 @@ def header(member: Member) -> bytes:
     info.mtime = int(member.mtime)
     info.linkname = member.linkname
     return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
+
+def _ustar_block(name: bytes, kind: bytes, size: int, mode: int, mtime: int,
+                 linkname: bytes) -> bytes:
+    """One ustar header block, laid out and checksummed as POSIX (and ``tarfile``) do."""
+    block = bytearray(BLOCK)
+    block[0 : len(name)] = name
+    block[100:148] = b"%07o\0%07o\0%07o\0%011o\0%011o\0" % (mode, 0, 0, size, mtime)
+    block[148:156] = b"        "  # the checksum counts its own field as spaces
+    block[156:157] = kind
+    block[157 : 157 + len(linkname)] = linkname
+    block[257:265] = b"ustar\x0000"
+    block[148:155] = b"%06o\0" % sum(block)
+    return bytes(block)
 
 
 def padding(size: int) -> bytes:

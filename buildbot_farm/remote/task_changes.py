@@ -213,10 +213,10 @@ class Packer:
         except UnsafePath as error:
             self.packed.problems.append(f"{path}: {error}")
             return None
-        for parent, kind in self._emitted.items():
-            if kind == "symlink" and is_under(path, parent):
-                self.packed.problems.append(f"{path}: would be written through symlink {parent}")
-                return None
+        parent = _symlink_above(path, self._emitted)
+        if parent is not None:
+            self.packed.problems.append(f"{path}: would be written through symlink {parent}")
+            return None
         known = self._record.entries.get(path)
         kind = member.kind
         if kind == "other":
@@ -305,6 +305,19 @@ class _Selected:
             self.spool.write(chunk)
         else:
             self.streaming.write(chunk)
+
+
+def _symlink_above(path: str, emitted: dict[str, str]) -> str | None:
+    """The nearest directory above ``path`` that the archive makes a symbolic link, if any
+    (one look-up per level: the outputs can be many thousands)."""
+    parent = posixpath.dirname(path)
+    while True:
+        if emitted.get(parent) == "symlink":
+            return parent
+        above = posixpath.dirname(parent)
+        if above == parent:
+            return None
+        parent = above
 
 
 def consume_into(packer: Packer, root: str) -> Callable[[Iterable[bytes]], None]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import shutil
 import stat
 import subprocess
@@ -34,25 +35,33 @@ def check_plan(dest: str, manifest: dict[str, Any]) -> None:
     Checks names, link targets, and that no parent directory of a path is (or is made by
     the archive into) a symbolic link or a file.
     """
-    links = {entry["path"] for entry in manifest["files"] if entry.get("type") == "symlink"}
-    files = {entry["path"] for entry in manifest["files"] if entry.get("type") != "dir"}
+    made_by_archive = {entry["path"] for entry in manifest["files"] if entry.get("type") != "dir"}
     for entry in manifest["files"]:
         path = safe_member_path(entry["path"])
         if entry.get("type") == "symlink" and not link_stays_inside(path, entry["target"]):
             raise UnsafePath(f"{path!r} is a symbolic link to {entry['target']!r}, outside")
         if entry.get("type") == "hardlink":
             safe_member_path(entry["target"])
-        _check_parents(dest, path, links | files)
+        _check_parents(dest, path, made_by_archive)
     for deleted in manifest["deleted"]:
-        _check_parents(dest, safe_member_path(deleted), links | files)
+        _check_parents(dest, safe_member_path(deleted), made_by_archive)
 
 
-def _check_parents(dest: str, path: str, made_by_archive: set[str]) -> None:
+def _check_parents(dest: str, path: str, made_by_archive: set[str],
+                   directories: set[str] | None = None) -> None:
+    """Raise UnsafePath unless every parent of ``path`` is a real directory or absent.
+
+    Parents found in ``directories`` (ones already seen to be directories, during one
+    extraction, which cannot change them) are not looked at again; the ones looked at and
+    found to be directories are added to it.
+    """
     parent = ""
     for part in path.split("/")[:-1]:
         parent = f"{parent}/{part}" if parent else part
         if parent in made_by_archive:
             raise UnsafePath(f"{path!r} would be written through {parent!r}, not a directory")
+        if directories is not None and parent in directories:
+            continue
         try:
             info = os.lstat(os.path.join(dest, parent))
         except FileNotFoundError:
@@ -61,6 +70,8 @@ def _check_parents(dest: str, path: str, made_by_archive: set[str]) -> None:
             raise UnsafePath(f"{path!r} would be written through the symbolic link {parent!r}")
         if not stat.S_ISDIR(info.st_mode):
             raise UnsafePath(f"{path!r} would be written under {parent!r}, which is a file")
+        if directories is not None:
+            directories.add(parent)
 
 
 def delete(dest: str, path: str) -> None:
@@ -83,12 +94,15 @@ def extract(dest: str, archive: IO[bytes], allowed: set[str]) -> tuple[int, int]
     UnsafePath. Returns (files written, bytes written).
     """
     count = size = 0
+    # Directories seen to be real ones: the archive cannot make them anything else (check_plan
+    # refuses a member under a path the archive makes a file or link), so one look each.
+    directories: set[str] = set()
     with tarfile.open(fileobj=archive, mode="r|") as tar:
         for member in tar:
             path = safe_member_path(member.name)
             if path not in allowed:
                 raise UnsafePath(f"{path!r} is in the archive but not in the manifest")
-            _check_parents(dest, path, set())
+            _check_parents(dest, path, set(), directories)
             full = os.path.join(dest, path)
             if member.isdir():
                 if os.path.islink(full) or os.path.isfile(full):
@@ -96,7 +110,10 @@ def extract(dest: str, archive: IO[bytes], allowed: set[str]) -> tuple[int, int]
                 os.makedirs(full, exist_ok=True)
                 os.chmod(full, member.mode & 0o7777)
                 continue
-            os.makedirs(os.path.dirname(full) or dest, exist_ok=True)
+            folder = posixpath.dirname(path)
+            if folder not in directories:  # checked above: absent parts are made real ones
+                os.makedirs(os.path.dirname(full) or dest, exist_ok=True)
+                directories.add(folder)
             if member.issym():
                 delete(dest, path)
                 os.symlink(member.linkname, full)
@@ -107,18 +124,33 @@ def extract(dest: str, archive: IO[bytes], allowed: set[str]) -> tuple[int, int]
                 source = tar.extractfile(member)
                 assert source is not None
                 partial = f"{full}.farm-partial"
-                with open(partial, "wb") as out:
-                    shutil.copyfileobj(source, out, 1 << 20)
-                os.chmod(partial, member.mode & 0o7777)
-                os.utime(partial, (member.mtime, member.mtime))
-                if os.path.isdir(full) and not os.path.islink(full):
+                _write_file(partial, source, member.mode & 0o7777, member.mtime)
+                try:
+                    os.replace(partial, full)
+                except IsADirectoryError:  # a directory (never a link to one) is replaced
                     shutil.rmtree(full)
-                os.replace(partial, full)
+                    os.replace(partial, full)
                 size += member.size
             else:
                 raise UnsafePath(f"{path!r} is neither a file, a directory nor a link")
             count += 1
     return count, size
+
+
+def _write_file(path: str, source: IO[bytes], mode: int, mtime: float) -> None:
+    """Write ``source`` into a new file ``path`` (not through a link there) with its mode and
+    modification time."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError:  # left by an earlier unpack that failed
+        os.unlink(path)
+        fd = os.open(path, flags, 0o600)
+    with open(fd, "wb") as out:
+        shutil.copyfileobj(source, out, 1 << 20)
+        os.fchmod(fd, mode)
+        out.flush()
+        os.utime(fd, (mtime, mtime))
 
 
 def open_zstd(path: str) -> tuple[IO[bytes], Any]:

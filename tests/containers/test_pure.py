@@ -207,6 +207,18 @@ def test_links_out_of_the_build_dir_are_refused(member: tuple[str, str], reason:
         pack([("/work/src/ln", 1)], make_tar(member))
 
 
+def test_members_under_a_link_the_archive_makes_are_refused() -> None:
+    """A member two levels under a symbolic link the same archive brings back is refused
+    (it would be written through the link on the worker); its siblings are not blamed."""
+    changes = [("/work/src/d", 1), ("/work/src/d/ln", 1), ("/work/src/d/ln/sub/x", 1),
+               ("/work/src/d/ok", 1)]
+    stream = make_tar(("d", None), ("d/ln", "->."), ("d/ln/sub/x", b"x"), ("d/ok", b"ok"))
+    with pytest.raises(UnsafeOutputs) as refused:
+        pack(changes, stream)
+    assert refused.value.problems == [
+        "/work/src/d/ln/sub/x: would be written through symlink /work/src/d/ln"]
+
+
 @pytest.mark.parametrize("piece", [1, 7, 512, 1 << 20])
 def test_a_workers_tar_enters_the_container_owned_by_root(piece: int) -> None:
     """Owners become 0:0 (the task's root has no capabilities); names, data and the stream's
@@ -230,3 +242,55 @@ def test_a_workers_tar_enters_the_container_owned_by_root(piece: int) -> None:
         extracted = tar.extractfile(members[0])
         assert extracted is not None
         assert extracted.read() == b"hello" * 300
+
+
+@pytest.mark.parametrize("name", ["f", "dir/sub/file.txt", "x" * 99, "x" * 100, "x" * 101,
+                                  "café", "p" * 60 + "/" + "q" * 50])
+@pytest.mark.parametrize("kind", [tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE,
+                                  tarfile.LNKTYPE])
+def test_headers_are_the_blocks_tarfile_writes(name: str, kind: bytes) -> None:
+    """The header written for a member is byte for byte tarfile's PAX-format header, on the
+    quick ustar path and off it (long or non-ASCII names and link targets, sizes and times
+    past ustar's fields), and reads back as the same member."""
+    links = ["", "t", "z" * 100, "z" * 101] if kind in (tarfile.SYMTYPE, tarfile.LNKTYPE) else [""]
+    for linkname in links:
+        for size, mtime in ((0, 0.0), (20971, 1_700_000_000.9), (8**11, 8**11 - 1),
+                            (8**11 - 1, 8**11)):
+            member = tar_stream.Member(name, kind, size, 0o100755, mtime, linkname)
+            info = tarfile.TarInfo(name)
+            info.type, info.size = kind, size if member.is_file else 0
+            info.mode, info.mtime, info.linkname = 0o755, int(mtime), linkname
+            block = tar_stream.header(member)
+            assert block == info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+            (event, *_) = tar_stream.TarReader().feed(block + bytes(-len(block) % 512 + 1024))
+            assert isinstance(event, tar_stream.Header)
+            assert (event.member.name, event.member.linkname) == (name, linkname)
+
+
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_quick_headers_read_as_tarfile_reads_them(fmt: int) -> None:
+    """Every last header block of these members reads the same through ``quick_header`` as
+    through ``TarInfo.frombuf`` (prefixed and slashed names included), or is left to it."""
+    quick = 0
+    for name in ("a", "d/s/f", "x" * 100, "p" * 60 + "/" + "q" * 50, "é", "trail/",
+                 "p" * 120 + "/" + "r" * 20 + "/"):
+        for kind in (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE,
+                     tarfile.LNKTYPE, tarfile.FIFOTYPE):
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname, info.mode, info.mtime = kind, "../t", 0o104755, 17
+            info.size = 8**11 - 1 if kind == tarfile.REGTYPE else 0
+            try:
+                block = info.tobuf(fmt, "utf-8", "surrogateescape")[-512:]
+            except ValueError:  # a name this format cannot hold
+                continue
+            read = tar_stream.quick_header(block)
+            if read is None:
+                continue
+            quick += 1
+            expected = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+            for field in ("name", "type", "mode", "size", "mtime", "linkname"):
+                assert getattr(read, field) == getattr(expected, field), (name, kind, field)
+    corrupt = bytearray(tar_stream.header(tar_stream.Member("f", tarfile.REGTYPE, 1)))
+    corrupt[0:1] = b"g"
+    assert tar_stream.quick_header(bytes(corrupt)) is None
+    assert quick >= (12 if fmt != tarfile.GNU_FORMAT else 0)

@@ -63,3 +63,25 @@ def test_unpack_applies_files_links_and_deletions(tmp_path: Path) -> None:
     assert (dest / "d/f").read_bytes() == b"data"
     assert os.readlink(dest / "d/l") == "f"
     assert not (dest / "old").exists()
+
+
+def test_unpack_replaces_dirs_and_leftovers_without_following_links(tmp_path: Path) -> None:
+    """A file replaces a directory of the same name; a partial file left by an earlier unpack
+    (here a link pointing outside) is replaced, not written through; files in many
+    directories all get their data, mode and time."""
+    dest = tmp_path / "dest"
+    outside = tmp_path / "outside"
+    (dest / "was-a-dir" / "inner").mkdir(parents=True)
+    outside.write_text("keep")
+    os.symlink(outside, dest / "f.farm-partial")
+    names = ["was-a-dir", "f", *(f"n{i % 7}/m{i % 3}/x{i}" for i in range(50))]
+    manifest = {"files": [{"path": name, "type": "file"} for name in names], "deleted": []}
+    archive = make_tar(*((name, name.encode()) for name in names),
+                       mtimes={name: 1_000_000 for name in names})
+    assert run_unpack(tmp_path, archive, manifest) == 0
+    for name in names:
+        assert (dest / name).read_bytes() == name.encode()
+        assert os.stat(dest / name).st_mtime == 1_000_000
+        assert os.stat(dest / name).st_mode & 0o7777 == 0o644
+    assert outside.read_text() == "keep"
+    assert not [p for p in dest.rglob("*.farm-partial")]
