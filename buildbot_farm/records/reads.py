@@ -195,8 +195,7 @@ class FastRecordsResource(resource.Resource):
             self._api.render(request)
 
     def _read_sqlite(self, database: db.Database, key: Key) -> bytes | None:
-        if (database.url.path == MEMORY
-                or database.url.path == MEMORY or database is self._unreadable):
+        if database.url.path == MEMORY or database is self._unreadable:
             return None
         if self._reader is None or self._reader.database is not database:
             if self._reader is not None:

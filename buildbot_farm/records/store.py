@@ -79,6 +79,13 @@ _SELECT = (
     "SELECT r.id, r.name, r.version, r.body, t.deleted_by, t.deleted_at, t.reason"
     " FROM farm_records r LEFT JOIN farm_record_tombstones t ON t.record_id = r.id"
 )
+# The records of the (name, version) pairs given as two arrays (PostgreSQL).
+_GET_MANY = (
+    "SELECT r.id, r.name, r.version, r.body, t.deleted_by, t.deleted_at, t.reason"
+    " FROM unnest(CAST(? AS TEXT[]), CAST(? AS TEXT[])) AS k (name, version)"
+    " JOIN farm_records r ON r.name = k.name AND r.version = k.version"
+    " LEFT JOIN farm_record_tombstones t ON t.record_id = r.id"
+)
 
 
 class RecordStore:
@@ -196,11 +203,25 @@ class RecordStore:
         return await self._lookups.get((name, version))
 
     async def _get_many(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], StoredRecord]:
-        """The records of ``keys`` (name, version) that exist, in one query."""
-        wanted = " OR ".join(["(r.name = ? AND r.version = ?)"] * len(keys))
-        rows = await self._database.fetchall(
-            f"{_SELECT} WHERE {wanted}", [part for key in keys for part in key]
-        )
+        """The records of ``keys`` (name, version) that exist, in one query.
+
+        On PostgreSQL a statement prepared once per connection (one key; or any number, as
+        two arrays), so no lookup is parsed and planned again.
+        """
+        if self._database.dialect.name == "postgresql" and len(keys) == 1:
+            rows = await self._database.fetchall_prepared(
+                "farm_records_get_one", f"{_SELECT} WHERE r.name = ? AND r.version = ?", keys[0]
+            )
+        elif self._database.dialect.name == "postgresql":
+            rows = await self._database.fetchall_prepared(
+                "farm_records_get_many", _GET_MANY,
+                ([key[0] for key in keys], [key[1] for key in keys]),
+            )
+        else:
+            wanted = " OR ".join(["(r.name = ? AND r.version = ?)"] * len(keys))
+            rows = await self._database.fetchall(
+                f"{_SELECT} WHERE {wanted}", [part for key in keys for part in key]
+            )
         return {(row["name"], row["version"]): _stored(row) for row in rows}
 
     async def list(
