@@ -23,6 +23,7 @@ import sys
 import tarfile
 from typing import IO, Any
 
+from buildbot_farm.remote import tar_stream
 from buildbot_farm.remote.paths import UnsafePath, link_stays_inside, safe_member_path
 
 REFUSED = 2
@@ -91,66 +92,111 @@ def extract(dest: str, archive: IO[bytes], allowed: set[str]) -> tuple[int, int]
     """Write the members of the uncompressed tar stream ``archive`` under ``dest``.
 
     Only names in ``allowed`` are written; any other member stops the extraction with
-    UnsafePath. Returns (files written, bytes written).
+    UnsafePath. A stream that is not a readable tar raises ``tarfile.ReadError``. Returns
+    (files written, bytes written).
     """
-    count = size = 0
-    # Directories seen to be real ones: the archive cannot make them anything else (check_plan
-    # refuses a member under a path the archive makes a file or link), so one look each.
-    directories: set[str] = set()
-    with tarfile.open(fileobj=archive, mode="r|") as tar:
-        for member in tar:
-            path = safe_member_path(member.name)
-            if path not in allowed:
-                raise UnsafePath(f"{path!r} is in the archive but not in the manifest")
-            _check_parents(dest, path, set(), directories)
-            full = os.path.join(dest, path)
-            if member.isdir():
-                if os.path.islink(full) or os.path.isfile(full):
-                    os.unlink(full)
-                os.makedirs(full, exist_ok=True)
-                os.chmod(full, member.mode & 0o7777)
-                continue
-            folder = posixpath.dirname(path)
-            if folder not in directories:  # checked above: absent parts are made real ones
-                os.makedirs(os.path.dirname(full) or dest, exist_ok=True)
-                directories.add(folder)
-            if member.issym():
-                delete(dest, path)
-                os.symlink(member.linkname, full)
-            elif member.islnk():
-                delete(dest, path)
-                os.link(os.path.join(dest, safe_member_path(member.linkname)), full)
-            elif member.isreg():
-                source = tar.extractfile(member)
-                assert source is not None
-                partial = f"{full}.farm-partial"
-                _write_file(partial, source, member.mode & 0o7777, member.mtime)
-                try:
-                    os.replace(partial, full)
-                except IsADirectoryError:  # a directory (never a link to one) is replaced
-                    shutil.rmtree(full)
-                    os.replace(partial, full)
-                size += member.size
-            else:
-                raise UnsafePath(f"{path!r} is neither a file, a directory nor a link")
-            count += 1
-    return count, size
+    extraction = _Extraction(dest, allowed)
+    reader = tar_stream.TarReader()
+    try:
+        while not reader.finished and (chunk := archive.read(1 << 20)):
+            for event in reader.feed(chunk):
+                if isinstance(event, tar_stream.Header):
+                    extraction.start(event.member)
+                elif isinstance(event, tar_stream.Data):
+                    extraction.write(event.chunk)
+                else:
+                    extraction.end(event.member)
+        reader.close()
+    except tar_stream.TarError as error:
+        raise tarfile.ReadError(str(error)) from error
+    finally:
+        extraction.drop_partial()
+    return extraction.count, extraction.size
 
 
-def _write_file(path: str, source: IO[bytes], mode: int, mtime: float) -> None:
-    """Write ``source`` into a new file ``path`` (not through a link there) with its mode and
-    modification time."""
+class _Extraction:
+    """Members written under ``dest`` as the tar stream's events come: each file into a
+    ``.farm-partial`` beside its place, moved there once complete."""
+
+    def __init__(self, dest: str, allowed: set[str]) -> None:
+        self.dest = dest
+        self.allowed = allowed
+        self.count = self.size = 0
+        # Directories seen to be real ones: the archive cannot make them anything else
+        # (check_plan refuses a member under a path the archive makes a file or link).
+        self.directories: set[str] = set()
+        self.partial: tuple[int, str, str] | None = None  # descriptor, its path, the place
+
+    def start(self, member: tar_stream.Member) -> None:
+        """A member begins: check its path, then make it (a file: open its partial)."""
+        path = safe_member_path(member.name)
+        if path not in self.allowed:
+            raise UnsafePath(f"{path!r} is in the archive but not in the manifest")
+        _check_parents(self.dest, path, set(), self.directories)
+        full = os.path.join(self.dest, path)
+        if member.kind == "dir":
+            if os.path.islink(full) or os.path.isfile(full):
+                os.unlink(full)
+            os.makedirs(full, exist_ok=True)
+            os.chmod(full, member.mode & 0o7777)
+            return
+        if member.kind == "other":
+            raise UnsafePath(f"{path!r} is neither a file, a directory nor a link")
+        folder = posixpath.dirname(path)
+        if folder not in self.directories:  # checked above: absent parts are made real ones
+            os.makedirs(os.path.dirname(full) or self.dest, exist_ok=True)
+            self.directories.add(folder)
+        if member.kind == "symlink":
+            delete(self.dest, path)
+            os.symlink(member.linkname, full)
+        elif member.kind == "hardlink":
+            delete(self.dest, path)
+            os.link(os.path.join(self.dest, safe_member_path(member.linkname)), full)
+        else:
+            partial = f"{full}.farm-partial"
+            self.partial = (_create(partial), partial, full)
+        self.count += 1
+
+    def write(self, data: bytes) -> None:
+        """The next piece of the current file's data."""
+        assert self.partial is not None
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.partial[0], view):]
+
+    def end(self, member: tar_stream.Member) -> None:
+        """A member is complete: a file gets its mode and time and takes its place."""
+        if self.partial is None:
+            return
+        fd, partial, full = self.partial
+        os.fchmod(fd, member.mode & 0o7777)
+        os.utime(fd, (member.mtime, member.mtime))
+        os.close(fd)
+        self.partial = None
+        try:
+            os.replace(partial, full)
+        except IsADirectoryError:  # a directory (never a link to one) is replaced
+            shutil.rmtree(full)
+            os.replace(partial, full)
+        self.size += member.size
+
+    def drop_partial(self) -> None:
+        """Remove the file being written, if the stream stopped in its middle."""
+        if self.partial is not None:
+            fd, partial, _ = self.partial
+            os.close(fd)
+            os.unlink(partial)
+            self.partial = None
+
+
+def _create(path: str) -> int:
+    """A new file ``path`` open for writing (replacing a leftover there, never through a link)."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        fd = os.open(path, flags, 0o600)
-    except FileExistsError:  # left by an earlier unpack that failed
+        return os.open(path, flags, 0o600)
+    except FileExistsError:  # left by an earlier unpack that was killed
         os.unlink(path)
-        fd = os.open(path, flags, 0o600)
-    with open(fd, "wb") as out:
-        shutil.copyfileobj(source, out, 1 << 20)
-        os.fchmod(fd, mode)
-        out.flush()
-        os.utime(fd, (mtime, mtime))
+        return os.open(path, flags, 0o600)
 
 
 def open_zstd(path: str) -> tuple[IO[bytes], Any]:

@@ -85,3 +85,15 @@ def test_unpack_replaces_dirs_and_leftovers_without_following_links(tmp_path: Pa
         assert os.stat(dest / name).st_mode & 0o7777 == 0o644
     assert outside.read_text() == "keep"
     assert not [p for p in dest.rglob("*.farm-partial")]
+
+
+def test_an_archive_cut_in_a_file_leaves_no_partial_file(tmp_path: Path) -> None:
+    """An archive that ends inside a member's data is unreadable (exit 3): the members
+    before it are written, the one cut short leaves neither itself nor its partial file."""
+    archive = make_tar(("a", b"complete"), ("b", b"x" * 5000))
+    manifest = {"files": [{"path": "a", "type": "file"}, {"path": "b", "type": "file"}],
+                "deleted": []}
+    assert run_unpack(tmp_path, archive[:512 * 3 + 1000], manifest) == unpack.UNREADABLE
+    dest = tmp_path / "dest"
+    assert sorted(p.name for p in dest.iterdir()) == ["a"]
+    assert (dest / "a").read_bytes() == b"complete"
