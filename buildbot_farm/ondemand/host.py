@@ -14,6 +14,7 @@ from buildbot.data import resultspec
 from buildbot.process.results import RETRY, Results
 from twisted.internet import defer
 from twisted.python import log
+from zope.interface import Attribute, Interface
 
 from buildbot_farm import db
 from buildbot_farm.leases.preemption import PREEMPTED_PROPERTY
@@ -36,6 +37,18 @@ if TYPE_CHECKING:
 
 JANITOR = "ondemand-janitor"
 T = TypeVar("T")
+
+
+class IOnDemandScheduler(Interface):
+    """What an OnDemandScheduler provides; the host finds the master's by it.
+
+    The host is below the scheduler, which waits on it: importing the scheduler here
+    would also bring Buildbot's force scheduler (whose imports warn on Twisted 26, an
+    error under Buildbot's test kit) into every import of FarmService.
+    """
+
+    name = Attribute("The scheduler's name.")
+    artifact = Attribute("The repository path pattern of the artifact its builds store.")
 
 
 class UnknownScheduler(LookupError):
@@ -125,14 +138,9 @@ class OnDemandHost:
 
     def scheduler(self, name: str | None) -> Any:
         """The OnDemandScheduler called ``name``; without a name, the only one there is."""
-        # Imported here: forcesched imports buildbot.reporters.mail, whose import of
-        # twisted.internet.ssl warns on Twisted 26, which Buildbot's test kit makes an error
-        # for every test that merely imports FarmService.
-        from buildbot_farm.ondemand.scheduler import OnDemandScheduler
-
         found = {
             s.name: s for s in self._farm.master.scheduler_manager.namedServices.values()
-            if isinstance(s, OnDemandScheduler)
+            if IOnDemandScheduler.providedBy(s)
         }
         if name is None and len(found) == 1:
             return next(iter(found.values()))

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from buildbot import config
 from buildbot.process.properties import Properties
 from buildbot.schedulers import forcesched
 from buildbot.www.rest import JSONRPC_CODES, BadJsonRpc2
 from twisted.internet import defer
+from zope.interface import implementer
 
 from buildbot_farm.artifacts import paths
 from buildbot_farm.artifacts.steps import NoRepository, find_repository
@@ -22,10 +23,8 @@ from buildbot_farm.config_checks import Configuration, check_config_arguments, c
 from buildbot_farm.lookup import farm_service
 from buildbot_farm.ondemand import form, params
 from buildbot_farm.ondemand.config import OFF
+from buildbot_farm.ondemand.host import IOnDemandScheduler, OnDemandHost
 from buildbot_farm.ondemand.jobs import ATTEMPT_PROPERTY, KEY_PROPERTY, Job, JobTable, Submission
-
-if TYPE_CHECKING:
-    from buildbot_farm.ondemand.host import OnDemandHost
 
 _SOURCE = "On-demand build"
 # Buildbot collapses a queued build request into a newer one of the same builder unless
@@ -85,6 +84,7 @@ def _configuration_problems(configuration: Configuration) -> Iterator[str]:
 @checked_keywords("schedulers.OnDemandScheduler", also=[
     name for name in check_config_arguments(forcesched.ForceScheduler) if name not in _SET_HERE
 ], cross_checks=[_configuration_problems])
+@implementer(IOnDemandScheduler)
 class OnDemandScheduler(forcesched.ForceScheduler):
     """Builds ``builder`` once per distinct set of ``parameters`` values.
 
