@@ -1,8 +1,9 @@
 """``/plugins/farm/ui/``: the dashboard's pages, served by the farm service.
 
-* ``buildlets`` — every lease; ``POST buildlets/destroy`` (form ``name=`` and the page's
-  ``form_token``) destroys one, allowed by Buildbot's authz rules for the action
-  ``destroy`` on ``("farm", "buildlets", NAME)``
+* ``buildlets`` — every lease, and the latest buildlets lost with their hosts;
+  ``POST buildlets/destroy`` (form ``name=`` and the page's ``form_token``) destroys one,
+  allowed by Buildbot's authz rules for the action ``destroy`` on
+  ``("farm", "buildlets", NAME)``
   (``util.AnyControlEndpointMatcher(role="admins")`` covers it)
 * ``artifacts/PATH/`` — the repository's collections, sizes, sha256 and download links,
   and the builds holding a live upload token
@@ -38,6 +39,7 @@ from buildbot_farm.web import ApiError, respond
 from buildbot_farm.web._request import query_args, query_last
 
 RECORDS_PAGE_SIZE = 100
+LOST_SHOWN = 20  # the latest buildlets lost with their hosts, on the Buildlets page
 DESTROY_ACTION = "destroy"
 DESTROY_FORM = "buildlets/destroy"
 
@@ -142,8 +144,9 @@ class DashboardResource(resource.Resource):
                          if lease.type == t.name and lease.state is LeaseState.IDLE)}
             for t in sorted(coordinator.types.values(), key=lambda t: t.name)
         ]
+        lost = await coordinator.table.lost_of(limit=LOST_SHOWN)
         body = pages.render(
-            "buildlets.html", message=message, pools=pools, leases=leases, now=now,
+            "buildlets.html", message=message, pools=pools, leases=leases, lost=lost, now=now,
             destroy_action=self._base(request) + DESTROY_FORM, token_field=FIELD,
             token=self._form_tokens.issue(user_of(request), DESTROY_FORM, now))
         busy = any(lease.state in (LeaseState.STARTING, LeaseState.HALTING) for lease in leases)

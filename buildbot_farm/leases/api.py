@@ -175,6 +175,12 @@ class CoordinatorAPI:
         leases = await self._coordinator.owned(user)
         return json_response(request, [lease.public() for lease in leases])
 
+    @routes.route("GET", "buildlet/lost")
+    async def lost(self, request: Request, user: str) -> bytes:
+        """The caller's buildlets lost with their hosts, newest first, with why."""
+        leases = await self._coordinator.lost_of(user)
+        return json_response(request, [lease.public() for lease in leases])
+
     async def _proxy(self, request: Request, user: str, target: str) -> bytes | None:
         segments = request.postpath or []
         path = "/" + "/".join(segment.decode(errors="replace") for segment in segments)

@@ -189,6 +189,10 @@ class CoordinatorClient:
         """This user's buildlets."""
         return list(await self._json("GET", "/buildlet/list"))
 
+    async def lost_buildlets(self) -> list[dict[str, Any]]:
+        """This user's buildlets lost with their hosts: Name, Type, Lost (when), Reason."""
+        return list(await self._json("GET", "/buildlet/lost"))
+
     async def status(self, name: str) -> dict[str, Any]:
         """The buildlet's agent status (this also renews the lease)."""
         return dict(await self._json("GET", "/status", buildlet=name))

@@ -27,7 +27,7 @@ from typing import Callable
 from twisted.internet import defer, task
 from twisted.python import failure, log
 
-from buildbot_farm.leases.lease import Lease, LeaseState
+from buildbot_farm.leases.lease import Lease, LeaseState, LostLease
 from buildbot_farm.leases.pool_keeper import PoolKeeper
 from buildbot_farm.leases.pools import (
     LOST_KEPT,
@@ -228,13 +228,18 @@ class Coordinator(PoolKeeper):
         """``owner``'s live leases."""
         return await self.table.owned_by(owner)
 
+    async def lost_of(self, owner: str) -> list[LostLease]:
+        """``owner``'s buildlets lost with their hosts (the latest remembered), newest first."""
+        return await self.table.lost_of(owner)
+
     async def use(self, owner: str, name: str) -> Lease:
         """Check that ``owner`` may use buildlet ``name`` now, and renew its lease."""
         lease = await self.table.get(name)
         now = self._clock.seconds()
         if lease is None or lease.state is not LeaseState.LEASED:
-            if lease is None and name in self._lost:
-                raise NoSuchBuildlet(f"buildlet {name} was lost with {self._lost[name]}; "
+            lost = await self.table.lost(name) if lease is None else None
+            if lost is not None:
+                raise NoSuchBuildlet(f"buildlet {name} was lost with {lost.reason}; "
                                      "create a new buildlet")
             raise NoSuchBuildlet(no_such_buildlet(name))
         if lease.owner != owner:
@@ -284,16 +289,15 @@ class Coordinator(PoolKeeper):
 
     async def lose(self, names: list[str], reason: str) -> list[str]:
         """Mark the leases on buildlets ``names`` lost (their machine stopped answering):
-        each is forgotten, and using it says it was lost with ``reason``. Returns the names
-        of the leases that were live."""
+        each is forgotten, and using it, listing its lessee's lost buildlets or looking at
+        the Buildlets page says it was lost with ``reason`` (kept in the database, so a
+        restarted coordinator says it too). Returns the names of the leases that were live."""
         lost = []
         for name in names:
             lease = await self.table.get(name)
             if lease is None or not await self.table.mark_halting(name):
                 continue
-            self._lost[name] = reason
-            while len(self._lost) > LOST_KEPT:
-                del self._lost[next(iter(self._lost))]
+            await self.table.mark_lost(lease, reason, self._clock.seconds(), LOST_KEPT)
             self._renewed.pop(name, None)
             log.msg(f"coordinator: lease on {name} ({lease.state.value}, "
                     f"{lease.owner or 'no owner'}) lost with {reason}")

@@ -83,6 +83,22 @@ class Lease:
         }
 
 
+@dataclass(frozen=True)
+class LostLease:
+    """A buildlet lost with its host: whose lease it was, and why (``host build1: ...``)."""
+
+    name: str
+    type: str
+    owner: str | None
+    reason: str
+    lost_at: float
+
+    def public(self) -> dict[str, object]:
+        """What its lessee sees: Name, Type, Lost (when), Reason."""
+        return {"Name": self.name, "Type": self.type, "Lost": _rfc3339(self.lost_at),
+                "Reason": self.reason}
+
+
 def _rfc3339(seconds: float) -> str:
     moment = datetime.datetime.fromtimestamp(seconds, tz=datetime.timezone.utc)
     return moment.isoformat(timespec="seconds").replace("+00:00", "Z")

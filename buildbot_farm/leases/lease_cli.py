@@ -80,11 +80,15 @@ async def _create(client: CoordinatorClient, args: argparse.Namespace) -> int:
 
 async def _list(client: CoordinatorClient, args: argparse.Namespace) -> int:
     buildlets = await client.buildlets()
-    name_width = max((len(b["Name"]) for b in buildlets), default=0)
-    type_width = max((len(b["Type"]) for b in buildlets), default=0)
+    lost = await client.lost_buildlets()
+    name_width = max((len(b["Name"]) for b in buildlets + lost), default=0)
+    type_width = max((len(b["Type"]) for b in buildlets + lost), default=0)
     for b in buildlets:
         print(f"{b['Name']:<{name_width}}  {b['Type']:<{type_width}}  "
               f"created {b['Created']}  expires {b['Expires']}")
+    for b in lost:
+        print(f"{b['Name']:<{name_width}}  {b['Type']:<{type_width}}  "
+              f"lost {b['Lost']}  lost with {b['Reason']}")
     return 0
 
 
@@ -249,7 +253,7 @@ def add_lease_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentP
                         help=f"give up after waiting this long (default: {CREATE_TIMEOUT:g}; "
                         "0: fail at once if the pool is full)")
     create.add_argument("type", metavar="TYPE")
-    action("list", _list, "list your buildlets")
+    action("list", _list, "list your buildlets, and those lost with their hosts")
 
     run = action("run", _run, "run CMD on the buildlet, streaming its output; exit with its status")
     run.add_argument("--dir", help="directory in the workdir to run in (default: the workdir)")

@@ -20,6 +20,16 @@ _LEASE = {
         "Expires": {"type": "string", "format": "date-time", "nullable": True},
     },
 }
+_LOST = {
+    "type": "object",
+    "required": ["Name", "Type", "Lost", "Reason"],
+    "properties": {
+        "Name": {"type": "string"},
+        "Type": {"type": "string"},
+        "Lost": {"type": "string", "format": "date-time"},
+        "Reason": {"type": "string"},
+    },
+}
 _UNAUTHORISED = error_response("No or wrong HTTP Basic credentials (user-NAME and its key)")
 
 
@@ -67,6 +77,15 @@ OPENAPI: dict[str, Any] = {
                 "summary": "The caller's buildlets",
                 "responses": {
                     "200": json_content({"type": "array", "items": _LEASE}, "The leases"),
+                    "401": _UNAUTHORISED,
+                },
+            },
+        },
+        "/buildlet/lost": {
+            "get": {
+                "summary": "The caller's buildlets lost with their hosts (the latest), and why",
+                "responses": {
+                    "200": json_content({"type": "array", "items": _LOST}, "The lost leases"),
                     "401": _UNAUTHORISED,
                 },
             },

@@ -68,7 +68,6 @@ class PoolKeeper:
         self._open: dict[str, tuple[int, task.LoopingCall]] = {}
         self.agent_grace = agent_grace
         self._stopped = False
-        self._lost: dict[str, str] = {}  # buildlet -> why it was lost, the latest LOST_KEPT
         self._lines = WaitingLines()
         self._serving: set[str] = set()
         self._serve_again: set[str] = set()

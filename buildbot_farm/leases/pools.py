@@ -22,7 +22,7 @@ REFILL_DELAY = 1.0
 # a tenth of the idle timeout if that is shorter; while a proxied request to it is open (a
 # long exec), it is renewed that often too.
 RENEW_EVERY = 30.0
-# How many lost buildlets the coordinator remembers, to say why when one is used.
+# How many lost buildlets each coordinator remembers (in the database), to say why.
 LOST_KEPT = 1000
 
 # What claiming a pool's capacity gives: a warm buildlet, leased, or the name of a STARTING row.

@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from buildbot_farm import db
-from buildbot_farm.leases.lease import ExpiryPolicy, Lease, LeaseState, buildlet_name
+from buildbot_farm.leases.lease import ExpiryPolicy, Lease, LeaseState, LostLease, buildlet_name
 
 # Announces "a buildlet of coordinator PAYLOAD freed up or became free to lease".
 CHANNEL = "farm_buildlets"
 _COLUMNS = (
     "name, type, state, owner, url, secret, handle, created_at, leased_at, renewed_at, expires_at"
 )
+_LOST_COLUMNS = "name, type, owner, reason, lost_at"
 
 
 def _lease(row: db.Row) -> Lease:
@@ -28,6 +29,11 @@ def _lease(row: db.Row) -> Lease:
         renewed_at=_maybe_float(row["renewed_at"]),
         expires_at=_maybe_float(row["expires_at"]),
     )
+
+
+def _lost(row: db.Row) -> LostLease:
+    return LostLease(name=row["name"], type=row["type"], owner=row["owner"],
+                     reason=row["reason"], lost_at=float(row["lost_at"]))
 
 
 def _maybe_float(value: Any) -> float | None:
@@ -193,6 +199,43 @@ class LeaseTable:
             await txn.notify(CHANNEL, self._coordinator)
 
         await self._db.transaction(delete)
+
+    async def mark_lost(self, lease: Lease, reason: str, now: float, keep: int) -> None:
+        """Remember that ``lease`` was lost, and why; keep this coordinator's latest ``keep``."""
+
+        async def record(txn: db.Transaction) -> None:
+            await txn.execute("DELETE FROM farm_lost_buildlets WHERE name = ?", (lease.name,))
+            await txn.execute(
+                f"INSERT INTO farm_lost_buildlets ({_LOST_COLUMNS}, coordinator)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (lease.name, lease.type, lease.owner, reason, now, self._coordinator),
+            )
+            await txn.execute(
+                "DELETE FROM farm_lost_buildlets WHERE coordinator = ? AND name NOT IN"
+                " (SELECT name FROM farm_lost_buildlets WHERE coordinator = ?"
+                " ORDER BY lost_at DESC, name LIMIT ?)",
+                (self._coordinator, self._coordinator, keep),
+            )
+
+        await self._db.transaction(record)
+
+    async def lost(self, name: str) -> LostLease | None:
+        """Buildlet ``name`` if it was lost (and is among those remembered), else None."""
+        row = await self._db.fetchone(
+            f"SELECT {_LOST_COLUMNS} FROM farm_lost_buildlets WHERE name = ?", (name,)
+        )
+        return _lost(row) if row else None
+
+    async def lost_of(self, owner: str | None = None, limit: int = 1000) -> list[LostLease]:
+        """The latest ``limit`` lost buildlets remembered (``owner``'s only, when given),
+        newest first."""
+        where, parameters = ("WHERE owner = ?", (owner,)) if owner is not None else ("", ())
+        rows = await self._db.fetchall(
+            f"SELECT {_LOST_COLUMNS} FROM farm_lost_buildlets {where}"
+            " ORDER BY lost_at DESC, name LIMIT ?",
+            (*parameters, limit),
+        )
+        return [_lost(row) for row in rows]
 
     async def listen(self, freed: Callable[[], None]) -> db.Subscription:
         """Call ``freed()`` whenever one of this coordinator's buildlets frees up or is free.

@@ -18,6 +18,7 @@ from zope.interface import Attribute, Interface
 
 from buildbot_farm import db
 from buildbot_farm.leases.preemption import PREEMPTED_PROPERTY
+from buildbot_farm.leases.worker_settings import LOST_PROPERTY
 from buildbot_farm.names import ARTIFACTS_PROPERTY
 from buildbot_farm.ondemand.config import OnDemandBuilds
 from buildbot_farm.ondemand.jobs import (
@@ -265,7 +266,8 @@ class OnDemandHost:
         error = None
         if result != "success":
             error = f"build {build['buildid']} ended {result}"
-            why = props.get(PREEMPTED_PROPERTY) or build.get("state_string")
+            why = (props.get(PREEMPTED_PROPERTY) or props.get(LOST_PROPERTY)
+                   or build.get("state_string"))
             if why:
                 error += f": {why}"
         if not await jobs.finish(key, attempt, result, artifact, error):

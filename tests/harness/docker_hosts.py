@@ -117,9 +117,17 @@ class DockerTestHost:
         self.process.wait()
 
     def set_link(self, up: bool) -> None:
-        """Take the host's end of its link down (it drops off the network) or up again."""
+        """Take the host's end of its link down (it drops off the network) or up again (with
+        its route to the other hosts' links, which the link's going down removed)."""
         inner = f"fh{self.index}n"
         _run("ip", "netns", "exec", self.name, "ip", "link", "set", inner, "up" if up else "down")
+        if up:
+            _run(*self.route_command())
+
+    def route_command(self) -> tuple[str, ...]:
+        """The command that routes the rest of ``10.213.0.0/16`` through this machine."""
+        return ("ip", "netns", "exec", self.name, "ip", "route", "replace", "10.213.0.0/16",
+                "via", self.gateway)
 
     def restart_engine(self) -> None:
         """Bring the host back after :meth:`kill_engine`, as a reboot would: every process
@@ -207,7 +215,7 @@ class DockerTestHosts:
             (*in_ns, "ip", "addr", "add", f"{host.address}/30", "dev", inner),
             (*in_ns, "ip", "link", "set", inner, "up"),
             (*in_ns, "ip", "link", "set", "lo", "up"),
-            (*in_ns, "ip", "route", "add", "10.213.0.0/16", "via", host.gateway),
+            host.route_command(),
         ):
             _run(*command)
 

@@ -6,7 +6,9 @@ ask: where a build request's builds are, what the hosts' states are. Its builder
 runs one step that tells the hosts apart by their addresses: on the first host it waits (an
 hour; the test kills the host under it), on the second it succeeds, anywhere else it fails.
 A pool's ties go to the first host listed, so a build on an idle pool starts on the first
-host, and its retry, once that host is down, can only succeed on the second.
+host, and its retry, once that host is down, can only succeed on the second. The build then
+publishes a small artifact, so that the builder also serves on-demand jobs (its
+``OnDemandScheduler`` is named like it).
 
 The master's PB port listens on this machine's address on the *second* host's link, which
 the first host reaches through its route to ``10.213.0.0/16``: the first host's death (its
@@ -15,18 +17,25 @@ engine killed, or its link taken down) leaves the master reachable from the seco
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from buildbot_farm.demo import LocalFarm
+from buildbot_farm.leases import keys
 from tests.harness.docker_hosts import DockerTestHost
 from tests.harness.master_cfg import LOOPBACK_MASTER
 from tests.harness.ports import free_port
 
+SECRET = "host-farm-secret"
 WORKER = "hosted"
 BUILDER = "work"
 POOL = "spread"
+LEASE_USER = "user-buildbot"  # whom FarmLatentWorker leases as
 RETRY = 5
 SUCCESS = 0
 
@@ -36,25 +45,33 @@ from buildbot.plugins import schedulers, steps, util, worker
 
 {preamble}
 c["protocols"] = {{"pb": {{"port": f"tcp:{{os.environ['FARM_PB_PORT']}}:interface={pb_address}"}}}}
-c["services"] = [util.FarmService(coordinator=util.FarmCoordinator(
-    secret="host-farm-secret", on_stop="halt",
-    pools=[util.BuildletPool({pool!r}, provider="docker", image={image!r}, max_count=4, hosts=[
-        util.DockerHost(url, name=label, max_count=2,
-                        tls=util.DockerTLS(ca=ca, cert=cert, key=key))
-        for label, url, ca, cert, key in {hosts!r}
-    ])],
-))]
+c["services"] = [util.FarmService(
+    coordinator=util.FarmCoordinator(
+        secret={secret!r}, on_stop="halt",
+        pools=[util.BuildletPool({pool!r}, provider="docker", image={image!r}, max_count=4,
+                                 hosts=[util.DockerHost(url, name=label, max_count=2,
+                                                        tls=util.DockerTLS(ca=ca, cert=cert,
+                                                                           key=key))
+                                        for label, url, ca, cert, key in {hosts!r}])],
+    ),
+    artifacts=util.ArtifactRepository(),
+    on_demand=util.OnDemandBuilds(janitor_interval=1),
+)]
 c["workers"] = [
     worker.Worker("local-worker", os.environ["FARM_WORKER_PASSWORD"]),
     worker.FarmLatentWorker({worker!r}, buildlet_type={pool!r}, master_host={pb_address!r},
                             keepalive_interval={keepalive}),
 ]
 c["builders"] = [util.BuilderConfig(name={builder!r}, workernames=[{worker!r}],
-    factory=util.BuildFactory([steps.ShellCommand(
-        name="work", timeout=7200,
-        command=["python3", "-c", {script!r}, {stall_address!r}, {finish_address!r}],
-    )]))]
-c["schedulers"] = [schedulers.ForceScheduler(name="force", builderNames=[{builder!r}])]
+    factory=util.BuildFactory([
+        steps.ShellCommand(
+            name="work", timeout=7200,
+            command=["python3", "-c", {script!r}, {stall_address!r}, {finish_address!r}]),
+        steps.StringDownload("built\\n", workerdest="out/tool"),
+        steps.ArtifactUpload(name="publish", workersrc="out/tool"),
+    ]))]
+c["schedulers"] = [schedulers.ForceScheduler(name="force", builderNames=[{builder!r}]),
+                   schedulers.OnDemandScheduler(name={builder!r}, builder={builder!r})]
 """
 
 # The step: wait on the first host (argv[1] is its address), succeed on the second (argv[2]).
@@ -96,7 +113,8 @@ class HostFarm:
         self.hosts = hosts
         config = workdir / "master.cfg"
         config.write_text(MASTER_CFG.format(
-            preamble=LOOPBACK_MASTER, pb_address=second.gateway, pool=POOL, image=image,
+            preamble=LOOPBACK_MASTER, pb_address=second.gateway, secret=SECRET, pool=POOL,
+            image=image,
             hosts=[(f"h{n}", h.url, h.tls.ca, h.tls.cert, h.tls.key)
                    for n, h in enumerate(hosts, start=1)],
             worker=WORKER, keepalive=keepalive, builder=BUILDER, script=STEP_SCRIPT,
@@ -141,6 +159,40 @@ class HostFarm:
         """Both builds of ``request_id`` once the second has finished, else None."""
         builds = self.builds(request_id)
         return builds if len(builds) >= 2 and builds[-1]["complete"] else None
+
+    def request_job(self) -> str:
+        """Ask for an on-demand build of ``BUILDER``; return the job's key."""
+        answer = self.farm_api("build", {"scheduler": BUILDER})
+        return str(answer["key"])
+
+    def job(self, key: str) -> dict[str, Any]:
+        """On-demand job ``key``, with its attempts."""
+        return self.farm_api(f"build/{key}")
+
+    def farm_api(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The farm's own API (``/plugins/farm/api/PATH``), as JSON."""
+        return dict(self.local.get_json(f"{self.local.web_url}plugins/farm/api/{path}", body))
+
+    def lease_list(self, home: Path) -> str:
+        """What ``buildbot-farm lease list`` prints for the workers' user (HOME ``home``)."""
+        env = {key: value for key, value in os.environ.items() if not key.startswith("FARM_")}
+        env.update(
+            HOME=str(home), FARM_COORDINATOR_URL=f"{self.local.web_url}plugins/farm/coordinator",
+            FARM_USER=LEASE_USER, FARM_KEY=keys.user_key(SECRET.encode(), LEASE_USER),
+        )
+        env.pop("XDG_CONFIG_HOME", None)
+        done = subprocess.run(
+            [str(Path(sys.executable).parent / "buildbot-farm"), "lease", "list"],
+            env=env, capture_output=True, text=True, timeout=120, check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    def buildlets_page(self) -> str:
+        """The Farm's Buildlets page, as HTML."""
+        url = f"{self.local.web_url}plugins/farm/ui/buildlets"
+        with urllib.request.urlopen(url, timeout=60) as response:
+            return str(response.read().decode())
 
     def host_state(self, label: str) -> dict[str, Any]:
         """Host ``label`` as the farm's ``/status`` shows it."""

@@ -52,10 +52,12 @@ def mend_link(host: DockerTestHost) -> None:
     ids=["engine killed", "link down"],
 )
 def test_a_build_on_a_host_that_dies_ends_retry_and_succeeds_on_the_other(
-    host_farm: HostFarm, docker_hosts: list[DockerTestHost], die: object, come_back: object
+    host_farm: HostFarm, docker_hosts: list[DockerTestHost], die: object, come_back: object,
+    tmp_path: Path,
 ) -> None:
-    """The build on the dead host ends RETRY, its retry succeeds on the other host, and the
-    host, once back, has its leftovers reaped and is up again."""
+    """The build on the dead host ends RETRY, its retry succeeds on the other host, the lost
+    lease says why in `lease list` and on the Buildlets page, and the host, once back, has its
+    leftovers reaped and is up again."""
     first = docker_hosts[0]
     request_id = host_farm.force()
     wait_for(lambda: host_farm.running_on_first_host(request_id), 180,
@@ -68,6 +70,10 @@ def test_a_build_on_a_host_that_dies_ends_retry_and_succeeds_on_the_other(
     finally:
         come_back(first)  # type: ignore[operator]
     assert [build["results"] for build in builds] == [RETRY, SUCCESS], builds
+    (lost_line,) = [line for line in host_farm.lease_list(tmp_path).splitlines()
+                    if " lost with " in line]
+    assert "lost with host h1: its Docker engine at " in lost_line
+    assert "lost with host h1: its Docker engine at " in host_farm.buildlets_page()
     wait_for(lambda: host_farm.host_state("h1")["up"], 60, "h1 to answer again")
 
     def no_leftovers() -> bool:
@@ -78,3 +84,30 @@ def test_a_build_on_a_host_that_dies_ends_retry_and_succeeds_on_the_other(
             client.close()
 
     wait_for(no_leftovers, 60, "h1's leftover containers to be reaped")
+
+
+def test_an_on_demand_job_on_a_host_that_dies_gets_a_new_attempt_naming_the_host(
+    host_farm: HostFarm, docker_hosts: list[DockerTestHost]
+) -> None:
+    """Attempt 1, on the host whose engine is killed, ends retry with the lost host in its
+    error; attempt 2 succeeds on the other host and publishes the job's artifact."""
+    key = host_farm.request_job()
+
+    def attempt_one_building() -> bool:
+        attempts = host_farm.job(key)["attempts"]
+        return bool(attempts) and bool(attempts[0]["build_id"]) and host_farm.step_started(
+            {"buildid": attempts[0]["build_id"]})
+
+    wait_for(attempt_one_building, 180, "attempt 1 to run its step on the first host")
+    docker_hosts[0].kill_engine()
+    try:
+        job = wait_for(lambda: (lambda j: j if j["status"] in ("succeeded", "failed") else None)(
+            host_farm.job(key)), 300, "the job to finish")
+    finally:
+        docker_hosts[0].restart_engine()
+    assert job["status"] == "succeeded", job
+    first_try, second_try = job["attempts"]
+    assert (first_try["attempt"], first_try["result"]) == (1, "retry"), job
+    assert "lost with host h1: its Docker engine at " in first_try["error"], job
+    assert (second_try["attempt"], second_try["result"]) == (2, "success"), job
+    wait_for(lambda: host_farm.host_state("h1")["up"], 60, "h1 to answer again")

@@ -71,6 +71,7 @@ class Farm:
     database: db.Database
     port: Any
     alice: CoordinatorClient
+    owner: str
 
     async def host_of(self, name: str) -> str:
         """The label of the host buildlet ``name`` is on."""
@@ -87,6 +88,13 @@ class Farm:
         (row,) = [row for row in docker_hosts_status(self.coordinator) if row["host"] == label]
         return row
 
+    async def restarted(self, hosts: list[DockerTestHost], image: str, directory: Path) -> Farm:
+        """This farm's coordinator stopped (its buildlets left running) and a new one started
+        on the same database, as after a master's restart."""
+        await self.port.stopListening()
+        await self.coordinator.stop()
+        return await start_farm(hosts, image, directory, self.database, self.owner)
+
     async def stop(self) -> None:
         await self.port.stopListening()
         await self.coordinator.halt_all()
@@ -94,12 +102,17 @@ class Farm:
         await self.database.stop()
 
 
-async def start_farm(hosts: list[DockerTestHost], image: str, directory: Path) -> Farm:
+async def start_farm(
+    hosts: list[DockerTestHost], image: str, directory: Path,
+    database: db.Database | None = None, owner: str | None = None,
+) -> Farm:
+    """A coordinator over ``hosts`` (on ``database`` and as ``owner`` when given: a restart)."""
     settings = FarmCoordinator(secret=SECRET, pools=[pool_over(hosts, image)])
     assert settings.problems() == []
-    owner = f"test-{uuid.uuid4().hex[:8]}"
+    owner = owner or f"test-{uuid.uuid4().hex[:8]}"
     types = settings.buildlet_types(directory, reactor, AgentClient(plain_http()), owner)
-    database = await db.connect(f"sqlite:///{directory / 'farm.sqlite'}", reactor)
+    if database is None:
+        database = await db.connect(f"sqlite:///{directory / 'farm.sqlite'}", reactor)
     coordinator = Coordinator(database, reactor, types, AgentClient(plain_http()))
     await coordinator.start()
     port = reactor.listenTCP(
@@ -110,7 +123,7 @@ async def start_farm(hosts: list[DockerTestHost], image: str, directory: Path) -
         f"http://127.0.0.1:{port.getHost().port}", "user-alice",
         keys.user_key(SECRET.encode(), "user-alice"), plain_http(),
     )
-    return Farm(coordinator, types["spread"].provider, database, port, alice)
+    return Farm(coordinator, types["spread"].provider, database, port, alice, owner)
 
 
 @pytest_twisted.ensureDeferred
