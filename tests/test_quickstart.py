@@ -93,7 +93,10 @@ def test_quickstart_commands_run_as_written(tmp_path: Path) -> None:
             cwd=tmp_path,
             env={"PATH": f"{BIN}:/usr/local/bin:/usr/bin:/bin", "HOME": str(tmp_path),
                  "LANG": "C.UTF-8", "FARM_WEB_PORT": str(web_port),
-                 "FARM_PB_PORT": str(pb_port)},
+                 "FARM_PB_PORT": str(pb_port),
+                 # `buildbot start` gives up following the log after 10 s; a loaded CI
+                 # machine can take longer to start a master that then runs fine.
+                 "START_TIMEOUT": "120"},
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300,
             check=False,
         )
