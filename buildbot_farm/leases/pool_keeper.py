@@ -119,8 +119,12 @@ class PoolKeeper:
 
     async def _claim(self, buildlet_type: BuildletType, owner: str) -> Claim:
         """Take a warm buildlet for ``owner``, or reserve a new one's row; PoolFull if neither."""
-        warm = await self.table.lease_idle(owner, buildlet_type.name, self._clock.seconds())
+        now = self._clock.seconds()
+        warm = await self.table.lease_idle(owner, buildlet_type.name, now)
         if warm is not None:
+            # Leasing it renewed it: its first proxied request (the exec that starts a worker,
+            # most often) need not write the renewal again before it is forwarded.
+            self._renewed[warm.name] = now
             refill = task.deferLater(self._clock, REFILL_DELAY, self.fill_warm_pools)
             self._warming.add(refill)
             refill.addBoth(self._done_warming, refill)

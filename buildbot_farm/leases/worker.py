@@ -6,11 +6,10 @@ halted, the worker goes with it. While substantiated, a keepalive renews the lea
 ``stop_instance`` halts the buildlet, once per start. Reconfiguring a live worker keeps its
 lease and keepalive. The name of the leased buildlet is kept in the master's database
 (Buildbot's object state), so a master that starts again after a crash releases the buildlet
-its worker held before. On a buildlet whose agent keeps a
-pre-started worker (``--prestart-worker``), the exec hands it the configuration instead
+its worker held before. On a buildlet whose agent keeps a pre-started worker
+(``--prestart-worker``), the exec hands it the configuration instead
 (``buildbot_farm.remote.handoff``); the master's log says which way each worker started.
-A worker that alone serves a builder starts on the build request, while Buildbot is still
-scheduling the build (:class:`~buildbot_farm.leases.request_start.StartsOnRequest`).
+A worker alone on its builder starts on the build request (``leases.request_start``).
 
 When the keepalive finds the buildlet's host being preempted (its pool has a
 ``preemption=`` detector), the worker goes into Buildbot's quarantine (no new builds for
@@ -212,7 +211,7 @@ class FarmLatentWorker(StartsOnRequest):
             await self._leftover_release  # the state it clears is the one this start writes
         client = self._client()
         buildlet_type = self.lease_settings.buildlet_type
-        if build is not None:
+        if build is not None:  # None: a start for a build request (then a str)
             buildlet_type = await build.render(buildlet_type)
         self._creating = defer.ensureDeferred(client.create(
             str(buildlet_type),
@@ -237,7 +236,7 @@ class FarmLatentWorker(StartsOnRequest):
             self._creating = None
         name = lease["Name"]
         self._buildlet, self._lease_client = name, client
-        await self._remember(name)
+        remembered = defer.ensureDeferred(self._remember(name))  # the exec need not wait for it
         log.msg(f"FarmLatentWorker {self.name}: leased {name}")
         environment = {
             "FARM_MASTER": f"{self.lease_settings.master_host}:{self.registration.getPBPort()}",
@@ -259,6 +258,7 @@ class FarmLatentWorker(StartsOnRequest):
         self._keepalive = task.LoopingCall(self._renew, client, name)
         self._keepalive.clock = self.master.reactor
         self._start_keepalive(self._keepalive)
+        await remembered
         return True
 
     def _start_keepalive(self, keepalive: task.LoopingCall) -> None:

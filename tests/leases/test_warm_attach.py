@@ -36,6 +36,31 @@ async def test_the_replacement_of_a_leased_warm_buildlet_starts_after_the_refill
     assert await running.coordinator.table.count("local") == 2
 
 
+@pytest_twisted.ensureDeferred
+async def test_the_first_request_to_a_leased_warm_buildlet_writes_no_renewal(
+    start_coordinator: StartCoordinator,
+) -> None:
+    """Leasing a warm buildlet renews it; a request soon after (within renew_every) is
+    forwarded without writing the renewal again."""
+    clock = task.Clock()
+    clock.advance(1000.0)
+    running = await start_coordinator(max_count=2, warm=1, clock=clock)
+    await running.coordinator.wait_until_warm()
+    name = (await running.client().create("local"))["Name"]
+    leased = await running.coordinator.table.get(name)
+    clock.advance(running.coordinator.renew_every / 2)
+    await running.coordinator.use("user-alice", name)
+    used = await running.coordinator.table.get(name)
+    assert leased is not None
+    assert used is not None
+    assert used.renewed_at == leased.renewed_at == 1000.0
+    clock.advance(running.coordinator.renew_every)
+    await running.coordinator.use("user-alice", name)
+    renewed = await running.coordinator.table.get(name)
+    assert renewed is not None
+    assert renewed.renewed_at == 1000.0 + 1.5 * running.coordinator.renew_every
+
+
 @pytest.mark.docker
 def test_a_warm_docker_buildlet_attaches_through_its_prestarted_worker(
     tmp_path: Path, docker_engine: DockerEngine, docker_client: docker.DockerClient
