@@ -30,7 +30,7 @@ import psycopg2
 import psycopg2.errors
 from twisted.internet import defer
 from twisted.python import failure, log
-from txpostgres import txpostgres
+from txpostgres import reconnection, txpostgres
 
 from buildbot_farm.db._api import (
     POSTGRESQL_DIALECT,
@@ -59,7 +59,13 @@ class PooledConnection(txpostgres.Connection):
     def checked(self, work: Callable[[], defer.Deferred[T]]) -> defer.Deferred[T]:
         """Run ``work`` unless this connection is known dead; a failure that says it died
         starts its reconnection (txpostgres's ``DeadConnectionDetector``)."""
-        return self.detector.callChecking(work)
+        if self.detector.connectionIsDead:  # a reconnection is under way
+            return defer.fail(reconnection.ConnectionDead())
+        try:
+            started = work()
+        except Exception:
+            started = defer.fail()
+        return started.addErrback(self.detector.checkForDeadConnection)
 
     def connect(self, *args: Any, **kwargs: Any) -> defer.Deferred[Any]:
         """Connect (again, when the detector reconnects): no statement is prepared yet.
@@ -67,6 +73,7 @@ class PooledConnection(txpostgres.Connection):
         Once connected, the reactor watches a duplicate of the socket's descriptor.
         """
         self.prepared: set[str] = set()
+        self._cursor: Any = None  # one cursor a session, made on first use
         return super().connect(*args, **kwargs).addCallback(self._watch_duplicate)
 
     def _watch_duplicate(self, connected: T) -> T:
@@ -143,11 +150,12 @@ class PooledConnection(txpostgres.Connection):
     ) -> defer.Deferred[T]:
         if self._running is not None:
             return defer.fail(RuntimeError("a pooled connection runs one statement at a time"))
-        cursor = self._connection.cursor()
+        if self._cursor is None:
+            self._cursor = self._connection.cursor()
+        cursor = self._cursor
         try:
             cursor.execute(sql, params)
         except Exception:
-            cursor.close()
             return defer.fail()
         done: defer.Deferred[T] = defer.Deferred()
         self._running = (done, cursor, read)
@@ -177,8 +185,6 @@ class PooledConnection(txpostgres.Connection):
         done.callback(result)
 
     def _finish(self) -> None:
-        assert self._running is not None
-        self._running[1].close()
         self._running = None
 
     def doRead(self) -> None:  # noqa: N802 - IReadDescriptor
