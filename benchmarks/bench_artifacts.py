@@ -287,7 +287,6 @@ def main() -> None:
                             "front": [*children(nginx.pid), child.pid]})
         memory(child.pid, work, ["-u", f"build-1:{token}"],
                f"http://127.0.0.1:{port}/bin/bench/1/huge")
-        cost_growth(work)
     finally:
         for process in (child, statics, nginx):
             if process is not None:
@@ -371,27 +370,3 @@ def memory(pid: int, work: Path, auth: list[str], url: str) -> None:
     sampler.join()
     print(f"1 GiB upload: repository RSS idle {idle / 1024:.1f} MiB, peak"
           f" {peak[0] / 1024:.1f} MiB (+{(peak[0] - idle) / 1024:.1f} MiB)")
-
-
-def cost_growth(work: Path) -> None:
-    """Print what a 1 KiB GET and opening the repository cost with 1k, 10k and 100k files
-    in the index."""
-    print(f"{'indexed files':>14} {'open s':>8} {'GET req/s':>10} {'p99 ms':>8} {'RSS MiB':>8}")
-    small = work / "small"
-    for rows in (1_000, 10_000, 100_000):
-        root, port = work / f"growth-{rows}", free_port()
-        root.mkdir()
-        child = subprocess.Popen(
-            [sys.executable, "-c", "import benchmarks.bench_artifacts as b;"
-             f" b.serve({str(root)!r}, {port}, {rows})"], stdout=subprocess.PIPE, text=True)
-        try:
-            assert child.stdout is not None
-            token, opened = child.stdout.readline().split()
-            url = f"http://127.0.0.1:{port}/bin/bench/1/small.bin"
-            curl_seconds("-u", f"build-1:{token}", "-T", str(small), url)
-            rate, latency, _ = wrk(url, 3)
-            print(f"{rows:>14,} {float(opened):>8.3f} {rate:>10.0f} {latency:>8.2f}"
-                  f" {rss_kib(child.pid) / 1024:>8.1f}")
-        finally:
-            child.terminate()
-            child.wait()

@@ -76,10 +76,10 @@ def _document(n: int) -> bytes:
     ).document()
 
 
-def _fill(url: str, workdir: Path) -> None:
-    """Insert the records in bulk (the server created the schema), chained as the farm does."""
+def _fill(url: str, workdir: Path, count: int = RECORDS) -> None:
+    """Insert ``count`` records in bulk (the server made the schema), chained as the farm does."""
     rows, prev = [], chain.GENESIS
-    for n in range(RECORDS):
+    for n in range(count):
         document = _document(n)
         digest = chain.entry_hash(prev, chain.RECORD, "bench", str(n), document)
         rows.append(("bench", str(n), 1.7e9 + n, "success", f"{n:040x}", document.decode(),
@@ -109,9 +109,9 @@ def _start(command: list[str], port_file: Path) -> tuple[subprocess.Popen[bytes]
     return process, int(port_file.read_text())
 
 
-def _wrk(url: str, script: Path | None) -> tuple[float, float]:
+def _wrk(url: str, script: Path | None, seconds: int = SECONDS) -> tuple[float, float]:
     """Requests per second and p99 latency (ms) of wrk against ``url``."""
-    command = ["wrk", "-t2", f"-c{CONNECTIONS}", f"-d{SECONDS}s", "--latency", url]
+    command = ["wrk", "-t2", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency", url]
     if script is not None:
         command[1:1] = ["-s", str(script)]
     out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
@@ -123,9 +123,9 @@ def _wrk(url: str, script: Path | None) -> tuple[float, float]:
     return rps, float(value) * scale
 
 
-def _script(workdir: Path, template: str) -> Path:
+def _script(workdir: Path, template: str, count: int = RECORDS) -> Path:
     script = workdir / f"script-{random.random()}.lua"
-    script.write_text(template.replace("{prefix}", PREFIX).replace("{last}", str(RECORDS - 1)))
+    script.write_text(template.replace("{prefix}", PREFIX).replace("{last}", str(count - 1)))
     return script
 
 
