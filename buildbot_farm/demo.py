@@ -30,6 +30,9 @@ from buildbot_farm.master_api import MasterAPI, MasterAPIError
 
 WORKER_NAME = "local-worker"
 DEMO_BUILDERS = ("hello-farm", "hello-buildlet")
+# How long the master may take to start, and the worker to connect (``buildbot`` and
+# ``buildbot-worker`` give up after 10 s, too short for a busy machine).
+START_TIMEOUT = 120.0
 
 
 class LocalFarmError(MasterAPIError):
@@ -140,14 +143,32 @@ class LocalFarm(MasterAPI):
                   " bubblewrap if it is installed, which hides the master's files)")
 
     def start(self) -> None:
-        """Start the master (waits until it runs) and the worker."""
+        """Start the master (waits until it runs) and the worker (waits until it connects)."""
         self.start_master()
-        self._run([self._bin / "buildbot-worker", "start", str(self.worker_dir)])
+        self._run([self._bin / "buildbot-worker", "start", "--quiet", str(self.worker_dir)])
+        self.wait_for_worker()
         print(f"demo: master and worker started; web UI at {self.web_url}")
 
     def start_master(self) -> None:
         """Start the master alone (waits until it runs), e.g. again after it was killed."""
-        self._run([self._bin / "buildbot", "start", str(self.master_dir)], log=self.master_log)
+        self._run(
+            [self._bin / "buildbot", "start", "--start_timeout", f"{START_TIMEOUT:g}",
+             str(self.master_dir)],
+            log=self.master_log,
+        )
+
+    def wait_for_worker(self) -> None:
+        """Wait until the local worker is connected to the master (``START_TIMEOUT``)."""
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            found = self.api(f"workers/{WORKER_NAME}")["workers"]
+            if found and found[0]["connected_to"]:
+                return
+            time.sleep(0.2)
+        raise LocalFarmError(
+            f"the worker {WORKER_NAME} did not connect within {START_TIMEOUT:g} s;"
+            f" see {self.worker_dir / 'twistd.log'} and {self.master_log}"
+        )
 
     def stop(self) -> None:
         """Stop the worker and the master, then the buildlets they leave for a restart.

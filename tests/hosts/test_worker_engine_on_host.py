@@ -67,10 +67,12 @@ def hosted_farm(
     try:
         subprocess.run(
             ["nsenter", f"--net=/run/netns/{host.name}",
-             str(Path(sys.executable).parent / "buildbot-worker"), "start", str(farm.worker_dir)],
+             str(Path(sys.executable).parent / "buildbot-worker"), "start", "--quiet",
+             str(farm.worker_dir)],
             env={**os.environ, **farm.extra_env, "FARM_WORKER_PASSWORD": farm.password,
                  "DOCKER_HOST": f"unix://{host.state_dir / 'docker.sock'}"},
             check=True, capture_output=True, timeout=120)
+        farm.wait_for_worker()
         yield farm, relay, host
     finally:
         farm.stop()

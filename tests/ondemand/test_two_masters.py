@@ -90,11 +90,14 @@ def wait_until_connected(farm: LocalFarm, connected: bool, timeout: float = 60) 
 
 
 def run_worker(farm: LocalFarm, command: str) -> None:
-    """``buildbot-worker start|stop`` for ``farm``'s worker."""
+    """``buildbot-worker start|stop`` for ``farm``'s worker; ``start`` waits until it connects."""
     env = {**os.environ, **farm.extra_env, "FARM_WORKER_PASSWORD": farm.password}
-    done = subprocess.run([BIN / "buildbot-worker", command, str(farm.worker_dir)],
+    quiet = ["--quiet"] if command == "start" else []
+    done = subprocess.run([BIN / "buildbot-worker", command, *quiet, str(farm.worker_dir)],
                           env=env, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
+    if command == "start":
+        farm.wait_for_worker()
 
 
 def builds_of(farm: LocalFarm, builder: str, key: str) -> list[dict[str, Any]]:
