@@ -33,11 +33,17 @@ class Migration:
 def load_migrations(dialect: str, package: str = "buildbot_farm.db.migrations") -> list[Migration]:
     """Read the migrations of ``dialect`` in order; a gap or a duplicate is a packaging bug."""
     chosen: dict[int, tuple[str, str, str | None]] = {}
+    names: dict[int, str] = {}
     for entry in resources.files(package).iterdir():
         match = _FILE.match(entry.name)
         if not match:
             continue
         number, name, only_for = int(match[1]), match[2], match[3]
+        if names.setdefault(number, name) != name:  # a dialect's file would hide the other
+            raise RuntimeError(
+                f"two migrations are numbered {number:04d} in {package}:"
+                f" {names[number]!r} and {name!r}"
+            )
         if only_for not in (None, dialect):
             continue
         if number in chosen and (chosen[number][2] is not None) == (only_for is not None):

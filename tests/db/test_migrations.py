@@ -22,6 +22,27 @@ def test_packaged_migrations_are_numbered_from_one() -> None:
         assert versions == list(range(1, len(versions) + 1))
 
 
+def test_migrations_of_one_number_must_be_one_migration(
+    tmp_path: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dialect's own file of a number may stand in for that number's generic file, but a
+    generic file and another migration's dialect files under one number are refused (the
+    dialect's file would silently hide the other migration on that dialect)."""
+    package = tmp_path / "clashing_migrations"  # type: ignore[operator]
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "0001_first.sql").write_text("SELECT 1;")
+    (package / "0002_second.sql").write_text("SELECT 2;")
+    (package / "0002_second.sqlite.sql").write_text("SELECT 2;")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert [m.name for m in db.load_migrations("sqlite", "clashing_migrations")] == [
+        "first", "second"]
+    (package / "0002_other.postgresql.sql").write_text("SELECT 3;")
+    for dialect in ("sqlite", "postgresql"):
+        with pytest.raises(RuntimeError, match="two migrations are numbered 0002"):
+            db.load_migrations(dialect, "clashing_migrations")
+
+
 @pytest_twisted.ensureDeferred
 async def test_empty_database_is_upgraded_to_the_newest_version(
     backend: str, db_url_for: DbUrlFactory
