@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import pytest_twisted
@@ -23,12 +24,12 @@ def test_packaged_migrations_are_numbered_from_one() -> None:
 
 
 def test_migrations_of_one_number_must_be_one_migration(
-    tmp_path: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A dialect's own file of a number may stand in for that number's generic file, but a
     generic file and another migration's dialect files under one number are refused (the
     dialect's file would silently hide the other migration on that dialect)."""
-    package = tmp_path / "clashing_migrations"  # type: ignore[operator]
+    package = tmp_path / "clashing_migrations"
     package.mkdir()
     (package / "__init__.py").write_text("")
     (package / "0001_first.sql").write_text("SELECT 1;")
