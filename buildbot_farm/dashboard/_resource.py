@@ -1,6 +1,7 @@
 """``/plugins/farm/ui/``: the dashboard's pages, served by the farm service.
 
-* ``buildlets`` — every lease, and the latest buildlets lost with their hosts;
+* ``buildlets`` — the pools, their Docker hosts (up or down), every lease, and the latest
+  buildlets lost with their hosts;
   ``POST buildlets/destroy`` (form ``name=`` and the page's ``form_token``) destroys one,
   allowed by Buildbot's authz rules for the action ``destroy`` on
   ``("farm", "buildlets", NAME)``
@@ -34,6 +35,7 @@ from buildbot_farm.dashboard._forms import FIELD, FormRefused, FormTokens, user_
 from buildbot_farm.dashboard._jobs import jobs_body
 from buildbot_farm.leases.lease import LeaseState
 from buildbot_farm.leases.pools import CoordinatorError
+from buildbot_farm.leases.providers.docker_hosts import docker_hosts_status
 from buildbot_farm.records.store import Query
 from buildbot_farm.web import ApiError, respond
 from buildbot_farm.web._request import query_args, query_last
@@ -147,6 +149,7 @@ class DashboardResource(resource.Resource):
         lost = await coordinator.table.lost_of(limit=LOST_SHOWN)
         body = pages.render(
             "buildlets.html", message=message, pools=pools, leases=leases, lost=lost, now=now,
+            hosts=docker_hosts_status(coordinator),
             destroy_action=self._base(request) + DESTROY_FORM, token_field=FIELD,
             token=self._form_tokens.issue(user_of(request), DESTROY_FORM, now))
         busy = any(lease.state in (LeaseState.STARTING, LeaseState.HALTING) for lease in leases)

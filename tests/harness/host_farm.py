@@ -17,7 +17,9 @@ engine killed, or its link taken down) leaves the master reachable from the seco
 
 from __future__ import annotations
 
+import html
 import os
+import re
 import subprocess
 import sys
 import time
@@ -193,6 +195,12 @@ class HostFarm:
         url = f"{self.local.web_url}plugins/farm/ui/buildlets"
         with urllib.request.urlopen(url, timeout=60) as response:
             return str(response.read().decode())
+
+    def host_row(self, host: str) -> str:
+        """The Buildlets page's row of Docker host ``host``, its HTML unescaped."""
+        rows = re.findall(f'<tr data-host="{re.escape(host)}">.*?</tr>', self.buildlets_page())
+        assert len(rows) == 1, rows
+        return html.unescape(rows[0])
 
     def host_state(self, label: str) -> dict[str, Any]:
         """Host ``label`` as the farm's ``/status`` shows it."""

@@ -65,6 +65,9 @@ def test_a_build_on_a_host_that_dies_ends_retry_and_succeeds_on_the_other(
     die(first)  # type: ignore[operator]
     try:
         wait_for(lambda: not host_farm.host_state("h1")["up"], 60, "h1 to be marked down")
+        assert "<td>down since " in host_farm.host_row("h1")
+        assert ": its Docker engine at " in host_farm.host_row("h1")
+        assert host_farm.host_row("h2").endswith("<td>up</td></tr>")
         builds = wait_for(lambda: host_farm.retried(request_id), 300,
                           "the build to be retried and the retry to finish")
     finally:
@@ -75,6 +78,7 @@ def test_a_build_on_a_host_that_dies_ends_retry_and_succeeds_on_the_other(
     assert "lost with host h1: its Docker engine at " in lost_line
     assert "lost with host h1: its Docker engine at " in host_farm.buildlets_page()
     wait_for(lambda: host_farm.host_state("h1")["up"], 60, "h1 to answer again")
+    assert host_farm.host_row("h1").endswith("<td>up</td></tr>")
 
     def no_leftovers() -> bool:
         client = first.client()
@@ -111,3 +115,4 @@ def test_an_on_demand_job_on_a_host_that_dies_gets_a_new_attempt_naming_the_host
     assert "lost with host h1: its Docker engine at " in first_try["error"], job
     assert (second_try["attempt"], second_try["result"]) == (2, "success"), job
     wait_for(lambda: host_farm.host_state("h1")["up"], 60, "h1 to answer again")
+    assert host_farm.host_row("h1").endswith("<td>up</td></tr>")
