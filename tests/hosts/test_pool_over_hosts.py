@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import uuid
@@ -72,6 +73,8 @@ class Farm:
     port: Any
     alice: CoordinatorClient
     owner: str
+    pool_settings: dict[str, Any]
+    recovered: list[str]
 
     async def host_of(self, name: str) -> str:
         """The label of the host buildlet ``name`` is on."""
@@ -93,7 +96,8 @@ class Farm:
         on the same database, as after a master's restart."""
         await self.port.stopListening()
         await self.coordinator.stop()
-        return await start_farm(hosts, image, directory, self.database, self.owner)
+        return await start_farm(hosts, image, directory, self.database, self.owner,
+                                **self.pool_settings)
 
     async def stop(self) -> None:
         await self.port.stopListening()
@@ -104,17 +108,19 @@ class Farm:
 
 async def start_farm(
     hosts: list[DockerTestHost], image: str, directory: Path,
-    database: db.Database | None = None, owner: str | None = None,
+    database: db.Database | None = None, owner: str | None = None, **pool_settings: Any,
 ) -> Farm:
-    """A coordinator over ``hosts`` (on ``database`` and as ``owner`` when given: a restart)."""
-    settings = FarmCoordinator(secret=SECRET, pools=[pool_over(hosts, image)])
+    """A coordinator over ``hosts`` (on ``database`` and as ``owner`` when given: a restart);
+    ``pool_settings`` are BuildletPool settings over :func:`pool_over`'s."""
+    pool = dataclasses.replace(pool_over(hosts, image), **pool_settings)
+    settings = FarmCoordinator(secret=SECRET, pools=[pool])
     assert settings.problems() == []
     owner = owner or f"test-{uuid.uuid4().hex[:8]}"
     types = settings.buildlet_types(directory, reactor, AgentClient(plain_http()), owner)
     if database is None:
         database = await db.connect(f"sqlite:///{directory / 'farm.sqlite'}", reactor)
     coordinator = Coordinator(database, reactor, types, AgentClient(plain_http()))
-    await coordinator.start()
+    recovered = await coordinator.start()
     port = reactor.listenTCP(
         0, server.Site(CoordinatorResource(coordinator, SECRET.encode(), reactor)),
         interface="127.0.0.1",
@@ -123,7 +129,8 @@ async def start_farm(
         f"http://127.0.0.1:{port.getHost().port}", "user-alice",
         keys.user_key(SECRET.encode(), "user-alice"), plain_http(),
     )
-    return Farm(coordinator, types["spread"].provider, database, port, alice, owner)
+    return Farm(coordinator, types["spread"].provider, database, port, alice, owner,
+                pool_settings, recovered)
 
 
 @pytest_twisted.ensureDeferred
