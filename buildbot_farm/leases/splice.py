@@ -19,10 +19,11 @@ import errno
 import fcntl
 import os
 import select
-import threading
 from typing import Any
 
 from twisted.internet import defer
+
+from buildbot_farm.thread_pool import in_own_thread
 
 AVAILABLE = hasattr(os, "splice") and hasattr(fcntl, "F_SETPIPE_SZ")
 PIPE_SIZE = 1 << 20  # asked for; the kernel may give less (/proc/sys/fs/pipe-max-size)
@@ -104,15 +105,4 @@ def _wait(source: int, target: int) -> None:
 
 def splice_in_thread(reactor: Any, source: int, target: int, length: int) -> defer.Deferred[None]:
     """Run ``splice_exactly`` in a thread of its own; its outcome arrives on the reactor."""
-    done: defer.Deferred[None] = defer.Deferred()
-
-    def run() -> None:
-        try:
-            splice_exactly(source, target, length)
-        except BaseException as e:  # every outcome goes back to the reactor
-            reactor.callFromThread(done.errback, e)
-        else:
-            reactor.callFromThread(done.callback, None)
-
-    threading.Thread(target=run, name="farm-proxy-splice", daemon=True).start()
-    return done
+    return in_own_thread(reactor, "farm-proxy-splice", splice_exactly, source, target, length)
