@@ -24,6 +24,7 @@ from buildbot.test.steps import (
 )
 from twisted.trial import unittest
 
+from buildbot_farm.artifacts.build_tokens import TokenUnavailable
 from buildbot_farm.artifacts.config import ArtifactRepository
 from buildbot_farm.artifacts.repository import Repository
 from buildbot_farm.artifacts.steps import ArtifactDownload, ArtifactToken, ArtifactUpload
@@ -97,6 +98,15 @@ class StepKitTests(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
                  self.get_nth_step(1).logs["stdio"].stderr,
                  self.get_nth_step(2).logs["stdio"].stderr]
         assert all("util.ArtifactRepository()" in text for text in shown), shown
+
+    async def test_token_unavailable_fails_the_build_saying_why(self) -> None:
+        """TokenUnavailable (run first when a build's token could not be minted) halts the
+        build with FAILURE and logs the reason it was given."""
+        self.setup_step(TokenUnavailable("the farm database failed: retry shortly"))
+        self.expect_outcome(result=FAILURE, state_string="no artifact token (failure)")
+        self.expect_log_file("error", "the farm database failed: retry shortly\n")
+        await self.run_steps()
+        assert self.get_nth_step(0).haltOnFailure
 
     async def test_artifact_token_gives_the_build_its_token(self) -> None:
         """ArtifactToken puts the token in the environment and the user and URL in
