@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+
+import pytest
+from buildbot.test.fake import fakemaster
 from buildbot.test.reactor import TestReactorMixin
 from twisted.trial import unittest
 
-from buildbot_farm.testing import memory_database
+from buildbot_farm.artifacts.config import ArtifactRepository
+from buildbot_farm.artifacts.hosting import JANITOR, MOUNT, RepositoryHost
+from buildbot_farm.testing import FakeFarmContext, memory_database
 
 
 class MemoryDatabaseTests(TestReactorMixin, unittest.TestCase):
@@ -19,3 +26,34 @@ class MemoryDatabaseTests(TestReactorMixin, unittest.TestCase):
         )
         assert await database.fetchall("SELECT name FROM farm_masters") == [{"name": "m"}]
         await database.stop()
+
+
+class FakeFarmContextTests(TestReactorMixin, unittest.TestCase):
+    async def test_a_capability_host_runs_on_the_fake_context(self) -> None:
+        """A capability's host handed a FakeFarmContext mounts its API on the context's web
+        root and adds its janitor, which the test runs; stopping takes both away."""
+        self.setup_test_reactor()
+        basedir = tempfile.mkdtemp(prefix="farm-testing-")
+        self.addCleanup(shutil.rmtree, basedir, True)
+        master = await fakemaster.make_master(self, basedir=basedir, wantMq=True)
+        database = await memory_database(self.reactor)
+        self.addCleanup(database.stop)
+        farm = FakeFarmContext(master, database)
+        host = RepositoryHost(farm)
+        await host.configure(ArtifactRepository(janitor_interval=60))
+        assert host.repository is not None
+        assert [m["name"] for m in farm.web_root.index("/plugins/farm/")] == [MOUNT]
+        assert farm.periodic == {JANITOR: 60}
+
+        await host.repository.index.mint(7, ("bin", "p", "1"), ttl=10)
+        tokens = "SELECT build_id FROM farm_artifact_tokens"
+        assert await database.fetchall(tokens) == [{"build_id": 7}]
+        self.reactor.advance(11)
+        await farm.run_periodic(JANITOR)
+        assert await database.fetchall(tokens) == []
+        with pytest.raises(KeyError, match="no periodic task 'nope'"):
+            await farm.run_periodic("nope")
+
+        await host.stop()
+        assert farm.web_root.index("/plugins/farm/") == []
+        assert farm.periodic == {}

@@ -14,6 +14,7 @@ from buildbot_farm import db
 from buildbot_farm.ondemand.config import OnDemandBuilds
 from buildbot_farm.ondemand.host import OnDemandHost, pick_artifact
 from buildbot_farm.ondemand.jobs import Job
+from buildbot_farm.testing import FakeFarmContext
 
 KEY = "b" * 64
 
@@ -48,31 +49,14 @@ class FakeMaster:
         self.mq = FakeMq()
 
 
-class FakeFarm:
-    """The parts of FarmService the host uses."""
-
-    def __init__(self, database: db.Database, clock: task.Clock) -> None:
-        self.database = database
-        self.master = FakeMaster(clock)
-        self.periodic: dict[str, float] = {}
-
-    def add_periodic(self, name: str, interval: float, work: Any) -> None:
-        """Remember the task's interval."""
-        self.periodic[name] = interval
-
-    def remove_periodic(self, name: str) -> None:
-        """Forget the task."""
-        self.periodic.pop(name, None)
-
-
 @pytest.fixture
-def farm(database: db.Database) -> FakeFarm:
-    """A fake farm on the test database and a fake clock."""
-    return FakeFarm(database, task.Clock())
+def farm(database: db.Database) -> FakeFarmContext:
+    """A fake farm on the test database, with a fake master on a fake clock."""
+    return FakeFarmContext(FakeMaster(task.Clock()), database)
 
 
 @pytest_twisted.async_yield_fixture
-async def host(farm: FakeFarm) -> AsyncIterator[OnDemandHost]:
+async def host(farm: FakeFarmContext) -> AsyncIterator[OnDemandHost]:
     """A configured host in the fake farm."""
     configured = OnDemandHost(farm)
     await configured.configure(
@@ -102,7 +86,7 @@ async def test_a_waiter_wakes_on_completion_without_the_clock(host: OnDemandHost
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_waiter_gives_up_at_its_bound(farm: FakeFarm, host: OnDemandHost) -> None:
+async def test_a_waiter_gives_up_at_its_bound(farm: FakeFarmContext, host: OnDemandHost) -> None:
     """With no completion, advancing the clock past the bound answers None."""
     assert host.jobs is not None
     await host.jobs.submit(KEY, "s", "{}")
@@ -118,7 +102,7 @@ async def test_a_waiter_gives_up_at_its_bound(farm: FakeFarm, host: OnDemandHost
 
 @pytest_twisted.ensureDeferred
 async def test_the_host_listens_to_build_events_and_runs_a_janitor(
-    farm: FakeFarm, host: OnDemandHost
+    farm: FakeFarmContext, host: OnDemandHost
 ) -> None:
     """Configuring subscribes to new and finished builds and adds the janitor task."""
     assert host.jobs is not None

@@ -16,7 +16,8 @@ from buildbot_farm.leases.preemption import PREEMPTED_PROPERTY
 from buildbot_farm.ondemand.config import OnDemandBuilds
 from buildbot_farm.ondemand.host import OnDemandHost
 from buildbot_farm.ondemand.jobs import ATTEMPT_PROPERTY, KEY_PROPERTY
-from tests.ondemand.test_host import FakeConsumer, FakeFarm
+from buildbot_farm.testing import FakeFarmContext
+from tests.ondemand.test_host import FakeConsumer, FakeMaster
 
 KEY = "c" * 64
 REQUEST = 7
@@ -70,11 +71,11 @@ def build(buildid: int, results: int | None, state: str = "") -> dict[str, Any]:
 @pytest_twisted.async_yield_fixture
 async def host(database: db.Database) -> AsyncIterator[tuple[OnDemandHost, FakeData]]:
     """A configured host whose master delivers build events and answers data reads."""
-    farm = FakeFarm(database, task.Clock())
-    farm.master.mq = DeliveringMq()  # type: ignore[assignment]
+    farm = FakeFarmContext(FakeMaster(task.Clock()), database)
+    farm.master.mq = DeliveringMq()
     data = FakeData()
-    farm.master.data = data  # type: ignore[attr-defined]
-    farm.master.scheduler_manager = SimpleNamespace(namedServices={})  # type: ignore[attr-defined]
+    farm.master.data = data
+    farm.master.scheduler_manager = SimpleNamespace(namedServices={})
     configured = OnDemandHost(farm)
     await configured.configure(OnDemandBuilds(janitor_interval=5, signing_key=None))
     yield configured, data
