@@ -82,9 +82,7 @@ async def _print_schema(database: Any) -> None:
 
     known = db.load_migrations(database.dialect.name)
     try:
-        rows = await database.fetchall(
-            "SELECT version, name FROM farm_schema_version ORDER BY version"
-        )
+        applied = await db.applied_migrations(database)
     except db.DatabaseUnavailable:
         raise
     except Exception as e:  # no version table: the backends word "no such table" differently
@@ -92,10 +90,10 @@ async def _print_schema(database: Any) -> None:
             f"there is no farm database at {database.url.redacted()}: it has no"
             " farm_schema_version table"
         ) from e
-    for row in rows:
-        print(f"{row['version']:04d} {row['name']}")
+    for version, name in applied:
+        print(f"{version:04d} {name}")
     newest = known[-1].version if known else 0
-    current = rows[-1]["version"] if rows else 0
+    current = applied[-1][0] if applied else 0
     print(f"{database.url.redacted()}: at schema version {current}; this code knows {newest}")
 
 

@@ -18,7 +18,13 @@ from buildbot_farm.db._errors import (
     NoDatabase,
     SchemaTooNew,
 )
-from buildbot_farm.db._migrations import Migration, load_migrations, migrate
+from buildbot_farm.db._migrations import (
+    Migration,
+    applied_migrations,
+    current_version,
+    load_migrations,
+    migrate,
+)
 from buildbot_farm.db._url import DatabaseURL, parse_db_url
 
 __all__ = [
@@ -35,7 +41,9 @@ __all__ = [
     "SchemaTooNew",
     "Subscription",
     "Transaction",
+    "applied_migrations",
     "connect",
+    "current_version",
     "load_migrations",
     "migrate",
     "open_database",

@@ -56,10 +56,19 @@ def load_migrations(dialect: str, package: str = "buildbot_farm.db.migrations") 
     return [Migration(v, chosen[v][0], chosen[v][1]) for v in versions]
 
 
-async def current_version(txn: Transaction) -> int:
+async def current_version(txn: Transaction | Database) -> int:
     """The schema version recorded in the database (0 when it was never migrated)."""
     row = await txn.fetchone(f"SELECT MAX(version) AS version FROM {VERSION_TABLE}")
     return int(row["version"]) if row and row["version"] is not None else 0
+
+
+async def applied_migrations(database: Database) -> list[tuple[int, str]]:
+    """The migrations recorded in the database, oldest first: ``(version, name)``.
+
+    Fails as the backend does (each words it differently) when there is no version table.
+    """
+    rows = await database.fetchall(f"SELECT version, name FROM {VERSION_TABLE} ORDER BY version")
+    return [(int(row["version"]), str(row["name"])) for row in rows]
 
 
 async def migrate(

@@ -7,7 +7,7 @@ from typing import Any, Callable
 from twisted.web import resource
 from twisted.web.server import Request
 
-from buildbot_farm.db import Database
+from buildbot_farm.db import Database, current_version
 from buildbot_farm.masters import MasterTable
 from buildbot_farm.web._json import ApiError
 from buildbot_farm.web._openapi import ERROR_SCHEMA
@@ -147,11 +147,11 @@ class StatusAPI:
         database = self._database()
         if database is None:
             raise ApiError(503, "the farm service is not running")
-        version = await database.fetchone("SELECT MAX(version) AS v FROM farm_schema_version")
+        version = await current_version(database)
         masters = await MasterTable(database).all()
         return {
             "backend": database.dialect.name,
-            "schema_version": int(version["v"]) if version else 0,
+            "schema_version": version,
             "version": self._version,
             "masters": masters,
             "docker_hosts": self._docker_hosts(),

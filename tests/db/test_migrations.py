@@ -53,6 +53,8 @@ async def test_empty_database_is_upgraded_to_the_newest_version(
     rows = await database.fetchall("SELECT version, name FROM farm_schema_version ORDER BY 1")
     newest = db.load_migrations(backend)
     assert rows == [{"version": m.version, "name": m.name} for m in newest]
+    assert await db.applied_migrations(database) == [(m.version, m.name) for m in newest]
+    assert await db.current_version(database) == newest[-1].version
     assert await database.fetchall("SELECT * FROM farm_masters") == []
     assert await db.migrate(database, now=reactor.seconds) == newest[-1].version
     await database.stop()
