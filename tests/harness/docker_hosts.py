@@ -47,7 +47,7 @@ START_TIMEOUT = 60.0
 SUBNETS = range(1, 255)
 INSTALL_HINT = (
     "run the tests as root; `sudo tests/harness/install-system-packages.sh` installs iproute2,"
-    " nsenter (util-linux), openssl and docker.io"
+    " nsenter (util-linux), openssl, iptables and docker.io"
 )
 
 
@@ -123,6 +123,13 @@ class DockerTestHost:
         _run("ip", "netns", "exec", self.name, "ip", "link", "set", inner, "up" if up else "down")
         if up:
             _run(*self.route_command())
+
+    def block_agents(self, blocked: bool) -> None:
+        """Have the host refuse (drop) every new TCP connection but its engine's, as a
+        firewall closing the agents' ports would, or take that rule away again."""
+        rule = ("INPUT", "-p", "tcp", "--syn", "!", "--dport", str(ENGINE_PORT), "-j", "DROP")
+        _run("nsenter", f"--net=/run/netns/{self.name}", "iptables",
+             "-A" if blocked else "-D", *rule)
 
     def route_command(self) -> tuple[str, ...]:
         """The command that routes the rest of ``10.213.0.0/16`` through this machine."""
@@ -277,7 +284,7 @@ def _load(host: DockerTestHost, archive: Path) -> None:
 def _check_capabilities() -> None:
     if os.geteuid() != 0:
         raise HostsUnavailable(f"making network namespaces and engines needs root: {INSTALL_HINT}")
-    for tool in ("ip", "nsenter", "openssl", "dockerd", "docker"):
+    for tool in ("ip", "nsenter", "openssl", "iptables", "dockerd", "docker"):
         if shutil.which(tool) is None:
             raise HostsUnavailable(f"{tool} is not installed: {INSTALL_HINT}")
 

@@ -31,8 +31,9 @@ for tool in nginx:nginx-light litmus:litmus rclone:rclone curl:curl; do
         missing+=("${tool#*:}")
     fi
 done
-# The Docker test hosts (tests/hosts): network namespaces (ip), nsenter and openssl.
-for tool in ip:iproute2 nsenter:util-linux openssl:openssl; do
+# The Docker test hosts (tests/hosts): network namespaces (ip), nsenter, openssl and iptables
+# (a host whose agents' ports are blocked).
+for tool in ip:iproute2 nsenter:util-linux openssl:openssl iptables:iptables; do
     if ! command -v "${tool%%:*}" >/dev/null 2>&1 && [ ! -x "/usr/sbin/${tool%%:*}" ] \
         && [ ! -x "/usr/bin/${tool%%:*}" ]; then
         missing+=("${tool#*:}")
@@ -50,7 +51,7 @@ done
 
 if [ "${#missing[@]}" -eq 0 ]; then
     echo "install-system-packages: docker.io, postgresql, debootstrap, busybox-static, zstd," \
-        "bubblewrap, iproute2, nsenter, openssl," \
+        "bubblewrap, iproute2, nsenter, openssl, iptables," \
         "nginx (dav-ext), litmus, rclone, curl, chromium, chromedriver all present"
     exit 0
 fi

@@ -219,3 +219,63 @@ async def test_buildlets_spread_over_hosts_and_a_dead_host_loses_its_leases(
         assert json.loads(lease.handle)["host"] == "h1"
     finally:
         await farm.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_host_whose_agents_do_not_answer_loses_its_leases_and_is_skipped(
+    docker_hosts: list[DockerTestHost], base_image: str, tmp_path: Path
+) -> None:
+    """With h2's engine answering but its agents' ports blocked, h2's lease is lost with the
+    reason, a buildlet started there meanwhile is started again on h1, and once the ports
+    open h2 takes buildlets again; h1's lease is untouched throughout."""
+    farm = await start_farm(docker_hosts, base_image, tmp_path)
+    try:
+        names = [(await farm.alice.create("spread"))["Name"] for _ in docker_hosts]
+        on = {await farm.host_of(name): name for name in names}
+        docker_hosts[1].block_agents(True)
+        try:
+            detected = await wait_for(lambda: farm.lost(on["h2"]), 20.0, "losing h2's lease")
+            print(f"h2's silent agents detected and its lease lost in {detected:.1f} s")
+            with pytest.raises(CoordinatorRequestError,
+                               match="lost with host h2: its buildlets' agents at "):
+                await farm.alice.exec(on["h2"], "true", [])
+            await wait_for(lambda: containers_on(docker_hosts[1]) == [], 20.0,
+                           "h2's old container to be reaped")
+            await wait_for(lambda: farm.host_state("h2")["up"], 20.0, "h2's engine answering")
+            # h2, emptier, is tried first; its agent is unreachable, so h1 takes the buildlet.
+            since = int(time.time()) - 1
+            moved = (await farm.alice.create("spread"))["Name"]
+            assert await farm.host_of(moved) == "h1"
+            assert len(created_on(docker_hosts[1], since)) == 1
+            assert (await farm.alice.exec(moved, "true", [])).exit_code == 0
+            (lost,) = await farm.alice.lost_buildlets()
+            assert lost["Name"] == on["h2"]
+            assert "although its Docker engine does" in lost["Reason"]
+        finally:
+            docker_hosts[1].block_agents(False)
+        await wait_for(lambda: farm.host_state("h2")["up"], 20.0, "h2 taken back")
+        again = (await farm.alice.create("spread"))["Name"]
+        assert await farm.host_of(again) == "h2"
+        assert (await farm.alice.exec(again, "true", [])).exit_code == 0
+        assert (await farm.alice.exec(on["h1"], "true", [])).exit_code == 0
+    finally:
+        await farm.stop()
+
+
+def containers_on(host: DockerTestHost) -> list[str]:
+    """The names of every container on ``host``'s engine, running or not."""
+    client = host.client()
+    try:
+        return sorted(container.name for container in client.containers.list(all=True))
+    finally:
+        client.close()
+
+
+def created_on(host: DockerTestHost, since: int) -> list[dict[str, Any]]:
+    """The engine's container create events on ``host`` from ``since`` until now."""
+    client = host.client()
+    try:
+        return list(client.events(since=since, until=int(time.time()) + 1, decode=True,
+                                  filters={"type": ["container"], "event": ["create"]}))
+    finally:
+        client.close()

@@ -12,8 +12,7 @@ from buildbot_farm.leases.lease import LeaseState
 from buildbot_farm.leases.preemption import SignalPreemption, preemption_notice
 from buildbot_farm.leases.providers.docker import BUILDLET_LABEL
 from tests.harness.docker_hosts import DockerTestHost
-from tests.hosts.test_pool_over_hosts import Farm, start_farm, wait_for
-from tests.hosts.test_restart_over_hosts import containers_on
+from tests.hosts.test_pool_over_hosts import Farm, containers_on, start_farm, wait_for
 
 pytestmark = pytest.mark.docker
 

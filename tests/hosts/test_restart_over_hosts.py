@@ -9,18 +9,9 @@ import pytest_twisted
 
 from buildbot_farm.leases.client import CoordinatorRequestError
 from tests.harness.docker_hosts import DockerTestHost
-from tests.hosts.test_pool_over_hosts import start_farm, wait_for
+from tests.hosts.test_pool_over_hosts import containers_on, start_farm, wait_for
 
 pytestmark = pytest.mark.docker
-
-
-def containers_on(host: DockerTestHost) -> list[str]:
-    """The names of every container on ``host``'s engine, running or not."""
-    client = host.client()
-    try:
-        return sorted(container.name for container in client.containers.list(all=True))
-    finally:
-        client.close()
 
 
 @pytest_twisted.ensureDeferred
