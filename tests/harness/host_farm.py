@@ -143,6 +143,14 @@ class HostFarm:
         })
         return int(next(iter(answer["result"][1].values())))
 
+    def stop_build(self, build: dict[str, Any]) -> None:
+        """Stop ``build`` (as the web UI's stop button does) and wait until it is complete."""
+        self.local.api(f"builds/{build['buildid']}", {
+            "jsonrpc": "2.0", "id": 1, "method": "stop", "params": {"reason": "test is done"},
+        })
+        wait_for(lambda: self.local.api(f"builds/{build['buildid']}")["builds"][0]["complete"],
+                 120, f"build {build['buildid']} to stop")
+
     def builds(self, request_id: int) -> list[dict[str, Any]]:
         """The builds of build request ``request_id``, oldest first."""
         return list(self.local.api(f"buildrequests/{request_id}/builds")["builds"])

@@ -57,7 +57,7 @@ def test_a_build_on_a_host_that_dies_ends_retry_and_succeeds_on_the_other(
 ) -> None:
     """The build on the dead host ends RETRY, its retry succeeds on the other host, the lost
     lease says why in `lease list` and on the Buildlets page, and the host, once back, has its
-    leftovers reaped and is up again."""
+    leftovers reaped, is up again and runs the next build."""
     first = docker_hosts[0]
     request_id = host_farm.force()
     wait_for(lambda: host_farm.running_on_first_host(request_id), 180,
@@ -88,6 +88,11 @@ def test_a_build_on_a_host_that_dies_ends_retry_and_succeeds_on_the_other(
             client.close()
 
     wait_for(no_leftovers, 60, "h1's leftover containers to be reaped")
+    next_request = host_farm.force()
+    wait_for(lambda: host_farm.running_on_first_host(next_request), 180,
+             "the next build's step to run on the first host again")
+    assert host_farm.host_state("h1")["buildlets"] == 1
+    host_farm.stop_build(host_farm.builds(next_request)[0])
 
 
 def test_an_on_demand_job_on_a_host_that_dies_gets_a_new_attempt_naming_the_host(
