@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from buildbot_farm.demo import LocalFarm
+from buildbot_farm.example import fill_secrets
 from buildbot_farm.leases import keys
 from tests.harness.docker_hosts import DockerTestHost
 from tests.harness.master_cfg import LOOPBACK_MASTER
@@ -43,17 +44,19 @@ SUCCESS = 0
 
 MASTER_CFG = """
 import os
-from buildbot.plugins import schedulers, steps, util, worker
+from buildbot.plugins import schedulers, secrets, steps, util, worker
 
 {preamble}
+c["secretsProviders"] = [secrets.SecretInAFile(dirname=os.path.join(basedir, "secrets"))]
 c["protocols"] = {{"pb": {{"port": f"tcp:{{os.environ['FARM_PB_PORT']}}:interface={pb_address}"}}}}
 c["services"] = [util.FarmService(
     coordinator=util.FarmCoordinator(
         secret={secret!r}, on_stop="halt",
         pools=[util.BuildletPool({pool!r}, provider="docker", image={image!r}, max_count=4,
                                  hosts=[util.DockerHost(url, name=label, max_count=2,
-                                                        tls=util.DockerTLS(ca=ca, cert=cert,
-                                                                           key=key))
+                                                        tls=util.DockerTLS(
+                                                            ca=ca, cert=cert,
+                                                            key=util.Secret(key)))
                                         for label, url, ca, cert, key in {hosts!r}])],
     ),
     artifacts=util.ArtifactRepository(),
@@ -117,7 +120,7 @@ class HostFarm:
         config.write_text(MASTER_CFG.format(
             preamble=LOOPBACK_MASTER, pb_address=second.gateway, secret=SECRET, pool=POOL,
             image=image,
-            hosts=[(f"h{n}", h.url, h.tls.ca, h.tls.cert, h.tls.key)
+            hosts=[(f"h{n}", h.url, h.tls.ca, h.tls.cert, f"docker-key-h{n}")
                    for n, h in enumerate(hosts, start=1)],
             worker=WORKER, keepalive=keepalive, builder=BUILDER, script=STEP_SCRIPT,
             stall_address=first.address, finish_address=second.address,
@@ -127,8 +130,13 @@ class HostFarm:
         })
 
     def start(self) -> None:
-        """Create and start the master (its local worker is not needed: not started)."""
+        """Create and start the master (its local worker is not needed: not started). Each
+        host's client key reaches the pool as a Buildbot secret (``util.Secret``), from
+        the master's secrets directory."""
         self.local.create()
+        keys_pem = {f"docker-key-h{n}": Path(host.tls.key).read_text().strip()
+                    for n, host in enumerate(self.hosts, start=1)}
+        fill_secrets(self.local.secrets_dir, tuple(keys_pem), keys_pem)
         self.local.start_master()
 
     def stop(self) -> None:

@@ -99,7 +99,12 @@ def test_an_on_demand_job_on_a_host_that_dies_gets_a_new_attempt_naming_the_host
     host_farm: HostFarm, docker_hosts: list[DockerTestHost]
 ) -> None:
     """Attempt 1, on the host whose engine is killed, ends retry with the lost host in its
-    error; attempt 2 succeeds on the other host and publishes the job's artifact."""
+    error; attempt 2 succeeds on the other host and publishes the job's artifact. (The
+    hosts' client keys are Buildbot secrets, written as PEM files only the master reads.)"""
+    for label in ("h1", "h2"):
+        key = host_farm.local.master_dir / "docker-tls" / "spread" / label / "key.pem"
+        assert key.read_text().startswith("-----BEGIN ")
+        assert key.stat().st_mode & 0o777 == 0o600
     key = host_farm.request_job()
 
     def attempt_one_building() -> bool:
