@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Awaitable
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from buildbot import config
@@ -33,8 +32,8 @@ from buildbot_farm.dashboard import DashboardResource
 from buildbot_farm.dashboard._menu import www_problems
 from buildbot_farm.leases.config import FarmCoordinator
 from buildbot_farm.leases.coordinator import Coordinator
+from buildbot_farm.leases.host import LeasesHost
 from buildbot_farm.leases.providers.docker_hosts import docker_hosts_status
-from buildbot_farm.leases.runtime import SWEEPER, LeaseRuntime
 from buildbot_farm.lookup import IFarmService
 from buildbot_farm.masters import MasterTable
 from buildbot_farm.names import FARM_SERVICE
@@ -174,12 +173,10 @@ class FarmService(service.BuildbotService):
     def __init__(self, **kwargs: Any) -> None:
         self.database: db.Database | None = None
         self.settings: FarmSettings | None = None
-        # The coordinator with coordinator=util.FarmCoordinator(...): its runtime, and the
-        # Coordinator itself (what the dashboard and the tests use).
-        self.leases: LeaseRuntime | None = None
-        self.coordinator: Coordinator | None = None
-        self.artifacts = RepositoryHost(self)
         self.web_root = FarmRoot()
+        # The coordinator with coordinator=util.FarmCoordinator(...)
+        self.leases = LeasesHost(self)
+        self.artifacts = RepositoryHost(self)
         # /plugins/farm/api/: the JSON APIs of the capabilities (records, on-demand builds)
         self.api_root = FarmRoot()
         self._periodic: dict[str, PeriodicTask] = {}
@@ -216,6 +213,11 @@ class FarmService(service.BuildbotService):
         self.web_root.mount("api", self.api_root)
         self.web_root.mount("ui", DashboardResource(self))
 
+    @property
+    def coordinator(self) -> Coordinator | None:
+        """The running buildlet coordinator (what the dashboard uses); None without one."""
+        return self.leases.coordinator
+
     def requested_settings(self) -> FarmSettings | None:
         """The settings this instance's master.cfg arguments ask for (before it runs).
 
@@ -247,8 +249,7 @@ class FarmService(service.BuildbotService):
         )
         if database_changed:
             await self._open_database(settings)
-        if database_changed or previous is None or previous.coordinator != settings.coordinator:
-            await self._start_coordinator(settings.coordinator)
+        await self.leases.configure(settings.coordinator)
         await self.records.configure(
             settings.records,
             self.master.reactor,
@@ -258,29 +259,6 @@ class FarmService(service.BuildbotService):
         await self.artifacts.configure(settings.artifacts)
         await self.on_demand.configure(settings.on_demand)
         self.add_periodic("heartbeat", settings.heartbeat_interval, self._heartbeat)
-
-    async def _start_coordinator(self, wanted: FarmCoordinator | None) -> None:
-        """Replace the running coordinator (buildlets survive: the new one re-adopts them)."""
-        if self.leases is not None:
-            old, self.leases, self.coordinator = self.leases, None, None
-            self.web_root.unmount("coordinator")
-            self._periodic.pop(SWEEPER).stop()
-            await old.coordinator.stop()
-        if wanted is None or self.database is None:
-            return
-        runtime = await LeaseRuntime.start(
-            wanted, self.database, self.master.reactor, Path(self.master.basedir),
-            owner=self.master.name, name=self.master.name,
-        )
-        self.leases, self.coordinator = runtime, runtime.coordinator
-        self.web_root.mount("coordinator", runtime.resource, openapi="openapi/coordinator.json")
-        self._add_task(runtime.sweeper(self.master.reactor))
-
-    async def _stop_coordinator(self, runtime: LeaseRuntime) -> None:
-        """Stop the coordinator; with ``on_stop="halt"`` destroy its buildlets too."""
-        halted = await runtime.stop()
-        if runtime.settings.on_stop == "halt":
-            log.msg(f"farm: stopping halted the buildlets {', '.join(halted) or '(none)'}")
 
     async def _open_database(self, settings: FarmSettings) -> None:
         try:
@@ -306,13 +284,11 @@ class FarmService(service.BuildbotService):
         Adding a task under an existing name replaces it. Runs are on the master's clock,
         never overlap, and a failing run is logged without stopping the next.
         """
-        return self._add_task(PeriodicTask(name, interval, work, self.master.reactor), now)
-
-    def _add_task(self, periodic: PeriodicTask, now: bool = True) -> PeriodicTask:
-        old = self._periodic.pop(periodic.name, None)
+        periodic = PeriodicTask(name, interval, work, self.master.reactor)
+        old = self._periodic.pop(name, None)
         if old is not None:
             old.stop()
-        self._periodic[periodic.name] = periodic
+        self._periodic[name] = periodic
         if self.running:
             periodic.start(now=now)
         return periodic
@@ -349,8 +325,7 @@ class FarmService(service.BuildbotService):
     async def _stop(self) -> None:
         for periodic in self._periodic.values():
             await periodic.stop()
-        if self.leases is not None:
-            await self._stop_coordinator(self.leases)
+        await self.leases.stop()
         await self.artifacts.stop()
         await self.on_demand.stop()
         await self.records.stop()
