@@ -29,9 +29,9 @@ class RunningFarm(Protocol):
     database: db.Database | None
     web_root: FarmRoot
     settings: Any  # FarmSettings | None: the settings in effect
-    artifacts: Any  # RepositoryHost: its .repository is None without artifacts=
+    artifacts: Any  # ArtifactsHost: its .repository is None without artifacts=
     on_demand: Any  # OnDemandHost: its .jobs is None without on_demand=
-    records: Any  # RecordsEndpoint: the records API and its store
+    records: Any  # RecordsHost: the records API and its store
 
 
 class IFarmService(Interface):

@@ -23,7 +23,7 @@ from buildbot_farm import __version__, db
 from buildbot_farm.api_documents import farm_documents
 from buildbot_farm.artifacts.build_tokens import token_builder_problems
 from buildbot_farm.artifacts.config import ArtifactRepository
-from buildbot_farm.artifacts.hosting import RepositoryHost
+from buildbot_farm.artifacts.host import ArtifactsHost
 from buildbot_farm.compat.buildbot_api import config_kwargs
 from buildbot_farm.config_checks import checked_keywords
 from buildbot_farm.config_checks.values import is_positive, is_whole_at_least
@@ -44,7 +44,7 @@ from buildbot_farm.ondemand.params import is_build_key
 from buildbot_farm.periodic import PeriodicTask
 from buildbot_farm.records.api import BuildAlias
 from buildbot_farm.records.config import BuildRecords
-from buildbot_farm.records.serving import RecordsEndpoint
+from buildbot_farm.records.host import RecordsHost
 from buildbot_farm.secret_values import SecretRenderer, is_renderable
 from buildbot_farm.web import FarmRoot, OpenAPIResource
 from buildbot_farm.web.status import OPENAPI, StatusAPI
@@ -176,11 +176,11 @@ class FarmService(service.BuildbotService):
         self.web_root = FarmRoot()
         # The coordinator with coordinator=util.FarmCoordinator(...)
         self.leases = LeasesHost(self)
-        self.artifacts = RepositoryHost(self)
+        self.artifacts = ArtifactsHost(self)
         # /plugins/farm/api/: the JSON APIs of the capabilities (records, on-demand builds)
         self.api_root = FarmRoot()
         self._periodic: dict[str, PeriodicTask] = {}
-        self.records = RecordsEndpoint(lambda: self.database, lambda: self.artifacts.repository)
+        self.records = RecordsHost(self, lambda: self.artifacts.repository)
         super().__init__(**kwargs)
         self.api_root.mount("builds", self.records.resource, openapi="openapi.json")
         self.api_root.mount("openapi.json", self.records.openapi)
@@ -250,12 +250,7 @@ class FarmService(service.BuildbotService):
         if database_changed:
             await self._open_database(settings)
         await self.leases.configure(settings.coordinator)
-        await self.records.configure(
-            settings.records,
-            self.master.reactor,
-            self.master.basedir,
-            self.master.config.buildbotURL,
-        )
+        await self.records.configure(settings.records)
         await self.artifacts.configure(settings.artifacts)
         await self.on_demand.configure(settings.on_demand)
         self.add_periodic("heartbeat", settings.heartbeat_interval, self._heartbeat)

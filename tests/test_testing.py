@@ -11,7 +11,7 @@ from buildbot.test.reactor import TestReactorMixin
 from twisted.trial import unittest
 
 from buildbot_farm.artifacts.config import ArtifactRepository
-from buildbot_farm.artifacts.hosting import JANITOR, MOUNT, RepositoryHost
+from buildbot_farm.artifacts.host import JANITOR, MOUNT, ArtifactsHost
 from buildbot_farm.testing import FakeFarmContext, memory_database
 
 
@@ -39,7 +39,7 @@ class FakeFarmContextTests(TestReactorMixin, unittest.TestCase):
         database = await memory_database(self.reactor)
         self.addCleanup(database.stop)
         farm = FakeFarmContext(master, database)
-        host = RepositoryHost(farm)
+        host = ArtifactsHost(farm)
         await host.configure(ArtifactRepository(janitor_interval=60))
         assert host.repository is not None
         assert [m["name"] for m in farm.web_root.index("/plugins/farm/")] == [MOUNT]

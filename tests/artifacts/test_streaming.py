@@ -19,7 +19,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
 from buildbot_farm import db
 from buildbot_farm.artifacts import ArtifactRepository, open_repository, site
-from buildbot_farm.artifacts.hosting import own_port_url
+from buildbot_farm.artifacts.host import own_port_url
 from tests.artifacts.conftest import RunningRepository, basic, curl, run
 
 MIB = 1024 * 1024

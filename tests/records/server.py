@@ -18,8 +18,8 @@ from twisted.web import resource, server
 from buildbot_farm import db
 from buildbot_farm.records.api import BuildAlias
 from buildbot_farm.records.config import BuildRecords
-from buildbot_farm.records.serving import RecordsEndpoint
 from buildbot_farm.web import FarmRoot
+from tests.records.farm import records_host
 
 KEY = "schema-test-key-0123"
 ADMIN_KEY = "schema-test-admin-0123"
@@ -28,9 +28,9 @@ ADMIN_KEY = "schema-test-admin-0123"
 async def serve(reactor: Any, db_url: str, port_file: str) -> None:
     """Open the database, listen, write the port, and serve until killed."""
     database = await db.connect(db_url, reactor)
-    endpoint = RecordsEndpoint(lambda: database)
+    endpoint, _farm = records_host(database, reactor, tempfile.mkdtemp(), "http://bench/")
     settings = BuildRecords(api_keys={"ci": KEY}, admin_keys={"ops": ADMIN_KEY})
-    await endpoint.configure(settings, reactor, tempfile.mkdtemp(), "http://bench/")
+    await endpoint.configure(settings)
     api = FarmRoot()
     api.mount("builds", endpoint.resource)
     api.mount("build", BuildAlias(endpoint.resource))

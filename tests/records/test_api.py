@@ -14,8 +14,8 @@ from twisted.web import client, server
 
 from buildbot_farm import db
 from buildbot_farm.records.config import BuildRecords
-from buildbot_farm.records.serving import RecordsEndpoint
 from buildbot_farm.web import FarmRoot
+from tests.records.farm import records_host
 
 KEY = "api-key-0123456789"
 _POOL = client.HTTPConnectionPool(reactor, persistent=False)
@@ -31,9 +31,9 @@ async def request(method: str, url: str, **kwargs: Any) -> tuple[int, Any, Any]:
 
 @pytest_twisted.async_yield_fixture
 async def builds(database: db.Database, tmp_path: Path) -> AsyncIterator[str]:
-    """A configured RecordsEndpoint mounted as ``builds``, served on a loopback port."""
-    endpoint = RecordsEndpoint(lambda: database)
-    await endpoint.configure(BuildRecords(api_keys={"ci": KEY}), reactor, str(tmp_path), "b")
+    """A configured RecordsHost mounted as ``builds``, served on a loopback port."""
+    endpoint, _farm = records_host(database, reactor, str(tmp_path), "b")
+    await endpoint.configure(BuildRecords(api_keys={"ci": KEY}))
     root = FarmRoot()
     root.mount("builds", endpoint.resource)
     port = reactor.listenTCP(0, server.Site(root), interface="127.0.0.1")

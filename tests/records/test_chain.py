@@ -26,12 +26,14 @@ from buildbot_farm import db
 from buildbot_farm.cli import main
 from buildbot_farm.records.chain import GENESIS, entry_hash, served_entry, verify_entries
 from buildbot_farm.records.config import BuildRecords
+from buildbot_farm.records.host import RecordsHost
 from buildbot_farm.records.model import BuildRecord, parse_record
 from buildbot_farm.records.provenance import PAYLOAD_TYPE, key_id, load_public_key
-from buildbot_farm.records.serving import RecordsEndpoint
 from buildbot_farm.records.store import RecordStore
+from buildbot_farm.testing import FakeFarmContext
 from buildbot_farm.web import FarmRoot
 from tests.db.conftest import DbUrlFactory
+from tests.records.farm import records_host
 from tests.records.test_api import request
 
 KEY, ADMIN = "chain-key-0123456789", "chain-admin-0123456789"
@@ -53,8 +55,9 @@ class Api:
     """The records API on a loopback port, with its endpoint and basedir."""
 
     url: str
-    endpoint: RecordsEndpoint
+    endpoint: RecordsHost
     basedir: Path
+    farm: FakeFarmContext
 
     @property
     def chain(self) -> str:
@@ -68,15 +71,15 @@ class Api:
 
 @pytest_twisted.async_yield_fixture
 async def api(database: db.Database, tmp_path: Path) -> AsyncIterator[Api]:
-    """A RecordsEndpoint with a signing key, mounted as a master does, on a loopback port."""
-    endpoint = RecordsEndpoint(lambda: database)
+    """A RecordsHost with a signing key, mounted as a master does, on a loopback port."""
+    endpoint, farm = records_host(database, reactor, str(tmp_path), "http://master/")
     settings = BuildRecords(api_keys={"ci": KEY}, admin_keys={"ops": ADMIN})
-    await endpoint.configure(settings, reactor, str(tmp_path), "http://master/")
+    await endpoint.configure(settings)
     root = FarmRoot()
     root.mount("builds", endpoint.resource)
     root.mount("records-chain", endpoint.chain)
     port = reactor.listenTCP(0, server.Site(root), interface="127.0.0.1")
-    yield Api(f"http://127.0.0.1:{port.getHost().port}/builds", endpoint, tmp_path)
+    yield Api(f"http://127.0.0.1:{port.getHost().port}/builds", endpoint, tmp_path, farm)
     await port.stopListening()
 
 
@@ -293,7 +296,8 @@ async def test_provenance_is_signed_once_and_verifies_with_securesystemslib(
     )
     settings = BuildRecords(api_keys={"ci": KEY}, signing_key=new_key.decode())
     (api.basedir / "new").mkdir()
-    await api.endpoint.configure(settings, reactor, str(api.basedir / "new"), "http://master/")
+    api.farm.master.basedir = str(api.basedir / "new")
+    await api.endpoint.configure(settings)
     assert api.endpoint.signer is not None
     assert api.endpoint.signer.key_id != first_key.keyid
     for version, envelope in envelopes.items():

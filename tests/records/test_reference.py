@@ -24,8 +24,8 @@ from buildbot_farm import db
 from buildbot_farm.artifacts import ArtifactRepository, Repository, open_repository
 from buildbot_farm.records.api import BuildAlias
 from buildbot_farm.records.config import BuildRecords
-from buildbot_farm.records.serving import RecordsEndpoint
 from buildbot_farm.web import FarmRoot
+from tests.records.farm import records_host
 from tests.records.test_api import KEY, request
 
 COMMIT = "53d6db9a88494e948b64415f53e1bf9da7efcc4b"
@@ -60,8 +60,8 @@ async def api(database: db.Database, tmp_path: Path) -> AsyncIterator[Served]:
         ArtifactRepository(directory=str(tmp_path / "artifacts")), database, reactor,
         "test-master", "http://127.0.0.1:1/artifacts/",
     )
-    endpoint = RecordsEndpoint(lambda: database, lambda: repository)
-    await endpoint.configure(BuildRecords(api_keys={"ci": KEY}), reactor, str(tmp_path), "b")
+    endpoint, _farm = records_host(database, reactor, str(tmp_path), "b", repository)
+    await endpoint.configure(BuildRecords(api_keys={"ci": KEY}))
     root = FarmRoot()
     root.mount("builds", endpoint.resource)
     root.mount("build", BuildAlias(endpoint.resource))

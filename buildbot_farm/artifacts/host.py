@@ -23,7 +23,7 @@ MOUNT = "artifacts"
 JANITOR = "artifact-janitor"
 
 
-class RepositoryHost:
+class ArtifactsHost:
     """Runs the repository FarmService's settings ask for; ``repository`` is None without one."""
 
     def __init__(self, farm: MountingFarmContext) -> None:

@@ -1,4 +1,4 @@
-"""The records API as FarmService runs it: its resource, signing key and optional own port."""
+"""The records API inside FarmService: its resource, signing key and optional own port."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from twisted.internet import endpoints
 from twisted.python import log
 from twisted.web import server
 
-from buildbot_farm import db
 from buildbot_farm.records.api import BuildAlias, RecordsAPI, RecordsResource
 from buildbot_farm.records.chain_api import RecordChainResource
 from buildbot_farm.records.config import BuildRecords
@@ -25,29 +24,30 @@ from buildbot_farm.web import FarmRoot, OpenAPIResource
 
 if TYPE_CHECKING:
     from buildbot_farm.artifacts.repository import Repository
+    from buildbot_farm.context import FarmContext
 
 # Where the public key goes when the signing key is PEM text (a secret), in the basedir.
 PUBLIC_KEY_FILE = "records-signing-key.pub"
 
 
-class RecordsEndpoint:
-    """Serves the records API of one farm service, following its reconfigurations.
+class RecordsHost:
+    """Serves the records API of one farm, following its reconfigurations.
 
     ``resource`` (mount it as ``builds``) and ``openapi`` (as ``openapi.json``) exist from
     the start; :meth:`configure` applies a :class:`BuildRecords` (keys, signing key, port).
-    ``repository`` is the farm's artifact repository, whose index gives the digests of
-    posted binary URLs inside it.
+    The farm gives the database (each request reads it anew), the master's clock, basedir
+    (for key files) and URL (the default builder id). ``repository`` is the farm's artifact
+    repository, whose index gives the digests of posted binary URLs inside it.
     """
 
     def __init__(
         self,
-        database: Callable[[], db.Database | None],
+        farm: FarmContext,
         repository: Callable[[], Repository | None] = lambda: None,
     ) -> None:
-        self._database = database
+        self._farm = farm
         self.settings = BuildRecords()
         self.signer: Signer | None = None
-        self._reactor: Any = None
         self._builder_id = ""
         self._listening: Any = None
         self._store: RecordStore | None = None
@@ -67,7 +67,7 @@ class RecordsEndpoint:
         self.chain = RecordChainResource(self.store)
 
     def _now(self) -> float:
-        return float(self._reactor.seconds())
+        return float(self._farm.master.reactor.seconds())
 
     def store(self) -> RecordStore | None:
         """The record store on the service's current database, or None when it is closed.
@@ -75,16 +75,14 @@ class RecordsEndpoint:
         The same store serves every request on one database, so their lookups can share
         queries.
         """
-        database = self._database()
+        database = self._farm.database
         if database is None:
             return None
         if self._store is None or not self._store.uses(database):
             self._store = RecordStore(database)
         return self._store
 
-    async def configure(
-        self, settings: BuildRecords | None, reactor: Any, basedir: str, buildbot_url: str
-    ) -> None:
+    async def configure(self, settings: BuildRecords | None) -> None:
         """Apply ``settings``: load (or create) the signing key, (re)listen on ``port``.
 
         With None (``records=`` not configured) the API serves with default settings and
@@ -92,12 +90,14 @@ class RecordsEndpoint:
         """
         create = settings is not None
         settings = settings or BuildRecords()
+        master = self._farm.master
+        reactor = master.reactor
         # Generating and writing a key file blocks: not on the reactor.
         signer = await in_thread(
-            reactor, self._load_signer, settings.signing_key, Path(basedir), create
+            reactor, self._load_signer, settings.signing_key, Path(master.basedir), create
         )
-        previous, self.settings, self._reactor = self.settings, settings, reactor
-        self._builder_id = settings.builder_id or buildbot_url
+        previous, self.settings = self.settings, settings
+        self._builder_id = settings.builder_id or master.config.buildbotURL
         self.signer = signer
         if self._listening is not None and previous.port != settings.port:
             await self.stop()
