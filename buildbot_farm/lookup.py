@@ -3,12 +3,13 @@ find the master's :class:`~buildbot_farm.service.FarmService`.
 
 They sit below the service (it runs their capabilities), so they know it by what it
 provides, not by importing it: :class:`IFarmService` recognises it, :class:`RunningFarm`
-types the parts they use.
+types the parts they use (the capability hosts' types are imported for the type checker
+only, so nothing is imported at run time).
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from zope.interface import Attribute, Interface
 
@@ -16,22 +17,24 @@ from buildbot_farm import db
 from buildbot_farm.names import FARM_SERVICE
 from buildbot_farm.web import FarmRoot
 
+if TYPE_CHECKING:
+    from buildbot_farm.artifacts.host import ArtifactsHost
+    from buildbot_farm.ondemand.host import OnDemandHost
+    from buildbot_farm.records.host import RecordsHost
+    from buildbot_farm.service import FarmSettings
+
 __all__ = ["IFarmService", "RunningFarm", "farm_service"]
 
 
 class RunningFarm(Protocol):
-    """The parts of a running FarmService that build-side classes use.
-
-    The capability hosts are typed where they are defined, above this module: the caller
-    names the type of what it takes from them (a ``Repository``, a ``JobTable``).
-    """
+    """The parts of a running FarmService that build-side classes use."""
 
     database: db.Database | None
     web_root: FarmRoot
-    settings: Any  # FarmSettings | None: the settings in effect
-    artifacts: Any  # ArtifactsHost: its .repository is None without artifacts=
-    on_demand: Any  # OnDemandHost: its .jobs is None without on_demand=
-    records: Any  # RecordsHost: the records API and its store
+    settings: FarmSettings | None  # the settings in effect; None before the first reconfig
+    artifacts: ArtifactsHost  # its .repository is None without artifacts=
+    on_demand: OnDemandHost  # its .jobs is None without on_demand=
+    records: RecordsHost  # the records API and its store
 
 
 class IFarmService(Interface):
