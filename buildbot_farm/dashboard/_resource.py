@@ -17,7 +17,7 @@ A page reloads itself while something it shows is in progress.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 
 from buildbot.www.authz.authz import Forbidden
@@ -40,6 +40,12 @@ from buildbot_farm.records.store import Query
 from buildbot_farm.web import ApiError, respond
 from buildbot_farm.web._request import query_args, query_last
 
+if TYPE_CHECKING:
+    from buildbot_farm.artifacts.host import ArtifactsHost
+    from buildbot_farm.leases.coordinator import Coordinator
+    from buildbot_farm.ondemand.host import OnDemandHost
+    from buildbot_farm.records.host import RecordsHost
+
 RECORDS_PAGE_SIZE = 100
 LOST_SHOWN = 20  # the latest buildlets lost with their hosts, on the Buildlets page
 DESTROY_ACTION = "destroy"
@@ -56,6 +62,30 @@ _RECORDS_CFG = """c["services"].append(reporters.BuildRecorder(
     version=util.Interpolate("1.0.%(prop:buildnumber)s")))"""
 
 
+class DashboardFarm(Protocol):
+    """What the dashboard reads of the running FarmService."""
+
+    @property
+    def master(self) -> Any:
+        """The Buildbot master (its clock, its www for authz, its data for build links)."""
+
+    @property
+    def coordinator(self) -> Coordinator | None:
+        """The running buildlet coordinator; None without one."""
+
+    @property
+    def artifacts(self) -> ArtifactsHost:
+        """The artifact repository's host."""
+
+    @property
+    def records(self) -> RecordsHost:
+        """The records API's host."""
+
+    @property
+    def on_demand(self) -> OnDemandHost:
+        """The on-demand builds' host."""
+
+
 class DashboardResource(resource.Resource):
     """Serves the dashboard pages of ``farm`` (the running FarmService).
 
@@ -64,7 +94,7 @@ class DashboardResource(resource.Resource):
 
     isLeaf = True
 
-    def __init__(self, farm: Any, form_tokens: FormTokens | None = None) -> None:
+    def __init__(self, farm: DashboardFarm, form_tokens: FormTokens | None = None) -> None:
         super().__init__()
         self._farm = farm
         self._form_tokens = form_tokens or FormTokens()
