@@ -45,6 +45,9 @@ class IFarmService(Interface):
     def requested_settings() -> Any:  # type: ignore[misc]
         """The FarmSettings master.cfg gave it, or None when its arguments are bad."""
 
+    def requested_artifacts() -> Any:  # type: ignore[misc]
+        """The ArtifactRepository master.cfg gave it (whatever else is wrong), or None."""
+
 
 def farm_service(master: Any, name: str = FARM_SERVICE) -> RunningFarm | None:
     """The running FarmService called ``name`` on ``master``; None when there is none.

@@ -10,8 +10,11 @@ from buildbot.test.fake import fakemaster
 from buildbot.test.reactor import TestReactorMixin
 from buildbot.util import service
 from twisted.trial import unittest
+from zope.interface.verify import verifyObject
 
-from buildbot_farm.lookup import farm_service
+from buildbot_farm.artifacts.build_tokens import token_builders_of
+from buildbot_farm.artifacts.config import ArtifactRepository
+from buildbot_farm.lookup import IFarmService, farm_service
 from buildbot_farm.names import FARM_SERVICE
 from buildbot_farm.service import FarmService
 
@@ -51,3 +54,13 @@ class FarmServiceLookupTests(TestReactorMixin, unittest.TestCase):
         assert farm_service(SimpleNamespace()) is None
         assert farm_service(SimpleNamespace(service_manager=SimpleNamespace())) is None
         assert farm_service(None) is None
+
+    def test_the_farm_service_provides_all_of_its_interface(self) -> None:
+        """FarmService has every attribute and method IFarmService names, and token_builders_of
+        reads a FarmService's token_builders and nothing from anything else."""
+        farm = FarmService(artifacts=ArtifactRepository(token_builders=["rel-*"]))
+        assert verifyObject(IFarmService, farm)
+        assert token_builders_of(farm) == ["rel-*"]
+        assert token_builders_of(FarmService()) == ()
+        assert token_builders_of(SimpleNamespace(requested_artifacts=lambda: None)) == ()
+        assert token_builders_of(None) == ()

@@ -41,7 +41,7 @@ from buildbot_farm.artifacts.paths import Segments, UnsafePath
 from buildbot_farm.artifacts.repository import Repository
 from buildbot_farm.compat.buildbot_api import run_first
 from buildbot_farm.config_checks import Configuration, suggestion
-from buildbot_farm.lookup import farm_service
+from buildbot_farm.lookup import IFarmService, farm_service
 from buildbot_farm.names import FARM_SERVICE
 
 TOKEN_KIND = "bin"
@@ -213,10 +213,13 @@ def install(builders: Sequence[Any], patterns: Sequence[str]) -> None:
             builder.factory.buildClass = token_build_class(builder.factory.buildClass)
 
 
-def token_builders_of(farm: Any) -> Sequence[str]:
-    """The ``token_builders`` a FarmService of a (new) configuration asks for."""
-    requested = getattr(farm, "requested_artifacts", None)
-    wanted = requested() if requested is not None else None
+def token_builders_of(farm: object) -> Sequence[str]:
+    """The ``token_builders`` a FarmService of a (new) configuration asks for; none when
+    ``farm`` is not a FarmService."""
+    if not IFarmService.providedBy(farm):
+        return ()
+    service: Any = farm  # a FarmService, which IFarmService says has requested_artifacts
+    wanted = service.requested_artifacts()
     return wanted.token_builders if isinstance(wanted, ArtifactRepository) else ()
 
 
