@@ -6,8 +6,8 @@
 
 from __future__ import annotations
 
+from buildbot_farm.artifacts.api import ArtifactResource
 from buildbot_farm.artifacts.config import ArtifactRepository
 from buildbot_farm.artifacts.repository import Repository, open_repository
-from buildbot_farm.artifacts.resource import ArtifactResource
 
 __all__ = ["ArtifactRepository", "ArtifactResource", "Repository", "open_repository"]

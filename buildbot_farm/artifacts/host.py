@@ -11,10 +11,10 @@ from twisted.internet import defer
 from twisted.python import log
 
 from buildbot_farm.artifacts import site
+from buildbot_farm.artifacts.api import ArtifactResource
 from buildbot_farm.artifacts.build_tokens import install_on
 from buildbot_farm.artifacts.config import ArtifactRepository
 from buildbot_farm.artifacts.repository import Repository, open_repository
-from buildbot_farm.artifacts.resource import ArtifactResource
 
 if TYPE_CHECKING:
     from buildbot_farm.context import MountingFarmContext

@@ -11,8 +11,8 @@ from typing import Any
 
 from twisted.web import server
 
+from buildbot_farm.artifacts.api import ArtifactResource
 from buildbot_farm.artifacts.repository import Repository
-from buildbot_farm.artifacts.resource import ArtifactResource
 from buildbot_farm.artifacts.upload import StreamingRequest
 
 

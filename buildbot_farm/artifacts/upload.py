@@ -30,8 +30,8 @@ from twisted.python.failure import Failure
 from twisted.web import server
 
 from buildbot_farm.artifacts import kernel_receive
+from buildbot_farm.artifacts.api import AUTH_ENDPOINT, REALM
 from buildbot_farm.artifacts.repository import Repository
-from buildbot_farm.artifacts.resource import AUTH_ENDPOINT, REALM
 from buildbot_farm.artifacts.spool import Spool
 from buildbot_farm.artifacts.write_access import WriteRefused, authorise_put, write_target
 from buildbot_farm.compat import twisted_web
