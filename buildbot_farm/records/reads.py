@@ -28,7 +28,7 @@ from twisted.web.server import Request
 from buildbot_farm import db
 from buildbot_farm.compat.twisted_web import disconnected
 from buildbot_farm.db._url import MEMORY
-from buildbot_farm.records.store import RecordStore, StoredRecord
+from buildbot_farm.records.store import LIVE_BODY, RecordStore, StoredRecord
 from buildbot_farm.web._router import segments_of
 
 IMMUTABLE = b"public, max-age=31536000, immutable"
@@ -112,12 +112,7 @@ class _SqliteReader:
         """The document of record ``name``/``version`` if it exists and is not deleted."""
         if self._connection is None:
             return None
-        row = self._connection.execute(
-            "SELECT r.body, t.record_id FROM farm_records r"
-            " LEFT JOIN farm_record_tombstones t ON t.record_id = r.id"
-            " WHERE r.name = ? AND r.version = ?",
-            (name, version),
-        ).fetchone()
+        row = self._connection.execute(LIVE_BODY, (name, version)).fetchone()
         if row is None or row[1] is not None:
             return None
         return str(row[0]).encode()

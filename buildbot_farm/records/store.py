@@ -87,6 +87,14 @@ _GET_MANY = (
     " LEFT JOIN farm_record_tombstones t ON t.record_id = r.id"
 )
 
+# The body of the record (name, version) and whether it is deleted: the records' own
+# read-only SQLite connection runs it on the reactor thread (records.reads).
+LIVE_BODY = (
+    "SELECT r.body, t.record_id FROM farm_records r"
+    " LEFT JOIN farm_record_tombstones t ON t.record_id = r.id"
+    " WHERE r.name = ? AND r.version = ?"
+)
+
 
 class RecordStore:
     """Build records in the farm database; insert-only (the database refuses updates).
