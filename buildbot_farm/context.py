@@ -1,8 +1,11 @@
 """``FarmContext``: what a capability running inside FarmService may use of it.
 
-The artifact repository host and the on-demand host are handed the service as a
-FarmContext, so they depend on these few parts, not on the whole service; a test hands
-them a fake with the same parts.
+Each capability's host (``leases/host.py``, ``artifacts/host.py``, ``ondemand/host.py``,
+``records/host.py``) is handed the service as a FarmContext, so it depends on these few
+parts, not on the whole service; a test hands it
+:class:`~buildbot_farm.testing.FakeFarmContext`. The clock is the master's
+(``farm.master.reactor``), as Buildbot wants it; secrets are rendered by FarmService before
+a host's settings reach it; the farm's names are in :mod:`buildbot_farm.names`.
 """
 
 from __future__ import annotations
