@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from pathlib import Path
 
 import pytest
+import pytest_twisted
 from buildbot.test.fake import fakemaster
 from buildbot.test.reactor import TestReactorMixin
+from twisted.internet import reactor
 from twisted.trial import unittest
 
 from buildbot_farm.artifacts.config import ArtifactRepository
 from buildbot_farm.artifacts.host import JANITOR, MOUNT, ArtifactsHost
-from buildbot_farm.testing import FakeFarmContext, memory_database
+from buildbot_farm.testing import FakeFarmContext, local_coordinator, memory_database
 
 
 class MemoryDatabaseTests(TestReactorMixin, unittest.TestCase):
@@ -57,3 +60,23 @@ class FakeFarmContextTests(TestReactorMixin, unittest.TestCase):
         await host.stop()
         assert farm.web_root.index("/plugins/farm/") == []
         assert farm.periodic == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_local_coordinator_leases_real_buildlets(tmp_path: Path) -> None:
+    """local_coordinator() serves a coordinator whose client leases a buildlet that runs
+    under the given root, lists it, and destroys it."""
+    database = await memory_database(reactor)
+    running = await local_coordinator(database, reactor, tmp_path / "buildlets", b"s" * 32,
+                                      max_count=1)
+    try:
+        client = running.client("user-bob")
+        name = (await client.create("local"))["Name"]
+        assert [b["Name"] for b in await client.buildlets()] == [name]
+        assert (tmp_path / "buildlets" / name).is_dir()
+        await client.destroy(name)
+        assert await client.buildlets() == []
+    finally:
+        await running.shutdown()
+        await running.provider.reap(set())
+        await database.stop()

@@ -3,54 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.web import server
 
 from buildbot_farm import db
-from buildbot_farm.leases import keys
-from buildbot_farm.leases.agent_client import AgentClient
-from buildbot_farm.leases.api import CoordinatorResource
-from buildbot_farm.leases.client import CoordinatorClient
-from buildbot_farm.leases.coordinator import Coordinator
 from buildbot_farm.leases.lease import ExpiryPolicy
-from buildbot_farm.leases.pools import BuildletType
-from buildbot_farm.leases.providers import ProcessProvider
-from buildbot_farm.leases.providers.reverse import ReverseProvider
+from buildbot_farm.testing import LocalCoordinator, local_coordinator
 from buildbot_farm.web.client import http_client
 
 SECRET = b"test-coordinator-secret"
+
+#: The coordinator the lease tests start (the plugin's own test kit).
+RunningCoordinator = LocalCoordinator
 
 
 def plain_http() -> Any:
     """An HTTP client on the test reactor that keeps no connections (no timers left behind)."""
     return http_client(reactor, persistent=False)
-
-
-@dataclass
-class RunningCoordinator:
-    """A coordinator served over HTTP on 127.0.0.1, with what the tests need to reach it."""
-
-    coordinator: Coordinator
-    provider: ProcessProvider
-    database: db.Database
-    url: str
-    port: Any
-    clock: Any
-    clients: list[CoordinatorClient] = field(default_factory=list)
-
-    def client(self, user: str = "user-alice") -> CoordinatorClient:
-        return CoordinatorClient(
-            self.url, user, keys.user_key(SECRET, user), plain_http(), clock=reactor
-        )
-
-    async def shutdown(self) -> None:
-        await self.port.stopListening()
-        await self.coordinator.stop()
 
 
 StartCoordinator = Callable[..., Awaitable[RunningCoordinator]]
@@ -77,20 +49,10 @@ async def start_coordinator(tmp_path: Path) -> AsyncIterator[StartCoordinator]:
         database = await db.connect(f"sqlite:///{tmp_path / 'farm.sqlite'}", reactor)
         databases.append(database)
         root = isolation.pop("root", tmp_path / "buildlets")
-        provider = ProcessProvider(root, reactor, agent_arguments=agent_arguments, **isolation)
-        agents = AgentClient(plain_http())
-        types = {"local": BuildletType("local", provider, max_count=max_count, warm=warm)}
-        if reverse_pool:
-            types["hosts"] = BuildletType("hosts", ReverseProvider(agents), reverse_pool)
-        coordinator = Coordinator(database, clock, types, agents, policy, agent_grace=agent_grace)
-        await coordinator.start()
-        port = reactor.listenTCP(
-            0,
-            server.Site(CoordinatorResource(coordinator, SECRET, reactor)),
-            interface="127.0.0.1",
-        )
-        running = RunningCoordinator(
-            coordinator, provider, database, f"http://127.0.0.1:{port.getHost().port}", port, clock
+        running = await local_coordinator(
+            database, reactor, root, SECRET, max_count=max_count, warm=warm, policy=policy,
+            clock=clock, reverse_pool=reverse_pool, agent_grace=agent_grace,
+            agent_arguments=agent_arguments, **isolation,
         )
         started.append(running)
         return running
