@@ -10,7 +10,7 @@ import pytest
 import pytest_twisted
 from buildbot.test.fake import fakemaster
 from buildbot.test.reactor import TestReactorMixin
-from twisted.internet import reactor
+from twisted.internet import reactor, task
 from twisted.trial import unittest
 
 from buildbot_farm.artifacts.config import ArtifactRepository
@@ -80,3 +80,7 @@ async def test_local_coordinator_leases_real_buildlets(tmp_path: Path) -> None:
         await running.shutdown()
         await running.provider.reap(set())
         await database.stop()
+        # Resume once from a timed call, not from the thread's callback: pytest-twisted
+        # leaves the reactor mid-way through its queue of thread callbacks when a test ends
+        # in one, and a trial test after it would run that callback a second time.
+        await task.deferLater(reactor, 0, lambda: None)
