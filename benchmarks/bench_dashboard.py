@@ -29,7 +29,7 @@ from buildbot_farm import db
 from buildbot_farm.dashboard import _pages as pages
 from buildbot_farm.dashboard._builds import BuildLinks
 from buildbot_farm.dashboard._jobs import JOBS_PAGE_SIZE, jobs_body
-from buildbot_farm.ondemand.jobs import Artifact, JobTable
+from buildbot_farm.ondemand.store import Artifact, JobTable
 
 JOBS = JOBS_PAGE_SIZE
 PAGES = 100

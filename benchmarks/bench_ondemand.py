@@ -23,7 +23,7 @@ from twisted.internet import defer, reactor, task
 from buildbot_farm import db
 from buildbot_farm.ondemand.config import OnDemandBuilds
 from buildbot_farm.ondemand.host import OnDemandHost
-from buildbot_farm.ondemand.jobs import Job, JobTable
+from buildbot_farm.ondemand.store import Job, JobTable
 from tests.harness.postgres import PostgresCluster
 
 ROUNDS = 200

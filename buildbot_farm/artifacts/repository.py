@@ -16,12 +16,12 @@ from twisted.python import log
 
 from buildbot_farm.artifacts import paths, tokens
 from buildbot_farm.artifacts.config import ArtifactRepository
-from buildbot_farm.artifacts.index import ArtifactIndex, Grant, IndexedFile, TokenRefused
 from buildbot_farm.artifacts.known_files import KnownFiles
 from buildbot_farm.artifacts.paths import ANY_SEGMENT, Segments
 from buildbot_farm.artifacts.s3 import S3Storage
 from buildbot_farm.artifacts.s3_config import S3Bucket
 from buildbot_farm.artifacts.storage import ArtifactStorage, Entry, LocalStorage, Stored
+from buildbot_farm.artifacts.store import ArtifactIndex, Grant, IndexedFile, TokenRefused
 from buildbot_farm.thread_pool import in_thread
 
 T = TypeVar("T")

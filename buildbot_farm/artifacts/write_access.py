@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from buildbot_farm.artifacts import paths, tokens
-from buildbot_farm.artifacts.index import Grant, TokenRefused
 from buildbot_farm.artifacts.paths import Segments, UnsafePath
 from buildbot_farm.artifacts.repository import OutOfScope, Repository
+from buildbot_farm.artifacts.store import Grant, TokenRefused
 
 NOTHING_WRITTEN = "; nothing was written"
 

@@ -10,7 +10,7 @@ from markupsafe import Markup
 
 from buildbot_farm.dashboard import _pages as pages
 from buildbot_farm.dashboard._builds import BuildLink, BuildLinks
-from buildbot_farm.ondemand.jobs import ACTIVE, Job
+from buildbot_farm.ondemand.store import ACTIVE, Job
 
 JOBS_PAGE_SIZE = 50
 # Job states that change without anyone asking: the page reloads itself while one is shown.

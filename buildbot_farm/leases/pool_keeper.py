@@ -34,7 +34,7 @@ from buildbot_farm.leases.pools import (
     UnknownType,
 )
 from buildbot_farm.leases.providers.base import ProviderError
-from buildbot_farm.leases.table import LeaseTable
+from buildbot_farm.leases.store import LeaseTable
 from buildbot_farm.leases.waiting import WaitingLines
 
 

@@ -18,7 +18,7 @@ from buildbot_farm.artifacts.storage import StorageError
 from buildbot_farm.ondemand import params
 from buildbot_farm.ondemand.config import OFF
 from buildbot_farm.ondemand.host import OnDemandHost, UnknownScheduler
-from buildbot_farm.ondemand.jobs import Job, job_summary
+from buildbot_farm.ondemand.store import Job, job_summary
 from buildbot_farm.web import ApiError, Routes, json_response
 from buildbot_farm.web._request import json_object_body, query_args
 

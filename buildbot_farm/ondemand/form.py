@@ -15,7 +15,7 @@ from typing import Any
 
 from buildbot.data import resultspec
 
-from buildbot_farm.ondemand.jobs import ATTEMPT_PROPERTY, KEY_PROPERTY
+from buildbot_farm.ondemand.store import ATTEMPT_PROPERTY, KEY_PROPERTY
 
 # (buildset id, {builder id: build request id}), as ForceScheduler.force() answers.
 ForceAnswer = tuple[int, dict[int, int]]

@@ -21,7 +21,8 @@ from buildbot_farm.leases.preemption import PREEMPTED_PROPERTY
 from buildbot_farm.leases.worker_settings import LOST_PROPERTY
 from buildbot_farm.names import ARTIFACTS_PROPERTY
 from buildbot_farm.ondemand.config import OnDemandBuilds
-from buildbot_farm.ondemand.jobs import (
+from buildbot_farm.ondemand.signing import ArtifactSigner
+from buildbot_farm.ondemand.store import (
     ATTEMPT_PROPERTY,
     CHANNEL,
     KEY_PROPERTY,
@@ -29,7 +30,6 @@ from buildbot_farm.ondemand.jobs import (
     Job,
     JobTable,
 )
-from buildbot_farm.ondemand.signing import ArtifactSigner
 from buildbot_farm.secret_values import is_pem
 from buildbot_farm.thread_pool import in_thread
 

@@ -24,7 +24,7 @@ from buildbot_farm.lookup import farm_service
 from buildbot_farm.ondemand import form, params
 from buildbot_farm.ondemand.config import OFF
 from buildbot_farm.ondemand.host import IOnDemandScheduler, OnDemandHost
-from buildbot_farm.ondemand.jobs import ATTEMPT_PROPERTY, KEY_PROPERTY, Job, JobTable, Submission
+from buildbot_farm.ondemand.store import ATTEMPT_PROPERTY, KEY_PROPERTY, Job, JobTable, Submission
 
 _SOURCE = "On-demand build"
 # Buildbot collapses a queued build request into a newer one of the same builder unless

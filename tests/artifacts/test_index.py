@@ -9,7 +9,7 @@ from twisted.internet import defer, task
 
 from buildbot_farm import db
 from buildbot_farm.artifacts import tokens
-from buildbot_farm.artifacts.index import ArtifactIndex, Grant, TokenRefused
+from buildbot_farm.artifacts.store import ArtifactIndex, Grant, TokenRefused
 from tests.artifacts.conftest import StartRepository, basic
 from tests.db.conftest import DbUrlFactory
 

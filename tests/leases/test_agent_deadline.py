@@ -14,7 +14,7 @@ from twisted.internet import defer, reactor, task
 from buildbot_farm.leases.config import FarmCoordinator
 from buildbot_farm.leases.lease import ExpiryPolicy
 from buildbot_farm.leases.reap import ReapError, reap
-from buildbot_farm.leases.table import LeaseTable
+from buildbot_farm.leases.store import LeaseTable
 from tests.leases.conftest import RunningCoordinator, StartCoordinator, plain_http
 
 

@@ -22,7 +22,7 @@ from buildbot_farm.leases.coordinator import Coordinator
 from buildbot_farm.leases.lease import ExpiryPolicy
 from buildbot_farm.leases.pools import BuildletType
 from buildbot_farm.leases.providers import ProcessProvider
-from buildbot_farm.leases.table import LeaseTable
+from buildbot_farm.leases.store import LeaseTable
 from tests.db.conftest import schema_dsn
 from tests.harness.ports import free_port
 from tests.leases.conftest import RunningCoordinator, StartCoordinator, plain_http

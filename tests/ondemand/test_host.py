@@ -13,7 +13,7 @@ from twisted.internet import reactor as real_reactor
 from buildbot_farm import db
 from buildbot_farm.ondemand.config import OnDemandBuilds
 from buildbot_farm.ondemand.host import OnDemandHost, pick_artifact
-from buildbot_farm.ondemand.jobs import Job
+from buildbot_farm.ondemand.store import Job
 from buildbot_farm.testing import FakeFarmContext
 
 KEY = "b" * 64

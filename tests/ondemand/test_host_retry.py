@@ -15,7 +15,7 @@ from buildbot_farm import db
 from buildbot_farm.leases.preemption import PREEMPTED_PROPERTY
 from buildbot_farm.ondemand.config import OnDemandBuilds
 from buildbot_farm.ondemand.host import OnDemandHost
-from buildbot_farm.ondemand.jobs import ATTEMPT_PROPERTY, KEY_PROPERTY
+from buildbot_farm.ondemand.store import ATTEMPT_PROPERTY, KEY_PROPERTY
 from buildbot_farm.testing import FakeFarmContext
 from tests.ondemand.test_host import FakeConsumer, FakeMaster
 

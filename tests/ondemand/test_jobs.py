@@ -6,7 +6,7 @@ import pytest_twisted
 from twisted.internet import defer, reactor, task
 
 from buildbot_farm import db
-from buildbot_farm.ondemand.jobs import CHANNEL, Artifact, JobTable
+from buildbot_farm.ondemand.store import CHANNEL, Artifact, JobTable
 
 KEY = "a" * 64
 ARTIFACT = Artifact("bin/tool/1/tool", "http://farm/bin/tool/1/tool", 5, "f" * 64)

@@ -9,11 +9,11 @@ from twisted.internet.task import Clock
 
 from buildbot_farm import db
 from buildbot_farm.artifacts import paths
-from buildbot_farm.artifacts.index import ArtifactIndex
+from buildbot_farm.artifacts.store import ArtifactIndex
 from buildbot_farm.dashboard._artifacts import live_tokens_section
 from buildbot_farm.dashboard._builds import BuildLinks
 from buildbot_farm.dashboard._jobs import jobs_body
-from buildbot_farm.ondemand.jobs import Artifact, JobTable
+from buildbot_farm.ondemand.store import Artifact, JobTable
 
 KEY = "c0ffee" + "0" * 58
 API = "/plugins/farm/api/"
