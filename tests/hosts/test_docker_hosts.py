@@ -17,6 +17,8 @@ _ADDRESSES = (
 def test_each_host_has_its_engine_its_address_and_the_image(
     docker_hosts: list[DockerTestHost], base_image: str
 ) -> None:
+    """Each test host has an address of its own, its own engine (state under the host's
+    directory) holding the base image, and its host-network containers bind that address."""
     assert len({host.address for host in docker_hosts}) == len(docker_hosts)
     for host in docker_hosts:
         client = host.client()
@@ -36,6 +38,8 @@ def test_each_host_has_its_engine_its_address_and_the_image(
 def test_an_engine_refuses_clients_without_the_harness_certificate(
     docker_hosts: list[DockerTestHost],
 ) -> None:
+    """An engine refuses a client with no TLS and a client with the CA but no client
+    certificate, and still answers the harness's own client afterwards."""
     host = docker_hosts[0]
     with pytest.raises((DockerException, requests.RequestException)):
         docker.DockerClient(base_url=host.url, timeout=5).ping()

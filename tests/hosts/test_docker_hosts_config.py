@@ -19,6 +19,9 @@ def pool(*hosts: Any, provider: str = "docker") -> BuildletPool:
 
 
 def test_hosts_are_checked_each_problem_naming_the_pool_and_host(tmp_path: Path) -> None:
+    """BuildletPool.problems() accepts TLS tcp:// and unix:// hosts and names the pool and
+    host in each problem: tcp:// without TLS, a URL with no scheme, max_count < 1, a missing
+    certificate file, an empty key, repeated host names, hosts= on a non-docker provider."""
     cert = tmp_path / "cert.pem"
     cert.write_text(PEM)
     good = util.DockerTLS(ca=PEM, cert=str(cert), key=str(cert))
@@ -51,6 +54,9 @@ def test_hosts_are_checked_each_problem_naming_the_pool_and_host(tmp_path: Path)
 
 @pytest_twisted.ensureDeferred
 async def test_tls_secrets_render_to_pem_written_for_the_master_only(tmp_path: Path) -> None:
+    """A DockerTLS key given as util.Secret renders to PEM written mode 0600 in a 0700
+    directory; a secret that renders to neither PEM nor a file is a config error naming
+    the pool, host and secret."""
     values = {"h1-key": f"  {PEM}\n", "h2-key": "not a pem"}
 
     async def render(value: Any) -> Any:

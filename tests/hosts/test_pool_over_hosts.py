@@ -137,6 +137,8 @@ async def start_farm(
 async def test_an_unreachable_host_is_marked_down_then_taken_back(
     docker_hosts: list[DockerTestHost], base_image: str, tmp_path: Path
 ) -> None:
+    """A host whose link goes down is marked down with "does not answer" and its lease lost;
+    once its link is up again it is marked up and takes the next buildlet."""
     farm = await start_farm(docker_hosts, base_image, tmp_path)
     try:
         names = [(await farm.alice.create("spread"))["Name"] for _ in docker_hosts]
@@ -159,6 +161,9 @@ async def test_an_unreachable_host_is_marked_down_then_taken_back(
 async def test_buildlets_spread_over_hosts_and_a_dead_host_loses_its_leases(
     docker_hosts: list[DockerTestHost], base_image: str, tmp_path: Path
 ) -> None:
+    """Buildlets go one per host, each agent on its host's address; when h1's engine is
+    killed its lease is lost with the reason and new buildlets go to h2; once h1's engine
+    is back its old container is reaped and it takes buildlets again."""
     farm = await start_farm(docker_hosts, base_image, tmp_path)
     coordinator, alice = farm.coordinator, farm.alice
     (tls_dir,) = (tmp_path / "docker-tls" / "spread").iterdir()
