@@ -40,7 +40,7 @@ from buildbot_farm.names import FARM_SERVICE
 from buildbot_farm.ondemand.api import OnDemandAPI
 from buildbot_farm.ondemand.config import OnDemandBuilds
 from buildbot_farm.ondemand.host import OnDemandHost
-from buildbot_farm.ondemand.params import is_build_key
+from buildbot_farm.ondemand.model import is_build_key
 from buildbot_farm.periodic import PeriodicTask
 from buildbot_farm.records.api import BuildAlias
 from buildbot_farm.records.config import BuildRecords

@@ -27,7 +27,7 @@ from buildbot_farm.leases.agent_client import AgentClient
 from buildbot_farm.leases.api import CoordinatorResource
 from buildbot_farm.leases.client import CoordinatorClient
 from buildbot_farm.leases.coordinator import Coordinator
-from buildbot_farm.leases.lease import ExpiryPolicy
+from buildbot_farm.leases.model import ExpiryPolicy
 from buildbot_farm.leases.pools import BuildletType
 from buildbot_farm.leases.providers import ProcessProvider
 from buildbot_farm.leases.providers.reverse import ReverseProvider

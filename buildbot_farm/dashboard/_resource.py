@@ -33,7 +33,7 @@ from buildbot_farm.dashboard._authz import FARM_ENDPOINT
 from buildbot_farm.dashboard._builds import BuildLinks
 from buildbot_farm.dashboard._forms import FIELD, FormRefused, FormTokens, user_of
 from buildbot_farm.dashboard._jobs import jobs_body
-from buildbot_farm.leases.lease import LeaseState
+from buildbot_farm.leases.model import LeaseState
 from buildbot_farm.leases.pools import CoordinatorError
 from buildbot_farm.leases.providers.docker_hosts import docker_hosts_status
 from buildbot_farm.records.store import Query

@@ -26,7 +26,7 @@ from twisted.web.server import Request
 from buildbot_farm.compat.twisted_web import disconnected
 from buildbot_farm.leases import keys
 from buildbot_farm.leases.coordinator import Coordinator
-from buildbot_farm.leases.lease import Lease
+from buildbot_farm.leases.model import Lease
 from buildbot_farm.leases.pools import (
     CoordinatorError,
     NoSuchBuildlet,

@@ -17,7 +17,7 @@ from buildbot_farm.config_checks import checked_keywords
 from buildbot_farm.config_checks.values import is_positive, is_whole
 from buildbot_farm.leases.agent_client import AgentClient
 from buildbot_farm.leases.docker_hosts import DockerHost, hosts_problems
-from buildbot_farm.leases.lease import TYPE_PATTERN, ExpiryPolicy
+from buildbot_farm.leases.model import TYPE_PATTERN, ExpiryPolicy
 from buildbot_farm.leases.pools import BuildletType
 from buildbot_farm.leases.preemption import preemption_problems
 from buildbot_farm.leases.providers import BuildletProvider, ProcessProvider

@@ -27,7 +27,7 @@ from typing import Callable
 from twisted.internet import defer, task
 from twisted.python import failure, log
 
-from buildbot_farm.leases.lease import Lease, LeaseState, LostLease
+from buildbot_farm.leases.model import Lease, LeaseState, LostLease
 from buildbot_farm.leases.pool_keeper import PoolKeeper
 from buildbot_farm.leases.pools import (
     LOST_KEPT,

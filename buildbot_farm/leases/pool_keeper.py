@@ -19,7 +19,7 @@ from twisted.python import log
 
 from buildbot_farm import db
 from buildbot_farm.leases.agent_client import AgentClient, AgentError
-from buildbot_farm.leases.lease import ExpiryPolicy, Lease
+from buildbot_farm.leases.model import ExpiryPolicy, Lease
 from buildbot_farm.leases.pools import (
     REFILL_DELAY,
     RENEW_EVERY,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Union
 
-from buildbot_farm.leases.lease import Lease, check_type
+from buildbot_farm.leases.model import Lease, check_type
 from buildbot_farm.leases.providers.base import BuildletProvider
 
 WARM_OWNER_PREFIX = "warm"

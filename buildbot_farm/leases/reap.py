@@ -19,7 +19,7 @@ from typing import Any
 
 from buildbot_farm import db
 from buildbot_farm.leases.agent_client import AgentClient, AgentError
-from buildbot_farm.leases.lease import ExpiryPolicy, Lease
+from buildbot_farm.leases.model import ExpiryPolicy, Lease
 from buildbot_farm.leases.providers import DockerProvider, ProcessProvider, ProviderError
 from buildbot_farm.leases.store import LeaseTable, coordinator_names
 from buildbot_farm.web.client import http_client

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from buildbot_farm import db
-from buildbot_farm.leases.lease import ExpiryPolicy, Lease, LeaseState, LostLease, buildlet_name
+from buildbot_farm.leases.model import ExpiryPolicy, Lease, LeaseState, LostLease, buildlet_name
 
 # Announces "a buildlet of coordinator PAYLOAD freed up or became free to lease".
 CHANNEL = "farm_buildlets"

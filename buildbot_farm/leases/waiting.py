@@ -16,7 +16,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall
 from twisted.python import log
 
-from buildbot_farm.leases.lease import Lease
+from buildbot_farm.leases.model import Lease
 
 PlaceCallback = Callable[[int], object]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from buildbot_farm.config_checks import checked_keywords
 from buildbot_farm.ondemand.config import OnDemandBuilds
-from buildbot_farm.ondemand.params import (
+from buildbot_farm.ondemand.model import (
     BadParameters,
     ChoiceParameter,
     ListParameter,
@@ -20,7 +20,7 @@ from buildbot_farm.ondemand.params import (
 )
 
 # The parameters as master.cfg writes them (util.OnDemand*): their unknown keywords are
-# config errors. Checked here, in the Buildbot-facing package, so that params stays pure.
+# config errors. Checked here, in the Buildbot-facing package, so that model.py stays pure.
 checked_keywords("util.OnDemandString")(StringParameter)
 checked_keywords("util.OnDemandChoice")(ChoiceParameter)
 checked_keywords("util.OnDemandList")(ListParameter)

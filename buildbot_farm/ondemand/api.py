@@ -15,7 +15,7 @@ from twisted.web.server import Request
 from buildbot_farm.artifacts import download, paths
 from buildbot_farm.artifacts.steps import NoRepository, find_repository
 from buildbot_farm.artifacts.storage import StorageError
-from buildbot_farm.ondemand import params
+from buildbot_farm.ondemand import model
 from buildbot_farm.ondemand.config import OFF
 from buildbot_farm.ondemand.host import OnDemandHost, UnknownScheduler
 from buildbot_farm.ondemand.store import Job, job_summary
@@ -60,14 +60,14 @@ class OnDemandAPI:
             submission = await scheduler.submit(raw)
         except UnknownScheduler as e:
             raise ApiError(404, str(e)) from e
-        except params.BadParameters as e:
+        except model.BadParameters as e:
             raise ApiError(400, "bad parameters; fix each one named in 'fields'",
                            e.problems) from e
         return submission.job
 
     async def _job(self, key: str) -> Job:
         jobs = self.host.jobs
-        job = None if jobs is None or not params.is_build_key(key) else await jobs.get(key)
+        job = None if jobs is None or not model.is_build_key(key) else await jobs.get(key)
         if job is None:
             raise ApiError(404, f"no on-demand job has key {key!r}")
         return job

@@ -1,6 +1,6 @@
 """``schedulers.OnDemandScheduler``: a force form in the web UI that also serves the API.
 
-Both ways in normalise the parameters the same way (:mod:`.params`) and go through the
+Both ways in normalise the parameters the same way (:mod:`.model`) and go through the
 farm's job table, so one request gives one key and at most one build at a time.
 """
 
@@ -21,7 +21,7 @@ from buildbot_farm.artifacts import paths
 from buildbot_farm.artifacts.steps import NoRepository, find_repository
 from buildbot_farm.config_checks import Configuration, check_config_arguments, checked_keywords
 from buildbot_farm.lookup import farm_service
-from buildbot_farm.ondemand import form, params
+from buildbot_farm.ondemand import form, model
 from buildbot_farm.ondemand.config import OFF
 from buildbot_farm.ondemand.host import IOnDemandScheduler, OnDemandHost
 from buildbot_farm.ondemand.store import ATTEMPT_PROPERTY, KEY_PROPERTY, Job, JobTable, Submission
@@ -37,15 +37,15 @@ _FORM_SOURCE = "Force Build Form"
 BUILDSET_WAIT = 10.0
 
 
-def form_field(parameter: params.Parameter) -> forcesched.BaseParameter:
+def form_field(parameter: model.Parameter) -> forcesched.BaseParameter:
     """The force-form field that shows ``parameter`` in the web UI."""
     label = parameter.label or parameter.name
-    if isinstance(parameter, params.ChoiceParameter):
+    if isinstance(parameter, model.ChoiceParameter):
         return forcesched.ChoiceStringParameter(
             name=parameter.name, label=label, choices=list(parameter.choices),
             default=parameter.default or parameter.choices[0],
         )
-    if isinstance(parameter, params.ListParameter):
+    if isinstance(parameter, model.ListParameter):
         return forcesched.StringParameter(
             name=parameter.name, label=label, default=parameter.separator.join(parameter.default)
         )
@@ -88,14 +88,14 @@ def _configuration_problems(configuration: Configuration) -> Iterator[str]:
 class OnDemandScheduler(forcesched.ForceScheduler):
     """Builds ``builder`` once per distinct set of ``parameters`` values.
 
-    ``parameters`` are :class:`~buildbot_farm.ondemand.params.Parameter` objects; their
+    ``parameters`` are :class:`~buildbot_farm.ondemand.model.Parameter` objects; their
     values become build properties, plus ``farm_build_key`` and ``farm_attempt``. The build
     must publish its result with ``steps.ArtifactUpload``; the first file whose path
     matches the glob ``artifact`` is the job's artifact.
     """
 
     def __init__(
-        self, name: str, builder: str, parameters: Sequence[params.Parameter] = (),
+        self, name: str, builder: str, parameters: Sequence[model.Parameter] = (),
         artifact: str = "*", **kwargs: Any,
     ) -> None:
         self.parameters = tuple(parameters)
@@ -120,8 +120,8 @@ class OnDemandScheduler(forcesched.ForceScheduler):
 
     def normalise(self, raw: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
         """The build key and canonical values of ``raw``; BadParameters naming each bad one."""
-        values = params.normalise(self.parameters, raw)
-        return params.build_key(self.name, values), values
+        values = model.normalise(self.parameters, raw)
+        return model.build_key(self.name, values), values
 
     async def submit(
         self, raw: Mapping[str, Any], requested: form.FormRequest | None = None
@@ -132,12 +132,12 @@ class OnDemandScheduler(forcesched.ForceScheduler):
         """
         key, values = self.normalise(raw)
         _, jobs = find_host(self.master)
-        submission: Submission = await jobs.submit(key, self.name, params.canonical_json(values))
+        submission: Submission = await jobs.submit(key, self.name, model.canonical_json(values))
         artifact = submission.job.artifact
         if artifact is not None and not await self._still_stored(artifact.path):
             await jobs.expire(key, submission.job.attempt,
                               f"its artifact {artifact.path} was removed; rebuilt")
-            submission = await jobs.submit(key, self.name, params.canonical_json(values))
+            submission = await jobs.submit(key, self.name, model.canonical_json(values))
         if submission.needs_build:
             await self.start_attempt(submission.job, requested)
         return submission
@@ -193,7 +193,7 @@ class OnDemandScheduler(forcesched.ForceScheduler):
         raw = form.build_arguments((p.name for p in self.parameters), kwargs)
         try:
             submission = await self.submit(raw, requested)
-        except params.BadParameters as e:
+        except model.BadParameters as e:
             raise forcesched.CollectedValidationError(e.problems) from e
         return await self._answer(submission.job)
 
@@ -261,6 +261,6 @@ class OnDemandScheduler(forcesched.ForceScheduler):
 
 
 def _declaration_problems(parameter: Any) -> list[str]:
-    if not isinstance(parameter, params.Parameter):
+    if not isinstance(parameter, model.Parameter):
         return [f"parameters must be util.OnDemand*Parameter objects, not {parameter!r}"]
     return parameter.problems()

@@ -8,7 +8,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor, task
 
-from buildbot_farm.leases.lease import LeaseState
+from buildbot_farm.leases.model import LeaseState
 from buildbot_farm.leases.preemption import SignalPreemption, preemption_notice
 from buildbot_farm.leases.providers.docker import BUILDLET_LABEL
 from tests.harness.docker_hosts import DockerTestHost

@@ -10,7 +10,7 @@ import pytest_twisted
 from twisted.internet import reactor
 
 from buildbot_farm import db
-from buildbot_farm.leases.lease import ExpiryPolicy
+from buildbot_farm.leases.model import ExpiryPolicy
 from buildbot_farm.testing import LocalCoordinator, local_coordinator
 from buildbot_farm.web.client import http_client
 

@@ -12,7 +12,7 @@ import pytest_twisted
 from twisted.internet import defer, reactor, task
 
 from buildbot_farm.leases.config import FarmCoordinator
-from buildbot_farm.leases.lease import ExpiryPolicy
+from buildbot_farm.leases.model import ExpiryPolicy
 from buildbot_farm.leases.reap import ReapError, reap
 from buildbot_farm.leases.store import LeaseTable
 from tests.leases.conftest import RunningCoordinator, StartCoordinator, plain_http

@@ -16,7 +16,7 @@ from twisted.internet import reactor, task
 from buildbot_farm.leases import keys
 from buildbot_farm.leases.agent_client import AgentClient, AgentError
 from buildbot_farm.leases.client import CoordinatorClient, CoordinatorRequestError
-from buildbot_farm.leases.lease import ExpiryPolicy
+from buildbot_farm.leases.model import ExpiryPolicy
 from buildbot_farm.leases.pools import NoSuchBuildlet
 from tests.leases.conftest import SECRET, StartCoordinator, plain_http
 

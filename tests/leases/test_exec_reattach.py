@@ -15,7 +15,7 @@ from twisted.web.client import ResponseFailed
 
 from buildbot_farm.leases import keys
 from buildbot_farm.leases.client import CoordinatorClient
-from buildbot_farm.leases.lease import ExpiryPolicy
+from buildbot_farm.leases.model import ExpiryPolicy
 from tests.harness.relay import CuttableRelay
 from tests.leases.conftest import SECRET, RunningCoordinator, StartCoordinator, plain_http
 from tests.leases.test_lease_cli import SCRIPT, _Capture, clean_environment

@@ -12,7 +12,7 @@ from twisted.internet import reactor, task
 
 from buildbot_farm.leases import keys
 from buildbot_farm.leases.client import CoordinatorRequestError
-from buildbot_farm.leases.lease import LeaseState
+from buildbot_farm.leases.model import LeaseState
 from buildbot_farm.leases.pools import CoordinatorError
 from tests.leases.conftest import SECRET, StartCoordinator
 

@@ -19,7 +19,7 @@ from buildbot_farm import db
 from buildbot_farm.leases.agent_client import AgentClient
 from buildbot_farm.leases.client import CoordinatorClient, CoordinatorRequestError
 from buildbot_farm.leases.coordinator import Coordinator
-from buildbot_farm.leases.lease import ExpiryPolicy
+from buildbot_farm.leases.model import ExpiryPolicy
 from buildbot_farm.leases.pools import BuildletType
 from buildbot_farm.leases.providers import ProcessProvider
 from buildbot_farm.leases.store import LeaseTable
