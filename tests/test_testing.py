@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -15,7 +16,15 @@ from twisted.trial import unittest
 
 from buildbot_farm.artifacts.config import ArtifactRepository
 from buildbot_farm.artifacts.host import JANITOR, MOUNT, ArtifactsHost
-from buildbot_farm.testing import FakeFarmContext, local_coordinator, memory_database
+from buildbot_farm.leases.client import CoordinatorRequestError
+from buildbot_farm.leases.model import ExpiryPolicy
+from buildbot_farm.testing import (
+    FAKE_COORDINATOR_URL,
+    FakeFarmContext,
+    fake_coordinator,
+    local_coordinator,
+    memory_database,
+)
 
 
 class MemoryDatabaseTests(TestReactorMixin, unittest.TestCase):
@@ -60,6 +69,53 @@ class FakeFarmContextTests(TestReactorMixin, unittest.TestCase):
         await host.stop()
         assert farm.web_root.index("/plugins/farm/") == []
         assert farm.periodic == {}
+
+
+class FakeCoordinatorTests(TestReactorMixin, unittest.TestCase):
+    async def test_fake_coordinator_leases_lists_and_destroys_through_stub_treq(self) -> None:
+        """fake_coordinator() answers the buildlet protocol through StubTreq with no socket,
+        process or thread: a create leases a fake buildlet (its agent told its deadline), the
+        list shows it to its lessee only, a full pool is a 503, and /halt destroys it."""
+        self.setup_test_reactor()
+        farm = await fake_coordinator(self.reactor, max_count=1,
+                                      policy=ExpiryPolicy(idle_timeout=60))
+        self.addCleanup(farm.stop)
+        bob = farm.client("user-bob")
+        name = (await bob.create("local"))["Name"]
+        assert farm.provider.live == [name]
+        assert farm.provider.deadlines == {name: 60 + farm.coordinator.agent_grace}
+        assert [b["Name"] for b in await bob.buildlets()] == [name]
+        assert await farm.client("user-carol").buildlets() == []
+        with pytest.raises(CoordinatorRequestError) as full:
+            await farm.client("user-carol").create("local")
+        assert full.value.status == 503
+
+        # The routes as any HTTP client sends them (here treq's own StubTreq).
+        listed = await farm.http.get(f"{FAKE_COORDINATOR_URL}/buildlet/list",
+                                     auth=("user-bob", farm.key("user-bob")))
+        assert [b["Name"] for b in json.loads(await listed.content())] == [name]
+        refused = await farm.http.get(f"{FAKE_COORDINATOR_URL}/buildlet/list",
+                                      auth=("user-bob", "0" * 64))
+        assert refused.code == 401
+
+        await bob.destroy(name)
+        assert await bob.buildlets() == []
+        assert farm.provider.live == []
+        # Room again: the next create gets a new buildlet.
+        again = (await bob.create("local"))["Name"]
+        assert again != name
+        assert farm.provider.live == [again]
+
+    async def test_an_expired_fake_lease_is_swept(self) -> None:
+        """The fake coordinator's leases expire on the test reactor's clock like real ones."""
+        self.setup_test_reactor()
+        farm = await fake_coordinator(self.reactor, policy=ExpiryPolicy(idle_timeout=60))
+        self.addCleanup(farm.stop)
+        name = (await farm.client().create("local"))["Name"]
+        self.reactor.advance(61)
+        assert await farm.coordinator.sweep() == [name]
+        assert farm.provider.live == []
+        assert await farm.client().buildlets() == []
 
 
 @pytest_twisted.ensureDeferred
