@@ -323,10 +323,22 @@ def child() -> None:
 
 
 def main() -> None:
-    """Measure in a child process (its own reactor) and print its table."""
+    """Measure in a child process (its own reactor) and print its table.
+
+    The engine is the one that answers on Docker's default socket, or a ``dockerd`` started
+    here for the run and stopped after it (as the tests' harness does).
+    """
+    from tests.harness.docker_engine import DockerEngine
+
     root = Path(__file__).resolve().parent.parent
-    done = subprocess.run([sys.executable, "-m", "benchmarks.bench_containers"], cwd=root,
-                          check=False)
+    engine = DockerEngine()
+    engine.ensure()
+    try:
+        done = subprocess.run([sys.executable, "-m", "benchmarks.bench_containers"], cwd=root,
+                              env={**os.environ, "DOCKER_HOST": f"unix://{engine.socket_path}"},
+                              check=False)
+    finally:
+        engine.stop()
     if done.returncode != 0:
         raise RuntimeError(f"the container benchmark failed (exit {done.returncode})")
 
