@@ -8,13 +8,23 @@ with it) on a duplicate of the client's socket, waiting with ``poll`` when the s
 full; while it runs the reactor does not read the connection (the caller stops reading it),
 so nothing else uses the socket. A client that stops reading for :data:`STALL_SECONDS`
 is given up on.
+
+The socket is corked (``TCP_CORK``, what nginx's ``tcp_nopush`` sets) while the file goes
+out, so the kernel sends full segments only, and uncorked after the last byte, which
+flushes the tail. The status line and headers have gone before, uncorked, so the time to
+first byte does not change. Uncorked, a 256 MiB download on loopback took 1.3-1.4 times
+as long (medians of 24 alternating rounds: 0.135-0.140 s against 0.101-0.105 s corked
+and 0.102-0.104 s for nginx with Debian's settings).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import select
+import socket
+from collections.abc import Iterator
 from typing import Any
 
 from twisted.internet import defer
@@ -22,6 +32,8 @@ from twisted.internet import defer
 from buildbot_farm.thread_pool import in_own_thread
 
 AVAILABLE = hasattr(os, "sendfile")
+# Linux's name; elsewhere the file goes out uncorked.
+_CORK: int | None = getattr(socket, "TCP_CORK", None)
 STALL_SECONDS = 300.0
 _CLIENT_GONE = {errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN}
 
@@ -52,17 +64,40 @@ def send_exactly(source: int, target: int, offset: int, length: int) -> None:
         length -= sent
 
 
+@contextlib.contextmanager
+def corked(target: socket.socket) -> Iterator[None]:
+    """Hold partial TCP segments of ``target`` back until the end of the block, then send
+    them. A socket that cannot be corked (the client is gone) is used as it is: the
+    send itself then says what went wrong."""
+    if _CORK is None:
+        yield
+        return
+    with contextlib.suppress(OSError):
+        target.setsockopt(socket.IPPROTO_TCP, _CORK, 1)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            target.setsockopt(socket.IPPROTO_TCP, _CORK, 0)
+
+
+def send_corked(source: int, target: socket.socket, offset: int, length: int) -> None:
+    """:func:`send_exactly` with ``target`` :func:`corked` meanwhile."""
+    with corked(target):
+        send_exactly(source, target.fileno(), offset, length)
+
+
 def send_in_thread(
     reactor: Any, source: int, socket_fd: int, offset: int, length: int
 ) -> defer.Deferred[None]:
-    """Run :func:`send_exactly` on a duplicate of ``socket_fd`` in a thread of its own;
+    """Run :func:`send_corked` on a duplicate of ``socket_fd`` in a thread of its own;
     its outcome arrives on the reactor. The duplicate is closed when done."""
-    target = os.dup(socket_fd)
+    target = socket.socket(fileno=os.dup(socket_fd))
 
     def send() -> None:
         try:
-            send_exactly(source, target, offset, length)
+            send_corked(source, target, offset, length)
         finally:
-            os.close(target)
+            target.close()
 
     return in_own_thread(reactor, "farm-artifact-sendfile", send)

