@@ -10,6 +10,8 @@ LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 
 def heading_anchors(markdown: str) -> set[str]:
+    """The anchors of the Markdown headings in ``markdown``: lower case, only letters, digits,
+    space, _ and - kept, spaces made hyphens."""
     anchors = set()
     for line in markdown.splitlines():
         if line.startswith("#"):

@@ -20,7 +20,12 @@ from buildbot_farm.service import FarmService
 
 
 class FarmServiceLookupTests(TestReactorMixin, unittest.TestCase):
+    """farm_service() on masters with and without a FarmService, and FarmService against
+    IFarmService."""
+
     async def master(self) -> fakemaster.FakeMaster:
+        """Buildbot's fake master on the test reactor in a temporary basedir, holding its services
+        itself as a real master's service manager does."""
         self.setup_test_reactor()
         basedir = tempfile.mkdtemp(prefix="farm-lookup-")
         self.addCleanup(shutil.rmtree, basedir, True)

@@ -23,6 +23,8 @@ pytestmark = pytest.mark.master
 
 
 def run_demo(basedir: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run ``buildbot-farm demo --once`` in ``basedir`` on free ports, ``env`` added to the
+    environment; the finished process."""
     environment = {
         **os.environ,
         "FARM_WEB_PORT": str(free_port()),

@@ -10,6 +10,8 @@ from buildbot_farm.testing import memory_database
 
 
 class MasterTableTests(TestReactorMixin, unittest.TestCase):
+    """MasterTable on memory_database: what heartbeats record and what forget removes."""
+
     async def test_heartbeats_keep_the_start_and_forget_removes_one_master(self) -> None:
         """A heartbeat adds a master once, later ones move only its heartbeat and version;
         forget removes that master alone."""

@@ -94,6 +94,8 @@ def new_farm(base: Path, config: str, **env: str) -> LocalFarm:
 
 @pytest.fixture(scope="module")
 def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFarm]:
+    """The module's running master of MASTER_CFG, with the coordinator secret, the remote user's
+    key and the signing keys written to its secrets directory before it is created."""
     local = new_farm(tmp_path_factory.mktemp("secrets"), MASTER_CFG)
     coordinator_secret = secrets.token_hex(32)
     fill_secrets(local.secrets_dir, (
@@ -109,6 +111,7 @@ def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFarm]:
 
 
 def secret(farm: LocalFarm, name: str) -> str:
+    """The value of secret ``name`` in the farm's secrets directory."""
     return (farm.secrets_dir / name).read_text().strip()
 
 

@@ -25,6 +25,9 @@ from buildbot_farm.service import FarmService
 
 
 class FarmServiceConfigTests(ConfigErrorsMixin, unittest.TestCase):
+    """FarmService's arguments at config time: the defaults are valid, and each bad argument is a
+    config error naming it."""
+
     def test_defaults_are_valid(self) -> None:
         """FarmService() with no arguments is a valid configuration (SQLite in the basedir)."""
         service = FarmService()
@@ -54,7 +57,12 @@ class FarmServiceConfigTests(ConfigErrorsMixin, unittest.TestCase):
 
 
 class FarmServiceTests(TestReactorMixin, unittest.TestCase):
+    """FarmService started under Buildbot's fake master: migration, heartbeats, a clean stop, and
+    its status and index pages."""
+
     async def start(self, with_data: bool = False, **kwargs: Any) -> tuple[Any, FarmService]:
+        """A FarmService of ``kwargs`` started under a fake master (with its mq, data and db when
+        ``with_data``); the master and the service."""
         self.setup_test_reactor()
         basedir = tempfile.mkdtemp(prefix="farm-master-")
         self.addCleanup(shutil.rmtree, basedir, True)

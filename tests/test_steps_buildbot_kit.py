@@ -37,7 +37,11 @@ BLOCKSIZE = 256 * 1024
 
 
 class StepKitTests(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
+    """The farm's steps under TestBuildStepMixin: the worker is Buildbot's fake, the FarmService and
+    repository are real."""
+
     async def setUp(self) -> None:
+        """Set up the test reactor and Buildbot's step harness, its fake master with an mq."""
         self.setup_test_reactor()
         await self.setup_test_build_step(want_mq=True)
 

@@ -28,6 +28,8 @@ from buildbot_farm.testing import (
 
 
 class MemoryDatabaseTests(TestReactorMixin, unittest.TestCase):
+    """testing.memory_database() under Buildbot's test reactor."""
+
     async def test_memory_database_is_migrated_and_works_without_threads(self) -> None:
         """memory_database() gives a migrated database usable under Buildbot's test reactor."""
         self.setup_test_reactor()
@@ -41,6 +43,8 @@ class MemoryDatabaseTests(TestReactorMixin, unittest.TestCase):
 
 
 class FakeFarmContextTests(TestReactorMixin, unittest.TestCase):
+    """testing.FakeFarmContext as the farm a capability host runs on."""
+
     async def test_a_capability_host_runs_on_the_fake_context(self) -> None:
         """A capability's host handed a FakeFarmContext mounts its API on the context's web
         root and adds its janitor, which the test runs; stopping takes both away."""
@@ -72,6 +76,9 @@ class FakeFarmContextTests(TestReactorMixin, unittest.TestCase):
 
 
 class FakeCoordinatorTests(TestReactorMixin, unittest.TestCase):
+    """testing.fake_coordinator(): the buildlet protocol through StubTreq, and leases expiring on
+    the test reactor's clock."""
+
     async def test_fake_coordinator_leases_lists_and_destroys_through_stub_treq(self) -> None:
         """fake_coordinator() answers the buildlet protocol through StubTreq with no socket,
         process or thread: a create leases a fake buildlet (its agent told its deadline), the

@@ -15,6 +15,9 @@ from buildbot_farm.containers._spec import SPEC_ARGUMENTS, TaskSpec
 
 
 class ContainerTaskConfigTests(ConfigErrorsMixin, unittest.TestCase):
+    """ContainerTask's arguments at config time: what is accepted, and the config error each mistake
+    raises."""
+
     def test_a_complete_task_is_valid(self) -> None:
         """The issue's example configuration is accepted as written."""
         ContainerTask(

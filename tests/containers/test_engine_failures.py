@@ -21,6 +21,8 @@ pytestmark = pytest.mark.docker
 
 
 def busybox_task(engine: Engine, image: str, master: str, command: list[str]) -> TaskRun:
+    """A TaskRun of ``command`` in ``image`` on ``engine``: no inputs, labelled as build 1, step 1
+    of ``master``, at most 64 pids."""
     inputs = InputMap.parse({}, "/work")
     config = ContainerConfig(
         TaskRun.unique_name("test"), image, command, {}, "/work",

@@ -46,6 +46,8 @@ def make_tar(
 
 
 def events_of(data: bytes, size: int) -> list[tuple[str, str, bytes]]:
+    """Each member TarReader finds in ``data`` fed ``size`` bytes at a time: its name, kind and
+    body."""
     reader = tar_stream.TarReader()
     seen: list[tuple[str, str, bytes]] = []
     body = b""
@@ -133,6 +135,8 @@ def test_outputs_file_lines_and_delimited_values() -> None:
 
 
 def pack(changes: list[tuple[str, int]], stream: bytes, record: InputRecord | None = None) -> dict:
+    """The manifest of collecting ``changes`` under /work/src with ``record``, each root read from
+    the tar stream ``stream``; the archive's bytes are under ``archive``."""
     inputs = InputMap.parse({"src": "/work/src"}, "/work")
     record = record or InputRecord()
     plan = plan_collection(changes, record, inputs, OutputFilter(None, inputs))

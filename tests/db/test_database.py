@@ -11,6 +11,7 @@ from tests.db.conftest import DbUrlFactory
 
 
 async def make_table(database: db.Database) -> None:
+    """Create the table ``things`` (an integer id, a unique name) that the tests fill."""
     await database.execute(
         "CREATE TABLE things (id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL)"
     )

@@ -17,6 +17,7 @@ pytestmark = pytest.mark.postgres
 
 
 async def sleep(seconds: float) -> None:
+    """Wait ``seconds`` on the reactor without blocking it."""
     await task.deferLater(reactor, seconds, lambda: None)
 
 

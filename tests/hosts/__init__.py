@@ -1,0 +1,2 @@
+"""Tests of docker pools and ContainerTask over several Docker hosts, on test hosts in network
+namespaces."""

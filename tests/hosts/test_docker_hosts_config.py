@@ -15,6 +15,8 @@ PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----"
 
 
 def pool(*hosts: Any, provider: str = "docker") -> BuildletPool:
+    """A BuildletPool ``spread`` of image farm-test-base over ``hosts``, with the docker provider
+    unless ``provider`` says otherwise."""
     return BuildletPool("spread", provider=provider, image="farm-test-base", hosts=hosts)
 
 

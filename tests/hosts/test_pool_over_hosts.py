@@ -100,6 +100,8 @@ class Farm:
                                 **self.pool_settings)
 
     async def stop(self) -> None:
+        """Stop listening, halt every lease, remove the provider's remaining containers and close
+        the database."""
         await self.port.stopListening()
         await self.coordinator.halt_all()
         await self.provider.reap(set())

@@ -19,11 +19,14 @@ from tests.leases.conftest import RunningCoordinator, StartCoordinator, plain_ht
 
 
 def agent_pids(running: RunningCoordinator) -> dict[str, int]:
+    """The pid of each buildlet's agent by buildlet name, read from the pid files under the
+    provider's root."""
     root = running.provider.root
     return {home.name: int((home / "pid").read_text()) for home in sorted(root.iterdir())}
 
 
 def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie, as /proc/PID/stat says."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -32,6 +35,7 @@ def alive(pid: int) -> bool:
 
 
 async def sleep(seconds: float) -> None:
+    """Wait ``seconds`` on the reactor without blocking it."""
     await task.deferLater(reactor, seconds, lambda: None)
 
 

@@ -22,6 +22,7 @@ from tests.leases.conftest import SECRET, StartCoordinator, plain_http
 
 
 async def run(client: CoordinatorClient, name: str, *command: str) -> tuple[int | None, bytes]:
+    """Run ``command`` on buildlet ``name`` through ``client``; its exit code and all its output."""
     output: list[bytes] = []
     status = await client.exec(name, command[0], command[1:], on_output=output.append)
     return status.exit_code, b"".join(output)

@@ -43,6 +43,7 @@ class DockerCoordinator:
     port: Any
 
     def client(self, user: str = "user-alice") -> CoordinatorClient:
+        """A client of this coordinator acting as ``user``, with that user's key."""
         return CoordinatorClient(self.url, user, keys.user_key(SECRET, user), plain_http())
 
     async def handle(self, name: str) -> str:
@@ -65,6 +66,7 @@ def instance(docker_client: docker.DockerClient) -> Iterator[str]:
 
 
 def labelled(client: docker.DockerClient, instance: str) -> list[Any]:
+    """Every container, running or not, that carries the label of farm instance ``instance``."""
     return list(client.containers.list(all=True, filters={"label": f"{INSTANCE_LABEL}={instance}"}))
 
 
@@ -110,6 +112,7 @@ async def start_docker_coordinator(
 
 
 async def run(client: CoordinatorClient, name: str, *command: str) -> tuple[int | None, bytes]:
+    """Run ``command`` on buildlet ``name`` through ``client``; its exit code and all its output."""
     output: list[bytes] = []
     status = await client.exec(name, command[0], command[1:], on_output=output.append)
     return status.exit_code, b"".join(output)

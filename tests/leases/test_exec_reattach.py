@@ -26,6 +26,7 @@ COUNTED = b"".join(b"line %d\n" % i for i in range(1, LINES + 1))
 
 
 async def sleep(seconds: float) -> None:
+    """Wait ``seconds`` on the reactor without blocking it."""
     await task.deferLater(reactor, seconds, lambda: None)
 
 
@@ -38,6 +39,7 @@ async def until(condition: object, timeout: float = 10.0) -> None:
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -56,12 +58,15 @@ async def relays(start_coordinator: StartCoordinator) -> AsyncIterator[list[Cutt
 
 
 def relay_to(running: RunningCoordinator, opened: list[CuttableRelay]) -> CuttableRelay:
+    """A relay to the coordinator's port, added to ``opened`` for the fixture to stop."""
     relay = CuttableRelay(reactor, "127.0.0.1", running.port.getHost().port)
     opened.append(relay)
     return relay
 
 
 def client_via(relay: CuttableRelay, reattach: bool = True) -> CoordinatorClient:
+    """A client acting as user-alice through ``relay``; it re-attaches cut execs unless ``reattach``
+    is False."""
     user = "user-alice"
     return CoordinatorClient(relay.url(), user, keys.user_key(SECRET, user), plain_http(),
                              clock=reactor if reattach else None)

@@ -159,16 +159,21 @@ class DirEntry:
     line: str
 
     def name(self) -> str:
+        """The entry's path (a directory's ends in /): the second tab-separated field, or empty."""
         f = self.line.split("\t")
         return f[1] if len(f) >= 2 else ""
 
     def perm(self) -> str:
+        """The mode string before the first tab, or empty when the line has no tab."""
         return self.line.split("\t", 1)[0] if "\t" in self.line else ""
 
     def is_dir(self) -> bool:
+        """Whether the line (its mode string) starts with ``d``."""
         return self.line[:1] == "d"
 
     def digest(self) -> str:
+        """The fifth tab-separated field (a file's SHA-1 when /ls was asked for digests), or
+        empty."""
         f = self.line.split("\t")
         return f[4] if len(f) >= 5 else ""
 

@@ -52,6 +52,8 @@ c["schedulers"] = [schedulers.ForceScheduler(name="force", builderNames=["slow",
 
 @pytest.fixture
 def farm(tmp_path: Path) -> Any:
+    """A running master of MASTER_CFG on free ports (builder slow on leased buildlets, unreachable
+    behind a dead coordinator), stopped afterwards."""
     config = tmp_path / "master.cfg"
     config.write_text(MASTER_CFG.format(
         preamble=LOOPBACK_MASTER, secret=SECRET, dead_port=free_port()
@@ -68,6 +70,7 @@ def farm(tmp_path: Path) -> Any:
 
 
 def force(farm: LocalFarm, builder: str) -> int:
+    """Force a build of ``builder``; the id of its build request."""
     answer = farm.api(
         "forceschedulers/force",
         {"jsonrpc": "2.0", "id": 1, "method": "force", "params": {"builderNames": [builder]}},
@@ -76,6 +79,8 @@ def force(farm: LocalFarm, builder: str) -> int:
 
 
 def wait_for(predicate: Any, within: float, what: str) -> Any:
+    """Poll ``predicate`` every 0.3 s and return its first true value; fail naming ``what`` after
+    ``within`` seconds."""
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         value = predicate()
@@ -86,6 +91,7 @@ def wait_for(predicate: Any, within: float, what: str) -> Any:
 
 
 def coordinator(farm: LocalFarm, method: str, path: str, headers: dict[str, str]) -> Any:
+    """One request to the master's coordinator as user-buildbot; its decoded JSON answer."""
     key = keys.user_key(SECRET.encode(), "user-buildbot")
     request = urllib.request.Request(
         f"{farm.web_url}plugins/farm/coordinator{path}", method=method, headers=headers

@@ -46,6 +46,8 @@ c["schedulers"] = [schedulers.ForceScheduler(
 
 @pytest.fixture
 def farm(tmp_path: Path) -> Any:
+    """A running master of MASTER_CFG on free ports (builders one and two on latent workers sharing
+    a pool of one buildlet), stopped afterwards."""
     config = tmp_path / "master.cfg"
     config.write_text(MASTER_CFG.format(preamble=LOOPBACK_MASTER))
     local = LocalFarm(

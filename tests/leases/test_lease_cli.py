@@ -36,6 +36,7 @@ class Outcome:
 
     @property
     def text(self) -> str:
+        """The standard output decoded as text."""
         return self.out.decode()
 
 
@@ -92,6 +93,8 @@ class Farm:
     cwd: Path
 
     async def lease(self) -> str:
+        """Lease a local buildlet with ``lease create local`` and return its name; fail if the
+        command does."""
         created = await self.cli("lease", "create", "local")
         assert created.code == 0, created.err
         return created.text.strip()

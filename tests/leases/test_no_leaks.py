@@ -49,6 +49,8 @@ c["schedulers"] = [schedulers.ForceScheduler(name="force", builderNames=["slow"]
 
 def write_config(path: Path, on_stop: str = "keep", idle_timeout: float = 600,
                  keepalive: float = 1) -> None:
+    """Write MASTER_CFG to ``path`` with the coordinator's ``on_stop`` and ``idle_timeout`` and the
+    latent worker's ``keepalive`` interval."""
     path.write_text(MASTER_CFG.format(
         preamble=LOOPBACK_MASTER, secret=SECRET, on_stop=on_stop, idle_timeout=idle_timeout,
         keepalive=keepalive,
@@ -56,6 +58,8 @@ def write_config(path: Path, on_stop: str = "keep", idle_timeout: float = 600,
 
 
 def start_farm(tmp_path: Path, **settings: Any) -> LocalFarm:
+    """Create and start a master of MASTER_CFG under ``tmp_path`` on free ports; ``settings`` go to
+    :func:`write_config`."""
     config = tmp_path / "master.cfg"
     write_config(config, **settings)
     local = LocalFarm(
@@ -70,12 +74,15 @@ def start_farm(tmp_path: Path, **settings: Any) -> LocalFarm:
 
 @pytest.fixture
 def farm(tmp_path: Path) -> Any:
+    """A running master with :func:`start_farm`'s default settings, stopped afterwards."""
     local = start_farm(tmp_path)
     yield local
     local.stop()
 
 
 def wait_for(predicate: Any, within: float, what: str) -> Any:
+    """Poll ``predicate`` every 0.3 s and return its first true value; fail naming ``what`` after
+    ``within`` seconds."""
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         value = predicate()
@@ -86,6 +93,7 @@ def wait_for(predicate: Any, within: float, what: str) -> Any:
 
 
 def force(farm: LocalFarm) -> int:
+    """Force a build of builder slow; the id of its build request."""
     answer = farm.api(
         "forceschedulers/force",
         {"jsonrpc": "2.0", "id": 1, "method": "force", "params": {"builderNames": ["slow"]}},
@@ -94,10 +102,12 @@ def force(farm: LocalFarm) -> int:
 
 
 def builds_of(farm: LocalFarm, request_id: int) -> list[dict[str, Any]]:
+    """The builds of build request ``request_id`` so far."""
     return list(farm.api(f"buildrequests/{request_id}/builds")["builds"])
 
 
 def wait_for_step(farm: LocalFarm, request_id: int) -> None:
+    """Wait until the latest build of ``request_id`` has started its slow step (on a buildlet)."""
     def running_step() -> bool:
         builds = builds_of(farm, request_id)
         if not builds:
@@ -109,6 +119,7 @@ def wait_for_step(farm: LocalFarm, request_id: int) -> None:
 
 
 def wait_for_success(farm: LocalFarm, request_id: int) -> list[dict[str, Any]]:
+    """Wait until the latest build of ``request_id`` has ended green; all that request's builds."""
     def done() -> Any:
         builds = builds_of(farm, request_id)
         return builds if builds and builds[-1]["complete"] and builds[-1]["results"] == 0 else None
@@ -118,6 +129,8 @@ def wait_for_success(farm: LocalFarm, request_id: int) -> list[dict[str, Any]]:
 
 def coordinator(farm: LocalFarm, method: str, path: str, headers: dict[str, str] | None = None,
                 form: dict[str, str] | None = None) -> Any:
+    """One request to the master's coordinator as user-buildbot, ``form`` sent urlencoded when
+    given; its decoded JSON answer."""
     key = keys.user_key(SECRET.encode(), "user-buildbot")
     request = urllib.request.Request(
         f"{farm.web_url}plugins/farm/coordinator{path}", method=method, headers=headers or {},
@@ -131,16 +144,20 @@ def coordinator(farm: LocalFarm, method: str, path: str, headers: dict[str, str]
 
 
 def buildlet_dirs(farm: LocalFarm) -> list[Path]:
+    """The home directories of the master's local buildlets, sorted; none when the root is
+    missing."""
     root = default_root(farm.master_dir, "local")
     return sorted(root.iterdir()) if root.is_dir() else []
 
 
 def agent_pids(farm: LocalFarm) -> list[int]:
+    """The agent pids of those local buildlets that have a pid file."""
     return [int((home / "pid").read_text()) for home in buildlet_dirs(farm)
             if (home / "pid").exists()]
 
 
 def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie, as /proc/PID/stat says."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -149,12 +166,14 @@ def alive(pid: int) -> bool:
 
 
 def no_frame_errors(farm: LocalFarm) -> None:
+    """Assert the master's log has no FrameError and no 'output stream ended'."""
     text = farm.master_log.read_text(errors="replace")
     assert "FrameError" not in text
     assert "output stream ended" not in text
 
 
 def held(farm: LocalFarm) -> list[str]:
+    """The names of the buildlets user-buildbot holds, as the coordinator's list shows them."""
     return [lease["Name"] for lease in coordinator(farm, "GET", "/buildlet/list")]
 
 

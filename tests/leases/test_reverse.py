@@ -20,6 +20,7 @@ BIN = Path(sys.executable).parent
 
 
 async def sleep(seconds: float) -> None:
+    """Wait ``seconds`` on the reactor without blocking it."""
     await task.deferLater(reactor, seconds, lambda: None)
 
 

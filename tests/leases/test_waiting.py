@@ -53,6 +53,8 @@ class Waiting:
 
 
 async def full_pool(start_coordinator: StartCoordinator) -> tuple[RunningCoordinator, str]:
+    """A coordinator whose only buildlet is leased by user-alice; the coordinator and that
+    buildlet's name."""
     running = await start_coordinator(max_count=1)
     return running, (await running.client("user-alice").create("local"))["Name"]
 

@@ -1,0 +1,2 @@
+"""Tests of on-demand builds: parameters and build keys, the job table, OnDemandHost, signing, real
+masters."""

@@ -19,6 +19,7 @@ from tests.remote.test_buildlet_agent import (
 
 
 def set_deadline(agent: RunningAgent, seconds: str) -> tuple[int, dict[str, object]]:
+    """POST ``seconds`` to the agent's /deadline; the status and the decoded JSON answer."""
     status, _, body = agent.post_form("/deadline", [("seconds", seconds)])
     return status, json.loads(body)
 

@@ -15,6 +15,8 @@ from tests.containers.test_pure import make_tar
 
 
 def run_unpack(tmp_path: Path, archive: bytes, manifest: dict) -> int:
+    """Run the worker's unpacker on ``archive`` (compressed with zstd) and ``manifest`` into
+    ``tmp_path``/dest; its exit code."""
     (tmp_path / "a.tar.zst").write_bytes(zstandard.ZstdCompressor().compress(archive))
     (tmp_path / "m.json").write_text(json.dumps(manifest))
     dest = tmp_path / "dest"
