@@ -124,6 +124,7 @@ def measure(bench: AttachBench) -> dict[str, dict[str, list[float]]]:
 
 
 def table(rows: list[list[str]]) -> str:
+    """``rows`` as text in aligned columns, the first row a header underlined with dashes."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

@@ -55,22 +55,28 @@ CLI_ENV = {**os.environ, "DOCKER_API_VERSION": "1.41"}
 
 
 def docker_cli(*args: str) -> None:
+    """Run the docker CLI with ``args`` (API version 1.41), its standard output discarded; raise if
+    it fails."""
     subprocess.run(["docker", *args], env=CLI_ENV, check=True, stdout=subprocess.DEVNULL)
 
 
 def timed(action: Callable[[], Any]) -> float:
+    """The wall-clock seconds ``action()`` took."""
     start = time.perf_counter()
     action()
     return time.perf_counter() - start
 
 
 async def atimed(action: Callable[[], Coroutine[Any, Any, Any]]) -> float:
+    """The wall-clock seconds awaiting ``action()`` took."""
     start = time.perf_counter()
     await action()
     return time.perf_counter() - start
 
 
 async def measure(base: str, busybox: str, workdir: Path) -> list[tuple[str, float, float]]:
+    """The four ContainerTask against docker CLI rows: what, ContainerTask's seconds, the CLI's
+    seconds (median of ROUNDS for the trivial task, best of 3 for the others)."""
     from twisted.internet import reactor
 
     from buildbot_farm.containers._engine import ContainerConfig, Engine
@@ -296,6 +302,8 @@ def print_engines(found: dict[str, list[tuple[float, int, int]]]) -> None:
 
 
 def child() -> None:
+    """The child process's work: make sure of the images, run :func:`measure` on this process's
+    reactor and print its table, then measure and print the engine comparison."""
     import docker
     from twisted.internet import defer, task
 

@@ -79,6 +79,8 @@ class Bench:
 
 
 async def start_bench(database: db.Database, provider: BuildletProvider) -> Bench:
+    """A Bench on ``database``: a coordinator named after ``provider``'s kind, served on a loopback
+    port, and a client acting as USER."""
     types = {
         "cold": BuildletType("cold", provider, max_count=2, warm=0),
         "warm": BuildletType("warm", provider, max_count=2, warm=1),
@@ -189,6 +191,7 @@ async def profiled(fetch: Callable[[], Awaitable[float]]) -> str:
 
 
 def table(rows: list[list[str]]) -> str:
+    """``rows`` as text in aligned columns, the first row a header underlined with dashes."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -196,6 +199,8 @@ def table(rows: list[list[str]]) -> str:
 
 
 async def measure(workdir: Path, image: str) -> str:
+    """Lease latencies with the process and the docker provider, and download throughput (and a
+    profile) with the process one; the report of them."""
     database = await db.connect(f"sqlite:///{workdir / 'farm.sqlite'}", reactor)
     providers: list[BuildletProvider] = [
         ProcessProvider(workdir / "buildlets", reactor),
@@ -225,6 +230,8 @@ def report(
     downloads: dict[str, tuple[float, float]],
     profile: str,
 ) -> str:
+    """The lease-latency and download tables with their verdicts against the targets, and the
+    profile when one was taken."""
     kinds = list(latencies)
     rows = [[f"lease latency, ms (n={LEASES}; p99 = slowest)", *kinds, "target"]]
     for kind in ("cold", "warm"):

@@ -42,10 +42,13 @@ EXPECTED = b"".join(b"line %d\n" % i for i in range(LINES))
 
 
 async def sleep(seconds: float) -> None:
+    """Wait ``seconds`` on the reactor without blocking it."""
     await task.deferLater(reactor, seconds, lambda: None)
 
 
 async def measure(workdir: Path) -> str:
+    """Cut the relay CUTS times under a running exec; the table of the gaps until output resumed,
+    and whether every byte came exactly once."""
     database = await db.connect(f"sqlite:///{workdir / 'farm.sqlite'}", reactor)
     provider = ProcessProvider(workdir / "buildlets", reactor)
     coordinator = Coordinator(
