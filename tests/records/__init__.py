@@ -1,0 +1,2 @@
+"""Tests of build records: the store and its immutability, the records API, BuildRecorder in real
+masters."""

@@ -19,7 +19,12 @@ from buildbot_farm.service import FarmService
 
 
 class RecordsInFarmServiceTests(TestReactorMixin, unittest.TestCase):
+    """The records API as FarmService mounts it under Buildbot's fake master: the signing key on
+    disk only when asked, and the /build alias."""
+
     async def start(self, **kwargs: Any) -> tuple[str, FarmService]:
+        """A FarmService of ``kwargs`` started under a fake master with its mq, data and db; the
+        temporary basedir and the service."""
         self.setup_test_reactor()
         basedir = tempfile.mkdtemp(prefix="farm-master-")
         self.addCleanup(shutil.rmtree, basedir, True)

@@ -16,6 +16,8 @@ class FetchRecorder:
         self.answers: list[defer.Deferred[dict[str, int]]] = []
 
     async def fetch(self, keys: list[str]) -> dict[str, int]:
+        """Record ``keys`` as one call and wait for the answer the test fires on this call's
+        Deferred."""
         self.calls.append(keys)
         answer: defer.Deferred[dict[str, int]] = defer.Deferred()
         self.answers.append(answer)

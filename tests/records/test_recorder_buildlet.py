@@ -46,6 +46,8 @@ c["schedulers"] = [schedulers.ForceScheduler(name="force", builderNames=["leased
 
 @pytest.fixture
 def farm(tmp_path: Path) -> Any:
+    """A running master of MASTER_CFG on free ports (builder leased-build on a leased buildlet,
+    recorded as Python), stopped afterwards."""
     config = tmp_path / "master.cfg"
     config.write_text(MASTER_CFG.format(preamble=LOOPBACK_MASTER))
     local = LocalFarm(

@@ -54,6 +54,8 @@ c["schedulers"] = [schedulers.ForceScheduler(name="force", builderNames=["record
 
 @pytest.fixture(scope="module")
 def farm(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The module's running master of MASTER_CFG on free ports, its records API also on a port of
+    its own, stopped afterwards."""
     base = tmp_path_factory.mktemp("records")
     config = base / "master.cfg"
     config.write_text(
@@ -96,6 +98,8 @@ def call(
 
 
 def wait_for_record(farm: LocalFarm, path: str) -> dict[str, Any]:
+    """Poll the records API at ``path`` every 0.3 s until it answers 200; the record, or fail after
+    30 s."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         status, _, body = call(farm, "GET", path)
