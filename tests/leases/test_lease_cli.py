@@ -66,6 +66,7 @@ class Cli:
     cwd: Path
 
     async def __call__(self, *args: str, env: dict[str, str] | None = None) -> Outcome:
+        """Run the console script with ``args`` (in ``env`` if given, else ``self.env``)."""
         capture = _Capture()
         argv = [str(SCRIPT), *args]
         reactor.spawnProcess(capture, argv[0], argv, env=env or self.env, path=str(self.cwd))
