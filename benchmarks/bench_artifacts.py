@@ -44,15 +44,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from tests.harness.nginx import DEBIAN_HTTP
+
 MIB = 1024 * 1024
 RUNS = 3
 DAV_EXT = "/usr/lib/nginx/modules/ngx_http_dav_ext_module.so"
 DOCS_FRONT = Path(__file__).resolve().parents[1] / "docs" / "nginx" / "artifacts.conf"
-# The http-level settings of Debian's /etc/nginx/nginx.conf (its TLS lines do not apply).
-DEBIAN_HTTP = (
-    " sendfile on;\n tcp_nopush on;\n types_hash_max_size 2048;\n"
-    " include /etc/nginx/mime.types;\n default_type application/octet-stream;\n gzip on;\n"
-)
 
 
 def serve(root: str, port: int, rows: int = 0) -> None:

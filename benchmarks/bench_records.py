@@ -41,9 +41,10 @@ from pathlib import Path
 
 import psycopg2
 
-from benchmarks.bench_artifacts import DEBIAN_HTTP, wait_for
+from benchmarks.bench_artifacts import wait_for
 from buildbot_farm.records import chain
 from buildbot_farm.records.model import BuildRecord
+from tests.harness.nginx import DEBIAN_HTTP
 from tests.harness.ports import free_port
 from tests.harness.postgres import PostgresCluster
 

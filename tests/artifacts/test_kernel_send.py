@@ -66,13 +66,11 @@ def receive(client: socket.socket, size: int) -> bytes:
     return b"".join(pieces)
 
 
-def test_the_file_goes_out_corked_and_the_socket_is_uncorked_after(
-    connection: tuple[socket.socket, socket.socket], stored: tuple[int, bytes]
-) -> None:
-    """While the client has not read, the socket is corked; after the last byte it is not
-    (its tail flushed), and the client has the file exactly."""
-    client, server = connection
-    source, content = stored
+def start_sending(
+    source: int, server: socket.socket
+) -> tuple[threading.Thread, list[BaseException]]:
+    """Send the whole file ``source`` on ``server`` with :func:`send_corked` in a thread;
+    the thread and the list its exception (if any) lands in, for the test to check."""
     errors: list[BaseException] = []
 
     def send() -> None:
@@ -83,6 +81,17 @@ def test_the_file_goes_out_corked_and_the_socket_is_uncorked_after(
 
     sender = threading.Thread(target=send)
     sender.start()
+    return sender, errors
+
+
+def test_the_file_goes_out_corked_and_the_socket_is_uncorked_after(
+    connection: tuple[socket.socket, socket.socket], stored: tuple[int, bytes]
+) -> None:
+    """While the client has not read, the socket is corked; after the last byte it is not
+    (its tail flushed), and the client has the file exactly."""
+    client, server = connection
+    source, content = stored
+    sender, errors = start_sending(source, server)
     deadline = time.monotonic() + 10
     while not corked(server) and time.monotonic() < deadline and sender.is_alive():
         time.sleep(0.001)
@@ -101,16 +110,7 @@ def test_a_client_that_goes_away_is_told_apart(
     the uncorking of a dead socket."""
     client, server = connection
     source, _ = stored
-    errors: list[BaseException] = []
-
-    def send() -> None:
-        try:
-            send_corked(source, server, 0, SIZE)
-        except BaseException as e:  # the test thread reports it
-            errors.append(e)
-
-    sender = threading.Thread(target=send)
-    sender.start()
+    sender, errors = start_sending(source, server)
     receive(client, MIB)
     client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     client.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +11,7 @@ import pytest_twisted
 from twisted.internet import reactor, task
 
 from tests.artifacts.conftest import StartRepository, curl, run
+from tests.harness.nginx import nginx_binary, start_nginx
 from tests.harness.ports import free_port
 
 DOCS_CONFIG = Path(__file__).resolve().parents[2] / "docs" / "nginx" / "artifacts.conf"
@@ -28,9 +28,9 @@ class Nginx:
 
     def start(self, root: Path, auth_url: str) -> str:
         """Write the configuration from the docs and start nginx; return its /artifacts/ URL."""
-        binary = shutil.which("nginx") or "/usr/sbin/nginx"
-        if not Path(binary).exists() or not DAV_EXT.exists():
-            pytest.fail("these tests need nginx with the dav-ext module: install nginx-light and"
+        binary = nginx_binary("these tests need nginx with the dav-ext module")
+        if not DAV_EXT.exists():
+            pytest.fail("these tests need nginx's dav-ext module: install"
                         " libnginx-mod-http-dav-ext (tests/harness/install-system-packages.sh)",
                         pytrace=False)
         server = (
@@ -39,19 +39,7 @@ class Nginx:
             .replace("/var/lib/buildbot/master/artifacts/", f"{root}/")
             .replace("http://127.0.0.1:8010/plugins/farm/artifacts/.farm-auth", auth_url)
         )
-        temp = self.workdir / "temp"
-        temp.mkdir()
-        config = self.workdir / "nginx.conf"
-        config.write_text(
-            f"load_module {DAV_EXT};\nuser root;\ndaemon off;\nworker_processes 1;\n"
-            f"pid {self.workdir}/nginx.pid;\nerror_log {self.workdir}/error.log;\n"
-            "events {}\nhttp {\n access_log off;\n"
-            f" client_body_temp_path {temp}/body;\n proxy_temp_path {temp}/proxy;\n"
-            f" fastcgi_temp_path {temp}/f;\n uwsgi_temp_path {temp}/u;\n scgi_temp_path {temp}/s;\n"
-            f"{server}\n}}\n"
-        )
-        self.process = subprocess.Popen([binary, "-c", str(config), "-e",
-                                         str(self.workdir / "error.log")])
+        self.process = start_nginx(binary, self.workdir, server, modules=(DAV_EXT,))
         return f"http://127.0.0.1:{self.port}/artifacts/"
 
     def stop(self) -> None:

@@ -4,7 +4,6 @@ on PostgreSQL, a release by another process wakes the line; and all of it throug
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import time
 import uuid
@@ -24,6 +23,7 @@ from buildbot_farm.leases.pools import BuildletType
 from buildbot_farm.leases.providers import ProcessProvider
 from buildbot_farm.leases.store import LeaseTable
 from tests.db.conftest import schema_dsn
+from tests.harness.nginx import nginx_binary, start_nginx
 from tests.harness.ports import free_port
 from tests.leases.conftest import RunningCoordinator, StartCoordinator, plain_http
 
@@ -263,23 +263,11 @@ class Nginx:
 
     async def start(self) -> None:
         """Write a configuration, start nginx, and wait until it answers."""
-        binary = shutil.which("nginx") or "/usr/sbin/nginx"
-        if not Path(binary).exists():
-            pytest.fail("this test needs nginx (tests/harness/install-system-packages.sh)",
-                        pytrace=False)
-        temp = self.workdir / "temp"
-        temp.mkdir(parents=True)
-        config = self.workdir / "nginx.conf"
-        config.write_text(
-            f"user root;\ndaemon off;\nworker_processes 1;\npid {self.workdir}/nginx.pid;\n"
-            f"error_log {self.workdir}/error.log;\nevents {{}}\nhttp {{\n access_log off;\n"
-            f" client_body_temp_path {temp}/body;\n proxy_temp_path {temp}/proxy;\n"
-            f" fastcgi_temp_path {temp}/f;\n uwsgi_temp_path {temp}/u;\n"
-            f" scgi_temp_path {temp}/s;\n server {{\n  listen 127.0.0.1:{self.port};\n"
-            f"  location / {{ proxy_pass {self.upstream}; proxy_http_version 1.1; }}\n }}\n}}\n"
-        )
-        self.process = subprocess.Popen(
-            [binary, "-c", str(config), "-e", str(self.workdir / "error.log")]
+        binary = nginx_binary("this test needs nginx")
+        self.process = start_nginx(
+            binary, self.workdir,
+            f" server {{\n  listen 127.0.0.1:{self.port};\n"
+            f"  location / {{ proxy_pass {self.upstream}; proxy_http_version 1.1; }}\n }}",
         )
         for _ in range(200):
             try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.nginx import DEBIAN_HTTP, nginx_binary, start_nginx
 from tests.harness.ports import free_port
 from tests.records.server import ADMIN_KEY, KEY
 
@@ -21,11 +21,6 @@ DOCS_CONFIG = ROOT / "docs" / "nginx" / "records.conf"
 API = "/plugins/farm/api"
 IMMUTABLE = "public, max-age=31536000, immutable"
 JSON = "application/json; charset=utf-8"
-# Debian's nginx.conf http settings that bear on what the front answers.
-DEBIAN_HTTP = (
-    " sendfile on;\n tcp_nopush on;\n include /etc/nginx/mime.types;\n"
-    " default_type application/octet-stream;\n gzip on;\n"
-)
 
 Response = tuple[int, dict[str, str], bytes]
 
@@ -43,10 +38,7 @@ class Front:
 
     def start(self) -> None:
         """Start the master, then nginx, and wait until both answer."""
-        binary = shutil.which("nginx") or "/usr/sbin/nginx"
-        if not Path(binary).exists():
-            pytest.fail("these tests need nginx: install nginx-light "
-                        "(tests/harness/install-system-packages.sh)", pytrace=False)
+        binary = nginx_binary()
         port_file = self.workdir / "master-port"
         self.master = subprocess.Popen(
             [sys.executable, "-m", "tests.records.server",
@@ -58,19 +50,8 @@ class Front:
             .replace("server 127.0.0.1:8010;", f"server 127.0.0.1:{master_port};")
             .replace("/var/lib/nginx/farm-records", str(self.stored))
         )
-        temp = self.workdir / "temp"
-        temp.mkdir()
-        config = self.workdir / "nginx.conf"
-        config.write_text(
-            f"user root;\ndaemon off;\nworker_processes 1;\npid {self.workdir}/nginx.pid;\n"
-            f"error_log {self.workdir}/error.log;\nevents {{}}\nhttp {{\n{DEBIAN_HTTP}"
-            f" access_log off;\n client_body_temp_path {temp}/body;\n"
-            f" proxy_temp_path {temp}/proxy;\n fastcgi_temp_path {temp}/f;\n"
-            f" uwsgi_temp_path {temp}/u;\n scgi_temp_path {temp}/s;\n{server}\n}}\n"
-        )
         self.stored.mkdir()
-        self.nginx = subprocess.Popen([binary, "-c", str(config), "-e",
-                                       str(self.workdir / "error.log")])
+        self.nginx = start_nginx(binary, self.workdir, server, http=DEBIAN_HTTP)
         _wait(lambda: self._answers())
 
     def stop_master(self) -> None:
