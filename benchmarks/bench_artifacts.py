@@ -1,8 +1,15 @@
 """The artifact repository against what a user would run instead, on this machine.
 
-Each row is measured RUNS (3) times, the repository and its reference in turn, and
-printed as the range of each figure and of the ratio (repository / reference, as speed:
-above 1 the repository is faster). The machine is shared: quote ranges, not one run.
+The GET rows are measured RUNS (3) times, the two transfer rows TRANSFER_ROUNDS (15)
+times, the repository and its reference in turn; each round of a transfer row starts with
+the other one (repository first, then reference first, ...), so neither side always runs
+right after the other's transfer. Every figure is printed as its median with its range
+(min-max), the same statistic for both sides, and the ratio (repository / reference, as
+speed: above 1 the repository is faster) as the median and range of the ratios of the
+rounds' pairs. The machine is shared: quote medians with their ranges, not one run. A
+256 MiB transfer takes 0.2-1 s, and a single round's figure is mostly how much CPU curl
+got meanwhile: with three rounds, runs of the same download code gave 0.53x-1.31x, so
+the transfers take more rounds than the GETs (four seconds of ``wrk`` each).
 
 * **small GET 1 KiB vs static.File**: ``wrk`` (keep-alive, one thread, 8 connections)
   GETs one indexed 1 KiB artifact from the repository on its own port, and the same file
@@ -21,7 +28,9 @@ above 1 the repository is faster). The machine is shared: quote ranges, not one 
 * **upload 256 MiB vs nginx WebDAV**: ``curl -T`` uploads 256 MiB of random bytes to the
   repository (token checked, streamed to a temporary file, sha256 computed, renamed into
   place, indexed) and to nginx's WebDAV ``PUT`` (streamed to a temporary file, renamed
-  into place; nginx does not hash, so the repository does more work).
+  into place; nginx does not hash, so the repository does more work). After each round
+  both uploaded files are deleted from disk (outside the timing, the same for both), so
+  thirty uploads do not leave 7.5 GiB of dirty pages whose writeback may slow later rounds.
 
 Wall figures move with the machine's load; each row also gives the server's own CPU time
 for the same work (user + system of its processes, from ``/proc``: per request for the
@@ -48,6 +57,7 @@ from tests.harness.nginx import DEBIAN_HTTP
 
 MIB = 1024 * 1024
 RUNS = 3
+TRANSFER_ROUNDS = 15
 DAV_EXT = "/usr/lib/nginx/modules/ngx_http_dav_ext_module.so"
 DOCS_FRONT = Path(__file__).resolve().parents[1] / "docs" / "nginx" / "artifacts.conf"
 
@@ -167,6 +177,20 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def workers(nginx: int) -> list[int]:
+    """nginx's worker processes, once all of them are there: nginx listens before it has
+    forked every worker, and a worker missing from the list would not have its CPU time
+    counted (a transfer's CPU ratio came out as 0.00 that way)."""
+    expected = len(os.sched_getaffinity(0))  # ``worker_processes auto``
+    found = children(nginx)
+    for _ in range(100):
+        if len(found) >= expected:
+            break
+        time.sleep(0.05)
+        found = children(nginx)
+    return found
+
+
 def wrk(url: str, seconds: int = 4) -> tuple[float, float, int]:
     """Requests per second, the 99th percentile latency (ms) and the number of requests of
     ``wrk`` GETting ``url``."""
@@ -238,25 +262,38 @@ def timed(pids: Callable[[], list[int]], work: Callable[[], float]) -> Callable[
     return run
 
 
+def median(values: list[float]) -> float:
+    """The middle of ``values`` (the mean of the two middle ones for an even count)."""
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def spread(values: list[float], digits: int) -> str:
+    """``median (min-max)`` of ``values``."""
+    return (f"{median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})")
+
+
 def span(values: list[float], digits: int) -> str:
     """``min-max`` of ``values``."""
     return f"{min(values):.{digits}f}-{max(values):.{digits}f}"
 
 
 def report(rows: dict[str, Row]) -> None:
-    """Print each row: the ranges of both figures and of the ratios, run by run."""
-    print(f"{'':32} {'repository':>13} {'reference':>13} {'repo/ref':>11} {'CPU ratio':>11}"
-          f" {'waited s: repo':>15} {'ref':>9}")
+    """Print each row: median (min-max) of both figures and of the pairs' ratios."""
+    print(f"{'':31} {'runs':>4} {'repository':>21} {'reference':>21} {'repo/ref':>17}"
+          f" {'CPU ratio':>17} {'waited s: repo':>15} {'ref':>5}")
     for name, row in rows.items():
         digits = 0 if row.unit == "req/s" else 3
-        print(f"{name:32} {span([m[0] for m in row.mine], digits):>13}"
-              f" {span([t[0] for t in row.theirs], digits):>13}"
-              f" {span(row.ratios(0), 2) + 'x':>11} {span(row.ratios(1, True), 2) + 'x':>11}"
-              f" {span([m[2] for m in row.mine], 2):>15} {span([t[2] for t in row.theirs], 2):>9}"
-              f"  ({row.unit})")
-    print("repo/ref: as speed (above 1: the repository is faster); CPU ratio: the reference's"
-          " CPU time / the repository's for the same work (above 1: the repository uses less);"
-          " waited: seconds the server was runnable but waiting for a CPU (the machine's load)")
+        print(f"{name:31} {len(row.mine):>4} {spread([m[0] for m in row.mine], digits):>21}"
+              f" {spread([t[0] for t in row.theirs], digits):>21}"
+              f" {spread(row.ratios(0), 2):>17} {spread(row.ratios(1, True), 2):>17}"
+              f" {median([m[2] for m in row.mine]):>15.2f}"
+              f" {median([t[2] for t in row.theirs]):>5.2f}  ({row.unit})")
+    print("each figure: median (min-max) over the runs; repo/ref: as speed (above 1: the"
+          " repository is faster), per pair of runs; CPU ratio: the reference's CPU time / the"
+          " repository's for the same work (above 1: the repository uses less); waited: median"
+          " seconds the server was runnable but waiting for a CPU (the machine's load)")
 
 
 def main() -> None:
@@ -277,11 +314,12 @@ def main() -> None:
         nginx = start_nginx(work, work / "repo", work / "dav", alone, front,
                             f"http://127.0.0.1:{port}/.farm-auth")
         wait_for(static_port)
+        nginx_workers = workers(nginx.pid)
         measure_all(work, token, {"repo": port, "static": static_port, "nginx": alone,
                                          "front": front},
                            {"repo": [child.pid], "static": [statics.pid],
-                            "nginx": children(nginx.pid),
-                            "front": [*children(nginx.pid), child.pid]})
+                            "nginx": nginx_workers,
+                            "front": [*nginx_workers, child.pid]})
         memory(child.pid, work, ["-u", f"build-1:{token}"],
                f"http://127.0.0.1:{port}/bin/bench/1/huge")
     finally:
@@ -322,24 +360,37 @@ def measure_all(work: Path, token: str, ports: dict[str, int],
         return run
 
     rows: dict[str, Row] = {}
-    for run in range(RUNS):
-        cases: list[tuple[str, str, bool, Callable[[], Measured], Callable[[], Measured]]] = [
-            ("small GET 1 KiB vs static.File", "req/s", True, get("repo"), get("static")),
-            ("small GET 1 KiB vs nginx", "req/s", True, get("repo"), get("nginx")),
-            ("nginx in front vs nginx alone", "req/s", True, get("front"), get("nginx")),
-            ("download 256 MiB vs nginx", "s", False,
-             timed(lambda: pids["repo"], lambda: curl_seconds(repo + "big.bin")),
-             timed(lambda: pids["nginx"], lambda: curl_seconds(nginx + path + "big.bin"))),
-            ("upload 256 MiB vs nginx WebDAV", "s", False,
-             timed(lambda: pids["repo"],
-                   lambda: curl_seconds(*auth, "-T", str(blob), f"{repo}up{run}")),  # noqa: B023
-             timed(lambda: pids["nginx"],
-                   lambda: curl_seconds("-T", str(blob), f"{nginx}dav/up{run}"))),  # noqa: B023
-        ]
-        for name, unit, higher, mine, theirs in cases:
-            row = rows.setdefault(name, Row(unit, higher))
+    for _ in range(RUNS):
+        for name, mine, theirs in [
+            ("small GET 1 KiB vs static.File", get("repo"), get("static")),
+            ("small GET 1 KiB vs nginx", get("repo"), get("nginx")),
+            ("nginx in front vs nginx alone", get("front"), get("nginx")),
+        ]:
+            row = rows.setdefault(name, Row("req/s", True))
             row.mine.append(mine())
             row.theirs.append(theirs())
+    download = rows.setdefault("download 256 MiB vs nginx", Row("s", False))
+    upload = rows.setdefault("upload 256 MiB vs nginx WebDAV", Row("s", False))
+    for turn in range(TRANSFER_ROUNDS):
+        name = f"up{turn}"
+        pairs = [
+            (download, timed(lambda: pids["repo"], lambda: curl_seconds(repo + "big.bin")),
+             timed(lambda: pids["nginx"], lambda: curl_seconds(nginx + path + "big.bin"))),
+            (upload, timed(lambda: pids["repo"],
+                           lambda: curl_seconds(*auth, "-T", str(blob), repo + name)),  # noqa: B023
+             timed(lambda: pids["nginx"],
+                   lambda: curl_seconds("-T", str(blob), f"{nginx}dav/{name}"))),  # noqa: B023
+        ]
+        for row, mine, theirs in pairs:
+            if turn % 2:
+                theirs_first = theirs()
+                row.mine.append(mine())
+                row.theirs.append(theirs_first)
+            else:
+                row.mine.append(mine())
+                row.theirs.append(theirs())
+        (work / "repo" / path / name).unlink()
+        (work / "dav" / name).unlink()
     report(rows)
     print("p99 latency of the small GETs (ms): " + ", ".join(
         f"{name} {span(values, 2)}" for name, values in p99.items()))
