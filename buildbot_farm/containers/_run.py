@@ -29,7 +29,12 @@ from buildbot_farm.remote.task_outputs import first_member_data, parse_outputs
 from buildbot_farm.remote.task_paths import OUTPUTS_FILE, InputMap, OutputFilter
 from buildbot_farm.thread_pool import in_thread
 
-ZSTD_LEVEL = 3
+# zstd's fastest regular level: it passes over data that does not compress (already
+# compressed outputs, the random-looking parts of binaries) far faster than level 3, with
+# which collecting 5,000 such files (100 MiB) took about a third longer; on compressible
+# outputs (a tree of Python packages and shared libraries) it costs 37% less CPU for 14%
+# more bytes (ratio 3.15 vs 3.58), and the master's CPU serves every build at once.
+ZSTD_LEVEL = 1
 
 
 class State(enum.Enum):
