@@ -13,6 +13,10 @@ descriptor when the server hangs up in the middle of a poll, and a descriptor cl
 while the reactor still watches it would leave the reactor's bookkeeping wrong (txpostgres
 avoids that by unwatching before every poll, the cost this module saves).
 
+A statement reports its outcome to a plain function (:meth:`PooledConnection.submit`): the
+pool's calls of one statement need no Deferred of their own, only the caller's; inside a
+transaction, :meth:`PooledConnection.run` wraps the same path in a Deferred.
+
 It also keeps the names of the statements prepared on it (``PREPARE name AS ...`` once,
 then ``EXECUTE name(...)``), forgotten whenever it connects again, since a new server
 session has none. :func:`run_transaction` runs a farm transaction on it.
@@ -43,6 +47,7 @@ from buildbot_farm.db._api import (
 
 T = TypeVar("T")
 CursorReader = Callable[[Any], T]
+Finish = Callable[[Any], None]  # called once with a statement's result, or its Failure
 _NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
@@ -53,19 +58,8 @@ class PooledConnection(txpostgres.Connection):
     LISTEN runs on a plain txpostgres connection of its own.
     """
 
-    _running: tuple[defer.Deferred[Any], Any, CursorReader[Any]] | None = None
+    _running: tuple[Finish, Any, CursorReader[Any]] | None = None
     _watched: int | None = None  # the duplicate descriptor the reactor watches
-
-    def checked(self, work: Callable[[], defer.Deferred[T]]) -> defer.Deferred[T]:
-        """Run ``work`` unless this connection is known dead; a failure that says it died
-        starts its reconnection (txpostgres's ``DeadConnectionDetector``)."""
-        if self.detector.connectionIsDead:  # a reconnection is under way
-            return defer.fail(reconnection.ConnectionDead())
-        try:
-            started = work()
-        except Exception:
-            started = defer.fail()
-        return started.addErrback(self.detector.checkForDeadConnection)
 
     def connect(self, *args: Any, **kwargs: Any) -> defer.Deferred[Any]:
         """Connect (again, when the detector reconnects): no statement is prepared yet.
@@ -103,69 +97,115 @@ class PooledConnection(txpostgres.Connection):
             os.close(self._watched)
             self._watched = None
 
-    def run(self, sql: str, params: Params | None, read: CursorReader[T]) -> defer.Deferred[T]:
-        """Send ``sql`` (``?`` placeholders) with ``params``; fire with ``read(cursor)``.
+    def submit(
+        self, sql: str, params: Params | None, read: CursorReader[T], finish: Finish
+    ) -> None:
+        """Send ``sql`` (``?`` placeholders) with ``params``; call ``finish`` with
+        ``read(cursor)`` or with the Failure, once, perhaps before returning.
 
-        ``params`` None sends ``sql`` as it is (no placeholders, ``%`` untouched).
+        ``params`` None sends ``sql`` as it is (no placeholders, ``%`` untouched). A
+        connection known dead (a reconnection is under way) fails at once.
         """
-        if params is None:
-            return self._send(sql, None, read)
-        return self._send(qmark_to_pyformat(sql), tuple(params), read)
+        if self.detector.connectionIsDead:  # a reconnection is under way
+            finish(failure.Failure(reconnection.ConnectionDead()))
+        elif params is None:
+            self._send(sql, None, read, finish)
+        else:
+            self._send(qmark_to_pyformat(sql), tuple(params), read, finish)
 
-    def run_prepared(
-        self, name: str, sql: str, params: Params, read: CursorReader[T], in_transaction: bool
-    ) -> defer.Deferred[T]:
-        """:meth:`run` ``sql`` as the prepared statement ``name``, PREPAREd first where needed.
+    def submit_prepared(
+        self,
+        name: str,
+        sql: str,
+        params: Params,
+        read: CursorReader[T],
+        finish: Finish,
+        in_transaction: bool,
+    ) -> None:
+        """:meth:`submit` ``sql`` as the prepared statement ``name``, PREPAREd first where needed.
 
         Outside a transaction a statement DEALLOCATEd since it was prepared here is prepared
         again and run; inside one, its failed EXECUTE has aborted the transaction already.
         """
-        check_statement_name(name)
+        if self.detector.connectionIsDead:
+            finish(failure.Failure(reconnection.ConnectionDead()))
+            return
         numbered, count = qmark_to_numbered(sql)
         execute, values = _execute_text(name, count), tuple(params)
-        if name in self.prepared:
-            done = self._send(execute, values, read)
+        if name not in self.prepared:
+            self._prepare(name, numbered, lambda: self._send(execute, values, read, finish), finish)
+        elif in_transaction:
+            self._send(execute, values, read, finish)
         else:
-            done = self._prepare(name, numbered).addCallback(
-                lambda _: self._send(execute, values, read)
-            )
-        if in_transaction:
-            return done
 
-        def prepare_again(reason: failure.Failure) -> defer.Deferred[T]:
-            reason.trap(psycopg2.errors.InvalidSqlStatementName)  # DEALLOCATEd since
-            return self._prepare(name, numbered).addCallback(
-                lambda _: self._send(execute, values, read)
-            )
+            def prepare_again(outcome: Any) -> None:
+                if isinstance(outcome, failure.Failure) and outcome.check(
+                    psycopg2.errors.InvalidSqlStatementName  # DEALLOCATEd since
+                ):
+                    self._prepare(
+                        name, numbered, lambda: self._send(execute, values, read, finish), finish
+                    )
+                else:
+                    finish(outcome)
 
-        return done.addErrback(prepare_again)
+            self._send(execute, values, read, prepare_again)
 
-    def _prepare(self, name: str, numbered: str) -> defer.Deferred[None]:
+    def run(self, sql: str, params: Params | None, read: CursorReader[T]) -> defer.Deferred[T]:
+        """:meth:`submit`, for a caller that awaits: fire with ``read(cursor)``."""
+        done: defer.Deferred[T] = defer.Deferred()
+        self.submit(sql, params, read, _settle(done))
+        return done
+
+    def run_prepared(
+        self, name: str, sql: str, params: Params, read: CursorReader[T], in_transaction: bool
+    ) -> defer.Deferred[T]:
+        """:meth:`submit_prepared`, for a caller that awaits: fire with ``read(cursor)``."""
+        done: defer.Deferred[T] = defer.Deferred()
+        self.submit_prepared(name, sql, params, read, _settle(done), in_transaction)
+        return done
+
+    def _prepare(
+        self, name: str, numbered: str, then: Callable[[], None], finish: Finish
+    ) -> None:
+        """PREPARE ``numbered`` as ``name``, then call ``then``; or ``finish`` with the Failure."""
+        try:
+            check_statement_name(name)
+        except ValueError:
+            finish(failure.Failure())
+            return
         self.prepared.discard(name)
-        prepared = self._send(f"PREPARE {name} AS {numbered}", None, _nothing)
-        return prepared.addCallback(lambda _: self.prepared.add(name))
+
+        def prepared(outcome: Any) -> None:
+            if isinstance(outcome, failure.Failure):
+                finish(outcome)
+            else:
+                self.prepared.add(name)
+                then()
+
+        self._send(f"PREPARE {name} AS {numbered}", None, _nothing, prepared)
 
     def _send(
-        self, sql: str, params: tuple[Any, ...] | None, read: CursorReader[T]
-    ) -> defer.Deferred[T]:
+        self, sql: str, params: tuple[Any, ...] | None, read: CursorReader[T], finish: Finish
+    ) -> None:
         if self._running is not None:
-            return defer.fail(RuntimeError("a pooled connection runs one statement at a time"))
+            busy = RuntimeError("a pooled connection runs one statement at a time")
+            finish(failure.Failure(busy))
+            return
         if self._cursor is None:
             self._cursor = self._connection.cursor()
         cursor = self._cursor
         try:
             cursor.execute(sql, params)
         except Exception:
-            return defer.fail()
-        done: defer.Deferred[T] = defer.Deferred()
-        self._running = (done, cursor, read)
+            finish(failure.Failure())
+            return
+        self._running = (finish, cursor, read)
         self._advance()
-        return done
 
     def _advance(self) -> None:
         """Poll the running statement; finish it when the server's answer is complete."""
         assert self._running is not None
-        done, cursor, read = self._running
+        finish, cursor, read = self._running
         try:
             state = self._connection.poll()
             if state == psycopg2.extensions.POLL_WRITE:
@@ -179,10 +219,10 @@ class PooledConnection(txpostgres.Connection):
             self._finish()
             if self._connection.closed:
                 self._unwatch()
-            done.errback(outcome)
+            finish(outcome)
             return
         self._finish()
-        done.callback(result)
+        finish(result)
 
     def _finish(self) -> None:
         self._running = None
@@ -205,9 +245,9 @@ class PooledConnection(txpostgres.Connection):
     def connectionLost(self, reason: failure.Failure) -> None:
         """Fail a running statement whose connection closed, then let txpostgres see it."""
         if self._running is not None and self._connection.closed:
-            done = self._running[0]
+            finish = self._running[0]
             self._finish()
-            done.errback(reason)
+            finish(reason)
         super().connectionLost(reason)
 
 
@@ -235,30 +275,42 @@ class _PostgresTransaction(Transaction):
 
 
 def run_transaction(
-    connection: PooledConnection, fn: Callable[[Transaction], Awaitable[T]]
-) -> defer.Deferred[T]:
-    """BEGIN, ``fn``, COMMIT on ``connection``; ROLLBACK when ``fn`` raises.
+    connection: PooledConnection, fn: Callable[[Transaction], Awaitable[T]], finish: Finish
+) -> None:
+    """BEGIN, ``fn``, COMMIT on ``connection``; ROLLBACK when ``fn`` raises. Then call
+    ``finish`` with ``fn``'s result or the Failure.
 
     A ROLLBACK that fails leaves the connection's state unknown: the error is then
     ``RollbackFailed``, which the detector takes for a dead connection and reconnects.
+    BEGIN and COMMIT report to plain functions: only ``fn`` runs as a coroutine.
     """
 
-    async def run() -> T:
-        await connection.run("BEGIN", None, rowcount)
-        try:
-            result = await fn(_PostgresTransaction(connection))
-        except Exception:
-            reason = failure.Failure()
-            try:
-                await connection.run("ROLLBACK", None, rowcount)
-            except Exception:
-                log.err(None, "farm database: ROLLBACK failed")
-                raise txpostgres.RollbackFailed(connection, reason) from None
-            raise
-        await connection.run("COMMIT", None, rowcount)
-        return result
+    async def in_transaction() -> T:
+        return await fn(_PostgresTransaction(connection))
 
-    return defer.ensureDeferred(run())
+    def begun(outcome: Any) -> None:
+        if isinstance(outcome, failure.Failure):
+            finish(outcome)
+            return
+        defer.ensureDeferred(in_transaction()).addCallbacks(commit, roll_back)
+
+    def commit(result: T) -> None:
+        def committed(outcome: Any) -> None:
+            finish(outcome if isinstance(outcome, failure.Failure) else result)
+
+        connection.submit("COMMIT", None, rowcount, committed)
+
+    def roll_back(reason: failure.Failure) -> None:
+        def rolled_back(outcome: Any) -> None:
+            if isinstance(outcome, failure.Failure):
+                log.err(outcome, "farm database: ROLLBACK failed")
+                finish(failure.Failure(txpostgres.RollbackFailed(connection, reason)))
+            else:
+                finish(reason)
+
+        connection.submit("ROLLBACK", None, rowcount, rolled_back)
+
+    connection.submit("BEGIN", None, rowcount, begun)
 
 
 def rowcount(cursor: Any) -> int:
@@ -294,3 +346,15 @@ def _execute_text(name: str, count: int) -> str:
 
 def _nothing(cursor: Any) -> None:
     """Read nothing from a statement that returns nothing."""
+
+
+def _settle(done: defer.Deferred[T]) -> Finish:
+    """The :data:`Finish` that fires ``done`` with a statement's outcome."""
+
+    def finish(outcome: Any) -> None:
+        if isinstance(outcome, failure.Failure):
+            done.errback(outcome)
+        else:
+            done.callback(outcome)
+
+    return finish

@@ -1,12 +1,17 @@
 """The pool of PostgreSQL connections: one call at a time on each, each call within a deadline.
 
-A call takes an idle connection at once or waits its turn; one timer bounds the whole call
-(the wait and the server's answer). A call whose deadline passes fails with
+A call takes an idle connection at once or waits its turn; its deadline bounds the whole
+call (the wait and the server's answer). A call whose deadline passes fails with
 ``DatabaseUnavailable``: while waiting it just leaves the queue; on a connection, that
 connection is handed to ``on_stuck`` (which closes it, failing what runs on it, and puts a
 fresh one in the pool), since a server that does not answer may never answer.
 
-This is the path of every farm statement, so it keeps to one Deferred and one timer a call.
+This is the path of every farm statement, so a call costs one Deferred (the caller's) and
+no timer of its own: every call of a pool has the same timeout, so the unfinished calls,
+kept in the order they started, are also in the order of their deadlines, and one reactor
+timer, set for the oldest's, serves them all. A call that finishes just leaves the
+ordered table; when the timer fires it fails the calls whose deadline has passed and is
+set again for the oldest left (a timer a call was a heap push and a cancel per statement).
 """
 
 from __future__ import annotations
@@ -20,15 +25,29 @@ from twisted.python import failure
 from txpostgres import reconnection, txpostgres
 
 from buildbot_farm.db._errors import DatabaseUnavailable, IntegrityError
-from buildbot_farm.db._pg_connection import PooledConnection
+from buildbot_farm.db._pg_connection import Finish, PooledConnection
 
 T = TypeVar("T")
+Work = Callable[[PooledConnection, Finish], object]  # runs a call, calls Finish once
 CONNECTION_ERRORS = (
     psycopg2.OperationalError,
     psycopg2.InterfaceError,
     reconnection.ConnectionDead,
     txpostgres.RollbackFailed,
 )
+
+
+class _Call:
+    """One call of the pool: waiting for a connection, then running on ``connection``."""
+
+    __slots__ = ("connection", "deadline", "doing", "result", "work")
+
+    def __init__(self, work: Work, doing: str, deadline: float) -> None:
+        self.work = work
+        self.doing = doing
+        self.deadline = deadline
+        self.result: defer.Deferred[Any] = defer.Deferred()
+        self.connection: PooledConnection | None = None
 
 
 class ConnectionPool:
@@ -51,7 +70,9 @@ class ConnectionPool:
         self._unavailable = unavailable
         self._on_stuck = on_stuck
         self._idle: list[PooledConnection] = []
-        self._waiting: deque[defer.Deferred[PooledConnection]] = deque()
+        self._waiting: deque[_Call] = deque()
+        self._calls: dict[_Call, None] = {}  # unfinished, oldest (first deadline) first
+        self._timer: Any = None  # set for the oldest call's deadline while there are calls
 
     def add(self, connection: PooledConnection, free: bool = True) -> None:
         """Make ``connection`` one of the pool's: free for the next call, or (``free`` False,
@@ -72,68 +93,83 @@ class ConnectionPool:
             self._idle.remove(connection)
 
     def close(self, reason: DatabaseUnavailable) -> None:
-        """Fail the calls still waiting for a connection with ``reason``."""
-        while self._waiting:
-            self._waiting.popleft().errback(failure.Failure(reason))
+        """Fail the calls still waiting for a connection with ``reason``.
 
-    def run(
-        self, work: Callable[[PooledConnection], defer.Deferred[T]], doing: str
-    ) -> defer.Deferred[T]:
-        """Run ``work`` on a free connection once there is one; fire with its result.
+        Calls still running keep their deadline; with none left, the timer stops.
+        """
+        while self._waiting:
+            call = self._waiting.popleft()
+            del self._calls[call]
+            call.result.errback(failure.Failure(reason))
+        if not self._calls and self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def run(self, work: Work, doing: str) -> defer.Deferred[T]:
+        """Run ``work(connection, finish)`` on a free connection once there is one; fire
+        with what ``work`` passes to ``finish`` (a result or a Failure).
 
         A violated constraint fails with ``IntegrityError``, an unreachable server (or no
         answer before the deadline) with ``DatabaseUnavailable``.
         """
-        result: defer.Deferred[T] = defer.Deferred()
-        running: list[PooledConnection] = []
-        waiter: defer.Deferred[PooledConnection] | None = None
-
-        def expire() -> None:
-            if running:
-                message = f"no answer within {self._timeout:g} s {doing}"
-            else:
-                message = f"no answer within {self._timeout:g} s waiting for a free connection"
-                self._waiting.remove(waiter)  # type: ignore[arg-type]
-            result.errback(failure.Failure(self._unavailable(message)))
-            if running:
-                self._on_stuck(running[0])
-
-        timer = self._reactor.callLater(self._timeout, expire)
-
-        def finish(outcome: Any, connection: PooledConnection) -> None:
-            if connection in self.members:
-                self._release(connection)
-            if not timer.active():
-                return  # expired: the caller has had its error
-            timer.cancel()
-            if isinstance(outcome, failure.Failure):
-                result.errback(self._mapped(outcome))
-            else:
-                result.callback(outcome)
-
-        def start(connection: PooledConnection) -> None:
-            running.append(connection)
-            try:
-                started = work(connection)
-            except Exception:
-                started = defer.fail()
-            started.addBoth(finish, connection)
-
-        def refused(reason: failure.Failure) -> None:
-            timer.cancel()
-            result.errback(reason)
-
+        call = _Call(work, doing, self._reactor.seconds() + self._timeout)
+        self._calls[call] = None
+        if self._timer is None:
+            self._timer = self._reactor.callLater(self._timeout, self._expire)
         if self._idle:
-            start(self._idle.pop())
+            self._start(call, self._idle.pop())
         else:
-            waiter = defer.Deferred()
-            waiter.addCallbacks(start, refused)
-            self._waiting.append(waiter)
-        return result
+            self._waiting.append(call)
+        return call.result
+
+    def _start(self, call: _Call, connection: PooledConnection) -> None:
+        call.connection = connection
+        try:
+            call.work(connection, lambda outcome: self._finish(call, connection, outcome))
+        except Exception:
+            self._finish(call, connection, failure.Failure())
+
+    def _finish(self, call: _Call, connection: PooledConnection, outcome: Any) -> None:
+        if isinstance(outcome, failure.Failure):  # one that says the server is gone reconnects
+            connection.detector.checkForDeadConnection(outcome)
+        if connection in self.members:
+            self._release(connection)
+        if call not in self._calls:
+            return  # expired: the caller has had its error
+        del self._calls[call]
+        if isinstance(outcome, failure.Failure):
+            call.result.errback(self._mapped(outcome))
+        else:
+            call.result.callback(outcome)
+
+    def _expire(self) -> None:
+        """Fail every call whose deadline has passed; set the timer for the oldest left."""
+        self._timer = None
+        now = self._reactor.seconds()
+        expired = []
+        for call in self._calls:
+            if call.deadline > now:
+                break
+            expired.append(call)
+        for call in expired:
+            del self._calls[call]
+            if call.connection is None:
+                self._waiting.remove(call)
+        if self._calls:  # before failing any: a failed caller may call again
+            oldest = next(iter(self._calls))
+            self._timer = self._reactor.callLater(max(oldest.deadline - now, 0.0), self._expire)
+        for call in expired:
+            if call.connection is None:
+                message = f"no answer within {self._timeout:g} s waiting for a free connection"
+            else:
+                message = f"no answer within {self._timeout:g} s {call.doing}"
+            call.result.errback(failure.Failure(self._unavailable(message)))
+            if call.connection is not None:
+                self._on_stuck(call.connection)
 
     def _release(self, connection: PooledConnection) -> None:
         if self._waiting:
-            self._waiting.popleft().callback(connection)
+            self._start(self._waiting.popleft(), connection)
         else:
             self._idle.append(connection)
 

@@ -35,7 +35,7 @@ from buildbot_farm.db._pg_connection import (
     rows,
     run_transaction,
 )
-from buildbot_farm.db._pg_pool import CONNECTION_ERRORS, ConnectionPool, one_line
+from buildbot_farm.db._pg_pool import CONNECTION_ERRORS, ConnectionPool, Work, one_line
 from buildbot_farm.db._url import DatabaseURL
 
 T = TypeVar("T")
@@ -158,21 +158,21 @@ class PostgresDatabase(Database):
     async def transaction(self, fn: Callable[[Transaction], Awaitable[T]]) -> T:
         """Run ``fn`` in a transaction on a pooled connection, within the deadline."""
         return await self._on_connection(
-            lambda connection: connection.checked(lambda: run_transaction(connection, fn)),
+            lambda connection, finish: run_transaction(connection, fn, finish),
             "running a transaction",
         )
 
     async def execute(self, sql: str, params: Params = ()) -> int:
         """Run one statement on its own: autocommit, one round trip instead of three."""
         return await self._on_connection(
-            lambda connection: connection.checked(lambda: connection.run(sql, params, rowcount)),
+            lambda connection, finish: connection.submit(sql, params, rowcount, finish),
             "running a statement",
         )
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
         """Run one query on its own: autocommit, one round trip instead of three."""
         return await self._on_connection(
-            lambda connection: connection.checked(lambda: connection.run(sql, params, rows)),
+            lambda connection, finish: connection.submit(sql, params, rows, finish),
             "running a statement",
         )
 
@@ -183,8 +183,8 @@ class PostgresDatabase(Database):
         again; so does one whose statement was DEALLOCATEd (its EXECUTE fails saying so).
         """
         return await self._on_connection(
-            lambda connection: connection.checked(
-                lambda: connection.run_prepared(name, sql, params, rowcount, in_transaction=False),
+            lambda connection, finish: connection.submit_prepared(
+                name, sql, params, rowcount, finish, in_transaction=False
             ),
             "running a statement",
         )
@@ -192,15 +192,13 @@ class PostgresDatabase(Database):
     async def fetchall_prepared(self, name: str, sql: str, params: Params = ()) -> list[Row]:
         """:meth:`fetchall` of ``sql`` prepared as ``name``, as :meth:`execute_prepared` runs it."""
         return await self._on_connection(
-            lambda connection: connection.checked(
-                lambda: connection.run_prepared(name, sql, params, rows, in_transaction=False),
+            lambda connection, finish: connection.submit_prepared(
+                name, sql, params, rows, finish, in_transaction=False
             ),
             "running a statement",
         )
 
-    def _on_connection(
-        self, work: Callable[[PooledConnection], defer.Deferred[T]], doing: str
-    ) -> defer.Deferred[T]:
+    def _on_connection(self, work: Work, doing: str) -> defer.Deferred[Any]:
         """Run ``work`` on a pooled connection within the deadline; map its errors."""
         if self._stopped:
             return defer.fail(self._closed())
