@@ -20,8 +20,7 @@ import sqlite3
 from collections import OrderedDict
 from typing import Callable
 
-from twisted.internet import defer
-from twisted.python import log
+from twisted.python import failure, log
 from twisted.web import resource, server
 from twisted.web.server import Request
 
@@ -165,10 +164,13 @@ class FastRecordsResource(resource.Resource):
                     body = self._read_sqlite(store.database, key)
                     kept = None if body is None else self._reads.put(key, body, now)
                 elif kept is None:
-                    d = defer.ensureDeferred(store.get(*key))
-                    d.addCallbacks(lambda stored: self._found(stored, request, key),
-                                   lambda _: self._not_found(request))
-                    d.addErrback(log.err, "farm records: a record could not be answered")
+                    # Methods with arguments, not a coroutine and closures: about half the
+                    # objects per request, so the cyclic GC (whose full collections stop the
+                    # reactor) runs about half as often.
+                    looked_up = store.lookup(*key)
+                    looked_up.addCallbacks(self._found, self._lookup_failed,
+                                           callbackArgs=(request, key), errbackArgs=(request,))
+                    looked_up.addErrback(log.err, "farm records: a record could not be answered")
                     return server.NOT_DONE_YET
                 if kept is not None:
                     return answer_immutable(request, *kept)
@@ -183,6 +185,9 @@ class FastRecordsResource(resource.Resource):
         if not request.finished and not disconnected(request):  # the client may be gone
             request.write(answer_immutable(request, *kept))
             request.finish()
+
+    def _lookup_failed(self, _: failure.Failure, request: Request) -> None:
+        self._not_found(request)
 
     def _not_found(self, request: Request) -> None:
         """Let the API answer (it reports a failed lookup as the API does)."""

@@ -14,6 +14,8 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
+from twisted.internet import defer
+
 from buildbot_farm import db
 from buildbot_farm.records import chain, chain_store
 from buildbot_farm.records.lookups import LookupBatches
@@ -208,7 +210,11 @@ class RecordStore:
 
     async def get(self, name: str, version: str) -> StoredRecord | None:
         """The record ``name``/``version`` (deleted or not), or None."""
-        return await self._lookups.get((name, version))
+        return await self.lookup(name, version)
+
+    def lookup(self, name: str, version: str) -> defer.Deferred[StoredRecord | None]:
+        """:meth:`get` as a Deferred, for callers on the reactor that need no coroutine."""
+        return self._lookups.get((name, version))
 
     async def _get_many(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], StoredRecord]:
         """The records of ``keys`` (name, version) that exist, in one query.

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import hashlib
+from types import SimpleNamespace
+from typing import cast
 
 import pytest_twisted
 import treq
+from twisted.internet import defer
+from twisted.web import resource
+from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 
 from buildbot_farm import db
 from buildbot_farm.records.model import BuildRecord
-from buildbot_farm.records.reads import IMMUTABLE, RecordReads
-from buildbot_farm.records.store import RecordStore
+from buildbot_farm.records.reads import IMMUTABLE, FastRecordsResource, RecordReads
+from buildbot_farm.records.store import RecordStore, StoredRecord
 from tests.records.test_api import request
 from tests.records.test_chain import ADMIN_AUTH, AUTH, Api, api, posted
 
@@ -124,3 +129,44 @@ def test_the_kept_bytes_are_bounded() -> None:
     reads.forget(("a", "5"))
     assert reads.get(("a", "5"), now=1) is None
     assert reads.size == 30
+
+
+class _UnreachableStore:
+    """A PostgreSQL record store whose lookups fail: its server cannot be reached."""
+
+    database = SimpleNamespace(dialect=SimpleNamespace(name="postgresql"))
+
+    def lookup(self, name: str, version: str) -> defer.Deferred[StoredRecord | None]:
+        """Fail as the pool fails a call it cannot make."""
+        return defer.fail(db.DatabaseUnavailable(f"no server for {name} {version}"))
+
+
+class _Api(resource.Resource):
+    """Stands in for the records API's resource: answers every request it is given."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answered: list[DummyRequest] = []
+
+    def render(self, request: DummyRequest) -> int:
+        """Answer 503, as the API does when the database cannot be reached."""
+        self.answered.append(request)
+        request.setResponseCode(503)
+        request.finish()
+        return NOT_DONE_YET
+
+
+def test_a_failed_lookup_is_answered_by_the_api() -> None:
+    """On PostgreSQL a record not kept is looked up; when that fails, the API answers."""
+    api = _Api()
+    reads = RecordReads()
+    fast = FastRecordsResource(api, reads, lambda: cast(RecordStore, _UnreachableStore()),
+                               lambda: 1.0)
+    request = DummyRequest([b"lib", b"1"])
+    request._disconnected = False  # Request's own flag, which DummyRequest lacks
+    assert fast.render(request) == NOT_DONE_YET
+    assert api.answered == [request]
+    assert (request.responseCode, request.finished) == (503, 1)
+    assert reads.get(("lib", "1"), now=1.0) is None
