@@ -2,6 +2,7 @@
 # Install the Debian packages the real-service tests need, and only those that are missing:
 # docker.io (dockerd), a PostgreSQL server, debootstrap (builds the base image),
 # busybox-static (the tiny image), zstd and bubblewrap (the process buildlets' sandbox). Safe to run again: it does nothing when all is there.
+# With --bench (`make bench`), also what only the benchmarks use: wrk, the HTTP load generator.
 set -euo pipefail
 
 missing=()
@@ -48,11 +49,14 @@ for tool in chromium:chromium chromedriver:chromium-driver; do
         missing+=("${tool#*:}")
     fi
 done
+if [ "${1:-}" = "--bench" ] && ! command -v wrk >/dev/null 2>&1; then
+    missing+=(wrk)
+fi
 
 if [ "${#missing[@]}" -eq 0 ]; then
     echo "install-system-packages: docker.io, postgresql, debootstrap, busybox-static, zstd," \
         "bubblewrap, iproute2, nsenter, openssl, iptables," \
-        "nginx (dav-ext), litmus, rclone, curl, chromium, chromedriver all present"
+        "nginx (dav-ext), litmus, rclone, curl, chromium, chromedriver${1:+, wrk} all present"
     exit 0
 fi
 
