@@ -45,6 +45,7 @@ import os
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -54,6 +55,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.harness.nginx import DEBIAN_HTTP
+from tests.harness.ports import free_port
 
 MIB = 1024 * 1024
 RUNS = 3
@@ -106,14 +108,6 @@ def serve_static(directory: str, port: int) -> None:
 
     reactor.listenTCP(port, server.Site(static.File(directory)), interface="127.0.0.1")
     reactor.run()
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 def wait_for(port: int) -> None:
@@ -262,16 +256,10 @@ def timed(pids: Callable[[], list[int]], work: Callable[[], float]) -> Callable[
     return run
 
 
-def median(values: list[float]) -> float:
-    """The middle of ``values`` (the mean of the two middle ones for an even count)."""
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
-
-
 def spread(values: list[float], digits: int) -> str:
     """``median (min-max)`` of ``values``."""
-    return (f"{median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})")
+    middle = statistics.median(values)
+    return f"{middle:.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
 
 
 def span(values: list[float], digits: int) -> str:
@@ -288,8 +276,8 @@ def report(rows: dict[str, Row]) -> None:
         print(f"{name:31} {len(row.mine):>4} {spread([m[0] for m in row.mine], digits):>21}"
               f" {spread([t[0] for t in row.theirs], digits):>21}"
               f" {spread(row.ratios(0), 2):>17} {spread(row.ratios(1, True), 2):>17}"
-              f" {median([m[2] for m in row.mine]):>15.2f}"
-              f" {median([t[2] for t in row.theirs]):>5.2f}  ({row.unit})")
+              f" {statistics.median([m[2] for m in row.mine]):>15.2f}"
+              f" {statistics.median([t[2] for t in row.theirs]):>5.2f}  ({row.unit})")
     print("each figure: median (min-max) over the runs; repo/ref: as speed (above 1: the"
           " repository is faster), per pair of runs; CPU ratio: the reference's CPU time / the"
           " repository's for the same work (above 1: the repository uses less); waited: median"

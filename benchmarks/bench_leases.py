@@ -32,6 +32,7 @@ from twisted.internet import defer, reactor, utils
 from twisted.python import failure
 from twisted.web import server
 
+from benchmarks.bench_artifacts import spread
 from buildbot_farm import db
 from buildbot_farm.leases import keys
 from buildbot_farm.leases.agent_client import AgentClient
@@ -217,12 +218,6 @@ async def profiled(fetch: Callable[[], Awaitable[float]]) -> str:
     return text.getvalue()
 
 
-def spread(values: list[float], form: str) -> str:
-    """``median (min-max)`` of ``values``, each number written with ``form``."""
-    low, mid, high = min(values), statistics.median(values), max(values)
-    return f"{form.format(mid)} ({form.format(low)}-{form.format(high)})"
-
-
 def table(rows: list[list[str]]) -> str:
     """``rows`` as text in aligned columns, the first row a header underlined with dashes."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -306,10 +301,10 @@ def report(
         rows.append([
             label,
             str(len(found.direct)),
-            spread(found.direct, "{:.0f}"),
-            spread(found.proxied, "{:.0f}"),
-            spread(found.ratios(), "{:.2f}"),
-            spread([cpu * 1000 for cpu in found.coordinator_cpu], "{:.0f}") + " ms",
+            spread(found.direct, 0),
+            spread(found.proxied, 0),
+            spread(found.ratios(), 2),
+            spread([cpu * 1000 for cpu in found.coordinator_cpu], 0) + " ms",
             target,
         ])
     out.append(table(rows))

@@ -49,14 +49,16 @@ for tool in chromium:chromium chromedriver:chromium-driver; do
         missing+=("${tool#*:}")
     fi
 done
-if [ "${1:-}" = "--bench" ] && ! command -v wrk >/dev/null 2>&1; then
-    missing+=(wrk)
+bench_tools=""
+if [ "${1:-}" = "--bench" ]; then
+    bench_tools=", wrk"
+    command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 fi
 
 if [ "${#missing[@]}" -eq 0 ]; then
     echo "install-system-packages: docker.io, postgresql, debootstrap, busybox-static, zstd," \
         "bubblewrap, iproute2, nsenter, openssl, iptables," \
-        "nginx (dav-ext), litmus, rclone, curl, chromium, chromedriver${1:+, wrk} all present"
+        "nginx (dav-ext), litmus, rclone, curl, chromium, chromedriver${bench_tools} all present"
     exit 0
 fi
 
