@@ -27,6 +27,7 @@ from tests.harness.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.install, pytest.mark.master]
+BUILD_LOG = "build.log"  # what ``python -m build`` printed, kept beside the sdist and wheel
 
 # Run by the virtualenv's python: loads each entry point through buildbot.plugins, checks
 # that it is the object setup.cfg names, and prints where buildbot_farm was imported from.
@@ -94,6 +95,7 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
         cwd=out, capture_output=True, text=True, timeout=600, check=False,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (out / BUILD_LOG).write_text(done.stdout + done.stderr)
     return out
 
 
@@ -153,6 +155,16 @@ def test_the_wheel_and_the_sdist_hold_every_file_of_the_package(dist: Path, whee
     with tarfile.open(sdist) as archive:
         in_sdist = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
     assert sorted(tracked - in_sdist) == [], "tracked but missing from the sdist"
+
+
+def test_setuptools_finds_every_directory_of_the_package_as_a_package(dist: Path) -> None:
+    """No directory of the package is importable yet missing from setuptools' packages.
+
+    setuptools warns of such a directory ("Package would be ignored") and says a future
+    version will leave its files out of the wheel, the dashboard's templates once among them.
+    """
+    built = (dist / BUILD_LOG).read_text()
+    assert "Package would be ignored" not in built, built[-3000:]
 
 
 def test_every_entry_point_loads_through_buildbot_plugins(installed: Installed) -> None:

@@ -1,0 +1,1 @@
+"""The dashboard pages' Jinja2 templates (data files, loaded by ``_pages``)."""
