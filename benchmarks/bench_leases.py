@@ -10,6 +10,11 @@ is printed (whole process, all threads). Everything runs on loopback: a real coo
 (SQLite) serving HTTP, real agents (local processes, and containers of the locally built
 test base image), curl as the client. When the proxy misses its target, one more proxied
 ``/read`` runs under cProfile and the functions that dominate the reactor thread are printed.
+
+The ``/read`` rounds also download through nginx as a reverse proxy to the same agent
+(``proxy_pass`` with nginx's defaults and Debian's http settings, HTTP/1.1 upstream), for
+information: what a user's own proxy gives for the same hop on this machine, so the farm's
+ratio can be read against a relay everyone knows, not only against the agent alone.
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ import io
 import math
 import os
 import pstats
+import socket
 import statistics
+import subprocess
 import tempfile
 import time
 import uuid
@@ -45,6 +52,8 @@ from buildbot_farm.remote.protocol import SECRET_HEADER
 from buildbot_farm.web.client import http_client
 from tests.harness.docker_engine import DockerEngine
 from tests.harness.images import ensure_base_image
+from tests.harness.nginx import DEBIAN_HTTP, nginx_binary, start_nginx
+from tests.harness.ports import free_port
 
 LEASES = 20
 DOWNLOAD_MIB = 256
@@ -147,24 +156,66 @@ async def curl(url: str, headers: Mapping[str, str], auth: tuple[str, str] | Non
 
 @dataclass
 class Downloads:
-    """One download's rounds: MiB/s direct and through the proxy, and the coordinator's CPU
-    seconds for each proxied one, a round's pair at the same index."""
+    """One download's rounds: MiB/s direct, through the proxy and (``/read`` only) through
+    nginx, and the coordinator's CPU seconds for each proxied one; a round's figures at the
+    same index."""
 
     direct: list[float]
     proxied: list[float]
     coordinator_cpu: list[float]
+    nginx: list[float]
 
     def ratios(self) -> list[float]:
         """Proxied / direct speed, round by round."""
         return [p / d for d, p in zip(self.direct, self.proxied)]
 
+    def nginx_ratios(self) -> list[float]:
+        """Through nginx / direct speed, round by round."""
+        return [n / d for d, n in zip(self.direct, self.nginx)]
 
-async def throughput(bench: Bench) -> tuple[dict[str, Downloads], str]:
-    """MiB/s direct and proxied per download, in alternating rounds; a profile if the /read
-    ratio misses.
 
-    Each round downloads once each way, the direct one first in every other round, so
-    neither side always runs right after the other's transfer; /read takes READ_ROUNDS
+class ReverseProxy:
+    """nginx on a free loopback port, relaying every request to ``upstream`` (its defaults
+    and Debian's http settings), with its files in ``workdir``."""
+
+    def __init__(self, upstream: str, workdir: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        workdir.mkdir()
+        server = (
+            f"server {{\n listen 127.0.0.1:{self.port};\n"
+            f" location / {{ proxy_pass {upstream}; proxy_http_version 1.1; }}\n}}"
+        )
+        binary = nginx_binary("bench_leases' reverse-proxy reference needs nginx")
+        self.process = start_nginx(binary, workdir, server, http=DEBIAN_HTTP)
+        deadline = time.monotonic() + 10
+        while not self._answers():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                log = (workdir / "error.log").read_text()
+                raise RuntimeError(f"nginx did not start on port {self.port}: {log}")
+            time.sleep(0.05)
+
+    def _answers(self) -> bool:
+        with socket.socket() as probe:
+            return probe.connect_ex(("127.0.0.1", self.port)) == 0
+
+    def stop(self) -> None:
+        """Stop nginx."""
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+async def throughput(bench: Bench, workdir: Path) -> tuple[dict[str, Downloads], str]:
+    """MiB/s direct and proxied per download (and through nginx for /read), in rounds; a
+    profile if the /read ratio misses.
+
+    Each round downloads once each way, in an order that turns round by round, so no way
+    always runs right after another's transfer; /read takes READ_ROUNDS
     rounds (a 256 MiB transfer takes 0.1-0.3 s, and one round's figure is mostly how much
     CPU curl, the agent and the coordinator got on this 2-core machine meanwhile), /tgz
     (gzip-bound, 5 s each, for information) TGZ_ROUNDS.
@@ -182,25 +233,37 @@ async def throughput(bench: Bench) -> tuple[dict[str, Downloads], str]:
     ]
     results: dict[str, Downloads] = {}
     profile = ""
-    for label, query, rounds in downloads:
+    nginx = ReverseProxy(lease.url, workdir / "nginx")
+    try:
+        for label, query, rounds in downloads:
+            found = results[label] = Downloads([], [], [], [])
 
-        async def direct(q: str = query) -> float:
-            return await curl(lease.url + q, {SECRET_HEADER: lease.secret})
+            async def direct(q: str = query, found: Downloads = found) -> None:
+                found.direct.append(await curl(lease.url + q, {SECRET_HEADER: lease.secret}))
 
-        async def proxied(q: str = query) -> float:
-            return await curl(bench.url + q, {PROXY_HEADER: name}, auth)
+            async def fetch_proxied(q: str = query) -> float:
+                return await curl(bench.url + q, {PROXY_HEADER: name}, auth)
 
-        found = results[label] = Downloads([], [], [])
-        for round_number in range(rounds):
-            if round_number % 2 == 0:
-                found.direct.append(await direct())
-            started = time.process_time()
-            found.proxied.append(await proxied())
-            found.coordinator_cpu.append(time.process_time() - started)
-            if round_number % 2 == 1:
-                found.direct.append(await direct())
-        if query.startswith("/read") and statistics.median(found.ratios()) < PROXY_RATIO_TARGET:
-            profile = await profiled(proxied)
+            async def proxied(
+                found: Downloads = found, fetch: Callable[[], Awaitable[float]] = fetch_proxied
+            ) -> None:
+                started = time.process_time()
+                found.proxied.append(await fetch())
+                found.coordinator_cpu.append(time.process_time() - started)
+
+            async def through_nginx(q: str = query, found: Downloads = found) -> None:
+                found.nginx.append(await curl(nginx.url + q, {SECRET_HEADER: lease.secret}))
+
+            raw = query.startswith("/read")
+            ways = [direct, proxied, *([through_nginx] if raw else [])]
+            for round_number in range(rounds):
+                turn = round_number % len(ways)
+                for way in ways[turn:] + ways[:turn]:
+                    await way()
+            if raw and statistics.median(found.ratios()) < PROXY_RATIO_TARGET:
+                profile = await profiled(fetch_proxied)
+    finally:
+        nginx.stop()
     await bench.client.destroy(name)
     return results, profile
 
@@ -245,7 +308,7 @@ async def measure(workdir: Path, image: str) -> str:
                     kind: await lease_latencies(bench, kind) for kind in ("cold", "warm")
                 }
                 if isinstance(provider, ProcessProvider):
-                    downloads, profile = await throughput(bench)
+                    downloads, profile = await throughput(bench, workdir)
             finally:
                 await bench.close()
     finally:
@@ -293,6 +356,8 @@ def report(
             "proxy MiB/s",
             "proxy/direct",
             "coordinator CPU",
+            "nginx proxy MiB/s",
+            "nginx/direct",
             "target",
         ]
     ]
@@ -305,6 +370,8 @@ def report(
             spread(found.proxied, 0),
             spread(found.ratios(), 2),
             spread([cpu * 1000 for cpu in found.coordinator_cpu], 0) + " ms",
+            spread(found.nginx, 0) if found.nginx else "-",
+            spread(found.nginx_ratios(), 2) if found.nginx else "-",
             target,
         ])
     out.append(table(rows))
