@@ -67,8 +67,9 @@ DOCS_FRONT = Path(__file__).resolve().parents[1] / "docs" / "nginx" / "artifacts
 def serve(root: str, port: int, rows: int = 0) -> None:
     """Child process: the repository at http://127.0.0.1:PORT/ (its own port), with ``rows``
     more files in its index; prints a token and the seconds opening the repository took."""
-    from twisted.internet import defer, reactor
+    from twisted.internet import defer
 
+    from benchmarks.twisted_reactor import reactor
     from buildbot_farm import db
     from buildbot_farm.artifacts import ArtifactRepository, open_repository, site
 
@@ -103,8 +104,9 @@ def fill_index(database: str, rows: int) -> None:
 
 def serve_static(directory: str, port: int) -> None:
     """Child process: Twisted's static.File serving ``directory`` at http://127.0.0.1:PORT/."""
-    from twisted.internet import reactor
     from twisted.web import server, static
+
+    from benchmarks.twisted_reactor import reactor
 
     reactor.listenTCP(port, server.Site(static.File(directory)), interface="127.0.0.1")
     reactor.run()

@@ -36,8 +36,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, task
 
+from benchmarks.twisted_reactor import reactor
 from buildbot_farm import db
 from buildbot_farm.db._api import qmark_to_numbered
 from tests.harness.postgres import PostgresCluster

@@ -33,11 +33,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import reactor
-
 from benchmarks import bench_records
 from benchmarks.bench_artifacts import curl_seconds, rss_kib, wrk
 from benchmarks.bench_leases import lease_latencies, percentile, run_on_reactor, start_bench
+from benchmarks.twisted_reactor import reactor
 from buildbot_farm import db
 from buildbot_farm.leases.providers import ProcessProvider
 from tests.harness.ports import free_port

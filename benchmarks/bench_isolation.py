@@ -14,19 +14,19 @@ import tempfile
 import time
 from pathlib import Path
 
-from twisted.internet import reactor
-
 from benchmarks.bench_leases import Bench, percentile, run_on_reactor, start_bench, table
+from benchmarks.twisted_reactor import reactor
 from buildbot_farm import db
 from buildbot_farm.leases.buildlet_user import BUILDLET_USER, ensure_buildlet_user
 from buildbot_farm.leases.providers import ProcessProvider
 
 LEASES = 30
 TARGET_RATIO = 1.2
-CONFIGURATIONS = {
-    "no isolation (sandbox='none')": {"sandbox": "none"},
-    "bubblewrap": {"sandbox": "bwrap"},
-    "bubblewrap + run_as": {"sandbox": "bwrap", "run_as": BUILDLET_USER},
+# label: (ProcessProvider's sandbox, its run_as)
+CONFIGURATIONS: dict[str, tuple[str, str | None]] = {
+    "no isolation (sandbox='none')": ("none", None),
+    "bubblewrap": ("bwrap", None),
+    "bubblewrap + run_as": ("bwrap", BUILDLET_USER),
 }
 
 
@@ -50,9 +50,10 @@ async def measure(workdir: Path) -> str:
     database = await db.connect(f"sqlite:///{workdir / 'farm.sqlite'}", reactor)
     results: dict[str, list[float]] = {}
     try:
-        for label, settings in CONFIGURATIONS.items():
+        for label, (sandbox, run_as) in CONFIGURATIONS.items():
             root = workdir / f"buildlets-{len(results)}"
-            bench = await start_bench(database, ProcessProvider(root, reactor, **settings))
+            provider = ProcessProvider(root, reactor, sandbox=sandbox, run_as=run_as)
+            bench = await start_bench(database, provider)
             try:
                 results[label] = await first_exec_latencies(bench)
             finally:

@@ -35,11 +35,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from twisted.internet import defer, reactor, utils
+from twisted.internet import defer, utils
 from twisted.python import failure
 from twisted.web import server
 
 from benchmarks.bench_artifacts import spread
+from benchmarks.twisted_reactor import reactor
 from buildbot_farm import db
 from buildbot_farm.leases import keys
 from buildbot_farm.leases.agent_client import AgentClient
@@ -255,7 +256,9 @@ async def throughput(bench: Bench, workdir: Path) -> tuple[dict[str, Downloads],
                 found.nginx.append(await curl(nginx.url + q, {SECRET_HEADER: lease.secret}))
 
             raw = query.startswith("/read")
-            ways = [direct, proxied, *([through_nginx] if raw else [])]
+            ways: list[Callable[[], Awaitable[None]]] = [direct, proxied]
+            if raw:
+                ways.append(through_nginx)
             for round_number in range(rounds):
                 turn = round_number % len(ways)
                 for way in ways[turn:] + ways[:turn]:

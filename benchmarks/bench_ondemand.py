@@ -18,8 +18,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, task
 
+from benchmarks.twisted_reactor import reactor
 from buildbot_farm import db
 from buildbot_farm.ondemand.config import OnDemandBuilds
 from buildbot_farm.ondemand.host import OnDemandHost
@@ -78,8 +79,13 @@ async def _measure(url: str, basedir: str, separate: bool) -> list[float]:
             key = f"{n:064x}"
             await finisher.submit(key, "bench", "{}")
             woke: list[float] = []
+
+            def wakes(job: Job | None, woke: list[float] = woke) -> Job | None:
+                woke.append(time.perf_counter())
+                return job
+
             waiter = defer.ensureDeferred(host.wait_for(key, 10, _done))
-            waiter.addCallback(lambda job, woke=woke: woke.append(time.perf_counter()) or job)
+            waiter.addCallback(wakes)
             await task.deferLater(reactor, 0.01, lambda: None)
             started = time.perf_counter()
             await finisher.finish(key, 1, "failure", None, "bench")

@@ -21,10 +21,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from twisted.internet import reactor
 from twisted.web import server
 
 from benchmarks.bench_leases import percentile, run_on_reactor, table
+from benchmarks.twisted_reactor import reactor
 from buildbot_farm import db
 from buildbot_farm.leases import keys
 from buildbot_farm.leases.agent_client import AgentClient

@@ -31,9 +31,9 @@ from pathlib import Path
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
-from twisted.internet import reactor
 
 from benchmarks.bench_records import _start
+from benchmarks.twisted_reactor import reactor
 from buildbot_farm.artifacts.s3 import S3Storage
 from buildbot_farm.artifacts.s3_config import S3Bucket
 

@@ -14,6 +14,8 @@ from twisted.protocols import portforward
 
 
 class _Inbound(portforward.ProxyServer):
+    factory: _RelayFactory
+
     def connectionMade(self) -> None:
         self.reactor = self.factory.relay.reactor
         self.factory.relay.open.add(self)
@@ -24,13 +26,19 @@ class _Inbound(portforward.ProxyServer):
         super().connectionLost(reason)
 
 
+class _RelayFactory(portforward.ProxyFactory):
+    protocol = _Inbound
+
+    def __init__(self, host: str, port: int, relay: CuttableRelay) -> None:
+        super().__init__(host, port)
+        self.relay = relay
+
+
 class CuttableRelay:
     """Relays 127.0.0.1:``port`` (a free port) to ``host``:``target_port``; call ``stop`` after."""
 
     def __init__(self, reactor: Any, host: str, target_port: int) -> None:
-        factory = portforward.ProxyFactory(host, target_port)
-        factory.protocol = _Inbound
-        factory.relay = self  # type: ignore[attr-defined]
+        factory = _RelayFactory(host, target_port, self)
         self.reactor = reactor
         self.open: set[_Inbound] = set()
         self.cuts = 0
