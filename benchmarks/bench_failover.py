@@ -19,6 +19,7 @@ host restarts and is reaped back into the pool.
 
 from __future__ import annotations
 
+import shutil
 import statistics
 import tempfile
 import time
@@ -95,6 +96,8 @@ def main() -> None:
         if farm is not None:
             farm.stop()
         hosts.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+        engine.stop()
     starts, detections, failovers = (list(column) for column in zip(*runs))
     print(f"failover over {RUNS} runs (kill -9 of the build's host's dockerd; engine pinged"
           " every 3 s, keepalive_interval=1):")

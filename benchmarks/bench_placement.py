@@ -15,6 +15,7 @@ pool's p50 and p90 create latency, and the ratio of the p50s.
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import tempfile
 import time
@@ -139,4 +140,6 @@ def main(creates: int = CREATES) -> None:
         )
     finally:
         hosts.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+        engine.stop()
     print(report(seconds, spread_hosts, creates), flush=True)
