@@ -24,7 +24,6 @@ import io
 import math
 import os
 import pstats
-import socket
 import statistics
 import subprocess
 import tempfile
@@ -39,7 +38,7 @@ from twisted.internet import defer, utils
 from twisted.python import failure
 from twisted.web import server
 
-from benchmarks.bench_artifacts import spread
+from benchmarks.bench_artifacts import spread, wait_for
 from benchmarks.twisted_reactor import reactor
 from buildbot_farm import db
 from buildbot_farm.leases import keys
@@ -189,17 +188,12 @@ class ReverseProxy:
         )
         binary = nginx_binary("bench_leases' reverse-proxy reference needs nginx")
         self.process = start_nginx(binary, workdir, server, http=DEBIAN_HTTP)
-        deadline = time.monotonic() + 10
-        while not self._answers():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                log = (workdir / "error.log").read_text()
-                raise RuntimeError(f"nginx did not start on port {self.port}: {log}")
-            time.sleep(0.05)
-
-    def _answers(self) -> bool:
-        with socket.socket() as probe:
-            return probe.connect_ex(("127.0.0.1", self.port)) == 0
+        try:
+            wait_for(self.port)
+        except RuntimeError:
+            self.stop()
+            log = (workdir / "error.log").read_text()
+            raise RuntimeError(f"nginx did not start on port {self.port}: {log}") from None
 
     def stop(self) -> None:
         """Stop nginx."""
