@@ -55,7 +55,7 @@ NGINX_ROUNDS = 4
 ROOT = Path(__file__).resolve().parent.parent
 CONSTANT_SERVER = """
 import sys
-from benchmarks.twisted_reactor import reactor
+from twisted.internet import reactor
 from twisted.web import resource, server
 BODY = open(sys.argv[1], "rb").read()
 class Constant(resource.Resource):
