@@ -19,7 +19,9 @@ transaction, :meth:`PooledConnection.run` wraps the same path in a Deferred.
 
 It also keeps the names of the statements prepared on it (``PREPARE name AS ...`` once,
 then ``EXECUTE name(...)``), forgotten whenever it connects again, since a new server
-session has none. :func:`run_transaction` runs a farm transaction on it.
+session has none. :func:`run_transaction` runs a farm transaction on it; its BEGIN travels
+in the same message as the transaction's first statement, so a transaction of one statement
+is two round trips (that statement, COMMIT), not three.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class PooledConnection(txpostgres.Connection):
 
     _running: tuple[Finish, Any, CursorReader[Any]] | None = None
     _watched: int | None = None  # the duplicate descriptor the reactor watches
+    _begin_deferred = False  # BEGIN goes out with the next statement
 
     def connect(self, *args: Any, **kwargs: Any) -> defer.Deferred[Any]:
         """Connect (again, when the detector reconnects): no statement is prepared yet.
@@ -68,6 +71,7 @@ class PooledConnection(txpostgres.Connection):
         """
         self.prepared: set[str] = set()
         self._cursor: Any = None  # one cursor a session, made on first use
+        self._begin_deferred = False
         return super().connect(*args, **kwargs).addCallback(self._watch_duplicate)
 
     def _watch_duplicate(self, connected: T) -> T:
@@ -150,6 +154,17 @@ class PooledConnection(txpostgres.Connection):
 
             self._send(execute, values, read, prepare_again)
 
+    def defer_begin(self) -> None:
+        """Begin a transaction with the next statement: ``BEGIN;`` goes in front of it, in
+        the same message, which saves BEGIN's own round trip."""
+        self._begin_deferred = True
+
+    def began(self) -> bool:
+        """Whether the BEGIN deferred by :meth:`defer_begin` has gone to the server (so a
+        transaction is open there); it is not sent with later statements either way."""
+        began, self._begin_deferred = not self._begin_deferred, False
+        return began
+
     def run(self, sql: str, params: Params | None, read: CursorReader[T]) -> defer.Deferred[T]:
         """:meth:`submit`, for a caller that awaits: fire with ``read(cursor)``."""
         done: defer.Deferred[T] = defer.Deferred()
@@ -194,11 +209,14 @@ class PooledConnection(txpostgres.Connection):
         if self._cursor is None:
             self._cursor = self._connection.cursor()
         cursor = self._cursor
+        if self._begin_deferred:
+            sql = "BEGIN; " + sql  # the server answers for the last statement of a message
         try:
             cursor.execute(sql, params)
         except Exception:
             finish(failure.Failure())
             return
+        self._begin_deferred = False
         self._running = (finish, cursor, read)
         self._advance()
 
@@ -280,27 +298,31 @@ def run_transaction(
     """BEGIN, ``fn``, COMMIT on ``connection``; ROLLBACK when ``fn`` raises. Then call
     ``finish`` with ``fn``'s result or the Failure.
 
-    A ROLLBACK that fails leaves the connection's state unknown: the error is then
-    ``RollbackFailed``, which the detector takes for a dead connection and reconnects.
-    BEGIN and COMMIT report to plain functions: only ``fn`` runs as a coroutine.
+    BEGIN goes out with ``fn``'s first statement (:meth:`PooledConnection.defer_begin`); an
+    ``fn`` that sends none has no transaction to end. A ROLLBACK that fails leaves the
+    connection's state unknown: the error is then ``RollbackFailed``, which the detector
+    takes for a dead connection and reconnects. COMMIT and ROLLBACK report to plain
+    functions: only ``fn`` runs as a coroutine.
     """
 
     async def in_transaction() -> T:
         return await fn(_PostgresTransaction(connection))
 
-    def begun(outcome: Any) -> None:
-        if isinstance(outcome, failure.Failure):
-            finish(outcome)
-            return
-        defer.ensureDeferred(in_transaction()).addCallbacks(commit, roll_back)
-
     def commit(result: T) -> None:
+        if not connection.began():
+            finish(result)
+            return
+
         def committed(outcome: Any) -> None:
             finish(outcome if isinstance(outcome, failure.Failure) else result)
 
         connection.submit("COMMIT", None, rowcount, committed)
 
     def roll_back(reason: failure.Failure) -> None:
+        if not connection.began():
+            finish(reason)
+            return
+
         def rolled_back(outcome: Any) -> None:
             if isinstance(outcome, failure.Failure):
                 log.err(outcome, "farm database: ROLLBACK failed")
@@ -310,7 +332,8 @@ def run_transaction(
 
         connection.submit("ROLLBACK", None, rowcount, rolled_back)
 
-    connection.submit("BEGIN", None, rowcount, begun)
+    connection.defer_begin()
+    defer.ensureDeferred(in_transaction()).addCallbacks(commit, roll_back)
 
 
 def rowcount(cursor: Any) -> int:

@@ -1,7 +1,7 @@
 """The PostgreSQL backend, on txpostgres connections: real asynchronous I/O, no threads.
 
 A small pool of connections (``_pg_pool``) serves transactions and single statements (those
-run in autocommit, without the BEGIN and COMMIT round trips), which each connection runs
+run in autocommit, without COMMIT's round trip), which each connection runs
 itself (``_pg_connection``); each has a ``DeadConnectionDetector`` that reconnects it in the
 background after the server goes away. While it is away, calls fail at once with
 ``DatabaseUnavailable``; a call the server does not answer fails when its deadline passes,
@@ -163,14 +163,14 @@ class PostgresDatabase(Database):
         )
 
     async def execute(self, sql: str, params: Params = ()) -> int:
-        """Run one statement on its own: autocommit, one round trip instead of three."""
+        """Run one statement on its own: autocommit, one round trip instead of two."""
         return await self._on_connection(
             lambda connection, finish: connection.submit(sql, params, rowcount, finish),
             "running a statement",
         )
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
-        """Run one query on its own: autocommit, one round trip instead of three."""
+        """Run one query on its own: autocommit, one round trip instead of two."""
         return await self._on_connection(
             lambda connection, finish: connection.submit(sql, params, rows, finish),
             "running a statement",

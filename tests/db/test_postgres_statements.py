@@ -1,4 +1,5 @@
-"""PostgreSQL: a statement run on its own goes without BEGIN and COMMIT, and keeps its errors."""
+"""PostgreSQL: a statement run on its own goes without BEGIN and COMMIT, and keeps its errors;
+a transaction's BEGIN travels with its first statement."""
 
 from __future__ import annotations
 
@@ -10,21 +11,86 @@ from buildbot_farm import db
 from tests.db.conftest import DbUrlFactory
 
 pytestmark = pytest.mark.postgres
-# In an explicit transaction now() is when BEGIN ran, before the statement started.
+# now() is when the transaction began; statement_timestamp() when the server received the
+# message the statement came in. They are equal for a statement in the message that began its
+# transaction (alone, or sent with BEGIN) and differ for a later statement of a transaction.
 ALONE = "SELECT now() = statement_timestamp() AS alone"
+
+
+async def two_statements(txn: db.Transaction) -> tuple[db.Row | None, db.Row | None]:
+    """``ALONE`` twice in one transaction."""
+    return await txn.fetchone(ALONE), await txn.fetchone(ALONE)
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_statement_on_its_own_is_its_own_transaction(db_url_for: DbUrlFactory) -> None:
-    """``fetchone`` sends the statement alone; ``transaction`` wraps it in BEGIN ... COMMIT."""
+    """``fetchone`` sends the statement alone; ``transaction`` sends BEGIN in the same message
+    as its first statement and keeps the transaction open for the next."""
+    database = await db.connect(db_url_for("postgresql"), reactor, pool_size=1)
+    try:
+        assert await database.fetchone(ALONE) == {"alone": True}
+        assert await database.transaction(two_statements) == ({"alone": True}, {"alone": False})
+        assert await database.fetchone(ALONE) == {"alone": True}
+        assert await database.fetchone(ALONE) == {"alone": True}
+    finally:
+        await database.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_transaction_that_sends_nothing_leaves_no_transaction_open(
+    db_url_for: DbUrlFactory,
+) -> None:
+    """A transaction whose function sends no statement (it returns, it raises, or its first
+    statement fails before it is sent) returns or raises as it did, and the statements after
+    it on the same connection run on their own, not inside a BEGIN left waiting."""
     database = await db.connect(db_url_for("postgresql"), reactor, pool_size=1)
     try:
 
-        async def in_transaction(txn: db.Transaction) -> db.Row | None:
-            return await txn.fetchone(ALONE)
+        async def nothing(txn: db.Transaction) -> str:
+            return "done"
 
-        assert await database.fetchone(ALONE) == {"alone": True}
-        assert await database.transaction(in_transaction) == {"alone": False}
+        async def raises(txn: db.Transaction) -> None:
+            raise LookupError("before any statement")
+
+        async def unsendable(txn: db.Transaction) -> None:
+            await txn.execute("SELECT ?", ())  # one placeholder, no value: psycopg2 refuses
+
+        assert await database.transaction(nothing) == "done"
+        with pytest.raises(LookupError, match="before any statement"):
+            await database.transaction(raises)
+        with pytest.raises(IndexError):
+            await database.transaction(unsendable)
+        for _ in range(3):  # inside a leftover transaction, the second would not be alone
+            assert await database.fetchone(ALONE) == {"alone": True}
+        assert await database.transaction(two_statements) == ({"alone": True}, {"alone": False})
+    finally:
+        await database.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_first_statement_that_fails_rolls_back_its_transaction(
+    db_url_for: DbUrlFactory,
+) -> None:
+    """The first statement fails on the server after the BEGIN sent with it: the error is the
+    statement's, the transaction is rolled back, and the connection serves the next call."""
+    database = await db.connect(db_url_for("postgresql"), reactor, pool_size=1)
+    try:
+        await database.execute("CREATE TABLE numbers (n INTEGER PRIMARY KEY)")
+        await database.execute("INSERT INTO numbers VALUES (1)")
+
+        async def duplicate_first(txn: db.Transaction) -> None:
+            await txn.execute("INSERT INTO numbers VALUES (1)")
+
+        async def one_then_duplicate(txn: db.Transaction) -> None:
+            await txn.execute("INSERT INTO numbers VALUES (2)")
+            await txn.execute("INSERT INTO numbers VALUES (1)")
+
+        with pytest.raises(db.IntegrityError, match="numbers_pkey"):
+            await database.transaction(duplicate_first)
+        with pytest.raises(db.IntegrityError, match="numbers_pkey"):
+            await database.transaction(one_then_duplicate)
+        assert await database.fetchall("SELECT n FROM numbers") == [{"n": 1}]
+        assert await database.transaction(two_statements) == ({"alone": True}, {"alone": False})
     finally:
         await database.stop()
 
