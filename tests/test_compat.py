@@ -21,6 +21,7 @@ from buildbot.process.builder import Builder
 from buildbot.worker.latent import AbstractLatentWorker
 from twisted.internet import tcp
 from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import ITransport
 from twisted.internet.testing import StringTransport
 from twisted.python import failure
 from twisted.web import http, server, static
@@ -136,7 +137,12 @@ def test_latent_workers_still_clear_their_build_wait_timer_when_a_build_starts()
     parameters = inspect.signature(AbstractLatentWorker._soft_disconnect).parameters.values()
     assert all(p.default is not p.empty for p in list(parameters)[1:])
     calls: list[str] = []
-    stand_in = SimpleNamespace(_soft_disconnect=lambda: calls.append("released") or "done")
+
+    def soft_disconnect() -> str:
+        calls.append("released")
+        return "done"
+
+    stand_in = SimpleNamespace(_soft_disconnect=soft_disconnect)
     assert release_latent_worker(stand_in) == "done"
     assert calls == ["released"]
     assert Build.stopped is False, "a new build no longer says it was not stopped"
@@ -182,7 +188,8 @@ def test_static_file_still_parses_and_answers_one_range() -> None:
     give the offset, size, 206 and Content-Range/Length that ``twisted_web.single_range``
     and ``set_content_headers`` pass on; several ranges still give None."""
     file = static.File(__file__)
-    file.type, file.encoding = "text/x-python", None  # as File.render_GET sets them
+    # As File.render_GET sets them; Twisted declares File.type as a bare ``type = None``.
+    file.type, file.encoding = "text/x-python", None  # type: ignore[assignment]
     request = server.Request(DummyChannel())
     request.requestHeaders.setRawHeaders(b"range", [b"bytes=10-19"])
     assert twisted_web.single_range(file, request) == (10, 10)
@@ -207,9 +214,10 @@ def test_only_plain_tcp_requests_without_an_encoder_get_sendfile() -> None:
     request = server.Request(DummyChannel())
     assert twisted_web.plain_tcp_client(request) is None
     plain = server.Request(DummyChannel())
-    plain.transport = object.__new__(tcp.Server)
+    plain.transport = ITransport(object.__new__(tcp.Server))
     assert twisted_web.plain_tcp_client(plain) is plain.transport
-    plain._encoder = object()
+    # Twisted declares Request._encoder as a bare ``_encoder = None``.
+    plain._encoder = object()  # type: ignore[assignment]
     assert twisted_web.plain_tcp_client(plain) is None
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import treq
 from openapi_spec_validator import validate
 from treq.testing import StubTreq
 from twisted.web import resource
+from twisted.web.resource import IResource
 
 from buildbot_farm.api_documents import DOCUMENTS, farm_documents
 from buildbot_farm.leases.api import CoordinatorAPI
@@ -58,11 +60,12 @@ def test_the_documented_operations_are_the_routes(name: str) -> None:
 def _get(path: str) -> tuple[int, Any]:
     """GET ``path`` from the documents resource mounted as ``openapi``: (status, JSON)."""
     root = resource.Resource()
-    root.putChild(b"openapi", farm_documents())
+    root.putChild(b"openapi", IResource(farm_documents()))
     stub = StubTreq(root)
     done: list[tuple[int, Any]] = []
-    stub.get(f"http://farm/openapi{path}").addCallback(
-        lambda response: stub.json_content(response).addCallback(
+    # StubTreq sets treq's functions on itself in __init__, where mypy does not see them.
+    stub.get(f"http://farm/openapi{path}").addCallback(  # type: ignore[attr-defined]
+        lambda response: treq.json_content(response).addCallback(
             lambda body: done.append((response.code, body))))
     stub.flush()
     return done[0]

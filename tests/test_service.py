@@ -126,7 +126,8 @@ class FarmServiceTests(TestReactorMixin, unittest.TestCase):
         """GET status answers the backend, the schema version and the live masters as JSON."""
         master, service = await self.start(db_url="sqlite://")
         client = StubTreq(service.web_root)
-        response = await client.get("http://farm/status")
+        # StubTreq sets treq's functions on itself in __init__, where mypy does not see them.
+        response = await client.get("http://farm/status")  # type: ignore[attr-defined]
         assert response.code == 200
         body = json.loads(await response.content())
         assert body["backend"] == "sqlite"
@@ -137,14 +138,16 @@ class FarmServiceTests(TestReactorMixin, unittest.TestCase):
         """With the database closed, status answers 503 with a readable reason."""
         _master, service = await self.start(db_url="sqlite://")
         await service.disownServiceParent()
-        response = await StubTreq(service.web_root).get("http://farm/status")
+        # StubTreq sets treq's functions on itself in __init__, where mypy does not see them.
+        response = await StubTreq(service.web_root).get("http://farm/status")  # type: ignore[attr-defined]
         assert response.code == 503
         assert "not running" in json.loads(await response.content())["error"]
 
     async def test_unknown_path_lists_the_apis(self) -> None:
         """An unknown path under /plugins/farm answers a JSON 404 listing what exists."""
         _master, service = await self.start(db_url="sqlite://")
-        response = await StubTreq(service.web_root).get("http://farm/nope")
+        # StubTreq sets treq's functions on itself in __init__, where mypy does not see them.
+        response = await StubTreq(service.web_root).get("http://farm/nope")  # type: ignore[attr-defined]
         assert response.code == 404
         body = json.loads(await response.content())
         assert body["available"] == ["api", "openapi", "openapi.json", "status", "ui"]
@@ -156,7 +159,8 @@ class FarmServiceTests(TestReactorMixin, unittest.TestCase):
         client = StubTreq(service.web_root)
 
         async def names(url: str) -> list[str]:
-            response = await client.get(url)
+            # StubTreq sets treq's functions on itself in __init__, where mypy does not see them.
+            response = await client.get(url)  # type: ignore[attr-defined]
             assert response.code == 200
             return [api["name"] for api in json.loads(await response.content())["apis"]]
 

@@ -40,7 +40,8 @@ class StepKitTests(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
     """The farm's steps under TestBuildStepMixin: the worker is Buildbot's fake, the FarmService and
     repository are real."""
 
-    async def setUp(self) -> None:
+    # Trial awaits what setUp returns; typeshed types unittest.TestCase.setUp as returning None.
+    async def setUp(self) -> None:  # type: ignore[override]
         """Set up the test reactor and Buildbot's step harness, its fake master with an mq."""
         self.setup_test_reactor()
         await self.setup_test_build_step(want_mq=True)

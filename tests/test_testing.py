@@ -11,7 +11,7 @@ import pytest
 import pytest_twisted
 from buildbot.test.fake import fakemaster
 from buildbot.test.reactor import TestReactorMixin
-from twisted.internet import reactor, task
+from twisted.internet import task
 from twisted.trial import unittest
 
 from buildbot_farm.artifacts.config import ArtifactRepository
@@ -25,6 +25,7 @@ from buildbot_farm.testing import (
     local_coordinator,
     memory_database,
 )
+from tests.harness.twisted_reactor import reactor
 
 
 class MemoryDatabaseTests(TestReactorMixin, unittest.TestCase):
@@ -98,11 +99,13 @@ class FakeCoordinatorTests(TestReactorMixin, unittest.TestCase):
         assert full.value.status == 503
 
         # The routes as any HTTP client sends them (here treq's own StubTreq).
-        listed = await farm.http.get(f"{FAKE_COORDINATOR_URL}/buildlet/list",
-                                     auth=("user-bob", farm.key("user-bob")))
+        # StubTreq sets treq's functions on itself in __init__, where mypy does not see them.
+        listed = await farm.http.get(  # type: ignore[attr-defined]
+            f"{FAKE_COORDINATOR_URL}/buildlet/list", auth=("user-bob", farm.key("user-bob")))
         assert [b["Name"] for b in json.loads(await listed.content())] == [name]
-        refused = await farm.http.get(f"{FAKE_COORDINATOR_URL}/buildlet/list",
-                                      auth=("user-bob", "0" * 64))
+        # StubTreq sets treq's functions on itself in __init__, where mypy does not see them.
+        refused = await farm.http.get(  # type: ignore[attr-defined]
+            f"{FAKE_COORDINATOR_URL}/buildlet/list", auth=("user-bob", "0" * 64))
         assert refused.code == 401
 
         await bob.destroy(name)

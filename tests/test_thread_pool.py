@@ -8,10 +8,10 @@ import pytest
 import pytest_twisted
 import requests
 from docker.errors import APIError, ImageNotFound
-from twisted.internet import reactor
 
 from buildbot_farm.docker_errors import engine_errors
 from buildbot_farm.thread_pool import in_own_thread, in_thread
+from tests.harness.twisted_reactor import reactor
 
 
 @pytest_twisted.ensureDeferred

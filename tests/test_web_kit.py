@@ -8,11 +8,13 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import treq
 from treq.testing import StubTreq
 from twisted.internet import defer
 from twisted.internet.error import ConnectionDone
 from twisted.python import failure, log
 from twisted.web import resource, server
+from twisted.web.resource import IResource
 from twisted.web.test.requesthelper import DummyChannel
 
 from buildbot_farm.db import DatabaseError
@@ -60,7 +62,7 @@ def _answer(method: str, url: str, api: _Pets | None = None) -> tuple[int, Any, 
     """
     api = api or _Pets()
     root = resource.Resource()
-    root.putChild(b"pets", api.routes.resource(api, under="pets"))
+    root.putChild(b"pets", IResource(api.routes.resource(api, under="pets")))
     return _stub_answer(root, method, url)
 
 
@@ -69,8 +71,9 @@ def _stub_answer(root: resource.Resource, method: str, url: str,
     """One request through StubTreq to ``root``: (status, headers, parsed JSON body)."""
     stub = StubTreq(root)
     done: list[Any] = []
-    stub.request(method, url, headers=headers or {}).addCallback(
-        lambda response: stub.content(response).addCallback(
+    # StubTreq sets treq's functions on itself in __init__, where mypy does not see them.
+    stub.request(method, url, headers=headers or {}).addCallback(  # type: ignore[attr-defined]
+        lambda response: treq.content(response).addCallback(
             lambda body: done.append((response.code, response.headers, body))))
     stub.flush()
     code, answer_headers, body = done[0]
@@ -159,11 +162,11 @@ def test_the_farm_apis_answer_a_wrong_method_with_a_json_405() -> None:
     """Status, on-demand and the coordinator answer a wrong method as JSON with ``Allow``
     (they answered Twisted's HTML page before the kit)."""
     root = resource.Resource()
-    root.putChild(b"status", StatusAPI(lambda: None, "1").resource())
+    root.putChild(b"status", IResource(StatusAPI(lambda: None, "1").resource()))
     on_demand = OnDemandAPI(SimpleNamespace(jobs=None))  # type: ignore[arg-type]
-    root.putChild(b"build", on_demand.resource("build"))
+    root.putChild(b"build", IResource(on_demand.resource("build")))
     secret = b"kit-test-secret"
-    root.putChild(b"coordinator", CoordinatorResource(object(), secret, None))  # type: ignore[arg-type]
+    root.putChild(b"coordinator", IResource(CoordinatorResource(object(), secret, None)))  # type: ignore[arg-type]
     token = base64.b64encode(f"user-kit:{keys.user_key(secret, 'user-kit')}".encode()).decode()
     for url, headers, allowed in [
         ("http://farm/status", {}, "GET"),

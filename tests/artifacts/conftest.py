@@ -14,14 +14,16 @@ from typing import Any, Callable
 import pytest
 import pytest_twisted
 import treq
-from twisted.internet import reactor, utils
+from twisted.internet import utils
 from twisted.web import resource, server
+from twisted.web.resource import IResource
 
 from buildbot_farm import db
 from buildbot_farm.artifacts import ArtifactRepository, ArtifactResource, open_repository
 from buildbot_farm.artifacts.repository import Repository
 from buildbot_farm.web.client import http_client
 from tests.db.conftest import backend, database, db_url_for
+from tests.harness.twisted_reactor import reactor
 
 __all__ = ["backend", "database", "db_url_for"]
 
@@ -120,7 +122,7 @@ async def start_repository(tmp_path: Path) -> AsyncIterator[StartRepository]:
                                     reactor)
         site_root = resource.Resource()
         farm = resource.Resource()
-        site_root.putChild(b"farm", farm)
+        site_root.putChild(b"farm", IResource(farm))
         port = reactor.listenTCP(0, server.Site(site_root), interface="127.0.0.1")
         url = f"http://127.0.0.1:{port.getHost().port}/farm/artifacts/"
         storage = root or tmp_path / "artifacts"
@@ -132,7 +134,7 @@ async def start_repository(tmp_path: Path) -> AsyncIterator[StartRepository]:
             await port.stopListening()
             await database.stop()
             raise
-        farm.putChild(b"artifacts", ArtifactResource(repository))
+        farm.putChild(b"artifacts", IResource(ArtifactResource(repository)))
         started = RunningRepository(repository, database, url, storage, port)
         running.append(started)
         return started

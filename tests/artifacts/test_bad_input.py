@@ -6,12 +6,14 @@ import base64
 import hashlib
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import endpoints, protocol, reactor, task
+from twisted.internet import endpoints, protocol, task
 
 from tests.artifacts.conftest import RunningRepository, StartRepository, basic, curl
+from tests.harness.twisted_reactor import reactor
 
 PAYLOAD = b"x" * 150_000
 
@@ -163,6 +165,8 @@ async def test_digest_headers_are_verified(start_repository: StartRepository) ->
 
 class _HalfUpload(protocol.Protocol):
     """Sends a PUT announcing more bytes than it sends, then hangs up."""
+
+    transport: Any  # an ITCPTransport once connected
 
     def __init__(self, request: bytes) -> None:
         self.request = request

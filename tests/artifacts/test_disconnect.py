@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, task
 from twisted.logger import ILogObserver, globalLogPublisher
 from zope.interface import provider
 
+from buildbot_farm.artifacts.paths import Segments
+from buildbot_farm.artifacts.store import Grant
 from tests.artifacts.conftest import RunningRepository, StartRepository, basic
 from tests.artifacts.test_streaming import (
     MIB,
@@ -29,6 +31,7 @@ from tests.artifacts.test_streaming import (
     serve_on_own_port,
     settle,
 )
+from tests.harness.twisted_reactor import reactor
 
 SERVERS = ["buildbot-web", "own-port"]
 GET_STAGES = ["connected", "half-request-line", "waiting-on-storage", "half-body"]
@@ -224,10 +227,10 @@ async def test_put_abandoned(
 
 def hold_authorisation(repo: RunningRepository, held: defer.Deferred[None]) -> None:
     """Make the repository's token check wait for ``held``."""
-    original: Callable[..., Any] = repo.repository.authorise
+    original = repo.repository.authorise
 
-    async def authorise(*args: Any) -> Any:
+    async def authorise(header: bytes | None, segments: Segments) -> Grant:
         await held
-        return await original(*args)
+        return await original(header, segments)
 
     repo.repository.authorise = authorise  # type: ignore[method-assign]

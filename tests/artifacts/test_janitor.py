@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest_twisted
-from twisted.internet import reactor, task
+from twisted.internet import task
 
 from tests.artifacts.conftest import StartRepository, basic
 from tests.db.conftest import DbUrlFactory
+from tests.harness.twisted_reactor import reactor
 
 
 @pytest_twisted.ensureDeferred

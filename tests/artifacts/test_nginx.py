@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor, task
+from twisted.internet import task
 
 from tests.artifacts.conftest import StartRepository, curl, run
 from tests.harness.nginx import nginx_binary, start_nginx
 from tests.harness.ports import free_port
+from tests.harness.twisted_reactor import reactor
 
 DOCS_CONFIG = Path(__file__).resolve().parents[2] / "docs" / "nginx" / "artifacts.conf"
 DAV_EXT = Path("/usr/lib/nginx/modules/ngx_http_dav_ext_module.so")

@@ -17,7 +17,7 @@ import boto3
 import pytest
 import pytest_twisted
 from buildbot.process.properties import Interpolate, Secret
-from twisted.internet import endpoints, reactor, task
+from twisted.internet import endpoints, task
 
 from buildbot_farm.artifacts.config import ArtifactRepository
 from buildbot_farm.artifacts.s3 import S3Storage
@@ -27,6 +27,7 @@ from buildbot_farm.secret_values import SecretRenderer
 from tests.artifacts.conftest import RunningRepository, StartRepository, basic, curl
 from tests.artifacts.test_bad_input import _HalfUpload
 from tests.harness.s3_server import REGION, S3Server
+from tests.harness.twisted_reactor import reactor
 
 PAYLOAD = b"hello object storage\n" * 1000
 SHA = hashlib.sha256(PAYLOAD).hexdigest()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import http.client
+import io
 import os
 import threading
 from collections.abc import Iterator
@@ -16,7 +17,6 @@ from typing import Any
 
 import pytest
 from botocore.utils import parse_timestamp
-from twisted.internet import reactor
 
 from buildbot_farm.artifacts.s3 import MAX_PARTS, S3Storage, part_size_for
 from buildbot_farm.artifacts.s3_config import MIN_PART_SIZE, S3Bucket
@@ -24,6 +24,7 @@ from buildbot_farm.artifacts.s3client import S3Refused, s3_timestamp
 from buildbot_farm.artifacts.storage import Conflict, NotFound
 from tests.artifacts.test_s3 import PAYLOAD, Bucket
 from tests.harness.s3_server import REGION, S3Server
+from tests.harness.twisted_reactor import reactor
 
 GIB = 1024 * 1024 * 1024
 
@@ -254,7 +255,7 @@ def test_without_keys_the_credentials_come_from_the_environment(
         prepared(keyless, tmp_path / "wrong")
     aws_environment.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
     storage = prepared(keyless, tmp_path / "right")
-    stored = storage.thd_store(("bin", "e", "1", "f"), _Source(PAYLOAD), len(PAYLOAD), None,
+    stored = storage.thd_store(("bin", "e", "1", "f"), io.BytesIO(PAYLOAD), len(PAYLOAD), None,
                                overwrite=False)
     assert stored.sha256 == hashlib.sha256(PAYLOAD).hexdigest()
     assert bucket.read("bin/e/1/f") == PAYLOAD
@@ -262,24 +263,6 @@ def test_without_keys_the_credentials_come_from_the_environment(
     url, headers = storage.thd_signed_get(("bin", "e", "1", "f"), {"range": "bytes=0-4"})
     assert url == f"{s3_server.endpoint}/{bucket.name}/bin/e/1/f"
     assert f"Credential={s3_server.access_key}/" in headers["Authorization"]
-
-
-class _Source:
-    """A readable, seekable upload body over ``data``."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.at = 0
-
-    def seek(self, at: int) -> None:
-        """Go to byte ``at``."""
-        self.at = at
-
-    def read(self, size: int) -> bytes:
-        """Up to ``size`` bytes from the current position."""
-        chunk = self.data[self.at:self.at + size]
-        self.at += len(chunk)
-        return chunk
 
 
 @pytest.mark.parametrize("text", [

@@ -14,13 +14,15 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, protocol, reactor, task
+from twisted.internet import defer, protocol, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.python import failure
 
 from buildbot_farm import db
 from buildbot_farm.artifacts import ArtifactRepository, open_repository, site
 from buildbot_farm.artifacts.host import own_port_url
 from tests.artifacts.conftest import RunningRepository, basic, curl, run
+from tests.harness.twisted_reactor import reactor
 
 MIB = 1024 * 1024
 StartOwnPort = Callable[..., Awaitable[RunningRepository]]
@@ -59,6 +61,8 @@ async def own_port(tmp_path: Path) -> AsyncIterator[StartOwnPort]:
 class RawClient(protocol.Protocol):
     """A byte-level HTTP client: sends what it is told, records every byte answered."""
 
+    transport: Any  # an ITCPTransport once connected
+
     def __init__(self) -> None:
         self.received = b""
         self.closed: defer.Deferred[None] = defer.Deferred()
@@ -67,7 +71,7 @@ class RawClient(protocol.Protocol):
         """Keep the answer's bytes."""
         self.received += data
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: failure.Failure = protocol.connectionDone) -> None:
         """Note that the server (or the test) closed the connection."""
         self.closed.callback(None)
 
@@ -97,7 +101,7 @@ def put_head(path: str, auth: dict[bytes, bytes], *extra: str, length: int | Non
 
 def leftovers(repo: RunningRepository) -> list[str]:
     """What is in the storage's temporary directory."""
-    return sorted(os.listdir(repo.repository.storage.tmp_dir))  # type: ignore[attr-defined]
+    return sorted(os.listdir(repo.repository.storage.tmp_dir))
 
 
 async def settle(condition: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -275,7 +279,7 @@ async def test_body_grows_in_tmp_dir_while_it_is_sent(own_port: StartOwnPort) ->
     client.transport.write(put_head("bin/hello/3/s.bin", basic(7, await repo.token()),
                                     length=len(payload)))
     client.transport.write(payload[: 5 * MIB])
-    tmp_dir = repo.repository.storage.tmp_dir  # type: ignore[attr-defined]
+    tmp_dir = repo.repository.storage.tmp_dir
 
     def spooled() -> int:
         return sum(os.path.getsize(tmp_dir / name) for name in os.listdir(tmp_dir))

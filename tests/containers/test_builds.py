@@ -37,14 +37,16 @@ def leftovers(build_farm: BuildFarm, client: docker.DockerClient, build: dict) -
 
 
 def test_leftovers_of_a_crashed_master_are_reaped_at_start(
-    build_farm: BuildFarm, docker_client
+    build_farm: BuildFarm, docker_client: docker.DockerClient
 ) -> None:
     """A container a crash left, labelled with this master's name, is gone once it started."""
     ids = {c.id for c in docker_client.containers.list(all=True)}
     assert build_farm.leftover not in ids
 
 
-def test_happy_path_copies_runs_and_brings_back(build_farm: BuildFarm, docker_client) -> None:
+def test_happy_path_copies_runs_and_brings_back(
+    build_farm: BuildFarm, docker_client: docker.DockerClient
+) -> None:
     """Inputs go in, the task's new, changed and deleted files come back, outputs set properties."""
     build = build_farm.build("happy")
     task = build_farm.step(build, "task")
@@ -110,7 +112,7 @@ def content_digest(path: Path) -> str:
 
 
 def test_the_worker_engine_gives_the_master_paths_results(
-    build_farm: BuildFarm, docker_client
+    build_farm: BuildFarm, docker_client: docker.DockerClient
 ) -> None:
     """The same task on the worker's engine: the same files, manifest, properties and log lines."""
     results = {}
@@ -202,7 +204,7 @@ def test_output_streams_into_the_log_while_the_task_runs(
 
 @ENGINES
 def test_timeout_kills_the_task_and_fails_the_step(
-    build_farm: BuildFarm, engine: str, docker_client
+    build_farm: BuildFarm, engine: str, docker_client: docker.DockerClient
 ) -> None:
     """A task running past ``timeout`` is killed, the step fails as timed out, nothing is left."""
     started = time.monotonic()
@@ -217,7 +219,7 @@ def test_timeout_kills_the_task_and_fails_the_step(
 
 @ENGINES
 def test_interrupt_from_the_web_ui_stops_and_removes(
-    build_farm: BuildFarm, engine: str, docker_client
+    build_farm: BuildFarm, engine: str, docker_client: docker.DockerClient
 ) -> None:
     """Stopping the build through the REST API kills and removes the container at once."""
     request = build_farm.start(builder("interrupt", engine))
@@ -303,7 +305,9 @@ def test_a_link_pointing_outside_is_refused(build_farm: BuildFarm, engine: str) 
 
 
 @ENGINES
-def test_network_is_none_unless_asked(build_farm: BuildFarm, engine: str, docker_client) -> None:
+def test_network_is_none_unless_asked(
+    build_farm: BuildFarm, engine: str, docker_client: docker.DockerClient
+) -> None:
     """By default a task sees only loopback; network= gives it its own internal network."""
     build = build_farm.build(builder("network", engine))
     assert build["results"] == SUCCESS

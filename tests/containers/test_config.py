@@ -41,7 +41,7 @@ class ContainerTaskConfigTests(ConfigErrorsMixin, unittest.TestCase):
 
     def test_bad_values_are_named(self) -> None:
         """Timeouts, resources, networks, hosts and outputs outside the mappings are named."""
-        cases = [
+        cases: list[tuple[dict[str, Any], str]] = [
             ({"timeout": 0}, "timeout: must be a number of seconds > 0"),
             ({"resources": {"memory": "lots"}}, "resources: memory must be bytes or a size"),
             ({"resources": {"gpus": 1}}, "resources: unknown key(s) gpus"),

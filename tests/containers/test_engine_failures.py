@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor, threads
+from twisted.internet import defer, threads
 
 from buildbot_farm.containers import reap_leftovers
 from buildbot_farm.containers._engine import ContainerConfig, Engine, EngineError
@@ -16,6 +16,7 @@ from buildbot_farm.containers._run import TaskRun, labels_for
 from buildbot_farm.remote.task_paths import InputMap, OutputFilter
 from tests.harness.docker_engine import DockerEngine
 from tests.harness.images import ensure_busybox_image
+from tests.harness.twisted_reactor import reactor
 
 pytestmark = pytest.mark.docker
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+from typing import Literal
 
 import pytest
 
@@ -65,7 +66,9 @@ def events_of(data: bytes, size: int) -> list[tuple[str, str, bytes]]:
 
 @pytest.mark.parametrize("chunk", [1, 7, 512, 100_000])
 @pytest.mark.parametrize("fmt", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT, tarfile.USTAR_FORMAT])
-def test_reader_gives_the_same_members_whatever_the_chunking(chunk: int, fmt: int) -> None:
+def test_reader_gives_the_same_members_whatever_the_chunking(
+    chunk: int, fmt: Literal[0, 1, 2]
+) -> None:
     """Chunk sizes and tar dialects (long names included) do not change what is read."""
     long = "d/" + "n" * 90 + "/" + "f" * 60
     data = make_tar(("d", None), (long, b"x" * 1000), ("d/e", b""), ("d/l", "->e"), fmt=fmt)
@@ -272,7 +275,7 @@ def test_headers_are_the_blocks_tarfile_writes(name: str, kind: bytes) -> None:
 
 
 @pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
-def test_quick_headers_read_as_tarfile_reads_them(fmt: int) -> None:
+def test_quick_headers_read_as_tarfile_reads_them(fmt: Literal[0, 1, 2]) -> None:
     """Every last header block of these members reads the same through ``quick_header`` as
     through ``TarInfo.frombuf`` (prefixed and slashed names included), or is left to it."""
     quick = 0

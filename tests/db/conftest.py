@@ -11,9 +11,9 @@ from urllib.parse import quote
 import psycopg2
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
 
 from buildbot_farm import db
+from tests.harness.twisted_reactor import reactor
 
 
 def schema_dsn(server_dsn: str, schema: str) -> str:

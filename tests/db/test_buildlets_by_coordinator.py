@@ -3,10 +3,12 @@ starts with the coordinator, not by walking every master's buildlets of a type."
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest_twisted
-from twisted.internet import reactor
 
 from buildbot_farm import db
+from tests.harness.twisted_reactor import reactor
 
 COUNT = "SELECT COUNT(*) AS n FROM farm_buildlets WHERE type = ? AND coordinator = ?"
 
@@ -28,7 +30,7 @@ async def test_the_coordinator_index_exists_on_both_backends(database: db.Databa
 
 
 @pytest_twisted.ensureDeferred
-async def test_counting_a_coordinators_buildlets_uses_the_index(tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_counting_a_coordinators_buildlets_uses_the_index(tmp_path: Path) -> None:
     """SQLite plans the pool's count (type and coordinator) through the coordinator index."""
     database = await db.connect(f"sqlite:///{tmp_path / 'farm.sqlite'}", reactor)
     try:

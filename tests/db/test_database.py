@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, task
 
 from buildbot_farm import db
 from tests.db.conftest import DbUrlFactory
+from tests.harness.twisted_reactor import reactor
 
 
 async def make_table(database: db.Database) -> None:

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
 
 from buildbot_farm import db
 from buildbot_farm.records.chain import served_entry, verify_entries
 from buildbot_farm.records.model import BuildRecord
 from buildbot_farm.records.store import RecordStore
 from tests.db.conftest import DbUrlFactory
+from tests.harness.twisted_reactor import reactor
 
 
 def test_packaged_migrations_are_numbered_from_one() -> None:

@@ -5,13 +5,15 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, task
 
 from buildbot_farm import db
 from tests.harness.postgres import PostgresCluster
+from tests.harness.twisted_reactor import reactor
 
 pytestmark = pytest.mark.postgres
 
@@ -35,7 +37,9 @@ async def first_success(database: db.Database, within: float) -> float:
 
 
 @pytest_twisted.ensureDeferred
-async def test_killed_server_fails_calls_fast_then_reconnects(pg_cluster_factory) -> None:  # type: ignore[no-untyped-def]
+async def test_killed_server_fails_calls_fast_then_reconnects(
+    pg_cluster_factory: Callable[[], PostgresCluster],
+) -> None:
     """Kill -9 PostgreSQL: calls fail at once with a clear error; after restart all works again."""
     cluster: PostgresCluster = pg_cluster_factory()
     database = await db.connect(cluster.dsn, reactor, pool_size=2, timeout=5.0)
@@ -71,7 +75,9 @@ async def test_killed_server_fails_calls_fast_then_reconnects(pg_cluster_factory
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_server_that_stops_answering_does_not_hang_calls(pg_cluster_factory) -> None:  # type: ignore[no-untyped-def]
+async def test_a_server_that_stops_answering_does_not_hang_calls(
+    pg_cluster_factory: Callable[[], PostgresCluster],
+) -> None:
     """A backend frozen mid-query makes the call fail at its deadline; the pool then recovers."""
     cluster: PostgresCluster = pg_cluster_factory()
     database = await db.connect(cluster.dsn, reactor, pool_size=1, timeout=1.0)
@@ -94,7 +100,9 @@ async def test_a_server_that_stops_answering_does_not_hang_calls(pg_cluster_fact
 
 
 @pytest_twisted.ensureDeferred
-async def test_unreachable_server_at_start_names_the_url(pg_cluster_factory) -> None:  # type: ignore[no-untyped-def]
+async def test_unreachable_server_at_start_names_the_url(
+    pg_cluster_factory: Callable[[], PostgresCluster],
+) -> None:
     """Connecting to a stopped server fails at once, naming the URL and what to check."""
     cluster: PostgresCluster = pg_cluster_factory()
     cluster.kill()
@@ -107,7 +115,9 @@ async def test_unreachable_server_at_start_names_the_url(pg_cluster_factory) -> 
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_call_waiting_for_a_busy_pool_fails_at_its_deadline(pg_cluster_factory) -> None:  # type: ignore[no-untyped-def]
+async def test_a_call_waiting_for_a_busy_pool_fails_at_its_deadline(
+    pg_cluster_factory: Callable[[], PostgresCluster],
+) -> None:
     """With the only connection held past the deadline, a waiting call fails saying it waited;
     the holder fails too, its connection is replaced, and the next call works."""
     cluster: PostgresCluster = pg_cluster_factory()

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
 
 from buildbot_farm import db
 from tests.db.conftest import DbUrlFactory
+from tests.harness.twisted_reactor import reactor
 
 pytestmark = pytest.mark.postgres
 # now() is when the transaction began; statement_timestamp() when the server received the

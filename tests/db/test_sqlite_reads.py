@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor
+from twisted.internet import defer
 
 from buildbot_farm import db
+from tests.harness.twisted_reactor import reactor
 
 
 @pytest_twisted.ensureDeferred
@@ -24,7 +25,7 @@ async def test_a_lone_query_does_not_wait_for_a_running_transaction(tmp_path: Pa
             return await database.fetchall("SELECT id FROM things ORDER BY id")
 
         seen = database.transaction(read_while_writing)
-        assert await defer.Deferred.fromCoroutine(seen).addTimeout(  # type: ignore[arg-type]
+        assert await defer.Deferred.fromCoroutine(seen).addTimeout(
             10, reactor
         ) == [{"id": 1}]
         assert await database.fetchall("SELECT id FROM things ORDER BY id") == [

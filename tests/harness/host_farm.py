@@ -97,7 +97,9 @@ sys.exit(0 if here(sys.argv[2]) else 1)
 _T = TypeVar("_T")
 
 
-def wait_for(predicate: Callable[[], _T], within: float, what: str, every: float = 0.2) -> _T:
+def wait_for(
+    predicate: Callable[[], _T | None], within: float, what: str, every: float = 0.2
+) -> _T:
     """Poll ``predicate`` until it returns something true; fail after ``within`` seconds."""
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:

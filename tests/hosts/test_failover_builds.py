@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -52,7 +52,8 @@ def mend_link(host: DockerTestHost) -> None:
     ids=["engine killed", "link down"],
 )
 def test_a_build_on_a_host_that_dies_ends_retry_and_succeeds_on_the_other(
-    host_farm: HostFarm, docker_hosts: list[DockerTestHost], die: object, come_back: object,
+    host_farm: HostFarm, docker_hosts: list[DockerTestHost],
+    die: Callable[[DockerTestHost], None], come_back: Callable[[DockerTestHost], None],
     tmp_path: Path,
 ) -> None:
     """The build on the dead host ends RETRY, its retry succeeds on the other host, the lost
@@ -62,7 +63,7 @@ def test_a_build_on_a_host_that_dies_ends_retry_and_succeeds_on_the_other(
     request_id = host_farm.force()
     wait_for(lambda: host_farm.running_on_first_host(request_id), 180,
              "the build's step to run on the first host")
-    die(first)  # type: ignore[operator]
+    die(first)
     try:
         wait_for(lambda: not host_farm.host_state("h1")["up"], 60, "h1 to be marked down")
         assert "<td>down since " in host_farm.host_row("h1")
@@ -71,7 +72,7 @@ def test_a_build_on_a_host_that_dies_ends_retry_and_succeeds_on_the_other(
         builds = wait_for(lambda: host_farm.retried(request_id), 300,
                           "the build to be retried and the retry to finish")
     finally:
-        come_back(first)  # type: ignore[operator]
+        come_back(first)
     assert [build["results"] for build in builds] == [RETRY, SUCCESS], builds
     (lost_line,) = [line for line in host_farm.lease_list(tmp_path).splitlines()
                     if " lost with " in line]
@@ -102,9 +103,9 @@ def test_an_on_demand_job_on_a_host_that_dies_gets_a_new_attempt_naming_the_host
     error; attempt 2 succeeds on the other host and publishes the job's artifact. (The
     hosts' client keys are Buildbot secrets, written as PEM files only the master reads.)"""
     for label in ("h1", "h2"):
-        key = host_farm.local.master_dir / "docker-tls" / "spread" / label / "key.pem"
-        assert key.read_text().startswith("-----BEGIN ")
-        assert key.stat().st_mode & 0o777 == 0o600
+        key_file = host_farm.local.master_dir / "docker-tls" / "spread" / label / "key.pem"
+        assert key_file.read_text().startswith("-----BEGIN ")
+        assert key_file.stat().st_mode & 0o777 == 0o600
     key = host_farm.request_job()
 
     def attempt_one_building() -> bool:

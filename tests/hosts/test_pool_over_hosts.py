@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor, task
+from twisted.internet import task
 from twisted.web import server
 
 from buildbot_farm import db
@@ -26,6 +26,7 @@ from buildbot_farm.leases.docker_hosts import DockerHost, DockerTLS
 from buildbot_farm.leases.providers.base import BuildletProvider
 from buildbot_farm.leases.providers.docker_hosts import docker_hosts_status
 from tests.harness.docker_hosts import DockerTestHost
+from tests.harness.twisted_reactor import reactor
 from tests.leases.conftest import plain_http
 
 pytestmark = pytest.mark.docker

@@ -6,12 +6,13 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor, task
+from twisted.internet import task
 
 from buildbot_farm.leases.model import LeaseState
 from buildbot_farm.leases.preemption import SignalPreemption, preemption_notice
 from buildbot_farm.leases.providers.docker import BUILDLET_LABEL
 from tests.harness.docker_hosts import DockerTestHost
+from tests.harness.twisted_reactor import reactor
 from tests.hosts.test_pool_over_hosts import Farm, containers_on, start_farm, wait_for
 
 pytestmark = pytest.mark.docker

@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest_twisted
-from twisted.internet import reactor
 
 from buildbot_farm import db
 from buildbot_farm.leases.model import ExpiryPolicy
 from buildbot_farm.testing import LocalCoordinator, local_coordinator
 from buildbot_farm.web.client import http_client
+from tests.harness.twisted_reactor import reactor
 
 SECRET = b"test-coordinator-secret"
 

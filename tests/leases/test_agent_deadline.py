@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, task
 
 from buildbot_farm.leases.config import FarmCoordinator
 from buildbot_farm.leases.model import ExpiryPolicy
 from buildbot_farm.leases.reap import ReapError, reap
 from buildbot_farm.leases.store import LeaseTable
+from tests.harness.twisted_reactor import reactor
 from tests.leases.conftest import RunningCoordinator, StartCoordinator, plain_http
 
 

@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor, task
+from twisted.internet import task
 
 from buildbot_farm.leases import keys
 from buildbot_farm.leases.agent_client import AgentClient, AgentError
 from buildbot_farm.leases.client import CoordinatorClient, CoordinatorRequestError
 from buildbot_farm.leases.model import ExpiryPolicy
 from buildbot_farm.leases.pools import NoSuchBuildlet
+from tests.harness.twisted_reactor import reactor
 from tests.leases.conftest import SECRET, StartCoordinator, plain_http
 
 

@@ -13,7 +13,7 @@ import docker
 import pytest
 import pytest_twisted
 from docker.errors import NotFound
-from twisted.internet import reactor, task
+from twisted.internet import task
 from twisted.web import server
 
 from buildbot_farm import db
@@ -25,6 +25,7 @@ from buildbot_farm.leases.coordinator import Coordinator
 from buildbot_farm.leases.pools import BuildletType
 from buildbot_farm.leases.providers import DockerProvider, ProviderError
 from buildbot_farm.leases.providers.docker import BUILDLET_LABEL, INSTANCE_LABEL
+from tests.harness.twisted_reactor import reactor
 from tests.leases.conftest import plain_http
 from tests.leases.test_isolation import assert_all_fail, attacks
 

@@ -5,18 +5,19 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, task
 from twisted.web.client import ResponseFailed
 
 from buildbot_farm.leases import keys
 from buildbot_farm.leases.client import CoordinatorClient
 from buildbot_farm.leases.model import ExpiryPolicy
 from tests.harness.relay import CuttableRelay
+from tests.harness.twisted_reactor import reactor
 from tests.leases.conftest import SECRET, RunningCoordinator, StartCoordinator, plain_http
 from tests.leases.test_lease_cli import SCRIPT, _Capture, clean_environment
 
@@ -30,10 +31,10 @@ async def sleep(seconds: float) -> None:
     await task.deferLater(reactor, seconds, lambda: None)
 
 
-async def until(condition: object, timeout: float = 10.0) -> None:
+async def until(condition: Callable[[], object], timeout: float = 10.0) -> None:
     """Wait (without blocking the reactor) until condition() is true."""
     deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
+    while not condition():
         assert time.monotonic() < deadline, "timed out waiting"
         await sleep(0.02)
 

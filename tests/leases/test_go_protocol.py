@@ -29,11 +29,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest_twisted
-from twisted.internet import reactor, threads
+from twisted.internet import threads
 from twisted.web import resource, server
 
 from buildbot_farm.compat import twisted_web
 from buildbot_farm.leases import keys
+from tests.harness.twisted_reactor import reactor
 from tests.leases.conftest import SECRET, RunningCoordinator, StartCoordinator
 
 FORM = "application/x-www-form-urlencoded"
@@ -76,8 +77,7 @@ class GoClient:
         """Send one request (chunked if ``body`` is an iterable of pieces); read the answer."""
         lines = [f"{method} {target} HTTP/1.1", f"Host: {self.host}:{self.port}",
                  "User-Agent: Go-http-client/1.1"]
-        chunked = not isinstance(body, bytes)
-        if chunked:
+        if not isinstance(body, bytes):
             lines.append("Transfer-Encoding: chunked")
         elif body or method in ("POST", "PUT"):
             lines.append(f"Content-Length: {len(body)}")
@@ -497,14 +497,14 @@ async def test_an_http10_client_gets_the_output_de_chunked(
 class _RawChunks(resource.Resource):
     isLeaf = True
 
-    def render_GET(self, request: server.Request) -> bytes:
+    def render_GET(self, request: server.Request) -> bytes | int:
         request.setHeader(b"trailer", b"Process-State")
         write = twisted_web.raw_body_writer(request)
         if write is None:
             return b"de-chunked"
         write(b"5\r\nhello\r\n0\r\nProcess-State: ok\r\n\r\n")
         twisted_web.finish_raw_body(request)
-        return server.NOT_DONE_YET  # type: ignore[no-any-return]
+        return server.NOT_DONE_YET
 
 
 @pytest_twisted.ensureDeferred

@@ -6,12 +6,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest_twisted
-from twisted.internet import reactor
 
 from buildbot_farm.leases.config import BuildletPool, FarmCoordinator
 from buildbot_farm.leases.host import MOUNT, LeasesHost
 from buildbot_farm.leases.runtime import SWEEPER
 from buildbot_farm.testing import FakeFarmContext, memory_database
+from tests.harness.twisted_reactor import reactor
 
 
 def wanted(sweep_interval: float) -> FarmCoordinator:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, protocol, reactor
+from twisted.internet import defer, protocol
 from twisted.internet.task import deferLater
 from twisted.python import failure
 from twisted.web import pages, resource, server
@@ -20,6 +20,7 @@ from twisted.web import pages, resource, server
 from buildbot_farm.leases import keys, transfers
 from buildbot_farm.remote.errors import ArchiveError
 from tests.harness.ports import free_port
+from tests.harness.twisted_reactor import reactor
 from tests.leases.conftest import SECRET, RunningCoordinator, StartCoordinator
 
 SCRIPT = Path(sys.executable).parent / "buildbot-farm"

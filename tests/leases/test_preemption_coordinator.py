@@ -7,9 +7,10 @@ import os
 import signal
 
 import pytest_twisted
-from twisted.internet import reactor, task
+from twisted.internet import task
 
 from buildbot_farm.leases.preemption import SignalPreemption, preemption_notice
+from tests.harness.twisted_reactor import reactor
 from tests.leases.conftest import StartCoordinator
 
 SPOT = tuple(SignalPreemption("SIGUSR1").agent_arguments())

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor, task
+from twisted.internet import task
 
 from buildbot_farm.leases import keys
 from buildbot_farm.leases.client import CoordinatorRequestError
 from buildbot_farm.leases.model import LeaseState
 from buildbot_farm.leases.pools import CoordinatorError
+from tests.harness.twisted_reactor import reactor
 from tests.leases.conftest import SECRET, StartCoordinator
 
 BIN = Path(sys.executable).parent

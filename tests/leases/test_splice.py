@@ -19,12 +19,14 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, protocol, reactor, task, threads
-from twisted.logger import globalLogPublisher
+from twisted.internet import defer, protocol, task, threads
+from twisted.logger import ILogObserver, globalLogPublisher
+from zope.interface import provider
 
 from buildbot_farm.compat import twisted_web
 from buildbot_farm.leases import keys, proxy, splice
 from buildbot_farm.leases.client import PROXY_HEADER
+from tests.harness.twisted_reactor import reactor
 from tests.leases.conftest import SECRET, RunningCoordinator, StartCoordinator
 
 MIB = 1 << 20
@@ -163,6 +165,7 @@ async def test_a_large_read_is_spliced_and_the_connection_serves_the_next_reques
     address = urllib.parse.urlsplit(running.url)
 
     def two_requests() -> tuple[int, bytes, int, bytes]:
+        assert address.hostname is not None
         connection = http.client.HTTPConnection(address.hostname, address.port, timeout=60)
         headers = {"Authorization": _auth(), PROXY_HEADER: name}
         connection.request("GET", "/read?path=big/data.bin", headers=headers)
@@ -198,6 +201,7 @@ async def test_a_client_leaving_in_the_middle_of_a_spliced_body(
     address = urllib.parse.urlsplit(running.url)
     errors: list[dict[str, Any]] = []
 
+    @provider(ILogObserver)
     def observe(event: dict[str, Any]) -> None:
         if event.get("isError") or event.get("log_failure") is not None:
             errors.append(event)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, task
 
 from buildbot_farm import db
 from buildbot_farm.leases.agent_client import AgentClient
@@ -25,6 +25,7 @@ from buildbot_farm.leases.store import LeaseTable
 from tests.db.conftest import schema_dsn
 from tests.harness.nginx import nginx_binary, start_nginx
 from tests.harness.ports import free_port
+from tests.harness.twisted_reactor import reactor
 from tests.leases.conftest import RunningCoordinator, StartCoordinator, plain_http
 
 

@@ -7,12 +7,13 @@ from pathlib import Path
 import docker
 import pytest
 import pytest_twisted
-from twisted.internet import reactor, task
+from twisted.internet import task
 
 from benchmarks.attach_master import AttachBench
 from buildbot_farm.leases.pools import REFILL_DELAY
 from buildbot_farm.remote.handoff import USED_MESSAGE
 from tests.harness.docker_engine import DockerEngine
+from tests.harness.twisted_reactor import reactor
 from tests.harness.worker_image import ensure_worker_image
 from tests.leases.conftest import StartCoordinator
 

@@ -8,13 +8,13 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import defer, task
-from twisted.internet import reactor as real_reactor
 
 from buildbot_farm import db
 from buildbot_farm.ondemand.config import OnDemandBuilds
 from buildbot_farm.ondemand.host import OnDemandHost, pick_artifact
 from buildbot_farm.ondemand.store import Job
 from buildbot_farm.testing import FakeFarmContext
+from tests.harness.twisted_reactor import reactor as real_reactor
 
 KEY = "b" * 64
 

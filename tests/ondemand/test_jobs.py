@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest_twisted
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, task
 
 from buildbot_farm import db
 from buildbot_farm.ondemand.store import CHANNEL, Artifact, JobTable
+from tests.harness.twisted_reactor import reactor
 
 KEY = "a" * 64
 ARTIFACT = Artifact("bin/tool/1/tool", "http://farm/bin/tool/1/tool", 5, "f" * 64)

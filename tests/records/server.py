@@ -14,6 +14,7 @@ from typing import Any
 
 from twisted.internet import defer, task
 from twisted.web import resource, server
+from twisted.web.resource import IResource
 
 from buildbot_farm import db
 from buildbot_farm.records.api import BuildAlias
@@ -38,9 +39,9 @@ async def serve(reactor: Any, db_url: str, port_file: str) -> None:
     api.mount("records-chain", endpoint.chain)
     root = resource.Resource()
     plugins, farm = resource.Resource(), resource.Resource()
-    root.putChild(b"plugins", plugins)
-    plugins.putChild(b"farm", farm)
-    farm.putChild(b"api", api)
+    root.putChild(b"plugins", IResource(plugins))
+    plugins.putChild(b"farm", IResource(farm))
+    farm.putChild(b"api", IResource(api))
     site = server.Site(root)
     site.noisy = False
     port = reactor.listenTCP(0, site, interface="127.0.0.1", backlog=1024)

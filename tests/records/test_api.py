@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest_twisted
 import treq
-from twisted.internet import reactor
 from twisted.web import client, server
 
 from buildbot_farm import db
 from buildbot_farm.records.config import BuildRecords
 from buildbot_farm.web import FarmRoot
+from tests.harness.twisted_reactor import reactor
 from tests.records.farm import records_host
 
 KEY = "api-key-0123456789"

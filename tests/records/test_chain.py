@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from securesystemslib.dsse import Envelope
 from securesystemslib.exceptions import VerificationError
 from securesystemslib.signer import SSlibKey
-from twisted.internet import defer, reactor, threads
+from twisted.internet import defer, threads
 from twisted.web import server
 
 from buildbot_farm import db
@@ -29,10 +29,11 @@ from buildbot_farm.records.config import BuildRecords
 from buildbot_farm.records.host import RecordsHost
 from buildbot_farm.records.model import BuildRecord, parse_record
 from buildbot_farm.records.provenance import PAYLOAD_TYPE, key_id, load_public_key
-from buildbot_farm.records.store import RecordStore
+from buildbot_farm.records.store import RecordStore, Tombstone
 from buildbot_farm.testing import FakeFarmContext
 from buildbot_farm.web import FarmRoot
 from tests.db.conftest import DbUrlFactory
+from tests.harness.twisted_reactor import reactor
 from tests.records.farm import records_host
 from tests.records.test_api import request
 
@@ -354,13 +355,14 @@ async def test_tombstones_and_records_from_two_masters_chain_in_order(
     for n in range(6):  # one after the other: the inserter's head is stale every time
         await inserter.insert(BuildRecord(name="app", version=f"s{n}", timestamp=1.0), now=1.0)
         await deleter.delete("old", str(n), "ops", "why", now=float(n))
-    await defer.gatherResults([  # and at the same time
-        *(defer.ensureDeferred(inserter.insert(
+    at_once: list[defer.Deferred[bytes | Tombstone]] = [  # and at the same time
+        defer.ensureDeferred(inserter.insert(
             BuildRecord(name="app", version=str(n), timestamp=1.0), now=float(n)
-        )) for n in range(20)),
-        *(defer.ensureDeferred(deleter.delete("old", str(n), "ops", "why", now=float(n)))
-          for n in range(6, 16)),
-    ])
+        )) for n in range(20)
+    ]
+    at_once += [defer.ensureDeferred(deleter.delete("old", str(n), "ops", "why", now=float(n)))
+                for n in range(6, 16)]
+    await defer.gatherResults(at_once)
     entries = [json.loads(served_entry(row)) for row in await inserter.chain(0, 1000)]
     count, _, broken = verify_entries(entries)
     assert (count, broken) == (58, None)

@@ -56,9 +56,11 @@ class RecordsInFarmServiceTests(TestReactorMixin, unittest.TestCase):
         _basedir, service = await self.start(db_url="sqlite://", on_demand=OnDemandBuilds())
         assert service.database is not None
         client = StubTreq(service.web_root)
-        response = await client.get("http://farm/api/build/nobody")
+        # StubTreq sets treq's functions on itself in __init__, where mypy does not see them.
+        response = await client.get("http://farm/api/build/nobody")  # type: ignore[attr-defined]
         assert response.code == 404
         assert "no records named 'nobody'" in json.loads(await response.content())["error"]
-        response = await client.get("http://farm/api/build/" + "0" * 64)
+        # StubTreq sets treq's functions on itself in __init__, where mypy does not see them.
+        response = await client.get("http://farm/api/build/" + "0" * 64)  # type: ignore[attr-defined]
         assert response.code == 404
         assert "no on-demand job" in json.loads(await response.content())["error"]

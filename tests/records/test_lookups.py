@@ -27,9 +27,13 @@ class FetchRecorder:
 def results(lookups: list[defer.Deferred[int | None]]) -> list[object]:
     """What each lookup fired with so far (``...`` for one still waiting)."""
     seen: list[object] = []
+
+    def keep(value: object, box: list[object]) -> None:
+        box[0] = value
+
     for lookup in lookups:
         box: list[object] = [...]
-        lookup.addBoth(lambda value, box=box: box.__setitem__(0, value))
+        lookup.addBoth(keep, box)
         seen.append(box[0])
     return seen
 

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -145,9 +146,11 @@ def test_envelopes_and_keys_from_before_securesystemslib_still_verify(tmp_path: 
     payload = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
     kind = PAYLOAD_TYPE.encode()
     signed = b"DSSEv1 %d %s %d %s" % (len(kind), kind, len(payload), payload)
-    old = {"payloadType": PAYLOAD_TYPE, "payload": base64.b64encode(payload).decode(),
-           "signatures": [{"keyid": hashlib.sha256(raw).hexdigest(),
-                           "sig": base64.b64encode(private.sign(signed)).decode()}]}
+    old: dict[str, Any] = {
+        "payloadType": PAYLOAD_TYPE, "payload": base64.b64encode(payload).decode(),
+        "signatures": [{"keyid": hashlib.sha256(raw).hexdigest(),
+                        "sig": base64.b64encode(private.sign(signed)).decode()}],
+    }
     signer = Signer.from_file(tmp_path / "key.pem")
     assert signer.key_id == old["signatures"][0]["keyid"]
     assert verify_envelope(old, signer.public_key) == document

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 from types import SimpleNamespace
-from typing import cast
+from typing import Any, cast
 
 import pytest_twisted
 import treq
 from twisted.internet import defer
 from twisted.web import resource
+from twisted.web.http_headers import Headers
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 
@@ -23,9 +24,9 @@ from tests.records.test_chain import ADMIN_AUTH, AUTH, Api, api, posted
 __all__ = ["api"]  # the fixture, shared with test_chain
 
 
-def header(headers: object, name: str) -> str | None:
+def header(headers: Headers, name: str) -> str | None:
     """The one value of header ``name`` in a treq response's headers, or None."""
-    values = headers.getRawHeaders(name)  # type: ignore[attr-defined]
+    values = headers.getRawHeaders(name)
     return None if values is None else str(values[0])
 
 
@@ -103,7 +104,7 @@ async def test_kept_and_sqlite_records_are_answered_at_once(
     await RecordStore(database).insert(BuildRecord(name="lib", version="1", timestamp=1.0), 2.0)
     if database.dialect.name == "postgresql":
         await request("GET", f"{api.url}/lib/1")  # the API serves it, and keeps its bytes
-    fast = DummyRequest([b"lib", b"1"])
+    fast: Any = DummyRequest([b"lib", b"1"])  # Twisted's stand-in for a Request, not one
     answer = api.endpoint.resource.render(fast)
     assert isinstance(answer, bytes)
     assert b'"name":"lib"' in answer
@@ -164,7 +165,7 @@ def test_a_failed_lookup_is_answered_by_the_api() -> None:
     reads = RecordReads()
     fast = FastRecordsResource(api, reads, lambda: cast(RecordStore, _UnreachableStore()),
                                lambda: 1.0)
-    request = DummyRequest([b"lib", b"1"])
+    request: Any = DummyRequest([b"lib", b"1"])  # Twisted's stand-in for a Request, not one
     request._disconnected = False  # Request's own flag, which DummyRequest lacks
     assert fast.render(request) == NOT_DONE_YET
     assert api.answered == [request]

@@ -14,11 +14,11 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg2
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
 
 from buildbot_farm import db
 from tests.db.conftest import DbUrlFactory, schema_dsn
 from tests.harness.postgres import PostgresCluster
+from tests.harness.twisted_reactor import reactor
 
 # What the tables' owner could otherwise do to take the records' immutability away.
 REFUSED = [

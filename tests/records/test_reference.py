@@ -17,7 +17,6 @@ from in_toto_attestation.predicates.provenance.v1 import provenance_pb2
 from in_toto_attestation.v1 import statement_pb2
 from in_toto_attestation.v1.resource_descriptor import ResourceDescriptor
 from in_toto_attestation.v1.statement import Statement
-from twisted.internet import reactor
 from twisted.web import server
 
 from buildbot_farm import db
@@ -25,6 +24,7 @@ from buildbot_farm.artifacts import ArtifactRepository, Repository, open_reposit
 from buildbot_farm.records.api import BuildAlias
 from buildbot_farm.records.config import BuildRecords
 from buildbot_farm.web import FarmRoot
+from tests.harness.twisted_reactor import reactor
 from tests.records.farm import records_host
 from tests.records.test_api import KEY, request
 

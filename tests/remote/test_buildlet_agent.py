@@ -503,6 +503,7 @@ def test_the_spool_keeps_the_latest_output_and_waits_for_a_slow_client(tmp_path:
     try:
         conn, frames = agent.start_exec([("cmd", "sh"), ("cmdArg", "-c"), ("cmdArg", script)])
         exec_id = frames.header("X-Buildlet-Exec-Id")
+        assert exec_id is not None
         received = b""
         while len(received) < 3000:
             received += frames.next()[1]

@@ -6,6 +6,7 @@ import json
 import os
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zstandard
@@ -41,7 +42,7 @@ def test_unpack_refuses_writing_through_symlinks(tmp_path: Path) -> None:
     outside.mkdir()
     (tmp_path / "dest").mkdir()
     os.symlink(outside, tmp_path / "dest" / "out")
-    manifest = {"files": [{"path": "out/x", "type": "file"}], "deleted": []}
+    manifest: dict[str, Any] = {"files": [{"path": "out/x", "type": "file"}], "deleted": []}
     assert run_unpack(tmp_path, make_tar(("out/x", b"x")), manifest) == unpack.REFUSED
     manifest = {"files": [], "deleted": ["out/secret"]}
     (outside / "secret").write_text("keep")

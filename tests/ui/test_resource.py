@@ -8,10 +8,12 @@ from typing import Any
 import pytest
 import treq
 from buildbot.www.authz.authz import Forbidden
+from markupsafe import Markup
 from treq.testing import StubTreq
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.web import resource
+from twisted.web.resource import IResource
 
 from buildbot_farm import db
 from buildbot_farm.dashboard import DashboardResource, farm_dashboard, farm_menu
@@ -62,9 +64,9 @@ def fetch(farm: Any, method: str, path: str, **kwargs: Any) -> tuple[int, str]:
     """One request to the dashboard mounted at /plugins/farm/ui/; (status, body)."""
     root = resource.Resource()
     plugins, farm_root = resource.Resource(), resource.Resource()
-    root.putChild(b"plugins", plugins)
-    plugins.putChild(b"farm", farm_root)
-    farm_root.putChild(b"ui", DashboardResource(farm, FormTokens(SECRET)))
+    root.putChild(b"plugins", IResource(plugins))
+    plugins.putChild(b"farm", IResource(farm_root))
+    farm_root.putChild(b"ui", IResource(DashboardResource(farm, FormTokens(SECRET))))
     stub = StubTreq(root)
     answers: list[tuple[int, str]] = []
 
@@ -72,7 +74,8 @@ def fetch(farm: Any, method: str, path: str, **kwargs: Any) -> tuple[int, str]:
         d: defer.Deferred[bytes] = treq.content(response)
         return d.addCallback(lambda body: answers.append((response.code, body.decode())))
 
-    stub.request(method, BASE + path, **kwargs).addCallback(read)
+    # StubTreq sets treq's functions on itself in __init__, where mypy does not see them.
+    stub.request(method, BASE + path, **kwargs).addCallback(read)  # type: ignore[attr-defined]
     stub.flush()
     assert answers, f"no answer to {method} {path}"
     return answers[0]
@@ -206,8 +209,10 @@ def test_countdown_and_sizes_read_like_people_write_them() -> None:
 def test_a_page_refreshes_itself_only_when_asked() -> None:
     """``refresh=N`` adds a meta refresh of N seconds; otherwise the page stays."""
     frame = pages.Frame("/plugins/farm/ui/", "buildlets")
-    assert b'http-equiv="refresh" content="5"' in pages.page(frame, "Buildlets", "", refresh=5)
-    assert b"http-equiv" not in pages.page(frame, "Buildlets", "")
+    assert b'http-equiv="refresh" content="5"' in pages.page(
+        frame, "Buildlets", Markup(), refresh=5
+    )
+    assert b"http-equiv" not in pages.page(frame, "Buildlets", Markup())
 
 
 def test_values_are_escaped_by_the_templates() -> None:
