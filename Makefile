@@ -25,7 +25,7 @@ system-packages:
 
 lint: $(STAMP)
 	$(BIN)/ruff check buildbot_farm tests benchmarks
-	$(BIN)/mypy buildbot_farm benchmarks
+	$(BIN)/mypy buildbot_farm benchmarks tests
 
 # The whole suite against real PostgreSQL, a real Docker engine and a real master + worker.
 test: $(STAMP) system-packages lint
