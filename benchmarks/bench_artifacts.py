@@ -69,9 +69,9 @@ def serve(root: str, port: int, rows: int = 0) -> None:
     more files in its index; prints a token and the seconds opening the repository took."""
     from twisted.internet import defer
 
-    from benchmarks.twisted_reactor import reactor
     from buildbot_farm import db
     from buildbot_farm.artifacts import ArtifactRepository, open_repository, site
+    from tests.harness.twisted_reactor import reactor
 
     async def start() -> None:
         database = await db.connect(f"sqlite:///{root}/farm.sqlite", reactor)
@@ -106,7 +106,7 @@ def serve_static(directory: str, port: int) -> None:
     """Child process: Twisted's static.File serving ``directory`` at http://127.0.0.1:PORT/."""
     from twisted.web import server, static
 
-    from benchmarks.twisted_reactor import reactor
+    from tests.harness.twisted_reactor import reactor
 
     reactor.listenTCP(port, server.Site(static.File(directory)), interface="127.0.0.1")
     reactor.run()

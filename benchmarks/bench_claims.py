@@ -38,10 +38,10 @@ from pathlib import Path
 
 from twisted.internet import defer, task
 
-from benchmarks.twisted_reactor import reactor
 from buildbot_farm import db
 from buildbot_farm.db._api import qmark_to_numbered
 from tests.harness.postgres import PostgresCluster
+from tests.harness.twisted_reactor import reactor
 
 JOBS = 20_000
 CLAIMERS = 16

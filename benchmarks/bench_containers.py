@@ -81,11 +81,11 @@ async def atimed(action: Callable[[], Coroutine[Any, Any, Any]]) -> float:
 async def measure(base: str, busybox: str, workdir: Path) -> list[tuple[str, float, float]]:
     """The four ContainerTask against docker CLI rows: what, ContainerTask's seconds, the CLI's
     seconds (median of ROUNDS for the trivial task, best of 3 for the others)."""
-    from benchmarks.twisted_reactor import reactor
     from buildbot_farm.containers._engine import ContainerConfig, Engine
     from buildbot_farm.containers._run import TaskRun, labels_for
     from buildbot_farm.remote import unpack
     from buildbot_farm.remote.task_paths import InputMap, OutputFilter
+    from tests.harness.twisted_reactor import reactor
 
     engine = await Engine.connect(reactor, None)
 

@@ -36,11 +36,11 @@ from typing import Any
 from benchmarks import bench_records
 from benchmarks.bench_artifacts import curl_seconds, rss_kib, wrk
 from benchmarks.bench_leases import lease_latencies, percentile, run_on_reactor, start_bench
-from benchmarks.twisted_reactor import reactor
 from buildbot_farm import db
 from buildbot_farm.leases.providers import ProcessProvider
 from tests.harness.ports import free_port
 from tests.harness.postgres import PostgresCluster
+from tests.harness.twisted_reactor import reactor
 
 SIZES = (1_000, 10_000, 100_000)
 ROUNDS = 3

@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 
 from benchmarks.bench_leases import Bench, percentile, run_on_reactor, start_bench, table
-from benchmarks.twisted_reactor import reactor
 from buildbot_farm import db
 from buildbot_farm.leases.buildlet_user import BUILDLET_USER, ensure_buildlet_user
 from buildbot_farm.leases.providers import ProcessProvider
+from tests.harness.twisted_reactor import reactor
 
 LEASES = 30
 TARGET_RATIO = 1.2

@@ -39,7 +39,6 @@ from twisted.python import failure
 from twisted.web import server
 
 from benchmarks.bench_artifacts import spread, wait_for
-from benchmarks.twisted_reactor import reactor
 from buildbot_farm import db
 from buildbot_farm.leases import keys
 from buildbot_farm.leases.agent_client import AgentClient
@@ -54,6 +53,7 @@ from tests.harness.docker_engine import DockerEngine
 from tests.harness.images import ensure_base_image
 from tests.harness.nginx import DEBIAN_HTTP, nginx_binary, start_nginx
 from tests.harness.ports import free_port
+from tests.harness.twisted_reactor import reactor
 
 LEASES = 20
 DOWNLOAD_MIB = 256

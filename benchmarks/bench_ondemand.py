@@ -20,12 +20,12 @@ from typing import Any
 
 from twisted.internet import defer, task
 
-from benchmarks.twisted_reactor import reactor
 from buildbot_farm import db
 from buildbot_farm.ondemand.config import OnDemandBuilds
 from buildbot_farm.ondemand.host import OnDemandHost
 from buildbot_farm.ondemand.store import Job, JobTable
 from tests.harness.postgres import PostgresCluster
+from tests.harness.twisted_reactor import reactor
 
 ROUNDS = 200
 

@@ -25,7 +25,6 @@ from pathlib import Path
 from twisted.web import server
 
 from benchmarks.bench_leases import percentile, run_on_reactor, table
-from benchmarks.twisted_reactor import reactor
 from buildbot_farm import db
 from buildbot_farm.leases import keys
 from buildbot_farm.leases.agent_client import AgentClient
@@ -38,6 +37,7 @@ from buildbot_farm.web.client import http_client
 from tests.harness.docker_engine import DockerEngine
 from tests.harness.docker_hosts import DockerTestHost, DockerTestHosts
 from tests.harness.images import ensure_base_image
+from tests.harness.twisted_reactor import reactor
 
 CREATES = 100
 SPREAD_HOSTS = 3

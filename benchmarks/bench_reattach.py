@@ -20,7 +20,6 @@ from twisted.internet import defer, task
 from twisted.web import server
 
 from benchmarks.bench_leases import percentile, run_on_reactor, table
-from benchmarks.twisted_reactor import reactor
 from buildbot_farm import db
 from buildbot_farm.leases import keys
 from buildbot_farm.leases.agent_client import AgentClient
@@ -31,6 +30,7 @@ from buildbot_farm.leases.pools import BuildletType
 from buildbot_farm.leases.providers import ProcessProvider
 from buildbot_farm.web.client import http_client
 from tests.harness.relay import CuttableRelay
+from tests.harness.twisted_reactor import reactor
 
 CUTS = 40
 CUT_EVERY = 0.15  # seconds between cuts

@@ -33,9 +33,9 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from benchmarks.bench_records import _start
-from benchmarks.twisted_reactor import reactor
 from buildbot_farm.artifacts.s3 import S3Storage
 from buildbot_farm.artifacts.s3_config import S3Bucket
+from tests.harness.twisted_reactor import reactor
 
 CALLS = 200
 ROUNDS = 3
