@@ -18,6 +18,7 @@ from buildbot_farm.records.api import RecordsAPI
 from buildbot_farm.records.chain_api import RecordChainAPI
 from buildbot_farm.web import Routes
 from buildbot_farm.web.status import StatusAPI
+from tests.harness.stub_http import stub_request
 
 # The routes behind each document.
 ROUTED: dict[str, list[Routes[Any]]] = {
@@ -63,8 +64,7 @@ def _get(path: str) -> tuple[int, Any]:
     root.putChild(b"openapi", IResource(farm_documents()))
     stub = StubTreq(root)
     done: list[tuple[int, Any]] = []
-    # StubTreq sets treq's functions on itself in __init__, where mypy does not see them.
-    stub.get(f"http://farm/openapi{path}").addCallback(  # type: ignore[attr-defined]
+    stub_request(stub, "GET", f"http://farm/openapi{path}").addCallback(
         lambda response: treq.json_content(response).addCallback(
             lambda body: done.append((response.code, body))))
     stub.flush()

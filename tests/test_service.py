@@ -22,6 +22,7 @@ from buildbot_farm import db
 from buildbot_farm.leases.config import BuildletPool, FarmCoordinator
 from buildbot_farm.ondemand.config import OnDemandBuilds
 from buildbot_farm.service import FarmService
+from tests.harness.stub_http import stub_request
 
 
 class FarmServiceConfigTests(ConfigErrorsMixin, unittest.TestCase):
@@ -126,8 +127,7 @@ class FarmServiceTests(TestReactorMixin, unittest.TestCase):
         """GET status answers the backend, the schema version and the live masters as JSON."""
         master, service = await self.start(db_url="sqlite://")
         client = StubTreq(service.web_root)
-        # StubTreq sets treq's functions on itself in __init__, where mypy does not see them.
-        response = await client.get("http://farm/status")  # type: ignore[attr-defined]
+        response = await stub_request(client, "GET", "http://farm/status")
         assert response.code == 200
         body = json.loads(await response.content())
         assert body["backend"] == "sqlite"
@@ -138,16 +138,14 @@ class FarmServiceTests(TestReactorMixin, unittest.TestCase):
         """With the database closed, status answers 503 with a readable reason."""
         _master, service = await self.start(db_url="sqlite://")
         await service.disownServiceParent()
-        # StubTreq sets treq's functions on itself in __init__, where mypy does not see them.
-        response = await StubTreq(service.web_root).get("http://farm/status")  # type: ignore[attr-defined]
+        response = await stub_request(StubTreq(service.web_root), "GET", "http://farm/status")
         assert response.code == 503
         assert "not running" in json.loads(await response.content())["error"]
 
     async def test_unknown_path_lists_the_apis(self) -> None:
         """An unknown path under /plugins/farm answers a JSON 404 listing what exists."""
         _master, service = await self.start(db_url="sqlite://")
-        # StubTreq sets treq's functions on itself in __init__, where mypy does not see them.
-        response = await StubTreq(service.web_root).get("http://farm/nope")  # type: ignore[attr-defined]
+        response = await stub_request(StubTreq(service.web_root), "GET", "http://farm/nope")
         assert response.code == 404
         body = json.loads(await response.content())
         assert body["available"] == ["api", "openapi", "openapi.json", "status", "ui"]
@@ -159,8 +157,7 @@ class FarmServiceTests(TestReactorMixin, unittest.TestCase):
         client = StubTreq(service.web_root)
 
         async def names(url: str) -> list[str]:
-            # StubTreq sets treq's functions on itself in __init__, where mypy does not see them.
-            response = await client.get(url)  # type: ignore[attr-defined]
+            response = await stub_request(client, "GET", url)
             assert response.code == 200
             return [api["name"] for api in json.loads(await response.content())["apis"]]
 

@@ -25,6 +25,7 @@ from buildbot_farm.testing import (
     local_coordinator,
     memory_database,
 )
+from tests.harness.stub_http import stub_request
 from tests.harness.twisted_reactor import reactor
 
 
@@ -99,13 +100,11 @@ class FakeCoordinatorTests(TestReactorMixin, unittest.TestCase):
         assert full.value.status == 503
 
         # The routes as any HTTP client sends them (here treq's own StubTreq).
-        # StubTreq sets treq's functions on itself in __init__, where mypy does not see them.
-        listed = await farm.http.get(  # type: ignore[attr-defined]
-            f"{FAKE_COORDINATOR_URL}/buildlet/list", auth=("user-bob", farm.key("user-bob")))
+        listed = await stub_request(farm.http, "GET", f"{FAKE_COORDINATOR_URL}/buildlet/list",
+                                    auth=("user-bob", farm.key("user-bob")))
         assert [b["Name"] for b in json.loads(await listed.content())] == [name]
-        # StubTreq sets treq's functions on itself in __init__, where mypy does not see them.
-        refused = await farm.http.get(  # type: ignore[attr-defined]
-            f"{FAKE_COORDINATOR_URL}/buildlet/list", auth=("user-bob", "0" * 64))
+        refused = await stub_request(farm.http, "GET", f"{FAKE_COORDINATOR_URL}/buildlet/list",
+                                     auth=("user-bob", "0" * 64))
         assert refused.code == 401
 
         await bob.destroy(name)

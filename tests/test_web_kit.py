@@ -23,6 +23,7 @@ from buildbot_farm.leases.api import CoordinatorResource
 from buildbot_farm.ondemand.api import OnDemandAPI
 from buildbot_farm.web import ApiError, Routes, respond
 from buildbot_farm.web.status import StatusAPI
+from tests.harness.stub_http import stub_request
 
 
 class _Pets:
@@ -71,8 +72,7 @@ def _stub_answer(root: resource.Resource, method: str, url: str,
     """One request through StubTreq to ``root``: (status, headers, parsed JSON body)."""
     stub = StubTreq(root)
     done: list[Any] = []
-    # StubTreq sets treq's functions on itself in __init__, where mypy does not see them.
-    stub.request(method, url, headers=headers or {}).addCallback(  # type: ignore[attr-defined]
+    stub_request(stub, method, url, headers=headers or {}).addCallback(
         lambda response: treq.content(response).addCallback(
             lambda body: done.append((response.code, response.headers, body))))
     stub.flush()

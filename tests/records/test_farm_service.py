@@ -16,6 +16,7 @@ from twisted.trial import unittest
 from buildbot_farm.ondemand.config import OnDemandBuilds
 from buildbot_farm.records.config import BuildRecords
 from buildbot_farm.service import FarmService
+from tests.harness.stub_http import stub_request
 
 
 class RecordsInFarmServiceTests(TestReactorMixin, unittest.TestCase):
@@ -56,11 +57,9 @@ class RecordsInFarmServiceTests(TestReactorMixin, unittest.TestCase):
         _basedir, service = await self.start(db_url="sqlite://", on_demand=OnDemandBuilds())
         assert service.database is not None
         client = StubTreq(service.web_root)
-        # StubTreq sets treq's functions on itself in __init__, where mypy does not see them.
-        response = await client.get("http://farm/api/build/nobody")  # type: ignore[attr-defined]
+        response = await stub_request(client, "GET", "http://farm/api/build/nobody")
         assert response.code == 404
         assert "no records named 'nobody'" in json.loads(await response.content())["error"]
-        # StubTreq sets treq's functions on itself in __init__, where mypy does not see them.
-        response = await client.get("http://farm/api/build/" + "0" * 64)  # type: ignore[attr-defined]
+        response = await stub_request(client, "GET", "http://farm/api/build/" + "0" * 64)
         assert response.code == 404
         assert "no on-demand job" in json.loads(await response.content())["error"]

@@ -19,6 +19,7 @@ from buildbot_farm import db
 from buildbot_farm.dashboard import DashboardResource, farm_dashboard, farm_menu
 from buildbot_farm.dashboard import _pages as pages
 from buildbot_farm.dashboard._forms import FormRefused, FormTokens
+from tests.harness.stub_http import stub_request
 
 BASE = "http://farm.example/plugins/farm/ui/"
 SECRET = b"dashboard-test-form-secret"
@@ -74,8 +75,7 @@ def fetch(farm: Any, method: str, path: str, **kwargs: Any) -> tuple[int, str]:
         d: defer.Deferred[bytes] = treq.content(response)
         return d.addCallback(lambda body: answers.append((response.code, body.decode())))
 
-    # StubTreq sets treq's functions on itself in __init__, where mypy does not see them.
-    stub.request(method, BASE + path, **kwargs).addCallback(read)  # type: ignore[attr-defined]
+    stub_request(stub, method, BASE + path, **kwargs).addCallback(read)
     stub.flush()
     assert answers, f"no answer to {method} {path}"
     return answers[0]
