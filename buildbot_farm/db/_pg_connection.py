@@ -165,6 +165,11 @@ class PooledConnection(txpostgres.Connection):
         began, self._begin_deferred = not self._begin_deferred, False
         return began
 
+    def session_lost(self) -> bool:
+        """Whether libpq has closed the connection: the server session, and a transaction
+        open in it, is gone (the detector reconnects)."""
+        return self._connection is None or bool(self._connection.closed)
+
     def run(self, sql: str, params: Params | None, read: CursorReader[T]) -> defer.Deferred[T]:
         """:meth:`submit`, for a caller that awaits: fire with ``read(cursor)``."""
         done: defer.Deferred[T] = defer.Deferred()
@@ -299,10 +304,12 @@ def run_transaction(
     ``finish`` with ``fn``'s result or the Failure.
 
     BEGIN goes out with ``fn``'s first statement (:meth:`PooledConnection.defer_begin`); an
-    ``fn`` that sends none has no transaction to end. A ROLLBACK that fails leaves the
-    connection's state unknown: the error is then ``RollbackFailed``, which the detector
-    takes for a dead connection and reconnects. COMMIT and ROLLBACK report to plain
-    functions: only ``fn`` runs as a coroutine.
+    ``fn`` that sends none has no transaction to end; nor has one that fails on a lost
+    connection (the server ended its transaction with the session), which fails with its own
+    error, not a ROLLBACK's. A ROLLBACK that fails leaves the connection's state unknown:
+    the error is then ``RollbackFailed``, which the detector takes for a dead connection and
+    reconnects. COMMIT and ROLLBACK report to plain functions: only ``fn`` runs as a
+    coroutine.
     """
 
     async def in_transaction() -> T:
@@ -319,7 +326,7 @@ def run_transaction(
         connection.submit("COMMIT", None, rowcount, committed)
 
     def roll_back(reason: failure.Failure) -> None:
-        if not connection.began():
+        if not connection.began() or connection.session_lost():
             finish(reason)
             return
 

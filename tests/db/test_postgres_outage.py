@@ -10,6 +10,8 @@ from collections.abc import Callable
 import pytest
 import pytest_twisted
 from twisted.internet import defer, task
+from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
+from zope.interface import provider
 
 from buildbot_farm import db
 from tests.harness.postgres import PostgresCluster
@@ -72,6 +74,53 @@ async def test_killed_server_fails_calls_fast_then_reconnects(
     assert "after restart" in heard, "LISTEN was not re-established after the reconnect"
     await database.stop()
     print(f"reconnected {waited:.2f} s after the restart")
+
+
+@pytest_twisted.ensureDeferred
+async def test_transactions_cut_off_by_a_killed_server_fail_in_the_servers_words(
+    pg_cluster_factory: Callable[[], PostgresCluster],
+) -> None:
+    """Kill -9 PostgreSQL under two transactions: one between its statements, one at its first
+    statement (whose BEGIN went out with it). Each fails with DatabaseUnavailable carrying the
+    server's own message, and nothing is logged as an error: no ROLLBACK is tried on a
+    connection that is gone, since the transaction went with the session."""
+    cluster: PostgresCluster = pg_cluster_factory()
+    cut_between = await db.connect(cluster.dsn, reactor, pool_size=1, timeout=5.0)
+    cut_at_first = await db.connect(cluster.dsn, reactor, pool_size=1, timeout=5.0)
+    await cut_between.execute("CREATE TABLE kept (n INTEGER)")
+    await cut_at_first.fetchone("SELECT 1 AS warm")  # connected before the kill
+    errors: list[str] = []
+
+    @provider(ILogObserver)
+    def keep_errors(event: LogEvent) -> None:
+        if event.get("log_failure") is not None or event.get("isError"):
+            errors.append(formatEvent(event))
+
+    async def insert_kill_insert(txn: db.Transaction) -> None:
+        await txn.execute("INSERT INTO kept VALUES (1)")
+        cluster.kill()
+        await txn.execute("INSERT INTO kept VALUES (2)")
+
+    async def insert(txn: db.Transaction) -> None:
+        await txn.execute("INSERT INTO kept VALUES (3)")
+
+    globalLogPublisher.addObserver(keep_errors)
+    try:
+        with pytest.raises(db.DatabaseUnavailable) as between:
+            await cut_between.transaction(insert_kill_insert)
+        with pytest.raises(db.DatabaseUnavailable) as at_first:
+            await cut_at_first.transaction(insert)
+    finally:
+        globalLogPublisher.removeObserver(keep_errors)
+    for raised in (between, at_first):
+        assert "unexpected" in str(raised.value), raised.value  # the server's or libpq's words
+        assert "RollbackFailed" not in str(raised.value)
+    assert errors == []
+    cluster.restart()
+    await first_success(cut_between, within=20.0)
+    assert await cut_between.fetchall("SELECT n FROM kept") == []
+    await cut_between.stop()
+    await cut_at_first.stop()
 
 
 @pytest_twisted.ensureDeferred
