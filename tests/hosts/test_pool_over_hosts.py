@@ -6,6 +6,7 @@ import dataclasses
 import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,11 +52,11 @@ def pool_over(hosts: list[DockerTestHost], image: str) -> BuildletPool:
     )
 
 
-async def wait_for(condition: object, timeout: float, what: str) -> float:
+async def wait_for(condition: Callable[[], object], timeout: float, what: str) -> float:
     """Poll ``condition()`` (may be async) until true; return the seconds it took."""
     began = time.monotonic()
     while time.monotonic() - began < timeout:
-        result = condition()  # type: ignore[operator]
+        result = condition()
         if hasattr(result, "__await__"):
             result = await result
         if result:

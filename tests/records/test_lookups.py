@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from twisted.internet import defer
+from twisted.python import failure
 
 from buildbot_farm.records.lookups import LookupBatches
 
@@ -81,7 +82,10 @@ def test_a_failed_fetch_fails_its_batch_only() -> None:
     later = batches.get("b")
     recorder.answers[0].errback(RuntimeError("database gone"))
     failures = results(doomed)
-    assert [f.value.args for f in failures] == [("database gone",)]  # type: ignore[attr-defined]
+    assert [type(f) for f in failures] == [failure.Failure]
+    assert [f.value.args for f in failures if isinstance(f, failure.Failure)] == [
+        ("database gone",)
+    ]
     recorder.answers[1].callback({"b": 2})
     assert results([later]) == [2]
 

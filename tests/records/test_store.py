@@ -81,7 +81,9 @@ async def test_store_refuses_duplicates_and_tombstones_once(database: db.Databas
     assert stored.document == document
     assert stored.tombstone is None
     tombstone = await store.delete("app", "1", by="ops", reason="bad build", now=7)
-    assert (await store.get("app", "1")).tombstone == tombstone  # type: ignore[union-attr]
+    deleted = await store.get("app", "1")
+    assert deleted is not None
+    assert deleted.tombstone == tombstone
     with pytest.raises(AlreadyDeleted):
         await store.delete("app", "1", by="ops", reason="again", now=8)
     with pytest.raises(NoSuchRecord):
