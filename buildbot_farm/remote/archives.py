@@ -18,7 +18,7 @@ import tarfile
 import tempfile
 from collections.abc import Iterator
 
-from buildbot_farm.remote.bodies import CHUNK, ChunkedStream, GunzipReader
+from buildbot_farm.remote.bodies import CHUNK, ChunkedStream, GunzipReader, gathered_chunks
 from buildbot_farm.remote.errors import AgentError, ArchiveError
 from buildbot_farm.remote.paths import UnsafePath, relative_parts, within
 
@@ -222,8 +222,10 @@ def walk_tree(top: str, recursive: bool, prefix: str = "",
 
 
 def write_tgz(top: str, out: ChunkedStream) -> None:
-    """Write a tar.gz of everything under top to out as it is produced."""
-    with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=6, mtime=0) as packed, \
+    """Write a tar.gz of everything under top to out as it is produced, in chunks of
+    about ``CHUNK`` bytes."""
+    with gathered_chunks(out) as chunks, \
+            gzip.GzipFile(fileobj=chunks, mode="wb", compresslevel=6, mtime=0) as packed, \
             tarfile.open(fileobj=packed, mode="w|") as tar:
         for path, name in walk_tree(top, recursive=True):
             with contextlib.suppress(FileNotFoundError):  # removed while we walked

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import zlib
 from functools import partial
+from typing import Any
 
 from buildbot_farm.remote.errors import AgentError, ArchiveError
 
@@ -138,4 +139,30 @@ class ChunkedStream:
         """End the body, with the given HTTP trailer fields."""
         fields = "".join(f"{name}: {value}\r\n" for name, value in (trailers or {}).items())
         self._wfile.write(b"0\r\n" + fields.encode("latin-1", "replace") + b"\r\n")
+
+
+class _ChunkSink(io.RawIOBase):
+    """The raw side of :func:`gathered_chunks`: each write is one chunk of the stream."""
+
+    def __init__(self, stream: ChunkedStream) -> None:
+        super().__init__()
+        self._stream = stream
+
+    def writable(self) -> bool:
+        """Always: this is an output."""
+        return True
+
+    def write(self, data: Any, /) -> int:
+        """Send ``data`` as one chunk."""
+        return self._stream.write(bytes(data))
+
+
+def gathered_chunks(stream: ChunkedStream, size: int = CHUNK) -> io.BufferedWriter:
+    """A writer that gathers small writes into chunks of about ``size`` bytes of ``stream``.
+
+    For bulk bodies made in small pieces (a tar.gz comes out of gzip about 10 KiB at a time):
+    a chunk per piece costs a send here, and a read, a scan and a send at every proxy on the
+    way. Closing it sends what it holds; the stream is not finished.
+    """
+    return io.BufferedWriter(_ChunkSink(stream), buffer_size=size)
 

@@ -243,18 +243,26 @@ def raw_exec(agent: RunningAgent, fields: list[tuple[str, str]]) -> tuple[bytes,
 def raw_request(agent: RunningAgent, head: str, body: bytes = b"") -> tuple[bytes, bytes, bytes]:
     """Send head (request line and headers) and body on a bare socket with the secret; return
     the response head, the de-chunked body and the trailers."""
+    head_bytes, chunks, trailers = raw_chunks(agent, head, body)
+    return head_bytes, b"".join(chunks), trailers
+
+
+def raw_chunks(
+    agent: RunningAgent, head: str, body: bytes = b""
+) -> tuple[bytes, list[bytes], bytes]:
+    """:func:`raw_request`, with the body's chunks as the agent sent them."""
     request = f"{head}X-Buildlet-Secret: {SECRET}\r\nConnection: close\r\n\r\n"
     with socket.create_connection((agent.host, agent.port), timeout=30) as sock:
         sock.sendall(request.encode() + body)
         received = b"".join(iter(lambda: sock.recv(65536), b""))
     head_bytes, _, rest = received.partition(b"\r\n\r\n")
-    output = b""
+    chunks: list[bytes] = []
     while True:
         size_line, _, rest = rest.partition(b"\r\n")
         size = int(size_line, 16)
         if size == 0:
-            return head_bytes, output, rest
-        output += rest[:size]
+            return head_bytes, chunks, rest
+        chunks.append(rest[:size])
         assert rest[size:size + 2] == b"\r\n"
         rest = rest[size + 2:]
 
@@ -612,6 +620,24 @@ def test_writetgz_refuses_a_dir_file_clash_and_writes_nothing(agent: RunningAgen
     archive = make_tgz(member("first.txt", data=b"1"), member("clash", data=b"file"))
     assert agent.json("PUT", "/writetgz", archive)[0] == 409
     assert snapshot(agent.workdir) == before
+
+
+def test_tgz_comes_in_chunks_of_tens_of_kib(agent: RunningAgent) -> None:
+    """/tgz gathers gzip's output (about 10 KiB a piece) into chunks of about 64 KiB: a chunk
+    per piece would cost a send here and a read, a scan and a send at every proxy."""
+    data = os.urandom(1 << 20)
+    (agent.workdir / "big").mkdir()
+    (agent.workdir / "big" / "random.bin").write_bytes(data)
+    head, chunks, trailers = raw_chunks(agent, "GET /tgz?dir=big HTTP/1.1\r\nHost: agent\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert trailers == b"\r\n"
+    sizes = [len(chunk) for chunk in chunks]
+    assert len(sizes) > 1
+    assert min(sizes[:-1]) >= 32 * 1024, sizes
+    with tarfile.open(fileobj=io.BytesIO(b"".join(chunks)), mode="r:gz") as tar:
+        extracted = tar.extractfile("random.bin")
+        assert extracted is not None
+        assert extracted.read() == data
 
 
 def test_tgz_of_a_missing_directory_is_404(agent: RunningAgent) -> None:
