@@ -17,7 +17,7 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Callable, ClassVar
 
 from buildbot_farm.remote.archives import unpack_into, walk_tree, write_tgz
-from buildbot_farm.remote.bodies import CHUNK, ChunkedStream, RequestBody
+from buildbot_farm.remote.bodies import CHUNK, ChunkedStream, RequestBody, gathered_chunks
 from buildbot_farm.remote.errors import (
     OS_ERROR_STATUS,
     AgentError,
@@ -291,14 +291,10 @@ class BuildletHandler(http.server.BaseHTTPRequestHandler):
             self._send_json(200, entries)
             return
         stream = self._start_stream("text/plain; charset=utf-8")
-        lines: list[bytes] = []
-        for path, name in walk:
-            with contextlib.suppress(FileNotFoundError):  # removed while we walked
-                lines.append(go_ls_line(path, name, digest))
-            if sum(map(len, lines)) >= CHUNK:
-                stream.write(b"".join(lines))
-                lines.clear()
-        stream.write(b"".join(lines))
+        with gathered_chunks(stream) as chunks:
+            for path, name in walk:
+                with contextlib.suppress(FileNotFoundError):  # removed while we walked
+                    chunks.write(go_ls_line(path, name, digest))
         stream.finish()
 
     def handle_removeall(self) -> None:
