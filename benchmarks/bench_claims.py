@@ -7,12 +7,12 @@ The job table has no per-job claim of its own (Buildbot claims the build request
 janitor claims jobs to requeue in one batch), so the claim measured is the pattern the
 farm's claims share: take the oldest queued row with the dialect's ``FOR UPDATE SKIP
 LOCKED`` and bump its attempt, in one statement (``claim_sql``). It runs in two forms:
-alone (``database.fetchone``: autocommit, one round trip) and inside
-``database.transaction`` (BEGIN, statement, COMMIT: three), each with pools of 4 (the
-default ``db_pool_size``) and 16 connections. Each run starts from ``JOBS`` queued jobs;
-16 claimers claim until the queue is empty. A double claim would leave a job at an
-attempt above 2 (and, in our runs, return a key twice), so every run, pgbench's too, is
-checked for exactly one claim per job.
+alone (``database.fetchall_prepared``: autocommit, one round trip) and inside
+``database.transaction`` (BEGIN sent with the statement, then COMMIT: two round trips),
+each with pools of 4 (the default ``db_pool_size``) and 16 connections. Each run starts
+from ``JOBS`` queued jobs; 16 claimers claim until the queue is empty. A double claim
+would leave a job at an attempt above 2 (and, in our runs, return a key twice), so every
+run, pgbench's too, is checked for exactly one claim per job.
 
 The farm runs the claim as a prepared statement (``fetchall_prepared``): each connection
 sends ``PREPARE bench_claim AS ...`` once, then ``EXECUTE bench_claim(...)`` with the
