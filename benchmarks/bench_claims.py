@@ -14,16 +14,17 @@ from ``JOBS`` queued jobs; 16 claimers claim until the queue is empty. A double 
 would leave a job at an attempt above 2 (and, in our runs, return a key twice), so every
 run, pgbench's too, is checked for exactly one claim per job.
 
-The farm runs the claim as a prepared statement (``fetchall_prepared``): each connection
-sends ``PREPARE bench_claim AS ...`` once, then ``EXECUTE bench_claim(...)`` with the
-parameter in the text, over PostgreSQL's simple query protocol, as psycopg2 does. pgbench
-does the same work: ``-M simple`` with a script whose client PREPAREs on its first
-transaction (a per-client variable remembers it) and EXECUTEs the very text our code
-prepares (made from ``claim_sql``, the placeholder turned into a pgbench variable), in the
-same form. A second reference row has pgbench send the statement with the extended
-protocol (``-M prepared``: Parse once, then Bind and Execute); the ratio is taken against
-the faster of the two, so neither flatters the farm. (Unprepared, ``-M simple`` with the
-plain statement, the server parses and plans every claim: about twice its CPU per claim.)
+The farm runs the claim as a prepared statement (``fetchall_prepared``) over the extended
+protocol: each connection prepares it once (a Parse, sent with its first run), then sends a
+Bind, an Execute and a Sync per claim, in libpq's pipeline mode: a connection sends the next
+claim without waiting for the answer to the one before (``_pg_connection``). pgbench's
+``-M prepared`` sends the same messages per claim (Parse once per client, then Bind and
+Execute), each of its 16 clients waiting for its answer, as pgbench does. A second
+reference row has pgbench PREPARE on each client's first transaction and EXECUTE the text
+over the simple protocol (``-M simple``); the ratio is taken against the faster of the two,
+so neither flatters the farm. A third, in the statement form, pipelines as the farm does
+(``PIPELINED``). (Unprepared, the server parses and plans every claim: about twice its CPU
+per claim.)
 """
 
 from __future__ import annotations
@@ -50,6 +51,11 @@ RATIO_TARGET = 0.7
 PREPARED_NAME = "bench_claim"
 PGBENCH = "/usr/bin/pgbench"
 ROUNDS = 2
+# pgbench pipelining as the farm's pool of 4 does: 4 clients, each sending 4 claims before
+# it reads their answers. pgbench 15 ends a pipeline with one Sync, so its 4 claims commit
+# together: less work than the farm's, whose claims each commit.
+PIPELINED = (4, 4)
+PIPELINED_MODE = "pipelined"
 # (name, whether the claim runs inside BEGIN ... COMMIT)
 FORMS = (("statement", False), ("transaction", True))
 
@@ -129,18 +135,19 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _pgbench(dsn: str, script: Path, mode: str) -> float:
-    """Run ``script`` with pgbench in query ``mode``, 16 clients sharing ``JOBS`` claims; tps."""
+def _pgbench(dsn: str, script: Path, mode: str, clients: int = CLAIMERS, per_run: int = 1) -> float:
+    """Run ``script`` (``per_run`` claims) with pgbench in query ``mode``, ``clients`` clients
+    sharing ``JOBS`` claims; claims per second."""
     done = subprocess.run(
-        [PGBENCH, "--no-vacuum", "-n", "-c", str(CLAIMERS), "-j", "2", "-M", mode,
-         "-t", str(JOBS // CLAIMERS), "-D", f"now={time.time():.3f}", "-D", "prepared=0",
-         "-f", str(script), dsn],
+        [PGBENCH, "--no-vacuum", "-n", "-c", str(clients), "-j", "2", "-M", mode,
+         "-t", str(JOBS // (clients * per_run)), "-D", f"now={time.time():.3f}",
+         "-D", "prepared=0", "-f", str(script), dsn],
         capture_output=True, text=True, check=False,
     )
     found = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", done.stdout)
     if done.returncode != 0 or found is None:
         raise RuntimeError(f"pgbench failed (exit {done.returncode}):\n{done.stdout}{done.stderr}")
-    return float(found.group(1))
+    return float(found.group(1)) * per_run
 
 
 def _pgbench_scripts(dialect: db.Dialect, tmp: Path, in_transaction: bool) -> dict[str, Path]:
@@ -149,6 +156,7 @@ def _pgbench_scripts(dialect: db.Dialect, tmp: Path, in_transaction: bool) -> di
     ``simple``: PREPARE on the client's first transaction (the text ``qmark_to_numbered``
     makes, as the farm prepares it), then ``EXECUTE`` with ``:now``, as the farm sends it.
     ``prepared``: the statement itself, ``?`` turned into ``:now``, which pgbench prepares.
+    ``pipelined`` (alone only): that statement ``PIPELINED[1]`` times in one pipeline.
     """
     numbered, _ = qmark_to_numbered(claim_sql(dialect))
     executes = (
@@ -164,6 +172,11 @@ def _pgbench_scripts(dialect: db.Dialect, tmp: Path, in_transaction: bool) -> di
         path = tmp / f"claim-{mode}.sql"
         path.write_text(f"BEGIN;\n{claim}COMMIT;\n" if in_transaction else claim)
         scripts[mode] = path
+    if not in_transaction:
+        path = tmp / "claim-pipelined.sql"
+        each = f"BEGIN;\n{statement}COMMIT;\n"  # a transaction each, as the farm's claims
+        path.write_text(f"\\startpipeline\n{each * PIPELINED[1]}\\endpipeline\n")
+        scripts[PIPELINED_MODE] = path
     return scripts
 
 
@@ -189,9 +202,13 @@ async def _run() -> None:
                                  cpu / claims))
                 for mode, script in scripts.items():
                     await _fill(databases[1])
-                    rate = _pgbench(dsn, script, mode)
-                    rows.append((form, f"pgbench -M {mode}", rate, None))
-                    await _check_claimed_once(databases[1], f"pgbench -M {mode}")
+                    if mode == PIPELINED_MODE:
+                        name = "pgbench pipelined {}x{}".format(*PIPELINED)
+                        rate = _pgbench(dsn, script, "prepared", *PIPELINED)
+                    else:
+                        name, rate = f"pgbench -M {mode}", _pgbench(dsn, script, mode)
+                    rows.append((form, name, rate, None))
+                    await _check_claimed_once(databases[1], name)
     finally:
         for database in databases.values():
             await database.stop()
@@ -203,7 +220,7 @@ async def _run() -> None:
 def _print(rows: list[tuple[str, str, float, float | None]]) -> None:
     print(f"{JOBS} jobs, {CLAIMERS} concurrent claimers, every job claimed exactly once")
     print(f"target: the farm >= {RATIO_TARGET}x the best pgbench run of the same form"
-          " (pgbench -c 16 -j 2; simple: PREPARE + EXECUTE as the farm; prepared: Bind/Execute)")
+          " (pgbench -c 16 -j 2; prepared: Bind/Execute as the farm; simple: PREPARE + EXECUTE)")
     print(f"{'form':<14}{'claimer':<22}{'claims/s':>10}{'vs pgbench':>12}{'client CPU/claim':>18}")
     for form, _ in FORMS:
         best = max(rate for f, name, rate, _ in rows if f == form and name.startswith("pgbench"))

@@ -149,9 +149,9 @@ class Database(abc.ABC):
         return await self.fetchall(sql, params)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=1024)
 def qmark_to_numbered(sql: str) -> tuple[str, int]:
-    """``?`` placeholders as PostgreSQL's ``$1``, ``$2`` ... (for PREPARE); and their count."""
+    """``?`` placeholders as PostgreSQL's ``$1``, ``$2`` ...; and their count."""
     out: list[str] = []
     quote, count = "", 0
     for char in sql:
@@ -165,29 +165,3 @@ def qmark_to_numbered(sql: str) -> tuple[str, int]:
             continue
         out.append(char)
     return "".join(out), count
-
-
-@functools.lru_cache(maxsize=1024)
-def qmark_to_pyformat(sql: str) -> str:
-    """Turn ``?`` placeholders into psycopg2's ``%s`` (and ``%`` into ``%%``).
-
-    Question marks and percent signs inside quoted strings and identifiers are left as
-    they are, except that ``%`` is always doubled because psycopg2 formats the whole text.
-    """
-    out: list[str] = []
-    quote = ""
-    for char in sql:
-        if char == "%":
-            out.append("%%")
-        elif quote:
-            out.append(char)
-            if char == quote:
-                quote = ""
-        elif char in ("'", '"'):
-            quote = char
-            out.append(char)
-        elif char == "?":
-            out.append("%s")
-        else:
-            out.append(char)
-    return "".join(out)

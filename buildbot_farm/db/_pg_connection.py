@@ -1,162 +1,356 @@
-"""One pooled PostgreSQL connection that runs the pool's statements and transactions itself.
+"""One PostgreSQL connection in libpq's pipeline mode, driven by the reactor (psycopg's ``pq``).
 
-txpostgres runs each query through a cursor wrapper that takes the socket away from the
-connection (two epoll changes), hands it back after (two more), and fires its result one
-reactor turn later. For the many short statements of claims and inserts that is most of
-the client's cost per statement. :class:`PooledConnection` keeps txpostgres for what it
-does well (connecting, the ``DeadConnectionDetector`` that reconnects, closing) and runs
-statements itself: the connection stays the socket's one reader, each poll result is
-acted on at once, and the caller's Deferred fires in the same reactor turn.
+Every statement goes out as a group of its own (the statement, then a Sync) without waiting
+for the answers to the groups before it. The server so always has the next statement
+queued and never waits for the reactor to read an answer, and one wake-up of the reactor
+reads several answers: for the many short statements of claims and inserts that is most
+of the cost per statement (``docs/on-demand.md``). Each group is an implicit transaction of
+its own, unless an explicit BEGIN sent before it is still open. The server answers groups
+in the order they went out, so the connection keeps a queue of what each caller wants.
 
-The reactor watches a duplicate of libpq's socket descriptor: libpq closes its own
-descriptor when the server hangs up in the middle of a poll, and a descriptor closed
-while the reactor still watches it would leave the reactor's bookkeeping wrong (txpostgres
-avoids that by unwatching before every poll, the cost this module saves).
+A multi-statement script (a migration) goes out alone in libpq's ordinary mode, over the
+simple query protocol, once the groups before it are answered; statements sent meanwhile
+wait for it, in order.
 
-A statement reports its outcome to a plain function (:meth:`PooledConnection.submit`): the
-pool's calls of one statement need no Deferred of their own, only the caller's; inside a
-transaction, :meth:`PooledConnection.run` wraps the same path in a Deferred.
-
-It also keeps the names of the statements prepared on it (``PREPARE name AS ...`` once,
-then ``EXECUTE name(...)``), forgotten whenever it connects again, since a new server
-session has none. :func:`run_transaction` runs a farm transaction on it; its BEGIN travels
-in the same message as the transaction's first statement, so a transaction of one statement
-is two round trips (that statement, COMMIT), not three.
+The reactor watches a duplicate of libpq's socket descriptor: libpq closes its own when the
+server hangs up, and a descriptor closed while the reactor watches it would leave the
+reactor's bookkeeping wrong. A connection that loses its server fails what it has in flight
+with :class:`ConnectionLost` (libpq's words), fails new statements at once, and connects
+again in the background, backing off from 0.2 s to 5 s; a new session has no prepared
+statements, so their names are forgotten.
 """
 
 from __future__ import annotations
 
-import functools
+import enum
 import os
 import re
-from collections.abc import Awaitable
+from collections import deque
+from collections.abc import Iterator
 from typing import Any, Callable, TypeVar
 
-import psycopg2
-import psycopg2.errors
+import psycopg
+from psycopg import abc as psycopg_abc
+from psycopg import errors, pq
+from psycopg.adapt import PyFormat, Transformer
+from psycopg.conninfo import make_conninfo
 from twisted.internet import defer
 from twisted.python import failure, log
-from txpostgres import reconnection, txpostgres
 
-from buildbot_farm.db._api import (
-    POSTGRESQL_DIALECT,
-    Params,
-    Row,
-    Transaction,
-    qmark_to_numbered,
-    qmark_to_pyformat,
-)
+from buildbot_farm.db._api import Params, Row, qmark_to_numbered
+from buildbot_farm.db._pg_connect import open_session
 
 T = TypeVar("T")
-CursorReader = Callable[[Any], T]
+# reads a statement's answer (None when there was none)
+Reader = Callable[[pq.abc.PGresult | None, psycopg_abc.Transformer], T]
 Finish = Callable[[Any], None]  # called once with a statement's result, or its Failure
+MAX_RECONNECT_DELAY = 5.0
+_ANSWERS = (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK, pq.ExecStatus.EMPTY_QUERY)
+_NOT_READY = 1 << 30  # the load of a connection that cannot send now
 _NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
-class PooledConnection(txpostgres.Connection):
-    """A txpostgres connection of the pool whose statements skip the cursor wrapper.
+class ConnectionLost(psycopg.OperationalError):
+    """The connection's server session is gone (or the farm closed it); so is any
+    transaction open in it. The connection is connecting again in the background."""
 
-    One statement at a time (the pool hands a connection to one caller); the pool's
-    LISTEN runs on a plain txpostgres connection of its own.
+
+class RollbackFailed(psycopg.OperationalError):
+    """A ROLLBACK failed, so the session's state is unknown: the connection starts a new one."""
+
+
+class _State(enum.Enum):
+    """DOWN -> CONNECTING -> READY -> DOWN (lost: connects again) ...; any -> CLOSED, for good."""
+
+    DOWN = "down"
+    CONNECTING = "connecting"
+    READY = "ready"
+    CLOSED = "closed"
+
+
+class _Group:
+    """A statement sent with its Sync (and what went in front of it): what its caller wants."""
+
+    __slots__ = ("answer", "error", "finish", "prepare_at", "prepared", "read", "script", "seen")
+
+    def __init__(self, read: Reader[Any], finish: Finish, script: bool = False) -> None:
+        self.read = read
+        self.finish = finish
+        self.script = script  # sent over the simple protocol: ends with no Sync, at a None
+        self.answer: pq.abc.PGresult | None = None
+        self.error: Exception | None = None
+        self.prepared: str | None = None  # the name a PREPARE in the group creates
+        self.prepare_at = -1  # which of the group's results is that PREPARE's
+        self.seen = 0
+
+    def take(self, result: pq.abc.PGresult) -> bool:
+        """Keep what ``result`` says; whether the PREPARE it answers failed."""
+        index, self.seen = self.seen, self.seen + 1
+        if result.status == pq.ExecStatus.FATAL_ERROR:
+            if self.error is None:
+                self.error = errors.error_from_result(result, encoding="utf-8")
+            return index == self.prepare_at
+        if result.status in _ANSWERS:
+            self.answer = result
+        return False
+
+
+class PipelineConnection:
+    """A PostgreSQL connection whose statements go out without waiting for earlier answers.
+
+    ``on_recovery()`` runs each time it connects again after losing its server;
+    ``on_notify(channel, payload)`` for each NOTIFY heard on a channel it LISTENs on.
     """
 
-    _running: tuple[Finish, Any, CursorReader[Any]] | None = None
-    _watched: int | None = None  # the duplicate descriptor the reactor watches
-    _begin_deferred = False  # BEGIN goes out with the next statement
-
-    def connect(self, *args: Any, **kwargs: Any) -> defer.Deferred[Any]:
-        """Connect (again, when the detector reconnects): no statement is prepared yet.
-
-        Once connected, the reactor watches a duplicate of the socket's descriptor.
-        """
+    def __init__(
+        self,
+        reactor: Any,
+        dsn: str,
+        on_recovery: Callable[[], object] | None = None,
+        on_notify: Callable[[str, str], object] | None = None,
+    ) -> None:
+        self.reactor = reactor
         self.prepared: set[str] = set()
-        self._cursor: Any = None  # one cursor a session, made on first use
+        self.session = 0  # counts the server sessions the connection has had
+        self._conninfo = make_conninfo(dsn, client_encoding="UTF8")
+        self._on_recovery = on_recovery
+        self._on_notify = on_notify
+        self._state = _State.DOWN
+        self._why_down = "not connected yet"
+        self._pg: pq.abc.PGconn | None = None
+        self._watched: int | None = None  # the duplicate descriptor the reactor watches
+        self._groups: deque[_Group] = deque()
+        # sends waiting for a script to end (or, a script, for the pipeline to empty)
+        self._held_back: deque[tuple[bool, Callable[[], None]]] = deque()
+        self._loader: psycopg_abc.Transformer = Transformer()
         self._begin_deferred = False
-        return super().connect(*args, **kwargs).addCallback(self._watch_duplicate)
+        self._give_up: Callable[[], None] | None = None  # while connecting
+        self._retry: Any = None
+        self._delays = reconnect_delays()
 
-    def _watch_duplicate(self, connected: T) -> T:
-        self.reactor.removeReader(self)
-        self._watched = os.dup(self._connection.fileno())
+    @property
+    def ready(self) -> bool:
+        """Whether statements can go out now (connected, not lost, not closed)."""
+        return self._state is _State.READY
+
+    @property
+    def load(self) -> int:
+        """How many statements are sent or waiting to be, not yet answered; a connection that
+        is not ready counts as more loaded than any that is."""
+        if self._state is not _State.READY:
+            return _NOT_READY
+        return len(self._groups) + len(self._held_back)
+
+    def connect(self) -> defer.Deferred[None]:
+        """Open a server session (one attempt); fail with libpq's reason."""
+        if self._state is _State.CLOSED:
+            return defer.fail(ConnectionLost("the connection was closed"))
+        self._state = _State.CONNECTING
+        opening, self._give_up = open_session(self.reactor, self._conninfo)
+        return opening.addCallback(self._connected).addErrback(self._connect_failed)
+
+    def _connected(self, pg: pq.abc.PGconn) -> None:
+        self._give_up = None
+        try:
+            pg.notice_handler = _ignore_notice  # libpq would print them on stderr
+            pg.nonblocking = 1
+            pg.enter_pipeline_mode()
+            self._watched = os.dup(pg.socket)
+        except (psycopg.Error, OSError) as e:
+            pg.finish()
+            raise psycopg.OperationalError(f"cannot set up the connection: {e}") from e
+        self._pg = pg
+        self._state = _State.READY
+        self.session += 1
+        self.prepared = set()
+        self._begin_deferred = False
         self.reactor.addReader(self)
-        return connected
 
-    def fileno(self) -> int:
-        """The descriptor the reactor watches: the duplicate once connected."""
-        if self._watched is not None:
-            return self._watched
-        return int(super().fileno())
+    def _connect_failed(self, reason: failure.Failure) -> failure.Failure:
+        self._give_up = None
+        if self._state is _State.CONNECTING:
+            self._state = _State.DOWN
+        self._why_down = " ".join(reason.getErrorMessage().split()) or "cannot connect"
+        return reason
+
+    def reconnect_in_background(self) -> None:
+        """While the connection is down, try to connect again, backing off between tries."""
+        if self._state is _State.DOWN and self._retry is None:
+            self._retry = self.reactor.callLater(next(self._delays), self._try_again)
+
+    def _try_again(self) -> None:
+        self._retry = None
+        self.connect().addCallbacks(self._recovered, lambda _: self.reconnect_in_background())
+
+    def _recovered(self, _: None) -> None:
+        self._delays = reconnect_delays()
+        if self._on_recovery is not None:
+            defer.maybeDeferred(self._on_recovery).addErrback(
+                log.err, "farm database: after reconnecting"
+            )
 
     def close(self) -> None:
-        """Close the connection, then the duplicate descriptor."""
+        """Close for good: what is in flight fails, and no reconnection follows."""
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        if self._give_up is not None:
+            self._give_up()
+            self._give_up = None
+        self._drop("the farm closed the connection", then=_State.CLOSED)
+
+    def fileno(self) -> int:
+        """The descriptor the reactor watches: a duplicate of libpq's (-1 when not connected)."""
+        return -1 if self._watched is None else self._watched
+
+    def logPrefix(self) -> str:  # noqa: N802 - ILoggingContext
+        """How the reactor's log names this connection."""
+        return "farm-postgres"
+
+    def submit(self, sql: str, params: Params, read: Reader[T], finish: Finish) -> None:
+        """Send ``sql`` (``?`` placeholders, one statement) with ``params``; call ``finish``
+        with ``read(answer, loader)`` or with the Failure, once, perhaps before returning."""
+        numbered, count = qmark_to_numbered(sql)
         try:
-            super().close()
-        finally:
-            self._unwatch()
-
-    def _unwatch(self) -> None:
-        """Stop watching the socket and close the duplicate (libpq's descriptor is its own)."""
-        self.reactor.removeReader(self)
-        self.reactor.removeWriter(self)
-        if self._watched is not None:
-            os.close(self._watched)
-            self._watched = None
-
-    def submit(
-        self, sql: str, params: Params | None, read: CursorReader[T], finish: Finish
-    ) -> None:
-        """Send ``sql`` (``?`` placeholders) with ``params``; call ``finish`` with
-        ``read(cursor)`` or with the Failure, once, perhaps before returning.
-
-        ``params`` None sends ``sql`` as it is (no placeholders, ``%`` untouched). A
-        connection known dead (a reconnection is under way) fails at once.
-        """
-        if self.detector.connectionIsDead:  # a reconnection is under way
-            finish(failure.Failure(reconnection.ConnectionDead()))
-        elif params is None:
-            self._send(sql, None, read, finish)
-        else:
-            self._send(qmark_to_pyformat(sql), tuple(params), read, finish)
+            values, types = self._dumped(params, count)
+        except Exception:
+            finish(failure.Failure())
+            return
+        command = numbered.encode()
+        self._send(
+            _Group(read, finish),
+            lambda pg: pg.send_query_params(command, values, param_types=types),
+        )
 
     def submit_prepared(
         self,
         name: str,
         sql: str,
         params: Params,
-        read: CursorReader[T],
+        read: Reader[T],
         finish: Finish,
         in_transaction: bool,
     ) -> None:
-        """:meth:`submit` ``sql`` as the prepared statement ``name``, PREPAREd first where needed.
+        """:meth:`submit` ``sql`` as the prepared statement ``name``; PREPARE it in the same
+        group where this session has not yet.
 
         Outside a transaction a statement DEALLOCATEd since it was prepared here is prepared
         again and run; inside one, its failed EXECUTE has aborted the transaction already.
         """
-        if self.detector.connectionIsDead:
-            finish(failure.Failure(reconnection.ConnectionDead()))
+        try:
+            check_statement_name(name)
+            numbered, count = qmark_to_numbered(sql)
+            values, _ = self._dumped(params, count)
+        except Exception:
+            finish(failure.Failure())
             return
-        numbered, count = qmark_to_numbered(sql)
-        execute, values = _execute_text(name, count), tuple(params)
-        if name not in self.prepared:
-            self._prepare(name, numbered, lambda: self._send(execute, values, read, finish), finish)
-        elif in_transaction:
-            self._send(execute, values, read, finish)
+        key, command = name.encode(), numbered.encode()
+
+        def send(group: _Group) -> None:
+            def statements(pg: pq.abc.PGconn) -> None:
+                if name not in self.prepared:
+                    group.prepared, group.prepare_at = name, int(self._begin_deferred)
+                    pg.send_prepare(key, command)
+                    self.prepared.add(name)
+                pg.send_query_prepared(key, values)
+
+            self._send(group, statements)
+
+        if in_transaction or name not in self.prepared:
+            send(_Group(read, finish))
+            return
+
+        def prepare_again(outcome: Any) -> None:
+            if isinstance(outcome, failure.Failure) and outcome.check(
+                errors.InvalidSqlStatementName  # DEALLOCATEd since
+            ):
+                self.prepared.discard(name)
+                send(_Group(read, finish))
+            else:
+                finish(outcome)
+
+        send(_Group(read, prepare_again))
+
+    def submit_script(self, script: str, finish: Finish) -> None:
+        """Send ``script`` (statements without placeholders) over the simple protocol, alone."""
+        command = script.encode()
+
+        def go() -> None:
+            self._start_script(command, _Group(_nothing, finish, script=True))
+
+        if self._groups or self._held_back:
+            self._held_back.append((True, go))
         else:
+            go()
 
-            def prepare_again(outcome: Any) -> None:
-                if isinstance(outcome, failure.Failure) and outcome.check(
-                    psycopg2.errors.InvalidSqlStatementName  # DEALLOCATEd since
-                ):
-                    self._prepare(
-                        name, numbered, lambda: self._send(execute, values, read, finish), finish
-                    )
-                else:
-                    finish(outcome)
+    def _start_script(self, command: bytes, group: _Group) -> None:
+        pg = self._pg
+        if not self.ready or pg is None:
+            group.finish(failure.Failure(ConnectionLost(self._why_down)))
+            return
+        if self._begin_deferred:
+            command = b"BEGIN; " + command
+        self._groups.append(group)
+        try:
+            pg.exit_pipeline_mode()
+            pg.send_query(command)
+            self._flush(pg)
+        except psycopg.Error as e:
+            self._drop(str(e))
+            return
+        self._begin_deferred = False
 
-            self._send(execute, values, read, prepare_again)
+    def _dumped(self, params: Params, count: int) -> tuple[list[Any], list[int]]:
+        """``params`` as text for the server, and their types' OIDs."""
+        if len(params) != count:
+            raise ValueError(
+                f"the statement has {count} '?' placeholder(s) but {len(params)} value(s) "
+                f"were given"
+            )
+        formats = [PyFormat.TEXT] * count
+        values = self._loader.dump_sequence(params, formats)
+        return list(values), list(self._loader.types or ())
+
+    def _send(self, group: _Group, statements: Callable[[pq.abc.PGconn], None]) -> None:
+        """Send ``statements`` and a Sync as ``group``, after a script that runs or waits."""
+        if self._held_back or (self._groups and self._groups[-1].script):
+            self._held_back.append((False, lambda: self._send_now(group, statements)))
+        else:
+            self._send_now(group, statements)
+
+    def _send_now(self, group: _Group, statements: Callable[[pq.abc.PGconn], None]) -> None:
+        pg = self._pg
+        if not self.ready or pg is None:
+            group.finish(failure.Failure(ConnectionLost(self._why_down)))
+            return
+        self._groups.append(group)
+        try:
+            if self._begin_deferred:  # its answer comes first; the statement's replaces it
+                pg.send_query_params(b"BEGIN", None)
+            statements(pg)
+            pg.pipeline_sync()
+            self._flush(pg)
+        except psycopg.Error as e:  # libpq can no longer send: the session is lost
+            self._drop(str(e))
+            return
+        self._begin_deferred = False
+
+    def _release_held_back(self) -> None:
+        """Send what waited for a script, up to the next script (which waits for the rest)."""
+        while self._held_back:
+            script, go = self._held_back[0]
+            if self._groups and (script or self._groups[-1].script):
+                return
+            self._held_back.popleft()
+            go()
+
+    def _flush(self, pg: pq.abc.PGconn) -> None:
+        if pg.flush():
+            self.reactor.addWriter(self)
 
     def defer_begin(self) -> None:
-        """Begin a transaction with the next statement: ``BEGIN;`` goes in front of it, in
-        the same message, which saves BEGIN's own round trip."""
+        """Begin a transaction with the next statement: BEGIN goes in front of it, in the
+        same round trip."""
         self._begin_deferred = True
 
     def began(self) -> bool:
@@ -165,193 +359,153 @@ class PooledConnection(txpostgres.Connection):
         began, self._begin_deferred = not self._begin_deferred, False
         return began
 
-    def session_lost(self) -> bool:
-        """Whether libpq has closed the connection: the server session, and a transaction
-        open in it, is gone (the detector reconnects)."""
-        return self._connection is None or bool(self._connection.closed)
-
-    def run(self, sql: str, params: Params | None, read: CursorReader[T]) -> defer.Deferred[T]:
-        """:meth:`submit`, for a caller that awaits: fire with ``read(cursor)``."""
+    def run(self, sql: str, params: Params, read: Reader[T]) -> defer.Deferred[T]:
+        """:meth:`submit`, for a caller that awaits: fire with what ``read`` returns."""
         done: defer.Deferred[T] = defer.Deferred()
-        self.submit(sql, params, read, _settle(done))
+        self.submit(sql, params, read, settle(done))
         return done
 
     def run_prepared(
-        self, name: str, sql: str, params: Params, read: CursorReader[T], in_transaction: bool
+        self, name: str, sql: str, params: Params, read: Reader[T], in_transaction: bool
     ) -> defer.Deferred[T]:
-        """:meth:`submit_prepared`, for a caller that awaits: fire with ``read(cursor)``."""
+        """:meth:`submit_prepared`, for a caller that awaits."""
         done: defer.Deferred[T] = defer.Deferred()
-        self.submit_prepared(name, sql, params, read, _settle(done), in_transaction)
+        self.submit_prepared(name, sql, params, read, settle(done), in_transaction)
         return done
 
-    def _prepare(
-        self, name: str, numbered: str, then: Callable[[], None], finish: Finish
-    ) -> None:
-        """PREPARE ``numbered`` as ``name``, then call ``then``; or ``finish`` with the Failure."""
-        try:
-            check_statement_name(name)
-        except ValueError:
-            finish(failure.Failure())
-            return
-        self.prepared.discard(name)
+    def run_script(self, script: str) -> defer.Deferred[None]:
+        """:meth:`submit_script`, for a caller that awaits."""
+        done: defer.Deferred[None] = defer.Deferred()
+        self.submit_script(script, settle(done))
+        return done
 
-        def prepared(outcome: Any) -> None:
-            if isinstance(outcome, failure.Failure):
-                finish(outcome)
-            else:
-                self.prepared.add(name)
-                then()
-
-        self._send(f"PREPARE {name} AS {numbered}", None, _nothing, prepared)
-
-    def _send(
-        self, sql: str, params: tuple[Any, ...] | None, read: CursorReader[T], finish: Finish
-    ) -> None:
-        if self._running is not None:
-            busy = RuntimeError("a pooled connection runs one statement at a time")
-            finish(failure.Failure(busy))
-            return
-        if self._cursor is None:
-            self._cursor = self._connection.cursor()
-        cursor = self._cursor
-        if self._begin_deferred:
-            sql = "BEGIN; " + sql  # the server answers for the last statement of a message
-        try:
-            cursor.execute(sql, params)
-        except Exception:
-            finish(failure.Failure())
-            return
-        self._begin_deferred = False
-        self._running = (finish, cursor, read)
-        self._advance()
-
-    def _advance(self) -> None:
-        """Poll the running statement; finish it when the server's answer is complete."""
-        assert self._running is not None
-        finish, cursor, read = self._running
-        try:
-            state = self._connection.poll()
-            if state == psycopg2.extensions.POLL_WRITE:
-                self.reactor.addWriter(self)
-                return
-            if state != psycopg2.extensions.POLL_OK:
-                return  # POLL_READ: this connection is the socket's reader already
-            result = read(cursor)
-        except Exception:
-            outcome = failure.Failure()
-            self._finish()
-            if self._connection.closed:
-                self._unwatch()
-            finish(outcome)
-            return
-        self._finish()
-        finish(result)
-
-    def _finish(self) -> None:
-        self._running = None
+    def end_session(self, why: str) -> None:
+        """End a session whose state is unknown (a ROLLBACK failed); connect again."""
+        self._drop(why)
 
     def doRead(self) -> None:  # noqa: N802 - IReadDescriptor
-        """The server answered: go on with the running statement (or look for a hang-up)."""
-        if self._running is not None:
-            self._advance()
-        else:
-            super().doRead()
+        """The server sent something: answers, notifications, or its goodbye."""
+        pg = self._pg
+        if pg is None:
+            return
+        try:
+            pg.consume_input()
+        except psycopg.Error as e:
+            self._drop(str(e))
+            return
+        self._take_answers(pg)
+        if self._pg is not pg:
+            return  # a caller's statement ended the session
+        if self._on_notify is not None:
+            while (notify := pg.notifies()) is not None:
+                self._on_notify(notify.relname.decode(), notify.extra.decode())
+        if pg.status == pq.ConnStatus.BAD:
+            self._drop(pg.get_error_message())
+
+    def _take_answers(self, pg: pq.abc.PGconn) -> None:
+        """Finish each group whose answer has come in full, in the order they went out."""
+        nothing = 0  # two Nones in a row: nothing more has come
+        while self._groups and self._pg is pg and not pg.is_busy() and nothing < 2:
+            result = pg.get_result()
+            group = self._groups[0]
+            if result is None:
+                nothing += 1
+                if group.script and nothing == 1:
+                    self._end_script(pg)
+                continue
+            nothing = 0
+            if result.status == pq.ExecStatus.PIPELINE_SYNC:
+                self._complete(self._groups.popleft())
+                if self._held_back:
+                    self._release_held_back()
+            elif group.take(result) and group.prepared is not None:
+                self.prepared.discard(group.prepared)
+
+    def _end_script(self, pg: pq.abc.PGconn) -> None:
+        """The script is answered: back to pipeline mode, and out with what waited for it."""
+        try:
+            pg.enter_pipeline_mode()
+        except psycopg.Error as e:
+            self._drop(str(e))
+            return
+        self._complete(self._groups.popleft())
+        self._release_held_back()
+
+    def _complete(self, group: _Group) -> None:
+        if group.error is not None:
+            group.finish(failure.Failure(group.error))
+            return
+        try:
+            value = group.read(group.answer, self._loader)
+        except Exception:
+            group.finish(failure.Failure())
+            return
+        group.finish(value)
 
     def doWrite(self) -> None:  # noqa: N802 - IWriteDescriptor
-        """The socket takes more of a long statement."""
-        self.reactor.removeWriter(self)
-        if self._running is not None:
-            self._advance()
-        else:
-            super().doWrite()
+        """The socket takes more of what libpq has to send."""
+        pg = self._pg
+        try:
+            if pg is None or not pg.flush():
+                self.reactor.removeWriter(self)
+        except psycopg.Error as e:
+            self._drop(str(e))
 
     def connectionLost(self, reason: failure.Failure) -> None:
-        """Fail a running statement whose connection closed, then let txpostgres see it."""
-        if self._running is not None and self._connection.closed:
-            finish = self._running[0]
-            self._finish()
-            finish(reason)
-        super().connectionLost(reason)
+        """The reactor saw the socket fail or hang up."""
+        why = self._pg.get_error_message() if self._pg is not None else ""
+        self._drop(why or reason.getErrorMessage())
 
-
-class _PostgresTransaction(Transaction):
-    dialect = POSTGRESQL_DIALECT
-
-    def __init__(self, connection: PooledConnection) -> None:
-        self._connection = connection
-
-    async def execute(self, sql: str, params: Params = ()) -> int:
-        return await self._connection.run(sql, params, rowcount)
-
-    async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
-        return await self._connection.run(sql, params, rows)
-
-    async def fetchall_prepared(self, name: str, sql: str, params: Params = ()) -> list[Row]:
-        return await self._connection.run_prepared(name, sql, params, rows, in_transaction=True)
-
-    async def executescript(self, script: str) -> None:
-        await self._connection.run(script, None, rowcount)
-
-    async def notify(self, channel: str, payload: str = "") -> None:
-        check_channel(channel)
-        await self._connection.run("SELECT pg_notify(?, ?)", (channel, payload), rowcount)
-
-
-def run_transaction(
-    connection: PooledConnection, fn: Callable[[Transaction], Awaitable[T]], finish: Finish
-) -> None:
-    """BEGIN, ``fn``, COMMIT on ``connection``; ROLLBACK when ``fn`` raises. Then call
-    ``finish`` with ``fn``'s result or the Failure.
-
-    BEGIN goes out with ``fn``'s first statement (:meth:`PooledConnection.defer_begin`); an
-    ``fn`` that sends none has no transaction to end; nor has one that fails on a lost
-    connection (the server ended its transaction with the session), which fails with its own
-    error, not a ROLLBACK's. A ROLLBACK that fails leaves the connection's state unknown:
-    the error is then ``RollbackFailed``, which the detector takes for a dead connection and
-    reconnects. COMMIT and ROLLBACK report to plain functions: only ``fn`` runs as a
-    coroutine.
-    """
-
-    async def in_transaction() -> T:
-        return await fn(_PostgresTransaction(connection))
-
-    def commit(result: T) -> None:
-        if not connection.began():
-            finish(result)
+    def _drop(self, why: str, then: _State = _State.DOWN) -> None:
+        """End the session: fail what is in flight with ``why``. A connection left DOWN (its
+        server lost) connects again in the background; a CLOSED one never does."""
+        was = self._state
+        if was is not _State.CLOSED:
+            self._state = then
+        if was is not _State.READY:
             return
-
-        def committed(outcome: Any) -> None:
-            finish(outcome if isinstance(outcome, failure.Failure) else result)
-
-        connection.submit("COMMIT", None, rowcount, committed)
-
-    def roll_back(reason: failure.Failure) -> None:
-        if not connection.began() or connection.session_lost():
-            finish(reason)
-            return
-
-        def rolled_back(outcome: Any) -> None:
-            if isinstance(outcome, failure.Failure):
-                log.err(outcome, "farm database: ROLLBACK failed")
-                finish(failure.Failure(txpostgres.RollbackFailed(connection, reason)))
-            else:
-                finish(reason)
-
-        connection.submit("ROLLBACK", None, rowcount, rolled_back)
-
-    connection.defer_begin()
-    defer.ensureDeferred(in_transaction()).addCallbacks(commit, roll_back)
+        self._why_down = " ".join(why.split()) or "the server closed the connection"
+        self.reactor.removeReader(self)
+        self.reactor.removeWriter(self)
+        if self._watched is not None:
+            os.close(self._watched)
+            self._watched = None
+        if self._pg is not None:
+            self._pg.finish()
+            self._pg = None
+        self._begin_deferred = False
+        lost = failure.Failure(ConnectionLost(self._why_down))
+        groups, held_back = list(self._groups), list(self._held_back)
+        self._groups.clear()
+        self._held_back.clear()
+        for group in groups:
+            group.finish(lost)
+        for _, go in held_back:  # not sent: each fails as a send on a lost connection does
+            go()
+        self.reconnect_in_background()
 
 
-def rowcount(cursor: Any) -> int:
-    """How many rows the cursor's statement changed."""
-    return int(cursor.rowcount)
+def reconnect_delays() -> Iterator[float]:
+    """The waits between reconnection attempts: at once, then 0.2 s doubling up to 5 s."""
+    delay = 0.0
+    while True:
+        yield delay
+        delay = min(max(delay * 2, 0.2), MAX_RECONNECT_DELAY)
 
 
-def rows(cursor: Any) -> list[Row]:
-    """The rows of the cursor's query as dicts keyed by column name."""
-    names = [column[0] for column in cursor.description or ()]
-    return [dict(zip(names, row)) for row in cursor.fetchall()]
+def rowcount(result: pq.abc.PGresult | None, loader: psycopg_abc.Transformer) -> int:
+    """How many rows the statement changed or returned (-1 for one that counts none)."""
+    tuples = result.command_tuples if result is not None else None
+    return -1 if tuples is None else tuples
+
+
+def rows(result: pq.abc.PGresult | None, loader: psycopg_abc.Transformer) -> list[Row]:
+    """The rows of the query as dicts keyed by column name."""
+    if result is None or result.status != pq.ExecStatus.TUPLES_OK:
+        return []
+    names = [(result.fname(i) or b"").decode() for i in range(result.nfields)]
+    loader.set_pgresult(result)
+    return loader.load_rows(0, result.ntuples, lambda values: dict(zip(names, values)))
 
 
 def check_statement_name(name: str) -> None:
@@ -368,17 +522,11 @@ def check_channel(channel: str) -> None:
         )
 
 
-@functools.lru_cache(maxsize=256)
-def _execute_text(name: str, count: int) -> str:
-    """``EXECUTE name(%s, ...)`` for a statement of ``count`` parameters."""
-    return f"EXECUTE {name}({', '.join(['%s'] * count)})" if count else f"EXECUTE {name}"
-
-
-def _nothing(cursor: Any) -> None:
+def _nothing(result: pq.abc.PGresult | None, loader: psycopg_abc.Transformer) -> None:
     """Read nothing from a statement that returns nothing."""
 
 
-def _settle(done: defer.Deferred[T]) -> Finish:
+def settle(done: defer.Deferred[T]) -> Finish:
     """The :data:`Finish` that fires ``done`` with a statement's outcome."""
 
     def finish(outcome: Any) -> None:
@@ -388,3 +536,7 @@ def _settle(done: defer.Deferred[T]) -> Finish:
             done.callback(outcome)
 
     return finish
+
+
+def _ignore_notice(notice: pq.abc.PGresult) -> None:
+    """Drop a server notice (``... already exists, skipping``): the farm has no use for them."""

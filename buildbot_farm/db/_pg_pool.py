@@ -1,10 +1,14 @@
-"""The pool of PostgreSQL connections: one call at a time on each, each call within a deadline.
+"""The pool of PostgreSQL connections: statements share them, a transaction holds one; each
+call within a deadline.
 
-A call takes an idle connection at once or waits its turn; its deadline bounds the whole
-call (the wait and the server's answer). A call whose deadline passes fails with
-``DatabaseUnavailable``: while waiting it just leaves the queue; on a connection, that
-connection is handed to ``on_stuck`` (which closes it, failing what runs on it, and puts a
-fresh one in the pool), since a server that does not answer may never answer.
+The connections pipeline (``_pg_connection``): a statement on its own goes out at once on the
+connection with the fewest statements in flight, among those no transaction holds. A
+transaction holds a connection for itself until it ends (statements sent before it are
+answered first, in order). When every connection is held, calls wait their turn. A call's
+deadline bounds the whole call (the wait and the server's answer). A call whose deadline
+passes fails with ``DatabaseUnavailable``: while waiting it just leaves the queue; on a
+connection, that connection is handed to ``on_stuck`` (which closes it, failing what runs on
+it, and puts a fresh one in the pool), since a server that does not answer may never answer.
 
 This is the path of every farm statement, so a call costs one Deferred (the caller's) and
 no timer of its own: every call of a pool has the same timeout, so the unfinished calls,
@@ -19,39 +23,34 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Callable, TypeVar
 
-import psycopg2
+import psycopg
 from twisted.internet import defer
 from twisted.python import failure
-from txpostgres import reconnection, txpostgres
 
 from buildbot_farm.db._errors import DatabaseUnavailable, IntegrityError
-from buildbot_farm.db._pg_connection import Finish, PooledConnection
+from buildbot_farm.db._pg_connection import Finish, PipelineConnection
 
 T = TypeVar("T")
-Work = Callable[[PooledConnection, Finish], object]  # runs a call, calls Finish once
-CONNECTION_ERRORS = (
-    psycopg2.OperationalError,
-    psycopg2.InterfaceError,
-    reconnection.ConnectionDead,
-    txpostgres.RollbackFailed,
-)
+Work = Callable[[PipelineConnection, Finish], object]  # runs a call, calls Finish once
+CONNECTION_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)
 
 
 class _Call:
     """One call of the pool: waiting for a connection, then running on ``connection``."""
 
-    __slots__ = ("connection", "deadline", "doing", "result", "work")
+    __slots__ = ("connection", "deadline", "doing", "holds", "result", "work")
 
-    def __init__(self, work: Work, doing: str, deadline: float) -> None:
+    def __init__(self, work: Work, doing: str, deadline: float, holds: bool) -> None:
         self.work = work
         self.doing = doing
         self.deadline = deadline
+        self.holds = holds  # a transaction: the connection is its alone until it ends
         self.result: defer.Deferred[Any] = defer.Deferred()
-        self.connection: PooledConnection | None = None
+        self.connection: PipelineConnection | None = None
 
 
 class ConnectionPool:
-    """The pooled connections of one database, handed to one call at a time.
+    """The pooled connections of one database, shared by statements, held by transactions.
 
     ``unavailable(reason)`` makes the error of a call that cannot reach the server;
     ``on_stuck(connection)`` is called with a connection whose call ran out of time.
@@ -62,35 +61,35 @@ class ConnectionPool:
         reactor: Any,
         timeout: float,
         unavailable: Callable[[str], DatabaseUnavailable],
-        on_stuck: Callable[[PooledConnection], None],
+        on_stuck: Callable[[PipelineConnection], None],
     ) -> None:
-        self.members: set[PooledConnection] = set()
+        self.members: set[PipelineConnection] = set()
         self._reactor = reactor
         self._timeout = timeout
         self._unavailable = unavailable
         self._on_stuck = on_stuck
-        self._idle: list[PooledConnection] = []
+        self._free: list[PipelineConnection] = []  # taking calls, held by no transaction
         self._waiting: deque[_Call] = deque()
         self._calls: dict[_Call, None] = {}  # unfinished, oldest (first deadline) first
         self._timer: Any = None  # set for the oldest call's deadline while there are calls
 
-    def add(self, connection: PooledConnection, free: bool = True) -> None:
-        """Make ``connection`` one of the pool's: free for the next call, or (``free`` False,
-        while it connects) once :meth:`free` is called."""
+    def add(self, connection: PipelineConnection, free: bool = True) -> None:
+        """Make ``connection`` one of the pool's: taking calls now, or (``free`` False, while
+        it connects) once :meth:`free` is called."""
         self.members.add(connection)
         if free:
             self._release(connection)
 
-    def free(self, connection: PooledConnection) -> None:
+    def free(self, connection: PipelineConnection) -> None:
         """``connection``, added while it connected, takes calls from now on (if still ours)."""
-        if connection in self.members:
+        if connection in self.members and connection not in self._free:
             self._release(connection)
 
-    def discard(self, connection: PooledConnection) -> None:
+    def discard(self, connection: PipelineConnection) -> None:
         """Take ``connection`` out of the pool (it is being closed)."""
         self.members.discard(connection)
-        if connection in self._idle:
-            self._idle.remove(connection)
+        if connection in self._free:
+            self._free.remove(connection)
 
     def close(self, reason: DatabaseUnavailable) -> None:
         """Fail the calls still waiting for a connection with ``reason``.
@@ -105,34 +104,47 @@ class ConnectionPool:
             self._timer.cancel()
             self._timer = None
 
-    def run(self, work: Work, doing: str) -> defer.Deferred[T]:
-        """Run ``work(connection, finish)`` on a free connection once there is one; fire
-        with what ``work`` passes to ``finish`` (a result or a Failure).
+    def run(self, work: Work, doing: str, holds: bool = False) -> defer.Deferred[T]:
+        """Run ``work(connection, finish)`` on a connection no transaction holds, once there
+        is one (holding it until ``finish`` when ``holds``); fire with what ``work`` passes to
+        ``finish`` (a result or a Failure).
 
         A violated constraint fails with ``IntegrityError``, an unreachable server (or no
         answer before the deadline) with ``DatabaseUnavailable``.
         """
-        call = _Call(work, doing, self._reactor.seconds() + self._timeout)
+        call = _Call(work, doing, self._reactor.seconds() + self._timeout, holds)
         self._calls[call] = None
         if self._timer is None:
             self._timer = self._reactor.callLater(self._timeout, self._expire)
-        if self._idle:
-            self._start(call, self._idle.pop())
+        if self._free and not self._waiting:
+            self._start(call, self._least_busy())
         else:
             self._waiting.append(call)
         return call.result
 
-    def _start(self, call: _Call, connection: PooledConnection) -> None:
+    def _least_busy(self) -> PipelineConnection:
+        """The free connection to send to next: the one with the fewest statements in flight
+        (one that is not ready last)."""
+        best, lightest = self._free[0], self._free[0].load
+        for connection in self._free:
+            if not lightest:
+                break
+            load = connection.load
+            if load < lightest:
+                best, lightest = connection, load
+        return best
+
+    def _start(self, call: _Call, connection: PipelineConnection) -> None:
         call.connection = connection
+        if call.holds:
+            self._free.remove(connection)
         try:
             call.work(connection, lambda outcome: self._finish(call, connection, outcome))
         except Exception:
             self._finish(call, connection, failure.Failure())
 
-    def _finish(self, call: _Call, connection: PooledConnection, outcome: Any) -> None:
-        if isinstance(outcome, failure.Failure):  # one that says the server is gone reconnects
-            connection.detector.checkForDeadConnection(outcome)
-        if connection in self.members:
+    def _finish(self, call: _Call, connection: PipelineConnection, outcome: Any) -> None:
+        if call.holds and connection in self.members:
             self._release(connection)
         if call not in self._calls:
             return  # expired: the caller has had its error
@@ -167,15 +179,15 @@ class ConnectionPool:
             if call.connection is not None:
                 self._on_stuck(call.connection)
 
-    def _release(self, connection: PooledConnection) -> None:
-        if self._waiting:
+    def _release(self, connection: PipelineConnection) -> None:
+        """``connection`` is held no more: it takes the waiting calls, up to a transaction."""
+        self._free.append(connection)
+        while self._waiting and connection in self._free:
             self._start(self._waiting.popleft(), connection)
-        else:
-            self._idle.append(connection)
 
     def _mapped(self, outcome: failure.Failure) -> failure.Failure:
         error: Exception
-        if outcome.check(psycopg2.IntegrityError):
+        if outcome.check(psycopg.IntegrityError):
             error = IntegrityError(one_line(outcome.value))
         elif outcome.check(*CONNECTION_ERRORS):
             error = self._unavailable(one_line(outcome.value) or outcome.type.__name__)

@@ -1,9 +1,10 @@
-"""The PostgreSQL backend, on txpostgres connections: real asynchronous I/O, no threads.
+"""The PostgreSQL backend, on libpq connections in pipeline mode driven by the reactor
+(psycopg's ``pq`` layer): real asynchronous I/O, no threads.
 
 A small pool of connections (``_pg_pool``) serves transactions and single statements (those
-run in autocommit, without COMMIT's round trip), which each connection runs
-itself (``_pg_connection``); each has a ``DeadConnectionDetector`` that reconnects it in the
-background after the server goes away. While it is away, calls fail at once with
+run in autocommit, without COMMIT's round trip); statements go out without waiting for the
+answers before them (``_pg_connection``). Each connection connects again in the background
+after the server goes away. While it is away, calls fail at once with
 ``DatabaseUnavailable``; a call the server does not answer fails when its deadline passes,
 and its connection is replaced, so no call hangs forever. One more connection, opened on
 first :meth:`listen`, carries LISTEN/NOTIFY.
@@ -11,12 +12,11 @@ first :meth:`listen`, carries LISTEN/NOTIFY.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable
 from typing import Any, Callable, TypeVar
 
 from twisted.internet import defer
 from twisted.python import failure, log
-from txpostgres import reconnection, txpostgres
 
 from buildbot_farm.db._api import (
     POSTGRESQL_DIALECT,
@@ -28,19 +28,12 @@ from buildbot_farm.db._api import (
     Transaction,
 )
 from buildbot_farm.db._errors import DatabaseError, DatabaseUnavailable
-from buildbot_farm.db._pg_connection import (
-    PooledConnection,
-    check_channel,
-    rowcount,
-    rows,
-    run_transaction,
-)
+from buildbot_farm.db._pg_connection import PipelineConnection, check_channel, rowcount, rows
 from buildbot_farm.db._pg_pool import CONNECTION_ERRORS, ConnectionPool, Work, one_line
+from buildbot_farm.db._pg_transaction import run_transaction
 from buildbot_farm.db._url import DatabaseURL
 
 T = TypeVar("T")
-
-MAX_RECONNECT_DELAY = 5.0
 
 
 class _ListenSubscription(Subscription):
@@ -70,47 +63,25 @@ class PostgresDatabase(Database):
         self._pool_size = pool_size
         self._timeout = timeout
         self._pool = self._new_pool()
-        self._listener: txpostgres.Connection | None = None
+        self._listener: PipelineConnection | None = None
         self._listeners: dict[str, list[NotifyCallback]] = {}
         self._stopped = False
-        self._retired: set[reconnection.DeadConnectionDetector] = set()
 
     def _new_pool(self) -> ConnectionPool:
         return ConnectionPool(self._reactor, self._timeout, self._unavailable, self._replace)
 
-    def _new_connection(self) -> PooledConnection:
-        return PooledConnection(reactor=self._reactor, detector=self._new_detector())
+    def _new_connection(self) -> PipelineConnection:
+        return PipelineConnection(self._reactor, self.url.dsn, on_recovery=self._log_recovery)
 
-    def _new_detector(self) -> reconnection.DeadConnectionDetector:
-        detector = reconnection.DeadConnectionDetector(reactor=self._reactor)
-        detector.reconnectionIterator = lambda: self._reconnect_delays(detector)
-        detector.addRecoveryHandler(lambda: self._log_recovery(detector))
-        return detector
+    def _log_recovery(self) -> None:
+        log.msg(f"farm database: reconnected to {self.url.redacted()}")
 
-    @staticmethod
-    def _reconnect_delays(detector: reconnection.DeadConnectionDetector) -> Iterator[float]:
-        """Back off from 0.2 s to 5 s between reconnection attempts."""
-        delay = 0.0
-        while True:
-            yield delay
-            delay = min(max(delay * 2, 0.2), MAX_RECONNECT_DELAY)
+    def _retire(self, connection: PipelineConnection) -> None:
+        """Close a connection for good (a reconnection under way ends with it)."""
+        self._pool.discard(connection)
+        connection.close()
 
-    def _log_recovery(self, detector: reconnection.DeadConnectionDetector) -> None:
-        if detector not in self._retired:
-            log.msg(f"farm database: reconnected to {self.url.redacted()}")
-
-    def _retire(self, connection: txpostgres.Connection) -> None:
-        """Close a connection for good: a reconnection under way ends at its next attempt."""
-        self._retired.add(connection.detector)
-        connection.detector.reconnectable = _Retired()
-        if isinstance(connection, PooledConnection):
-            self._pool.discard(connection)
-        try:
-            connection.close()
-        except Exception as e:
-            log.msg(f"farm database: closing a connection failed: {e}")
-
-    def _retire_all(self, connections: list[txpostgres.Connection]) -> None:
+    def _retire_all(self, connections: list[PipelineConnection]) -> None:
         for connection in connections:
             self._retire(connection)
 
@@ -126,9 +97,7 @@ class PostgresDatabase(Database):
         connections = [self._new_connection() for _ in range(self._pool_size)]
         try:
             await self._deadline(
-                defer.gatherResults(
-                    [c.connect(self.url.dsn) for c in connections], consumeErrors=True
-                ),
+                defer.gatherResults([c.connect() for c in connections], consumeErrors=True),
                 "connecting",
                 on_expiry=lambda: self._retire_all(connections),
             )
@@ -160,6 +129,7 @@ class PostgresDatabase(Database):
         return await self._on_connection(
             lambda connection, finish: run_transaction(connection, fn, finish),
             "running a transaction",
+            holds=True,
         )
 
     async def execute(self, sql: str, params: Params = ()) -> int:
@@ -198,11 +168,11 @@ class PostgresDatabase(Database):
             "running a statement",
         )
 
-    def _on_connection(self, work: Work, doing: str) -> defer.Deferred[Any]:
+    def _on_connection(self, work: Work, doing: str, holds: bool = False) -> defer.Deferred[Any]:
         """Run ``work`` on a pooled connection within the deadline; map its errors."""
         if self._stopped:
             return defer.fail(self._closed())
-        return self._pool.run(work, doing)
+        return self._pool.run(work, doing, holds)
 
     def _closed(self) -> DatabaseUnavailable:
         return DatabaseUnavailable(
@@ -214,8 +184,8 @@ class PostgresDatabase(Database):
     ) -> defer.Deferred[T]:
         """Fire with ``d``'s result, or fail with DatabaseUnavailable after the timeout.
 
-        For connecting and LISTEN (the pool times its calls itself): txpostgres cannot
-        cancel those, so on expiry ``d`` is abandoned and ``on_expiry`` frees what it held.
+        For connecting and LISTEN (the pool times its calls itself): on expiry ``d`` is
+        abandoned and ``on_expiry`` frees what it held.
         """
         result: defer.Deferred[T] = defer.Deferred()
 
@@ -239,11 +209,11 @@ class PostgresDatabase(Database):
         d.addBoth(finish)
         return result
 
-    def _replace(self, connection: PooledConnection) -> None:
+    def _replace(self, connection: PipelineConnection) -> None:
         """Drop a connection stuck on an unanswered call and put a fresh one in the pool.
 
-        The fresh one takes calls once it has connected, or failed to (then its detector
-        reconnects it in the background, and calls on it fail fast meanwhile).
+        The fresh one takes calls once it has connected, or failed to (then it connects
+        again in the background, and calls on it fail fast meanwhile).
         """
         self._retire(connection)
         if self._stopped:
@@ -251,10 +221,10 @@ class PostgresDatabase(Database):
         fresh = self._new_connection()
         self._pool.add(fresh, free=False)
 
-        def reconnect_in_background(f: failure.Failure) -> None:
-            fresh.detector.checkForDeadConnection(f)
+        def reconnect_in_background(_: failure.Failure) -> None:
+            fresh.reconnect_in_background()
 
-        connecting = fresh.connect(self.url.dsn).addErrback(reconnect_in_background)
+        connecting = fresh.connect().addErrback(reconnect_in_background)
         connecting.addCallback(lambda _: self._pool.free(fresh))
 
     async def listen(self, channel: str, callback: NotifyCallback) -> Subscription:
@@ -264,7 +234,7 @@ class PostgresDatabase(Database):
         if channel not in self._listeners:
             try:
                 await self._deadline(
-                    listener.runOperation(f"LISTEN {channel}"),
+                    listener.run(f"LISTEN {channel}", (), rowcount),
                     "LISTEN",
                     on_expiry=lambda: None,
                 )
@@ -281,52 +251,42 @@ class PostgresDatabase(Database):
             callbacks.remove(callback)
         if not callbacks and channel in self._listeners:
             del self._listeners[channel]
-            if self._listener is not None and not self._listener.detector.connectionIsDead:
+            if self._listener is not None and self._listener.ready:
                 await self._deadline(
-                    self._listener.runOperation(f"UNLISTEN {channel}"),
+                    self._listener.run(f"UNLISTEN {channel}", (), rowcount),
                     "UNLISTEN",
                     on_expiry=lambda: None,
                 )
 
-    async def _listening_connection(self) -> txpostgres.Connection:
+    async def _listening_connection(self) -> PipelineConnection:
         if self._listener is None:
-            listener = txpostgres.Connection(reactor=self._reactor, detector=self._new_detector())
+            listener = PipelineConnection(
+                self._reactor, self.url.dsn, on_recovery=self._relisten, on_notify=self._on_notify
+            )
             try:
                 await self._deadline(
-                    listener.connect(self.url.dsn),
+                    listener.connect(),
                     "connecting the listener",
-                    on_expiry=lambda: self._retire(listener),
+                    on_expiry=lambda: listener.close(),
                 )
             except CONNECTION_ERRORS as e:
-                self._retire(listener)
+                listener.close()
                 raise self._unavailable(one_line(e)) from e
-            listener.addNotifyObserver(self._on_notify)
-            listener.detector.addRecoveryHandler(self._relisten)
             self._listener = listener
         return self._listener
 
     def _relisten(self) -> defer.Deferred[Any]:
         """After a reconnect, LISTEN again on every channel (the server forgot them)."""
+        self._log_recovery()
         if self._listener is None:
             return defer.succeed(None)
         return defer.gatherResults(
-            [self._listener.runOperation(f"LISTEN {channel}") for channel in self._listeners]
+            [self._listener.run(f"LISTEN {channel}", (), rowcount) for channel in self._listeners]
         )
 
-    def _on_notify(self, notify: Any) -> None:
-        for callback in list(self._listeners.get(notify.channel, ())):
+    def _on_notify(self, channel: str, payload: str) -> None:
+        for callback in list(self._listeners.get(channel, ())):
             try:
-                callback(notify.payload)
+                callback(payload)
             except Exception:
-                log.err(None, f"farm database: listener of {notify.channel!r} failed")
-
-
-class _Retired:
-    """Stands in for a retired connection, so that its detector's next attempt ends the loop."""
-
-    def close(self) -> None:
-        """Nothing is open."""
-
-    def connect(self, *args: object, **kwargs: object) -> defer.Deferred[None]:
-        """Succeed at once: there is nothing to reconnect."""
-        return defer.succeed(None)
+                log.err(None, f"farm database: listener of {channel!r} failed")

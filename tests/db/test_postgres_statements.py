@@ -1,5 +1,5 @@
-"""PostgreSQL: a statement run on its own goes without BEGIN and COMMIT, and keeps its errors;
-a transaction's BEGIN travels with its first statement."""
+"""PostgreSQL: a statement run on its own is a transaction of its own, without BEGIN and
+COMMIT, and keeps its errors; a transaction's statements share one."""
 
 from __future__ import annotations
 
@@ -13,10 +13,8 @@ from tests.db.conftest import DbUrlFactory
 from tests.harness.twisted_reactor import reactor
 
 pytestmark = pytest.mark.postgres
-# now() is when the transaction began; statement_timestamp() when the server received the
-# message the statement came in. They are equal for a statement in the message that began its
-# transaction (alone, or sent with BEGIN) and differ for a later statement of a transaction.
-ALONE = "SELECT now() = statement_timestamp() AS alone"
+# The id of the transaction the statement runs in (one is assigned on first asking).
+XACT = "SELECT pg_current_xact_id()::text AS xact"
 
 
 @pytest_twisted.async_yield_fixture
@@ -28,21 +26,36 @@ async def database(db_url_for: DbUrlFactory) -> AsyncIterator[db.Database]:
     await database.stop()
 
 
-async def two_statements(txn: db.Transaction) -> tuple[db.Row | None, db.Row | None]:
-    """``ALONE`` twice in one transaction."""
-    return await txn.fetchone(ALONE), await txn.fetchone(ALONE)
+async def xact(database: db.Database | db.Transaction) -> str:
+    """The id of the transaction ``XACT`` ran in."""
+    row = await database.fetchone(XACT)
+    assert row is not None
+    return str(row["xact"])
+
+
+async def two_statements(txn: db.Transaction) -> tuple[str, str]:
+    """``XACT`` twice in one transaction."""
+    return await xact(txn), await xact(txn)
+
+
+async def assert_each_alone(database: db.Database) -> None:
+    """Three statements on their own run in three transactions; a transaction's two share
+    one, not theirs (inside a transaction left open, they would all share it)."""
+    ids = [await xact(database) for _ in range(3)]
+    first, second = await database.transaction(two_statements)
+    assert first == second
+    ids.append(first)
+    assert len(set(ids)) == 4, ids
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_statement_on_its_own_is_its_own_transaction(
     database: db.Database,
 ) -> None:
-    """``fetchone`` sends the statement alone; ``transaction`` sends BEGIN in the same message
-    as its first statement and keeps the transaction open for the next."""
-    assert await database.fetchone(ALONE) == {"alone": True}
-    assert await database.transaction(two_statements) == ({"alone": True}, {"alone": False})
-    assert await database.fetchone(ALONE) == {"alone": True}
-    assert await database.fetchone(ALONE) == {"alone": True}
+    """``fetchone`` runs the statement in a transaction of its own; ``transaction`` keeps its
+    transaction open from its first statement to its last."""
+    await assert_each_alone(database)
+    await assert_each_alone(database)
 
 
 @pytest_twisted.ensureDeferred
@@ -59,16 +72,14 @@ async def test_a_transaction_that_sends_nothing_leaves_no_transaction_open(
         raise LookupError("before any statement")
 
     async def unsendable(txn: db.Transaction) -> None:
-        await txn.execute("SELECT ?", ())  # one placeholder, no value: psycopg2 refuses
+        await txn.execute("SELECT ?", ())  # one placeholder, no value: refused before sending
 
     assert await database.transaction(nothing) == "done"
     with pytest.raises(LookupError, match="before any statement"):
         await database.transaction(raises)
-    with pytest.raises(IndexError):
+    with pytest.raises(ValueError, match=r"1 '\?' placeholder\(s\) but 0 value"):
         await database.transaction(unsendable)
-    for _ in range(3):  # inside a leftover transaction, the second would not be alone
-        assert await database.fetchone(ALONE) == {"alone": True}
-    assert await database.transaction(two_statements) == ({"alone": True}, {"alone": False})
+    await assert_each_alone(database)
 
 
 @pytest_twisted.ensureDeferred
@@ -92,7 +103,7 @@ async def test_a_first_statement_that_fails_rolls_back_its_transaction(
     with pytest.raises(db.IntegrityError, match="numbers_pkey"):
         await database.transaction(one_then_duplicate)
     assert await database.fetchall("SELECT n FROM numbers") == [{"n": 1}]
-    assert await database.transaction(two_statements) == ({"alone": True}, {"alone": False})
+    await assert_each_alone(database)
 
 
 @pytest_twisted.ensureDeferred
@@ -116,7 +127,7 @@ async def test_a_prepared_statement_is_prepared_once_and_again_when_lost(
     insert = "INSERT INTO words (w, n) VALUES (?, ?)"
     assert await database.execute_prepared("add_word", insert, ("a'?", 1)) == 1
     prepared = "SELECT name, statement FROM pg_prepared_statements"
-    numbered = "PREPARE add_word AS INSERT INTO words (w, n) VALUES ($1, $2)"
+    numbered = "INSERT INTO words (w, n) VALUES ($1, $2)"  # prepared by protocol message
     assert await database.fetchall(prepared) == [{"name": "add_word", "statement": numbered}]
     await database.execute("DEALLOCATE ALL")  # as a reconnected connection has none
     assert await database.execute_prepared("add_word", insert, ("b", None)) == 1

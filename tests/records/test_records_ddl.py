@@ -11,6 +11,7 @@ from collections.abc import Callable
 from importlib import resources
 from urllib.parse import urlsplit, urlunsplit
 
+import psycopg
 import psycopg2
 import pytest
 import pytest_twisted
@@ -121,6 +122,6 @@ async def test_a_farm_role_that_is_no_superuser_is_refused_once_a_superuser_ran_
         "DROP FUNCTION farm_records_guard.refuse_ddl() CASCADE",
         "DELETE FROM farm_records_guard.schemas",
     ):
-        with pytest.raises(psycopg2.Error, match=r"must be owner|permission denied"):
+        with pytest.raises(psycopg.Error, match=r"must be owner|permission denied"):
             await database.execute(statement)
     await database.stop()
