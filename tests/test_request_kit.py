@@ -16,6 +16,7 @@ from buildbot_farm.web._request import (
     finite_number,
     nesting_depth,
     parse_json,
+    query_args,
 )
 
 
@@ -97,3 +98,16 @@ def test_the_error_shape_and_strict_output() -> None:
     assert json.loads(out.decode("utf-8")) == {"x": "a?b"}
     with pytest.raises(ValueError):
         json_response(fake_request(), {"x": float("nan")})
+
+
+def test_nul_characters_are_refused_in_bodies_and_queries() -> None:
+    """U+0000 in a string or key of a body, or in a query value, is refused with 400."""
+    for text in (b'"a\\u0000"', b'{"\\u0000": 1}', b'[["x", "\\u0000"]]'):
+        with pytest.raises(ApiError, match="NUL") as refused:
+            parse_json(text)
+        assert refused.value.status == 400
+    request = fake_request()
+    request.args = {b"name": [b"a\x00b"]}
+    with pytest.raises(ApiError) as refused:
+        query_args(request)
+    assert refused.value.fields == {"name": "must not hold NUL (%00)"}

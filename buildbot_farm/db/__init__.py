@@ -17,6 +17,7 @@ from buildbot_farm.db._errors import (
     InvalidDatabaseURL,
     NoDatabase,
     SchemaTooNew,
+    UnstorableValue,
 )
 from buildbot_farm.db._migrations import (
     Migration,
@@ -41,6 +42,7 @@ __all__ = [
     "SchemaTooNew",
     "Subscription",
     "Transaction",
+    "UnstorableValue",
     "applied_migrations",
     "connect",
     "current_version",

@@ -23,5 +23,10 @@ class SchemaTooNew(DatabaseError):
     """The database was migrated by a newer buildbot_farm than the one running."""
 
 
+class UnstorableValue(DatabaseError, ValueError):
+    """A value the database cannot hold (on PostgreSQL, text with a NUL character); the
+    statement was not sent."""
+
+
 class IntegrityError(DatabaseError):
     """A statement broke a constraint: a unique key, a foreign key, a check or a trigger."""

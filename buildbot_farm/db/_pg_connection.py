@@ -38,6 +38,7 @@ from twisted.internet import defer
 from twisted.python import failure, log
 
 from buildbot_farm.db._api import Params, Row, qmark_to_numbered
+from buildbot_farm.db._errors import UnstorableValue
 from buildbot_farm.db._pg_connect import open_session
 
 T = TypeVar("T")
@@ -308,7 +309,10 @@ class PipelineConnection:
                 f"were given"
             )
         formats = [PyFormat.TEXT] * count
-        values = self._loader.dump_sequence(params, formats)
+        try:
+            values = self._loader.dump_sequence(params, formats)
+        except (psycopg.DataError, UnicodeEncodeError) as e:  # a NUL, a lone surrogate
+            raise UnstorableValue(f"a value cannot be stored in PostgreSQL: {e}") from e
         return list(values), list(self._loader.types or ())
 
     def _send(self, group: _Group, statements: Callable[[pq.abc.PGconn], None]) -> None:

@@ -28,6 +28,7 @@ from buildbot_farm import db
 from buildbot_farm.compat.twisted_web import disconnected
 from buildbot_farm.db._url import MEMORY
 from buildbot_farm.records.store import LIVE_BODY, RecordStore, StoredRecord
+from buildbot_farm.web._request import NUL
 from buildbot_farm.web._router import segments_of
 
 IMMUTABLE = b"public, max-age=31536000, immutable"
@@ -156,7 +157,9 @@ class FastRecordsResource(resource.Resource):
         if request.method in (b"GET", b"HEAD"):
             segments = segments_of(request)
             store = self._store()
-            if len(segments) == 2 and all(segments) and store is not None:
+            if len(segments) == 2 and all(segments) and store is not None and not any(
+                NUL in segment for segment in segments  # the API refuses those
+            ):
                 key = (segments[0], segments[1])
                 now = self._now()
                 kept = self._reads.get(key, now)

@@ -5,7 +5,8 @@ same 4xx answer from every API instead of a server error:
 
 * a body larger than its API's limit is refused (413) before it is parsed;
 * text must be strict UTF-8, and no string (after JSON unescaping) may hold a lone surrogate,
-  which strict JSON parsers cannot read back;
+  which strict JSON parsers cannot read back, nor a NUL character (U+0000), which PostgreSQL
+  cannot store in text (so the farm answers alike on every backend);
 * nesting deeper than :data:`MAX_DEPTH` is refused before the JSON parser recurses into it;
 * ``NaN``, ``Infinity`` and numbers beyond ``±2**63`` are refused (databases cannot store them).
 
@@ -37,6 +38,7 @@ MAX_CURSOR = 512
 # A JSON string (quotes included), unrolled so that long strings do not backtrack.
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+NUL = "\x00"  # the one character PostgreSQL cannot store in text
 _DEPTH_STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
 
 
@@ -75,11 +77,14 @@ def _float(text: str) -> float:
 
 
 def _check_strings(value: Any, what: str) -> None:
-    """Refuse lone surrogates in every string and key of ``value`` (depth already bounded)."""
+    """Refuse lone surrogates and NUL in every string and key of ``value`` (depth bounded)."""
     if isinstance(value, str):
         if has_lone_surrogate(value):
             raise ApiError(400, f"{what} holds a lone surrogate (\\ud800-\\udfff not in a"
                              " pair), which is not Unicode text; send valid UTF-16 pairs")
+        if NUL in value:
+            raise ApiError(400, f"{what} holds a NUL character (\\u0000), which the farm "
+                             "cannot store; send the text without it")
     elif isinstance(value, dict):
         for key, item in value.items():
             _check_strings(key, what)
@@ -152,10 +157,14 @@ def _text(raw: bytes, field: str, max_length: int) -> str:
         raise ApiError(400, f"{field[:100]!r} is too long", {field[:100]: f"at most {max_length}"
                                                                  " bytes"})
     try:
-        return raw.decode("utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ApiError(400, "a query or form value is not UTF-8",
                          {field[:100]: "must be UTF-8 text"}) from e
+    if NUL in text:
+        raise ApiError(400, "a query or form value holds a NUL character (%00)",
+                       {field[:100]: "must not hold NUL (%00)"})
+    return text
 
 
 def query_args(request: Request, *, max_length: int = MAX_QUERY_VALUE) -> dict[str, list[str]]:

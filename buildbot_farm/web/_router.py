@@ -35,8 +35,9 @@ from twisted.web import resource, server
 from twisted.web.server import Request
 
 from buildbot_farm.compat.twisted_web import disconnected
-from buildbot_farm.db import DatabaseError
+from buildbot_farm.db import DatabaseError, UnstorableValue
 from buildbot_farm.web._json import ApiError, json_error, json_response
+from buildbot_farm.web._request import NUL
 
 Answer = Any
 Owner = TypeVar("Owner")
@@ -61,6 +62,8 @@ async def _run(request: Request, work: Callable[[], Awaitable[Answer]], what: st
             json_response(request, answer))
     except ApiError as e:
         body = e.answer(request)
+    except UnstorableValue as e:
+        body = json_error(request, 400, f"{e}; send the value without it")
     except DatabaseError as e:
         body = json_error(request, 503, f"the farm database failed: {e}; retry shortly")
     except Exception:
@@ -78,10 +81,10 @@ async def _run(request: Request, work: Callable[[], Awaitable[Answer]], what: st
 def respond(request: Request, work: Callable[[], Awaitable[Answer]], what: str) -> int:
     """Answer ``request`` with what ``work`` returns; for a ``render`` method to return.
 
-    :class:`ApiError` is answered in the farm's error shape, a database failure as 503, and
-    anything else as a 500 whose cause goes to the log under ``what`` (e.g. "the records
-    API"). Nothing is written to a client that hung up meanwhile, and no traceback is logged
-    for it.
+    :class:`ApiError` is answered in the farm's error shape, a value the database cannot
+    store as 400, a database failure as 503, and anything else as a 500 whose cause goes to
+    the log under ``what`` (e.g. "the records API"). Nothing is written to a client that hung
+    up meanwhile, and no traceback is logged for it.
     """
     defer.ensureDeferred(_run(request, work, what))
     return server.NOT_DONE_YET
@@ -164,6 +167,9 @@ class Routes(Generic[Owner]):
         ``extra`` are further arguments of every handler (e.g. the authenticated user).
         """
         segments = [*_pattern(under), *segments_of(request)]
+        if any(NUL in segment for segment in segments):
+            raise ApiError(400, "the path holds a NUL character (%00), which no name in the "
+                           "farm can hold")
         method = request.method.decode("ascii", errors="replace")
         wanted = "GET" if method == "HEAD" else method
         allowed: list[str] = []

@@ -166,3 +166,21 @@ async def test_a_prepared_query_returns_rows_alone_and_in_transactions(
     ]
     with pytest.raises(ValueError, match="lower-case letters"):
         await database.fetchall_prepared("Bad Name", above, (0,))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_value_postgresql_cannot_store_is_refused_before_sending(
+    database: db.Database,
+) -> None:
+    """Text with a NUL character or a lone surrogate fails with UnstorableValue (a ValueError
+    that says why), sends nothing, and the connection serves the next statement."""
+    for text in ("a\x00b", "\ud800"):
+
+        async def select(txn: db.Transaction, text: str = text) -> db.Row | None:
+            return await txn.fetchone("SELECT ? AS t", (text,))
+
+        with pytest.raises(db.UnstorableValue, match="cannot be stored"):
+            await database.fetchone("SELECT ? AS t", (text,))
+        with pytest.raises(ValueError, match="cannot be stored"):
+            await database.transaction(select)
+    await assert_each_alone(database)

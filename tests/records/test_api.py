@@ -6,6 +6,7 @@ import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import pytest_twisted
 import treq
@@ -77,3 +78,23 @@ async def test_bad_requests_get_clear_4xx(builds: str) -> None:
     assert set(answer["fields"]) == {"limit", "result", "since"}
     assert (await request("GET", f"{builds}?cursor=zzz"))[0] == 400
     assert (await request("GET", f"{builds}/app/1/provenance"))[0] == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_nul_characters_are_refused_alike_on_every_backend(builds: str) -> None:
+    """U+0000 in a body's string, a query value or a path answers 400 saying so, on SQLite
+    (which could store it) as on PostgreSQL (which cannot), and nothing is stored."""
+    auth = {"Authorization": f"Bearer {KEY}"}
+    for body in ({**RECORD, "language": "go\u0000"}, {**RECORD, "name": "a\u0000b"}):
+        code, _, answer = await request("POST", builds, json=body, headers=auth)
+        assert code == 400, answer
+        assert "NUL" in answer["error"]
+    for query in ("name=a%00b", "version=%00"):
+        code, _, answer = await request("GET", f"{builds}?{query}")
+        assert code == 400, answer
+        assert "NUL" in str(answer["fields"])
+    for path in ("/a%00b", "/a%00b/1", "/app/%00"):
+        code, _, answer = await request("GET", f"{builds}{path}")
+        assert code == 400, answer
+        assert "NUL" in answer["error"]
+    assert await request("GET", builds) == (200, ANY, [])
