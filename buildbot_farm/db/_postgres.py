@@ -49,8 +49,8 @@ class _ListenSubscription(Subscription):
 class PostgresDatabase(Database):
     """The farm database on a PostgreSQL server, shared by any number of masters.
 
-    ``pool_size`` connections serve transactions; ``timeout`` bounds how long a call may
-    wait for a connection and for the server's answer.
+    ``pool_size`` connections serve statements (shared) and transactions (one each);
+    ``timeout`` bounds how long a call may wait for a connection and for the server's answer.
     """
 
     dialect = POSTGRESQL_DIALECT
