@@ -61,7 +61,11 @@ class _Opening:
         elif status == pq.PollingStatus.FAILED:
             self._failed(pg.get_error_message())
         else:
-            self._fd = pg.socket
+            try:
+                self._fd = pg.socket
+            except psycopg.Error:  # libpq has no socket to wait on: it has failed
+                self._failed(pg.get_error_message() or "the connection has no socket")
+                return
             if status == pq.PollingStatus.WRITING:
                 self._reactor.addWriter(self)
             else:

@@ -46,6 +46,7 @@ T = TypeVar("T")
 Reader = Callable[[pq.abc.PGresult | None, psycopg_abc.Transformer], T]
 Finish = Callable[[Any], None]  # called once with a statement's result, or its Failure
 MAX_RECONNECT_DELAY = 5.0
+MAX_PARAMETERS = 65_535  # the most parameters the protocol carries in one statement
 _ANSWERS = (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK, pq.ExecStatus.EMPTY_QUERY)
 _NOT_READY = 1 << 30  # the load of a connection that cannot send now
 _NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -93,7 +94,8 @@ class _Group:
             return index == self.prepare_at
         if result.status in _ANSWERS:
             self.answer = result
-        return False
+            return False
+        return index == self.prepare_at  # PIPELINE_ABORTED: an error before it skipped it
 
 
 class PipelineConnection:
@@ -125,6 +127,8 @@ class PipelineConnection:
         self._held_back: deque[tuple[bool, Callable[[], None]]] = deque()
         self._loader: psycopg_abc.Transformer = Transformer()
         self._begin_deferred = False
+        self._in_transaction = False
+        self._after_transaction: list[Callable[[], None]] = []
         self._give_up: Callable[[], None] | None = None  # while connecting
         self._retry: Any = None
         self._delays = reconnect_delays()
@@ -257,7 +261,18 @@ class PipelineConnection:
 
             self._send(group, statements)
 
-        if in_transaction or name not in self.prepared:
+        if in_transaction:
+
+            def forget_if_gone(outcome: Any) -> None:
+                if isinstance(outcome, failure.Failure) and outcome.check(
+                    errors.InvalidSqlStatementName  # DEALLOCATEd since: prepare it next time
+                ):
+                    self.prepared.discard(name)
+                finish(outcome)
+
+            send(_Group(read, forget_if_gone))
+            return
+        if name not in self.prepared:
             send(_Group(read, finish))
             return
 
@@ -266,7 +281,7 @@ class PipelineConnection:
                 errors.InvalidSqlStatementName  # DEALLOCATEd since
             ):
                 self.prepared.discard(name)
-                send(_Group(read, finish))
+                self.outside_transaction(lambda: send(_Group(read, finish)))
             else:
                 finish(outcome)
 
@@ -307,6 +322,11 @@ class PipelineConnection:
             raise ValueError(
                 f"the statement has {count} '?' placeholder(s) but {len(params)} value(s) "
                 f"were given"
+            )
+        if count > MAX_PARAMETERS:
+            raise ValueError(
+                f"the statement has {count} parameters; PostgreSQL takes at most "
+                f"{MAX_PARAMETERS}: send the values in several statements"
             )
         formats = [PyFormat.TEXT] * count
         try:
@@ -354,8 +374,25 @@ class PipelineConnection:
 
     def defer_begin(self) -> None:
         """Begin a transaction with the next statement: BEGIN goes in front of it, in the
-        same round trip."""
+        same round trip. The transaction lasts until :meth:`end_transaction`."""
         self._begin_deferred = True
+        self._in_transaction = True
+
+    def end_transaction(self) -> None:
+        """The transaction is over (committed, rolled back, or never begun): send what
+        waited for it to end."""
+        self._in_transaction = False
+        waiting, self._after_transaction = self._after_transaction, []
+        for go in waiting:
+            go()
+
+    def outside_transaction(self, go: Callable[[], None]) -> None:
+        """Call ``go`` now, or, while a transaction holds the connection, once it has ended
+        (so that a statement of its own does not run inside another caller's transaction)."""
+        if self._in_transaction:
+            self._after_transaction.append(go)
+        else:
+            go()
 
     def began(self) -> bool:
         """Whether the BEGIN deferred by :meth:`defer_begin` has gone to the server (so a
@@ -486,6 +523,7 @@ class PipelineConnection:
             group.finish(lost)
         for _, go in held_back:  # not sent: each fails as a send on a lost connection does
             go()
+        self.end_transaction()  # the transaction went with the session
         self.reconnect_in_background()
 
 

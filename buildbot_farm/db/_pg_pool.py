@@ -170,14 +170,16 @@ class ConnectionPool:
         if self._calls:  # before failing any: a failed caller may call again
             oldest = next(iter(self._calls))
             self._timer = self._reactor.callLater(max(oldest.deadline - now, 0.0), self._expire)
+        # each stuck connection once, and before failing any caller, who may call again at
+        # once and must not land on one
+        for stuck in dict.fromkeys(c.connection for c in expired if c.connection is not None):
+            self._on_stuck(stuck)
         for call in expired:
             if call.connection is None:
                 message = f"no answer within {self._timeout:g} s waiting for a free connection"
             else:
                 message = f"no answer within {self._timeout:g} s {call.doing}"
             call.result.errback(failure.Failure(self._unavailable(message)))
-            if call.connection is not None:
-                self._on_stuck(call.connection)
 
     def _release(self, connection: PipelineConnection) -> None:
         """``connection`` is held no more: it takes the waiting calls, up to a transaction."""

@@ -79,19 +79,29 @@ def run_transaction(
     async def in_transaction() -> T:
         return await fn(transaction)
 
+    def ended(outcome: Any) -> None:
+        connection.end_transaction()
+        finish(outcome)
+
     def commit(result: T) -> None:
         if not connection.began():
-            finish(result)
+            ended(result)
+            return
+        if transaction.session_lost() or not connection.ready:
+            # its statements went with a session that is gone; a COMMIT in a new one would
+            # commit nothing and say it did
+            lost = ConnectionLost("the session of this transaction ended before its COMMIT")
+            ended(failure.Failure(lost))
             return
 
         def committed(outcome: Any) -> None:
-            finish(outcome if isinstance(outcome, failure.Failure) else result)
+            ended(outcome if isinstance(outcome, failure.Failure) else result)
 
         connection.submit("COMMIT", (), rowcount, committed)
 
     def roll_back(reason: failure.Failure) -> None:
         if not connection.began() or not connection.ready or transaction.session_lost():
-            finish(reason)
+            ended(reason)
             return
 
         def rolled_back(outcome: Any) -> None:
@@ -99,9 +109,9 @@ def run_transaction(
                 log.err(outcome, "farm database: ROLLBACK failed")
                 connection.end_session("a ROLLBACK failed")
                 error = RollbackFailed(f"ROLLBACK failed after: {reason.getErrorMessage()}")
-                finish(failure.Failure(error))
+                ended(failure.Failure(error))
             else:
-                finish(reason)
+                ended(reason)
 
         connection.submit("ROLLBACK", (), rowcount, rolled_back)
 

@@ -215,6 +215,8 @@ class PostgresDatabase(Database):
         The fresh one takes calls once it has connected, or failed to (then it connects
         again in the background, and calls on it fail fast meanwhile).
         """
+        if connection not in self._pool.members:
+            return  # retired already (another of its calls ran out of time first)
         self._retire(connection)
         if self._stopped:
             return

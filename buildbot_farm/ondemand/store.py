@@ -26,6 +26,8 @@ CHANNEL = "farm_ondemand"
 KEY_PROPERTY = "farm_build_key"
 ATTEMPT_PROPERTY = "farm_attempt"
 ACTIVE = ("queued", "running")
+# buildset ids per heartbeat UPDATE: SQLite (32,766) and libpq (65,535) cap the parameters
+_IDS_PER_STATEMENT = 500
 
 
 @dataclass(frozen=True)
@@ -262,16 +264,18 @@ class JobTable:
         Buildbot still owes those jobs a build (queued or running, on any master), so they
         are not stale. Returns how many jobs were touched.
         """
-        if not buildset_ids:
-            return 0
-        marks = ", ".join("?" for _ in buildset_ids)
-        return await self._db.execute(
-            "UPDATE farm_ondemand_jobs SET updated_at = ? WHERE status IN ('queued', 'running')"
-            " AND EXISTS (SELECT 1 FROM farm_ondemand_attempts a"
-            " WHERE a.build_key = farm_ondemand_jobs.build_key"
-            f" AND a.attempt = farm_ondemand_jobs.attempt AND a.buildset_id IN ({marks}))",
-            (self._clock(), *buildset_ids),
-        )
+        touched, now = 0, self._clock()
+        for start in range(0, len(buildset_ids), _IDS_PER_STATEMENT):
+            chunk = buildset_ids[start : start + _IDS_PER_STATEMENT]
+            marks = ", ".join("?" for _ in chunk)
+            touched += await self._db.execute(
+                "UPDATE farm_ondemand_jobs SET updated_at = ? WHERE status IN"
+                " ('queued', 'running') AND EXISTS (SELECT 1 FROM farm_ondemand_attempts a"
+                " WHERE a.build_key = farm_ondemand_jobs.build_key"
+                f" AND a.attempt = farm_ondemand_jobs.attempt AND a.buildset_id IN ({marks}))",
+                (now, *chunk),
+            )
+        return touched
 
     async def rescue(self, max_attempts: int, stale_before: float) -> list[Job]:
         """Janitor: requeue jobs to retry or gone stale; fail those out of attempts.

@@ -8,6 +8,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import psycopg
 import pytest
 import pytest_twisted
 from twisted.internet import defer, task
@@ -53,7 +54,9 @@ def slow_answers(url: str) -> tuple[str, Callable[[], Any]]:
     return urlunsplit(parts._replace(netloc=netloc)), listening.stopListening
 
 
-def outcomes(calls: Sequence[Coroutine[Any, Any, Any]]) -> defer.Deferred[list[Any]]:
+def outcomes(
+    calls: Sequence[Coroutine[Any, Any, Any] | defer.Deferred[Any]],
+) -> defer.Deferred[list[Any]]:
     """Each call's result or the exception it raised, in order; the calls all start now."""
     started = [defer.ensureDeferred(call) for call in calls]
 
@@ -171,3 +174,125 @@ async def test_a_killed_server_fails_every_statement_in_flight(
         pytest.fail("the pool did not reconnect after the restart")
     await database.stop()
 
+
+
+async def others_on_the_database(database: db.Database) -> int:
+    """How many client sessions other than the asking one are open on the farm database."""
+    row = await database.fetchone(
+        "SELECT count(*) AS n FROM pg_stat_activity WHERE pid <> pg_backend_pid()"
+        " AND backend_type = 'client backend' AND datname = current_database()"
+    )
+    assert row is not None
+    return int(row["n"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stuck_connection_is_replaced_once_and_before_its_callers_hear(
+    db_url_for: DbUrlFactory,
+) -> None:
+    """Five statements in flight on one connection all run out of time: the connection is
+    replaced once (not once a call), and a caller that retries from its error gets the fresh
+    connection, not the stuck one."""
+    database = await db.connect(db_url_for("postgresql"), reactor, pool_size=1, timeout=1.0)
+    retried: list[Any] = []
+
+    def retry(_: Any) -> None:
+        retried.append(defer.ensureDeferred(database.fetchone("SELECT 1 AS n")))
+
+    try:
+        stuck = [defer.ensureDeferred(database.fetchone("SELECT pg_sleep(2)")) for _ in range(5)]
+        stuck[0].addErrback(retry)
+        for outcome in await outcomes(stuck[1:]):
+            assert isinstance(outcome, db.DatabaseUnavailable), outcome
+        assert await retried[0] == {"n": 1}
+        for _ in range(50):  # the stuck backend ends once its sleep does
+            if await others_on_the_database(database) == 0:
+                break
+            await task.deferLater(reactor, 0.1, lambda: None)
+        else:
+            pytest.fail("sessions besides the pool's one connection stayed open")
+    finally:
+        await database.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_transaction_whose_session_ended_does_not_report_a_commit(
+    db_url_for: DbUrlFactory,
+) -> None:
+    """The session of a transaction ends after its INSERT and the connection reconnects
+    before the transaction's function returns: the transaction fails instead of sending its
+    COMMIT to the new session (which would commit nothing and say it did)."""
+    database = await db.connect(db_url_for("postgresql"), reactor, pool_size=2)
+    try:
+        await database.execute("CREATE TABLE kept (n INTEGER)")
+
+        async def insert_then_lose(txn: db.Transaction) -> str:
+            row = await txn.fetchone("SELECT pg_backend_pid() AS pid")
+            assert row is not None
+            await txn.execute("INSERT INTO kept VALUES (1)")
+            await database.execute("SELECT pg_terminate_backend(?)", (row["pid"],))
+            await task.deferLater(reactor, 1.0, lambda: None)  # reconnected meanwhile
+            return "committed"
+
+        with pytest.raises(db.DatabaseUnavailable, match="ended before its COMMIT"):
+            await database.transaction(insert_then_lose)
+        assert await database.fetchall("SELECT n FROM kept") == []
+    finally:
+        await database.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_lost_prepared_statement_is_prepared_again_outside_transactions(
+    db_url_for: DbUrlFactory,
+) -> None:
+    """After DEALLOCATE, a prepared statement on its own is prepared again and run once the
+    transaction that took the connection meanwhile has ended (not inside it, where its
+    rollback would undo it); inside transactions it fails once, then is prepared again."""
+    database = await db.connect(db_url_for("postgresql"), reactor, pool_size=1)
+    try:
+        await database.execute("CREATE TABLE kept (n INTEGER)")
+        insert = "INSERT INTO kept VALUES (?)"
+        assert await database.execute_prepared("keep", insert, (1,)) == 1
+        await database.execute("DEALLOCATE keep")
+
+        async def then_roll_back(txn: db.Transaction) -> None:
+            await txn.execute("SELECT 1")
+            await task.deferLater(reactor, 0.2, lambda: None)
+            raise LookupError("roll back")
+
+        alone, rolled_back = await outcomes(
+            [database.execute_prepared("keep", insert, (2,)), database.transaction(then_roll_back)]
+        )
+        assert alone == 1
+        assert isinstance(rolled_back, LookupError)
+        assert await database.fetchall("SELECT n FROM kept ORDER BY n") == [{"n": 1}, {"n": 2}]
+
+        async def plus_one(txn: db.Transaction) -> list[db.Row]:
+            return await txn.fetchall_prepared("plus_one", "SELECT ? + 1 AS n", (1,))
+
+        assert await database.transaction(plus_one) == [{"n": 2}]
+        await database.execute("DEALLOCATE ALL")
+        with pytest.raises(psycopg.errors.InvalidSqlStatementName, match="plus_one"):
+            await database.transaction(plus_one)
+        assert await database.transaction(plus_one) == [{"n": 2}]
+    finally:
+        await database.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_too_many_parameters_fail_their_statement_alone(db_url_for: DbUrlFactory) -> None:
+    """A statement of more parameters than the protocol carries fails with a ValueError that
+    says so, before it is sent; the statement in flight before it is not disturbed."""
+    database = await db.connect(db_url_for("postgresql"), reactor, pool_size=1)
+    try:
+        marks = ", ".join("?" for _ in range(70_000))
+        slow, big = await outcomes([
+            database.fetchone("SELECT pg_sleep(0.3), 7 AS n"),
+            database.fetchall(f"SELECT 1 AS x WHERE 1 IN ({marks})", tuple(range(70_000))),
+        ])
+        assert isinstance(big, ValueError)
+        assert "at most 65535" in str(big)
+        assert slow is not None
+        assert slow["n"] == 7
+    finally:
+        await database.stop()
