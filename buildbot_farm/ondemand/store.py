@@ -26,7 +26,8 @@ CHANNEL = "farm_ondemand"
 KEY_PROPERTY = "farm_build_key"
 ATTEMPT_PROPERTY = "farm_attempt"
 ACTIVE = ("queued", "running")
-# buildset ids per heartbeat UPDATE: SQLite (32,766) and libpq (65,535) cap the parameters
+# buildset ids per heartbeat UPDATE: libpq (65,535) and SQLite (32,766 by default) cap the
+# parameters of a statement
 _IDS_PER_STATEMENT = 500
 
 

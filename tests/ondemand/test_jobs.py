@@ -176,3 +176,19 @@ async def test_attempts_of_several_jobs_are_read_at_once(database: db.Database) 
     assert set(found[KEY][0]) == {"attempt", "master", "buildset_id", "build_id", "worker",
                                   "result", "error", "started_at", "finished_at"}
     assert await jobs.attempts_of([]) == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_touch_takes_more_buildsets_than_a_statement_takes_parameters(
+    database: db.Database,
+) -> None:
+    """A heartbeat with 70,000 pending buildsets (more parameters than PostgreSQL, or SQLite
+    by default, takes in one statement) touches the jobs among them, each once."""
+    clock = Clock()
+    jobs = JobTable(database, clock, "m1")
+    keys = ["d" * 63 + str(n) for n in range(3)]
+    for n, key in enumerate(keys):
+        await jobs.submit(key, "s", "{}")
+        await jobs.buildset_added(key, 1, 10_000 + n * 25_000)  # in different chunks
+    pending = list(range(1, 70_001))
+    assert await jobs.touch(pending) == 3
