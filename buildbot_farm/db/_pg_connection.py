@@ -37,17 +37,14 @@ from psycopg.conninfo import make_conninfo
 from twisted.internet import defer
 from twisted.python import failure, log
 
-from buildbot_farm.db._api import Params, Row, qmark_to_numbered
+from buildbot_farm.db._api import Params, qmark_to_numbered
 from buildbot_farm.db._errors import UnstorableValue
+from buildbot_farm.db._pg_answers import Finish, Group, Reader, nothing, settle
 from buildbot_farm.db._pg_connect import open_session
 
 T = TypeVar("T")
-# reads a statement's answer (None when there was none)
-Reader = Callable[[pq.abc.PGresult | None, psycopg_abc.Transformer], T]
-Finish = Callable[[Any], None]  # called once with a statement's result, or its Failure
 MAX_RECONNECT_DELAY = 5.0
 MAX_PARAMETERS = 65_535  # the most parameters the protocol carries in one statement
-_ANSWERS = (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK, pq.ExecStatus.EMPTY_QUERY)
 _NOT_READY = 1 << 30  # the load of a connection that cannot send now
 _NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -68,34 +65,6 @@ class _State(enum.Enum):
     CONNECTING = "connecting"
     READY = "ready"
     CLOSED = "closed"
-
-
-class _Group:
-    """A statement sent with its Sync (and what went in front of it): what its caller wants."""
-
-    __slots__ = ("answer", "error", "finish", "prepare_at", "prepared", "read", "script", "seen")
-
-    def __init__(self, read: Reader[Any], finish: Finish, script: bool = False) -> None:
-        self.read = read
-        self.finish = finish
-        self.script = script  # sent over the simple protocol: ends with no Sync, at a None
-        self.answer: pq.abc.PGresult | None = None
-        self.error: Exception | None = None
-        self.prepared: str | None = None  # the name a PREPARE in the group creates
-        self.prepare_at = -1  # which of the group's results is that PREPARE's
-        self.seen = 0
-
-    def take(self, result: pq.abc.PGresult) -> bool:
-        """Keep what ``result`` says; whether the PREPARE it answers failed."""
-        index, self.seen = self.seen, self.seen + 1
-        if result.status == pq.ExecStatus.FATAL_ERROR:
-            if self.error is None:
-                self.error = errors.error_from_result(result, encoding="utf-8")
-            return index == self.prepare_at
-        if result.status in _ANSWERS:
-            self.answer = result
-            return False
-        return index == self.prepare_at  # PIPELINE_ABORTED: an error before it skipped it
 
 
 class PipelineConnection:
@@ -122,7 +91,7 @@ class PipelineConnection:
         self._why_down = "not connected yet"
         self._pg: pq.abc.PGconn | None = None
         self._watched: int | None = None  # the duplicate descriptor the reactor watches
-        self._groups: deque[_Group] = deque()
+        self._groups: deque[Group] = deque()
         # sends waiting for a script to end (or, a script, for the pipeline to empty)
         self._held_back: deque[tuple[bool, Callable[[], None]]] = deque()
         self._loader: psycopg_abc.Transformer = Transformer()
@@ -223,7 +192,7 @@ class PipelineConnection:
             return
         command = numbered.encode()
         self._send(
-            _Group(read, finish),
+            Group(read, finish),
             lambda pg: pg.send_query_params(command, values, param_types=types),
         )
 
@@ -251,7 +220,7 @@ class PipelineConnection:
             return
         key, command = name.encode(), numbered.encode()
 
-        def send(group: _Group) -> None:
+        def send(group: Group) -> None:
             def statements(pg: pq.abc.PGconn) -> None:
                 if name not in self.prepared:
                     group.prepared, group.prepare_at = name, int(self._begin_deferred)
@@ -270,10 +239,10 @@ class PipelineConnection:
                     self.prepared.discard(name)
                 finish(outcome)
 
-            send(_Group(read, forget_if_gone))
+            send(Group(read, forget_if_gone))
             return
         if name not in self.prepared:
-            send(_Group(read, finish))
+            send(Group(read, finish))
             return
 
         def prepare_again(outcome: Any) -> None:
@@ -281,25 +250,25 @@ class PipelineConnection:
                 errors.InvalidSqlStatementName  # DEALLOCATEd since
             ):
                 self.prepared.discard(name)
-                self.outside_transaction(lambda: send(_Group(read, finish)))
+                self.outside_transaction(lambda: send(Group(read, finish)))
             else:
                 finish(outcome)
 
-        send(_Group(read, prepare_again))
+        send(Group(read, prepare_again))
 
     def submit_script(self, script: str, finish: Finish) -> None:
         """Send ``script`` (statements without placeholders) over the simple protocol, alone."""
         command = script.encode()
 
         def go() -> None:
-            self._start_script(command, _Group(_nothing, finish, script=True))
+            self._start_script(command, Group(nothing, finish, script=True))
 
         if self._groups or self._held_back:
             self._held_back.append((True, go))
         else:
             go()
 
-    def _start_script(self, command: bytes, group: _Group) -> None:
+    def _start_script(self, command: bytes, group: Group) -> None:
         pg = self._pg
         if not self.ready or pg is None:
             group.finish(failure.Failure(ConnectionLost(self._why_down)))
@@ -335,14 +304,14 @@ class PipelineConnection:
             raise UnstorableValue(f"a value cannot be stored in PostgreSQL: {e}") from e
         return list(values), list(self._loader.types or ())
 
-    def _send(self, group: _Group, statements: Callable[[pq.abc.PGconn], None]) -> None:
+    def _send(self, group: Group, statements: Callable[[pq.abc.PGconn], None]) -> None:
         """Send ``statements`` and a Sync as ``group``, after a script that runs or waits."""
         if self._held_back or (self._groups and self._groups[-1].script):
             self._held_back.append((False, lambda: self._send_now(group, statements)))
         else:
             self._send_now(group, statements)
 
-    def _send_now(self, group: _Group, statements: Callable[[pq.abc.PGconn], None]) -> None:
+    def _send_now(self, group: Group, statements: Callable[[pq.abc.PGconn], None]) -> None:
         pg = self._pg
         if not self.ready or pg is None:
             group.finish(failure.Failure(ConnectionLost(self._why_down)))
@@ -472,7 +441,7 @@ class PipelineConnection:
         self._complete(self._groups.popleft())
         self._release_held_back()
 
-    def _complete(self, group: _Group) -> None:
+    def _complete(self, group: Group) -> None:
         if group.error is not None:
             group.finish(failure.Failure(group.error))
             return
@@ -535,21 +504,6 @@ def reconnect_delays() -> Iterator[float]:
         delay = min(max(delay * 2, 0.2), MAX_RECONNECT_DELAY)
 
 
-def rowcount(result: pq.abc.PGresult | None, loader: psycopg_abc.Transformer) -> int:
-    """How many rows the statement changed or returned (-1 for one that counts none)."""
-    tuples = result.command_tuples if result is not None else None
-    return -1 if tuples is None else tuples
-
-
-def rows(result: pq.abc.PGresult | None, loader: psycopg_abc.Transformer) -> list[Row]:
-    """The rows of the query as dicts keyed by column name."""
-    if result is None or result.status != pq.ExecStatus.TUPLES_OK:
-        return []
-    names = [(result.fname(i) or b"").decode() for i in range(result.nfields)]
-    loader.set_pgresult(result)
-    return loader.load_rows(0, result.ntuples, lambda values: dict(zip(names, values)))
-
-
 def check_statement_name(name: str) -> None:
     """Refuse a prepared statement name that is not a plain lower-case identifier."""
     if not _NAME.match(name):
@@ -562,22 +516,6 @@ def check_channel(channel: str) -> None:
         raise ValueError(
             f"notification channel {channel!r} must be lower-case letters, digits and '_'"
         )
-
-
-def _nothing(result: pq.abc.PGresult | None, loader: psycopg_abc.Transformer) -> None:
-    """Read nothing from a statement that returns nothing."""
-
-
-def settle(done: defer.Deferred[T]) -> Finish:
-    """The :data:`Finish` that fires ``done`` with a statement's outcome."""
-
-    def finish(outcome: Any) -> None:
-        if isinstance(outcome, failure.Failure):
-            done.errback(outcome)
-        else:
-            done.callback(outcome)
-
-    return finish
 
 
 def _ignore_notice(notice: pq.abc.PGresult) -> None:

@@ -28,7 +28,8 @@ from twisted.internet import defer
 from twisted.python import failure
 
 from buildbot_farm.db._errors import DatabaseUnavailable, IntegrityError
-from buildbot_farm.db._pg_connection import Finish, PipelineConnection
+from buildbot_farm.db._pg_answers import Finish
+from buildbot_farm.db._pg_connection import PipelineConnection
 
 T = TypeVar("T")
 Work = Callable[[PipelineConnection, Finish], object]  # runs a call, calls Finish once

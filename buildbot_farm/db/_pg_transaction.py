@@ -14,14 +14,12 @@ from twisted.internet import defer
 from twisted.python import failure, log
 
 from buildbot_farm.db._api import POSTGRESQL_DIALECT, Params, Row, Transaction
+from buildbot_farm.db._pg_answers import Finish, rowcount, rows
 from buildbot_farm.db._pg_connection import (
     ConnectionLost,
-    Finish,
     PipelineConnection,
     RollbackFailed,
     check_channel,
-    rowcount,
-    rows,
 )
 
 T = TypeVar("T")

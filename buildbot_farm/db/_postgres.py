@@ -28,7 +28,8 @@ from buildbot_farm.db._api import (
     Transaction,
 )
 from buildbot_farm.db._errors import DatabaseError, DatabaseUnavailable
-from buildbot_farm.db._pg_connection import PipelineConnection, check_channel, rowcount, rows
+from buildbot_farm.db._pg_answers import rowcount, rows
+from buildbot_farm.db._pg_connection import PipelineConnection, check_channel
 from buildbot_farm.db._pg_pool import CONNECTION_ERRORS, ConnectionPool, Work, one_line
 from buildbot_farm.db._pg_transaction import run_transaction
 from buildbot_farm.db._url import DatabaseURL

@@ -15,7 +15,8 @@ from twisted.internet import defer, task
 from twisted.protocols import portforward
 
 from buildbot_farm import db
-from buildbot_farm.db._pg_connection import PipelineConnection, rows
+from buildbot_farm.db._pg_answers import rows
+from buildbot_farm.db._pg_connection import PipelineConnection
 from tests.db.conftest import DbUrlFactory
 from tests.harness.postgres import PostgresCluster
 from tests.harness.twisted_reactor import reactor
