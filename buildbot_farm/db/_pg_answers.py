@@ -43,14 +43,12 @@ class Group:
     def take(self, result: pq.abc.PGresult) -> bool:
         """Keep what ``result`` says; whether the PREPARE it answers failed."""
         index, self.seen = self.seen, self.seen + 1
-        if result.status == pq.ExecStatus.FATAL_ERROR:
-            if self.error is None:
-                self.error = errors.error_from_result(result, encoding="utf-8")
-            return index == self.prepare_at
         if result.status in _ANSWERS:
             self.answer = result
             return False
-        return index == self.prepare_at  # PIPELINE_ABORTED: an error before it skipped it
+        if result.status == pq.ExecStatus.FATAL_ERROR and self.error is None:
+            self.error = errors.error_from_result(result, encoding="utf-8")
+        return index == self.prepare_at  # it failed, or an error before it skipped it
 
 
 def rowcount(result: pq.abc.PGresult | None, loader: psycopg_abc.Transformer) -> int:

@@ -209,7 +209,8 @@ class PipelineConnection:
         group where this session has not yet.
 
         Outside a transaction a statement DEALLOCATEd since it was prepared here is prepared
-        again and run; inside one, its failed EXECUTE has aborted the transaction already.
+        again and run (once no transaction holds the connection); inside one, its failed
+        EXECUTE has aborted the transaction, so it fails, and is prepared again next time.
         """
         try:
             check_statement_name(name)
@@ -230,31 +231,19 @@ class PipelineConnection:
 
             self._send(group, statements)
 
-        if in_transaction:
+        retry = not in_transaction and name in self.prepared
 
-            def forget_if_gone(outcome: Any) -> None:
-                if isinstance(outcome, failure.Failure) and outcome.check(
-                    errors.InvalidSqlStatementName  # DEALLOCATEd since: prepare it next time
-                ):
-                    self.prepared.discard(name)
-                finish(outcome)
-
-            send(Group(read, forget_if_gone))
-            return
-        if name not in self.prepared:
-            send(Group(read, finish))
-            return
-
-        def prepare_again(outcome: Any) -> None:
+        def settled(outcome: Any) -> None:
             if isinstance(outcome, failure.Failure) and outcome.check(
-                errors.InvalidSqlStatementName  # DEALLOCATEd since
+                errors.InvalidSqlStatementName  # DEALLOCATEd since: prepare it next time
             ):
                 self.prepared.discard(name)
-                self.outside_transaction(lambda: send(Group(read, finish)))
-            else:
-                finish(outcome)
+                if retry:  # in a transaction, the failed EXECUTE has aborted it already
+                    self.outside_transaction(lambda: send(Group(read, finish)))
+                    return
+            finish(outcome)
 
-        send(Group(read, prepare_again))
+        send(Group(read, settled))
 
     def submit_script(self, script: str, finish: Finish) -> None:
         """Send ``script`` (statements without placeholders) over the simple protocol, alone."""
