@@ -16,12 +16,12 @@ not yet made the request object: only the channel knows the request line then
 whose client went away (Twisted would log a traceback), and Twisted only says so through
 ``notifyFinish``'s errback or the private ``_disconnected`` flag (:func:`disconnected`).
 
-**Spliced proxy bodies.** Before the proxy hands a body's rest to ``splice(2)``, it must know
-that both connections are plain TCP (no TLS, no wrapper, no content encoder) and that the
-client's connection has sent everything written to it so far (:func:`splice_target`,
-:func:`unsent_bytes`; tripwire in ``tests/leases/test_splice.py``).
+**Large proxy bodies.** Before the proxy hands a body's rest to a thread that moves it
+socket to socket, it must know that both connections are plain TCP (no TLS, no wrapper, no
+content encoder) and that the client's connection has sent everything written to it so far
+(:func:`bulk_target`, :func:`unsent_bytes`; tripwire in ``tests/leases/test_bulk_relay.py``).
 
-**Artifact downloads** are sent with ``sendfile(2)`` on the same terms as spliced proxy
+**Artifact downloads** are sent with ``sendfile(2)`` on the same terms as large proxy
 bodies (:func:`plain_tcp_client`, :func:`unsent_bytes`). **Those with a Range header**
 (``artifacts/local_files.LocalFile``) are parsed and answered as ``static.File`` does,
 with its private ``_parseRangeHeader``, ``_doSingleRangeRequest`` and
@@ -85,7 +85,7 @@ def disconnected(request: Request) -> bool:
     return bool(request._disconnected)
 
 
-def splice_target(request: Request, agent: object) -> int | None:
+def bulk_target(request: Request, agent: object) -> int | None:
     """The client's socket, if the agent's body can go to it unchanged; else None.
 
     That needs both connections plain TCP (no TLS, no wrapper) and no content encoder on the

@@ -10,8 +10,8 @@ file above); it is streamed to the agent from there over a connection of its own
 control works both ways: a slow client pauses the agent connection, and a client that goes
 away closes it (the agent's command then waits for the client to re-attach, for the agent's
 grace period). A large body with a Content-Length (a raw ``/read``) bound for a plain TCP
-client is not copied through the coordinator at all: after its first bytes, the kernel moves
-the rest from socket to socket (``leases/splice.py``).
+client does not pass through the reactor: after its first bytes, a thread of its own moves
+the rest from socket to socket in large batches (``leases/bulk_relay.py``).
 """
 
 from __future__ import annotations
@@ -25,14 +25,14 @@ from twisted.python import failure, log
 from twisted.web.server import Request
 
 from buildbot_farm.compat import twisted_web
-from buildbot_farm.leases import splice
+from buildbot_farm.leases import bulk_relay
 from buildbot_farm.remote.protocol import SECRET_HEADER
 from buildbot_farm.web import json_error
 
 CONNECT_TIMEOUT = 10.0
 MAX_HEAD = 64 * 1024  # the agent's status line and headers, and its trailers, each at most this
 SMALL_BODY = 64 * 1024  # request bodies up to this size are sent in one write
-SPLICE_AT_LEAST = 256 * 1024  # answers with a body this large are spliced where they can be
+BULK_AT_LEAST = 256 * 1024  # answers with a body this large go by bulk_relay where they can
 # Hop-by-hop headers (RFC 9110 7.6.1), never relayed either way.
 _HOP_BY_HOP = {
     b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization",
@@ -152,7 +152,7 @@ class _AgentAnswer(protocol.Protocol):
         self._complete = False
         self._client_gone = False
         self._producing = False  # the agent connection is the client connection's producer
-        self._splice_to: int | None = None  # the client's socket, when the body is spliced
+        self._bulk_to: int | None = None  # the client's socket, when the body goes by bulk_relay
 
     def connectionMade(self) -> None:
         if self._client_gone:
@@ -224,8 +224,8 @@ class _AgentAnswer(protocol.Protocol):
             except ValueError:
                 raise RelayError("the agent sent a Content-Length that is not a number") from None
             request.setHeader(b"content-length", b"%d" % self._left)
-            if self._left >= SPLICE_AT_LEAST and splice.AVAILABLE:
-                self._splice_to = twisted_web.splice_target(request, self.transport)
+            if self._left >= BULK_AT_LEAST and bulk_relay.AVAILABLE:
+                self._bulk_to = twisted_web.bulk_target(request, self.transport)
         if request.method == b"HEAD" or code in _NO_BODY_STATUSES:
             self._left = 0
             self._relay = request.write
@@ -258,36 +258,36 @@ class _AgentAnswer(protocol.Protocol):
             self._left -= min(self._left, len(data))
             if not self._left:
                 self._completed()
-            elif self._splice_to is not None:
-                self._begin_splice(self._splice_to)
+            elif self._bulk_to is not None:
+                self._begin_bulk(self._bulk_to)
         elif data:
             self._relay(data)
 
-    def _begin_splice(self, target: int) -> None:
-        """Stop reading both sockets and let the kernel move the rest of the body."""
-        self._splice_to = None
+    def _begin_bulk(self, target: int) -> None:
+        """Stop reading both sockets and let a thread of its own move the rest of the body."""
+        self._bulk_to = None
         self._request.write(b"")  # the status line and headers, if no body byte sent them yet
         self._stop_producing()
         self.transport.stopReading()
         client: Any = self._request.transport
         client.stopReading()  # resumed by twisted.web when the request is finished
-        defer.ensureDeferred(self._splice_rest(client, target))
+        defer.ensureDeferred(self._relay_rest(client, target))
 
-    async def _splice_rest(self, client: Any, target: int) -> None:
+    async def _relay_rest(self, client: Any, target: int) -> None:
         pause = 0.001
         while twisted_web.unsent_bytes(client) and not self._complete:
-            await task.deferLater(self._reactor, pause)  # the head first, then the spliced rest
+            await task.deferLater(self._reactor, pause)  # the head first, then the rest
             pause = min(pause * 2, 0.05)
         if self._complete:
             return
         left, self._left = self._left or 0, None
         try:
-            await splice.splice_in_thread(self._reactor, self.transport.fileno(), target, left)
-        except splice.TargetGone:
+            await bulk_relay.relay_in_thread(self._reactor, self.transport.fileno(), target, left)
+        except bulk_relay.TargetGone:
             self._client_gone = True
             client.abortConnection()
             self._fail(failure.Failure(RelayError("the client went away")))
-        except splice.SourceEnded as e:
+        except bulk_relay.SourceEnded as e:
             self._fail(failure.Failure(RelayError(f"the agent's answer broke off: {e}")))
         else:
             self._left = 0

@@ -1,7 +1,7 @@
-"""Large raw answers through the coordinator's proxy are spliced socket to socket.
+"""Large raw answers through the coordinator's proxy go socket to socket in a thread.
 
-The kernel part (``splice_exactly``) is tested on socket pairs; the proxy's use of it with a
-real coordinator, a real agent and a raw HTTP client that keeps its connection, or leaves
+The thread's part (``relay_exactly``) is tested on socket pairs; the proxy's use of it with
+a real coordinator, a real agent and a raw HTTP client that keeps its connection, or leaves
 in the middle of the body.
 """
 
@@ -24,7 +24,7 @@ from twisted.logger import ILogObserver, globalLogPublisher
 from zope.interface import provider
 
 from buildbot_farm.compat import twisted_web
-from buildbot_farm.leases import keys, proxy, splice
+from buildbot_farm.leases import bulk_relay, keys, proxy
 from buildbot_farm.leases.client import PROXY_HEADER
 from tests.harness.twisted_reactor import reactor
 from tests.leases.conftest import SECRET, RunningCoordinator, StartCoordinator
@@ -45,7 +45,7 @@ def _drain(sock: socket.socket, into: bytearray) -> None:
         into += block
 
 
-def test_splice_moves_exactly_the_length_and_leaves_the_rest() -> None:
+def test_the_relay_moves_exactly_the_length_and_leaves_the_rest() -> None:
     """8 MiB move across; the 5 bytes after them stay unread in the source."""
     payload = os.urandom(8 * MIB)
     source_writer, source = _pair()
@@ -56,13 +56,51 @@ def test_splice_moves_exactly_the_length_and_leaves_the_rest() -> None:
     reader = threading.Thread(target=_drain, args=(target_reader, received))
     writer.start()
     reader.start()
-    splice.splice_exactly(source.fileno(), target.fileno(), len(payload))
+    bulk_relay.relay_exactly(source.fileno(), target.fileno(), len(payload))
     target.close()
     writer.join()
     reader.join()
     assert hashlib.sha256(received).digest() == hashlib.sha256(payload).digest()
     source.setblocking(True)
     assert source.recv(100) == b"after"
+
+
+def test_slow_sides_are_waited_for_whatever_python_s_default_timeout() -> None:
+    """An agent that sends in pieces with pauses, and a client that reads slowly, both get
+    waited for, every byte in order: Python's default socket timeout (here 10 ms, far
+    shorter than the pauses) does not turn a pause into an error."""
+    pieces = [os.urandom(size) for size in (1, 300 * 1024, 7, 2 * MIB)]
+    source_writer, source = _pair()
+    target, target_reader = _pair()
+    source_writer.setblocking(True)
+
+    def trickle() -> None:
+        for piece in pieces:
+            source_writer.sendall(piece)
+            threading.Event().wait(0.05)
+
+    def read_slowly(into: bytearray) -> None:
+        target_reader.setblocking(True)
+        while block := target_reader.recv(64 * 1024):
+            into += block
+            threading.Event().wait(0.001)
+
+    received = bytearray()
+    writer = threading.Thread(target=trickle, daemon=True)
+    reader = threading.Thread(target=read_slowly, args=(received,), daemon=True)
+    writer.start()
+    reader.start()
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(0.01)
+    try:
+        bulk_relay.relay_exactly(source.fileno(), target.fileno(), sum(map(len, pieces)))
+    finally:
+        socket.setdefaulttimeout(previous)
+        target.close()
+        source.close()
+    writer.join(10)
+    reader.join(10)
+    assert bytes(received) == b"".join(pieces)
 
 
 def test_a_source_ending_early_is_reported() -> None:
@@ -80,8 +118,8 @@ def test_a_source_ending_early_is_reported() -> None:
 
     writer = threading.Thread(target=write_and_close)
     writer.start()
-    with pytest.raises(splice.SourceEnded, match="bytes to come"):
-        splice.splice_exactly(source.fileno(), target.fileno(), 2 * MIB)
+    with pytest.raises(bulk_relay.SourceEnded, match="bytes to come"):
+        bulk_relay.relay_exactly(source.fileno(), target.fileno(), 2 * MIB)
     target.close()
     writer.join()
     reader.join()
@@ -95,8 +133,8 @@ def test_a_target_gone_is_reported() -> None:
     target_reader.close()
     source_writer.setblocking(True)
     source_writer.sendall(b"x" * 1000)
-    with pytest.raises(splice.TargetGone):
-        splice.splice_exactly(source.fileno(), target.fileno(), 1000)
+    with pytest.raises(bulk_relay.TargetGone):
+        bulk_relay.relay_exactly(source.fileno(), target.fileno(), 1000)
 
 
 @pytest_twisted.ensureDeferred
@@ -141,25 +179,25 @@ async def _buildlet_with_file(running: RunningCoordinator, size: int) -> tuple[s
     return name, payload
 
 
-def _counting_splices(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+def _counting_relays(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     lengths: list[int] = []
-    real = splice.splice_in_thread
+    real = bulk_relay.relay_in_thread
 
     def counted(reactor: Any, source: int, target: int, length: int) -> defer.Deferred[None]:
         lengths.append(length)
         return real(reactor, source, target, length)
 
-    monkeypatch.setattr(splice, "splice_in_thread", counted)
+    monkeypatch.setattr(bulk_relay, "relay_in_thread", counted)
     return lengths
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_large_read_is_spliced_and_the_connection_serves_the_next_request(
+async def test_a_large_read_goes_by_the_thread_and_the_connection_serves_the_next_request(
     start_coordinator: StartCoordinator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A 24 MiB ``/read`` arrives whole through the splice, on a kept-alive connection
+    """A 24 MiB ``/read`` arrives whole through the relay thread, on a kept-alive connection
     that then answers another request."""
-    spliced = _counting_splices(monkeypatch)
+    relayed = _counting_relays(monkeypatch)
     running = await start_coordinator()
     name, payload = await _buildlet_with_file(running, 24 * MIB)
     address = urllib.parse.urlsplit(running.url)
@@ -182,20 +220,20 @@ async def test_a_large_read_is_spliced_and_the_connection_serves_the_next_reques
     assert hashlib.sha256(body).digest() == hashlib.sha256(payload).digest()
     assert next_status == 200
     assert name.encode() in listing
-    assert len(spliced) == 1
-    # The body bytes that came in the agent's first read with the head are relayed in Python;
-    # the rest, which may be all of it, is spliced.
-    assert 0 < spliced[0] <= len(payload)
-    assert spliced[0] > len(payload) - proxy.SPLICE_AT_LEAST
+    assert len(relayed) == 1
+    # The body bytes that came in the agent's first read with the head go through the reactor;
+    # the rest, which may be all of it, goes by the thread.
+    assert 0 < relayed[0] <= len(payload)
+    assert relayed[0] > len(payload) - proxy.BULK_AT_LEAST
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_client_leaving_in_the_middle_of_a_spliced_body(
+async def test_a_client_leaving_in_the_middle_of_a_bulk_relayed_body(
     start_coordinator: StartCoordinator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A client that reads 1 MiB of 32 MiB and closes: the splice ends, nothing is logged as
+    """A client that reads 1 MiB of 32 MiB and closes: the relay ends, nothing is logged as
     an error, and the coordinator goes on serving the same buildlet."""
-    spliced = _counting_splices(monkeypatch)
+    relayed = _counting_relays(monkeypatch)
     running = await start_coordinator()
     name, payload = await _buildlet_with_file(running, 32 * MIB)
     address = urllib.parse.urlsplit(running.url)
@@ -224,29 +262,29 @@ async def test_a_client_leaving_in_the_middle_of_a_spliced_body(
         head = await threads.deferToThread(leave_early)
         assert head.startswith(b"HTTP/1.1 200")
         for _ in range(200):
-            if not [t for t in threading.enumerate() if t.name == "farm-proxy-splice"]:
+            if not [t for t in threading.enumerate() if t.name == "farm-proxy-relay"]:
                 break
             await task.deferLater(reactor, 0.05)
-        assert not [t for t in threading.enumerate() if t.name == "farm-proxy-splice"]
+        assert not [t for t in threading.enumerate() if t.name == "farm-proxy-relay"]
         again: list[bytes] = []
         await running.client().get_stream(name, "/read", {"path": "big/data.bin"}, again.append)
         assert hashlib.sha256(b"".join(again)).digest() == hashlib.sha256(payload).digest()
     finally:
         globalLogPublisher.removeObserver(observe)
-    assert len(spliced) == 2
+    assert len(relayed) == 2
     assert not errors, [e.get("log_format") or e.get("format") for e in errors]
 
 
 @pytest_twisted.ensureDeferred
-async def test_small_answers_are_relayed_without_a_splice(
+async def test_small_answers_go_through_the_reactor(
     start_coordinator: StartCoordinator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Below ``SPLICE_AT_LEAST`` a body is relayed in Python (a thread costs more than it
+    """Below ``BULK_AT_LEAST`` a body is relayed by the reactor (a thread costs more than it
     saves there), and arrives the same."""
-    spliced = _counting_splices(monkeypatch)
+    relayed = _counting_relays(monkeypatch)
     running = await start_coordinator()
-    name, payload = await _buildlet_with_file(running, proxy.SPLICE_AT_LEAST - 1)
+    name, payload = await _buildlet_with_file(running, proxy.BULK_AT_LEAST - 1)
     received: list[bytes] = []
     await running.client().get_stream(name, "/read", {"path": "big/data.bin"}, received.append)
     assert b"".join(received) == payload
-    assert spliced == []
+    assert relayed == []

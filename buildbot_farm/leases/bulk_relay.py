@@ -1,0 +1,106 @@
+"""Moving the rest of a large relayed body from the agent's socket to the client's, in a
+thread of its own.
+
+A raw download through the coordinator (``/read``, ``/tgz`` with a length) is bytes the
+proxy never looks at. Relayed by the reactor, every 64 KiB read costs the thread that serves
+everything else a wake-up and Python's buffer handling: a 256 MiB ``/read`` ran at 0.3-0.45x
+of the agent's own speed. Here a thread moves them in batches of up to ``BATCH`` bytes: one
+``recv_into`` takes all that has arrived, and all of it is sent before the next read, so
+the agent fills the socket meanwhile and the next read is a large one again. Batching is
+what makes it fast; on this 2-core machine (Linux 6.18, loopback, issue 16) a proxied
+256 MiB ``/read`` ran at:
+
+* 0.95-1.07x of the agent's own speed with these batches (the median of 15 alternating
+  rounds, three runs);
+* 0.77-0.81x with ``splice(2)`` socket -> pipe -> socket (the previous relay), whose batches
+  are bounded by the pipe's 1 MiB and whose per-page cost shows on loopback;
+* 0.75-0.85x reading and sending alternately, 64 KiB per call, even with a 4 MiB buffer.
+
+The sockets stay non-blocking (the reactor owns them); the thread waits with ``poll`` for
+the side it needs. While it runs, neither socket is read by the reactor (the caller stops
+reading both, and has sent everything written to the client before), so nothing else
+consumes or writes their bytes. The thread holds duplicates of the descriptors, so a close
+by the reactor meanwhile cannot hand it someone else's socket.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import socket
+from typing import Any
+
+from twisted.internet import defer
+
+from buildbot_farm.thread_pool import in_own_thread
+
+AVAILABLE = hasattr(select, "poll")
+BATCH = 1 << 20  # the most one read takes; the buffer each relay holds while it runs
+_TARGET_GONE = {errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN}
+
+
+class SourceEnded(Exception):
+    """The agent's connection ended (or failed) before the whole body had come."""
+
+
+class TargetGone(Exception):
+    """The client's connection closed while the body was being sent to it."""
+
+
+def relay_exactly(source: int, target: int, length: int) -> None:
+    """Move exactly ``length`` bytes from socket ``source`` to socket ``target``.
+
+    What was read is sent before ``SourceEnded`` is raised; after ``TargetGone`` nothing
+    more is read.
+    """
+    with socket.socket(fileno=os.dup(source)) as agent, \
+            socket.socket(fileno=os.dup(target)) as client:
+        agent.setblocking(False)  # as it is; and no default timeout of Python's applies
+        client.setblocking(False)
+        batch = memoryview(bytearray(min(BATCH, length)))
+        left = length
+        while left:
+            taken = _receive(agent, batch[:min(left, len(batch))], left)
+            _send_all(client, batch[:taken])
+            left -= taken
+
+
+def _receive(agent: socket.socket, into: memoryview, left: int) -> int:
+    """Read what has arrived into ``into`` (waiting for at least one byte); its count."""
+    while True:
+        try:
+            taken = agent.recv_into(into)
+        except BlockingIOError:
+            _wait(agent.fileno(), select.POLLIN)
+            continue
+        except OSError as e:
+            raise SourceEnded(f"reading from the agent failed: {e.strerror}") from None
+        if not taken:
+            raise SourceEnded(f"the agent's connection ended with {left} bytes to come")
+        return taken
+
+
+def _send_all(client: socket.socket, data: memoryview) -> None:
+    sent = 0
+    while sent < len(data):
+        try:
+            sent += client.send(data[sent:])
+        except BlockingIOError:
+            _wait(client.fileno(), select.POLLOUT)
+        except OSError as e:
+            if e.errno in _TARGET_GONE:
+                raise TargetGone("the client went away") from None
+            raise
+
+
+def _wait(descriptor: int, event: int) -> None:
+    """Block until ``descriptor`` is ready for ``event`` (or has an error to report)."""
+    waiting = select.poll()
+    waiting.register(descriptor, event)
+    waiting.poll()
+
+
+def relay_in_thread(reactor: Any, source: int, target: int, length: int) -> defer.Deferred[None]:
+    """Run ``relay_exactly`` in a thread of its own; its outcome arrives on the reactor."""
+    return in_own_thread(reactor, "farm-proxy-relay", relay_exactly, source, target, length)
