@@ -107,10 +107,8 @@ class RecordStore:
 
     def __init__(self, database: db.Database) -> None:
         self._database = database
-        # SQLite answers lone queries on one reading connection: a second batch would queue.
-        in_flight = 1 if database.dialect.name == "sqlite" else 2
         self._lookups: LookupBatches[tuple[str, str], StoredRecord] = LookupBatches(
-            self._get_many, in_flight
+            self._get_many
         )
 
     @property

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 from twisted.internet import defer
 from twisted.python import failure
 
@@ -24,7 +23,6 @@ class FetchRecorder:
         self.answers.append(answer)
         return await answer
 
-
 def results(lookups: list[defer.Deferred[int | None]]) -> list[object]:
     """What each lookup fired with so far (``...`` for one still waiting)."""
     seen: list[object] = []
@@ -38,21 +36,19 @@ def results(lookups: list[defer.Deferred[int | None]]) -> list[object]:
         seen.append(box[0])
     return seen
 
-
 def test_a_lone_lookup_is_fetched_at_once() -> None:
     """With no fetch running, a lookup starts its fetch immediately and gets its value."""
     recorder = FetchRecorder()
-    batches = LookupBatches(recorder.fetch, in_flight=1)
+    batches = LookupBatches(recorder.fetch)
     lookup = batches.get("a")
     assert recorder.calls == [["a"]]
     recorder.answers[0].callback({"a": 1})
     assert results([lookup]) == [1]
 
-
 def test_lookups_waiting_together_share_one_fetch() -> None:
     """Lookups made while the fetches are busy are answered by one fetch of all their keys."""
     recorder = FetchRecorder()
-    batches = LookupBatches(recorder.fetch, in_flight=1)
+    batches = LookupBatches(recorder.fetch)
     first = batches.get("a")
     waiting = [batches.get("b"), batches.get("c"), batches.get("b")]
     assert recorder.calls == [["a"]]
@@ -61,11 +57,10 @@ def test_lookups_waiting_together_share_one_fetch() -> None:
     recorder.answers[1].callback({"b": 2})
     assert results([first, *waiting]) == [1, 2, None, 2]
 
-
 def test_batches_are_at_most_batch_size_keys() -> None:
     """Waiting keys beyond ``batch_size`` go to the next fetch."""
     recorder = FetchRecorder()
-    batches = LookupBatches(recorder.fetch, in_flight=1, batch_size=2)
+    batches = LookupBatches(recorder.fetch, batch_size=2)
     lookups = [batches.get(key) for key in "abcd"]
     recorder.answers[0].callback({})
     recorder.answers[1].callback({"b": 2, "c": 3})
@@ -73,11 +68,10 @@ def test_batches_are_at_most_batch_size_keys() -> None:
     assert recorder.calls == [["a"], ["b", "c"], ["d"]]
     assert results(lookups) == [None, 2, 3, 4]
 
-
 def test_a_failed_fetch_fails_its_batch_only() -> None:
     """Every lookup of a failed fetch fails with its error; the next batch is still fetched."""
     recorder = FetchRecorder()
-    batches = LookupBatches(recorder.fetch, in_flight=1)
+    batches = LookupBatches(recorder.fetch)
     doomed = [batches.get("a")]
     later = batches.get("b")
     recorder.answers[0].errback(RuntimeError("database gone"))
@@ -89,12 +83,12 @@ def test_a_failed_fetch_fails_its_batch_only() -> None:
     recorder.answers[1].callback({"b": 2})
     assert results([later]) == [2]
 
-
-@pytest.mark.parametrize("in_flight", [1, 3])
-def test_at_most_in_flight_fetches_run(in_flight: int) -> None:
-    """No more than ``in_flight`` fetches run at once, however many lookups arrive."""
+def test_one_fetch_runs_at_a_time() -> None:
+    """However many lookups arrive, one fetch runs; the next starts when it ends."""
     recorder = FetchRecorder()
-    batches = LookupBatches(recorder.fetch, in_flight=in_flight)
+    batches = LookupBatches(recorder.fetch)
     for key in "abcdefg":
         batches.get(key)
-    assert len(recorder.calls) == in_flight
+    assert recorder.calls == [["a"]]
+    recorder.answers[0].callback({})
+    assert recorder.calls == [["a"], list("bcdefg")]

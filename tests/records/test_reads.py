@@ -62,6 +62,10 @@ async def test_a_record_is_immutable_with_a_strong_etag_and_304(api: Api) -> Non
     code, headers, body = await request("HEAD", f"{api.url}/app/1")
     assert (code, body) == (200, None)
     assert header(headers, "cache-control") == IMMUTABLE.decode()
+    await post(api, "2")
+    for _ in range(2):  # read from the database, then kept: with its length, not chunked
+        response = await treq.get(f"{api.url}/app/2", persistent=False)
+        assert response.length == len(await response.content()) > 0
 
 
 @pytest_twisted.ensureDeferred
