@@ -11,16 +11,19 @@ what makes it fast; on this 2-core machine (Linux 6.18, loopback, issue 16) a pr
 256 MiB ``/read`` ran at:
 
 * 0.95-1.07x of the agent's own speed with these batches (the median of 15 alternating
-  rounds, three runs);
+  rounds, four runs);
 * 0.77-0.81x with ``splice(2)`` socket -> pipe -> socket (the previous relay), whose batches
   are bounded by the pipe's 1 MiB and whose per-page cost shows on loopback;
-* 0.75-0.85x reading and sending alternately, 64 KiB per call, even with a 4 MiB buffer.
+* in a stand-alone relay, 0.75-0.86x reading and sending alternately (64 KiB a call, even
+  with a 4 MiB buffer), against 0.86-0.94x with these batches.
 
-The sockets stay non-blocking (the reactor owns them); the thread waits with ``poll`` for
-the side it needs. While it runs, neither socket is read by the reactor (the caller stops
-reading both, and has sent everything written to the client before), so nothing else
-consumes or writes their bytes. The thread holds duplicates of the descriptors, so a close
-by the reactor meanwhile cannot hand it someone else's socket.
+The sockets stay non-blocking (the reactor owns them, and may still be writing the
+request's body to the agent); the thread waits with ``poll`` for the side it needs. A
+blocking agent socket read faster still (1.05-1.15x) but could block those writes, and the
+reactor with them. While the thread runs, neither socket is read by the reactor (the caller
+stops reading both, and has sent everything written to the client before), so nothing else
+takes their bytes or writes to the client. The thread holds duplicates of the descriptors,
+so a close by the reactor meanwhile cannot hand it someone else's socket.
 """
 
 from __future__ import annotations
