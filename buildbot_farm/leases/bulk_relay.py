@@ -15,7 +15,7 @@ what makes it fast; on this 2-core machine (Linux 6.18, loopback, issue 16) a pr
 * 0.77-0.81x with ``splice(2)`` socket -> pipe -> socket (the previous relay), whose batches
   are bounded by the pipe's 1 MiB and whose per-page cost shows on loopback;
 * in a stand-alone relay, 0.75-0.86x reading and sending alternately (64 KiB a call, even
-  with a 4 MiB buffer), against 0.86-0.94x with these batches.
+  with a 4 MiB buffer), against 0.85-0.94x with these batches.
 
 The sockets stay non-blocking (the reactor owns them, and may still be writing the
 request's body to the agent); the thread waits with ``poll`` for the side it needs. A
