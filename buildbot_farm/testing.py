@@ -31,6 +31,7 @@ from buildbot_farm import db
 from buildbot_farm.leases import keys
 from buildbot_farm.leases.agent_client import AgentClient
 from buildbot_farm.leases.api import CoordinatorResource
+from buildbot_farm.leases.bulk_relay import BulkRelays
 from buildbot_farm.leases.client import CoordinatorClient
 from buildbot_farm.leases.coordinator import Coordinator
 from buildbot_farm.leases.model import ExpiryPolicy
@@ -145,6 +146,7 @@ async def local_coordinator(
     clock: Any = None,
     reverse_pool: int = 0,
     agent_grace: float = 60.0,
+    relays: BulkRelays | None = None,
     **provider_options: Any,
 ) -> LocalCoordinator:
     """A started coordinator on ``database``, served on a free port of 127.0.0.1.
@@ -153,7 +155,8 @@ async def local_coordinator(
     processes under ``root``, started by :class:`ProcessProvider` with
     ``provider_options`` (``run_as``, ``sandbox``, ``python``, ``agent_arguments``, ...).
     With ``reverse_pool`` it also has a pool ``hosts`` of that many hosts that join it.
-    Leases expire by ``policy`` on ``clock`` (default: ``reactor``). Its HTTP clients keep
+    Leases expire by ``policy`` on ``clock`` (default: ``reactor``); ``relays`` run the
+    proxy's large downloads (default: ``BulkRelays()``). Its HTTP clients keep
     no connections, so a test leaves no timers behind. :meth:`LocalCoordinator.shutdown`
     it, then ``provider.reap(set())`` removes the buildlets it left.
     """
@@ -165,8 +168,8 @@ async def local_coordinator(
         types["hosts"] = BuildletType("hosts", ReverseProvider(agents), reverse_pool)
     coordinator = Coordinator(database, clock, types, agents, policy, agent_grace=agent_grace)
     await coordinator.start()
-    port = reactor.listenTCP(0, server.Site(CoordinatorResource(coordinator, secret, reactor)),
-                             interface="127.0.0.1")
+    api = CoordinatorResource(coordinator, secret, reactor, relays)
+    port = reactor.listenTCP(0, server.Site(api), interface="127.0.0.1")
     return LocalCoordinator(coordinator, provider, database,
                             f"http://127.0.0.1:{port.getHost().port}", port, clock, secret,
                             reactor)

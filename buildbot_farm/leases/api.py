@@ -25,6 +25,7 @@ from twisted.web.server import Request
 
 from buildbot_farm.compat.twisted_web import disconnected
 from buildbot_farm.leases import keys
+from buildbot_farm.leases.bulk_relay import BulkRelays
 from buildbot_farm.leases.coordinator import Coordinator
 from buildbot_farm.leases.model import Lease
 from buildbot_farm.leases.pools import (
@@ -52,16 +53,19 @@ class CoordinatorAPI:
     """The coordinator's routes; :class:`CoordinatorResource` serves them (mount it anywhere).
 
     ``secret`` is the coordinator secret the users' keys derive from; ``reactor`` is the one
-    the proxy connects to the agents on.
+    the proxy connects to the agents on; ``relays`` run the large downloads it relays
+    (default: :class:`~buildbot_farm.leases.bulk_relay.BulkRelays` with its defaults).
     """
 
     routes: Routes[CoordinatorAPI] = Routes(
         "coordinator", hint="or send X-Buildlet-Proxy: NAME to talk to a buildlet")
 
-    def __init__(self, coordinator: Coordinator, secret: bytes, reactor: Any) -> None:
+    def __init__(self, coordinator: Coordinator, secret: bytes, reactor: Any,
+                 relays: BulkRelays | None = None) -> None:
         self._coordinator = coordinator
         self._secret = secret
         self._reactor = reactor
+        self._relays = BulkRelays() if relays is None else relays
 
     async def answer(self, request: Request) -> bytes | None:
         """Authenticate ``request``, then proxy it or answer it through the routes."""
@@ -196,7 +200,8 @@ class CoordinatorAPI:
         full_path = path.encode() + (b"?" + query if query else b"")
         release = self._coordinator.hold(lease.name)  # the lease stays renewed while this runs
         try:
-            await forward(request, self._reactor, lease.url, lease.secret, full_path)
+            await forward(request, self._reactor, lease.url, lease.secret, full_path,
+                          self._relays)
         except Exception:
             proxy_failed(request, failure.Failure(), lease.name)
         finally:
@@ -210,9 +215,10 @@ class CoordinatorResource(resource.Resource):
 
     isLeaf = True
 
-    def __init__(self, coordinator: Coordinator, secret: bytes, reactor: Any) -> None:
+    def __init__(self, coordinator: Coordinator, secret: bytes, reactor: Any,
+                 relays: BulkRelays | None = None) -> None:
         super().__init__()
-        self.api = CoordinatorAPI(coordinator, secret, reactor)
+        self.api = CoordinatorAPI(coordinator, secret, reactor, relays)
 
     def render(self, request: Request) -> int:
         """Authenticate, then answer asynchronously."""

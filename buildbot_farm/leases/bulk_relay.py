@@ -24,6 +24,12 @@ reactor with them. While the thread runs, neither socket is read by the reactor 
 stops reading both, and has sent everything written to the client before), so nothing else
 takes their bytes or writes to the client. The thread holds duplicates of the descriptors,
 so a close by the reactor meanwhile cannot hand it someone else's socket.
+
+A lessee can make either side stop: a client that stops reading but keeps its connection, an
+agent stopped in the middle of a body. So a relay in which a side moves no byte for
+``STALL_LIMIT`` seconds ends (``SourceEnded`` or ``TargetGone``), and :class:`BulkRelays`
+runs at most ``MOST_AT_ONCE`` of them at a time: beyond that, answers are relayed by the
+reactor as small ones are, with its flow control, at no thread's cost.
 """
 
 from __future__ import annotations
@@ -40,7 +46,9 @@ from buildbot_farm.thread_pool import in_own_thread
 
 AVAILABLE = hasattr(select, "poll")
 BATCH = 1 << 20  # the most one read takes; the buffer each relay holds while it runs
-_TARGET_GONE = {errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN}
+MOST_AT_ONCE = 16  # relay threads at a time (each holds a BATCH buffer and two descriptors)
+STALL_LIMIT = 120.0  # seconds a side may move no byte before the relay gives up on it
+_TARGET_GONE = {errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN, errno.ETIMEDOUT}
 
 
 class SourceEnded(Exception):
@@ -51,11 +59,13 @@ class TargetGone(Exception):
     """The client's connection closed while the body was being sent to it."""
 
 
-def relay_exactly(source: int, target: int, length: int) -> None:
+def relay_exactly(source: int, target: int, length: int,
+                  stall_limit: float = STALL_LIMIT) -> None:
     """Move exactly ``length`` bytes from socket ``source`` to socket ``target``.
 
     What was read is sent before ``SourceEnded`` is raised; after ``TargetGone`` nothing
-    more is read.
+    more is read. A source that sends nothing for ``stall_limit`` seconds is
+    ``SourceEnded``, a target that takes nothing for as long ``TargetGone``.
     """
     with socket.socket(fileno=os.dup(source)) as agent, \
             socket.socket(fileno=os.dup(target)) as client:
@@ -64,18 +74,20 @@ def relay_exactly(source: int, target: int, length: int) -> None:
         batch = memoryview(bytearray(min(BATCH, length)))
         left = length
         while left:
-            taken = _receive(agent, batch[:min(left, len(batch))], left)
-            _send_all(client, batch[:taken])
+            taken = _receive(agent, batch[:min(left, len(batch))], left, stall_limit)
+            _send_all(client, batch[:taken], stall_limit)
             left -= taken
 
 
-def _receive(agent: socket.socket, into: memoryview, left: int) -> int:
+def _receive(agent: socket.socket, into: memoryview, left: int, stall_limit: float) -> int:
     """Read what has arrived into ``into`` (waiting for at least one byte); its count."""
     while True:
         try:
             taken = agent.recv_into(into)
         except BlockingIOError:
-            _wait(agent.fileno(), select.POLLIN)
+            if not _wait(agent.fileno(), select.POLLIN, stall_limit):
+                raise SourceEnded(f"the agent sent nothing for {stall_limit:g} s, with {left} "
+                                  f"bytes to come") from None
             continue
         except OSError as e:
             raise SourceEnded(f"reading from the agent failed: {e.strerror}") from None
@@ -84,26 +96,54 @@ def _receive(agent: socket.socket, into: memoryview, left: int) -> int:
         return taken
 
 
-def _send_all(client: socket.socket, data: memoryview) -> None:
+def _send_all(client: socket.socket, data: memoryview, stall_limit: float) -> None:
     sent = 0
     while sent < len(data):
         try:
             sent += client.send(data[sent:])
         except BlockingIOError:
-            _wait(client.fileno(), select.POLLOUT)
+            if not _wait(client.fileno(), select.POLLOUT, stall_limit):
+                raise TargetGone(f"the client took nothing for {stall_limit:g} s") from None
         except OSError as e:
             if e.errno in _TARGET_GONE:
                 raise TargetGone("the client went away") from None
             raise
 
 
-def _wait(descriptor: int, event: int) -> None:
-    """Block until ``descriptor`` is ready for ``event`` (or has an error to report)."""
+def _wait(descriptor: int, event: int, limit: float) -> bool:
+    """Wait up to ``limit`` seconds for ``descriptor`` to be ready for ``event`` (or to have
+    an error to report); whether it became so."""
     waiting = select.poll()
     waiting.register(descriptor, event)
-    waiting.poll()
+    return bool(waiting.poll(max(1, round(limit * 1000))))
 
 
-def relay_in_thread(reactor: Any, source: int, target: int, length: int) -> defer.Deferred[None]:
-    """Run ``relay_exactly`` in a thread of its own; its outcome arrives on the reactor."""
-    return in_own_thread(reactor, "farm-proxy-relay", relay_exactly, source, target, length)
+class BulkRelays:
+    """Runs relays in threads of their own, at most ``most_at_once`` at a time.
+
+    A caller ``take``s a place before it commits an answer to a relay (when none is free,
+    the reactor relays that answer), runs at most one relay with it, and gives it back when
+    done. All three are called on the reactor thread.
+    """
+
+    def __init__(self, most_at_once: int = MOST_AT_ONCE, stall_limit: float = STALL_LIMIT
+                 ) -> None:
+        self.most_at_once = most_at_once
+        self.stall_limit = stall_limit
+        self.running = 0  # places taken and not given back
+
+    def take(self) -> bool:
+        """Take a place for one relay; False (taking nothing) when all are in use."""
+        if self.running >= self.most_at_once:
+            return False
+        self.running += 1
+        return True
+
+    def give_back(self) -> None:
+        """Give back a place ``take`` gave."""
+        self.running -= 1
+
+    def run(self, reactor: Any, source: int, target: int, length: int) -> defer.Deferred[None]:
+        """Run ``relay_exactly`` in a thread of its own; its outcome arrives on the reactor."""
+        return in_own_thread(reactor, "farm-proxy-relay", relay_exactly, source, target, length,
+                             self.stall_limit)

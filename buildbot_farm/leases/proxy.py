@@ -11,7 +11,8 @@ control works both ways: a slow client pauses the agent connection, and a client
 away closes it (the agent's command then waits for the client to re-attach, for the agent's
 grace period). A large body with a Content-Length (a raw ``/read``) bound for a plain TCP
 client does not pass through the reactor: after its first bytes, a thread of its own moves
-the rest from socket to socket in large batches (``leases/bulk_relay.py``).
+the rest from socket to socket in large batches (``leases/bulk_relay.py``), if one of the
+coordinator's relay threads is free; otherwise the reactor relays it as any other.
 """
 
 from __future__ import annotations
@@ -137,9 +138,10 @@ class _AgentAnswer(protocol.Protocol):
     transport: Any  # an ITCPTransport once connected
 
     def __init__(self, request: Request, head: bytes, body: IO[bytes] | None, length: int,
-                 reactor: Any) -> None:
+                 reactor: Any, relays: bulk_relay.BulkRelays) -> None:
         self._request = request
         self._reactor = reactor
+        self._relays = relays
         self._head = head
         self._body = body
         self._length = length
@@ -259,7 +261,10 @@ class _AgentAnswer(protocol.Protocol):
             if not self._left:
                 self._completed()
             elif self._bulk_to is not None:
-                self._begin_bulk(self._bulk_to)
+                if self._relays.take():
+                    self._begin_bulk(self._bulk_to)
+                else:  # every relay thread is in use: the reactor relays this answer
+                    self._bulk_to = None
         elif data:
             self._relay(data)
 
@@ -274,24 +279,27 @@ class _AgentAnswer(protocol.Protocol):
         defer.ensureDeferred(self._relay_rest(client, target))
 
     async def _relay_rest(self, client: Any, target: int) -> None:
-        pause = 0.001
-        while twisted_web.unsent_bytes(client) and not self._complete:
-            await task.deferLater(self._reactor, pause)  # the head first, then the rest
-            pause = min(pause * 2, 0.05)
-        if self._complete:
-            return
-        left, self._left = self._left or 0, None
+        """Run the relay in the place ``_body_received`` took, and give that place back."""
         try:
-            await bulk_relay.relay_in_thread(self._reactor, self.transport.fileno(), target, left)
-        except bulk_relay.TargetGone:
+            pause = 0.001
+            while twisted_web.unsent_bytes(client) and not self._complete:
+                await task.deferLater(self._reactor, pause)  # the head first, then the rest
+                pause = min(pause * 2, 0.05)
+            if self._complete:
+                return
+            left, self._left = self._left or 0, None
+            await self._relays.run(self._reactor, self.transport.fileno(), target, left)
+        except bulk_relay.TargetGone as e:
             self._client_gone = True
             client.abortConnection()
-            self._fail(failure.Failure(RelayError("the client went away")))
+            self._fail(failure.Failure(RelayError(str(e))))
         except bulk_relay.SourceEnded as e:
             self._fail(failure.Failure(RelayError(f"the agent's answer broke off: {e}")))
         else:
             self._left = 0
             self._completed()
+        finally:
+            self._relays.give_back()
 
     def _stop_producing(self) -> None:
         if self._producing:
@@ -347,8 +355,11 @@ def _request_head(request: Request, host: str, port: int, secret: str, path: byt
     return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
-async def forward(request: Request, reactor: Any, base_url: str, secret: str, path: bytes) -> None:
+async def forward(request: Request, reactor: Any, base_url: str, secret: str, path: bytes,
+                  relays: bulk_relay.BulkRelays) -> None:
     """Send ``request`` to the agent at ``base_url`` + ``path``; relay its answer as it is.
+
+    A large body with a length goes by one of ``relays`` when one is free.
 
     Raises (after the client got part of the answer, or nothing) when the agent cannot be
     reached or its answer breaks off; ``proxy_failed`` then tells the client.
@@ -364,7 +375,7 @@ async def forward(request: Request, reactor: Any, base_url: str, secret: str, pa
     elif request.method in (b"POST", b"PUT", b"PATCH"):
         length = 0
     head = _request_head(request, host, port, secret, path, length)
-    answer = _AgentAnswer(request, head, body, length or 0, reactor)
+    answer = _AgentAnswer(request, head, body, length or 0, reactor, relays)
     request.notifyFinish().addErrback(lambda _: answer.client_gone())
     kind = endpoints.TCP6ClientEndpoint if isIPv6Address(host) else endpoints.TCP4ClientEndpoint
     await endpoints.connectProtocol(kind(reactor, host, port, timeout=CONNECT_TIMEOUT), answer)

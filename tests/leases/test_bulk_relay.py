@@ -8,19 +8,24 @@ in the middle of the body.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import http.client
 import io
+import json
 import os
+import signal
 import socket
 import threading
+import time
 import urllib.parse
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, Callable
 
 import pytest
 import pytest_twisted
 from twisted.internet import defer, protocol, task, threads
-from twisted.logger import ILogObserver, globalLogPublisher
+from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from zope.interface import provider
 
 from buildbot_farm.compat import twisted_web
@@ -137,6 +142,54 @@ def test_a_target_gone_is_reported() -> None:
         bulk_relay.relay_exactly(source.fileno(), target.fileno(), 1000)
 
 
+def test_a_source_that_stops_sending_ends_the_relay_after_the_stall_limit() -> None:
+    """A source that sends 1,000 of the 2,000 bytes promised and then nothing, its connection
+    kept open, is ``SourceEnded`` once the stall limit has passed; the 1,000 went on."""
+    source_writer, source = _pair()
+    target, target_reader = _pair()
+    source_writer.sendall(b"x" * 1000)
+    started = time.monotonic()
+    with pytest.raises(bulk_relay.SourceEnded, match=r"sent nothing for 0\.2 s, with 1000 bytes"):
+        bulk_relay.relay_exactly(source.fileno(), target.fileno(), 2000, stall_limit=0.2)
+    assert 0.15 < time.monotonic() - started < 10
+    assert target_reader.recv(4096) == b"x" * 1000
+    source_writer.close()
+
+
+def test_a_target_that_stops_taking_ends_the_relay_after_the_stall_limit() -> None:
+    """A target whose peer reads nothing, its connection kept open, while 16 MiB wait for it,
+    is ``TargetGone`` once the stall limit has passed."""
+    source_writer, source = _pair()
+    target, target_reader = _pair()
+    source_writer.setblocking(True)
+
+    def write() -> None:
+        with contextlib.suppress(OSError):  # the source closes under it once the relay gives up
+            source_writer.sendall(os.urandom(16 * MIB))
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    started = time.monotonic()
+    with pytest.raises(bulk_relay.TargetGone, match=r"took nothing for 0\.2 s"):
+        bulk_relay.relay_exactly(source.fileno(), target.fileno(), 16 * MIB, stall_limit=0.2)
+    assert 0.15 < time.monotonic() - started < 10
+    source.close()
+    writer.join(10)
+    assert not writer.is_alive()
+    target_reader.close()
+
+
+def test_relays_run_at_most_their_number_at_once() -> None:
+    """Places are taken up to ``most_at_once``; a place given back can be taken again."""
+    relays = bulk_relay.BulkRelays(most_at_once=2)
+    assert relays.take()
+    assert relays.take()
+    assert not relays.take()
+    relays.give_back()
+    assert relays.take()
+    assert relays.running == 2
+
+
 @pytest_twisted.ensureDeferred
 async def test_unsent_bytes_reads_a_real_connections_buffer() -> None:
     """Tripwire for the twisted internals ``unsent_bytes`` reads (dataBuffer, offset,
@@ -179,26 +232,97 @@ async def _buildlet_with_file(running: RunningCoordinator, size: int) -> tuple[s
     return name, payload
 
 
-def _counting_relays(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    lengths: list[int] = []
-    real = bulk_relay.relay_in_thread
+class CountedRelays(bulk_relay.BulkRelays):
+    """Relays that note the length each one was given."""
 
-    def counted(reactor: Any, source: int, target: int, length: int) -> defer.Deferred[None]:
-        lengths.append(length)
-        return real(reactor, source, target, length)
+    def __init__(self, **limits: Any) -> None:
+        super().__init__(**limits)
+        self.lengths: list[int] = []
 
-    monkeypatch.setattr(bulk_relay, "relay_in_thread", counted)
-    return lengths
+    def run(self, reactor: Any, source: int, target: int, length: int) -> defer.Deferred[None]:
+        """Note ``length``, then relay."""
+        self.lengths.append(length)
+        return super().run(reactor, source, target, length)
+
+
+def _download_started(url: str, name: str, first: int) -> tuple[socket.socket, bytes]:
+    """A raw client that asked for ``big/data.bin`` and has read at least ``first`` bytes of
+    the answer. Its receive buffer is small, so what it leaves unread holds the sender back."""
+    address = urllib.parse.urlsplit(url)
+    raw = socket.create_connection((address.hostname, address.port), timeout=30)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    raw.sendall(
+        f"GET /read?path=big/data.bin HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: {_auth()}\r\n{PROXY_HEADER}: {name}\r\n\r\n".encode()
+    )
+    got = b""
+    while len(got) < first:
+        got += raw.recv(64 * 1024)
+    return raw, got
+
+
+def _body_of(raw: socket.socket, got: bytes, length: int) -> bytes:
+    """Read on from ``got`` until ``length`` body bytes or the connection's end; the body."""
+    with raw:
+        while True:
+            body = got.partition(b"\r\n\r\n")[2]
+            if len(body) >= length:
+                return body
+            try:
+                block = raw.recv(MIB)
+            except ConnectionResetError:
+                return body
+            if not block:
+                return body
+            got += block
+
+
+async def _until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
+    """Wait on the reactor until ``condition()`` holds; fail after ``seconds``."""
+    for _ in range(int(seconds / 0.02)):
+        if condition():
+            return
+        await task.deferLater(reactor, 0.02)
+    assert condition()
+
+
+def _relay_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "farm-proxy-relay"]
+
+
+class _Log:
+    """What the coordinator logs meanwhile: every message's text, and the errors."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+        self.errors: list[dict[str, Any]] = []
+
+    @contextlib.contextmanager
+    def watching(self) -> Iterator[None]:
+        """Collect while the block runs."""
+
+        @provider(ILogObserver)
+        def observe(event: dict[str, Any]) -> None:
+            self.texts.append(formatEvent(event) or "")
+            if event.get("isError") or event.get("log_failure") is not None:
+                self.errors.append(event)
+
+        globalLogPublisher.addObserver(observe)
+        try:
+            yield
+        finally:
+            globalLogPublisher.removeObserver(observe)
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_large_read_goes_by_the_thread_and_the_connection_serves_the_next_request(
-    start_coordinator: StartCoordinator, monkeypatch: pytest.MonkeyPatch
+    start_coordinator: StartCoordinator
 ) -> None:
     """A 24 MiB ``/read`` arrives whole through the relay thread, on a kept-alive connection
     that then answers another request."""
-    relayed = _counting_relays(monkeypatch)
-    running = await start_coordinator()
+    relays = CountedRelays()
+    relayed = relays.lengths
+    running = await start_coordinator(relays=relays)
     name, payload = await _buildlet_with_file(running, 24 * MIB)
     address = urllib.parse.urlsplit(running.url)
 
@@ -229,60 +353,113 @@ async def test_a_large_read_goes_by_the_thread_and_the_connection_serves_the_nex
 
 @pytest_twisted.ensureDeferred
 async def test_a_client_leaving_in_the_middle_of_a_bulk_relayed_body(
-    start_coordinator: StartCoordinator, monkeypatch: pytest.MonkeyPatch
+    start_coordinator: StartCoordinator
 ) -> None:
     """A client that reads 1 MiB of 32 MiB and closes: the relay ends, nothing is logged as
     an error, and the coordinator goes on serving the same buildlet."""
-    relayed = _counting_relays(monkeypatch)
-    running = await start_coordinator()
+    relays = CountedRelays()
+    running = await start_coordinator(relays=relays)
     name, payload = await _buildlet_with_file(running, 32 * MIB)
-    address = urllib.parse.urlsplit(running.url)
-    errors: list[dict[str, Any]] = []
-
-    @provider(ILogObserver)
-    def observe(event: dict[str, Any]) -> None:
-        if event.get("isError") or event.get("log_failure") is not None:
-            errors.append(event)
-
-    globalLogPublisher.addObserver(observe)
-    try:
-        def leave_early() -> bytes:
-            raw = socket.create_connection((address.hostname, address.port), timeout=30)
-            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-            raw.sendall(
-                f"GET /read?path=big/data.bin HTTP/1.1\r\nHost: x\r\n"
-                f"Authorization: {_auth()}\r\n{PROXY_HEADER}: {name}\r\n\r\n".encode()
-            )
-            got = b""
-            while len(got) < MIB:
-                got += raw.recv(64 * 1024)
-            raw.close()
-            return got
-
-        head = await threads.deferToThread(leave_early)
+    log = _Log()
+    with log.watching():
+        raw, head = await threads.deferToThread(_download_started, running.url, name, MIB)
+        raw.close()
         assert head.startswith(b"HTTP/1.1 200")
-        for _ in range(200):
-            if not [t for t in threading.enumerate() if t.name == "farm-proxy-relay"]:
-                break
-            await task.deferLater(reactor, 0.05)
-        assert not [t for t in threading.enumerate() if t.name == "farm-proxy-relay"]
-        again: list[bytes] = []
-        await running.client().get_stream(name, "/read", {"path": "big/data.bin"}, again.append)
-        assert hashlib.sha256(b"".join(again)).digest() == hashlib.sha256(payload).digest()
-    finally:
-        globalLogPublisher.removeObserver(observe)
-    assert len(relayed) == 2
-    assert not errors, [e.get("log_format") or e.get("format") for e in errors]
+        await _until(lambda: not _relay_threads())
+        assert relays.running == 0
+        assert hashlib.sha256(await _read_whole(running, name)).digest() == \
+            hashlib.sha256(payload).digest()
+    assert len(relays.lengths) == 2
+    assert not log.errors, [formatEvent(e) for e in log.errors]
+
+
+async def _read_whole(running: RunningCoordinator, name: str) -> bytes:
+    received: list[bytes] = []
+    await running.client().get_stream(name, "/read", {"path": "big/data.bin"}, received.append)
+    return b"".join(received)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_stops_reading_is_let_go_after_the_stall_limit(
+    start_coordinator: StartCoordinator
+) -> None:
+    """A client that reads 1 MiB of 32 MiB and then nothing, keeping its connection open (a
+    lessee holding a relay thread): after the stall limit the coordinator cuts its answer,
+    frees the thread, says why in its log (not as an error), and serves the file whole
+    again."""
+    relays = CountedRelays(stall_limit=0.5)
+    running = await start_coordinator(relays=relays)
+    name, payload = await _buildlet_with_file(running, 32 * MIB)
+    log = _Log()
+    with log.watching():
+        raw, got = await threads.deferToThread(_download_started, running.url, name, MIB)
+        assert relays.running == 1
+        await _until(lambda: relays.running == 0 and not _relay_threads())
+        body = await threads.deferToThread(_body_of, raw, got, len(payload))
+        assert len(body) < len(payload)
+        assert payload.startswith(body)
+        assert hashlib.sha256(await _read_whole(running, name)).digest() == \
+            hashlib.sha256(payload).digest()
+    assert any("the client took nothing for 0.5 s" in text for text in log.texts)
+    assert not log.errors, [formatEvent(e) for e in log.errors]
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_agent_that_stops_sending_is_let_go_after_the_stall_limit(
+    start_coordinator: StartCoordinator
+) -> None:
+    """An agent stopped (SIGSTOP, which a lessee can send its own buildlet) in the middle of a
+    32 MiB body: after the stall limit the coordinator cuts the client's answer, frees the
+    relay thread and says why in its log (not as an error)."""
+    relays = CountedRelays(stall_limit=1.0)
+    running = await start_coordinator(relays=relays)
+    name, payload = await _buildlet_with_file(running, 32 * MIB)
+    lease = await running.coordinator.use("user-alice", name)
+    agent = json.loads(lease.handle)["pid"]
+    log = _Log()
+    with log.watching():
+        raw, got = await threads.deferToThread(_download_started, running.url, name, MIB)
+        os.killpg(agent, signal.SIGSTOP)
+        try:
+            body = await threads.deferToThread(_body_of, raw, got, len(payload))
+            await _until(lambda: relays.running == 0 and not _relay_threads())
+        finally:
+            os.killpg(agent, signal.SIGCONT)
+    assert len(body) < len(payload)
+    assert payload.startswith(body)
+    assert any("the agent sent nothing for 1 s" in text for text in log.texts)
+    assert not log.errors, [formatEvent(e) for e in log.errors]
+
+
+@pytest_twisted.ensureDeferred
+async def test_beyond_its_relay_threads_the_reactor_relays(
+    start_coordinator: StartCoordinator
+) -> None:
+    """With one relay thread, held by a client that has paused, a second large download is
+    relayed by the reactor, whole, meanwhile; then the first one finishes whole too."""
+    relays = CountedRelays(most_at_once=1)
+    running = await start_coordinator(relays=relays)
+    name, payload = await _buildlet_with_file(running, 32 * MIB)
+    raw, got = await threads.deferToThread(_download_started, running.url, name, MIB)
+    assert relays.running == 1
+    digest = hashlib.sha256(payload).digest()
+    assert hashlib.sha256(await _read_whole(running, name)).digest() == digest
+    assert len(relays.lengths) == 1
+    assert relays.running == 1
+    body = await threads.deferToThread(_body_of, raw, got, len(payload))
+    assert hashlib.sha256(body).digest() == digest
+    await _until(lambda: relays.running == 0)
 
 
 @pytest_twisted.ensureDeferred
 async def test_small_answers_go_through_the_reactor(
-    start_coordinator: StartCoordinator, monkeypatch: pytest.MonkeyPatch
+    start_coordinator: StartCoordinator
 ) -> None:
     """Below ``BULK_AT_LEAST`` a body is relayed by the reactor (a thread costs more than it
     saves there), and arrives the same."""
-    relayed = _counting_relays(monkeypatch)
-    running = await start_coordinator()
+    relays = CountedRelays()
+    relayed = relays.lengths
+    running = await start_coordinator(relays=relays)
     name, payload = await _buildlet_with_file(running, proxy.BULK_AT_LEAST - 1)
     received: list[bytes] = []
     await running.client().get_stream(name, "/read", {"path": "big/data.bin"}, received.append)
