@@ -351,15 +351,29 @@ async def test_a_large_read_goes_by_the_thread_and_the_connection_serves_the_nex
     assert relayed[0] > len(payload) - proxy.BULK_AT_LEAST
 
 
+async def _serving_32_mib(
+    start_coordinator: StartCoordinator, **limits: Any
+) -> tuple[CountedRelays, RunningCoordinator, str, bytes]:
+    """A coordinator whose relays have ``limits``, and a buildlet of it with a 32 MiB file."""
+    relays = CountedRelays(**limits)
+    running = await start_coordinator(relays=relays)
+    name, payload = await _buildlet_with_file(running, 32 * MIB)
+    return relays, running, name, payload
+
+
+async def _read_whole(running: RunningCoordinator, name: str) -> bytes:
+    received: list[bytes] = []
+    await running.client().get_stream(name, "/read", {"path": "big/data.bin"}, received.append)
+    return b"".join(received)
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_client_leaving_in_the_middle_of_a_bulk_relayed_body(
     start_coordinator: StartCoordinator
 ) -> None:
     """A client that reads 1 MiB of 32 MiB and closes: the relay ends, nothing is logged as
     an error, and the coordinator goes on serving the same buildlet."""
-    relays = CountedRelays()
-    running = await start_coordinator(relays=relays)
-    name, payload = await _buildlet_with_file(running, 32 * MIB)
+    relays, running, name, payload = await _serving_32_mib(start_coordinator)
     log = _Log()
     with log.watching():
         raw, head = await threads.deferToThread(_download_started, running.url, name, MIB)
@@ -373,12 +387,6 @@ async def test_a_client_leaving_in_the_middle_of_a_bulk_relayed_body(
     assert not log.errors, [formatEvent(e) for e in log.errors]
 
 
-async def _read_whole(running: RunningCoordinator, name: str) -> bytes:
-    received: list[bytes] = []
-    await running.client().get_stream(name, "/read", {"path": "big/data.bin"}, received.append)
-    return b"".join(received)
-
-
 @pytest_twisted.ensureDeferred
 async def test_a_client_that_stops_reading_is_let_go_after_the_stall_limit(
     start_coordinator: StartCoordinator
@@ -387,9 +395,7 @@ async def test_a_client_that_stops_reading_is_let_go_after_the_stall_limit(
     lessee holding a relay thread): after the stall limit the coordinator cuts its answer,
     frees the thread, says why in its log (not as an error), and serves the file whole
     again."""
-    relays = CountedRelays(stall_limit=0.5)
-    running = await start_coordinator(relays=relays)
-    name, payload = await _buildlet_with_file(running, 32 * MIB)
+    relays, running, name, payload = await _serving_32_mib(start_coordinator, stall_limit=0.5)
     log = _Log()
     with log.watching():
         raw, got = await threads.deferToThread(_download_started, running.url, name, MIB)
@@ -411,9 +417,7 @@ async def test_an_agent_that_stops_sending_is_let_go_after_the_stall_limit(
     """An agent stopped (SIGSTOP, which a lessee can send its own buildlet) in the middle of a
     32 MiB body: after the stall limit the coordinator cuts the client's answer, frees the
     relay thread and says why in its log (not as an error)."""
-    relays = CountedRelays(stall_limit=1.0)
-    running = await start_coordinator(relays=relays)
-    name, payload = await _buildlet_with_file(running, 32 * MIB)
+    relays, running, name, payload = await _serving_32_mib(start_coordinator, stall_limit=1.0)
     lease = await running.coordinator.use("user-alice", name)
     agent = json.loads(lease.handle)["pid"]
     log = _Log()
@@ -437,9 +441,7 @@ async def test_beyond_its_relay_threads_the_reactor_relays(
 ) -> None:
     """With one relay thread, held by a client that has paused, a second large download is
     relayed by the reactor, whole, meanwhile; then the first one finishes whole too."""
-    relays = CountedRelays(most_at_once=1)
-    running = await start_coordinator(relays=relays)
-    name, payload = await _buildlet_with_file(running, 32 * MIB)
+    relays, running, name, payload = await _serving_32_mib(start_coordinator, most_at_once=1)
     raw, got = await threads.deferToThread(_download_started, running.url, name, MIB)
     assert relays.running == 1
     digest = hashlib.sha256(payload).digest()
