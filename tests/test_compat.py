@@ -160,7 +160,8 @@ def test_http_channels_still_know_the_request_line_before_the_body() -> None:
 
 def test_docker_py_still_has_the_request_helpers_container_task_uses() -> None:
     """docker-py's APIClient still has _put, _post, _url, _raise_for_status,
-    _get_raw_response_socket and _disable_socket_timeout, taking what compat passes them."""
+    _get_raw_response_socket, _disable_socket_timeout and its timeout, taking what compat
+    passes them."""
     api = docker.APIClient(base_url="tcp://127.0.0.1:9", version="1.41")
     assert api._url("/containers/{0}/archive", "c1") == (
         "http://127.0.0.1:9/v1.41/containers/c1/archive")
@@ -169,7 +170,9 @@ def test_docker_py_still_has_the_request_helpers_container_task_uses() -> None:
                              ("_get_raw_response_socket", ["response"]),
                              ("_disable_socket_timeout", ["socket"])]:
         assert list(inspect.signature(getattr(api, name)).parameters) == parameters, name
-    assert {docker_api.thd_put_archive_owned.__name__, docker_api.thd_attach_unlimited.__name__}
+    assert isinstance(api.timeout, (int, float)), "thd_path_exists passes the client's timeout"
+    assert set(docker_api.__all__) == {"thd_put_archive_owned", "thd_attach_unlimited",
+                                       "thd_path_exists"}, "a new helper needs its tripwire here"
     api.close()
 
 

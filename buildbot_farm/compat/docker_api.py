@@ -2,8 +2,9 @@
 (blocking calls).
 
 docker-py's public ``put_archive`` cannot ask the engine to give the copied files the
-container user's ownership (``copyUIDGID``), and its ``attach_socket`` keeps the client's
-read timeout, which would cut the output of a task that is quiet for a while. Both are
+container user's ownership (``copyUIDGID``), its ``attach_socket`` keeps the client's
+read timeout, which would cut the output of a task that is quiet for a while, and it has no
+call for the engine's ``HEAD /containers/{id}/archive`` (whether a path exists). All are
 written here on the ``APIClient``'s own request helpers (``_put``, ``_post``, ``_url``,
 ``_raise_for_status``, ``_get_raw_response_socket``, ``_disable_socket_timeout``), so that
 a docker-py upgrade that changes them breaks one place; ``tests/test_compat.py`` fails
@@ -17,7 +18,7 @@ from typing import Any
 
 import docker
 
-__all__ = ["thd_attach_unlimited", "thd_put_archive_owned"]
+__all__ = ["thd_attach_unlimited", "thd_path_exists", "thd_put_archive_owned"]
 
 
 def thd_put_archive_owned(api: docker.APIClient, cid: str, path: str,
@@ -47,3 +48,18 @@ def thd_attach_unlimited(api: docker.APIClient, cid: str) -> tuple[Any, Any]:
     sock = api._get_raw_response_socket(response)
     api._disable_socket_timeout(sock)
     return response, sock
+
+
+def thd_path_exists(api: docker.APIClient, cid: str, path: str) -> bool:
+    """Whether ``path`` exists in container ``cid`` (a symbolic link itself counts).
+
+    The engine answers 404 for a missing container too (a HEAD answer has no message to tell
+    them apart): the caller's next call on the container names that error.
+    """
+    response = api.head(
+        api._url("/containers/{0}/archive", cid), params={"path": path}, timeout=api.timeout
+    )
+    if response.status_code == 404:
+        return False
+    api._raise_for_status(response)
+    return True

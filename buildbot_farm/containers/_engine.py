@@ -17,7 +17,11 @@ from docker.types import ContainerConfig as DockerContainerConfig
 from docker.types import HostConfig
 from docker.utils.socket import frames_iter
 
-from buildbot_farm.compat.docker_api import thd_attach_unlimited, thd_put_archive_owned
+from buildbot_farm.compat.docker_api import (
+    thd_attach_unlimited,
+    thd_path_exists,
+    thd_put_archive_owned,
+)
 from buildbot_farm.docker_errors import engine_errors
 from buildbot_farm.thread_pool import in_thread
 
@@ -172,13 +176,27 @@ def thd_changes(client: docker.DockerClient, cid: str) -> list[tuple[str, int]]:
 
 
 def thd_get_archive(
-    client: docker.DockerClient, cid: str, path: str, consume: Callable[[Iterator[bytes]], _T]
+    client: docker.DockerClient, cid: str, path: str, consume: Callable[[Iterator[bytes]], _T],
+    missing_ok: bool = False,
 ) -> _T:
-    """Stream the tar of ``path`` in the container through ``consume`` (in this thread)."""
+    """Stream the tar of ``path`` in the container through ``consume`` (in this thread); with
+    ``missing_ok`` a path the container does not have is an empty stream, not an error."""
     api = client.api
     with _explained(f"copying {path} out of the container", api.base_url):
-        chunks, _stat = api.get_archive(cid, path, chunk_size=ARCHIVE_CHUNK)
+        try:
+            chunks, _stat = api.get_archive(cid, path, chunk_size=ARCHIVE_CHUNK)
+        except NotFound:
+            if not missing_ok or not thd_path_exists(api, cid, "/"):
+                raise
+            chunks = iter(())
         return consume(chunks)
+
+
+def thd_all_absent(client: docker.DockerClient, cid: str, paths: Iterable[str]) -> bool:
+    """Whether none of ``paths`` exists in the container."""
+    api = client.api
+    with _explained("looking for the mapped paths in the container", api.base_url):
+        return not any(thd_path_exists(api, cid, path) for path in paths)
 
 
 def thd_create_network(client: docker.DockerClient, name: str, labels: dict[str, str]) -> str:

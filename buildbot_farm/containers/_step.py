@@ -160,7 +160,6 @@ class ContainerTask(buildstep.BuildStep):
                 return FAILURE
             self._check_stopped()
             await self.add_header(f"the task exited with status {outcome.status}")
-            await run.list_changes()
             await self._bring_back(run, spec)
             await self._set_properties(run)
             self.descriptionDone = [f"exit {outcome.status}"]

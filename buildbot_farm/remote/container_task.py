@@ -39,8 +39,10 @@ from buildbot_farm.remote.tar_stream import TarError
 from buildbot_farm.remote.task_changes import (
     InputRecord,
     Packer,
+    Plan,
     UnsafeOutputs,
     plan_collection,
+    plan_from_tars,
 )
 from buildbot_farm.remote.task_inputs import InputChanged, control_tar, path_as_tar
 from buildbot_farm.remote.task_outputs import OutputsError, first_member_data, parse_outputs
@@ -111,6 +113,7 @@ class WorkerTask:
         cid = self.container
         assert cid is not None
         directories = [c if kinds[w] == "dir" else posixpath.dirname(c) for w, c in inputs.pairs]
+        scopes_are_new = not any(engine.exists(cid, c) for c in inputs.container_roots)
         engine.put_archive(cid, "/", [control_tar(directories)])
         record = InputRecord()
         for worker, container in inputs.pairs:
@@ -127,14 +130,18 @@ class WorkerTask:
             return
         self.result["status"] = status
         self.say(f"the task exited with status {status}")
-        changes = [(c["Path"], int(c["Kind"])) for c in
-                   engine.call("listing the files the task changed", "GET",
-                               f"/containers/{cid}/changes") or []]
+        plan = plan_from_tars(record, inputs, accept, scopes_are_new)
+        changes = None
+        if plan is None:
+            changes = [(c["Path"], int(c["Kind"])) for c in
+                       engine.call("listing the files the task changed", "GET",
+                                   f"/containers/{cid}/changes") or []]
+            plan = plan_collection(changes, record, inputs, accept)
         try:
-            manifest = self._pack(engine, cid, changes, record, inputs, accept)
+            manifest = self._pack(engine, cid, plan, record, inputs)
             outputs = None
-            if any(path == OUTPUTS_FILE for path, kind in changes if kind != 2):
-                outputs = first_member_data(engine.get_archive(cid, OUTPUTS_FILE))
+            if changes is None or any(path == OUTPUTS_FILE for path, kind in changes if kind != 2):
+                outputs = first_member_data(engine.get_archive(cid, OUTPUTS_FILE, True))
             # The engine removes the container while the changes are written here.
             removing = threading.Thread(target=self._remove, daemon=True)
             removing.start()
@@ -235,19 +242,18 @@ class WorkerTask:
         except (EngineRefused, EngineUnavailable) as error:
             self.say(f"could not kill the timed-out task: {error}")
 
-    def _pack(self, engine: DockerSocket, cid: str, changes: list[tuple[str, int]],
-              record: InputRecord, inputs: InputMap, accept: OutputFilter,
-              ) -> dict[str, Any] | None:
+    def _pack(self, engine: DockerSocket, cid: str, plan: Plan, record: InputRecord,
+              inputs: InputMap) -> dict[str, Any] | None:
         """Pack the changes into STAGED; their manifest, None if there are none."""
-        plan = plan_collection(changes, record, inputs, accept)
+        nothing = "the task changed nothing under the mapped paths"
         if not plan.roots and not plan.deleted:
-            self.say("the task changed nothing under the mapped paths")
+            self.say(nothing)
             return None
         with open(STAGED, "wb") as staged:
             packer = Packer(staged, plan, record, inputs)
             for root in plan.roots:
                 try:
-                    packer.add_stream(root, engine.get_archive(cid, root))
+                    packer.add_stream(root, engine.get_archive(cid, root, plan.from_tars))
                 except TarError as error:
                     raise TaskFailed(f"the Docker engine's archive of {root} cannot be"
                                      f" read ({error}); nothing was written") from error
@@ -255,6 +261,10 @@ class WorkerTask:
                 packed = packer.close()
             finally:
                 self.result["manifest"] = packer.packed.manifest()
+        if not packed.files and not packed.deleted:
+            del self.result["manifest"]
+            self.say(nothing)
+            return None
         self.say(f"bringing back {len(packed.files)} entries ({packed.data_bytes} bytes)"
                  f" and {len(packed.deleted)} deletions")
         return packed.manifest()

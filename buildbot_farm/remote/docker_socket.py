@@ -142,10 +142,36 @@ class DockerSocket:
         finally:
             connection.close()
 
-    def get_archive(self, cid: str, path: str) -> Iterator[bytes]:
-        """The tar of ``path`` in ``cid``, as chunks read as they come."""
-        return self.stream(f"copying {path} out of the container", "GET",
-                           f"/containers/{cid}/archive", {"path": path})
+    def get_archive(self, cid: str, path: str, missing_ok: bool = False) -> Iterator[bytes]:
+        """The tar of ``path`` in ``cid``, as chunks read as they come; with ``missing_ok`` a
+        path the container does not have gives no chunks instead of EngineRefused."""
+        chunks = self.stream(f"copying {path} out of the container", "GET",
+                             f"/containers/{cid}/archive", {"path": path})
+        return self._missing_as_empty(cid, chunks) if missing_ok else chunks
+
+    def _missing_as_empty(self, cid: str, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        try:
+            first = next(chunks)
+        except StopIteration:
+            return
+        except EngineRefused as error:  # a missing container is 404 too: only it is an error
+            if error.status != 404 or not self.exists(cid, "/"):
+                raise
+            return
+        yield first
+        yield from chunks
+
+    def exists(self, cid: str, path: str) -> bool:
+        """Whether ``path`` exists in ``cid`` (a symbolic link itself counts). The engine
+        answers 404 for a missing container too: the next call on it names that error."""
+        try:
+            self.call(f"looking for {path} in the container", "HEAD",
+                      f"/containers/{cid}/archive", {"path": path})
+        except EngineRefused as error:
+            if error.status == 404:
+                return False
+            raise
+        return True
 
     def attach(self, cid: str) -> Iterator[tuple[int, bytes]]:
         """Attach to ``cid``'s output (before it starts): (STDOUT or STDERR, data) pieces

@@ -136,6 +136,18 @@ class OutputFilter:
             return True
         return self._regex.fullmatch(path) is not None
 
+    def places(self, roots: Iterable[str]) -> list[str]:
+        """The paths under ``roots`` below which every output lies: ``roots`` themselves
+        without patterns, else each pattern's part before its first wildcard (within a root),
+        none inside another."""
+        roots = list(roots)
+        found = set(roots) if not self.patterns else set()
+        for pattern in self.patterns:
+            fixed = _fixed_prefix(pattern)
+            found.update(fixed if is_under(fixed, root) else root
+                         for root in roots if is_under(fixed, root) or is_under(root, fixed))
+        return [p for p in sorted(found) if not any(q != p and is_under(p, q) for q in found)]
+
 
 def _fixed_prefix(pattern: str) -> str:
     parts = []

@@ -172,6 +172,22 @@ def test_outputs_patterns_choose_what_comes_back(build_farm: BuildFarm, engine: 
 
 
 @ENGINES
+def test_a_mapped_path_the_image_has_brings_back_only_the_tasks_changes(
+    build_farm: BuildFarm, engine: str
+) -> None:
+    """Where the image had the mapped path (busybox's /etc), its own files stay in the
+    container: only what the task added or deleted comes back."""
+    build = build_farm.build(builder("in-image", engine))
+    task = build_farm.step(build, "task")
+    assert build["results"] == SUCCESS, build_farm.log(task)
+    manifest = json.loads(build_farm.log(task, "manifest.json"))
+    assert [e["path"] for e in manifest["files"]] == ["etc/new.txt"]
+    assert manifest["deleted"] == ["etc/gone.txt"]
+    etc = build_farm.builddir / builder("in-image", engine) / "build" / "etc"
+    assert sorted(p.name for p in etc.iterdir()) == ["mine.txt", "new.txt"]
+
+
+@ENGINES
 def test_output_streams_into_the_log_while_the_task_runs(
     build_farm: BuildFarm, engine: str
 ) -> None:

@@ -12,11 +12,14 @@ import pytest
 from buildbot_farm.containers._transfer import owned_by_root
 from buildbot_farm.remote import tar_stream
 from buildbot_farm.remote.task_changes import (
+    READ_BACK_LIMIT,
     SETTLED_SECONDS,
+    Entry,
     InputRecord,
     Packer,
     UnsafeOutputs,
     plan_collection,
+    plan_from_tars,
 )
 from buildbot_farm.remote.task_outputs import OutputsError, parse_outputs
 from buildbot_farm.remote.task_paths import InputMap, OutputFilter, PathProblem, worker_path
@@ -195,6 +198,78 @@ def test_a_settled_input_set_back_to_its_old_time_is_taken_at_its_word() -> None
     stream = make_tar(("same", b"1"), ("edit", b"4"), mtimes={"same": NOW, "edit": NOW})
     manifest = pack(CHANGES[:3], stream, record)
     assert manifest["files"] == []
+
+
+def pack_from_tars(streams: dict[str, bytes], record: InputRecord,
+                   outputs: list[str] | None = None) -> dict:
+    """The manifest of collecting /work/src without a change list, each root's tar taken from
+    ``streams`` (empty where the container has no such path)."""
+    inputs = InputMap.parse({"src": "/work/src"}, "/work")
+    plan = plan_from_tars(record, inputs, OutputFilter(outputs, inputs), scopes_are_new=True)
+    assert plan is not None
+    assert plan.roots == sorted(streams)
+    packer = Packer(io.BytesIO(), plan, record, inputs)
+    for root in plan.roots:
+        packer.add_stream(root, [streams[root]] if streams[root] else [])
+    return packer.close().manifest()
+
+
+def test_without_a_change_list_the_tars_tell_new_changed_and_deleted() -> None:
+    """From the tar of a mapped path the image did not have: what is not an input is new,
+    inputs are compared as with the list, and inputs the tar lacks are deleted."""
+    record = copied_in(now=NOW + 60)
+    stream = make_tar(("src", None), ("src/same", b"1"), ("src/edit", b"4"), ("src/d", None),
+                      ("src/d/new", b"5"),
+                      mtimes={"src/same": NOW, "src/edit": NOW + 61, "src/d/new": NOW + 61})
+    manifest = pack_from_tars({"/work/src": stream}, record)
+    assert [e["path"] for e in manifest["files"]] == ["src/edit", "src/d", "src/d/new"]
+    assert manifest["deleted"] == ["src/gone"]
+
+
+def test_a_mapped_directory_the_task_removed_deletes_its_inputs() -> None:
+    """No tar at all (the engine has no such path): every input under it is deleted."""
+    manifest = pack_from_tars({"/work/src": b""}, copied_in(now=NOW + 60))
+    assert manifest == {"version": 1, "files": [], "deleted": ["src/edit", "src/gone", "src/same"]}
+
+
+def test_outputs_patterns_narrow_what_is_read_back() -> None:
+    """With patterns only their fixed part is read; inputs elsewhere are neither compared nor
+    deleted."""
+    manifest = pack_from_tars({"/work/src/out": make_tar(("out", None), ("out/a", b"a"))},
+                              copied_in(now=NOW + 60), outputs=["/work/src/out/**"])
+    assert [e["path"] for e in manifest["files"]] == ["src/out", "src/out/a"]
+    assert manifest["deleted"] == []
+
+
+def test_places_of_outputs_patterns() -> None:
+    """Each pattern's part before its first wildcard, kept within the mapped paths."""
+    inputs = InputMap.parse({"a": "/work/a", "b": "/work/b"}, "/work")
+    roots = inputs.container_roots
+    assert OutputFilter(None, inputs).places(roots) == ["/work/a", "/work/b"]
+    assert OutputFilter(["/work/a/out/**", "/work/a/out/x/*.o"], inputs).places(roots) == [
+        "/work/a/out"]
+    assert OutputFilter(["/work/**/*.o"], inputs).places(roots) == ["/work/a", "/work/b"]
+    assert OutputFilter(["/work/b/f?.txt", "/work/a/x"], inputs).places(roots) == [
+        "/work/a/x", "/work/b"]
+
+
+def test_the_change_list_is_needed_where_the_tars_cannot_tell() -> None:
+    """A mapped path the image had needs the list; so do patterns that would read back more
+    inputs than READ_BACK_LIMIT. A mapped file is never read back."""
+    inputs = InputMap.parse({"src": "/work/src", "f.bin": "/work/f.bin"}, "/work")
+    record = InputRecord()
+    record.add("/work/f.bin", Entry("file", size=READ_BACK_LIMIT * 2))
+    record.add("/work/src/big.bin", Entry("file", size=READ_BACK_LIMIT))
+    everything = OutputFilter(None, inputs)
+    assert plan_from_tars(record, inputs, everything, scopes_are_new=False) is None
+    plan = plan_from_tars(record, inputs, everything, scopes_are_new=True)
+    assert plan is not None
+    assert plan.roots == ["/work/src"]
+    assert plan_from_tars(record, inputs, OutputFilter(["/work/src/**/*.o"], inputs),
+                          scopes_are_new=True) is not None
+    record.add("/work/src/more.bin", Entry("file", size=1))
+    assert plan_from_tars(record, inputs, OutputFilter(["/work/src/**/*.o"], inputs),
+                          scopes_are_new=True) is None
 
 
 def test_recent_inputs_are_hashed_on_the_way_in() -> None:
