@@ -13,6 +13,7 @@ archive) is refused, and then nothing is written at all. Exit status: 0 done, 2 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import posixpath
@@ -25,6 +26,7 @@ from typing import IO, Any
 
 from buildbot_farm.remote import tar_stream
 from buildbot_farm.remote.paths import UnsafePath, link_stays_inside, safe_member_path
+from buildbot_farm.remote.whole_files import SMALL, WholeFiles, move_into_place, unnamed_files_work
 
 REFUSED = 2
 UNREADABLE = 3
@@ -88,15 +90,20 @@ def delete(dest: str, path: str) -> None:
         os.unlink(full)
 
 
-def extract(dest: str, archive: IO[bytes], allowed: set[str]) -> tuple[int, int]:
+def extract(dest: str, archive: IO[bytes], allowed: set[str],
+            threads: bool = True) -> tuple[int, int]:
     """Write the members of the uncompressed tar stream ``archive`` under ``dest``.
 
     Only names in ``allowed`` are written; any other member stops the extraction with
     UnsafePath. A stream that is not a readable tar raises ``tarfile.ReadError``. Returns
-    (files written, bytes written).
+    (files written, bytes written). Small files are written by a few threads where the
+    system allows (:mod:`~buildbot_farm.remote.whole_files`) and ``threads`` is true; the
+    others each into a ``.farm-partial`` beside its place, moved there once complete.
     """
-    extraction = _Extraction(dest, allowed)
+    writers = WholeFiles() if threads and unnamed_files_work(dest) else None
+    extraction = _Extraction(dest, allowed, writers)
     reader = tar_stream.TarReader()
+    completed = False
     try:
         while not reader.finished and (chunk := archive.read(1 << 20)):
             for event in reader.feed(chunk):
@@ -107,20 +114,29 @@ def extract(dest: str, archive: IO[bytes], allowed: set[str]) -> tuple[int, int]
                 else:
                     extraction.end(event.member)
         reader.close()
+        completed = True
     except tar_stream.TarError as error:
         raise tarfile.ReadError(str(error)) from error
     finally:
         extraction.drop_partial()
+        if writers is not None and completed:
+            writers.close()
+        elif writers is not None:  # the files complete so far are written, as without them
+            with contextlib.suppress(OSError):  # the error on its way out says more
+                writers.close()
     return extraction.count, extraction.size
 
 
 class _Extraction:
-    """Members written under ``dest`` as the tar stream's events come: each file into a
-    ``.farm-partial`` beside its place, moved there once complete."""
+    """Members written under ``dest`` as the tar stream's events come: each small file given
+    whole to ``writers`` if there are, any other into a ``.farm-partial`` beside its place,
+    moved there once complete."""
 
-    def __init__(self, dest: str, allowed: set[str]) -> None:
+    def __init__(self, dest: str, allowed: set[str], writers: WholeFiles | None) -> None:
         self.dest = dest
         self.allowed = allowed
+        self.writers = writers
+        self.held: tuple[str, list[bytes]] | None = None  # a small file's place and data
         self.count = self.size = 0
         # Directories seen to be real ones: the archive cannot make them anything else
         # (check_plan refuses a member under a path the archive makes a file or link).
@@ -150,8 +166,12 @@ class _Extraction:
             delete(self.dest, path)
             os.symlink(member.linkname, full)
         elif member.kind == "hardlink":
+            if self.writers is not None:
+                self.writers.wait()  # its target in place
             delete(self.dest, path)
             os.link(os.path.join(self.dest, safe_member_path(member.linkname)), full)
+        elif self.writers is not None and member.size <= SMALL:
+            self.held = (full, [])
         else:
             partial = f"{full}.farm-partial"
             self.partial = (_create(partial), partial, full)
@@ -159,6 +179,9 @@ class _Extraction:
 
     def write(self, data: bytes) -> None:
         """The next piece of the current file's data."""
+        if self.held is not None:
+            self.held[1].append(data)
+            return
         assert self.partial is not None
         view = memoryview(data)
         while view:
@@ -166,6 +189,12 @@ class _Extraction:
 
     def end(self, member: tar_stream.Member) -> None:
         """A member is complete: a file gets its mode and time and takes its place."""
+        if self.held is not None:
+            assert self.writers is not None
+            self.writers.add(*self.held, member.mode & 0o7777, member.mtime)
+            self.held = None
+            self.size += member.size
+            return
         if self.partial is None:
             return
         fd, partial, full = self.partial
@@ -173,11 +202,7 @@ class _Extraction:
         os.utime(fd, (member.mtime, member.mtime))
         os.close(fd)
         self.partial = None
-        try:
-            os.replace(partial, full)
-        except IsADirectoryError:  # a directory (never a link to one) is replaced
-            shutil.rmtree(full)
-            os.replace(partial, full)
+        move_into_place(partial, full)
         self.size += member.size
 
     def drop_partial(self) -> None:

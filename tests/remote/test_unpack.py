@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import stat
+import sys
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -12,6 +15,7 @@ import pytest
 import zstandard
 
 from buildbot_farm.remote import unpack
+from buildbot_farm.remote.whole_files import SMALL, unnamed_files_work
 from tests.containers.test_pure import make_tar
 
 
@@ -68,26 +72,64 @@ def test_unpack_applies_files_links_and_deletions(tmp_path: Path) -> None:
     assert not (dest / "old").exists()
 
 
-def test_unpack_replaces_dirs_and_leftovers_without_following_links(tmp_path: Path) -> None:
-    """A file replaces a directory of the same name; a partial file left by an earlier unpack
-    (here a link pointing outside) is replaced, not written through; files in many
-    directories all get their data, mode and time."""
+@pytest.mark.parametrize("threads", [True, False], ids=["whole-files", "partials"])
+def test_unpack_replaces_dirs_links_and_leftovers_without_following_links(
+    tmp_path: Path, threads: bool
+) -> None:
+    """A file replaces a directory or a link of the same name (never writing through the
+    link); a partial file left by an earlier unpack (here a link pointing outside) is never
+    written through (a file written by name replaces it); files in many directories, small
+    and large, all get their data, mode and time."""
     dest = tmp_path / "dest"
     outside = tmp_path / "outside"
     (dest / "was-a-dir" / "inner").mkdir(parents=True)
     outside.write_text("keep")
     os.symlink(outside, dest / "f.farm-partial")
-    names = ["was-a-dir", "f", *(f"n{i % 7}/m{i % 3}/x{i}" for i in range(50))]
-    manifest = {"files": [{"path": name, "type": "file"} for name in names], "deleted": []}
-    archive = make_tar(*((name, name.encode()) for name in names),
-                       mtimes={name: 1_000_000 for name in names})
-    assert run_unpack(tmp_path, archive, manifest) == 0
+    os.symlink(outside, dest / "was-a-link")
+    names = ["was-a-dir", "was-a-link", "f", *(f"n{i % 7}/m{i % 3}/x{i}" for i in range(300))]
+    data = {name: name.encode() for name in names}
+    data["n0/m0/x0"] = os.urandom(SMALL + 1)  # written by name, past the threads' limit
+    archive = make_tar(*data.items(), mtimes={name: 1_000_000 for name in names})
+    assert unpack.extract(str(dest), io.BytesIO(archive), set(names), threads) == (
+        len(names), sum(map(len, data.values())))
     for name in names:
-        assert (dest / name).read_bytes() == name.encode()
-        assert os.stat(dest / name).st_mtime == 1_000_000
-        assert os.stat(dest / name).st_mode & 0o7777 == 0o644
+        assert (dest / name).read_bytes() == data[name]
+        info = os.lstat(dest / name)
+        assert stat.S_ISREG(info.st_mode)
+        assert info.st_mtime == 1_000_000
+        assert info.st_mode & 0o7777 == 0o644
     assert outside.read_text() == "keep"
-    assert not [p for p in dest.rglob("*.farm-partial")]
+    partials = [p.name for p in dest.rglob("*.farm-partial")]
+    assert partials == (["f.farm-partial"] if threads else [])
+
+
+def test_small_files_are_written_by_threads_where_linux_allows(tmp_path: Path) -> None:
+    """On Linux small files are made without a name and named once whole."""
+    assert unnamed_files_work(str(tmp_path)) is (sys.platform == "linux")
+
+
+def test_a_hard_link_waits_for_its_target_and_errors_of_threads_are_reported(
+    tmp_path: Path
+) -> None:
+    """A hard link to a file a thread writes finds it in place; a file a thread cannot
+    write (its name too long) fails the unpacking, naming it, with no partial file left."""
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("a")
+        info.size = 4
+        tar.addfile(info, io.BytesIO(b"data"))
+        link = tarfile.TarInfo("l")
+        link.type, link.linkname = tarfile.LNKTYPE, "a"
+        tar.addfile(link)
+    assert unpack.extract(str(dest), io.BytesIO(buffer.getvalue()), {"a", "l"}) == (2, 4)
+    assert os.stat(dest / "l").st_ino == os.stat(dest / "a").st_ino
+    long_name = "x" * 300
+    archive = make_tar(("b", b"fine"), (long_name, b"data"))
+    with pytest.raises(OSError, match="File name too long"):
+        unpack.extract(str(dest), io.BytesIO(archive), {"b", long_name})
+    assert sorted(p.name for p in dest.iterdir()) == ["a", "b", "l"]
 
 
 def test_an_archive_cut_in_a_file_leaves_no_partial_file(tmp_path: Path) -> None:
