@@ -10,7 +10,11 @@ import urllib.request
 from typing import Any, Callable, TypeVar
 
 import pytest
-from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+from selenium.common.exceptions import (
+    NoSuchElementException,
+    StaleElementReferenceException,
+    WebDriverException,
+)
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support import expected_conditions
@@ -21,6 +25,15 @@ from tests.ui.conftest import ADMIN_PASSWORD, Browser, RunningFarm
 pytestmark = pytest.mark.master
 UI = "plugins/farm/ui/"
 T = TypeVar("T")
+# What chromedriver says, instead of StaleElementReferenceException, of an element the page's
+# own reload removed between finding it and reading it (seen once in a full run).
+GONE_FROM_THE_DOCUMENT = "does not belong to the document"
+
+
+def reloaded_away(error: WebDriverException) -> bool:
+    """Whether ``error`` says the element was taken away by the page reloading itself."""
+    return isinstance(error, (StaleElementReferenceException, NoSuchElementException)) or (
+        GONE_FROM_THE_DOCUMENT in (error.msg or ""))
 
 
 def wait_for(browser: Browser, css: str, timeout: float = 30) -> WebElement:
@@ -38,7 +51,9 @@ def retrying(browser: Browser, action: Callable[[Any], T], timeout: float = 30) 
     def attempt(driver: Any) -> bool:
         try:
             outcome.append(action(driver))
-        except (StaleElementReferenceException, NoSuchElementException):
+        except WebDriverException as error:
+            if not reloaded_away(error):
+                raise
             return False
         return True
 
@@ -58,7 +73,9 @@ def until(browser: Browser, read: Callable[[Any], T | None], timeout: float = 60
     def attempt(driver: Any) -> bool:
         try:
             value = read(driver)
-        except (StaleElementReferenceException, NoSuchElementException):
+        except WebDriverException as error:
+            if not reloaded_away(error):
+                raise
             return False
         if value:
             found.append(value)
