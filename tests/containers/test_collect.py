@@ -72,6 +72,14 @@ async def collected(run: TaskRun, tmp_path: Path) -> tuple[Packed | None, list[s
     return packed, names
 
 
+async def brought_back(run: TaskRun, tmp_path: Path) -> tuple[list[str], list[str], list[str]]:
+    """What ``run.collect`` brings back (something must): the manifest's file paths, its
+    deletions and the archive's member names, each sorted."""
+    packed, names = await collected(run, tmp_path)
+    assert packed is not None
+    return sorted(e["path"] for e in packed.files), sorted(packed.deleted), sorted(names)
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_new_mapped_path_is_collected_from_its_tar_without_the_change_list(
     docker_engine: DockerEngine, busybox_image: str, tmp_path: Path
@@ -84,12 +92,8 @@ async def test_a_new_mapped_path_is_collected_from_its_tar_without_the_change_li
         {"same.txt": b"same\n", "edit.txt": b"before\n", "gone.txt": b"gone\n"},
     )
     try:
-        packed, names = await collected(run, tmp_path)
-        assert packed is not None
-        assert sorted(e["path"] for e in packed.files) == ["in/d", "in/d/x", "in/edit.txt",
-                                                           "in/new.txt"]
-        assert packed.deleted == ["in/gone.txt"]
-        assert sorted(names) == ["in/d", "in/d/x", "in/edit.txt", "in/new.txt"]
+        files = ["in/d", "in/d/x", "in/edit.txt", "in/new.txt"]
+        assert await brought_back(run, tmp_path) == (files, ["in/gone.txt"], files)
         assert await run.read_outputs() == {"answer": "42"}
         assert run.changes is None, "the engine's change list was asked for"
     finally:
@@ -107,11 +111,8 @@ async def test_a_mapped_path_the_image_has_is_collected_from_the_change_list(
         {"mine.txt": b"mine\n", "gone.txt": b"gone\n"},
     )
     try:
-        packed, names = await collected(run, tmp_path)
-        assert packed is not None
-        assert [e["path"] for e in packed.files] == ["in/new.txt"]
-        assert packed.deleted == ["in/gone.txt"]
-        assert names == ["in/new.txt"]
+        assert await brought_back(run, tmp_path) == (["in/new.txt"], ["in/gone.txt"],
+                                                     ["in/new.txt"])
         assert not run.scopes_are_new
         assert run.changes is not None
         assert await run.read_outputs() == {}
@@ -127,9 +128,7 @@ async def test_a_removed_mapped_directory_deletes_its_inputs(
     run = await finished_task(docker_engine, busybox_image, "/work/src", "rm -rf /work/src",
                               {"a.txt": b"a", "b.txt": b"b"})
     try:
-        packed, _ = await collected(run, tmp_path)
-        assert packed is not None
-        assert (packed.files, packed.deleted) == ([], ["in/a.txt", "in/b.txt"])
+        assert await brought_back(run, tmp_path) == ([], ["in/a.txt", "in/b.txt"], [])
         assert run.changes is None
     finally:
         await run.remove()
@@ -145,9 +144,8 @@ async def test_outputs_patterns_read_back_only_their_place(
     run = await finished_task(docker_engine, busybox_image, "/work/src", script,
                               {"in.txt": b"in\n"}, outputs=["/work/src/out/**"])
     try:
-        packed, _ = await collected(run, tmp_path)
-        assert packed is not None
-        assert [e["path"] for e in packed.files] == ["in/out", "in/out/a.o"]
+        files = ["in/out", "in/out/a.o"]
+        assert await brought_back(run, tmp_path) == (files, [], files)
         assert run.changes is None
     finally:
         await run.remove()
@@ -162,9 +160,8 @@ async def test_outputs_patterns_read_back_only_their_place(
     run = await finished_task(docker_engine, busybox_image, "/work/src", script, big,
                               outputs=["/work/src/**/*.o"])
     try:
-        packed, _ = await collected(run, tmp_path)
-        assert packed is not None
-        assert [e["path"] for e in packed.files] == ["in/b.o", "in/out/a.o"]
+        files = ["in/b.o", "in/out/a.o"]
+        assert await brought_back(run, tmp_path) == (files, [], files)
         assert run.changes is not None, "8 MiB of inputs were read back instead of listed"
     finally:
         await run.remove()

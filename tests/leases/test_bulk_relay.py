@@ -290,6 +290,15 @@ def _relay_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "farm-proxy-relay"]
 
 
+def _assert_cut_for(body: bytes, payload: bytes, log: _Log, reason: str) -> None:
+    """The client got a true beginning of ``payload``, cut short, and the log says ``reason``
+    (not as an error)."""
+    assert len(body) < len(payload)
+    assert payload.startswith(body)
+    assert any(reason in text for text in log.texts)
+    assert not log.errors, [formatEvent(e) for e in log.errors]
+
+
 class _Log:
     """What the coordinator logs meanwhile: every message's text, and the errors."""
 
@@ -402,12 +411,9 @@ async def test_a_client_that_stops_reading_is_let_go_after_the_stall_limit(
         assert relays.running == 1
         await _until(lambda: relays.running == 0 and not _relay_threads())
         body = await threads.deferToThread(_body_of, raw, got, len(payload))
-        assert len(body) < len(payload)
-        assert payload.startswith(body)
         assert hashlib.sha256(await _read_whole(running, name)).digest() == \
             hashlib.sha256(payload).digest()
-    assert any("the client took nothing for 0.5 s" in text for text in log.texts)
-    assert not log.errors, [formatEvent(e) for e in log.errors]
+    _assert_cut_for(body, payload, log, "the client took nothing for 0.5 s")
 
 
 @pytest_twisted.ensureDeferred
@@ -429,10 +435,7 @@ async def test_an_agent_that_stops_sending_is_let_go_after_the_stall_limit(
             await _until(lambda: relays.running == 0 and not _relay_threads())
         finally:
             os.killpg(agent, signal.SIGCONT)
-    assert len(body) < len(payload)
-    assert payload.startswith(body)
-    assert any("the agent sent nothing for 1 s" in text for text in log.texts)
-    assert not log.errors, [formatEvent(e) for e in log.errors]
+    _assert_cut_for(body, payload, log, "the agent sent nothing for 1 s")
 
 
 @pytest_twisted.ensureDeferred
